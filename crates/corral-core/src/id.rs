@@ -1,0 +1,173 @@
+//! Agent ids and selectors.
+//!
+//! An id is the coordinator's name for one agent: 1–128 characters of
+//! `A-Z a-z 0-9 . _ -`, not starting with `.` or `-`, with no `..`. Ids double as
+//! directory names under `agents/`, so these rules are what keep an id from
+//! escaping the state dir. Dots make ids hierarchical (`L2.1.1` is under `L2.1`),
+//! and a [`Selector`] picks one id, a dotted subtree (`L2.1.*`) or every agent.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// Longest id accepted, in bytes (ids are ASCII).
+pub const MAX_ID_LEN: usize = 128;
+
+/// A validated agent id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AgentId(String);
+
+impl AgentId {
+    /// Validates `raw` as an agent id.
+    pub fn new(raw: impl Into<String>) -> Result<Self, Error> {
+        let raw = raw.into();
+        match why_invalid(&raw) {
+            None => Ok(Self(raw)),
+            Some(reason) => Err(Error::InvalidId { id: raw, reason }),
+        }
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// True when `self` is `prefix` or lies below it in the dotted hierarchy.
+    pub fn is_within(&self, prefix: &AgentId) -> bool {
+        self.0 == prefix.0
+            || (self.0.starts_with(prefix.as_str())
+                && self.0.as_bytes().get(prefix.0.len()) == Some(&b'.'))
+    }
+}
+
+fn why_invalid(raw: &str) -> Option<&'static str> {
+    if raw.is_empty() {
+        return Some("an id must not be empty");
+    }
+    if raw.len() > MAX_ID_LEN {
+        return Some("an id must be at most 128 characters");
+    }
+    if let Some(bad) = raw
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Some(if bad.is_whitespace() {
+            "an id must not contain whitespace (allowed: A-Z a-z 0-9 . _ -)"
+        } else if bad == '/' {
+            "an id must not contain '/' (allowed: A-Z a-z 0-9 . _ -)"
+        } else {
+            "an id may only contain A-Z a-z 0-9 . _ -"
+        });
+    }
+    if raw.starts_with('.') || raw.starts_with('-') {
+        return Some("an id must not start with '.' or '-'");
+    }
+    if raw.contains("..") {
+        return Some("an id must not contain '..'");
+    }
+    None
+}
+
+impl TryFrom<String> for AgentId {
+    type Error = Error;
+    fn try_from(raw: String) -> Result<Self, Error> {
+        Self::new(raw)
+    }
+}
+
+impl From<AgentId> for String {
+    fn from(id: AgentId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for AgentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for AgentId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Which agents a command addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// Every agent.
+    All,
+    /// Exactly one id.
+    One(AgentId),
+    /// An id and everything below it (`L2.1.*` selects `L2.1`, `L2.1.1`, `L2.1.2.3`).
+    Subtree(AgentId),
+}
+
+impl Selector {
+    /// Parses `ID` or `ID.*`.
+    pub fn parse(raw: &str) -> Result<Self, Error> {
+        match raw.strip_suffix(".*") {
+            Some(prefix) => Ok(Self::Subtree(AgentId::new(prefix)?)),
+            None => Ok(Self::One(AgentId::new(raw)?)),
+        }
+    }
+
+    /// True when the selector picks `id`.
+    pub fn matches(&self, id: &AgentId) -> bool {
+        match self {
+            Self::All => true,
+            Self::One(one) => one == id,
+            Self::Subtree(prefix) => id.is_within(prefix),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_contract_alphabet() {
+        for ok in ["L2.1.1", "a", "A_b-c.d", "x".repeat(128).as_str(), "9"] {
+            assert!(AgentId::new(ok).is_ok(), "{ok} should be valid");
+        }
+    }
+
+    #[test]
+    fn rejects_what_could_escape_or_confuse() {
+        for bad in [
+            "",
+            "../x",
+            "a/b",
+            "a..b",
+            ".hidden",
+            "-flag",
+            "has space",
+            "tab\t",
+            "é",
+            &"x".repeat(129),
+            &"x".repeat(300),
+        ] {
+            let err = AgentId::new(bad).expect_err(bad);
+            assert!(matches!(err, Error::InvalidId { .. }), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn subtree_selectors_respect_dot_boundaries() {
+        let sel = Selector::parse("L2.1.*").unwrap();
+        let yes = ["L2.1", "L2.1.1", "L2.1.2.3"];
+        let no = ["L2.10", "L2.1x", "L2", "L3.1.1"];
+        for id in yes {
+            assert!(sel.matches(&AgentId::new(id).unwrap()), "{id}");
+        }
+        for id in no {
+            assert!(!sel.matches(&AgentId::new(id).unwrap()), "{id}");
+        }
+        assert!(Selector::parse("../*").is_err());
+    }
+}
