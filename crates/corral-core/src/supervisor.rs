@@ -697,6 +697,9 @@ impl Supervisor {
             let _ = tokio::time::timeout(Duration::from_millis(verify_ms), ended.wait_for(|e| *e))
                 .await;
             self.transition_to_running(&agent).await?;
+            // A sample at the end of the window shows the settled process, not the
+            // instant after exec.
+            agent.refresh_sample(&self.inner.clock);
         }
         Ok(self.spawn_response(&agent))
     }
