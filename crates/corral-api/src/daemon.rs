@@ -1,0 +1,202 @@
+//! The daemon process: one per state dir.
+//!
+//! Exactly-one is enforced by an exclusive `flock` on `corral.lock`, taken before
+//! anything else is touched; the socket is only ever bound by the lock holder, so
+//! a socket file found by the holder is stale and is replaced. Several CLIs
+//! starting daemons at the same moment therefore end with one daemon: the others
+//! fail to take the lock and exit with [`DaemonError::AlreadyRunning`].
+//!
+//! The daemon logs (tracing) to `daemon.log` in the state dir. When it stops it
+//! leaves its agents running: they are not tied to it (own sessions, output to
+//! files), and the next daemon re-adopts them.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use corral_core::{Config, Supervisor};
+use tokio::net::UnixListener;
+
+/// File names inside the state dir.
+pub const SOCKET_NAME: &str = "corral.sock";
+/// The lock file; holds the daemon's pid.
+pub const LOCK_NAME: &str = "corral.lock";
+/// The daemon's log.
+pub const LOG_NAME: &str = "daemon.log";
+
+/// How to run a daemon.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// The state dir it owns.
+    pub state_dir: PathBuf,
+    /// Metrics sampling interval.
+    pub sample_interval: Duration,
+    /// Started in the background: once serving, point stdio at /dev/null so a
+    /// parent that stops reading cannot break the daemon's writes.
+    pub detach: bool,
+}
+
+/// Why a daemon could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// Another daemon holds the state dir.
+    #[error("a corral daemon (pid {pid}) already serves {}", state_dir.display())]
+    AlreadyRunning {
+        /// The state dir.
+        state_dir: PathBuf,
+        /// The holder's pid as written in the lock file (0 if unreadable).
+        pid: i32,
+    },
+    /// A file or socket operation failed.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What the daemon was doing.
+        action: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The OS's reason.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The supervisor failed to open.
+    #[error(transparent)]
+    Core(#[from] corral_core::Error),
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError + use<> {
+    let path = path.to_owned();
+    move |source| DaemonError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Holds the state dir's lock for as long as it lives.
+pub struct StateLock {
+    _file: File,
+}
+
+/// Takes the state dir's exclusive lock and writes our pid into it.
+pub fn lock_state_dir(state_dir: &Path) -> Result<StateLock, DaemonError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
+        .map_err(io_err("create state dir", state_dir))?;
+    let path = state_dir.join(LOCK_NAME);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_err("open lock file", &path))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let pid = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            return Err(DaemonError::AlreadyRunning {
+                state_dir: state_dir.to_owned(),
+                pid,
+            });
+        }
+        Err(e) => return Err(io_err("lock", &path)(e.into())),
+    }
+    file.set_len(0).map_err(io_err("write lock file", &path))?;
+    writeln!(file, "{}", std::process::id()).map_err(io_err("write lock file", &path))?;
+    Ok(StateLock { _file: file })
+}
+
+/// Pid of the daemon holding `state_dir`, if one does (the lock is held).
+pub fn running_daemon_pid(state_dir: &Path) -> Option<i32> {
+    let path = state_dir.join(LOCK_NAME);
+    let file = File::open(&path).ok()?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockShared) {
+        Ok(()) => None,
+        Err(_) => std::fs::read_to_string(&path).ok()?.trim().parse().ok(),
+    }
+}
+
+/// Sends tracing output to `daemon.log` in the state dir (append).
+pub fn install_logging(state_dir: &Path) -> Result<(), DaemonError> {
+    let path = state_dir.join(LOG_NAME);
+    let file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_err("open daemon log", &path))?;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(Mutex::new(file))
+        .try_init();
+    Ok(())
+}
+
+/// Binds the daemon socket (mode 0600), replacing a stale one. Call only while
+/// holding the state lock.
+pub fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::info!(socket = %path.display(), "replaced a stale socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("remove stale socket", path)(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(io_err("bind socket", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(io_err("chmod socket", path))?;
+    Ok(listener)
+}
+
+/// Runs a daemon until SIGTERM or SIGINT. Takes the lock first; fails with
+/// [`DaemonError::AlreadyRunning`] when another daemon holds the state dir.
+pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
+    let lock = lock_state_dir(&opts.state_dir)?;
+    install_logging(&opts.state_dir)?;
+    let nofile = corral_core::platform::raise_nofile_limit();
+    let socket = opts.state_dir.join(SOCKET_NAME);
+    let mut config = Config::new(&opts.state_dir);
+    config.socket_path = Some(socket.clone());
+    config.sample_interval = opts.sample_interval;
+    let sup = Supervisor::open(config).await?;
+    let listener = bind_socket(&socket)?;
+    if opts.detach
+        && let Ok(null) = File::options().read(true).write(true).open("/dev/null")
+    {
+        let _ = rustix::stdio::dup2_stdin(&null);
+        let _ = rustix::stdio::dup2_stdout(&null);
+        let _ = rustix::stdio::dup2_stderr(&null);
+    }
+    tracing::info!(pid = std::process::id(), state_dir = %opts.state_dir.display(), nofile, "daemon started");
+    let served = crate::server::serve(listener, sup, shutdown_signal()).await;
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("daemon stopped; agents keep running");
+    drop(lock);
+    served.map_err(io_err("serve", &socket))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}

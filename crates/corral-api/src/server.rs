@@ -1,0 +1,261 @@
+//! The router: one handler per route, each a thin call into the [`Supervisor`].
+//!
+//! Request bodies are read as bytes (bounded by [`MAX_BODY`]) and parsed here,
+//! so every malformed body, wrong type or unknown field gets the one error shape
+//! with a message that names the problem, instead of axum's plain-text rejections.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use corral_core::{
+    AgentId, CleanupOptions, Error, ErrorCode, ProgressUpdate, Selector, SpawnRequest, Supervisor,
+};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+/// Largest request body accepted, bytes.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// An error as the API reports it.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn invalid(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid",
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let code = e.code();
+        let status = match code {
+            ErrorCode::Invalid => StatusCode::BAD_REQUEST,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::SpawnFailed => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %e, "request failed");
+        }
+        Self {
+            status,
+            code: code.as_str(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// A JSON body parsed with corral's error shape.
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError {
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    code: "payload_too_large",
+                    message: format!("request body is larger than {MAX_BODY} bytes"),
+                }
+            } else {
+                ApiError::invalid(format!("cannot read the request body: {}", e.body_text()))
+            }
+        })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::invalid(
+                "request body is empty; expected a JSON object",
+            ));
+        }
+        serde_json::from_slice(&bytes)
+            .map(Body)
+            .map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+    }
+}
+
+fn agent_id(raw: String) -> Result<AgentId, ApiError> {
+    AgentId::new(raw).map_err(ApiError::from)
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    sup: Supervisor,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(sup))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Builds the `/v1` router over a supervisor.
+pub fn router(sup: Supervisor) -> Router {
+    Router::new()
+        .route("/v1/health", get(daemon_health))
+        .route("/v1/agents", post(spawn).get(list))
+        .route("/v1/agents/{id}", get(status))
+        .route("/v1/agents/{id}/health", get(health))
+        .route("/v1/agents/{id}/progress", put(progress))
+        .route("/v1/agents/{id}/stop", post(stop_one))
+        .route("/v1/agents/{id}/kill", post(kill))
+        .route("/v1/stop", post(stop_many))
+        .route("/v1/summary", get(summary))
+        .fallback(|| async {
+            ApiError {
+                status: StatusCode::NOT_FOUND,
+                code: "not_found",
+                message: "no such route".into(),
+            }
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                code: "invalid",
+                message: "method not allowed on this route".into(),
+            }
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(sup)
+}
+
+async fn daemon_health(State(sup): State<Supervisor>) -> Json<serde_json::Value> {
+    Json(json!({"ok": true, "agents": sup.get_process_summary().total}))
+}
+
+async fn spawn(
+    State(sup): State<Supervisor>,
+    Body(req): Body<SpawnRequest>,
+) -> Result<Response, ApiError> {
+    let resp = sup.spawn_agent(req).await?;
+    Ok((StatusCode::CREATED, Json(resp)).into_response())
+}
+
+async fn list(State(sup): State<Supervisor>) -> Response {
+    Json(sup.monitor_all_agents()).into_response()
+}
+
+async fn status(
+    State(sup): State<Supervisor>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(sup.get_agent_status(&agent_id(id)?)?).into_response())
+}
+
+async fn health(
+    State(sup): State<Supervisor>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(sup.health_report(&agent_id(id)?)?).into_response())
+}
+
+async fn summary(State(sup): State<Supervisor>) -> Response {
+    Json(sup.get_process_summary()).into_response()
+}
+
+async fn progress(
+    State(sup): State<Supervisor>,
+    Path(id): Path<String>,
+    Body(update): Body<ProgressUpdate>,
+) -> Result<Response, ApiError> {
+    let id = agent_id(id)?;
+    sup.set_progress(&id, update.progress, update.message)
+        .await?;
+    Ok(Json(sup.get_agent_status(&id)?).into_response())
+}
+
+/// Optional body: an empty body means "defaults".
+fn optional<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("invalid JSON body: {e}")))
+}
+
+async fn stop_one(
+    State(sup): State<Supervisor>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let id = agent_id(id)?;
+    let opts: CleanupOptions = optional(&body)?;
+    let mut reports = sup.cleanup(Some(&Selector::One(id)), opts).await?;
+    Ok(Json(reports.pop()).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct KillBody {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn kill(
+    State(sup): State<Supervisor>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let id = agent_id(id)?;
+    let KillBody { force } = optional(&body)?;
+    let killed = sup.kill_agent(&id, force).await?;
+    Ok(Json(json!({"agent_id": id.as_str(), "killed": killed})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StopMany {
+    #[serde(default)]
+    all: bool,
+    #[serde(default)]
+    selector: Option<String>,
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    stop_timeouts: Option<Vec<f64>>,
+}
+
+async fn stop_many(
+    State(sup): State<Supervisor>,
+    Body(body): Body<StopMany>,
+) -> Result<Response, ApiError> {
+    let selector = match (body.all, body.selector) {
+        (true, None) => None,
+        (false, Some(s)) => Some(Selector::parse(&s)?),
+        (true, Some(_)) => {
+            return Err(ApiError::invalid(
+                "give either \"all\": true or a \"selector\", not both",
+            ));
+        }
+        (false, None) => {
+            return Err(ApiError::invalid(
+                "say which agents to stop: {\"all\": true} or {\"selector\": \"L2.1.*\"}",
+            ));
+        }
+    };
+    let opts = CleanupOptions {
+        force: body.force,
+        stop_timeouts: body.stop_timeouts,
+    };
+    Ok(Json(sup.cleanup(selector.as_ref(), opts).await?).into_response())
+}

@@ -1,0 +1,153 @@
+//! Command-line grammar (clap derive). The commands and flags are the contract's.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// corral: spawn, observe and stop many long-running agents.
+#[derive(Debug, Parser)]
+#[command(name = "corral", version, about, propagate_version = true)]
+pub struct Cli {
+    /// State dir (database, socket, agent logs). Default: $CORRAL_STATE_DIR,
+    /// else $XDG_STATE_HOME/corral, else ~/.local/state/corral.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Fail instead of starting a daemon when none answers.
+    #[arg(long, global = true)]
+    pub no_autostart: bool,
+    /// Print one JSON document instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (the CLI starts one in the background when needed).
+    Daemon(DaemonArgs),
+    /// Spawn an agent; exit 0 when it is running (or completed with 0) after its verification window.
+    Spawn(SpawnArgs),
+    /// One agent's status (get_agent_status).
+    Status {
+        /// Agent id.
+        id: String,
+    },
+    /// Every agent's status (monitor_all_agents).
+    Ps,
+    /// Counts and totals (get_process_summary).
+    Summary,
+    /// Exit 0 when the agent is healthy, 1 when not (check_process_health).
+    Health {
+        /// Agent id.
+        id: String,
+    },
+    /// Stop agents gracefully in stages (cleanup): an id, a selector such as `L2.1.*`, or --all.
+    Stop(StopArgs),
+    /// Stop one agent (kill_agent).
+    Kill {
+        /// Agent id.
+        id: String,
+        /// SIGKILL at once instead of the staged stop.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show an agent's output.
+    Logs(LogsArgs),
+    /// Report progress from inside an agent (uses CORRAL_AGENT_ID and CORRAL_SOCKET).
+    Progress {
+        /// 0–100.
+        #[arg(allow_negative_numbers = true)]
+        percent: i64,
+        /// What the agent is doing.
+        #[arg(long)]
+        message: Option<String>,
+        /// Report for this agent instead of $CORRAL_AGENT_ID.
+        #[arg(long, value_name = "ID")]
+        agent: Option<String>,
+    },
+    /// Spawn a small team of real agents, watch them work, then stop them all.
+    Demo(DemoArgs),
+}
+
+impl Command {
+    /// The daemon and the demo serve many agents: give them a multi-threaded runtime.
+    pub fn needs_threads(&self) -> bool {
+        matches!(self, Self::Daemon(_) | Self::Demo(_))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Metrics sampling interval, milliseconds.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    pub sample_ms: u64,
+    /// Started in the background by the CLI: leave the terminal's session.
+    #[arg(long, hide = true)]
+    pub detach: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SpawnArgs {
+    /// Agent id: 1–128 of A-Z a-z 0-9 . _ - (dots make a hierarchy).
+    pub id: String,
+    /// Working directory (default: the current directory).
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+    /// Extra environment variable (repeatable).
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Where stdout.log / stderr.log go (default: <state dir>/agents/<id>).
+    #[arg(long, value_name = "DIR")]
+    pub agent_dir: Option<PathBuf>,
+    /// Label kept with the run (repeatable).
+    #[arg(long = "label", value_name = "K=V")]
+    pub labels: Vec<String>,
+    /// Staged-stop waits in seconds: TERM, TERM, KILL.
+    #[arg(long, value_name = "T1,T2,T3")]
+    pub stop_timeouts: Option<String>,
+    /// Verification window in milliseconds (0 = none).
+    #[arg(long, value_name = "MS")]
+    pub verify_ms: Option<u64>,
+    /// The program and its arguments (no shell).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Agent id or selector (`L2.1.*`).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub target: Option<String>,
+    /// Stop every agent.
+    #[arg(long)]
+    pub all: bool,
+    /// SIGKILL at once.
+    #[arg(long)]
+    pub force: bool,
+    /// Staged-stop waits in seconds for this call: TERM, TERM, KILL.
+    #[arg(long, value_name = "T1,T2,T3")]
+    pub stop_timeouts: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Agent id.
+    pub id: String,
+    /// Show stderr instead of stdout.
+    #[arg(long)]
+    pub stderr: bool,
+    /// Keep printing new output until the agent ends.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// How many trailing lines to show first.
+    #[arg(short = 'n', long, default_value_t = 20, value_name = "LINES")]
+    pub lines: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Seconds to watch the team before stopping it.
+    #[arg(long, default_value_t = 8)]
+    pub seconds: u64,
+}

@@ -1,0 +1,334 @@
+//! `spawn`, `status`, `ps`, `summary`, `health`, `stop`, `kill`, `progress`.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, anyhow, bail};
+use corral_api::Client;
+use corral_api::client::Method;
+use corral_core::{
+    AgentStatus, HealthReport, PersistentStatus, ProcessSummary, SpawnRequest, SpawnResponse,
+    StopReport,
+};
+use serde_json::json;
+
+use super::{Ctx, print_json};
+use crate::cli::{SpawnArgs, StopArgs};
+use crate::output;
+
+fn key_values(pairs: &[String], what: &str) -> Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+            _ => Err(anyhow!("{what} {kv:?} must look like KEY=VALUE")),
+        })
+        .collect()
+}
+
+/// `10,5,5` → `[10.0, 5.0, 5.0]`.
+pub fn parse_timeouts(raw: &str) -> Result<Vec<f64>> {
+    let parsed: Result<Vec<f64>, _> = raw.split(',').map(|t| t.trim().parse::<f64>()).collect();
+    match parsed {
+        Ok(v) if v.len() == 3 => Ok(v),
+        _ => bail!("--stop-timeouts takes three waits in seconds, like 10,5,5 (got {raw:?})"),
+    }
+}
+
+fn path_segment(id: &str) -> Result<String> {
+    // Validate locally so a bad id is a clear error, not a 404 from a mangled URL.
+    Ok(corral_core::AgentId::new(id)?.to_string())
+}
+
+pub async fn spawn(ctx: &Ctx, args: SpawnArgs) -> Result<ExitCode> {
+    let cwd = match args.cwd {
+        Some(d) => Some(std::path::absolute(&d).with_context(|| format!("--cwd {}", d.display()))?),
+        None => Some(std::env::current_dir().context("cannot read the current directory")?),
+    };
+    let agent_dir = args
+        .agent_dir
+        .map(|d| std::path::absolute(&d).with_context(|| format!("--agent-dir {}", d.display())))
+        .transpose()?;
+    let req = SpawnRequest {
+        agent_id: args.id,
+        command: args.command,
+        cwd,
+        env: key_values(&args.env, "--env")?,
+        agent_dir,
+        labels: key_values(&args.labels, "--label")?,
+        stop_timeouts: args
+            .stop_timeouts
+            .as_deref()
+            .map(parse_timeouts)
+            .transpose()?,
+        verify_ms: args.verify_ms,
+    };
+    let client = ctx.client().await?;
+    let resp: SpawnResponse = client.call(Method::POST, "/v1/agents", Some(&req)).await?;
+    let ok = matches!(
+        resp.status,
+        PersistentStatus::Running | PersistentStatus::Completed
+    ) && resp.exit_code.unwrap_or(0) == 0;
+    if ctx.json {
+        print_json(&resp)?;
+    } else if ok {
+        println!("{} {} (pid {})", resp.agent_id, resp.status, resp.pid);
+    }
+    if ok {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        if !ctx.json {
+            eprintln!(
+                "error: {}",
+                resp.error
+                    .as_deref()
+                    .unwrap_or("the agent failed during verification")
+            );
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+pub async fn status(ctx: &Ctx, id: &str) -> Result<ExitCode> {
+    let path = format!("/v1/agents/{}", path_segment(id)?);
+    let s: AgentStatus = ctx.client().await?.get(&path).await?;
+    if ctx.json {
+        print_json(&s)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let mut rows = vec![
+        ("agent_id", s.agent_id.clone()),
+        ("pid", s.pid.to_string()),
+        ("health", s.health.to_string()),
+        ("persistent_status", s.persistent_status.to_string()),
+        ("process_status", s.process_status.clone()),
+        ("process_alive", s.process_alive.to_string()),
+        ("cpu_percent", format!("{:.1}", s.cpu_percent)),
+        ("memory_mb", format!("{:.1}", s.memory_mb)),
+        ("num_threads", s.num_threads.to_string()),
+        ("runtime", output::duration(s.runtime_seconds)),
+        ("progress", opt(s.progress.map(|p| format!("{p}%")))),
+        ("progress_message", opt(s.progress_message.clone())),
+        ("cmdline", s.cmdline.clone()),
+        ("started_at", s.started_at.clone()),
+        ("ended_at", opt(s.ended_at.clone())),
+        ("exit_code", opt(s.exit_code.map(|c| c.to_string()))),
+        ("exit_signal", opt(s.exit_signal.map(|c| c.to_string()))),
+        ("end_reason", opt(s.end_reason.clone())),
+        ("restarts", s.restarts.to_string()),
+        ("containment", s.containment.clone()),
+        ("stdout_log", s.stdout_log.display().to_string()),
+        ("stderr_log", s.stderr_log.display().to_string()),
+    ];
+    if !s.labels.is_empty() {
+        let labels = s
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        rows.push(("labels", labels));
+    }
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|(k, v)| vec![k.to_owned(), v])
+        .collect();
+    print!("{}", output::table(&rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `ps` table for a set of statuses.
+pub fn ps_table(all: &BTreeMap<String, AgentStatus>) -> String {
+    let mut rows = vec![
+        [
+            "ID", "PID", "HEALTH", "STATUS", "CPU%", "MEM(MB)", "THREADS", "RUNTIME", "PROGRESS",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for s in all.values() {
+        rows.push(vec![
+            s.agent_id.clone(),
+            s.pid.to_string(),
+            s.health.to_string(),
+            s.persistent_status.to_string(),
+            format!("{:.1}", s.cpu_percent),
+            format!("{:.1}", s.memory_mb),
+            s.num_threads.to_string(),
+            output::duration(s.runtime_seconds),
+            match (&s.progress, &s.progress_message) {
+                (Some(p), Some(m)) => format!("{p}% {m}"),
+                (Some(p), None) => format!("{p}%"),
+                _ => "-".into(),
+            },
+        ]);
+    }
+    output::table(&rows)
+}
+
+pub async fn ps(ctx: &Ctx) -> Result<ExitCode> {
+    let all: BTreeMap<String, AgentStatus> = ctx.client().await?.get("/v1/agents").await?;
+    if ctx.json {
+        print_json(&all)?;
+    } else if all.is_empty() {
+        println!("no agents");
+    } else {
+        print!("{}", ps_table(&all));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn summary(ctx: &Ctx) -> Result<ExitCode> {
+    let s: ProcessSummary = ctx.client().await?.get("/v1/summary").await?;
+    if ctx.json {
+        print_json(&s)?;
+    } else {
+        let rows = [
+            ("total", s.total.to_string()),
+            ("spawning", s.spawning.to_string()),
+            ("running", s.running.to_string()),
+            ("completed", s.completed.to_string()),
+            ("failed", s.failed.to_string()),
+            ("cancelled", s.cancelled.to_string()),
+            ("zombie", s.zombie.to_string()),
+            ("total_memory_mb", format!("{:.1}", s.total_memory_mb)),
+            ("total_cpu_percent", format!("{:.1}", s.total_cpu_percent)),
+        ];
+        let rows: Vec<Vec<String>> = rows
+            .into_iter()
+            .map(|(k, v)| vec![k.to_owned(), v])
+            .collect();
+        print!("{}", output::table(&rows));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn health(ctx: &Ctx, id: &str) -> Result<ExitCode> {
+    let path = format!("/v1/agents/{}/health", path_segment(id)?);
+    let h: HealthReport = ctx.client().await?.get(&path).await?;
+    if ctx.json {
+        print_json(&h)?;
+    } else {
+        println!("{} {}", h.agent_id, h.health);
+    }
+    Ok(if h.healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_reports(ctx: &Ctx, reports: &[StopReport]) -> Result<()> {
+    if ctx.json {
+        return print_json(&reports);
+    }
+    if reports.is_empty() {
+        println!("no agents matched");
+        return Ok(());
+    }
+    let mut rows = vec![
+        ["ID", "PID", "STAGE", "TOOK", "EXIT", "STATUS"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for r in reports {
+        let exit = match (r.exit_code, r.exit_signal) {
+            (Some(c), _) => format!("code {c}"),
+            (None, Some(s)) => format!("signal {s}"),
+            _ => "-".into(),
+        };
+        rows.push(vec![
+            r.agent_id.clone(),
+            r.pid.to_string(),
+            serde_json::to_value(r.stage)?
+                .as_str()
+                .unwrap_or("?")
+                .to_owned(),
+            format!("{:.0}ms", r.duration_ms),
+            exit,
+            r.persistent_status.to_string(),
+        ]);
+    }
+    print!("{}", output::table(&rows));
+    Ok(())
+}
+
+pub async fn stop(ctx: &Ctx, args: StopArgs) -> Result<ExitCode> {
+    let timeouts = args
+        .stop_timeouts
+        .as_deref()
+        .map(parse_timeouts)
+        .transpose()?;
+    let client = ctx.client().await?;
+    let reports: Vec<StopReport> = match args.target.as_deref() {
+        Some(target) if !target.ends_with(".*") => {
+            let path = format!("/v1/agents/{}/stop", path_segment(target)?);
+            let body = json!({"force": args.force, "stop_timeouts": timeouts});
+            let one: Option<StopReport> = client.call(Method::POST, &path, Some(&body)).await?;
+            one.into_iter().collect()
+        }
+        target => {
+            let body = match target {
+                Some(sel) => {
+                    json!({"selector": sel, "force": args.force, "stop_timeouts": timeouts})
+                }
+                None => json!({"all": true, "force": args.force, "stop_timeouts": timeouts}),
+            };
+            client.call(Method::POST, "/v1/stop", Some(&body)).await?
+        }
+    };
+    print_reports(ctx, &reports)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn kill(ctx: &Ctx, id: &str, force: bool) -> Result<ExitCode> {
+    let path = format!("/v1/agents/{}/kill", path_segment(id)?);
+    let answer: serde_json::Value = ctx
+        .client()
+        .await?
+        .call(Method::POST, &path, Some(&json!({"force": force})))
+        .await?;
+    let killed = answer["killed"].as_bool().unwrap_or(false);
+    if ctx.json {
+        print_json(&answer)?;
+    } else {
+        println!("{id} {}", if killed { "stopped" } else { "still present" });
+    }
+    Ok(if killed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub async fn progress(
+    ctx: &Ctx,
+    percent: i64,
+    message: Option<String>,
+    agent: Option<String>,
+) -> Result<ExitCode> {
+    let id = match agent.or_else(|| std::env::var("CORRAL_AGENT_ID").ok()) {
+        Some(id) => id,
+        None => bail!(
+            "no agent to report for: run inside an agent (CORRAL_AGENT_ID) or pass --agent ID"
+        ),
+    };
+    // Inside an agent the daemon's socket is given; it must already be running.
+    let client = match std::env::var_os("CORRAL_SOCKET").filter(|s| !s.is_empty()) {
+        Some(sock) => Client::new(sock),
+        None => ctx.client().await?,
+    };
+    let path = format!("/v1/agents/{}/progress", path_segment(&id)?);
+    let s: AgentStatus = client
+        .call(
+            Method::PUT,
+            &path,
+            Some(&json!({"progress": percent, "message": message})),
+        )
+        .await?;
+    if ctx.json {
+        print_json(&s)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

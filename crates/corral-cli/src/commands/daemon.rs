@@ -1,0 +1,29 @@
+//! `corral daemon`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use corral_api::daemon::{DaemonError, DaemonOptions};
+
+use super::{Ctx, EXIT_ALREADY_RUNNING};
+use crate::cli::DaemonArgs;
+
+pub async fn run(ctx: &Ctx, args: DaemonArgs) -> Result<ExitCode> {
+    if args.detach {
+        corral_core::platform::detach_session();
+    }
+    let opts = DaemonOptions {
+        state_dir: ctx.state_dir.clone(),
+        sample_interval: Duration::from_millis(args.sample_ms.max(10)),
+        detach: args.detach,
+    };
+    match corral_api::daemon::run(opts).await {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e @ DaemonError::AlreadyRunning { .. }) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(EXIT_ALREADY_RUNNING))
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,128 @@
+//! `corral demo`: corral's main job on its embedded defaults, end to end.
+//!
+//! Runs a private daemon inside this process (temp state dir, its own socket),
+//! spawns a small team of real agents through the HTTP API — some finish, one
+//! fails, one cannot start, some keep running — shows the table while they work
+//! and report progress, then stops them all in stages and removes the state dir.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use corral_api::Client;
+use corral_api::client::Method;
+use corral_core::{
+    AgentStatus, Config, ProcessSummary, SpawnRequest, SpawnResponse, StopReport, Supervisor,
+};
+use serde_json::json;
+
+use crate::cli::DemoArgs;
+
+fn agent(id: &str, script: &str, corral: &str) -> SpawnRequest {
+    SpawnRequest {
+        agent_id: id.into(),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        env: BTreeMap::from([("CORRAL_BIN".into(), corral.into())]),
+        labels: BTreeMap::from([("team".into(), "demo".into())]),
+        verify_ms: Some(200),
+        ..Default::default()
+    }
+}
+
+pub async fn run(args: DemoArgs) -> Result<ExitCode> {
+    let dir = tempfile::Builder::new()
+        .prefix("corral-demo-")
+        .tempdir()
+        .context("create a temp state dir")?;
+    let state = dir.path().join("state");
+    let socket = state.join(corral_api::daemon::SOCKET_NAME);
+    let mut config = Config::new(&state);
+    config.socket_path = Some(socket.clone());
+    config.sample_interval = Duration::from_millis(500);
+    let sup = Supervisor::open(config).await?;
+    let listener = corral_api::daemon::bind_socket(&socket)?;
+    let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(corral_api::server::serve(listener, sup, async {
+        let _ = stopped.await;
+    }));
+    let client = Client::new(&socket);
+    println!("corral demo: a private daemon on {}\n", socket.display());
+
+    let exe = std::env::current_exe().context("find the corral executable")?;
+    let corral = exe.to_string_lossy().into_owned();
+    let worker = r#"for i in 1 2 3 4 5 6 7 8 9 10; do
+        "$CORRAL_BIN" progress $((i * 10)) --message "step $i of 10"; echo "step $i"; sleep 0.4
+    done"#;
+    let team = [
+        agent("team.planner", worker, &corral),
+        agent("team.writer", &worker.replace("0.4", "0.6"), &corral),
+        agent(
+            "team.flaky",
+            r#""$CORRAL_BIN" progress 5 --message connecting; sleep 1.5; echo "flaky: lost the queue connection" >&2; exit 3"#,
+            &corral,
+        ),
+        agent(
+            "team.cruncher",
+            r#""$CORRAL_BIN" progress 0 --message crunching; while :; do :; done"#,
+            &corral,
+        ),
+        agent("team.watcher", "sleep 3600", &corral),
+        SpawnRequest {
+            agent_id: "team.typo".into(),
+            command: vec!["/no/such/agent".into()],
+            ..Default::default()
+        },
+    ];
+    for req in &team {
+        match client
+            .call::<SpawnResponse>(Method::POST, "/v1/agents", Some(req))
+            .await
+        {
+            Ok(r) => println!("spawned {:<14} pid {:<7} {}", r.agent_id, r.pid, r.status),
+            Err(e) => println!("spawn {:<16} refused: {e}", req.agent_id),
+        }
+    }
+
+    let tty = std::io::stdout().is_terminal();
+    let began = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    while began.elapsed() < Duration::from_secs(args.seconds) {
+        tick.tick().await;
+        let all: BTreeMap<String, AgentStatus> = client.get("/v1/agents").await?;
+        if tty {
+            print!("\x1b[2J\x1b[H");
+        }
+        println!("\n— t = {:.0}s —", began.elapsed().as_secs_f64());
+        print!("{}", super::agents::ps_table(&all));
+    }
+
+    println!("\nstopping the team (SIGTERM, then SIGKILL for whatever ignores it)…");
+    let reports: Vec<StopReport> = client
+        .call(
+            Method::POST,
+            "/v1/stop",
+            Some(&json!({"selector": "team.*", "stop_timeouts": [2, 1, 1]})),
+        )
+        .await?;
+    for r in &reports {
+        println!(
+            "  {:<14} {:<14} {:>6.0} ms",
+            r.agent_id,
+            serde_json::to_value(r.stage)?.as_str().unwrap_or("?"),
+            r.duration_ms
+        );
+    }
+    let all: BTreeMap<String, AgentStatus> = client.get("/v1/agents").await?;
+    println!();
+    print!("{}", super::agents::ps_table(&all));
+    let summary: ProcessSummary = client.get("/v1/summary").await?;
+    println!(
+        "\n{} agents: {} completed, {} failed, {} cancelled, {} running",
+        summary.total, summary.completed, summary.failed, summary.cancelled, summary.running
+    );
+    let _ = stop_server.send(());
+    let _ = server.await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,61 @@
+//! One function per command; each is a thin client of the daemon's routes.
+
+mod agents;
+mod daemon;
+mod demo;
+mod logs;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use corral_api::Client;
+
+use crate::cli::{Cli, Command};
+use crate::connect;
+
+/// Exit code of a daemon that lost the lock race: another daemon serves the state dir.
+pub const EXIT_ALREADY_RUNNING: u8 = 3;
+
+/// Global options every command sees.
+pub struct Ctx {
+    pub state_dir: std::path::PathBuf,
+    pub autostart: bool,
+    pub json: bool,
+}
+
+impl Ctx {
+    pub async fn client(&self) -> Result<Client> {
+        connect::client(&self.state_dir, self.autostart).await
+    }
+}
+
+/// Prints a value as one JSON document.
+pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let ctx = Ctx {
+        state_dir: connect::state_dir(cli.state_dir.as_deref())?,
+        autostart: !cli.no_autostart,
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Daemon(args) => daemon::run(&ctx, args).await,
+        Command::Spawn(args) => agents::spawn(&ctx, args).await,
+        Command::Status { id } => agents::status(&ctx, &id).await,
+        Command::Ps => agents::ps(&ctx).await,
+        Command::Summary => agents::summary(&ctx).await,
+        Command::Health { id } => agents::health(&ctx, &id).await,
+        Command::Stop(args) => agents::stop(&ctx, args).await,
+        Command::Kill { id, force } => agents::kill(&ctx, &id, force).await,
+        Command::Logs(args) => logs::run(&ctx, args).await,
+        Command::Progress {
+            percent,
+            message,
+            agent,
+        } => agents::progress(&ctx, percent, message, agent).await,
+        Command::Demo(args) => demo::run(args).await,
+    }
+}

@@ -1,0 +1,105 @@
+//! Finding the state dir and a daemon that serves it, starting one when none answers.
+//!
+//! Autostart is race-safe by construction: every CLI that finds no daemon starts
+//! one, every such daemon first tries the state dir's exclusive lock, and all but
+//! one exit at once. The CLIs then wait for the socket to answer, so each ends up
+//! talking to the single winner.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use corral_api::Client;
+use corral_api::daemon::SOCKET_NAME;
+
+/// How long a CLI waits for a daemon it started to answer.
+const STARTUP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The state dir: `--state-dir`, else `$CORRAL_STATE_DIR`, else
+/// `$XDG_STATE_HOME/corral`, else `~/.local/state/corral`.
+pub fn state_dir(flag: Option<&Path>) -> Result<PathBuf> {
+    let from_env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let dir = if let Some(d) = flag {
+        d.to_owned()
+    } else if let Some(d) = from_env("CORRAL_STATE_DIR") {
+        d
+    } else if let Some(d) = from_env("XDG_STATE_HOME") {
+        d.join("corral")
+    } else if let Some(home) = from_env("HOME") {
+        home.join(".local/state/corral")
+    } else {
+        bail!("cannot find a state dir: set --state-dir, CORRAL_STATE_DIR or HOME");
+    };
+    // Agents and daemons see this path from other working directories.
+    std::path::absolute(&dir).with_context(|| format!("state dir {}", dir.display()))
+}
+
+async fn answers(client: &Client) -> bool {
+    client.get::<serde_json::Value>("/v1/health").await.is_ok()
+}
+
+/// A client for the daemon of `state_dir`, starting the daemon if none answers
+/// (unless `autostart` is false).
+pub async fn client(state_dir: &Path, autostart: bool) -> Result<Client> {
+    let client = Client::new(state_dir.join(SOCKET_NAME));
+    if answers(&client).await {
+        return Ok(client);
+    }
+    if !autostart {
+        bail!(
+            "no corral daemon answers at {}; start one with `corral daemon` or drop --no-autostart",
+            client.socket().display()
+        );
+    }
+    let exe =
+        std::env::current_exe().context("cannot find the corral executable to start a daemon")?;
+    let mut child = Command::new(exe)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .args(["daemon", "--detach"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start a corral daemon")?;
+    let deadline = Instant::now() + STARTUP_DEADLINE;
+    let mut exited = None;
+    loop {
+        if answers(&client).await {
+            // Reap the child if it was a loser of the lock race; a winner keeps running.
+            let _ = child.try_wait();
+            return Ok(client);
+        }
+        if exited.is_none()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            // Losing the lock race means another daemon is starting: keep waiting for it.
+            if status.code() != Some(i32::from(crate::commands::EXIT_ALREADY_RUNNING)) {
+                let mut err = String::new();
+                if let Some(mut pipe) = child.stderr.take() {
+                    use std::io::Read;
+                    let _ = pipe.read_to_string(&mut err);
+                }
+                bail!(
+                    "the corral daemon did not start ({status}): {}",
+                    err.trim().trim_start_matches("error: ")
+                );
+            }
+            exited = Some(status);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "started a corral daemon but it did not answer at {} within {}s; see {}",
+                client.socket().display(),
+                STARTUP_DEADLINE.as_secs(),
+                state_dir.join("daemon.log").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
