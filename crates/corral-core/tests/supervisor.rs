@@ -1,6 +1,7 @@
 //! The library against real processes: every claim corral makes is checked
 //! against what `/proc` holds. Each test stops what it started and checks that
 //! no process or zombie of it remains.
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,0 +1,505 @@
+//! The `corral` binary end to end: CLI → autostarted daemon → real agents,
+//! with every claim checked against `/proc`.
+//!
+//! Each test makes itself a child subreaper, so the daemon the CLI starts in the
+//! background (and, once the daemon is gone, its agents) are reparented to the
+//! test, which stops and reaps them by pid and then asserts that nothing it
+//! started is left: no process, no zombie.
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+struct Env {
+    dir: Option<tempfile::TempDir>,
+    state: PathBuf,
+}
+
+fn me() -> i32 {
+    std::process::id() as i32
+}
+
+/// Fields of /proc/<pid>/stat after the command name: [state, ppid, pgrp, session, ...].
+fn proc_stat(pid: i32) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// Our direct children (with the subreaper set, every orphan we caused).
+fn children() -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>()
+            && proc_stat(pid).is_some_and(|s| s[1] == me().to_string())
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Kills one of our children through a pidfd (no PID-reuse race) and reaps exactly it.
+fn kill_and_reap(pid: i32, sig: i32) {
+    // SAFETY: plain syscalls on an integer pid; the pidfd is closed below.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+        if fd >= 0 {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd,
+                sig,
+                std::ptr::null::<u8>(),
+                0,
+            );
+            libc::close(fd);
+        }
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+    }
+}
+
+impl Env {
+    fn new() -> Self {
+        // SAFETY: prctl with constant arguments.
+        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert_eq!(rc, 0, "cannot become a child subreaper");
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        Self {
+            dir: Some(dir),
+            state,
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_corral"));
+        c.arg("--state-dir").arg(&self.state).args(args);
+        c.env_remove("CORRAL_AGENT_ID").env_remove("CORRAL_SOCKET");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Runs a command that must succeed and print JSON.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        assert!(
+            out.status.success(),
+            "corral {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("corral {args:?}: not JSON ({e})"))
+    }
+
+    fn wait_for(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let s = self.json(&["status", id]);
+            if pred(&s) {
+                return s;
+            }
+            assert!(Instant::now() < end, "{id} never reached {what}: {s}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn daemons(&self) -> Vec<i32> {
+        let state = self.state.to_string_lossy().into_owned();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+            .filter(|pid| {
+                let c = cmdline(*pid);
+                c.contains(" daemon")
+                    && c.contains(&state)
+                    && proc_stat(*pid).is_some_and(|s| s[0] != "Z")
+            })
+            .collect()
+    }
+
+    /// Stops every agent through corral, stops the daemon, reaps everything by pid,
+    /// then proves that nothing we started remains.
+    fn finish(mut self) {
+        self.teardown();
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let left: Vec<String> = children()
+                .iter()
+                .map(|p| format!("{p}: {}", cmdline(*p)))
+                .collect();
+            if left.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < end, "processes left behind: {left:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            !self.state.join("corral.sock").exists(),
+            "socket left behind"
+        );
+        let dir = self.dir.take().unwrap();
+        let path = dir.path().to_owned();
+        dir.close().unwrap();
+        assert!(!path.exists());
+    }
+
+    fn teardown(&mut self) {
+        if self.state.join("corral.sock").exists() {
+            let _ = self
+                .cmd(&["--no-autostart", "stop", "--all", "--force"])
+                .output();
+        }
+        for pid in self.daemons() {
+            kill_and_reap(pid, libc::SIGTERM);
+        }
+        for pid in children() {
+            kill_and_reap(pid, libc::SIGKILL);
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if self.dir.is_some() {
+            self.teardown();
+        }
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_one_error_line(out: &Output, needle: &str) {
+    assert!(!out.status.success(), "expected failure, got success");
+    let err = stderr(out);
+    assert!(err.starts_with("error: "), "{err:?}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+    assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+}
+
+#[test]
+fn spawn_then_status_reports_the_seed_fields_with_their_types() {
+    let env = Env::new();
+    let out = env.run(&["spawn", "L2.1.1", "--label", "team=a", "--", "sleep", "30"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = env.json(&["status", "L2.1.1"]);
+    let pid = s["pid"].as_i64().unwrap() as i32;
+    let stat = proc_stat(pid).expect("the agent runs");
+    assert_eq!(stat[2], pid.to_string(), "own process group");
+    assert_eq!(stat[3], pid.to_string(), "own session");
+    for (field, kind) in [
+        ("agent_id", "string"),
+        ("pid", "number"),
+        ("process_alive", "bool"),
+        ("process_status", "string"),
+        ("exit_code", "null"),
+        ("is_zombie", "bool"),
+        ("cpu_percent", "number"),
+        ("memory_mb", "number"),
+        ("runtime_seconds", "number"),
+        ("num_threads", "number"),
+        ("cmdline", "string"),
+        ("health", "string"),
+        ("persistent_status", "string"),
+        ("started_at", "string"),
+        ("progress", "null"),
+    ] {
+        let v = &s[field];
+        let ok = match kind {
+            "string" => v.is_string(),
+            "number" => v.is_number(),
+            "bool" => v.is_boolean(),
+            _ => v.is_null(),
+        };
+        assert!(ok, "{field} should be {kind}: {v}");
+    }
+    assert_eq!(s["process_alive"], true);
+    assert_eq!(s["health"], "healthy");
+    assert_eq!(s["persistent_status"], "running");
+    assert_eq!(s["process_status"], "sleeping");
+    assert_eq!(s["cmdline"], "sleep 30");
+    assert_eq!(s["labels"]["team"], "a");
+    assert_eq!(s["containment"], "process-group");
+
+    let all = env.json(&["ps"]);
+    assert_eq!(all["L2.1.1"]["pid"], s["pid"]);
+    let sum = env.json(&["summary"]);
+    assert_eq!(
+        (sum["total"].as_u64(), sum["running"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert!(env.run(&["health", "L2.1.1"]).status.success());
+
+    let table = env.run(&["ps"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.starts_with("ID "), "{text}");
+    assert!(
+        text.contains("L2.1.1") && text.contains("healthy"),
+        "{text}"
+    );
+    env.finish();
+}
+
+#[test]
+fn exec_failures_and_early_deaths_exit_non_zero_with_the_reason() {
+    let env = Env::new();
+    assert_one_error_line(
+        &env.run(&["spawn", "a", "--", "/nonexistent/agent"]),
+        "No such file or directory",
+    );
+    let cwd_fail = env.run(&[
+        "spawn",
+        "b",
+        "--cwd",
+        "/nonexistent/dir",
+        "--",
+        "sleep",
+        "1",
+    ]);
+    assert_one_error_line(&cwd_fail, "working directory /nonexistent/dir");
+    let noexec = env.dir.as_ref().unwrap().path().join("script.sh");
+    std::fs::write(&noexec, "#!/bin/sh\n").unwrap();
+    assert_one_error_line(
+        &env.run(&["spawn", "c", "--", noexec.to_str().unwrap()]),
+        "Permission denied",
+    );
+
+    let dies = env.run(&[
+        "spawn",
+        "d",
+        "--verify-ms",
+        "3000",
+        "--",
+        "sh",
+        "-c",
+        "echo 'fatal: no token' >&2; exit 4",
+    ]);
+    assert!(!dies.status.success());
+    assert!(
+        stderr(&dies).contains("fatal: no token"),
+        "{}",
+        stderr(&dies)
+    );
+    assert!(
+        stderr(&dies).contains("exited with code 4"),
+        "{}",
+        stderr(&dies)
+    );
+    let quick_ok = env.run(&["spawn", "e", "--verify-ms", "3000", "--", "true"]);
+    assert!(
+        quick_ok.status.success(),
+        "completed with 0 inside the window is success"
+    );
+
+    for id in ["a", "b", "c"] {
+        let s = env.json(&["status", id]);
+        assert_eq!(s["persistent_status"], "failed", "{id}");
+        assert_eq!(s["process_alive"], false);
+    }
+    assert_eq!(env.json(&["status", "d"])["exit_code"], 4);
+    assert_eq!(env.json(&["status", "e"])["persistent_status"], "completed");
+    assert!(
+        !env.run(&["health", "d"]).status.success(),
+        "health exits 1 when not healthy"
+    );
+    env.finish();
+}
+
+#[test]
+fn exit_codes_become_completed_and_failed() {
+    let env = Env::new();
+    assert!(
+        env.run(&[
+            "spawn",
+            "zero",
+            "--verify-ms",
+            "0",
+            "--",
+            "sh",
+            "-c",
+            "sleep 0.2; exit 0"
+        ])
+        .status
+        .success()
+    );
+    assert!(
+        env.run(&[
+            "spawn",
+            "three",
+            "--verify-ms",
+            "0",
+            "--",
+            "sh",
+            "-c",
+            "sleep 0.2; exit 3"
+        ])
+        .status
+        .success()
+    );
+    let zero = env.wait_for("zero", "completed", |s| {
+        s["persistent_status"] == "completed"
+    });
+    assert_eq!(
+        (zero["exit_code"].as_i64(), zero["health"].as_str()),
+        (Some(0), Some("completed"))
+    );
+    let three = env.wait_for("three", "failed", |s| s["persistent_status"] == "failed");
+    assert_eq!(
+        (three["exit_code"].as_i64(), three["health"].as_str()),
+        (Some(3), Some("failed"))
+    );
+    let pid = three["pid"].as_i64().unwrap() as i32;
+    assert!(proc_stat(pid).is_none(), "reaped, not a zombie");
+    env.finish();
+}
+
+#[test]
+fn bad_ids_are_rejected_and_the_daemon_keeps_serving() {
+    let env = Env::new();
+    let long = "x".repeat(300);
+    for bad in ["../x", "", long.as_str(), "has space"] {
+        let out = env.run(&["spawn", bad, "--", "sleep", "1"]);
+        assert_one_error_line(&out, "invalid agent id");
+    }
+    assert_eq!(env.json(&["ps"]), serde_json::json!({}));
+    assert!(!env.state.join("x").exists() && !env.state.join("agents/../x").exists());
+    env.finish();
+}
+
+#[test]
+fn a_running_id_cannot_be_spawned_twice_but_a_finished_one_can() {
+    let env = Env::new();
+    assert!(
+        env.run(&["spawn", "w", "--", "sleep", "30"])
+            .status
+            .success()
+    );
+    assert_one_error_line(
+        &env.run(&["spawn", "w", "--", "sleep", "30"]),
+        "already running",
+    );
+    let out = env.run(&["stop", "w", "--stop-timeouts", "1,1,1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.wait_for("w", "cancelled", |s| s["persistent_status"] == "cancelled");
+    assert!(
+        env.run(&["spawn", "w", "--", "sleep", "30"])
+            .status
+            .success()
+    );
+    let s = env.json(&["status", "w"]);
+    assert_eq!(
+        (s["persistent_status"].as_str(), s["restarts"].as_u64()),
+        (Some("running"), Some(1))
+    );
+    assert_one_error_line(&env.run(&["status", "nobody"]), "agent nobody not found");
+    env.finish();
+}
+
+#[test]
+fn logs_show_the_agents_output() {
+    let env = Env::new();
+    let script = "for i in 1 2 3 4 5; do echo out $i; done; echo problem >&2";
+    assert!(
+        env.run(&["spawn", "talker", "--", "sh", "-c", script])
+            .status
+            .success()
+    );
+    env.wait_for("talker", "completed", |s| {
+        s["persistent_status"] == "completed"
+    });
+    let out = env.run(&["logs", "talker", "-n", "2"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out 4\nout 5\n");
+    let err = env.run(&["logs", "talker", "--stderr"]);
+    assert_eq!(String::from_utf8_lossy(&err.stdout), "problem\n");
+    let follow = env.run(&["logs", "talker", "-f"]);
+    assert!(
+        follow.status.success(),
+        "follow ends once the agent has ended"
+    );
+    env.finish();
+}
+
+#[test]
+fn progress_reported_from_inside_an_agent_shows_in_status() {
+    let env = Env::new();
+    let corral = env!("CARGO_BIN_EXE_corral");
+    let script = format!("'{corral}' progress 42 --message indexing && sleep 30");
+    assert!(
+        env.run(&["spawn", "reporter", "--", "sh", "-c", &script])
+            .status
+            .success()
+    );
+    let s = env.wait_for("reporter", "progress", |s| s["progress"] == 42);
+    assert_eq!(s["progress_message"], "indexing");
+    let bad = env.run(&["progress", "150", "--agent", "reporter"]);
+    assert_one_error_line(&bad, "progress must be 0–100");
+    env.finish();
+}
+
+#[test]
+fn several_clis_at_once_start_exactly_one_daemon() {
+    let env = Env::new();
+    let clis: Vec<_> = (0..8)
+        .map(|_| {
+            env.cmd(&["--json", "ps"])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for cli in clis {
+        let out = cli.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(
+            serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+            serde_json::json!({})
+        );
+    }
+    let daemons = env.daemons();
+    assert_eq!(daemons.len(), 1, "daemons: {daemons:?}");
+    let lock = std::fs::read_to_string(env.state.join("corral.lock")).unwrap();
+    assert_eq!(lock.trim(), daemons[0].to_string());
+    let mode = std::fs::metadata(env.state.join("corral.sock")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
+    // A second daemon on the same state dir refuses to start.
+    let second = env.run(&["daemon"]);
+    assert_eq!(second.status.code(), Some(3));
+    assert!(
+        stderr(&second).contains("already serves"),
+        "{}",
+        stderr(&second)
+    );
+    env.finish();
+}
+
+#[test]
+fn no_autostart_fails_clearly_when_no_daemon_answers() {
+    let env = Env::new();
+    let out = env.run(&["--no-autostart", "ps"]);
+    assert_one_error_line(&out, "no corral daemon answers");
+    assert!(env.daemons().is_empty());
+    assert!(!Path::new(&env.state).join("corral.sock").exists());
+    env.finish();
+}
