@@ -171,6 +171,10 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     config.sample_interval = opts.sample_interval;
     let sup = Supervisor::open(config).await?;
     let listener = bind_socket(&socket)?;
+    if opts.detach {
+        // A background daemon must not pin the directory it happened to start in.
+        let _ = std::env::set_current_dir("/");
+    }
     if opts.detach
         && let Ok(null) = File::options().read(true).write(true).open("/dev/null")
     {

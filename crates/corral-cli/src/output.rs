@@ -28,6 +28,15 @@ pub fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Prints `key  value` lines, aligned.
+pub fn key_values(pairs: Vec<(&str, String)>) -> String {
+    let rows: Vec<Vec<String>> = pairs
+        .into_iter()
+        .map(|(k, v)| vec![k.to_owned(), v])
+        .collect();
+    table(&rows)
+}
+
 /// `83s` → `1m23s`, `7300s` → `2h01m`.
 pub fn duration(seconds: f64) -> String {
     let s = seconds.max(0.0) as u64;

@@ -130,11 +130,7 @@ pub async fn status(ctx: &Ctx, id: &str) -> Result<ExitCode> {
             .join(",");
         rows.push(("labels", labels));
     }
-    let rows: Vec<Vec<String>> = rows
-        .into_iter()
-        .map(|(k, v)| vec![k.to_owned(), v])
-        .collect();
-    print!("{}", output::table(&rows));
+    print!("{}", output::key_values(rows));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -195,11 +191,7 @@ pub async fn summary(ctx: &Ctx) -> Result<ExitCode> {
             ("total_memory_mb", format!("{:.1}", s.total_memory_mb)),
             ("total_cpu_percent", format!("{:.1}", s.total_cpu_percent)),
         ];
-        let rows: Vec<Vec<String>> = rows
-            .into_iter()
-            .map(|(k, v)| vec![k.to_owned(), v])
-            .collect();
-        print!("{}", output::table(&rows));
+        print!("{}", output::key_values(rows.to_vec()));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Measures corral's CLI latency and bulk spawn time against a private daemon.
+
+Usage: scripts/measure_cli.py [--corral target/release/corral] [--agents 100 1000]
+
+For each N: starts a daemon in a temp state dir, spawns N `sleep` agents
+concurrently over the Unix socket (raw HTTP/1.1, one connection per request,
+as many in flight as --concurrency), then times `corral status ID` and
+`corral ps --json` as whole commands (process start to exit), then stops every
+agent and the daemon and checks that none is left. Prints one line per figure.
+"""
+import argparse, json, os, signal, socket, statistics, subprocess, sys, tempfile, time
+from concurrent.futures import ThreadPoolExecutor
+
+
+def request(sock_path, method, path, body=None):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(sock_path)
+    data = json.dumps(body).encode() if body is not None else b""
+    s.sendall(f"{method} {path} HTTP/1.1\r\nHost: corral\r\nContent-Type: application/json\r\n"
+              f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
+    chunks = []
+    while True:
+        c = s.recv(65536)
+        if not c:
+            break
+        chunks.append(c)
+    s.close()
+    head, _, payload = b"".join(chunks).partition(b"\r\n\r\n")
+    return int(head.split()[1]), payload
+
+
+def timed(cmd, runs):
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        times.append((time.perf_counter() - t) * 1000)
+    times.sort()
+    return statistics.median(times), times[int(len(times) * 0.99) - 1 if len(times) >= 100 else -1]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--corral", default="target/release/corral")
+    ap.add_argument("--agents", type=int, nargs="+", default=[100, 1000])
+    ap.add_argument("--concurrency", type=int, default=256)
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--verify-ms", type=int, default=100)
+    args = ap.parse_args()
+    corral = os.path.abspath(args.corral)
+    for n in args.agents:
+        with tempfile.TemporaryDirectory(prefix="corral-measure-") as tmp:
+            state = os.path.join(tmp, "state")
+            base = [corral, "--state-dir", state, "--no-autostart"]
+            daemon = subprocess.Popen([corral, "--state-dir", state, "daemon"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            sock = os.path.join(state, "corral.sock")
+            deadline = time.time() + 10
+            while not os.path.exists(sock):
+                assert time.time() < deadline, "daemon did not start"
+                time.sleep(0.01)
+            def spawn(i):
+                code, body = request(sock, "POST", "/v1/agents", {
+                    "agent_id": f"a{i}", "command": ["sleep", "3600"], "verify_ms": args.verify_ms})
+                assert code == 201, body
+                return json.loads(body)["pid"]
+            t = time.perf_counter()
+            with ThreadPoolExecutor(args.concurrency) as pool:
+                pids = list(pool.map(spawn, range(n)))
+            spawn_s = time.perf_counter() - t
+            alive = sum(os.path.exists(f"/proc/{p}") for p in pids)
+            print(f"N={n}: spawn {n} agents (verify_ms={args.verify_ms}, {args.concurrency} in flight): "
+                  f"{spawn_s:.3f} s ({n / spawn_s:.0f}/s); alive in /proc: {alive}")
+            # Baseline in the same run: N bare posix_spawns of the same command.
+            t = time.perf_counter()
+            bare = [os.posix_spawn("/bin/sleep", ["sleep", "3600"], os.environ) for _ in range(n)]
+            bare_s = time.perf_counter() - t
+            for p in bare:
+                os.kill(p, signal.SIGKILL)
+                os.waitpid(p, 0)
+            print(f"N={n}: baseline {n} bare posix_spawn of sleep: {bare_s:.3f} s; corral/bare = {spawn_s / bare_s:.2f}x")
+            time.sleep(1.5)  # let the sampler take its first full-interval sample
+            p50, p99 = timed(base + ["status", f"a{n // 2}"], args.runs)
+            print(f"N={n}: corral status ID      p50 {p50:.2f} ms  p99 {p99:.2f} ms ({args.runs} runs)")
+            p50, p99 = timed(base + ["--json", "ps"], args.runs)
+            print(f"N={n}: corral ps --json      p50 {p50:.2f} ms  p99 {p99:.2f} ms ({args.runs} runs)")
+            p50, p99 = timed(["/bin/true"], args.runs)
+            print(f"N={n}: baseline /bin/true    p50 {p50:.2f} ms  p99 {p99:.2f} ms (process start cost)")
+            t = time.perf_counter()
+            subprocess.run(base + ["stop", "--all", "--stop-timeouts", "5,5,5"], check=True, stdout=subprocess.DEVNULL)
+            print(f"N={n}: corral stop --all     {time.perf_counter() - t:.3f} s")
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait()
+            left = [p for p in pids if os.path.exists(f"/proc/{p}")]
+            assert not left, f"agents left: {left[:10]}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
