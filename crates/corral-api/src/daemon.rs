@@ -169,6 +169,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let mut config = Config::new(&opts.state_dir);
     config.socket_path = Some(socket.clone());
     config.sample_interval = opts.sample_interval;
+    config.subreaper = true;
     let sup = Supervisor::open(config).await?;
     let listener = bind_socket(&socket)?;
     if opts.detach {

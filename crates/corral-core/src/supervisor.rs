@@ -62,6 +62,11 @@ pub struct Config {
     pub socket_path: Option<PathBuf>,
     /// How often metrics are sampled.
     pub sample_interval: Duration,
+    /// Make this process a child subreaper and reap every orphan reparented to
+    /// it. Only for a process whose other children nobody waits for (the daemon,
+    /// the demo): the reaper takes the exit status of any child corral did not
+    /// start itself.
+    pub subreaper: bool,
 }
 
 impl Config {
@@ -71,6 +76,7 @@ impl Config {
             state_dir: state_dir.into(),
             socket_path: None,
             sample_interval: Duration::from_secs(1),
+            subreaper: false,
         }
     }
 }
@@ -322,6 +328,9 @@ struct Inner {
     agents: Mutex<HashMap<AgentId, Arc<Agent>>>,
     /// Ids between "conflict check passed" and "run recorded": taken.
     reserved: Mutex<HashSet<AgentId>>,
+    /// Pids of agents whose exit status their own watcher collects. Held across
+    /// posix_spawn, so the orphan reaper can never take an agent's status.
+    owned: Mutex<HashSet<i32>>,
     base_env: Vec<(OsString, OsString)>,
     _sampler_stop: mpsc::Sender<()>,
 }
@@ -395,9 +404,18 @@ impl Supervisor {
             boot_id,
             agents: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashSet::new()),
+            owned: Mutex::new(HashSet::new()),
             _sampler_stop: stop_tx,
         });
         let sup = Self { inner };
+        if sup.inner.config.subreaper {
+            platform::become_subreaper().map_err(|e| Error::StateDir {
+                path: sup.inner.config.state_dir.clone(),
+                action: "become a child subreaper",
+                source: e,
+            })?;
+            sup.start_orphan_reaper()?;
+        }
         sup.load().await?;
         let weak = Arc::downgrade(&sup.inner);
         let interval = sup.inner.config.sample_interval;
@@ -474,6 +492,41 @@ impl Supervisor {
                 Ok(Arc::new(Agent::new(record, restarts, None)?))
             }
         }
+    }
+
+    /// Reaps orphans on every SIGCHLD. Agents' own exits are left to their watchers.
+    fn start_orphan_reaper(&self) -> Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut sigchld = signal(SignalKind::child()).map_err(|e| Error::StateDir {
+            path: self.inner.config.state_dir.clone(),
+            action: "listen for SIGCHLD",
+            source: e,
+        })?;
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            while sigchld.recv().await.is_some() {
+                let Some(inner) = weak.upgrade() else { return };
+                Supervisor { inner }.reap_orphans();
+            }
+        });
+        Ok(())
+    }
+
+    /// Reaps every exited child that is not an agent (descendants of agents that
+    /// were reparented to this subreaper). Returns how many it reaped.
+    pub fn reap_orphans(&self) -> usize {
+        let owned = lock(&self.inner.owned);
+        let mut reaped = 0;
+        for pid in platform::own_children() {
+            if owned.contains(&pid) {
+                continue;
+            }
+            if let Some(exit) = platform::reap_child(pid) {
+                reaped += 1;
+                tracing::debug!(pid, ?exit, "reaped an orphan");
+            }
+        }
+        reaped
     }
 
     /// The state dir.
@@ -672,23 +725,31 @@ impl Supervisor {
         record.pid = Some(pid);
         record.start_ticks = Some(started.start_ticks());
         record.boot_id = Some(self.inner.boot_id.clone());
-        record.status = first_status;
-        let committed = self
-            .inner
-            .store
-            .set_process(
-                record.run_id,
-                pid,
-                started.start_ticks(),
-                self.inner.boot_id.clone(),
-                first_status,
-            )
-            .await;
+        let start_ticks = started.start_ticks();
         let agent = Arc::new(Agent::new(record, restarts, Some(Arc::new(started)))?);
+        // Visible at once (the agent may report progress inside its window), but
+        // its transitions wait for this commit: the exit watcher and progress
+        // reports take the same lock.
+        let transition = agent.transition.lock().await;
         lock(&self.inner.agents).insert(id.clone(), agent.clone());
         drop(_reservation);
         agent.refresh_sample(&self.inner.clock);
         self.watch(agent.clone());
+        let committed = self
+            .inner
+            .store
+            .set_process(
+                agent.run_id,
+                pid,
+                start_ticks,
+                self.inner.boot_id.clone(),
+                first_status,
+            )
+            .await;
+        if committed.is_ok() {
+            lock(&agent.state).status = first_status;
+        }
+        drop(transition);
         tracing::info!(agent_id = %id, pid, "agent started");
         committed?;
 
@@ -753,7 +814,12 @@ impl Supervisor {
             .collect::<std::io::Result<Vec<_>>>()?;
         let program_c = platform::c_path(&resolved)?;
         let cwd_c = platform::c_path(cwd)?;
-        let pid = platform::spawn(&program_c, &argv, &envp, Some(&cwd_c), &stdio)?;
+        let pid = {
+            let mut owned = lock(&self.inner.owned);
+            let pid = platform::spawn(&program_c, &argv, &envp, Some(&cwd_c), &stdio)?;
+            owned.insert(pid.as_raw_nonzero().get());
+            pid
+        };
         match ProcessHandle::open(pid, None) {
             Ok(Some(handle)) => Ok(handle),
             // Our own unreaped child cannot vanish; failing here means no fds left.
@@ -762,6 +828,7 @@ impl Supervisor {
             )),
             Err(e) => {
                 platform::kill_and_reap_child(pid);
+                lock(&self.inner.owned).remove(&pid.as_raw_nonzero().get());
                 Err(std::io::Error::new(
                     e.kind(),
                     format!("cannot watch the new process: {e}"),
@@ -851,6 +918,7 @@ impl Supervisor {
             };
             match proc_.try_reap() {
                 Ok(Some(exit)) => {
+                    lock(&self.inner.owned).remove(&proc_.pid());
                     let mut st = lock(&agent.state);
                     st.exit = Some(exit);
                     st.reaped = true;

@@ -466,3 +466,37 @@ async fn a_reopened_supervisor_keeps_history_and_readopts_the_living() {
         .unwrap();
     wait_gone(live.pid).await;
 }
+
+#[tokio::test]
+async fn orphans_left_by_an_agent_are_reaped_when_they_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path().join("state"));
+    config.subreaper = true;
+    let sup = Supervisor::open(config).await.unwrap();
+    // The agent leaves a child behind and exits; the child outlives it briefly.
+    let resp = sup
+        .spawn_agent(request("parent", &["sh", "-c", "sleep 0.4 & echo $!"], 0))
+        .await
+        .unwrap();
+    let id = AgentId::new("parent").unwrap();
+    let end = Instant::now() + DEADLINE;
+    while sup.get_agent_status(&id).unwrap().persistent_status != PersistentStatus::Completed {
+        assert!(Instant::now() < end, "the agent never completed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let orphan: i32 = std::fs::read_to_string(&resp.stdout_log)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    if let Some(stat) = proc_stat(orphan) {
+        assert_eq!(
+            stat[1],
+            std::process::id().to_string(),
+            "reparented to the subreaper"
+        );
+    }
+    // Without the reaper it would stay a zombie under us for good.
+    wait_gone(orphan).await;
+    wait_gone(resp.pid).await;
+}

@@ -41,6 +41,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     let mut config = Config::new(&state);
     config.socket_path = Some(socket.clone());
     config.sample_interval = Duration::from_millis(500);
+    config.subreaper = true;
     let sup = Supervisor::open(config).await?;
     let listener = corral_api::daemon::bind_socket(&socket)?;
     let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();

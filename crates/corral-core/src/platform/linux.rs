@@ -434,6 +434,44 @@ pub fn kill_and_reap_child(pid: Pid) {
     let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
 }
 
+/// Makes the calling process a child subreaper: descendants orphaned by their
+/// parents are reparented to it instead of to PID 1, so it can reap them.
+pub fn become_subreaper() -> io::Result<()> {
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid())).map_err(Into::into)
+}
+
+/// Pids of the calling process's children (the children of every one of its threads).
+pub fn own_children() -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut pids = Vec::new();
+    for task in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            pids.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    pids
+}
+
+/// Reaps child `pid` if it has exited. Waits for that pid only, never blocks.
+pub fn reap_child(pid: i32) -> Option<ExitKind> {
+    let pid = Pid::from_raw(pid)?;
+    let status = rustix::process::waitid(
+        WaitId::Pid(pid),
+        WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+    )
+    .ok()
+    .flatten()?;
+    status
+        .exit_status()
+        .map(ExitKind::Code)
+        .or_else(|| status.terminating_signal().map(ExitKind::Signal))
+}
+
 /// Detaches the calling process into a session of its own (used by the daemon).
 /// Already being a group leader is not an error.
 pub fn detach_session() {
