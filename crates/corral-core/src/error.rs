@@ -89,6 +89,16 @@ pub enum Error {
         #[source]
         source: std::sync::Arc<rusqlite::Error>,
     },
+    /// The store was written by a newer corral.
+    #[error(
+        "store: schema version {found} is newer than this corral supports ({supported}); upgrade corral"
+    )]
+    SchemaTooNew {
+        /// Version found in the database.
+        found: i32,
+        /// Newest version this build knows.
+        supported: i32,
+    },
     /// The store's writer is gone (the supervisor is shutting down).
     #[error("store: the writer thread has stopped")]
     StoreClosed,
@@ -130,9 +140,11 @@ impl Error {
             Self::NotFound { .. } => ErrorCode::NotFound,
             Self::Conflict { .. } => ErrorCode::Conflict,
             Self::Spawn { .. } => ErrorCode::SpawnFailed,
-            Self::Os { .. } | Self::StateDir { .. } | Self::Store { .. } | Self::StoreClosed => {
-                ErrorCode::Internal
-            }
+            Self::Os { .. }
+            | Self::StateDir { .. }
+            | Self::Store { .. }
+            | Self::SchemaTooNew { .. }
+            | Self::StoreClosed => ErrorCode::Internal,
         }
     }
 

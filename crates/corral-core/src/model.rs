@@ -304,8 +304,10 @@ pub struct StopReport {
     pub exit_code: Option<i32>,
     /// Signal that ended it, if one did.
     pub exit_signal: Option<i32>,
-    /// Other processes of its tree that were still present when the stop began.
-    pub descendants_killed: u32,
+    /// Other processes of its tree that were still present when the stop began;
+    /// `null` while corral does not yet count them (only the agent's process
+    /// group is signalled today).
+    pub descendants_killed: Option<u32>,
     /// Final lifecycle state.
     pub persistent_status: PersistentStatus,
 }

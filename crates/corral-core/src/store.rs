@@ -155,11 +155,9 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .map_err(|e| Error::store("read schema version", e))?;
     if version > SCHEMA_VERSION {
-        return Err(Error::Invalid {
-            agent_id: "-".into(),
-            reason: format!(
-                "the store's schema version {version} is newer than this corral ({SCHEMA_VERSION}); upgrade corral"
-            ),
+        return Err(Error::SchemaTooNew {
+            found: version,
+            supported: SCHEMA_VERSION,
         });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {

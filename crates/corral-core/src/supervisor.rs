@@ -1161,7 +1161,7 @@ impl Supervisor {
                     Some(ExitKind::Signal(s)) => Some(s),
                     _ => agent.record.exit_signal,
                 },
-                descendants_killed: 0,
+                descendants_killed: None,
                 persistent_status: st.status,
             }
         };
