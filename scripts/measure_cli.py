@@ -5,12 +5,16 @@ Usage: scripts/measure_cli.py [--corral target/release/corral] [--agents 100 100
 
 For each N: starts a daemon in a temp state dir, spawns N `sleep` agents
 concurrently over the Unix socket (raw HTTP/1.1, one connection per request,
-as many in flight as --concurrency), then times `corral status ID` and
-`corral ps --json` as whole commands (process start to exit), then stops every
-agent and the daemon and checks that none is left. Prints one line per figure.
+--concurrency in flight), runs N bare posix_spawns of the same command as a
+baseline, times `corral status ID` and `corral ps --json` as whole commands
+(process start to exit), then stops every agent and the daemon and checks
+that none is left. The script makes itself a child subreaper, so whatever
+happens (an error, a closed pipe) it stops and reaps everything it caused.
 """
-import argparse, json, os, signal, socket, statistics, subprocess, sys, tempfile, time
+import argparse, ctypes, json, os, signal, socket, statistics, subprocess, sys, tempfile, time
 from concurrent.futures import ThreadPoolExecutor
+
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def request(sock_path, method, path, body=None):
@@ -37,7 +41,67 @@ def timed(cmd, runs):
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         times.append((time.perf_counter() - t) * 1000)
     times.sort()
-    return statistics.median(times), times[int(len(times) * 0.99) - 1 if len(times) >= 100 else -1]
+    return statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.99))]
+
+
+def reap_leftovers():
+    """Kills and reaps, by pid, any child still ours (there should be none)."""
+    me = str(os.getpid())
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+        except OSError:
+            continue
+        if stat[stat.rfind(")") + 2:].split()[1] == me:
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+                os.waitpid(int(entry), 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+
+
+def measure(args, corral, n, state):
+    base = [corral, "--state-dir", state, "--no-autostart"]
+    sock = os.path.join(state, "corral.sock")
+    deadline = time.time() + 10
+    while not os.path.exists(sock):
+        assert time.time() < deadline, "daemon did not start"
+        time.sleep(0.01)
+
+    def spawn(i):
+        code, body = request(sock, "POST", "/v1/agents", {
+            "agent_id": f"a{i}", "command": ["sleep", "3600"], "verify_ms": args.verify_ms})
+        assert code == 201, body
+        return json.loads(body)["pid"]
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(args.concurrency) as pool:
+        pids = list(pool.map(spawn, range(n)))
+    spawn_s = time.perf_counter() - t
+    alive = sum(os.path.exists(f"/proc/{p}") for p in pids)
+    print(f"N={n}: spawn {n} agents (verify_ms={args.verify_ms}, {args.concurrency} in flight): "
+          f"{spawn_s:.3f} s ({n / spawn_s:.0f}/s); alive in /proc: {alive}")
+    # Baseline in the same run: N bare posix_spawns of the same command.
+    t = time.perf_counter()
+    bare = [os.posix_spawn("/bin/sleep", ["sleep", "3600"], os.environ) for _ in range(n)]
+    bare_s = time.perf_counter() - t
+    for p in bare:
+        os.kill(p, signal.SIGKILL)
+        os.waitpid(p, 0)
+    print(f"N={n}: baseline {n} bare posix_spawn of sleep: {bare_s:.3f} s; corral/bare = {spawn_s / bare_s:.2f}x")
+    time.sleep(1.5)  # let the sampler take a full-interval sample of every agent
+    for label, cmd in [("corral status ID", base + ["status", f"a{n // 2}"]),
+                       ("corral ps --json", base + ["--json", "ps"]),
+                       ("baseline /bin/true", ["/bin/true"])]:
+        p50, p99 = timed(cmd, args.runs)
+        print(f"N={n}: {label:<20} p50 {p50:.2f} ms  p99 {p99:.2f} ms ({args.runs} runs)")
+    t = time.perf_counter()
+    subprocess.run(base + ["stop", "--all", "--stop-timeouts", "5,5,5"], check=True, stdout=subprocess.DEVNULL)
+    print(f"N={n}: corral stop --all        {time.perf_counter() - t:.3f} s")
+    left = [p for p in pids if os.path.exists(f"/proc/{p}")]
+    assert not left, f"agents left: {left[:10]}"
 
 
 def main():
@@ -49,51 +113,20 @@ def main():
     ap.add_argument("--verify-ms", type=int, default=100)
     args = ap.parse_args()
     corral = os.path.abspath(args.corral)
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     for n in args.agents:
         with tempfile.TemporaryDirectory(prefix="corral-measure-") as tmp:
             state = os.path.join(tmp, "state")
-            base = [corral, "--state-dir", state, "--no-autostart"]
             daemon = subprocess.Popen([corral, "--state-dir", state, "daemon"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            sock = os.path.join(state, "corral.sock")
-            deadline = time.time() + 10
-            while not os.path.exists(sock):
-                assert time.time() < deadline, "daemon did not start"
-                time.sleep(0.01)
-            def spawn(i):
-                code, body = request(sock, "POST", "/v1/agents", {
-                    "agent_id": f"a{i}", "command": ["sleep", "3600"], "verify_ms": args.verify_ms})
-                assert code == 201, body
-                return json.loads(body)["pid"]
-            t = time.perf_counter()
-            with ThreadPoolExecutor(args.concurrency) as pool:
-                pids = list(pool.map(spawn, range(n)))
-            spawn_s = time.perf_counter() - t
-            alive = sum(os.path.exists(f"/proc/{p}") for p in pids)
-            print(f"N={n}: spawn {n} agents (verify_ms={args.verify_ms}, {args.concurrency} in flight): "
-                  f"{spawn_s:.3f} s ({n / spawn_s:.0f}/s); alive in /proc: {alive}")
-            # Baseline in the same run: N bare posix_spawns of the same command.
-            t = time.perf_counter()
-            bare = [os.posix_spawn("/bin/sleep", ["sleep", "3600"], os.environ) for _ in range(n)]
-            bare_s = time.perf_counter() - t
-            for p in bare:
-                os.kill(p, signal.SIGKILL)
-                os.waitpid(p, 0)
-            print(f"N={n}: baseline {n} bare posix_spawn of sleep: {bare_s:.3f} s; corral/bare = {spawn_s / bare_s:.2f}x")
-            time.sleep(1.5)  # let the sampler take its first full-interval sample
-            p50, p99 = timed(base + ["status", f"a{n // 2}"], args.runs)
-            print(f"N={n}: corral status ID      p50 {p50:.2f} ms  p99 {p99:.2f} ms ({args.runs} runs)")
-            p50, p99 = timed(base + ["--json", "ps"], args.runs)
-            print(f"N={n}: corral ps --json      p50 {p50:.2f} ms  p99 {p99:.2f} ms ({args.runs} runs)")
-            p50, p99 = timed(["/bin/true"], args.runs)
-            print(f"N={n}: baseline /bin/true    p50 {p50:.2f} ms  p99 {p99:.2f} ms (process start cost)")
-            t = time.perf_counter()
-            subprocess.run(base + ["stop", "--all", "--stop-timeouts", "5,5,5"], check=True, stdout=subprocess.DEVNULL)
-            print(f"N={n}: corral stop --all     {time.perf_counter() - t:.3f} s")
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait()
-            left = [p for p in pids if os.path.exists(f"/proc/{p}")]
-            assert not left, f"agents left: {left[:10]}"
+            try:
+                measure(args, corral, n, state)
+            finally:
+                subprocess.run([corral, "--state-dir", state, "--no-autostart", "stop", "--all", "--force"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                daemon.send_signal(signal.SIGTERM)
+                daemon.wait()
+                reap_leftovers()
 
 
 if __name__ == "__main__":
