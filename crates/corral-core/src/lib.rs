@@ -19,6 +19,7 @@ pub mod model;
 pub mod platform;
 pub mod store;
 pub mod supervisor;
+pub mod tree;
 
 pub use error::{Error, ErrorCode, Result};
 pub use id::{AgentId, Selector};

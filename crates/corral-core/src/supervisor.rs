@@ -37,8 +37,9 @@ use crate::model::{
     AgentStatus, CleanupOptions, Health, HealthReport, PersistentStatus, ProcessSummary,
     SpawnRequest, SpawnResponse, StopReport, StopStage,
 };
-use crate::platform::{self, ExitKind, ProcessHandle, Stdio};
+use crate::platform::{self, ExitKind, ProcEntry, ProcessHandle, Stdio};
 use crate::store::{Ending, RunRecord, Store};
+use crate::tree;
 
 /// Staged-stop waits when none are given: SIGTERM, 10 s, SIGTERM, 5 s, SIGKILL, 5 s.
 pub const DEFAULT_STOP_TIMEOUTS: [f64; 3] = [10.0, 5.0, 5.0];
@@ -331,6 +332,9 @@ struct Inner {
     /// Pids of agents whose exit status their own watcher collects. Held across
     /// posix_spawn, so the orphan reaper can never take an agent's status.
     owned: Mutex<HashSet<i32>>,
+    /// Woken after every orphan-reaping sweep (stops wait on it for zombies).
+    reaped: tokio::sync::Notify,
+    tables: TableCache,
     base_env: Vec<(OsString, OsString)>,
     _sampler_stop: mpsc::Sender<()>,
 }
@@ -405,6 +409,8 @@ impl Supervisor {
             agents: Mutex::new(HashMap::new()),
             reserved: Mutex::new(HashSet::new()),
             owned: Mutex::new(HashSet::new()),
+            reaped: tokio::sync::Notify::new(),
+            tables: TableCache::new(),
             _sampler_stop: stop_tx,
         });
         let sup = Self { inner };
@@ -525,6 +531,10 @@ impl Supervisor {
                 reaped += 1;
                 tracing::debug!(pid, ?exit, "reaped an orphan");
             }
+        }
+        drop(owned);
+        if reaped > 0 {
+            self.inner.reaped.notify_waiters();
         }
         reaped
     }
@@ -1143,30 +1153,19 @@ impl Supervisor {
         Ok(report.stage != StopStage::Unkillable)
     }
 
+    /// Runs one agent's stop sequence over its whole tree.
+    ///
+    /// Each stage signals every member (the agent's group through the agent's
+    /// still-unreaped pid, every other member through a pidfd opened with its
+    /// start time checked), then waits — on the members' pidfds, the agent's
+    /// recorded end and the orphan reaper — until no member is left or the
+    /// stage's time is up. Processes forked during the stop are found by
+    /// re-reading the process table after every wake-up, and signalled too.
     async fn stop_one(&self, agent: &Agent, timeouts: [f64; 3], force: bool) -> StopReport {
         let began = Instant::now();
         let mut ended = agent.ended.subscribe();
-        let report = |stage: StopStage| {
-            let st = lock(&agent.state);
-            StopReport {
-                agent_id: agent.id.to_string(),
-                pid: agent.pid(),
-                stage,
-                duration_ms: began.elapsed().as_secs_f64() * 1000.0,
-                exit_code: match st.exit {
-                    Some(ExitKind::Code(c)) => Some(c),
-                    _ => agent.record.exit_code,
-                },
-                exit_signal: match st.exit {
-                    Some(ExitKind::Signal(s)) => Some(s),
-                    _ => agent.record.exit_signal,
-                },
-                descendants_killed: None,
-                persistent_status: st.status,
-            }
-        };
-        let Some(proc_) = agent.proc_.clone().filter(|_| !*ended.borrow()) else {
-            return report(StopStage::AlreadyEnded);
+        let Some(leader) = agent.proc_.clone().filter(|_| !*ended.borrow()) else {
+            return self.stop_report(agent, StopStage::AlreadyEnded, began, None);
         };
         lock(&agent.state).stop_requested = true;
         let stages: Vec<(StopStage, Signal, f64)> = if force {
@@ -1178,25 +1177,166 @@ impl Supervisor {
                 (StopStage::Kill, Signal::KILL, timeouts[2]),
             ]
         };
+        let leader_id = (leader.pid(), leader.start_ticks());
+        let mut seen: HashSet<(i32, u64)> = HashSet::new();
         for (stage, sig, wait) in stages {
-            if *ended.borrow() {
-                break;
-            }
-            tracing::info!(agent_id = %agent.id, pid = proc_.pid(), stage = ?stage, "stop stage: sending {sig:?}");
-            if let Err(e) = proc_.signal_group(sig) {
-                tracing::warn!(agent_id = %agent.id, pid = proc_.pid(), error = %e, "signal failed");
-            }
-            let waited =
-                tokio::time::timeout(Duration::from_secs_f64(wait), ended.wait_for(|e| *e)).await;
-            if waited.is_ok() {
-                return report(stage);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
+            let mut signalled: HashSet<(i32, u64)> = HashSet::new();
+            let mut handles: HashMap<(i32, u64), Arc<ProcessHandle>> = HashMap::new();
+            tracing::info!(agent_id = %agent.id, pid = leader.pid(), stage = ?stage, "stop stage: sending {sig:?}");
+            loop {
+                self.reap_orphans();
+                let table = self.inner.tables.fresh(Instant::now()).await;
+                let members = self.members(agent, &leader, &table, &seen);
+                seen.extend(members.iter().map(|m| (m.pid, m.start_ticks)));
+                let live: Vec<ProcEntry> =
+                    members.iter().filter(|m| m.state != 'Z').copied().collect();
+                if members.is_empty() && *ended.borrow() {
+                    let descendants = seen.iter().filter(|m| **m != leader_id).count() as u32;
+                    return self.stop_report(agent, stage, began, Some(descendants));
+                }
+                for m in &live {
+                    let key = (m.pid, m.start_ticks);
+                    if !signalled.insert(key) {
+                        continue;
+                    }
+                    if key == leader_id {
+                        if let Err(e) = leader.signal_group(sig) {
+                            tracing::warn!(agent_id = %agent.id, pid = m.pid, error = %e, "signal failed");
+                        }
+                        handles.insert(key, leader.clone());
+                    } else if let Ok(Some(h)) = ProcessHandle::open_member(m.pid, m.start_ticks) {
+                        // Identity checked through the pidfd: never a stranger.
+                        let _ = h.signal(sig);
+                        handles.insert(key, Arc::new(h));
+                    }
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                // The agent itself is covered by `ended` (its pidfd is its watcher's).
+                let waiting: Vec<Arc<ProcessHandle>> = live
+                    .iter()
+                    .filter(|m| (m.pid, m.start_ticks) != leader_id)
+                    .filter_map(|m| handles.get(&(m.pid, m.start_ticks)).cloned())
+                    .collect();
+                let all_exited = async {
+                    for h in &waiting {
+                        wait_exited(h).await;
+                    }
+                    let _ = ended.wait_for(|e| *e).await;
+                };
+                tokio::select! {
+                    _ = all_exited => {}
+                    _ = self.inner.reaped.notified() => {}
+                    _ = tokio::time::sleep_until(deadline) => {}
+                }
             }
         }
-        if *ended.borrow() {
-            report(StopStage::Kill)
+        let left = self.members(agent, &leader, &platform::process_table(), &seen);
+        let descendants = seen.iter().filter(|m| **m != leader_id).count() as u32;
+        if left.is_empty() && *ended.borrow() {
+            self.stop_report(agent, StopStage::Kill, began, Some(descendants))
         } else {
-            report(StopStage::Unkillable)
+            tracing::error!(agent_id = %agent.id, pid = leader.pid(), left = left.len(), "processes survived SIGKILL");
+            self.stop_report(agent, StopStage::Unkillable, began, Some(descendants))
         }
+    }
+
+    /// The agent's tree in `table`.
+    fn members(
+        &self,
+        agent: &Agent,
+        leader: &ProcessHandle,
+        table: &[ProcEntry],
+        known: &HashSet<(i32, u64)>,
+    ) -> Vec<ProcEntry> {
+        let owned = lock(&self.inner.owned).clone();
+        let id = agent.id.as_str();
+        let started_under = |pid: i32| platform::environ_agent_id(pid).as_deref() == Some(id);
+        let unreaped = !lock(&agent.state).reaped;
+        tree::members(
+            table,
+            &tree::Lookup {
+                leader: leader.pid(),
+                leader_start: leader.start_ticks(),
+                leader_unreaped: unreaped,
+                daemon: std::process::id() as i32,
+                known,
+                owned: &owned,
+                started_under: &started_under,
+            },
+        )
+    }
+
+    fn stop_report(
+        &self,
+        agent: &Agent,
+        stage: StopStage,
+        began: Instant,
+        descendants: Option<u32>,
+    ) -> StopReport {
+        let st = lock(&agent.state);
+        StopReport {
+            agent_id: agent.id.to_string(),
+            pid: agent.pid(),
+            stage,
+            duration_ms: began.elapsed().as_secs_f64() * 1000.0,
+            exit_code: match st.exit {
+                Some(ExitKind::Code(c)) => Some(c),
+                _ => agent.record.exit_code,
+            },
+            exit_signal: match st.exit {
+                Some(ExitKind::Signal(s)) => Some(s),
+                _ => agent.record.exit_signal,
+            },
+            descendants_killed: descendants,
+            persistent_status: st.status,
+        }
+    }
+}
+
+/// Resolves once the process behind `h` has exited (its pidfd is readable).
+async fn wait_exited(h: &Arc<ProcessHandle>) {
+    // SAFETY: the Arc keeps the ProcessHandle, and so its pidfd, alive and
+    // unchanged for as long as the AsyncFd exists.
+    let registered = unsafe { AsyncFd::register_with_interest(h.clone(), Interest::READABLE) };
+    match registered {
+        Ok(afd) => {
+            let _ = afd.readable().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// Snapshots of the process table shared by concurrent stops: a request for a
+/// table taken after instant T is answered by one scan however many ask.
+struct TableCache {
+    latest: tokio::sync::Mutex<Option<(Instant, Arc<Vec<ProcEntry>>)>>,
+}
+
+impl TableCache {
+    fn new() -> Self {
+        Self {
+            latest: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn fresh(&self, after: Instant) -> Arc<Vec<ProcEntry>> {
+        let mut latest = self.latest.lock().await;
+        if let Some((taken, table)) = latest.as_ref()
+            && *taken >= after
+        {
+            return table.clone();
+        }
+        let taken = Instant::now();
+        let table = Arc::new(
+            tokio::task::spawn_blocking(platform::process_table)
+                .await
+                .unwrap_or_default(),
+        );
+        *latest = Some((taken, table.clone()));
+        table
     }
 }
 

@@ -7,16 +7,17 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use corral_core::{
-    AgentId, CleanupOptions, Config, Error, Health, PersistentStatus, SpawnRequest, Supervisor,
-};
+use corral_core::{AgentId, CleanupOptions, Config, Error, Health, PersistentStatus, Supervisor};
 
-const DEADLINE: Duration = Duration::from_secs(10);
+mod common;
+use common::{Cleanup, DEADLINE, proc_stat, request, wait_gone};
 
 struct Harness {
     sup: Supervisor,
     dir: tempfile::TempDir,
     pids: Vec<i32>,
+    /// Last field: dropped last, after the supervisor.
+    _cleanup: Cleanup,
 }
 
 impl Harness {
@@ -33,6 +34,7 @@ impl Harness {
             sup,
             dir,
             pids: Vec::new(),
+            _cleanup: Cleanup,
         }
     }
 
@@ -78,34 +80,6 @@ impl Harness {
             wait_gone(*pid).await;
         }
         drop(self.dir);
-    }
-}
-
-fn request(id: &str, argv: &[&str], verify_ms: u64) -> SpawnRequest {
-    SpawnRequest {
-        agent_id: id.into(),
-        command: argv.iter().map(|s| s.to_string()).collect(),
-        verify_ms: Some(verify_ms),
-        ..Default::default()
-    }
-}
-
-/// Fields of /proc/<pid>/stat after the command name: [state, ppid, pgrp, session, ...].
-fn proc_stat(pid: i32) -> Option<Vec<String>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &text[text.rfind(')')? + 2..];
-    Some(rest.split_whitespace().map(str::to_owned).collect())
-}
-
-async fn wait_gone(pid: i32) {
-    let end = Instant::now() + DEADLINE;
-    while let Some(stat) = proc_stat(pid) {
-        assert!(
-            Instant::now() < end,
-            "pid {pid} still present (state {})",
-            stat[0]
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

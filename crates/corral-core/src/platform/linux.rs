@@ -256,6 +256,16 @@ impl ProcessHandle {
         }))
     }
 
+    /// Opens a member of an agent's tree by its identity, without the stat file
+    /// kept for sampling. `Ok(None)` when that process is gone or the pid now
+    /// belongs to someone else.
+    pub fn open_member(pid: i32, start_ticks: u64) -> io::Result<Option<Self>> {
+        match Pid::from_raw(pid) {
+            Some(pid) => Self::open(pid, Some(start_ticks)),
+            None => Ok(None),
+        }
+    }
+
     /// The pid.
     pub fn pid(&self) -> i32 {
         self.pid.as_raw_nonzero().get()
@@ -432,6 +442,78 @@ pub fn raise_nofile_limit() -> u64 {
 pub fn kill_and_reap_child(pid: Pid) {
     let _ = rustix::process::kill_process(pid, Signal::KILL);
     let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+}
+
+/// One row of the process table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcEntry {
+    /// Process id.
+    pub pid: i32,
+    /// Parent.
+    pub ppid: i32,
+    /// Process group.
+    pub pgrp: i32,
+    /// Session.
+    pub session: i32,
+    /// Start time, ticks after boot (with `pid`, the process's identity).
+    pub start_ticks: u64,
+    /// State letter.
+    pub state: char,
+}
+
+/// Every process on the system, from `/proc/<pid>/stat` (processes that vanish
+/// during the scan are skipped).
+pub fn process_table() -> Vec<ProcEntry> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(512);
+    let mut path = String::with_capacity(32);
+    let mut buf = Vec::with_capacity(1024);
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        path.clear();
+        path.push_str("/proc/");
+        path.push_str(name.to_str().unwrap_or_default());
+        path.push_str("/stat");
+        buf.clear();
+        let Ok(mut f) = File::open(&path) else {
+            continue;
+        };
+        if std::io::Read::read_to_end(&mut f, &mut buf).is_err() {
+            continue;
+        }
+        if let Ok(s) = parse_stat(&buf) {
+            let session = procfs_session(&buf).unwrap_or(0);
+            out.push(ProcEntry {
+                pid,
+                ppid: s.ppid,
+                pgrp: s.pgrp,
+                session,
+                start_ticks: s.start_ticks,
+                state: s.state,
+            });
+        }
+    }
+    out
+}
+
+/// Field 6 (session) of a stat line.
+fn procfs_session(text: &[u8]) -> Option<i32> {
+    let text = std::str::from_utf8(text).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    rest.split(' ').nth(3)?.parse().ok()
+}
+
+/// The `CORRAL_AGENT_ID` a process was started with (its initial environment).
+pub fn environ_agent_id(pid: i32) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|b| *b == 0)
+        .find_map(|kv| kv.strip_prefix(b"CORRAL_AGENT_ID="))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// Makes the calling process a child subreaper: descendants orphaned by their

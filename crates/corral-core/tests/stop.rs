@@ -1,0 +1,261 @@
+//! Staged stops of whole process trees, checked against `/proc`: nothing an
+//! agent started survives its stop, and no zombie is left.
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Cleanup, proc_stat, request, wait_gone, wait_lines, wait_status};
+use corral_core::{
+    AgentId, CleanupOptions, Config, Error, PersistentStatus, Selector, StopStage, Supervisor,
+};
+
+/// A TERM-ignoring agent: the ignored disposition is inherited by its `sleep`s too.
+const STUBBORN: &[&str] = &[
+    "sh",
+    "-c",
+    "trap '' TERM; echo ready; while :; do sleep 0.05; done",
+];
+
+async fn supervisor(dir: &tempfile::TempDir) -> Supervisor {
+    let mut config = Config::new(dir.path().join("state"));
+    config.subreaper = true;
+    config.sample_interval = Duration::from_millis(200);
+    Supervisor::open(config).await.unwrap()
+}
+
+fn one(id: &str) -> Selector {
+    Selector::One(AgentId::new(id).unwrap())
+}
+
+fn staged(t: f64) -> CleanupOptions {
+    CleanupOptions {
+        force: false,
+        stop_timeouts: Some(vec![t, t, t]),
+    }
+}
+
+#[tokio::test]
+async fn a_cooperative_agent_stops_at_the_first_term_in_well_under_a_second() {
+    let _cleanup = Cleanup;
+    let dir = tempfile::tempdir().unwrap();
+    let sup = supervisor(&dir).await;
+    let r = sup
+        .spawn_agent(request("coop", &["sleep", "300"], 50))
+        .await
+        .unwrap();
+    let reports = sup
+        .cleanup(Some(&one("coop")), CleanupOptions::default())
+        .await
+        .unwrap();
+    let rep = &reports[0];
+    assert_eq!(rep.stage, StopStage::Term);
+    assert!(rep.duration_ms < 500.0, "{rep:?}");
+    assert_eq!(rep.exit_signal, Some(15));
+    assert_eq!(rep.persistent_status, PersistentStatus::Cancelled);
+    assert!(proc_stat(r.pid).is_none(), "gone when the stop returns");
+    let s = sup
+        .get_agent_status(&AgentId::new("coop").unwrap())
+        .unwrap();
+    assert_eq!(s.persistent_status, PersistentStatus::Cancelled);
+    assert!(s.end_reason.unwrap().contains("stopped on request"));
+}
+
+#[tokio::test]
+async fn a_term_ignoring_agent_dies_in_the_kill_stage() {
+    let _cleanup = Cleanup;
+    let dir = tempfile::tempdir().unwrap();
+    let sup = supervisor(&dir).await;
+    let r = sup
+        .spawn_agent(request("stubborn", STUBBORN, 50))
+        .await
+        .unwrap();
+    wait_lines(&r.stdout_log, 1).await;
+    let began = Instant::now();
+    let reports = sup
+        .cleanup(Some(&one("stubborn")), staged(0.3))
+        .await
+        .unwrap();
+    let took = began.elapsed();
+    let rep = &reports[0];
+    assert_eq!(rep.stage, StopStage::Kill, "{rep:?}");
+    assert_eq!(rep.exit_signal, Some(9));
+    assert!(
+        took >= Duration::from_millis(580) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+    assert!(proc_stat(r.pid).is_none());
+}
+
+#[tokio::test]
+async fn force_skips_the_term_stages() {
+    let _cleanup = Cleanup;
+    let dir = tempfile::tempdir().unwrap();
+    let sup = supervisor(&dir).await;
+    let r = sup
+        .spawn_agent(request("stubborn", STUBBORN, 50))
+        .await
+        .unwrap();
+    wait_lines(&r.stdout_log, 1).await;
+    let opts = CleanupOptions {
+        force: true,
+        stop_timeouts: Some(vec![10.0, 10.0, 10.0]),
+    };
+    let rep = sup
+        .cleanup(Some(&one("stubborn")), opts)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(rep.stage, StopStage::Kill);
+    assert!(rep.duration_ms < 1000.0, "{rep:?}");
+    assert!(proc_stat(r.pid).is_none());
+}
+
+#[tokio::test]
+async fn a_whole_tree_with_escaped_grandchildren_leaves_nothing() {
+    let _cleanup = Cleanup;
+    let dir = tempfile::tempdir().unwrap();
+    let sup = supervisor(&dir).await;
+    // Two background children, a setsid grandchild, a double-forked grandchild
+    // (parent exits at once) and a double-forked setsid grandchild; each prints its pid.
+    let script = "sleep 300 & echo $!; sleep 300 & echo $!; setsid sleep 300 & echo $!; \
+                  sh -c 'sleep 300 & echo $!'; sh -c 'setsid sleep 300 & echo $!'; wait";
+    let r = sup
+        .spawn_agent(request("tree", &["sh", "-c", script], 50))
+        .await
+        .unwrap();
+    let pids: Vec<i32> = wait_lines(&r.stdout_log, 5)
+        .await
+        .iter()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    for pid in &pids {
+        assert!(proc_stat(*pid).is_some(), "{pid} runs before the stop");
+    }
+    let setsid_pid = pids[2];
+    let stat = proc_stat(setsid_pid).unwrap();
+    assert_eq!(
+        stat[3],
+        setsid_pid.to_string(),
+        "the setsid grandchild left the agent's session"
+    );
+    let rep = sup
+        .cleanup(Some(&one("tree")), staged(2.0))
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(rep.descendants_killed.unwrap() >= 5, "{rep:?}");
+    assert_eq!(rep.stage, StopStage::Term, "{rep:?}");
+    for pid in pids.iter().chain([&r.pid]) {
+        assert!(
+            proc_stat(*pid).is_none(),
+            "pid {pid} survived the stop of its agent"
+        );
+    }
+}
+
+#[tokio::test]
+async fn twenty_stubborn_agents_stop_in_about_one_grace_period() {
+    let _cleanup = Cleanup;
+    let dir = tempfile::tempdir().unwrap();
+    let sup = supervisor(&dir).await;
+    let mut pids = Vec::new();
+    for i in 0..20 {
+        let r = sup
+            .spawn_agent(request(&format!("s{i}"), STUBBORN, 0))
+            .await
+            .unwrap();
+        wait_lines(&r.stdout_log, 1).await;
+        pids.push(r.pid);
+    }
+    let began = Instant::now();
+    let reports = sup.cleanup(None, staged(0.3)).await.unwrap();
+    let took = began.elapsed();
+    assert_eq!(reports.len(), 20);
+    assert!(
+        reports.iter().all(|r| r.stage == StopStage::Kill),
+        "{reports:?}"
+    );
+    // One sequence is 0.6 s of TERM stages; twenty in a row would be 12 s.
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    for pid in pids {
+        assert!(proc_stat(pid).is_none(), "{pid}");
+    }
+}
+
+#[tokio::test]
+async fn a_selector_stops_only_its_subtree_and_unknown_ids_are_errors() {
+    let _cleanup = Cleanup;
+    let dir = tempfile::tempdir().unwrap();
+    let sup = supervisor(&dir).await;
+    let mut pids = std::collections::BTreeMap::new();
+    for id in ["L1", "L1.a", "L1.a.x", "L10", "L2.a"] {
+        let r = sup
+            .spawn_agent(request(id, &["sleep", "300"], 10))
+            .await
+            .unwrap();
+        pids.insert(id, r.pid);
+    }
+    let sel = Selector::parse("L1.*").unwrap();
+    let reports = sup
+        .cleanup(Some(&sel), CleanupOptions::default())
+        .await
+        .unwrap();
+    let stopped: Vec<&str> = reports.iter().map(|r| r.agent_id.as_str()).collect();
+    assert_eq!(stopped, ["L1", "L1.a", "L1.a.x"]);
+    for id in ["L1", "L1.a", "L1.a.x"] {
+        assert!(proc_stat(pids[id]).is_none(), "{id}");
+    }
+    for id in ["L10", "L2.a"] {
+        assert!(proc_stat(pids[id]).is_some(), "{id} must keep running");
+        let s = sup.get_agent_status(&AgentId::new(id).unwrap()).unwrap();
+        assert_eq!(s.persistent_status, PersistentStatus::Running);
+    }
+    let err = sup
+        .cleanup(Some(&one("nobody")), CleanupOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+
+    // Stopping an agent that already ended is a no-op that says so.
+    let again = sup
+        .cleanup(Some(&one("L1")), CleanupOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(again[0].stage, StopStage::AlreadyEnded);
+
+    sup.cleanup(None, CleanupOptions::default()).await.unwrap();
+    for pid in pids.values() {
+        wait_gone(*pid).await;
+    }
+}
+
+#[tokio::test]
+async fn an_agent_that_exits_on_its_own_during_a_stop_is_cancelled_once() {
+    let _cleanup = Cleanup;
+    let dir = tempfile::tempdir().unwrap();
+    let sup = supervisor(&dir).await;
+    let r = sup
+        .spawn_agent(request(
+            "quitter",
+            &[
+                "sh",
+                "-c",
+                "trap 'exit 0' TERM; while :; do sleep 0.05; done",
+            ],
+            50,
+        ))
+        .await
+        .unwrap();
+    let rep = sup
+        .cleanup(Some(&one("quitter")), staged(2.0))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(rep.stage, StopStage::Term);
+    assert_eq!(rep.exit_code, Some(0));
+    let s = wait_status(&sup, "quitter", PersistentStatus::Cancelled).await;
+    assert_eq!(s.exit_code, Some(0));
+    wait_gone(r.pid).await;
+}
