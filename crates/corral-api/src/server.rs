@@ -121,6 +121,7 @@ pub fn router(sup: Supervisor) -> Router {
         .route("/v1/agents/{id}/stop", post(stop_one))
         .route("/v1/agents/{id}/kill", post(kill))
         .route("/v1/stop", post(stop_many))
+        .route("/v1/reap", post(reap))
         .route("/v1/summary", get(summary))
         .fallback(|| async {
             ApiError {
@@ -168,6 +169,10 @@ async fn health(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     Ok(Json(sup.health_report(&agent_id(id)?)?).into_response())
+}
+
+async fn reap(State(sup): State<Supervisor>) -> Response {
+    Json(sup.reap_zombies().await).into_response()
 }
 
 async fn summary(State(sup): State<Supervisor>) -> Response {

@@ -52,6 +52,8 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Sweep for unreaped processes; prints the agents it had to reap (normally none).
+    Reap,
     /// Show an agent's output.
     Logs(LogsArgs),
     /// Report progress from inside an agent (uses CORRAL_AGENT_ID and CORRAL_SOCKET).

@@ -511,3 +511,61 @@ fn no_autostart_fails_clearly_when_no_daemon_answers() {
     assert!(!Path::new(&env.state).join("corral.sock").exists());
     env.finish();
 }
+
+#[test]
+fn stop_kill_and_reap_through_the_daemon_leave_nothing() {
+    let env = Env::new();
+    let script = "sleep 300 & echo $!; sh -c 'setsid sleep 300 & echo $!'; wait";
+    assert!(
+        env.run(&["spawn", "team.a", "--", "sh", "-c", script])
+            .status
+            .success()
+    );
+    assert!(
+        env.run(&[
+            "spawn",
+            "team.b",
+            "--stop-timeouts",
+            "10,10,10",
+            "--",
+            "sh",
+            "-c",
+            "trap '' TERM; sleep 300"
+        ])
+        .status
+        .success()
+    );
+    let a = env.json(&["status", "team.a"]);
+    let log = std::path::PathBuf::from(a["stdout_log"].as_str().unwrap());
+    let end = Instant::now() + DEADLINE;
+    let pids: Vec<i32> = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().count() >= 2 {
+            break text.lines().map(|l| l.parse().unwrap()).collect();
+        }
+        assert!(Instant::now() < end, "the agent never printed its children");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let reports = env.json(&["stop", "team.a"]);
+    assert_eq!(reports[0]["stage"], "term", "{reports}");
+    assert!(
+        reports[0]["descendants_killed"].as_u64().unwrap() >= 2,
+        "{reports}"
+    );
+    for pid in pids.iter().chain([&(a["pid"].as_i64().unwrap() as i32)]) {
+        assert!(proc_stat(*pid).is_none(), "pid {pid} survived");
+    }
+    let b = env.json(&["status", "team.b"]);
+    let began = Instant::now();
+    let killed = env.json(&["kill", "team.b", "--force"]);
+    assert_eq!(killed["killed"], true);
+    assert!(
+        began.elapsed() < Duration::from_secs(3),
+        "force does not wait for TERM stages"
+    );
+    assert!(proc_stat(b["pid"].as_i64().unwrap() as i32).is_none());
+    assert_eq!(env.json(&["reap"]), serde_json::json!([]));
+    let unknown = env.run(&["stop", "nobody"]);
+    assert_one_error_line(&unknown, "agent nobody not found");
+    env.finish();
+}

@@ -539,6 +539,40 @@ impl Supervisor {
         reaped
     }
 
+    /// Sweeps for anything not yet reaped: orphans of agents, and agents whose
+    /// exit their watcher has not collected. Returns the ids of agents this sweep
+    /// had to reap itself (normally none: exits are reaped the moment they happen).
+    pub async fn reap_zombies(&self) -> Vec<String> {
+        let orphans = self.reap_orphans();
+        let exited: Vec<Arc<Agent>> = lock(&self.inner.agents)
+            .values()
+            .filter(|a| {
+                a.status_now().is_live() && a.proc_.as_ref().is_some_and(|p| p.has_exited())
+            })
+            .cloned()
+            .collect();
+        let mut reaped = Vec::new();
+        for agent in exited {
+            // Its watcher normally records the exit within microseconds; give it a moment.
+            let mut ended = agent.ended.subscribe();
+            if tokio::time::timeout(Duration::from_millis(100), ended.wait_for(|e| *e))
+                .await
+                .is_ok()
+            {
+                continue;
+            }
+            if let Some(proc_) = agent.proc_.clone()
+                && let Some(exit) = self.reap_agent(&agent, &proc_)
+            {
+                self.record_exit(&agent, exit).await;
+                tracing::warn!(agent_id = %agent.id, pid = proc_.pid(), "reap sweep collected an agent its watcher missed");
+                reaped.push(agent.id.to_string());
+            }
+        }
+        tracing::info!(orphans, agents = reaped.len(), "reap sweep");
+        reaped
+    }
+
     /// The state dir.
     pub fn state_dir(&self) -> &Path {
         &self.inner.config.state_dir
@@ -926,28 +960,42 @@ impl Supervisor {
                     return None;
                 }
             };
-            match proc_.try_reap() {
-                Ok(Some(exit)) => {
-                    lock(&self.inner.owned).remove(&proc_.pid());
-                    let mut st = lock(&agent.state);
-                    st.exit = Some(exit);
-                    st.reaped = true;
-                    return Some(exit);
-                }
-                Ok(None) => ready.clear_ready(),
-                Err(e) => {
-                    // Not our child (re-adopted after a daemon restart): the pidfd says
-                    // it ended, but the exit status went to its real parent.
+            match self.reap_agent(agent, &proc_) {
+                Some(exit) => return exit,
+                None => ready.clear_ready(),
+            }
+        }
+    }
+
+    /// Reaps the agent's process if it has exited: `None` while it runs, else how
+    /// it ended (`Some(None)` when the status is not ours to read: an agent
+    /// re-adopted after a daemon restart has another parent).
+    fn reap_agent(&self, agent: &Agent, proc_: &ProcessHandle) -> Option<Option<ExitKind>> {
+        match proc_.try_reap() {
+            Ok(Some(exit)) => {
+                lock(&self.inner.owned).remove(&proc_.pid());
+                let mut st = lock(&agent.state);
+                st.exit = Some(exit);
+                st.reaped = true;
+                Some(Some(exit))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                let mut st = lock(&agent.state);
+                if !st.reaped {
                     tracing::debug!(agent_id = %agent.id, pid = proc_.pid(), error = %e, "exit status not available");
-                    lock(&agent.state).reaped = true;
-                    return None;
+                    st.reaped = true;
                 }
+                Some(st.exit)
             }
         }
     }
 
     async fn record_exit(&self, agent: &Agent, exit: Option<ExitKind>) {
         let _t = agent.transition.lock().await;
+        if !agent.status_now().is_live() {
+            return; // already recorded (by a reap sweep)
+        }
         let runtime = agent.proc_.as_ref().map(|p| {
             platform::boottime_seconds()
                 - p.start_ticks() as f64 / self.inner.clock.ticks_per_second

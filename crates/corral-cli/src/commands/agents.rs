@@ -324,3 +324,19 @@ pub async fn progress(
     }
     Ok(ExitCode::SUCCESS)
 }
+
+pub async fn reap(ctx: &Ctx) -> Result<ExitCode> {
+    let ids: Vec<String> = ctx
+        .client()
+        .await?
+        .call(Method::POST, "/v1/reap", None::<&()>)
+        .await?;
+    if ctx.json {
+        print_json(&ids)?;
+    } else if ids.is_empty() {
+        println!("nothing to reap");
+    } else {
+        println!("reaped: {}", ids.join(" "));
+    }
+    Ok(ExitCode::SUCCESS)
+}

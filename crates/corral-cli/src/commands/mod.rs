@@ -50,6 +50,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Health { id } => agents::health(&ctx, &id).await,
         Command::Stop(args) => agents::stop(&ctx, args).await,
         Command::Kill { id, force } => agents::kill(&ctx, &id, force).await,
+        Command::Reap => agents::reap(&ctx).await,
         Command::Logs(args) => logs::run(&ctx, args).await,
         Command::Progress {
             percent,
