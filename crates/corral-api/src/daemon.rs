@@ -37,6 +37,8 @@ pub struct DaemonOptions {
     /// Started in the background: once serving, point stdio at /dev/null so a
     /// parent that stops reading cannot break the daemon's writes.
     pub detach: bool,
+    /// Contain agents in cgroup v2 leaves where the machine allows it.
+    pub cgroups: bool,
 }
 
 /// Why a daemon could not run.
@@ -170,6 +172,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     config.socket_path = Some(socket.clone());
     config.sample_interval = opts.sample_interval;
     config.subreaper = true;
+    config.cgroups = opts.cgroups;
     let sup = Supervisor::open(config).await?;
     let listener = bind_socket(&socket)?;
     if opts.detach {

@@ -84,6 +84,9 @@ pub struct DaemonArgs {
     /// Metrics sampling interval, milliseconds.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub sample_ms: u64,
+    /// Contain agents in process groups only, even where cgroup v2 is usable.
+    #[arg(long, env = "CORRAL_NO_CGROUPS", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_cgroups: bool,
     /// Started in the background by the CLI: leave the terminal's session.
     #[arg(long, hide = true)]
     pub detach: bool,

@@ -18,6 +18,8 @@ const DEADLINE: Duration = Duration::from_secs(10);
 struct Env {
     dir: Option<tempfile::TempDir>,
     state: PathBuf,
+    /// Force the daemon's process-group fallback (no cgroups).
+    no_cgroups: bool,
 }
 
 fn me() -> i32 {
@@ -80,13 +82,25 @@ impl Env {
         Self {
             dir: Some(dir),
             state,
+            no_cgroups: false,
         }
+    }
+
+    fn without_cgroups() -> Self {
+        let mut env = Self::new();
+        env.no_cgroups = true;
+        env
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_corral"));
         c.arg("--state-dir").arg(&self.state).args(args);
         c.env_remove("CORRAL_AGENT_ID").env_remove("CORRAL_SOCKET");
+        if self.no_cgroups {
+            c.env("CORRAL_NO_CGROUPS", "1");
+        } else {
+            c.env_remove("CORRAL_NO_CGROUPS");
+        }
         c
     }
 
@@ -238,7 +252,13 @@ fn spawn_then_status_reports_the_seed_fields_with_their_types() {
     assert_eq!(s["process_status"], "sleeping");
     assert_eq!(s["cmdline"], "sleep 30");
     assert_eq!(s["labels"]["team"], "a");
-    assert_eq!(s["containment"], "process-group");
+    // cgroup where the machine offers a writable cgroup2 hierarchy, else process-group.
+    let in_leaf = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("0::") && l.ends_with("/L2.1.1.1"));
+    let expected = if in_leaf { "cgroup" } else { "process-group" };
+    assert_eq!(s["containment"], expected);
 
     let all = env.json(&["ps"]);
     assert_eq!(all["L2.1.1"]["pid"], s["pid"]);
@@ -514,7 +534,23 @@ fn no_autostart_fails_clearly_when_no_daemon_answers() {
 
 #[test]
 fn stop_kill_and_reap_through_the_daemon_leave_nothing() {
-    let env = Env::new();
+    stop_kill_and_reap(Env::new(), "cgroup");
+}
+
+#[test]
+fn stop_kill_and_reap_without_cgroups_leave_nothing() {
+    stop_kill_and_reap(Env::without_cgroups(), "process-group");
+}
+
+fn stop_kill_and_reap(env: Env, containment: &str) {
+    let cgroup2 = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(" - cgroup2 ");
+    let containment = if cgroup2 {
+        containment
+    } else {
+        "process-group"
+    };
     let script = "sleep 300 & echo $!; sh -c 'setsid sleep 300 & echo $!'; wait";
     assert!(
         env.run(&["spawn", "team.a", "--", "sh", "-c", script])
@@ -536,6 +572,7 @@ fn stop_kill_and_reap_through_the_daemon_leave_nothing() {
         .success()
     );
     let a = env.json(&["status", "team.a"]);
+    assert_eq!(a["containment"], containment);
     let log = std::path::PathBuf::from(a["stdout_log"].as_str().unwrap());
     let end = Instant::now() + DEADLINE;
     let pids: Vec<i32> = loop {

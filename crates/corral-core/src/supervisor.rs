@@ -37,6 +37,7 @@ use crate::model::{
     AgentStatus, CleanupOptions, Health, HealthReport, PersistentStatus, ProcessSummary,
     SpawnRequest, SpawnResponse, StopReport, StopStage,
 };
+use crate::platform::cgroup::{CgroupRoot, Leaf};
 use crate::platform::{self, ExitKind, ProcEntry, ProcessHandle, Stdio};
 use crate::store::{Ending, RunRecord, Store};
 use crate::tree;
@@ -68,6 +69,9 @@ pub struct Config {
     /// the demo): the reaper takes the exit status of any child corral did not
     /// start itself.
     pub subreaper: bool,
+    /// Contain each agent in a cgroup v2 leaf where the machine allows it
+    /// (`false` forces the process-group/subreaper fallback).
+    pub cgroups: bool,
 }
 
 impl Config {
@@ -78,6 +82,7 @@ impl Config {
             socket_path: None,
             sample_interval: Duration::from_secs(1),
             subreaper: false,
+            cgroups: true,
         }
     }
 }
@@ -118,6 +123,8 @@ struct Agent {
     cmdline: String,
     restarts: u32,
     proc_: Option<Arc<ProcessHandle>>,
+    /// The run's cgroup, when it is contained in one.
+    leaf: Option<Leaf>,
     state: Mutex<LiveState>,
     /// Serialises transitions: held across each store commit.
     transition: tokio::sync::Mutex<()>,
@@ -163,6 +170,7 @@ impl Agent {
             cmdline: record.command.join(" "),
             restarts,
             proc_,
+            leaf: None,
             state: Mutex::new(LiveState {
                 status: record.status,
                 exit: None,
@@ -299,10 +307,30 @@ impl Agent {
             labels: self.record.labels.clone(),
             stdout_log: self.stdout_log(),
             stderr_log: self.stderr_log(),
-            containment: "process-group".to_owned(),
+            containment: if self.leaf.is_some() {
+                "cgroup"
+            } else {
+                "process-group"
+            }
+            .to_owned(),
             tree: None,
         }
     }
+}
+
+/// A short, stable tag for a state dir (FNV-1a of its path): names its cgroup subtree.
+fn state_tag(dir: &Path) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in dir.as_os_str().as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// The cgroup leaf name of one run.
+fn leaf_name(agent_id: &str, run_id: i64) -> String {
+    format!("{agent_id}.{run_id}")
 }
 
 fn stored_runtime(started_at: &str, ended_at: Option<&str>) -> f64 {
@@ -332,9 +360,13 @@ struct Inner {
     /// Pids of agents whose exit status their own watcher collects. Held across
     /// posix_spawn, so the orphan reaper can never take an agent's status.
     owned: Mutex<HashSet<i32>>,
+    /// Woken whenever a spawn releases its id reservation.
+    spawned: tokio::sync::Notify,
     /// Woken after every orphan-reaping sweep (stops wait on it for zombies).
     reaped: tokio::sync::Notify,
     tables: TableCache,
+    /// corral's cgroup subtree, or why there is none.
+    cgroup: std::result::Result<CgroupRoot, String>,
     base_env: Vec<(OsString, OsString)>,
     _sampler_stop: mpsc::Sender<()>,
 }
@@ -356,6 +388,7 @@ struct Reservation<'a> {
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         lock(&self.inner.reserved).remove(&self.id);
+        self.inner.spawned.notify_waiters();
     }
 }
 
@@ -395,6 +428,19 @@ impl Supervisor {
             source: e,
         })?;
         let (stop_tx, stop_rx) = mpsc::channel();
+        let cgroup = if config.cgroups {
+            CgroupRoot::discover(&state_tag(&config.state_dir))
+        } else {
+            Err("disabled by configuration".to_owned())
+        };
+        match &cgroup {
+            Ok(root) => {
+                tracing::info!(cgroup = %root.dir().display(), "agents are contained in cgroups")
+            }
+            Err(why) => {
+                tracing::info!(reason = %why, "no cgroup containment; using process groups and subreaping")
+            }
+        }
         let inner = Arc::new(Inner {
             base_env: std::env::vars_os()
                 .filter(|(k, _)| k != "CORRAL_AGENT_ID" && k != "CORRAL_SOCKET")
@@ -410,7 +456,9 @@ impl Supervisor {
             reserved: Mutex::new(HashSet::new()),
             owned: Mutex::new(HashSet::new()),
             reaped: tokio::sync::Notify::new(),
+            spawned: tokio::sync::Notify::new(),
             tables: TableCache::new(),
+            cgroup,
             _sampler_stop: stop_tx,
         });
         let sup = Self { inner };
@@ -471,7 +519,17 @@ impl Supervisor {
                         .await?;
                     record.status = PersistentStatus::Running;
                 }
-                let agent = Arc::new(Agent::new(record, restarts, Some(Arc::new(handle)))?);
+                let pid = handle.pid();
+                let name = leaf_name(&record.agent_id, record.run_id);
+                let mut agent = Agent::new(record, restarts, Some(Arc::new(handle)))?;
+                agent.leaf = self
+                    .inner
+                    .cgroup
+                    .as_ref()
+                    .ok()
+                    .map(|root| root.leaf(&name))
+                    .filter(|l| l.contains(pid));
+                let agent = Arc::new(agent);
                 agent.refresh_sample(&self.inner.clock);
                 self.watch(agent.clone());
                 Ok(agent)
@@ -534,6 +592,15 @@ impl Supervisor {
         }
         drop(owned);
         if reaped > 0 {
+            // An orphan may have been the last process in an ended agent's cgroup.
+            let ended: Vec<Arc<Agent>> = lock(&self.inner.agents)
+                .values()
+                .filter(|a| a.leaf.is_some() && !a.status_now().is_live())
+                .cloned()
+                .collect();
+            for agent in ended {
+                self.release_leaf(&agent);
+            }
             self.inner.reaped.notify_waiters();
         }
         reaped
@@ -573,6 +640,11 @@ impl Supervisor {
         reaped
     }
 
+    /// corral's cgroup subtree for this state dir, when agents are contained in cgroups.
+    pub fn cgroup_subtree(&self) -> Option<&Path> {
+        self.inner.cgroup.as_ref().ok().map(CgroupRoot::dir)
+    }
+
     /// The state dir.
     pub fn state_dir(&self) -> &Path {
         &self.inner.config.state_dir
@@ -581,6 +653,23 @@ impl Supervisor {
     /// The store (for history queries).
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The agent's current run, waiting (briefly) for a spawn of this id that is
+    /// under way: an agent may report progress before its spawn call returns.
+    async fn settled_agent(&self, id: &AgentId) -> Result<Arc<Agent>> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let notified = self.inner.spawned.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !lock(&self.inner.reserved).contains(id) {
+                return self.agent(id);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.agent(id);
+            }
+        }
     }
 
     fn agent(&self, id: &AgentId) -> Result<Arc<Agent>> {
@@ -720,7 +809,8 @@ impl Supervisor {
         };
         record.run_id = self.inner.store.insert_run(&record).await?;
 
-        let started = match self.start_process(
+        let leaf = self.new_leaf(&id, record.run_id);
+        let (started, leaf) = match self.start_process(
             &id,
             &program,
             &req,
@@ -730,9 +820,13 @@ impl Supervisor {
                 stdout: stdout.as_fd(),
                 stderr: stderr.as_fd(),
             },
+            leaf.clone(),
         ) {
-            Ok(handle) => handle,
+            Ok(started) => started,
             Err(source) => {
+                if let (Some(leaf), Ok(root)) = (&leaf, &self.inner.cgroup) {
+                    let _ = root.remove_leaf(leaf);
+                }
                 let reason = format!("cannot start {program:?}: {source}");
                 record.status = PersistentStatus::Failed;
                 record.ended_at = Some(now_rfc3339());
@@ -770,7 +864,9 @@ impl Supervisor {
         record.start_ticks = Some(started.start_ticks());
         record.boot_id = Some(self.inner.boot_id.clone());
         let start_ticks = started.start_ticks();
-        let agent = Arc::new(Agent::new(record, restarts, Some(Arc::new(started)))?);
+        let mut agent = Agent::new(record, restarts, Some(Arc::new(started)))?;
+        agent.leaf = leaf;
+        let agent = Arc::new(agent);
         // Visible at once (the agent may report progress inside its window), but
         // its transitions wait for this commit: the exit watcher and progress
         // reports take the same lock.
@@ -809,6 +905,27 @@ impl Supervisor {
         Ok(self.spawn_response(&agent))
     }
 
+    /// Creates the cgroup leaf for a new run, when cgroups are available.
+    fn new_leaf(&self, id: &AgentId, run_id: i64) -> Option<Leaf> {
+        let root = self.inner.cgroup.as_ref().ok()?;
+        match root.create_leaf(&leaf_name(id.as_str(), run_id)) {
+            Ok(leaf) => Some(leaf),
+            Err(e) => {
+                tracing::warn!(agent_id = %id, error = %e, "cannot create a cgroup; process-group containment only");
+                None
+            }
+        }
+    }
+
+    /// Removes an ended run's cgroup once nothing is left in it.
+    fn release_leaf(&self, agent: &Agent) {
+        if let (Some(leaf), Ok(root)) = (&agent.leaf, &self.inner.cgroup)
+            && !leaf.populated()
+        {
+            let _ = root.remove_leaf(leaf);
+        }
+    }
+
     /// Resolves the program against the agent's PATH and starts it.
     fn start_process(
         &self,
@@ -817,7 +934,8 @@ impl Supervisor {
         req: &SpawnRequest,
         cwd: &Path,
         stdio: Stdio<'_>,
-    ) -> std::io::Result<ProcessHandle> {
+        leaf: Option<Leaf>,
+    ) -> std::io::Result<(ProcessHandle, Option<Leaf>)> {
         let meta = std::fs::metadata(cwd).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
@@ -858,14 +976,38 @@ impl Supervisor {
             .collect::<std::io::Result<Vec<_>>>()?;
         let program_c = platform::c_path(&resolved)?;
         let cwd_c = platform::c_path(cwd)?;
+        let procs = match &leaf {
+            Some(leaf) => match leaf.procs_file() {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!(agent_id = %id, error = %e, "cannot open the cgroup; process-group containment only");
+                    None
+                }
+            },
+            None => None,
+        };
+        let leaf = match (leaf, &procs) {
+            (Some(leaf), None) => {
+                if let Ok(root) = &self.inner.cgroup {
+                    let _ = root.remove_leaf(&leaf);
+                }
+                None
+            }
+            (leaf, _) => leaf,
+        };
         let pid = {
             let mut owned = lock(&self.inner.owned);
-            let pid = platform::spawn(&program_c, &argv, &envp, Some(&cwd_c), &stdio)?;
+            let pid = match &procs {
+                Some(procs) => {
+                    platform::spawn_into_cgroup(&resolved, &argv, &envp, cwd, &stdio, procs)?
+                }
+                None => platform::spawn(&program_c, &argv, &envp, Some(&cwd_c), &stdio)?,
+            };
             owned.insert(pid.as_raw_nonzero().get());
             pid
         };
         match ProcessHandle::open(pid, None) {
-            Ok(Some(handle)) => Ok(handle),
+            Ok(Some(handle)) => Ok((handle, leaf)),
             // Our own unreaped child cannot vanish; failing here means no fds left.
             Ok(None) => Err(std::io::Error::other(
                 "the new process vanished before it could be watched",
@@ -1051,6 +1193,7 @@ impl Supervisor {
             st.runtime_at_end = runtime;
             st.reaped = true;
         }
+        self.release_leaf(agent);
         tracing::info!(agent_id = %agent.id, pid = agent.pid(), status = %end.status, reason = %end.end_reason, "agent ended");
         agent.ended.send_replace(true);
     }
@@ -1129,7 +1272,7 @@ impl Supervisor {
                 "progress message must be at most {MAX_PROGRESS_MESSAGE} bytes"
             )));
         }
-        let agent = self.agent(id)?;
+        let agent = self.settled_agent(id).await?;
         let _t = agent.transition.lock().await;
         let status = agent.status_now();
         if !status.is_live() {
@@ -1239,9 +1382,19 @@ impl Supervisor {
                 seen.extend(members.iter().map(|m| (m.pid, m.start_ticks)));
                 let live: Vec<ProcEntry> =
                     members.iter().filter(|m| m.state != 'Z').copied().collect();
-                if members.is_empty() && *ended.borrow() {
+                if members.is_empty()
+                    && *ended.borrow()
+                    && !agent.leaf.as_ref().is_some_and(Leaf::populated)
+                {
+                    self.release_leaf(agent);
                     let descendants = seen.iter().filter(|m| **m != leader_id).count() as u32;
                     return self.stop_report(agent, stage, began, Some(descendants));
+                }
+                if sig == Signal::KILL
+                    && let Some(leaf) = &agent.leaf
+                    && let Err(e) = leaf.kill()
+                {
+                    tracing::warn!(agent_id = %agent.id, error = %e, "cgroup.kill failed");
                 }
                 for m in &live {
                     let key = (m.pid, m.start_ticks);
@@ -1283,7 +1436,8 @@ impl Supervisor {
         }
         let left = self.members(agent, &leader, &platform::process_table(), &seen);
         let descendants = seen.iter().filter(|m| **m != leader_id).count() as u32;
-        if left.is_empty() && *ended.borrow() {
+        if left.is_empty() && *ended.borrow() && !agent.leaf.as_ref().is_some_and(Leaf::populated) {
+            self.release_leaf(agent);
             self.stop_report(agent, StopStage::Kill, began, Some(descendants))
         } else {
             tracing::error!(agent_id = %agent.id, pid = leader.pid(), left = left.len(), "processes survived SIGKILL");
@@ -1303,6 +1457,11 @@ impl Supervisor {
         let id = agent.id.as_str();
         let started_under = |pid: i32| platform::environ_agent_id(pid).as_deref() == Some(id);
         let unreaped = !lock(&agent.state).reaped;
+        let contained: HashSet<i32> = agent
+            .leaf
+            .as_ref()
+            .map(|l| l.pids().into_iter().collect())
+            .unwrap_or_default();
         tree::members(
             table,
             &tree::Lookup {
@@ -1313,6 +1472,7 @@ impl Supervisor {
                 known,
                 owned: &owned,
                 started_under: &started_under,
+                contained: &contained,
             },
         )
     }

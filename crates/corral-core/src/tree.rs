@@ -9,6 +9,7 @@
 //!   still exists;
 //! - orphans reparented to the daemon (a subreaper) that were started under this
 //!   agent, recognised by the `CORRAL_AGENT_ID` they inherited;
+//! - every process in the agent's cgroup, when it has one;
 //! - and every descendant of those, through parent links.
 //!
 //! A descendant that calls `setsid` and whose parent then dies before anything
@@ -35,6 +36,8 @@ pub struct Lookup<'a> {
     pub owned: &'a HashSet<i32>,
     /// Whether an orphan of the daemon was started under this agent.
     pub started_under: &'a dyn Fn(i32) -> bool,
+    /// Pids in the agent's cgroup, when it has one.
+    pub contained: &'a HashSet<i32>,
 }
 
 /// The agent's members in `table`, the agent itself included when present.
@@ -52,6 +55,7 @@ pub fn members(table: &[ProcEntry], q: &Lookup<'_>) -> Vec<ProcEntry> {
         let root = (p.pid == q.leader && p.start_ticks == q.leader_start)
             || (q.leader_unreaped && (p.pgrp == q.leader || p.session == q.leader))
             || q.known.contains(&(p.pid, p.start_ticks))
+            || q.contained.contains(&p.pid)
             || (p.ppid == q.daemon && !q.owned.contains(&p.pid) && (q.started_under)(p.pid));
         if root && picked.insert(i) {
             stack.push(i);
@@ -116,6 +120,7 @@ mod tests {
             known: &known,
             owned: &owned,
             started_under: &started_under,
+            contained: &HashSet::new(),
         };
         assert_eq!(pids(&members(&table, &q)), [200, 201, 202, 203, 400]);
     }
@@ -140,6 +145,7 @@ mod tests {
             known: &known,
             owned: &owned,
             started_under: &never,
+            contained: &HashSet::new(),
         };
         assert_eq!(pids(&members(&table, &q)), [201]);
     }

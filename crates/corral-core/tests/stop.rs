@@ -18,11 +18,84 @@ const STUBBORN: &[&str] = &[
     "trap '' TERM; echo ready; while :; do sleep 0.05; done",
 ];
 
-async fn supervisor(dir: &tempfile::TempDir) -> Supervisor {
+/// Every test runs twice: with cgroup containment (where the machine offers a
+/// writable cgroup2 hierarchy) and with the process-group/subreaper fallback.
+macro_rules! both_containments {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn cgroup() {
+                    super::$name(true).await
+                }
+                #[tokio::test]
+                async fn process_group() {
+                    super::$name(false).await
+                }
+            }
+        )*
+    };
+}
+
+both_containments!(
+    a_cooperative_agent_stops_at_the_first_term_in_well_under_a_second,
+    a_term_ignoring_agent_dies_in_the_kill_stage,
+    force_skips_the_term_stages,
+    a_whole_tree_with_escaped_grandchildren_leaves_nothing,
+    twenty_stubborn_agents_stop_in_about_one_grace_period,
+    a_selector_stops_only_its_subtree_and_unknown_ids_are_errors,
+    an_agent_that_exits_on_its_own_during_a_stop_is_cancelled_once,
+);
+
+async fn supervisor(dir: &tempfile::TempDir, cgroups: bool) -> Supervisor {
     let mut config = Config::new(dir.path().join("state"));
     config.subreaper = true;
+    config.cgroups = cgroups;
     config.sample_interval = Duration::from_millis(200);
     Supervisor::open(config).await.unwrap()
+}
+
+/// The cgroup the OS has `pid` in (its `0::` line).
+fn cgroup_of(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Checks, against /proc, that the agent is contained as its status says, and
+/// returns its leaf directory when it is in a cgroup.
+fn check_containment(
+    sup: &Supervisor,
+    id: &str,
+    pid: i32,
+    cgroups: bool,
+) -> Option<std::path::PathBuf> {
+    let s = sup.get_agent_status(&AgentId::new(id).unwrap()).unwrap();
+    let cg = cgroup_of(pid);
+    if s.containment == "cgroup" {
+        assert!(cgroups, "cgroups were disabled");
+        let leaf_name = cg.rsplit('/').next().unwrap_or_default();
+        assert!(
+            leaf_name.starts_with(&format!("{id}.")),
+            "{pid} is in {cg}, not its own leaf"
+        );
+        let mount = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .find(|l| l.contains(" - cgroup2 "))
+            .map(|l| l.split_whitespace().nth(4).unwrap().to_owned())
+            .unwrap();
+        Some(std::path::PathBuf::from(format!("{mount}{cg}")))
+    } else {
+        assert_eq!(s.containment, "process-group");
+        if cgroups {
+            eprintln!("no usable cgroup2 hierarchy here: the cgroup variant ran the fallback");
+        }
+        None
+    }
 }
 
 fn one(id: &str) -> Selector {
@@ -36,11 +109,11 @@ fn staged(t: f64) -> CleanupOptions {
     }
 }
 
-#[tokio::test]
-async fn a_cooperative_agent_stops_at_the_first_term_in_well_under_a_second() {
-    let _cleanup = Cleanup;
+async fn a_cooperative_agent_stops_at_the_first_term_in_well_under_a_second(cgroups: bool) {
+    let mut cleanup = Cleanup::default();
     let dir = tempfile::tempdir().unwrap();
-    let sup = supervisor(&dir).await;
+    let sup = supervisor(&dir, cgroups).await;
+    cleanup.cgroup = sup.cgroup_subtree().map(Into::into);
     let r = sup
         .spawn_agent(request("coop", &["sleep", "300"], 50))
         .await
@@ -62,11 +135,11 @@ async fn a_cooperative_agent_stops_at_the_first_term_in_well_under_a_second() {
     assert!(s.end_reason.unwrap().contains("stopped on request"));
 }
 
-#[tokio::test]
-async fn a_term_ignoring_agent_dies_in_the_kill_stage() {
-    let _cleanup = Cleanup;
+async fn a_term_ignoring_agent_dies_in_the_kill_stage(cgroups: bool) {
+    let mut cleanup = Cleanup::default();
     let dir = tempfile::tempdir().unwrap();
-    let sup = supervisor(&dir).await;
+    let sup = supervisor(&dir, cgroups).await;
+    cleanup.cgroup = sup.cgroup_subtree().map(Into::into);
     let r = sup
         .spawn_agent(request("stubborn", STUBBORN, 50))
         .await
@@ -88,11 +161,11 @@ async fn a_term_ignoring_agent_dies_in_the_kill_stage() {
     assert!(proc_stat(r.pid).is_none());
 }
 
-#[tokio::test]
-async fn force_skips_the_term_stages() {
-    let _cleanup = Cleanup;
+async fn force_skips_the_term_stages(cgroups: bool) {
+    let mut cleanup = Cleanup::default();
     let dir = tempfile::tempdir().unwrap();
-    let sup = supervisor(&dir).await;
+    let sup = supervisor(&dir, cgroups).await;
+    cleanup.cgroup = sup.cgroup_subtree().map(Into::into);
     let r = sup
         .spawn_agent(request("stubborn", STUBBORN, 50))
         .await
@@ -112,11 +185,11 @@ async fn force_skips_the_term_stages() {
     assert!(proc_stat(r.pid).is_none());
 }
 
-#[tokio::test]
-async fn a_whole_tree_with_escaped_grandchildren_leaves_nothing() {
-    let _cleanup = Cleanup;
+async fn a_whole_tree_with_escaped_grandchildren_leaves_nothing(cgroups: bool) {
+    let mut cleanup = Cleanup::default();
     let dir = tempfile::tempdir().unwrap();
-    let sup = supervisor(&dir).await;
+    let sup = supervisor(&dir, cgroups).await;
+    cleanup.cgroup = sup.cgroup_subtree().map(Into::into);
     // Two background children, a setsid grandchild, a double-forked grandchild
     // (parent exits at once) and a double-forked setsid grandchild; each prints its pid.
     let script = "sleep 300 & echo $!; sleep 300 & echo $!; setsid sleep 300 & echo $!; \
@@ -132,6 +205,15 @@ async fn a_whole_tree_with_escaped_grandchildren_leaves_nothing() {
         .collect();
     for pid in &pids {
         assert!(proc_stat(*pid).is_some(), "{pid} runs before the stop");
+    }
+    let leaf = check_containment(&sup, "tree", r.pid, cgroups);
+    if leaf.is_some() {
+        for pid in &pids {
+            assert!(
+                cgroup_of(*pid).contains("/tree."),
+                "{pid} is in the agent's cgroup"
+            );
+        }
     }
     let setsid_pid = pids[2];
     let stat = proc_stat(setsid_pid).unwrap();
@@ -155,11 +237,11 @@ async fn a_whole_tree_with_escaped_grandchildren_leaves_nothing() {
     }
 }
 
-#[tokio::test]
-async fn twenty_stubborn_agents_stop_in_about_one_grace_period() {
-    let _cleanup = Cleanup;
+async fn twenty_stubborn_agents_stop_in_about_one_grace_period(cgroups: bool) {
+    let mut cleanup = Cleanup::default();
     let dir = tempfile::tempdir().unwrap();
-    let sup = supervisor(&dir).await;
+    let sup = supervisor(&dir, cgroups).await;
+    cleanup.cgroup = sup.cgroup_subtree().map(Into::into);
     let mut pids = Vec::new();
     for i in 0..20 {
         let r = sup
@@ -184,11 +266,11 @@ async fn twenty_stubborn_agents_stop_in_about_one_grace_period() {
     }
 }
 
-#[tokio::test]
-async fn a_selector_stops_only_its_subtree_and_unknown_ids_are_errors() {
-    let _cleanup = Cleanup;
+async fn a_selector_stops_only_its_subtree_and_unknown_ids_are_errors(cgroups: bool) {
+    let mut cleanup = Cleanup::default();
     let dir = tempfile::tempdir().unwrap();
-    let sup = supervisor(&dir).await;
+    let sup = supervisor(&dir, cgroups).await;
+    cleanup.cgroup = sup.cgroup_subtree().map(Into::into);
     let mut pids = std::collections::BTreeMap::new();
     for id in ["L1", "L1.a", "L1.a.x", "L10", "L2.a"] {
         let r = sup
@@ -231,11 +313,11 @@ async fn a_selector_stops_only_its_subtree_and_unknown_ids_are_errors() {
     }
 }
 
-#[tokio::test]
-async fn an_agent_that_exits_on_its_own_during_a_stop_is_cancelled_once() {
-    let _cleanup = Cleanup;
+async fn an_agent_that_exits_on_its_own_during_a_stop_is_cancelled_once(cgroups: bool) {
+    let mut cleanup = Cleanup::default();
     let dir = tempfile::tempdir().unwrap();
-    let sup = supervisor(&dir).await;
+    let sup = supervisor(&dir, cgroups).await;
+    cleanup.cgroup = sup.cgroup_subtree().map(Into::into);
     let r = sup
         .spawn_agent(request(
             "quitter",

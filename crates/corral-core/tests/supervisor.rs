@@ -30,11 +30,12 @@ impl Harness {
         let mut config = Config::new(dir.path().join("state"));
         config.sample_interval = interval;
         let sup = Supervisor::open(config).await.unwrap();
+        let cgroup_dir = sup.cgroup_subtree().map(Into::into);
         Self {
             sup,
             dir,
             pids: Vec::new(),
-            _cleanup: Cleanup,
+            _cleanup: Cleanup { cgroup: cgroup_dir },
         }
     }
 

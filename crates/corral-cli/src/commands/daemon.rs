@@ -17,6 +17,7 @@ pub async fn run(ctx: &Ctx, args: DaemonArgs) -> Result<ExitCode> {
         state_dir: ctx.state_dir.clone(),
         sample_interval: Duration::from_millis(args.sample_ms.max(10)),
         detach: args.detach,
+        cgroups: !args.no_cgroups,
     };
     match corral_api::daemon::run(opts).await {
         Ok(()) => Ok(ExitCode::SUCCESS),

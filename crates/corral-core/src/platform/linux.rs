@@ -161,6 +161,72 @@ pub fn spawn(
     Pid::from_raw(pid).ok_or_else(|| io::Error::other("posix_spawn returned pid 0"))
 }
 
+/// Starts `program` like [`spawn`], but first makes the child join a cgroup by
+/// writing `0` to `cgroup_procs` (an open `cgroup.procs`) between fork and exec,
+/// so the agent and everything it ever starts are inside from the first
+/// instruction. This needs code in the child before exec, so it forks (through
+/// `std::process::Command`, which reports exec failures synchronously) instead of
+/// using posix_spawn; the cost grows with the daemon's size, and glibc 2.36 has
+/// no posix_spawn attribute for a cgroup.
+pub fn spawn_into_cgroup(
+    program: &Path,
+    argv: &[CString],
+    envp: &[CString],
+    cwd: &Path,
+    stdio: &Stdio<'_>,
+    cgroup_procs: &File,
+) -> io::Result<Pid> {
+    use std::ffi::OsStr;
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(program);
+    if let Some((first, rest)) = argv.split_first() {
+        cmd.arg0(OsStr::from_bytes(first.as_bytes()));
+        cmd.args(rest.iter().map(|a| OsStr::from_bytes(a.as_bytes())));
+    }
+    cmd.env_clear();
+    for kv in envp {
+        let kv = kv.as_bytes();
+        if let Some(eq) = kv.iter().position(|b| *b == b'=') {
+            cmd.env(
+                OsStr::from_bytes(&kv[..eq]),
+                OsStr::from_bytes(&kv[eq + 1..]),
+            );
+        }
+    }
+    cmd.current_dir(cwd);
+    cmd.stdin(File::from(stdio.stdin.try_clone_to_owned()?));
+    cmd.stdout(File::from(stdio.stdout.try_clone_to_owned()?));
+    cmd.stderr(File::from(stdio.stderr.try_clone_to_owned()?));
+    let procs = cgroup_procs.as_raw_fd();
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // async-signal-safe system calls (setsid, write) on values it owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::write(procs, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(io::Error::last_os_error());
+            }
+            // Nothing but fds 0-2 may reach the agent. Mark the rest close-on-exec
+            // rather than closing them: std's exec-error pipe must stay open.
+            if libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    // The Child is only a pid here; corral waits through a pidfd, never through it.
+    Pid::from_raw(child.id() as i32).ok_or_else(|| io::Error::other("spawn returned pid 0"))
+}
+
 /// Finds the file `program` names, the way `execvp` would but against the
 /// agent's own `PATH` (not the daemon's). A name with a `/` is used as it is.
 pub fn resolve_program(program: &str, path_var: Option<&str>) -> io::Result<PathBuf> {

@@ -10,6 +10,8 @@
 mod linux;
 #[cfg(target_os = "linux")]
 pub use linux::*;
+#[cfg(target_os = "linux")]
+pub mod cgroup;
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(

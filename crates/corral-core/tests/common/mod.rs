@@ -83,7 +83,11 @@ pub fn children() -> Vec<i32> {
 /// Kills and reaps, by pid, everything still ours when a test ends — also when
 /// it ends by a failed assertion — so a failing test leaks nothing. Tests make
 /// themselves subreapers, so every descendant ends up as our child.
-pub struct Cleanup;
+#[derive(Default)]
+pub struct Cleanup {
+    /// The test supervisor's cgroup subtree: its leaves are removed too.
+    pub cgroup: Option<std::path::PathBuf>,
+}
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
@@ -91,6 +95,14 @@ impl Drop for Cleanup {
         loop {
             let kids = children();
             if kids.is_empty() || Instant::now() > end {
+                if let Some(dir) = &self.cgroup {
+                    for leaf in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                        if leaf.file_type().is_ok_and(|t| t.is_dir()) {
+                            let _ = std::fs::remove_dir(leaf.path());
+                        }
+                    }
+                    let _ = std::fs::remove_dir(dir);
+                }
                 return;
             }
             for pid in kids {

@@ -1,0 +1,202 @@
+//! cgroup v2 containment: one leaf cgroup per agent run.
+//!
+//! A process can leave its process group and session (`setsid`, daemonising),
+//! but not its cgroup. Where the machine offers a writable cgroup2 hierarchy,
+//! corral puts each agent in a leaf of its own, under
+//! `<cgroup2 mount><corral's own cgroup>/corral-<tag>/`; the kill stage writes
+//! `1` to the leaf's `cgroup.kill` (atomic and recursive, it also catches
+//! processes forked during the kill) and `cgroup.events` tells when the leaf is
+//! empty. The mount is found in `/proc/self/mountinfo` (it is not always
+//! `/sys/fs/cgroup`: on hybrid hosts it sits at `/sys/fs/cgroup/unified`).
+//!
+//! The agent joins its leaf itself, between fork and exec (see
+//! `platform::spawn_into_cgroup`), so not even its first child can start
+//! outside. Moving it from the daemon after spawning would leave a window: a
+//! shell forks its first background job before such a move lands.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// Why cgroup containment is not available here (kept for logs and status).
+pub type Unavailable = String;
+
+/// corral's subtree in a writable cgroup2 hierarchy.
+#[derive(Debug, Clone)]
+pub struct CgroupRoot {
+    dir: PathBuf,
+}
+
+/// The cgroup2 mount point, from `/proc/self/mountinfo`.
+fn cgroup2_mount() -> Option<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|line| {
+        // "<id> <parent> <dev> <root> <mount point> <opts> [optional...] - <fstype> <source> <super opts>"
+        let (left, right) = line.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        left.split_whitespace()
+            .nth(4)
+            .map(|m| PathBuf::from(unescape(m)))
+    })
+}
+
+/// mountinfo escapes spaces and a few other bytes as `\ooo`.
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            let oct: String = chars.by_ref().take(3).collect();
+            if let Ok(b) = u8::from_str_radix(&oct, 8) {
+                out.push(b as char);
+                continue;
+            }
+            out.push('\\');
+            out.push_str(&oct);
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The calling process's cgroup2 path (the `0::` line of `/proc/self/cgroup`).
+fn own_cgroup() -> Option<String> {
+    let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
+}
+
+impl CgroupRoot {
+    /// Finds a writable cgroup2 hierarchy with `cgroup.kill` and prepares
+    /// `corral-<tag>` in it; the reason when there is none.
+    pub fn discover(tag: &str) -> Result<Self, Unavailable> {
+        let mount = cgroup2_mount().ok_or("no cgroup2 hierarchy is mounted")?;
+        let own = own_cgroup().ok_or("this process is not in a cgroup2 hierarchy")?;
+        let dir = mount
+            .join(own.trim_start_matches('/'))
+            .join(format!("corral-{tag}"));
+        fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let has_kill = dir.join("cgroup.kill").exists();
+        // Created on demand by the first leaf; an idle subtree is not left behind.
+        let _ = fs::remove_dir(&dir);
+        if !has_kill {
+            return Err("the kernel has no cgroup.kill (needs Linux 5.14)".into());
+        }
+        Ok(Self { dir })
+    }
+
+    /// The subtree's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The leaf named `name` (not created).
+    pub fn leaf(&self, name: &str) -> Leaf {
+        Leaf {
+            dir: self.dir.join(name),
+        }
+    }
+
+    /// Creates the leaf `name` (recreating the subtree if an idle one was removed).
+    pub fn create_leaf(&self, name: &str) -> io::Result<Leaf> {
+        let leaf = self.leaf(name);
+        match fs::create_dir(&leaf.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(&leaf.dir)?;
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(leaf)
+    }
+
+    /// Removes an empty leaf, and the subtree with it once no leaf is left (so an
+    /// idle corral leaves nothing behind in the hierarchy).
+    pub fn remove_leaf(&self, leaf: &Leaf) -> io::Result<()> {
+        match fs::remove_dir(&leaf.dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let _ = fs::remove_dir(&self.dir);
+        Ok(())
+    }
+}
+
+/// One agent run's cgroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leaf {
+    dir: PathBuf,
+}
+
+fn write_file(path: &Path, text: &str) -> io::Result<()> {
+    OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .write_all(text.as_bytes())
+}
+
+impl Leaf {
+    /// The leaf's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// True when the directory exists.
+    pub fn exists(&self) -> bool {
+        self.dir.exists()
+    }
+
+    /// Opens `cgroup.procs` for writing: a process that writes `0` to it joins the leaf.
+    pub fn procs_file(&self) -> io::Result<std::fs::File> {
+        OpenOptions::new()
+            .write(true)
+            .open(self.dir.join("cgroup.procs"))
+    }
+
+    /// Pids in the leaf now.
+    pub fn pids(&self) -> Vec<i32> {
+        fs::read_to_string(self.dir.join("cgroup.procs"))
+            .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    /// True while any process is in the leaf (`populated` in `cgroup.events`).
+    pub fn populated(&self) -> bool {
+        fs::read_to_string(self.dir.join("cgroup.events"))
+            .map(|t| t.lines().any(|l| l.trim() == "populated 1"))
+            .unwrap_or(false)
+    }
+
+    /// SIGKILLs every process in the leaf, atomically (`cgroup.kill`).
+    pub fn kill(&self) -> io::Result<()> {
+        write_file(&self.dir.join("cgroup.kill"), "1")
+    }
+
+    /// True when `pid` is in this leaf now (`/proc/<pid>/cgroup`).
+    pub fn contains(&self, pid: i32) -> bool {
+        let Some(name) = self.dir.file_name().and_then(|n| n.to_str()) else {
+            return false;
+        };
+        fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|t| {
+            t.lines()
+                .filter_map(|l| l.strip_prefix("0::"))
+                .any(|p| p.rsplit('/').next() == Some(name))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unescapes_mountinfo_paths() {
+        assert_eq!(unescape(r"/sys/fs/cgroup"), "/sys/fs/cgroup");
+        assert_eq!(unescape(r"/mnt/with\040space"), "/mnt/with space");
+    }
+}
