@@ -87,10 +87,14 @@ def measure(args, corral, n, state):
     t = time.perf_counter()
     bare = [os.posix_spawn("/bin/sleep", ["sleep", "3600"], os.environ) for _ in range(n)]
     bare_s = time.perf_counter() - t
-    for p in bare:
-        os.kill(p, signal.SIGKILL)
-        os.waitpid(p, 0)
     print(f"N={n}: baseline {n} bare posix_spawn of sleep: {bare_s:.3f} s; corral/bare = {spawn_s / bare_s:.2f}x")
+    # Baseline for the stop: SIGTERM every bare process, then wait for each.
+    t = time.perf_counter()
+    for p in bare:
+        os.kill(p, signal.SIGTERM)
+    for p in bare:
+        os.waitpid(p, 0)
+    bare_stop_s = time.perf_counter() - t
     time.sleep(1.5)  # let the sampler take a full-interval sample of every agent
     for label, cmd in [("corral status ID", base + ["status", f"a{n // 2}"]),
                        ("corral ps --json", base + ["--json", "ps"]),
@@ -99,7 +103,9 @@ def measure(args, corral, n, state):
         print(f"N={n}: {label:<20} p50 {p50:.2f} ms  p99 {p99:.2f} ms ({args.runs} runs)")
     t = time.perf_counter()
     subprocess.run(base + ["stop", "--all", "--stop-timeouts", "5,5,5"], check=True, stdout=subprocess.DEVNULL)
-    print(f"N={n}: corral stop --all        {time.perf_counter() - t:.3f} s")
+    stop_s = time.perf_counter() - t
+    print(f"N={n}: corral stop --all (whole CLI command) {stop_s:.3f} s; bare SIGTERM+wait loop {bare_stop_s:.3f} s; "
+          f"ratio {stop_s / bare_stop_s:.2f}x")
     left = [p for p in pids if os.path.exists(f"/proc/{p}")]
     assert not left, f"agents left: {left[:10]}"
 
@@ -111,13 +117,15 @@ def main():
     ap.add_argument("--concurrency", type=int, default=256)
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--verify-ms", type=int, default=100)
+    ap.add_argument("--no-cgroups", action="store_true", help="force process-group containment")
     args = ap.parse_args()
     corral = os.path.abspath(args.corral)
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     for n in args.agents:
         with tempfile.TemporaryDirectory(prefix="corral-measure-") as tmp:
             state = os.path.join(tmp, "state")
-            daemon = subprocess.Popen([corral, "--state-dir", state, "daemon"],
+            env = dict(os.environ, CORRAL_NO_CGROUPS="1" if args.no_cgroups else "0")
+            daemon = subprocess.Popen([corral, "--state-dir", state, "daemon"], env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 measure(args, corral, n, state)

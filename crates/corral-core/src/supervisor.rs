@@ -579,18 +579,21 @@ impl Supervisor {
     /// Reaps every exited child that is not an agent (descendants of agents that
     /// were reparented to this subreaper). Returns how many it reaped.
     pub fn reap_orphans(&self) -> usize {
-        let owned = lock(&self.inner.owned);
+        // Read /proc before taking the lock (spawns and watchers need it), then
+        // hold it across the waitids: a new agent enters `owned` under this lock
+        // together with its spawn, so no agent's exit status can be taken here.
+        let children = platform::own_children();
         let mut reaped = 0;
-        for pid in platform::own_children() {
-            if owned.contains(&pid) {
-                continue;
-            }
-            if let Some(exit) = platform::reap_child(pid) {
-                reaped += 1;
-                tracing::debug!(pid, ?exit, "reaped an orphan");
+        {
+            let owned = lock(&self.inner.owned);
+            for pid in children.into_iter().filter(|pid| !owned.contains(pid)) {
+                // An agent reaped by its watcher since the read: waitid takes nothing.
+                if let Some(exit) = platform::reap_child(pid) {
+                    reaped += 1;
+                    tracing::debug!(pid, ?exit, "reaped an orphan");
+                }
             }
         }
-        drop(owned);
         if reaped > 0 {
             // An orphan may have been the last process in an ended agent's cgroup.
             let ended: Vec<Arc<Agent>> = lock(&self.inner.agents)
@@ -1376,12 +1379,18 @@ impl Supervisor {
             let mut handles: HashMap<(i32, u64), Arc<ProcessHandle>> = HashMap::new();
             tracing::info!(agent_id = %agent.id, pid = leader.pid(), stage = ?stage, "stop stage: sending {sig:?}");
             loop {
-                self.reap_orphans();
-                let table = self.inner.tables.fresh(Instant::now()).await;
+                let table = self
+                    .inner
+                    .tables
+                    .fresh(Instant::now(), &self.inner.owned)
+                    .await;
                 let members = self.members(agent, &leader, &table, &seen);
                 seen.extend(members.iter().map(|m| (m.pid, m.start_ticks)));
                 let live: Vec<ProcEntry> =
                     members.iter().filter(|m| m.state != 'Z').copied().collect();
+                if live.len() < members.len() && self.reap_orphans() > 0 {
+                    continue; // zombies reparented to us are gone now: look again
+                }
                 if members.is_empty()
                     && *ended.borrow()
                     && !agent.leaf.as_ref().is_some_and(Leaf::populated)
@@ -1434,7 +1443,12 @@ impl Supervisor {
                 }
             }
         }
-        let left = self.members(agent, &leader, &platform::process_table(), &seen);
+        let left = self.members(
+            agent,
+            &leader,
+            &tree::Snapshot::new(platform::process_table()),
+            &seen,
+        );
         let descendants = seen.iter().filter(|m| **m != leader_id).count() as u32;
         if left.is_empty() && *ended.borrow() && !agent.leaf.as_ref().is_some_and(Leaf::populated) {
             self.release_leaf(agent);
@@ -1450,18 +1464,11 @@ impl Supervisor {
         &self,
         agent: &Agent,
         leader: &ProcessHandle,
-        table: &[ProcEntry],
+        table: &tree::Snapshot,
         known: &HashSet<(i32, u64)>,
     ) -> Vec<ProcEntry> {
-        let owned = lock(&self.inner.owned).clone();
-        let id = agent.id.as_str();
-        let started_under = |pid: i32| platform::environ_agent_id(pid).as_deref() == Some(id);
         let unreaped = !lock(&agent.state).reaped;
-        let contained: HashSet<i32> = agent
-            .leaf
-            .as_ref()
-            .map(|l| l.pids().into_iter().collect())
-            .unwrap_or_default();
+        let contained = agent.leaf.as_ref().map(Leaf::pids).unwrap_or_default();
         tree::members(
             table,
             &tree::Lookup {
@@ -1470,8 +1477,7 @@ impl Supervisor {
                 leader_unreaped: unreaped,
                 daemon: std::process::id() as i32,
                 known,
-                owned: &owned,
-                started_under: &started_under,
+                agent_id: agent.id.as_str(),
                 contained: &contained,
             },
         )
@@ -1520,7 +1526,7 @@ async fn wait_exited(h: &Arc<ProcessHandle>) {
 /// Snapshots of the process table shared by concurrent stops: a request for a
 /// table taken after instant T is answered by one scan however many ask.
 struct TableCache {
-    latest: tokio::sync::Mutex<Option<(Instant, Arc<Vec<ProcEntry>>)>>,
+    latest: tokio::sync::Mutex<Option<(Instant, Arc<tree::Snapshot>)>>,
 }
 
 impl TableCache {
@@ -1530,7 +1536,9 @@ impl TableCache {
         }
     }
 
-    async fn fresh(&self, after: Instant) -> Arc<Vec<ProcEntry>> {
+    /// A snapshot taken at or after `after`; `owned` (the agents' own pids) tells
+    /// orphans from agents.
+    async fn fresh(&self, after: Instant, owned: &Mutex<HashSet<i32>>) -> Arc<tree::Snapshot> {
         let mut latest = self.latest.lock().await;
         if let Some((taken, table)) = latest.as_ref()
             && *taken >= after
@@ -1538,10 +1546,23 @@ impl TableCache {
             return table.clone();
         }
         let taken = Instant::now();
+        let owned = lock(owned).clone();
+        let scan = tokio::task::spawn_blocking(move || {
+            let mut snap = tree::Snapshot::new(platform::process_table());
+            snap.attribute_orphans(
+                std::process::id() as i32,
+                &owned,
+                platform::environ_agent_id,
+            );
+            snap
+        });
         let table = Arc::new(
-            tokio::task::spawn_blocking(platform::process_table)
-                .await
-                .unwrap_or_default(),
+            scan.await
+                .unwrap_or_else(|_| tree::Snapshot::new(Vec::new())),
+        );
+        tracing::debug!(
+            took_us = taken.elapsed().as_micros() as u64,
+            "process table scanned"
         );
         *latest = Some((taken, table.clone()));
         table

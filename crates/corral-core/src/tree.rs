@@ -1,24 +1,87 @@
-//! Which processes belong to an agent: its process tree, found in a snapshot of
-//! the process table.
+//! Which processes belong to an agent: its process tree, found in an indexed
+//! snapshot of the process table.
 //!
-//! An agent's members are, starting from the agent itself:
+//! An agent's members are, starting from the agent itself (matched by pid *and*
+//! start time, so a reused pid is never taken for it):
 //! - every process in its process group or session — only while the agent's own
 //!   process is not yet reaped (its pid, and so the group and session ids,
 //!   cannot be reused before corral reaps it);
 //! - every process already known as a member, if the same (pid, start time)
 //!   still exists;
+//! - every process in the agent's cgroup, when it has one;
 //! - orphans reparented to the daemon (a subreaper) that were started under this
 //!   agent, recognised by the `CORRAL_AGENT_ID` they inherited;
-//! - every process in the agent's cgroup, when it has one;
 //! - and every descendant of those, through parent links.
 //!
-//! A descendant that calls `setsid` and whose parent then dies before anything
-//! sees it can only be found through its environment; cgroup containment (where
-//! the machine allows it) does not have that gap.
+//! Without a cgroup, a descendant that calls `setsid`, clears its environment
+//! and loses its parent before any stop looks can escape; with one it cannot.
+//!
+//! A snapshot is indexed once (by pid, parent, group and session), so looking up
+//! one agent costs the size of its tree, not of the whole table: a thousand
+//! concurrent stops share each scan.
 
 use std::collections::{HashMap, HashSet};
 
 use crate::platform::ProcEntry;
+
+/// The process table at one instant, indexed.
+pub struct Snapshot {
+    entries: Vec<ProcEntry>,
+    by_pid: HashMap<i32, usize>,
+    children: HashMap<i32, Vec<usize>>,
+    by_pgrp: HashMap<i32, Vec<usize>>,
+    by_session: HashMap<i32, Vec<usize>>,
+    /// Orphans of the daemon by the agent they were started under.
+    orphans: HashMap<String, Vec<usize>>,
+}
+
+impl Snapshot {
+    /// Indexes a scan of the process table.
+    pub fn new(entries: Vec<ProcEntry>) -> Self {
+        let mut s = Self {
+            by_pid: HashMap::with_capacity(entries.len()),
+            children: HashMap::new(),
+            by_pgrp: HashMap::new(),
+            by_session: HashMap::new(),
+            orphans: HashMap::new(),
+            entries,
+        };
+        for (i, p) in s.entries.iter().enumerate() {
+            s.by_pid.insert(p.pid, i);
+            s.children.entry(p.ppid).or_default().push(i);
+            s.by_pgrp.entry(p.pgrp).or_default().push(i);
+            s.by_session.entry(p.session).or_default().push(i);
+        }
+        s
+    }
+
+    /// Attributes the daemon's children that are not agents (orphans reparented
+    /// to it) to the agents they were started under. Done once per snapshot, so
+    /// each orphan's environment is read once however many agents are looked up.
+    pub fn attribute_orphans(
+        &mut self,
+        daemon: i32,
+        owned: &HashSet<i32>,
+        agent_of: impl Fn(i32) -> Option<String>,
+    ) {
+        for &i in self.children.get(&daemon).into_iter().flatten() {
+            let pid = self.entries[i].pid;
+            if !owned.contains(&pid)
+                && let Some(agent) = agent_of(pid)
+            {
+                self.orphans.entry(agent).or_default().push(i);
+            }
+        }
+    }
+
+    /// The entry of `pid` if it has start time `start`.
+    fn identity(&self, pid: i32, start: u64) -> Option<usize> {
+        self.by_pid
+            .get(&pid)
+            .copied()
+            .filter(|i| self.entries[*i].start_ticks == start)
+    }
+}
 
 /// What is known about one agent when its tree is looked up.
 pub struct Lookup<'a> {
@@ -32,45 +95,60 @@ pub struct Lookup<'a> {
     pub daemon: i32,
     /// Members seen before: (pid, start ticks).
     pub known: &'a HashSet<(i32, u64)>,
-    /// Pids the daemon watches itself (agents): never orphans of another agent.
-    pub owned: &'a HashSet<i32>,
-    /// Whether an orphan of the daemon was started under this agent.
-    pub started_under: &'a dyn Fn(i32) -> bool,
+    /// The agent's id (orphans are attributed by it).
+    pub agent_id: &'a str,
     /// Pids in the agent's cgroup, when it has one.
-    pub contained: &'a HashSet<i32>,
+    pub contained: &'a [i32],
 }
 
-/// The agent's members in `table`, the agent itself included when present.
-pub fn members(table: &[ProcEntry], q: &Lookup<'_>) -> Vec<ProcEntry> {
-    let mut children: HashMap<i32, Vec<usize>> = HashMap::new();
-    for (i, p) in table.iter().enumerate() {
-        children.entry(p.ppid).or_default().push(i);
-    }
+/// The agent's members in `snap`, the agent itself included when present.
+pub fn members(snap: &Snapshot, q: &Lookup<'_>) -> Vec<ProcEntry> {
     let mut picked: HashSet<usize> = HashSet::new();
     let mut stack: Vec<usize> = Vec::new();
-    for (i, p) in table.iter().enumerate() {
-        if p.pid == q.daemon || p.pid <= 1 {
-            continue;
-        }
-        let root = (p.pid == q.leader && p.start_ticks == q.leader_start)
-            || (q.leader_unreaped && (p.pgrp == q.leader || p.session == q.leader))
-            || q.known.contains(&(p.pid, p.start_ticks))
-            || q.contained.contains(&p.pid)
-            || (p.ppid == q.daemon && !q.owned.contains(&p.pid) && (q.started_under)(p.pid));
-        if root && picked.insert(i) {
+    let mut root = |i: usize| {
+        let p = &snap.entries[i];
+        if p.pid != q.daemon && p.pid > 1 && picked.insert(i) {
             stack.push(i);
         }
+    };
+    if let Some(i) = snap.identity(q.leader, q.leader_start) {
+        root(i);
+    }
+    if q.leader_unreaped {
+        for i in [&snap.by_pgrp, &snap.by_session]
+            .into_iter()
+            .filter_map(|index| index.get(&q.leader))
+            .flatten()
+        {
+            root(*i);
+        }
+    }
+    for &(pid, start) in q.known {
+        if let Some(i) = snap.identity(pid, start) {
+            root(i);
+        }
+    }
+    for pid in q.contained {
+        if let Some(&i) = snap.by_pid.get(pid) {
+            root(i);
+        }
+    }
+    for &i in snap.orphans.get(q.agent_id).into_iter().flatten() {
+        root(i);
     }
     while let Some(i) = stack.pop() {
-        if let Some(kids) = children.get(&table[i].pid) {
-            for &k in kids {
-                if table[k].pid != q.daemon && picked.insert(k) {
-                    stack.push(k);
-                }
+        for &k in snap
+            .children
+            .get(&snap.entries[i].pid)
+            .into_iter()
+            .flatten()
+        {
+            if snap.entries[k].pid != q.daemon && picked.insert(k) {
+                stack.push(k);
             }
         }
     }
-    let mut out: Vec<ProcEntry> = picked.into_iter().map(|i| table[i]).collect();
+    let mut out: Vec<ProcEntry> = picked.into_iter().map(|i| snap.entries[i]).collect();
     out.sort_by_key(|p| p.pid);
     out
 }
@@ -97,7 +175,7 @@ mod tests {
     #[test]
     fn finds_group_session_descendants_and_attributed_orphans() {
         let daemon = 100;
-        let table = vec![
+        let mut snap = Snapshot::new(vec![
             p(1, 0, 1, 1),
             p(daemon, 1, 100, 100),
             p(200, daemon, 200, 200), // the agent
@@ -108,45 +186,70 @@ mod tests {
             p(301, 300, 300, 300),
             p(400, daemon, 400, 400), // an orphan that left agent 200 (setsid + parent died)
             p(500, daemon, 500, 500), // an orphan of agent 300
-        ];
+        ]);
         let known = HashSet::new();
         let owned = HashSet::from([200, 300]);
-        let started_under = |pid: i32| pid == 400;
+        snap.attribute_orphans(daemon, &owned, |pid| match pid {
+            400 => Some("a".into()),
+            500 => Some("b".into()),
+            _ => None,
+        });
         let q = Lookup {
             leader: 200,
             leader_start: 2000,
             leader_unreaped: true,
             daemon,
             known: &known,
-            owned: &owned,
-            started_under: &started_under,
-            contained: &HashSet::new(),
+            agent_id: "a",
+            contained: &[],
         };
-        assert_eq!(pids(&members(&table, &q)), [200, 201, 202, 203, 400]);
+        assert_eq!(pids(&members(&snap, &q)), [200, 201, 202, 203, 400]);
     }
 
     #[test]
-    fn after_the_leader_is_reaped_only_known_identities_count() {
+    fn a_reused_pid_is_never_a_member() {
         let daemon = 100;
         // 200 was reaped and its number reused by a stranger that leads its own session.
         let stranger = ProcEntry {
             start_ticks: 99_999,
             ..p(200, 1, 200, 200)
         };
-        let table = vec![p(daemon, 1, 100, 100), stranger, p(201, daemon, 200, 200)];
+        let snap = Snapshot::new(vec![
+            p(daemon, 1, 100, 100),
+            stranger,
+            p(201, daemon, 200, 200),
+        ]);
         let known = HashSet::from([(201, 2010)]);
-        let owned = HashSet::new();
-        let never = |_: i32| false;
         let q = Lookup {
             leader: 200,
             leader_start: 2000,
             leader_unreaped: false,
             daemon,
             known: &known,
-            owned: &owned,
-            started_under: &never,
-            contained: &HashSet::new(),
+            agent_id: "a",
+            contained: &[],
         };
-        assert_eq!(pids(&members(&table, &q)), [201]);
+        assert_eq!(pids(&members(&snap, &q)), [201]);
+    }
+
+    #[test]
+    fn cgroup_members_count_with_their_descendants() {
+        let daemon = 100;
+        let snap = Snapshot::new(vec![
+            p(daemon, 1, 100, 100),
+            p(600, 1, 600, 600),
+            p(601, 600, 600, 600),
+        ]);
+        let no_known = HashSet::new();
+        let q = Lookup {
+            leader: 200,
+            leader_start: 2000,
+            leader_unreaped: false,
+            daemon,
+            known: &no_known,
+            agent_id: "a",
+            contained: &[600],
+        };
+        assert_eq!(pids(&members(&snap, &q)), [600, 601]);
     }
 }
