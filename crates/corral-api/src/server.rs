@@ -115,13 +115,14 @@ pub fn router(sup: Supervisor) -> Router {
     Router::new()
         .route("/v1/health", get(daemon_health))
         .route("/v1/agents", post(spawn).get(list))
-        .route("/v1/agents/{id}", get(status))
+        .route("/v1/agents/{id}", get(status).delete(remove))
         .route("/v1/agents/{id}/health", get(health))
         .route("/v1/agents/{id}/progress", put(progress))
         .route("/v1/agents/{id}/stop", post(stop_one))
         .route("/v1/agents/{id}/kill", post(kill))
         .route("/v1/stop", post(stop_many))
         .route("/v1/reap", post(reap))
+        .route("/v1/prune", post(prune))
         .route("/v1/summary", get(summary))
         .fallback(|| async {
             ApiError {
@@ -169,6 +170,17 @@ async fn health(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     Ok(Json(sup.health_report(&agent_id(id)?)?).into_response())
+}
+
+async fn remove(
+    State(sup): State<Supervisor>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(sup.remove_agent(&agent_id(id)?).await?).into_response())
+}
+
+async fn prune(State(sup): State<Supervisor>) -> Result<Response, ApiError> {
+    Ok(Json(sup.prune().await?).into_response())
 }
 
 async fn reap(State(sup): State<Supervisor>) -> Response {

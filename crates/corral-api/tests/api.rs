@@ -169,6 +169,6 @@ async fn bad_requests_get_one_error_shape_and_the_daemon_keeps_serving() {
     let conflict = api
         .send(Method::POST, "/v1/agents", body.to_string().as_bytes())
         .await;
-    assert_error(&conflict, 409, "conflict", "already running");
+    assert_error(&conflict, 409, "conflict", "is still running");
     api.finish().await;
 }

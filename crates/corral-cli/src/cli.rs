@@ -54,6 +54,13 @@ pub enum Command {
     },
     /// Sweep for unreaped processes; prints the agents it had to reap (normally none).
     Reap,
+    /// Forget an ended agent: its runs, and its logs when in the default place.
+    Rm {
+        /// Agent id.
+        id: String,
+    },
+    /// Forget every ended run (agents that are still running keep their current run).
+    Prune,
     /// Show an agent's output.
     Logs(LogsArgs),
     /// Report progress from inside an agent (uses CORRAL_AGENT_ID and CORRAL_SOCKET).

@@ -415,7 +415,7 @@ fn a_running_id_cannot_be_spawned_twice_but_a_finished_one_can() {
     );
     assert_one_error_line(
         &env.run(&["spawn", "w", "--", "sleep", "30"]),
-        "already running",
+        "is still running",
     );
     let out = env.run(&["stop", "w", "--stop-timeouts", "1,1,1"]);
     assert!(out.status.success(), "{}", stderr(&out));

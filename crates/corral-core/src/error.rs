@@ -38,7 +38,7 @@ pub enum Error {
         agent_id: String,
     },
     /// The id names an agent that is still alive.
-    #[error("agent {agent_id} is already {status} (pid {pid}); stop it first or use another id")]
+    #[error("agent {agent_id} is still {status} (pid {pid}); stop it first")]
     Conflict {
         /// The id asked for.
         agent_id: String,

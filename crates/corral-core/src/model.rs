@@ -311,3 +311,12 @@ pub struct StopReport {
     /// Final lifecycle state.
     pub persistent_status: PersistentStatus,
 }
+
+/// What `remove_agent` / `prune` took out of the record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Removal {
+    /// Ids no longer known at all.
+    pub removed: Vec<String>,
+    /// Runs deleted from the store (current and history).
+    pub runs_removed: u64,
+}

@@ -414,6 +414,30 @@ impl Store {
         .map(drop)
     }
 
+    /// Removes every run of `agent_id`; returns how many there were.
+    pub async fn delete_agent(&self, agent_id: &str) -> Result<u64> {
+        let agent_id = agent_id.to_owned();
+        self.write("remove an agent's runs", move |c| {
+            c.execute("DELETE FROM runs WHERE agent_id = ?1", [agent_id])
+                .map(|n| n as i64)
+        })
+        .await
+        .map(|n| n as u64)
+    }
+
+    /// Removes every run that has ended; returns how many.
+    pub async fn prune(&self) -> Result<u64> {
+        self.write("prune ended runs", |c| {
+            c.execute(
+                "DELETE FROM runs WHERE status NOT IN ('spawning', 'running')",
+                [],
+            )
+            .map(|n| n as i64)
+        })
+        .await
+        .map(|n| n as u64)
+    }
+
     /// The newest run of every agent id, with how many earlier runs each id has had.
     /// Reads through its own connection (WAL lets it run beside the writer).
     pub fn load_latest(&self) -> Result<Vec<(RunRecord, u32)>> {

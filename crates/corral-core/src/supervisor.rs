@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::id::{AgentId, Selector};
 use crate::logs;
 use crate::model::{
-    AgentStatus, CleanupOptions, Health, HealthReport, PersistentStatus, ProcessSummary,
+    AgentStatus, CleanupOptions, Health, HealthReport, PersistentStatus, ProcessSummary, Removal,
     SpawnRequest, SpawnResponse, StopReport, StopStage,
 };
 use crate::platform::cgroup::{CgroupRoot, Leaf};
@@ -443,7 +443,12 @@ impl Supervisor {
         }
         let inner = Arc::new(Inner {
             base_env: std::env::vars_os()
-                .filter(|(k, _)| k != "CORRAL_AGENT_ID" && k != "CORRAL_SOCKET")
+                .filter(|(k, _)| {
+                    !matches!(
+                        k.to_str(),
+                        Some("CORRAL_AGENT_ID" | "CORRAL_SOCKET" | "CORRAL_RUN_ID")
+                    )
+                })
                 .collect(),
             clock: Clock {
                 ticks_per_second: platform::clock_ticks_per_second() as f64,
@@ -503,15 +508,37 @@ impl Supervisor {
     /// Decides what a run stored as live is now: the same process (re-adopt) or gone.
     async fn reconcile(&self, record: RunRecord, restarts: u32) -> Result<Arc<Agent>> {
         let same_boot = record.boot_id.as_deref() == Some(self.inner.boot_id.as_str());
-        let handle = match (record.pid.and_then(Pid::from_raw), record.start_ticks) {
+        let mut handle = match (record.pid.and_then(Pid::from_raw), record.start_ticks) {
             (Some(pid), Some(ticks)) if same_boot => ProcessHandle::open(pid, Some(ticks))
                 .map_err(|e| Error::os(&record.agent_id, "check a stored process", e))?,
             _ => None,
         };
+        let mut record = record;
+        if handle.is_none()
+            && record.pid.is_none()
+            && let Some(found) = self.find_unrecorded(&record)
+        {
+            // The daemon died between starting this process and recording it.
+            tracing::warn!(agent_id = %record.agent_id, pid = found.pid(), "found the process of an unrecorded spawn");
+            self.inner
+                .store
+                .set_process(
+                    record.run_id,
+                    found.pid(),
+                    found.start_ticks(),
+                    self.inner.boot_id.clone(),
+                    PersistentStatus::Running,
+                )
+                .await?;
+            record.pid = Some(found.pid());
+            record.start_ticks = Some(found.start_ticks());
+            record.boot_id = Some(self.inner.boot_id.clone());
+            record.status = PersistentStatus::Running;
+            handle = Some(found);
+        }
         match handle {
             Some(handle) => {
                 tracing::info!(agent_id = %record.agent_id, pid = handle.pid(), "re-adopted a running agent");
-                let mut record = record;
                 if record.status == PersistentStatus::Spawning {
                     self.inner
                         .store
@@ -646,6 +673,111 @@ impl Supervisor {
     /// corral's cgroup subtree for this state dir, when agents are contained in cgroups.
     pub fn cgroup_subtree(&self) -> Option<&Path> {
         self.inner.cgroup.as_ref().ok().map(CgroupRoot::dir)
+    }
+
+    /// The process of a run whose spawn was never recorded: it leads its own
+    /// session and carries the run's `CORRAL_RUN_ID` and `CORRAL_AGENT_ID`
+    /// (looked for in the run's cgroup when it has one, else in all of `/proc`).
+    fn find_unrecorded(&self, record: &RunRecord) -> Option<ProcessHandle> {
+        let run = record.run_id.to_string();
+        let in_leaf: Option<HashSet<i32>> = self
+            .inner
+            .cgroup
+            .as_ref()
+            .ok()
+            .map(|root| root.leaf(&leaf_name(&record.agent_id, record.run_id)))
+            .filter(Leaf::exists)
+            .map(|leaf| leaf.pids().into_iter().collect());
+        let mut candidates: Vec<ProcEntry> = platform::process_table()
+            .into_iter()
+            .filter(|p| p.session == p.pid && p.state != 'Z')
+            .filter(|p| in_leaf.as_ref().is_none_or(|pids| pids.contains(&p.pid)))
+            .filter(|p| {
+                platform::environ_var(p.pid, "CORRAL_RUN_ID").as_deref() == Some(run.as_str())
+                    && platform::environ_agent_id(p.pid).as_deref()
+                        == Some(record.agent_id.as_str())
+            })
+            .collect();
+        // The agent started before anything it started.
+        candidates.sort_by_key(|p| p.start_ticks);
+        let first = candidates.first()?;
+        ProcessHandle::open_member(first.pid, first.start_ticks)
+            .ok()
+            .flatten()
+    }
+
+    /// Forgets an agent whose current run has ended: every stored run of it, and
+    /// its logs when they are in the default place (`<state dir>/agents/<id>`).
+    /// A live agent is refused (stop it first).
+    pub async fn remove_agent(&self, id: &AgentId) -> Result<Removal> {
+        let agent = self.agent(id)?;
+        let _t = agent.transition.lock().await;
+        let status = agent.status_now();
+        if status.is_live() || lock(&self.inner.reserved).contains(id) {
+            return Err(Error::Conflict {
+                agent_id: id.to_string(),
+                status: status.to_string(),
+                pid: agent.pid(),
+            });
+        }
+        let runs_removed = self.inner.store.delete_agent(id.as_str()).await?;
+        lock(&self.inner.agents).remove(id);
+        self.remove_default_logs(&agent);
+        tracing::info!(agent_id = %id, runs_removed, "agent removed");
+        Ok(Removal {
+            removed: vec![id.to_string()],
+            runs_removed,
+        })
+    }
+
+    /// Removes every ended run from the store: agents whose current run has
+    /// ended are forgotten (with their default logs); live agents keep only
+    /// their current run.
+    pub async fn prune(&self) -> Result<Removal> {
+        let ended: Vec<Arc<Agent>> = lock(&self.inner.agents)
+            .values()
+            .filter(|a| !a.status_now().is_live())
+            .cloned()
+            .collect();
+        let runs_removed = self.inner.store.prune().await?;
+        let mut removed = Vec::new();
+        {
+            let mut agents = lock(&self.inner.agents);
+            for agent in &ended {
+                // Only if no new run of the id started meanwhile.
+                if agents
+                    .get(&agent.id)
+                    .is_some_and(|a| a.run_id == agent.run_id)
+                {
+                    agents.remove(&agent.id);
+                    removed.push(agent.id.to_string());
+                }
+            }
+        }
+        for agent in &ended {
+            self.remove_default_logs(agent);
+        }
+        removed.sort();
+        tracing::info!(agents = removed.len(), runs_removed, "pruned ended runs");
+        Ok(Removal {
+            removed,
+            runs_removed,
+        })
+    }
+
+    fn remove_default_logs(&self, agent: &Agent) {
+        let default = self
+            .inner
+            .config
+            .state_dir
+            .join("agents")
+            .join(agent.id.as_str());
+        if agent.record.agent_dir == default
+            && let Err(e) = std::fs::remove_dir_all(&default)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(agent_id = %agent.id, error = %e, "cannot remove the agent's logs");
+        }
     }
 
     /// The state dir.
@@ -824,6 +956,7 @@ impl Supervisor {
                 stderr: stderr.as_fd(),
             },
             leaf.clone(),
+            record.run_id,
         ) {
             Ok(started) => started,
             Err(source) => {
@@ -938,6 +1071,7 @@ impl Supervisor {
         cwd: &Path,
         stdio: Stdio<'_>,
         leaf: Option<Leaf>,
+        run_id: i64,
     ) -> std::io::Result<(ProcessHandle, Option<Leaf>)> {
         let meta = std::fs::metadata(cwd).map_err(|e| {
             std::io::Error::new(
@@ -956,6 +1090,9 @@ impl Supervisor {
             env.insert(k.into(), v.into());
         }
         env.insert("CORRAL_AGENT_ID".into(), id.as_str().into());
+        // Names this run: lets a restarted daemon find a process whose spawn it
+        // could not record before it died.
+        env.insert("CORRAL_RUN_ID".into(), run_id.to_string().into());
         if let Some(sock) = &self.inner.config.socket_path {
             env.insert("CORRAL_SOCKET".into(), sock.clone().into_os_string());
         }
@@ -1106,10 +1243,33 @@ impl Supervisor {
                 }
             };
             match self.reap_agent(agent, &proc_) {
+                Some(None) => return self.exit_from_kernel(agent, &proc_).await,
                 Some(exit) => return exit,
                 None => ready.clear_ready(),
             }
         }
+    }
+
+    /// The exit status of an agent that is not our child (re-adopted after a
+    /// daemon restart), from the kernel through its pidfd. The kernel has it
+    /// once the real parent has reaped the process; there is no event for that,
+    /// so this asks again for a bounded time before giving up.
+    async fn exit_from_kernel(&self, agent: &Agent, proc_: &ProcessHandle) -> Option<ExitKind> {
+        const TRIES: u32 = 40;
+        for _ in 0..TRIES {
+            match proc_.exit_status_from_kernel() {
+                Ok(Some(exit)) => {
+                    lock(&agent.state).exit = Some(exit);
+                    return Some(exit);
+                }
+                Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => {
+                    tracing::debug!(agent_id = %agent.id, pid = proc_.pid(), error = %e, "the kernel gives no exit status (needs Linux 6.15)");
+                    return None;
+                }
+            }
+        }
+        None
     }
 
     /// Reaps the agent's process if it has exited: `None` while it runs, else how
@@ -1167,7 +1327,7 @@ impl Supervisor {
             ),
             None => (
                 PersistentStatus::Failed,
-                "exit status unavailable: the process was not started by this daemon".to_owned(),
+                "exit status lost: the agent was re-adopted after a daemon restart and the kernel did not report how it ended (needs Linux 6.15, and a parent that reaps it)".to_owned(),
             ),
         };
         let end = Ending {
@@ -1391,7 +1551,7 @@ impl Supervisor {
                 if live.len() < members.len() && self.reap_orphans() > 0 {
                     continue; // zombies reparented to us are gone now: look again
                 }
-                if members.is_empty()
+                if tree_is_dead(&members)
                     && *ended.borrow()
                     && !agent.leaf.as_ref().is_some_and(Leaf::populated)
                 {
@@ -1443,12 +1603,16 @@ impl Supervisor {
                 }
             }
         }
-        let left = self.members(
-            agent,
-            &leader,
-            &tree::Snapshot::new(platform::process_table()),
-            &seen,
-        );
+        let snapshot = self
+            .inner
+            .tables
+            .fresh(Instant::now(), &self.inner.owned)
+            .await;
+        let left: Vec<ProcEntry> = self
+            .members(agent, &leader, &snapshot, &seen)
+            .into_iter()
+            .filter(|m| !tree_is_dead(std::slice::from_ref(m)))
+            .collect();
         let descendants = seen.iter().filter(|m| **m != leader_id).count() as u32;
         if left.is_empty() && *ended.borrow() && !agent.leaf.as_ref().is_some_and(Leaf::populated) {
             self.release_leaf(agent);
@@ -1508,6 +1672,14 @@ impl Supervisor {
             persistent_status: st.status,
         }
     }
+}
+
+/// True when no member is alive: none at all, or only zombies whose parent is
+/// not this daemon (a re-adopted agent's tree: reaping those is their parent's
+/// job; zombies that are our children are reaped by us before this is asked).
+fn tree_is_dead(members: &[ProcEntry]) -> bool {
+    let me = std::process::id() as i32;
+    members.iter().all(|m| m.state == 'Z' && m.ppid != me)
 }
 
 /// Resolves once the process behind `h` has exited (its pidfd is readable).

@@ -7,8 +7,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use corral_api::Client;
 use corral_api::client::Method;
 use corral_core::{
-    AgentStatus, HealthReport, PersistentStatus, ProcessSummary, SpawnRequest, SpawnResponse,
-    StopReport,
+    AgentStatus, HealthReport, PersistentStatus, ProcessSummary, Removal, SpawnRequest,
+    SpawnResponse, StopReport,
 };
 use serde_json::json;
 
@@ -339,4 +339,41 @@ pub async fn reap(ctx: &Ctx) -> Result<ExitCode> {
         println!("reaped: {}", ids.join(" "));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_removal(ctx: &Ctx, r: &Removal) -> Result<ExitCode> {
+    if ctx.json {
+        print_json(r)?;
+    } else {
+        println!(
+            "removed {} agent(s) and {} run(s){}",
+            r.removed.len(),
+            r.runs_removed,
+            if r.removed.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", r.removed.join(" "))
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn remove(ctx: &Ctx, id: &str) -> Result<ExitCode> {
+    let path = format!("/v1/agents/{}", path_segment(id)?);
+    let r: Removal = ctx
+        .client()
+        .await?
+        .call(Method::DELETE, &path, None::<&()>)
+        .await?;
+    print_removal(ctx, &r)
+}
+
+pub async fn prune(ctx: &Ctx) -> Result<ExitCode> {
+    let r: Removal = ctx
+        .client()
+        .await?
+        .call(Method::POST, "/v1/prune", None::<&()>)
+        .await?;
+    print_removal(ctx, &r)
 }

@@ -51,6 +51,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Stop(args) => agents::stop(&ctx, args).await,
         Command::Kill { id, force } => agents::kill(&ctx, &id, force).await,
         Command::Reap => agents::reap(&ctx).await,
+        Command::Rm { id } => agents::remove(&ctx, &id).await,
+        Command::Prune => agents::prune(&ctx).await,
         Command::Logs(args) => logs::run(&ctx, args).await,
         Command::Progress {
             percent,

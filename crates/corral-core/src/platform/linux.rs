@@ -404,6 +404,64 @@ impl AsRawFd for ProcessHandle {
     }
 }
 
+/// `struct pidfd_info` of `linux/pidfd.h` (the 64-byte first version).
+#[repr(C)]
+#[derive(Default)]
+struct PidfdInfo {
+    mask: u64,
+    cgroupid: u64,
+    pid: u32,
+    tgid: u32,
+    ppid: u32,
+    ruid: u32,
+    rgid: u32,
+    euid: u32,
+    egid: u32,
+    suid: u32,
+    sgid: u32,
+    fsuid: u32,
+    fsgid: u32,
+    exit_code: i32,
+}
+
+const PIDFD_INFO_EXIT: u64 = 1 << 3;
+/// `_IOWR(PIDFS_IOCTL_MAGIC, 11, struct pidfd_info)` with the 64-byte struct.
+const PIDFD_GET_INFO: libc::c_ulong = (3 << 30) | (64 << 16) | (0xFF << 8) | 11;
+
+impl ProcessHandle {
+    /// How the process ended, as the kernel keeps it for any pidfd holder
+    /// (`PIDFD_GET_INFO` with `PIDFD_INFO_EXIT`, Linux ≥ 6.15) — also when another
+    /// process was its parent. `Ok(None)` while the kernel has no exit status to
+    /// give (not yet reaped by its parent); an error on kernels without it.
+    pub fn exit_status_from_kernel(&self) -> io::Result<Option<ExitKind>> {
+        const _: () = assert!(std::mem::size_of::<PidfdInfo>() == 64);
+        let mut info = PidfdInfo {
+            mask: PIDFD_INFO_EXIT,
+            ..PidfdInfo::default()
+        };
+        // SAFETY: PIDFD_GET_INFO writes at most 64 bytes into `info`, which is 64 bytes.
+        let rc = unsafe { libc::ioctl(self.pidfd.as_raw_fd(), PIDFD_GET_INFO, &mut info) };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            // ESRCH: the process is gone and the kernel kept nothing for this pidfd.
+            return match err.raw_os_error() {
+                Some(libc::ESRCH) => Ok(None),
+                _ => Err(err),
+            };
+        }
+        if info.mask & PIDFD_INFO_EXIT == 0 {
+            return Ok(None);
+        }
+        // A wait(2) status: low 7 bits = terminating signal, else the exit code above them.
+        let status = info.exit_code;
+        Ok(Some(if status & 0x7f == 0 {
+            ExitKind::Code((status >> 8) & 0xff)
+        } else {
+            ExitKind::Signal(status & 0x7f)
+        }))
+    }
+}
+
 /// What one read of `/proc/<pid>/stat` says.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StatSample {
@@ -574,12 +632,18 @@ fn procfs_session(text: &[u8]) -> Option<i32> {
     rest.split(' ').nth(3)?.parse().ok()
 }
 
-/// The `CORRAL_AGENT_ID` a process was started with (its initial environment).
-pub fn environ_agent_id(pid: i32) -> Option<String> {
+/// A variable of the environment a process was started with (`/proc/<pid>/environ`).
+pub fn environ_var(pid: i32, key: &str) -> Option<String> {
     let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{key}=");
     env.split(|b| *b == 0)
-        .find_map(|kv| kv.strip_prefix(b"CORRAL_AGENT_ID="))
+        .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
         .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// The `CORRAL_AGENT_ID` a process was started with.
+pub fn environ_agent_id(pid: i32) -> Option<String> {
+    environ_var(pid, "CORRAL_AGENT_ID")
 }
 
 /// Makes the calling process a child subreaper: descendants orphaned by their
@@ -657,6 +721,23 @@ mod tests {
         let err = resolve_program("sh", Some("/nonexistent")).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::NotFound);
         assert_eq!(resolve_program("./x", None).unwrap(), PathBuf::from("./x"));
+    }
+
+    #[test]
+    fn the_kernel_keeps_the_exit_status_for_a_pidfd_holder() {
+        let child = std::process::Command::new("sh")
+            .args(["-c", "read x; exit 42"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(child.id() as i32).unwrap();
+        let h = ProcessHandle::open(pid, None).unwrap().unwrap();
+        drop(child); // closes stdin: the shell exits 42
+        let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+        match h.exit_status_from_kernel() {
+            Ok(status) => assert_eq!(status, Some(ExitKind::Code(42))),
+            Err(e) => eprintln!("kernel without PIDFD_INFO_EXIT ({e}); nothing to check"),
+        }
     }
 
     #[test]
