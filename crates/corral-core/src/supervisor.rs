@@ -476,6 +476,7 @@ impl Supervisor {
             sup.start_orphan_reaper()?;
         }
         sup.load().await?;
+        sup.sweep_stale_leaves();
         let weak = Arc::downgrade(&sup.inner);
         let interval = sup.inner.config.sample_interval;
         std::thread::Builder::new()
@@ -945,19 +946,12 @@ impl Supervisor {
         record.run_id = self.inner.store.insert_run(&record).await?;
 
         let leaf = self.new_leaf(&id, record.run_id);
-        let (started, leaf) = match self.start_process(
-            &id,
-            &program,
-            &req,
-            &cwd,
-            Stdio {
-                stdin: stdin.as_fd(),
-                stdout: stdout.as_fd(),
-                stderr: stderr.as_fd(),
-            },
-            leaf.clone(),
-            record.run_id,
-        ) {
+        let stdio = Stdio {
+            stdin: stdin.as_fd(),
+            stdout: stdout.as_fd(),
+            stderr: stderr.as_fd(),
+        };
+        let (started, leaf) = match self.start_process(&record, stdio, leaf.clone()) {
             Ok(started) => started,
             Err(source) => {
                 if let (Some(leaf), Ok(root)) = (&leaf, &self.inner.cgroup) {
@@ -1041,6 +1035,31 @@ impl Supervisor {
         Ok(self.spawn_response(&agent))
     }
 
+    /// Removes the empty cgroups of runs that are not alive (left by a daemon
+    /// that died before it could remove them).
+    fn sweep_stale_leaves(&self) {
+        let Ok(root) = &self.inner.cgroup else { return };
+        let live: HashSet<PathBuf> = lock(&self.inner.agents)
+            .values()
+            .filter(|a| a.status_now().is_live())
+            .filter_map(|a| a.leaf.as_ref().map(|l| l.dir().to_owned()))
+            .collect();
+        let Ok(entries) = std::fs::read_dir(root.dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) || live.contains(&entry.path()) {
+                continue;
+            }
+            let leaf = root.leaf(&entry.file_name().to_string_lossy());
+            if leaf.populated() {
+                tracing::warn!(cgroup = %leaf.dir().display(), "processes of an ended run are still running in its cgroup");
+            } else if let Err(e) = root.remove_leaf(&leaf) {
+                tracing::warn!(cgroup = %leaf.dir().display(), error = %e, "cannot remove a stale cgroup");
+            }
+        }
+    }
+
     /// Creates the cgroup leaf for a new run, when cgroups are available.
     fn new_leaf(&self, id: &AgentId, run_id: i64) -> Option<Leaf> {
         let root = self.inner.cgroup.as_ref().ok()?;
@@ -1065,14 +1084,13 @@ impl Supervisor {
     /// Resolves the program against the agent's PATH and starts it.
     fn start_process(
         &self,
-        id: &AgentId,
-        program: &str,
-        req: &SpawnRequest,
-        cwd: &Path,
+        record: &RunRecord,
         stdio: Stdio<'_>,
         leaf: Option<Leaf>,
-        run_id: i64,
     ) -> std::io::Result<(ProcessHandle, Option<Leaf>)> {
+        let id = &record.agent_id;
+        let program = record.command.first().map_or("", String::as_str);
+        let cwd = record.cwd.as_path();
         let meta = std::fs::metadata(cwd).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
@@ -1086,13 +1104,13 @@ impl Supervisor {
             ));
         }
         let mut env: BTreeMap<OsString, OsString> = self.inner.base_env.iter().cloned().collect();
-        for (k, v) in &req.env {
+        for (k, v) in &record.env {
             env.insert(k.into(), v.into());
         }
-        env.insert("CORRAL_AGENT_ID".into(), id.as_str().into());
+        env.insert("CORRAL_AGENT_ID".into(), id.into());
         // Names this run: lets a restarted daemon find a process whose spawn it
         // could not record before it died.
-        env.insert("CORRAL_RUN_ID".into(), run_id.to_string().into());
+        env.insert("CORRAL_RUN_ID".into(), record.run_id.to_string().into());
         if let Some(sock) = &self.inner.config.socket_path {
             env.insert("CORRAL_SOCKET".into(), sock.clone().into_os_string());
         }
@@ -1109,7 +1127,7 @@ impl Supervisor {
                 platform::c_string("environment variable", &kv)
             })
             .collect::<std::io::Result<Vec<CString>>>()?;
-        let argv = req
+        let argv = record
             .command
             .iter()
             .map(|a| platform::c_string("argument", a.as_bytes()))

@@ -1,0 +1,308 @@
+//! Helpers shared by the end-to-end tests: a state dir with an autostarted
+//! daemon, `/proc` readers, and clean-up by pid.
+//!
+//! Each test makes itself a child subreaper, so the daemon the CLI starts in the
+//! background (and, once the daemon is gone, its agents) are reparented to the
+//! test, which stops and reaps them by pid and then asserts that nothing it
+//! started is left: no process, no zombie.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+pub struct Env {
+    pub dir: Option<tempfile::TempDir>,
+    pub state: PathBuf,
+    /// Force the daemon's process-group fallback (no cgroups).
+    pub no_cgroups: bool,
+}
+
+pub fn me() -> i32 {
+    std::process::id() as i32
+}
+
+/// Fields of /proc/<pid>/stat after the command name: [state, ppid, pgrp, session, ...].
+pub fn proc_stat(pid: i32) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+pub fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// Our direct children (with the subreaper set, every orphan we caused).
+pub fn children() -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>()
+            && proc_stat(pid).is_some_and(|s| s[1] == me().to_string())
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Kills one of our children through a pidfd (no PID-reuse race) and reaps exactly it.
+pub fn kill_and_reap(pid: i32, sig: i32) {
+    // SAFETY: plain syscalls on an integer pid; the pidfd is closed below.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32;
+        if fd >= 0 {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd,
+                sig,
+                std::ptr::null::<u8>(),
+                0,
+            );
+            libc::close(fd);
+        }
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+    }
+}
+
+impl Env {
+    pub fn new() -> Self {
+        // SAFETY: prctl with constant arguments.
+        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        assert_eq!(rc, 0, "cannot become a child subreaper");
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        Self {
+            dir: Some(dir),
+            state,
+            no_cgroups: false,
+        }
+    }
+
+    pub fn without_cgroups() -> Self {
+        let mut env = Self::new();
+        env.no_cgroups = true;
+        env
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_corral"));
+        c.arg("--state-dir").arg(&self.state).args(args);
+        c.env_remove("CORRAL_AGENT_ID").env_remove("CORRAL_SOCKET");
+        if self.no_cgroups {
+            c.env("CORRAL_NO_CGROUPS", "1");
+        } else {
+            c.env_remove("CORRAL_NO_CGROUPS");
+        }
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    /// Runs a command that must succeed and print JSON.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        assert!(
+            out.status.success(),
+            "corral {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("corral {args:?}: not JSON ({e})"))
+    }
+
+    pub fn wait_for(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let s = self.json(&["status", id]);
+            if pred(&s) {
+                return s;
+            }
+            assert!(Instant::now() < end, "{id} never reached {what}: {s}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn daemons(&self) -> Vec<i32> {
+        let state = self.state.to_string_lossy().into_owned();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+            .filter(|pid| {
+                let c = cmdline(*pid);
+                c.contains(" daemon")
+                    && c.contains(&state)
+                    && proc_stat(*pid).is_some_and(|s| s[0] != "Z")
+            })
+            .collect()
+    }
+
+    /// Stops every agent through corral, stops the daemon, reaps everything by pid,
+    /// then proves that nothing we started remains.
+    pub fn finish(mut self) {
+        self.teardown();
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let left: Vec<String> = children()
+                .iter()
+                .map(|p| format!("{p}: {}", cmdline(*p)))
+                .collect();
+            if left.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < end, "processes left behind: {left:?}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            !self.state.join("corral.sock").exists(),
+            "socket left behind"
+        );
+        let dir = self.dir.take().unwrap();
+        let path = dir.path().to_owned();
+        dir.close().unwrap();
+        assert!(!path.exists());
+    }
+
+    pub fn teardown(&mut self) {
+        if self.state.join("corral.sock").exists() {
+            let _ = self
+                .cmd(&["--no-autostart", "stop", "--all", "--force"])
+                .output();
+        }
+        for pid in self.daemons() {
+            kill_and_reap(pid, libc::SIGTERM);
+        }
+        for pid in children() {
+            kill_and_reap(pid, libc::SIGKILL);
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if self.dir.is_some() {
+            self.teardown();
+        }
+    }
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn assert_one_error_line(out: &Output, needle: &str) {
+    assert!(!out.status.success(), "expected failure, got success");
+    let err = stderr(out);
+    assert!(err.starts_with("error: "), "{err:?}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+    assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+}
+
+impl Env {
+    /// The pid of the daemon serving this state dir (from its lock file).
+    pub fn daemon_pid(&self) -> i32 {
+        let text = std::fs::read_to_string(self.state.join("corral.lock")).unwrap();
+        text.trim().parse().unwrap()
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would, and reaps it (it is our
+    /// child: the CLI that started it has exited and we are a subreaper).
+    pub fn crash_daemon(&self) -> i32 {
+        let pid = self.daemon_pid();
+        assert!(proc_stat(pid).is_some(), "daemon {pid} runs");
+        kill_and_reap(pid, libc::SIGKILL);
+        assert!(proc_stat(pid).is_none());
+        pid
+    }
+}
+
+/// Does what init does for orphans, for the given pids only: once one of them
+/// exits, reap it (they are our children once their daemon is gone). Event
+/// driven: one thread blocks in poll(2) on their pidfds.
+pub struct InitReaper {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl InitReaper {
+    pub fn new(pids: Vec<i32>) -> Self {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = done.clone();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: plain syscalls on integer pids and fds this thread owns.
+            let mut fds: Vec<(i32, i32)> = pids
+                .into_iter()
+                .map(|pid| {
+                    (pid, unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) }
+                        as i32)
+                })
+                .filter(|(_, fd)| *fd >= 0)
+                .collect();
+            while !fds.is_empty() && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut polls: Vec<libc::pollfd> = fds
+                    .iter()
+                    .map(|(_, fd)| libc::pollfd {
+                        fd: *fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    })
+                    .collect();
+                // A bounded wait so the thread notices `stop`.
+                let n = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, 100) };
+                if n <= 0 {
+                    continue;
+                }
+                let mut keep = Vec::new();
+                for ((pid, fd), p) in fds.into_iter().zip(&polls) {
+                    if p.revents != 0 {
+                        let mut status = 0;
+                        unsafe {
+                            libc::waitpid(pid, &mut status, 0);
+                            libc::close(fd);
+                        }
+                    } else {
+                        keep.push((pid, fd));
+                    }
+                }
+                fds = keep;
+            }
+            for (_, fd) in fds {
+                unsafe { libc::close(fd) };
+            }
+        });
+        Self {
+            done,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for InitReaper {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Pids of every agent the daemon reports, by id.
+pub fn agent_pids(ps: &Value) -> std::collections::BTreeMap<String, i32> {
+    ps.as_object()
+        .unwrap()
+        .iter()
+        .map(|(id, s)| (id.clone(), s["pid"].as_i64().unwrap() as i32))
+        .collect()
+}
