@@ -2,8 +2,9 @@
 //!
 //! Runs a private daemon inside this process (temp state dir, its own socket),
 //! spawns a small team of real agents through the HTTP API — some finish, one
-//! fails, one cannot start, some keep running — shows the table while they work
-//! and report progress, then stops them all in stages and removes the state dir.
+//! fails, one cannot start, some keep running (one of them ignores SIGTERM) —
+//! shows the table while they work and report progress, then stops them all in
+//! stages and removes the state dir.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -66,7 +67,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         ),
         agent(
             "team.cruncher",
-            r#""$CORRAL_BIN" progress 0 --message crunching; while :; do :; done"#,
+            r#"trap '' TERM; "$CORRAL_BIN" progress 0 --message crunching; while :; do :; done"#,
             &corral,
         ),
         agent("team.watcher", "sleep 3600", &corral),
