@@ -140,6 +140,78 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Reads a server-sent-events stream, calling `on_event` with each event's
+    /// `data` (one JSON document per event on corral's routes) until the server
+    /// ends the stream or `on_event` returns false.
+    pub async fn sse(
+        &self,
+        path: &str,
+        mut on_event: impl FnMut(&str) -> bool,
+    ) -> Result<(), ClientError> {
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    socket: self.socket.clone(),
+                    source,
+                })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let conn = tokio::spawn(conn);
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header(HOST, "corral")
+            .header(hyper::header::ACCEPT, "text/event-stream")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| ClientError::Http(e.to_string()))?
+                .to_bytes();
+            return Err(api_error(status, &bytes));
+        }
+        let mut buf = String::new();
+        let mut data = String::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Http(e.to_string()))?;
+            let Some(chunk) = frame.data_ref() else {
+                continue;
+            };
+            buf.push_str(&String::from_utf8_lossy(chunk));
+            while let Some(nl) = buf.find('\n') {
+                let line: String = buf.drain(..=nl).collect();
+                let line = line.trim_end_matches(['\n', '\r']);
+                if line.is_empty() {
+                    if !data.is_empty() && !on_event(&data) {
+                        conn.abort();
+                        return Ok(());
+                    }
+                    data.clear();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    if !data.is_empty() {
+                        data.push('\n');
+                    }
+                    data.push_str(d.strip_prefix(' ').unwrap_or(d));
+                }
+            }
+        }
+        drop(sender);
+        let _ = conn.await;
+        Ok(())
+    }
+}
+
 fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
     #[derive(serde::Deserialize)]
     struct Envelope {

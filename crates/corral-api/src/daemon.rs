@@ -39,6 +39,35 @@ pub struct DaemonOptions {
     pub detach: bool,
     /// Contain agents in cgroup v2 leaves where the machine allows it.
     pub cgroups: bool,
+    /// Also serve on this TCP address; every request must carry the bearer token.
+    pub listen: Option<std::net::SocketAddr>,
+    /// File holding that token (required with `listen`).
+    pub token_file: Option<PathBuf>,
+}
+
+/// Shortest bearer token accepted, bytes.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// Reads and checks the TCP bearer token.
+fn read_token(opts: &DaemonOptions) -> Result<Option<String>, DaemonError> {
+    let Some(addr) = opts.listen else {
+        return Ok(None);
+    };
+    let Some(file) = &opts.token_file else {
+        return Err(DaemonError::Config(format!(
+            "--listen {addr} needs --token-file: every TCP client must present a bearer token"
+        )));
+    };
+    let token = std::fs::read_to_string(file).map_err(io_err("read token file", file))?;
+    let token = token.trim().to_owned();
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(DaemonError::Config(format!(
+            "the token in {} is {} bytes; use at least {MIN_TOKEN_LEN} (e.g. `openssl rand -hex 32`)",
+            file.display(),
+            token.len()
+        )));
+    }
+    Ok(Some(token))
 }
 
 /// Why a daemon could not run.
@@ -64,6 +93,9 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// The options do not make sense together.
+    #[error("{0}")]
+    Config(String),
     /// The supervisor failed to open.
     #[error(transparent)]
     Core(#[from] corral_core::Error),
@@ -164,6 +196,8 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
 /// Runs a daemon until SIGTERM or SIGINT. Takes the lock first; fails with
 /// [`DaemonError::AlreadyRunning`] when another daemon holds the state dir.
 pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
+    // Refuse bad options before touching anything.
+    let token = read_token(&opts)?;
     let lock = lock_state_dir(&opts.state_dir)?;
     install_logging(&opts.state_dir)?;
     let nofile = corral_core::platform::raise_nofile_limit();
@@ -175,6 +209,15 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     config.cgroups = opts.cgroups;
     let sup = Supervisor::open(config).await?;
     let listener = bind_socket(&socket)?;
+    let tcp = match (opts.listen, token) {
+        (Some(addr), Some(token)) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| DaemonError::Config(format!("cannot listen on {addr}: {e}")))?;
+            Some((l, token))
+        }
+        _ => None,
+    };
     if opts.detach {
         // A background daemon must not pin the directory it happened to start in.
         let _ = std::env::set_current_dir("/");
@@ -187,7 +230,27 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         let _ = rustix::stdio::dup2_stderr(&null);
     }
     tracing::info!(pid = std::process::id(), state_dir = %opts.state_dir.display(), nofile, "daemon started");
-    let served = crate::server::serve(listener, sup, shutdown_signal()).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let unix = crate::server::serve(listener, sup.clone(), stopped());
+    let served = match tcp {
+        Some((l, token)) => {
+            tracing::info!(addr = %opts.listen.map(|a| a.to_string()).unwrap_or_default(), "serving TCP (bearer token required)");
+            let tcp = crate::server::serve_tcp(l, sup, token, stopped());
+            let (a, b) = tokio::join!(unix, tcp);
+            a.and(b)
+        }
+        None => unix.await,
+    };
     let _ = std::fs::remove_file(&socket);
     tracing::info!("daemon stopped; agents keep running");
     drop(lock);

@@ -110,10 +110,58 @@ pub async fn serve(
         .await
 }
 
+/// Serves the API on TCP until `shutdown` completes; every request must carry
+/// `Authorization: Bearer <token>` (compared in constant time).
+pub async fn serve_tcp(
+    listener: tokio::net::TcpListener,
+    sup: Supervisor,
+    token: String,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let token = std::sync::Arc::new(token);
+    let app = router(sup).layer(axum::middleware::from_fn(
+        move |req: Request, next: axum::middleware::Next| {
+            let token = token.clone();
+            async move {
+                let presented = req
+                    .headers()
+                    .get(axum::http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::trim);
+                match presented {
+                    Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => {
+                        next.run(req).await
+                    }
+                    _ => ApiError {
+                        status: StatusCode::UNAUTHORIZED,
+                        code: "unauthorized",
+                        message: "a valid `Authorization: Bearer <token>` header is required"
+                            .into(),
+                    }
+                    .into_response(),
+                }
+            }
+        },
+    ));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Builds the `/v1` router over a supervisor.
 pub fn router(sup: Supervisor) -> Router {
     Router::new()
         .route("/v1/health", get(daemon_health))
+        .route("/v1/openapi.json", get(openapi))
         .route("/v1/agents", post(spawn).get(list))
         .route("/v1/agents/{id}", get(status).delete(remove))
         .route("/v1/agents/{id}/health", get(health))
@@ -124,6 +172,7 @@ pub fn router(sup: Supervisor) -> Router {
         .route("/v1/reap", post(reap))
         .route("/v1/prune", post(prune))
         .route("/v1/summary", get(summary))
+        .route("/v1/events", get(events))
         .fallback(|| async {
             ApiError {
                 status: StatusCode::NOT_FOUND,
@@ -142,8 +191,31 @@ pub fn router(sup: Supervisor) -> Router {
         .with_state(sup)
 }
 
-async fn daemon_health(State(sup): State<Supervisor>) -> Json<serde_json::Value> {
-    Json(json!({"ok": true, "agents": sup.get_process_summary().total}))
+/// Readiness: the daemon answers and its store takes writes.
+async fn daemon_health(State(sup): State<Supervisor>) -> Result<Response, ApiError> {
+    sup.check_store().await.map_err(|e| ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "unavailable",
+        message: e.to_string(),
+    })?;
+    let body = json!({
+        "ok": true,
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "agents": sup.get_process_summary().total,
+    });
+    Ok(Json(body).into_response())
+}
+
+/// The OpenAPI 3 description of these routes (`openapi.json` next to this file).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
 }
 
 async fn spawn(
@@ -275,4 +347,83 @@ async fn stop_many(
         stop_timeouts: body.stop_timeouts,
     };
     Ok(Json(sup.cleanup(selector.as_ref(), opts).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    /// Resume after this sequence number (also taken from `Last-Event-ID`).
+    since: Option<i64>,
+    /// Keep the stream open for new events (default); `false` ends it after the backlog.
+    follow: Option<bool>,
+}
+
+/// Events read from the store per query.
+const EVENT_PAGE: usize = 500;
+
+/// `GET /v1/events`: server-sent events, each `id: <seq>`, `event: <kind>`,
+/// `data: <JSON>`. Events are read from the store (never from memory), in `seq`
+/// order, so a client that resumes with `?since=` (or `Last-Event-ID`) after a
+/// disconnect — or after a daemon restart — gets every event exactly once.
+async fn events(
+    State(sup): State<Supervisor>,
+    headers: axum::http::HeaderMap,
+    query: Result<axum::extract::Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let axum::extract::Query(q) =
+        query.map_err(|e| ApiError::invalid(format!("bad query: {}", e.body_text())))?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<i64>().ok());
+    let since = q.since.or(last_event_id).unwrap_or(0).max(0);
+    let follow = q.follow.unwrap_or(true);
+    let newest = sup.subscribe_events();
+    struct Cursor {
+        sup: Supervisor,
+        last: i64,
+        pending: std::collections::VecDeque<corral_core::Event>,
+        newest: tokio::sync::watch::Receiver<i64>,
+        follow: bool,
+    }
+    let start = Cursor {
+        sup,
+        last: since,
+        pending: Default::default(),
+        newest,
+        follow,
+    };
+    let stream = futures_util::stream::unfold(start, |mut c| async move {
+        loop {
+            if let Some(ev) = c.pending.pop_front() {
+                c.last = ev.seq;
+                let data = serde_json::to_string(&ev).unwrap_or_default();
+                let sse = axum::response::sse::Event::default()
+                    .id(ev.seq.to_string())
+                    .event(ev.kind.clone())
+                    .data(data);
+                return Some((Ok::<_, std::convert::Infallible>(sse), c));
+            }
+            // Mark what we are about to read as seen before reading, so a commit
+            // that lands in between still wakes us.
+            c.newest.borrow_and_update();
+            match c.sup.events_since(c.last, EVENT_PAGE) {
+                Ok(page) if !page.is_empty() => {
+                    c.pending.extend(page);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read events");
+                    return None;
+                }
+            }
+            if !c.follow || c.newest.changed().await.is_err() {
+                return None;
+            }
+        }
+    });
+    Ok(axum::response::sse::Sse::new(stream)
+        .keep_alive(axum::response::sse::KeepAlive::default())
+        .into_response())
 }

@@ -172,3 +172,313 @@ async fn bad_requests_get_one_error_shape_and_the_daemon_keeps_serving() {
     assert_error(&conflict, 409, "conflict", "is still running");
     api.finish().await;
 }
+
+/// (method, path) pairs the router registers, read from its source: the
+/// OpenAPI document is checked against the code, not against a second list.
+fn router_routes() -> std::collections::BTreeSet<(String, String)> {
+    let src = include_str!("../src/server.rs");
+    let mut out = std::collections::BTreeSet::new();
+    for chunk in src.split(".route(\"").skip(1) {
+        let (path, rest) = chunk.split_once('"').unwrap();
+        let handlers = &rest[..rest.find(")\n").unwrap_or(rest.len())];
+        for method in ["get", "post", "put", "delete", "patch"] {
+            if handlers.contains(&format!("{method}(")) {
+                out.insert((method.to_owned(), path.to_owned()));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_openapi_document_matches_the_router() {
+    let api = Api::start().await;
+    let doc: Value = api.client.get("/v1/openapi.json").await.unwrap();
+    assert_eq!(doc["openapi"], "3.0.3");
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| *k != "parameters")
+        {
+            documented.insert((method.clone(), path.clone()));
+        }
+    }
+    let routed = router_routes();
+    assert!(routed.len() >= 14, "parsed the router: {routed:?}");
+    assert_eq!(
+        documented, routed,
+        "every route documented, every documented route routed"
+    );
+    // Every documented route answers (with a real id where one is needed).
+    let body = json!({"agent_id": "doc", "command": ["sleep", "30"], "verify_ms": 0});
+    let _: Value = api
+        .client
+        .call(Method::POST, "/v1/agents", Some(&body))
+        .await
+        .unwrap();
+    for (method, path) in &documented {
+        let path = path.replace("{id}", "doc");
+        let path = if path == "/v1/events" {
+            "/v1/events?follow=false".to_owned()
+        } else {
+            path
+        };
+        let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let body: &[u8] = match (method.as_str(), path.as_str()) {
+            ("put", _) => br#"{"progress": 10}"#,
+            ("post", "/v1/stop") => br#"{"selector": "nobody.*"}"#,
+            _ => b"",
+        };
+        let (status, value) = api.send(m, &path, body).await;
+        assert_ne!(status.as_u16(), 405, "{method} {path}");
+        assert!(
+            !(status.as_u16() == 404 && value["error"]["message"] == "no such route"),
+            "{method} {path} is documented but not routed"
+        );
+    }
+    api.finish().await;
+}
+
+#[tokio::test]
+async fn every_route_works_over_the_socket() {
+    let api = Api::start().await;
+    let c = &api.client;
+    let health: Value = c.get("/v1/health").await.unwrap();
+    assert_eq!(health["ok"], true);
+    let body = json!({
+        "agent_id": "team.a", "command": ["sleep", "30"], "cwd": "/tmp", "env": {"X": "1"},
+        "labels": {"k": "v"}, "stop_timeouts": [1, 1, 1], "verify_ms": 20
+    });
+    let (status, created) = api
+        .send(Method::POST, "/v1/agents", body.to_string().as_bytes())
+        .await;
+    assert_eq!(status.as_u16(), 201, "{created}");
+    let pid = created["pid"].as_i64().unwrap();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(environ.split(|b| *b == 0).any(|kv| kv == b"X=1"));
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
+        std::path::Path::new("/tmp")
+    );
+    let b = json!({"agent_id": "team.b", "command": ["sleep", "30"], "verify_ms": 0});
+    let _: Value = c.call(Method::POST, "/v1/agents", Some(&b)).await.unwrap();
+    let all: Value = c.get("/v1/agents").await.unwrap();
+    assert_eq!(all.as_object().unwrap().len(), 2);
+    let one: Value = c.get("/v1/agents/team.a").await.unwrap();
+    assert_eq!(
+        (one["pid"].as_i64(), one["labels"]["k"].as_str()),
+        (Some(pid), Some("v"))
+    );
+    let h: Value = c.get("/v1/agents/team.a/health").await.unwrap();
+    assert_eq!(
+        h,
+        json!({"agent_id": "team.a", "healthy": true, "health": "healthy"})
+    );
+    let p: Value = c
+        .call(
+            Method::PUT,
+            "/v1/agents/team.a/progress",
+            Some(&json!({"progress": 60, "message": "m"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (p["progress"].as_i64(), p["progress_message"].as_str()),
+        (Some(60), Some("m"))
+    );
+    let sum: Value = c.get("/v1/summary").await.unwrap();
+    assert_eq!(sum["running"], 2);
+    let stop: Value = c
+        .call(Method::POST, "/v1/agents/team.a/stop", Some(&json!({})))
+        .await
+        .unwrap();
+    assert_eq!(stop["stage"], "term");
+    let kill: Value = c
+        .call(
+            Method::POST,
+            "/v1/agents/team.b/kill",
+            Some(&json!({"force": true})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(kill["killed"], true);
+    let many: Value = c
+        .call(
+            Method::POST,
+            "/v1/stop",
+            Some(&json!({"selector": "team.*"})),
+        )
+        .await
+        .unwrap();
+    assert!(
+        many.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["stage"] == "already_ended")
+    );
+    let reaped: Value = c.call(Method::POST, "/v1/reap", None::<&()>).await.unwrap();
+    assert_eq!(reaped, json!([]));
+    let removed: Value = c
+        .call(Method::DELETE, "/v1/agents/team.a", None::<&()>)
+        .await
+        .unwrap();
+    assert_eq!(removed["removed"], json!(["team.a"]));
+    let pruned: Value = c
+        .call(Method::POST, "/v1/prune", None::<&()>)
+        .await
+        .unwrap();
+    assert_eq!(pruned["removed"], json!(["team.b"]));
+    let mut kinds = Vec::new();
+    c.sse("/v1/events?follow=false", |data| {
+        let ev: Value = serde_json::from_str(data).unwrap();
+        kinds.push(ev["kind"].as_str().unwrap().to_owned());
+        true
+    })
+    .await
+    .unwrap();
+    for kind in ["state", "progress", "stop_stage"] {
+        assert!(
+            kinds.iter().any(|k| k == kind),
+            "no {kind} event in {kinds:?}"
+        );
+    }
+    api.finish().await;
+}
+
+#[tokio::test]
+async fn junk_on_the_socket_leaves_the_daemon_serving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = Api::start().await;
+    for junk in [
+        &b"\x00\xff\xfe garbage \r\n\r\n"[..],
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"POST /v1/agents HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n{",
+    ] {
+        let mut s = tokio::net::UnixStream::connect(api.client.socket())
+            .await
+            .unwrap();
+        let _ = s.write_all(junk).await;
+        let _ = s.shutdown().await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+    }
+    let health: Value = api.client.get("/v1/health").await.unwrap();
+    assert_eq!(health["ok"], true);
+    assert!(
+        api.sup.monitor_all_agents().is_empty(),
+        "nothing was spawned by junk"
+    );
+    api.finish().await;
+}
+
+#[tokio::test]
+async fn tcp_serving_requires_the_bearer_token() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = Api::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token = "0123456789abcdef0123456789abcdef".to_owned();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(corral_api::server::serve_tcp(
+        listener,
+        api.sup.clone(),
+        token.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let get = |auth: Option<String>| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let header = auth
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        let req =
+            format!("GET /v1/summary HTTP/1.1\r\nHost: x\r\n{header}Connection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        answer
+    };
+    assert!(get(None).await.starts_with("HTTP/1.1 401"));
+    assert!(
+        get(Some("Bearer wrong-token-wrong-token-xx".into()))
+            .await
+            .starts_with("HTTP/1.1 401")
+    );
+    assert!(
+        get(Some(format!("Basic {token}")))
+            .await
+            .starts_with("HTTP/1.1 401")
+    );
+    let ok = get(Some(format!("Bearer {token}"))).await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(ok.contains("\"total\""));
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    api.finish().await;
+}
+
+#[tokio::test]
+async fn an_event_client_that_resumes_with_since_gets_every_event_exactly_once() {
+    let api = Api::start().await;
+    let spawn = |id: String| {
+        let c = api.client.clone();
+        async move {
+            let b = json!({"agent_id": id, "command": ["true"], "verify_ms": 0});
+            let _: Value = c.call(Method::POST, "/v1/agents", Some(&b)).await.unwrap();
+        }
+    };
+    for i in 0..5 {
+        spawn(format!("first{i}")).await;
+    }
+    // Read three events, then drop the connection.
+    let mut seen: Vec<i64> = Vec::new();
+    api.client
+        .sse("/v1/events", |data| {
+            seen.push(
+                serde_json::from_str::<Value>(data).unwrap()["seq"]
+                    .as_i64()
+                    .unwrap(),
+            );
+            seen.len() < 3
+        })
+        .await
+        .unwrap();
+    // More events happen while disconnected.
+    for i in 0..5 {
+        spawn(format!("second{i}")).await;
+    }
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while api
+        .sup
+        .monitor_all_agents()
+        .values()
+        .any(|s| s.persistent_status.is_live())
+    {
+        assert!(std::time::Instant::now() < end);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let last = *seen.last().unwrap();
+    api.client
+        .sse(&format!("/v1/events?since={last}&follow=false"), |data| {
+            seen.push(
+                serde_json::from_str::<Value>(data).unwrap()["seq"]
+                    .as_i64()
+                    .unwrap(),
+            );
+            true
+        })
+        .await
+        .unwrap();
+    let expected: Vec<i64> = (1..=*seen.last().unwrap()).collect();
+    assert_eq!(seen, expected, "every event once, in order");
+    assert!(
+        seen.len() >= 30,
+        "10 agents × (spawning, pid, end): {}",
+        seen.len()
+    );
+    api.finish().await;
+}

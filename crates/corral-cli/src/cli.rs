@@ -75,6 +75,15 @@ pub enum Command {
         #[arg(long, value_name = "ID")]
         agent: Option<String>,
     },
+    /// State transitions, progress and stop stages as JSON lines (one event per line).
+    Events {
+        /// Keep printing new events as they happen.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only events after this sequence number (resume where you left off).
+        #[arg(long, default_value_t = 0, value_name = "SEQ")]
+        since: i64,
+    },
     /// Spawn a small team of real agents, watch them work, then stop them all.
     Demo(DemoArgs),
 }
@@ -94,6 +103,12 @@ pub struct DaemonArgs {
     /// Contain agents in process groups only, even where cgroup v2 is usable.
     #[arg(long, env = "CORRAL_NO_CGROUPS", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_cgroups: bool,
+    /// Also serve the API on this TCP address (e.g. 127.0.0.1:7070); needs --token-file.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// File holding the bearer token TCP clients must send (at least 16 bytes).
+    #[arg(long, value_name = "FILE", requires = "listen")]
+    pub token_file: Option<PathBuf>,
     /// Started in the background by the CLI: leave the terminal's session.
     #[arg(long, hide = true)]
     pub detach: bool,

@@ -269,6 +269,18 @@ fn progress_reported_from_inside_an_agent_shows_in_status() {
     );
     let s = env.wait_for("reporter", "progress", |s| s["progress"] == 42);
     assert_eq!(s["progress_message"], "indexing");
+    let events = env.run(&["events"]);
+    let lines: Vec<Value> = String::from_utf8_lossy(&events.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines.iter().any(|e| e["kind"] == "progress"
+            && e["agent_id"] == "reporter"
+            && e["progress"] == 42
+            && e["message"] == "indexing"),
+        "{lines:?}"
+    );
     let bad = env.run(&["progress", "150", "--agent", "reporter"]);
     assert_one_error_line(&bad, "progress must be 0–100");
     env.finish();
@@ -403,5 +415,24 @@ fn stop_kill_and_reap(env: Env, containment: &str) {
     assert_eq!(env.json(&["reap"]), serde_json::json!([]));
     let unknown = env.run(&["stop", "nobody"]);
     assert_one_error_line(&unknown, "agent nobody not found");
+    env.finish();
+}
+
+#[test]
+fn tcp_serving_is_refused_without_a_long_enough_token() {
+    let env = Env::new();
+    let out = env.run(&["daemon", "--listen", "127.0.0.1:0"]);
+    assert_one_error_line(&out, "needs --token-file");
+    let token = env.dir.as_ref().unwrap().path().join("token");
+    std::fs::write(&token, "short\n").unwrap();
+    let out = env.run(&[
+        "daemon",
+        "--listen",
+        "127.0.0.1:0",
+        "--token-file",
+        token.to_str().unwrap(),
+    ]);
+    assert_one_error_line(&out, "use at least 16");
+    assert!(env.daemons().is_empty(), "no daemon was left running");
     env.finish();
 }

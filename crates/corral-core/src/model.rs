@@ -320,3 +320,23 @@ pub struct Removal {
     /// Runs deleted from the store (current and history).
     pub runs_removed: u64,
 }
+
+/// One entry of the event log: a lifecycle transition (`state`), a progress
+/// report (`progress`) or a stop stage (`stop_stage`). Stored, numbered by `seq`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the log; a client resumes after the last one it saw.
+    pub seq: i64,
+    /// When it was recorded, RFC 3339 UTC.
+    pub at: String,
+    /// The agent.
+    pub agent_id: String,
+    /// The run (one agent id has one run per spawn).
+    #[serde(rename = "run")]
+    pub run_id: i64,
+    /// `state`, `progress` or `stop_stage`.
+    pub kind: String,
+    /// The kind's fields (`status`, `pid`, `exit_code`, `reason`, `progress`, `message`, `stage`, `signal`).
+    #[serde(flatten)]
+    pub data: serde_json::Map<String, serde_json::Value>,
+}

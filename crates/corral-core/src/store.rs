@@ -18,14 +18,16 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
 
+use std::sync::{Arc, Mutex};
+
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::error::{Error, Result};
 use crate::model::PersistentStatus;
 
 /// Schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Most writes applied in one transaction.
 const MAX_BATCH: usize = 512;
@@ -55,6 +57,15 @@ const MIGRATIONS: &[&str] = &[
         progress_message TEXT
     ) STRICT;
     CREATE INDEX runs_by_agent ON runs(agent_id, run_id);",
+    // v2: the event log. `seq` only grows; a client resumes after the last it saw.
+    "CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        agent_id TEXT NOT NULL,
+        run_id INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL
+    ) STRICT;",
 ];
 
 /// One run of one agent, as stored.
@@ -117,6 +128,22 @@ pub struct Ending {
     pub end_reason: String,
 }
 
+/// Appends an event about run `run_id` (its agent id looked up in the same
+/// transaction), so a transition and its event are committed together.
+fn event(c: &Connection, run_id: i64, kind: &str, data: serde_json::Value) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO events (at, agent_id, run_id, kind, data)
+         SELECT ?1, agent_id, run_id, ?2, ?3 FROM runs WHERE run_id = ?4",
+        params![
+            humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            kind,
+            data.to_string(),
+            run_id
+        ],
+    )
+    .map(drop)
+}
+
 type Op = Box<dyn FnOnce(&Connection) -> rusqlite::Result<i64> + Send>;
 
 struct Job {
@@ -130,6 +157,18 @@ struct Job {
 pub struct Store {
     jobs: mpsc::Sender<Job>,
     path: PathBuf,
+    /// One connection for reads (WAL lets it read beside the writer).
+    reader: Arc<Mutex<Connection>>,
+    newest_event: Arc<watch::Sender<i64>>,
+}
+
+fn lock_reader(m: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn newest_event(c: &Connection) -> i64 {
+    c.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))
+        .unwrap_or(0)
 }
 
 fn json<T: serde::Serialize>(value: &T) -> String {
@@ -210,7 +249,7 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
     })
 }
 
-fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Job>) {
+fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Job>, newest: Arc<watch::Sender<i64>>) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -249,6 +288,9 @@ fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Job>) {
                 for (result, (_, done)) in results.into_iter().zip(dones) {
                     let _ = done.send(result);
                 }
+                // After the commit: whoever wakes sees every event up to this one.
+                let seq = newest_event(&conn);
+                newest.send_if_modified(|cur| std::mem::replace(cur, seq) != seq);
             }
             Err(e) => {
                 let _ = conn.execute_batch("ROLLBACK");
@@ -270,10 +312,13 @@ impl Store {
         let mut conn = open_connection(path)
             .map_err(|e| Error::store(format!("open {}", path.display()), e))?;
         migrate(&mut conn)?;
+        let reader = open_connection(path).map_err(|e| Error::store("open for reading", e))?;
+        let newest = Arc::new(watch::Sender::new(newest_event(&conn)));
+        let writer_newest = newest.clone();
         let (tx, rx) = mpsc::channel();
         thread::Builder::new()
             .name("corral-store".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, writer_newest))
             .map_err(|e| Error::StateDir {
                 path: path.to_owned(),
                 action: "start the store writer thread",
@@ -282,6 +327,8 @@ impl Store {
         Ok(Self {
             jobs: tx,
             path: path.to_owned(),
+            reader: Arc::new(Mutex::new(reader)),
+            newest_event: newest,
         })
     }
 
@@ -337,7 +384,14 @@ impl Store {
                     rec.progress_message,
                 ],
             )?;
-            Ok(c.last_insert_rowid())
+            let run_id = c.last_insert_rowid();
+            event(
+                c,
+                run_id,
+                "state",
+                serde_json::json!({"status": rec.status, "reason": rec.end_reason}),
+            )?;
+            Ok(run_id)
         })
         .await
     }
@@ -355,8 +409,9 @@ impl Store {
             c.execute(
                 "UPDATE runs SET pid = ?2, start_ticks = ?3, boot_id = ?4, status = ?5 WHERE run_id = ?1",
                 params![run_id, pid, start_ticks as i64, boot_id, status.as_str()],
-            )
-            .map(|n| n as i64)
+            )?;
+            event(c, run_id, "state", serde_json::json!({"status": status, "pid": pid}))?;
+            Ok(0)
         })
         .await
         .map(drop)
@@ -368,8 +423,9 @@ impl Store {
             c.execute(
                 "UPDATE runs SET status = ?2 WHERE run_id = ?1",
                 params![run_id, status.as_str()],
-            )
-            .map(|n| n as i64)
+            )?;
+            event(c, run_id, "state", serde_json::json!({"status": status}))?;
+            Ok(0)
         })
         .await
         .map(drop)
@@ -389,8 +445,15 @@ impl Store {
                     end.exit_signal,
                     end.end_reason
                 ],
-            )
-            .map(|n| n as i64)
+            )?;
+            let data = serde_json::json!({
+                "status": end.status,
+                "exit_code": end.exit_code,
+                "exit_signal": end.exit_signal,
+                "reason": end.end_reason,
+            });
+            event(c, run_id, "state", data)?;
+            Ok(0)
         })
         .await
         .map(drop)
@@ -407,11 +470,64 @@ impl Store {
             c.execute(
                 "UPDATE runs SET progress = ?2, progress_message = ?3 WHERE run_id = ?1",
                 params![run_id, i64::from(progress), message],
-            )
-            .map(|n| n as i64)
+            )?;
+            let data = serde_json::json!({"progress": progress, "message": message});
+            event(c, run_id, "progress", data)?;
+            Ok(0)
         })
         .await
         .map(drop)
+    }
+
+    /// Proves the store takes writes: an empty write transaction through the writer.
+    pub async fn ping(&self) -> Result<()> {
+        self.write("check the store is writable", |_| Ok(0))
+            .await
+            .map(drop)
+    }
+
+    /// Records an event that is not a transition of the run's own (a stop stage).
+    pub async fn record_event(
+        &self,
+        run_id: i64,
+        kind: &'static str,
+        data: serde_json::Value,
+    ) -> Result<()> {
+        self.write("record an event", move |c| {
+            event(c, run_id, kind, data).map(|()| 0)
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Stored events after `seq`, oldest first, at most `limit`.
+    pub fn events_since(&self, seq: i64, limit: usize) -> Result<Vec<crate::model::Event>> {
+        let conn = lock_reader(&self.reader);
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT seq, at, agent_id, run_id, kind, data FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )
+            .map_err(|e| Error::store("read events", e))?;
+        let rows = stmt
+            .query_map(params![seq, limit as i64], |r| {
+                let data: String = r.get(5)?;
+                Ok(crate::model::Event {
+                    seq: r.get(0)?,
+                    at: r.get(1)?,
+                    agent_id: r.get(2)?,
+                    run_id: r.get(3)?,
+                    kind: r.get(4)?,
+                    data: serde_json::from_str(&data).unwrap_or_default(),
+                })
+            })
+            .map_err(|e| Error::store("read events", e))?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| Error::store("read events", e))
+    }
+
+    /// Sequence number of the newest committed event; changes after every commit that adds one.
+    pub fn subscribe_events(&self) -> watch::Receiver<i64> {
+        self.newest_event.subscribe()
     }
 
     /// Removes every run of `agent_id`; returns how many there were.
@@ -441,7 +557,7 @@ impl Store {
     /// The newest run of every agent id, with how many earlier runs each id has had.
     /// Reads through its own connection (WAL lets it run beside the writer).
     pub fn load_latest(&self) -> Result<Vec<(RunRecord, u32)>> {
-        let conn = open_connection(&self.path).map_err(|e| Error::store("open for reading", e))?;
+        let conn = lock_reader(&self.reader);
         let mut stmt = conn
             .prepare(
                 "SELECT r.*, c.n AS runs FROM runs r
@@ -465,7 +581,7 @@ impl Store {
 
     /// Every stored run of one id, oldest first.
     pub fn history(&self, agent_id: &str) -> Result<Vec<RunRecord>> {
-        let conn = open_connection(&self.path).map_err(|e| Error::store("open for reading", e))?;
+        let conn = lock_reader(&self.reader);
         let mut stmt = conn
             .prepare("SELECT * FROM runs WHERE agent_id = ?1 ORDER BY run_id")
             .map_err(|e| Error::store("load history", e))?;
@@ -478,7 +594,7 @@ impl Store {
 
     /// One run by id.
     pub fn run(&self, run_id: i64) -> Result<Option<RunRecord>> {
-        let conn = open_connection(&self.path).map_err(|e| Error::store("open for reading", e))?;
+        let conn = lock_reader(&self.reader);
         conn.query_row(
             "SELECT * FROM runs WHERE run_id = ?1",
             [run_id],

@@ -637,6 +637,21 @@ impl Supervisor {
         reaped
     }
 
+    /// Checks that the store takes writes (for readiness probes).
+    pub async fn check_store(&self) -> Result<()> {
+        self.inner.store.ping().await
+    }
+
+    /// Stored events after `seq` (oldest first, at most `limit`).
+    pub fn events_since(&self, seq: i64, limit: usize) -> Result<Vec<crate::model::Event>> {
+        self.inner.store.events_since(seq, limit)
+    }
+
+    /// Watches the newest event's sequence number (changes after each commit that adds events).
+    pub fn subscribe_events(&self) -> watch::Receiver<i64> {
+        self.inner.store.subscribe_events()
+    }
+
     /// Sweeps for anything not yet reaped: orphans of agents, and agents whose
     /// exit their watcher has not collected. Returns the ids of agents this sweep
     /// had to reap itself (normally none: exits are reaped the moment they happen).
@@ -1555,7 +1570,21 @@ impl Supervisor {
             let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
             let mut signalled: HashSet<(i32, u64)> = HashSet::new();
             let mut handles: HashMap<(i32, u64), Arc<ProcessHandle>> = HashMap::new();
-            tracing::info!(agent_id = %agent.id, pid = leader.pid(), stage = ?stage, "stop stage: sending {sig:?}");
+            let signal = if sig == Signal::KILL {
+                "SIGKILL"
+            } else {
+                "SIGTERM"
+            };
+            tracing::info!(agent_id = %agent.id, pid = leader.pid(), stage = ?stage, "stop stage: sending {signal}");
+            let data = serde_json::json!({"stage": stage, "signal": signal, "pid": leader.pid()});
+            if let Err(e) = self
+                .inner
+                .store
+                .record_event(agent.run_id, "stop_stage", data)
+                .await
+            {
+                tracing::error!(agent_id = %agent.id, pid = leader.pid(), error = %e, "cannot record a stop stage");
+            }
             loop {
                 let table = self
                     .inner

@@ -377,3 +377,17 @@ pub async fn prune(ctx: &Ctx) -> Result<ExitCode> {
         .await?;
     print_removal(ctx, &r)
 }
+
+/// Events are JSON lines with or without `--json`: one self-describing document per line.
+pub async fn events(ctx: &Ctx, follow: bool, since: i64) -> Result<ExitCode> {
+    use std::io::Write;
+    let path = format!("/v1/events?since={since}&follow={follow}");
+    let client = ctx.client().await?;
+    let mut out = std::io::stdout().lock();
+    client
+        .sse(&path, |data| {
+            writeln!(out, "{data}").and_then(|()| out.flush()).is_ok()
+        })
+        .await?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -18,6 +18,8 @@ pub async fn run(ctx: &Ctx, args: DaemonArgs) -> Result<ExitCode> {
         sample_interval: Duration::from_millis(args.sample_ms.max(10)),
         detach: args.detach,
         cgroups: !args.no_cgroups,
+        listen: args.listen,
+        token_file: args.token_file,
     };
     match corral_api::daemon::run(opts).await {
         Ok(()) => Ok(ExitCode::SUCCESS),

@@ -59,6 +59,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             message,
             agent,
         } => agents::progress(&ctx, percent, message, agent).await,
+        Command::Events { follow, since } => agents::events(&ctx, follow, since).await,
         Command::Demo(args) => demo::run(args).await,
     }
 }
