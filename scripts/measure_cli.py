@@ -101,6 +101,17 @@ def measure(args, corral, n, state):
                        ("baseline /bin/true", ["/bin/true"])]:
         p50, p99 = timed(cmd, args.runs)
         print(f"N={n}: {label:<20} p50 {p50:.2f} ms  p99 {p99:.2f} ms ({args.runs} runs)")
+    for label, path in [("GET /v1/agents/{id}", f"/v1/agents/a{n // 2}"), ("GET /v1/agents", "/v1/agents")]:
+        times = []
+        for _ in range(args.runs * 4):
+            t = time.perf_counter()
+            code, body = request(sock, "GET", path)
+            times.append((time.perf_counter() - t) * 1000)
+            assert code == 200, body[:200]
+        times.sort()
+        p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
+        print(f"N={n}: {label:<20} p50 {statistics.median(times):.2f} ms  p99 {p99:.2f} ms "
+              f"({len(times)} requests over the socket, {len(body)} bytes)")
     t = time.perf_counter()
     subprocess.run(base + ["stop", "--all", "--stop-timeouts", "5,5,5"], check=True, stdout=subprocess.DEVNULL)
     stop_s = time.perf_counter() - t
