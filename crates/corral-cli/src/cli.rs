@@ -86,12 +86,14 @@ pub enum Command {
     },
     /// Spawn a small team of real agents, watch them work, then stop them all.
     Demo(DemoArgs),
+    /// Measure corral on this machine against bare baselines, with a private daemon.
+    Bench(BenchArgs),
 }
 
 impl Command {
     /// The daemon and the demo serve many agents: give them a multi-threaded runtime.
     pub fn needs_threads(&self) -> bool {
-        matches!(self, Self::Daemon(_) | Self::Demo(_))
+        matches!(self, Self::Daemon(_) | Self::Demo(_) | Self::Bench(_))
     }
 }
 
@@ -177,4 +179,23 @@ pub struct DemoArgs {
     /// Seconds to watch the team before stopping it.
     #[arg(long, default_value_t = 8)]
     pub seconds: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// How many agents.
+    #[arg(long, default_value_t = 1000)]
+    pub agents: usize,
+    /// Seconds of the at-rest measurement.
+    #[arg(long, default_value_t = 10)]
+    pub rest_seconds: u64,
+    /// Requests per latency figure.
+    #[arg(long, default_value_t = 200)]
+    pub requests: usize,
+    /// Agents killed one by one for the exit-detection figure (at most --agents).
+    #[arg(long, default_value_t = 200)]
+    pub exits: usize,
+    /// Contain agents in process groups only (no cgroups).
+    #[arg(long)]
+    pub no_cgroups: bool,
 }

@@ -152,6 +152,16 @@ struct Job {
     done: oneshot::Sender<Result<i64>>,
 }
 
+/// A queued write.
+pub struct Pending(Result<oneshot::Receiver<Result<i64>>>);
+
+impl Pending {
+    /// Resolves once the write is committed (or failed).
+    pub async fn committed(self) -> Result<i64> {
+        self.0?.await.map_err(|_| Error::StoreClosed)?
+    }
+}
+
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -337,20 +347,28 @@ impl Store {
         &self.path
     }
 
+    /// Queues a write now; the returned future resolves once it is committed.
+    /// Writes commit in the order they were queued.
+    fn enqueue(
+        &self,
+        action: &'static str,
+        op: impl FnOnce(&Connection) -> rusqlite::Result<i64> + Send + 'static,
+    ) -> Pending {
+        let (done, wait) = oneshot::channel();
+        let sent = self.jobs.send(Job {
+            action,
+            op: Box::new(op),
+            done,
+        });
+        Pending(sent.map(|()| wait).map_err(|_| Error::StoreClosed))
+    }
+
     async fn write(
         &self,
         action: &'static str,
         op: impl FnOnce(&Connection) -> rusqlite::Result<i64> + Send + 'static,
     ) -> Result<i64> {
-        let (done, wait) = oneshot::channel();
-        self.jobs
-            .send(Job {
-                action,
-                op: Box::new(op),
-                done,
-            })
-            .map_err(|_| Error::StoreClosed)?;
-        wait.await.map_err(|_| Error::StoreClosed)?
+        self.enqueue(action, op).committed().await
     }
 
     /// Records a new run (normally in `spawning`); returns its run id.
@@ -487,17 +505,17 @@ impl Store {
     }
 
     /// Records an event that is not a transition of the run's own (a stop stage).
-    pub async fn record_event(
+    /// Queues an event that is not a transition of the run's own (a stop stage);
+    /// it commits before anything queued after it. Await the result to know it did.
+    pub fn record_event(
         &self,
         run_id: i64,
         kind: &'static str,
         data: serde_json::Value,
-    ) -> Result<()> {
-        self.write("record an event", move |c| {
+    ) -> Pending {
+        self.enqueue("record an event", move |c| {
             event(c, run_id, kind, data).map(|()| 0)
         })
-        .await
-        .map(drop)
     }
 
     /// Stored events after `seq`, oldest first, at most `limit`.

@@ -1150,7 +1150,7 @@ impl Supervisor {
         let program_c = platform::c_path(&resolved)?;
         let cwd_c = platform::c_path(cwd)?;
         let procs = match &leaf {
-            Some(leaf) => match leaf.procs_file() {
+            Some(leaf) => match leaf.open_dir() {
                 Ok(f) => Some(f),
                 Err(e) => {
                     tracing::warn!(agent_id = %id, error = %e, "cannot open the cgroup; process-group containment only");
@@ -1171,9 +1171,14 @@ impl Supervisor {
         let pid = {
             let mut owned = lock(&self.inner.owned);
             let pid = match &procs {
-                Some(procs) => {
-                    platform::spawn_into_cgroup(&resolved, &argv, &envp, cwd, &stdio, procs)?
-                }
+                Some(dir) => platform::spawn_into_cgroup(
+                    &program_c,
+                    &argv,
+                    &envp,
+                    &cwd_c,
+                    &stdio,
+                    dir.as_fd(),
+                )?,
                 None => platform::spawn(&program_c, &argv, &envp, Some(&cwd_c), &stdio)?,
             };
             owned.insert(pid.as_raw_nonzero().get());
@@ -1577,14 +1582,18 @@ impl Supervisor {
             };
             tracing::info!(agent_id = %agent.id, pid = leader.pid(), stage = ?stage, "stop stage: sending {signal}");
             let data = serde_json::json!({"stage": stage, "signal": signal, "pid": leader.pid()});
-            if let Err(e) = self
+            // Queued now, ahead of the end it leads to; its commit is awaited off the
+            // signalling path.
+            let recorded = self
                 .inner
                 .store
-                .record_event(agent.run_id, "stop_stage", data)
-                .await
-            {
-                tracing::error!(agent_id = %agent.id, pid = leader.pid(), error = %e, "cannot record a stop stage");
-            }
+                .record_event(agent.run_id, "stop_stage", data);
+            let (agent_id, pid) = (agent.id.to_string(), leader.pid());
+            tokio::spawn(async move {
+                if let Err(e) = recorded.committed().await {
+                    tracing::error!(agent_id, pid, error = %e, "cannot record a stop stage");
+                }
+            });
             loop {
                 let table = self
                     .inner

@@ -1,6 +1,7 @@
 //! One function per command; each is a thin client of the daemon's routes.
 
 mod agents;
+mod bench;
 mod daemon;
 mod demo;
 mod logs;
@@ -61,5 +62,6 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         } => agents::progress(&ctx, percent, message, agent).await,
         Command::Events { follow, since } => agents::events(&ctx, follow, since).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Bench(args) => bench::run(&ctx, args).await,
     }
 }

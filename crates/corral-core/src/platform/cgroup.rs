@@ -9,7 +9,7 @@
 //! empty. The mount is found in `/proc/self/mountinfo` (it is not always
 //! `/sys/fs/cgroup`: on hybrid hosts it sits at `/sys/fs/cgroup/unified`).
 //!
-//! The agent joins its leaf itself, between fork and exec (see
+//! The agent is born in its leaf (`clone3` with `CLONE_INTO_CGROUP`, see
 //! `platform::spawn_into_cgroup`), so not even its first child can start
 //! outside. Moving it from the daemon after spawning would leave a window: a
 //! shell forks its first background job before such a move lands.
@@ -151,11 +151,13 @@ impl Leaf {
         self.dir.exists()
     }
 
-    /// Opens `cgroup.procs` for writing: a process that writes `0` to it joins the leaf.
-    pub fn procs_file(&self) -> io::Result<std::fs::File> {
+    /// Opens the leaf's directory: the descriptor `clone3(CLONE_INTO_CGROUP)` takes.
+    pub fn open_dir(&self) -> io::Result<std::fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
         OpenOptions::new()
-            .write(true)
-            .open(self.dir.join("cgroup.procs"))
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(&self.dir)
     }
 
     /// Pids in the leaf now.

@@ -161,70 +161,162 @@ pub fn spawn(
     Pid::from_raw(pid).ok_or_else(|| io::Error::other("posix_spawn returned pid 0"))
 }
 
-/// Starts `program` like [`spawn`], but first makes the child join a cgroup by
-/// writing `0` to `cgroup_procs` (an open `cgroup.procs`) between fork and exec,
-/// so the agent and everything it ever starts are inside from the first
-/// instruction. This needs code in the child before exec, so it forks (through
-/// `std::process::Command`, which reports exec failures synchronously) instead of
-/// using posix_spawn; the cost grows with the daemon's size, and glibc 2.36 has
-/// no posix_spawn attribute for a cgroup.
+/// `struct clone_args` of `linux/sched.h` (version 2, with `cgroup`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// What the child reports through the error pipe when it cannot exec.
+const STEP_CHDIR: u32 = 1;
+const STEP_EXEC: u32 = 2;
+const STEP_SETUP: u32 = 3;
+
+/// Starts `program` like [`spawn`], born inside the cgroup whose directory is
+/// open as `cgroup_dir` (`clone3` with `CLONE_INTO_CGROUP`), so the agent and
+/// everything it ever starts are inside from the first instruction — without
+/// the cost of migrating a running process into a cgroup.
+///
+/// glibc 2.36 has no posix_spawn attribute for a cgroup, so this does what its
+/// posix_spawn does, by hand: `clone3` with `CLONE_VFORK` (the parent waits
+/// until the child has called `execve`), then in the child only async-signal-safe
+/// system calls on data prepared before the clone — new session, empty signal
+/// mask, default dispositions, the three streams, the working directory, every
+/// other descriptor close-on-exec, `execve`. A failed `chdir` or `execve` comes
+/// back through a close-on-exec pipe as the error, and the child is reaped.
 pub fn spawn_into_cgroup(
-    program: &Path,
+    program: &CStr,
     argv: &[CString],
     envp: &[CString],
-    cwd: &Path,
+    cwd: &CStr,
     stdio: &Stdio<'_>,
-    cgroup_procs: &File,
+    cgroup_dir: BorrowedFd<'_>,
 ) -> io::Result<Pid> {
-    use std::ffi::OsStr;
-    use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new(program);
-    if let Some((first, rest)) = argv.split_first() {
-        cmd.arg0(OsStr::from_bytes(first.as_bytes()));
-        cmd.args(rest.iter().map(|a| OsStr::from_bytes(a.as_bytes())));
+    let lifted: Vec<OwnedFd> = [stdio.stdin, stdio.stdout, stdio.stderr]
+        .into_iter()
+        .map(|fd| rustix::io::fcntl_dupfd_cloexec(fd, 3))
+        .collect::<Result<_, _>>()?;
+    let (err_read, err_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let argv_ptrs = c_ptrs(argv);
+    let envp_ptrs = c_ptrs(envp);
+    let fds: [libc::c_int; 3] = [
+        lifted[0].as_raw_fd(),
+        lifted[1].as_raw_fd(),
+        lifted[2].as_raw_fd(),
+    ];
+    let report = err_write.as_raw_fd();
+    let mut args = CloneArgs {
+        flags: libc::CLONE_VFORK as u64 | CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup_dir.as_raw_fd() as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 without CLONE_VM gives the child its own copy of memory; the
+    // child branch below only makes async-signal-safe calls on values prepared
+    // above and never returns (execve or _exit).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if ret == 0 {
+        // SAFETY: see above; the child.
+        unsafe { child_exec(program, &argv_ptrs, &envp_ptrs, cwd, fds, report) }
     }
-    cmd.env_clear();
-    for kv in envp {
-        let kv = kv.as_bytes();
-        if let Some(eq) = kv.iter().position(|b| *b == b'=') {
-            cmd.env(
-                OsStr::from_bytes(&kv[..eq]),
-                OsStr::from_bytes(&kv[eq + 1..]),
-            );
-        }
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
     }
-    cmd.current_dir(cwd);
-    cmd.stdin(File::from(stdio.stdin.try_clone_to_owned()?));
-    cmd.stdout(File::from(stdio.stdout.try_clone_to_owned()?));
-    cmd.stderr(File::from(stdio.stderr.try_clone_to_owned()?));
-    let procs = cgroup_procs.as_raw_fd();
-    // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (setsid, write) on values it owns.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::write(procs, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(io::Error::last_os_error());
-            }
-            // Nothing but fds 0-2 may reach the agent. Mark the rest close-on-exec
-            // rather than closing them: std's exec-error pipe must stay open.
-            if libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
+    let pid = Pid::from_raw(ret as i32).ok_or_else(|| io::Error::other("clone3 returned pid 0"))?;
+    drop(err_write);
+    // CLONE_VFORK: the child has exec'd (pipe closed, EOF) or reported and exited.
+    let mut msg = [0u8; 8];
+    let n = rustix::io::read(&err_read, &mut msg).unwrap_or(0);
+    if n == 8 {
+        let step = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]);
+        let errno = i32::from_ne_bytes([msg[4], msg[5], msg[6], msg[7]]);
+        let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+        let err = io::Error::from_raw_os_error(errno);
+        return Err(match step {
+            STEP_CHDIR => io::Error::new(err.kind(), format!("working directory: {err}")),
+            STEP_SETUP => io::Error::new(err.kind(), format!("setting up the new process: {err}")),
+            _ => err,
         });
     }
-    let child = cmd.spawn()?;
-    // The Child is only a pid here; corral waits through a pidfd, never through it.
-    Pid::from_raw(child.id() as i32).ok_or_else(|| io::Error::other("spawn returned pid 0"))
+    Ok(pid)
+}
+
+/// The child side of [`spawn_into_cgroup`]: never returns.
+///
+/// # Safety
+/// Must only run in a freshly cloned child; every pointer must stay valid (the
+/// child has its own copy of the parent's memory).
+unsafe fn child_exec(
+    program: &CStr,
+    argv: &[*mut libc::c_char],
+    envp: &[*mut libc::c_char],
+    cwd: &CStr,
+    fds: [libc::c_int; 3],
+    report: libc::c_int,
+) -> ! {
+    // SAFETY: async-signal-safe system calls only, on prepared data.
+    unsafe {
+        let fail = |step: u32| -> ! {
+            let errno = *libc::__errno_location();
+            let mut msg = [0u8; 8];
+            msg[..4].copy_from_slice(&step.to_ne_bytes());
+            msg[4..].copy_from_slice(&errno.to_ne_bytes());
+            libc::write(report, msg.as_ptr().cast(), msg.len());
+            libc::_exit(127)
+        };
+        if libc::setsid() < 0 {
+            fail(STEP_SETUP);
+        }
+        let mut set = MaybeUninit::<libc::sigset_t>::zeroed().assume_init();
+        libc::sigemptyset(&mut set);
+        if libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
+            fail(STEP_SETUP);
+        }
+        for sig in 1..libc::SIGRTMAX() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+        }
+        for (target, fd) in fds.iter().enumerate() {
+            if libc::dup2(*fd, target as libc::c_int) < 0 {
+                fail(STEP_SETUP);
+            }
+        }
+        if libc::chdir(cwd.as_ptr()) != 0 {
+            fail(STEP_CHDIR);
+        }
+        // Only 0-2 reach the program; the report pipe closes on exec, telling the parent.
+        if libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) != 0
+        {
+            fail(STEP_SETUP);
+        }
+        libc::execve(program.as_ptr(), argv.as_ptr().cast(), envp.as_ptr().cast());
+        fail(STEP_EXEC)
+    }
 }
 
 /// Finds the file `program` names, the way `execvp` would but against the
