@@ -1664,12 +1664,18 @@ impl Supervisor {
             .tables
             .fresh(Instant::now(), &self.inner.owned)
             .await;
+        // Zombies are dead: the orphan reaper takes ours on their SIGCHLD.
         let left: Vec<ProcEntry> = self
             .members(agent, &leader, &snapshot, &seen)
             .into_iter()
-            .filter(|m| !tree_is_dead(std::slice::from_ref(m)))
+            .filter(|m| m.state != 'Z')
             .collect();
         let descendants = seen.iter().filter(|m| **m != leader_id).count() as u32;
+        if left.is_empty() && !*ended.borrow() {
+            // Everything is dead; only the record of the agent's end is still on
+            // its way (thousands of exits commit at once): wait for it, bounded.
+            let _ = tokio::time::timeout(Duration::from_secs(5), ended.wait_for(|e| *e)).await;
+        }
         if left.is_empty() && *ended.borrow() && !agent.leaf.as_ref().is_some_and(Leaf::populated) {
             self.release_leaf(agent);
             self.stop_report(agent, StopStage::Kill, began, Some(descendants))

@@ -415,15 +415,23 @@ pub async fn run(ctx: &Ctx, args: BenchArgs) -> Result<ExitCode> {
     let pids: Vec<i32> = stubborn.iter().map(|a| a.1).collect();
     wait_gone(&pids).await?;
     let stubborn_s = t.elapsed().as_secs_f64();
-    let killed = reports.iter().filter(|r| r["stage"] == "kill").count();
+    let mut stages: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for r in &reports {
+        *stages
+            .entry(r["stage"].as_str().unwrap_or("?").to_owned())
+            .or_default() += 1;
+    }
+    let stages = stages
+        .iter()
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     figures.push(figure(
         format!("stop {n} SIGTERM-ignoring agents, stages 0.2/0.2/0.2 s"),
         stubborn_s,
         Some(0.4),
         "s",
-        format!(
-            "baseline: one grace period (two 0.2 s TERM waits); {killed} ended in the kill stage"
-        ),
+        format!("baseline: one grace period (two 0.2 s TERM waits); stages reached: {stages}"),
     ));
     figures.push(figure(
         "daemon peak RSS",
