@@ -201,6 +201,16 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let lock = lock_state_dir(&opts.state_dir)?;
     install_logging(&opts.state_dir)?;
     let nofile = corral_core::platform::raise_nofile_limit();
+    if let Ok(meta) = std::fs::metadata(&opts.state_dir) {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                state_dir = %opts.state_dir.display(),
+                mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                "the state dir is open to other users; the socket is 0600, but agents' logs may not be private (chmod 700)"
+            );
+        }
+    }
     let socket = opts.state_dir.join(SOCKET_NAME);
     let mut config = Config::new(&opts.state_dir);
     config.socket_path = Some(socket.clone());

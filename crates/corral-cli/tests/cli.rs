@@ -317,6 +317,12 @@ fn several_clis_at_once_start_exactly_one_daemon() {
     assert_eq!(daemons.len(), 1, "daemons: {daemons:?}");
     let lock = std::fs::read_to_string(env.state.join("corral.lock")).unwrap();
     assert_eq!(lock.trim(), daemons[0].to_string());
+    let dir_mode = std::fs::metadata(&env.state).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&dir_mode.permissions()) & 0o777,
+        0o700,
+        "the state dir is private"
+    );
     let mode = std::fs::metadata(env.state.join("corral.sock")).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
