@@ -16,27 +16,9 @@ Agents are kept across cycles (each restart must re-adopt all of them); at the
 end everything is stopped and reaped. The script is a child subreaper, so the
 agents orphaned by each killed daemon are its children and it reaps them.
 """
-import argparse, ctypes, json, os, random, signal, socket, subprocess, sys, tempfile, threading, time
+import argparse, json, os, random, signal, socket, subprocess, sys, tempfile, threading, time
 
-PR_SET_CHILD_SUBREAPER = 36
-
-
-def request(sock, method, path, body=None, timeout=10):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    s.connect(sock)
-    data = json.dumps(body).encode() if body is not None else b""
-    s.sendall(f"{method} {path} HTTP/1.1\r\nHost: corral\r\nContent-Type: application/json\r\n"
-              f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
-    chunks = []
-    while True:
-        c = s.recv(65536)
-        if not c:
-            break
-        chunks.append(c)
-    s.close()
-    head, _, payload = b"".join(chunks).partition(b"\r\n\r\n")
-    return int(head.split()[1]), payload
+from corral_harness import become_subreaper, reap_leftovers, request
 
 
 def start_daemon(corral, state):
@@ -76,23 +58,6 @@ def ours(state_tag):
     return found
 
 
-def reap_leftovers():
-    me = str(os.getpid())
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = open(f"/proc/{entry}/stat").read()
-        except OSError:
-            continue
-        if stat[stat.rfind(")") + 2:].split()[1] == me:
-            try:
-                os.kill(int(entry), signal.SIGKILL)
-                os.waitpid(int(entry), 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--corral", default="target/release/corral")
@@ -102,7 +67,7 @@ def main():
     args = ap.parse_args()
     rng = random.Random(args.seed)
     corral = os.path.abspath(args.corral)
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    become_subreaper()
     totals = {"acknowledged": 0, "lost": 0, "leaked": 0, "stuck": 0, "adopted_unrecorded": 0}
     with tempfile.TemporaryDirectory(prefix="corral-crash-") as tmp:
         state = os.path.join(tmp, "state")

@@ -11,27 +11,10 @@ baseline, times `corral status ID` and `corral ps --json` as whole commands
 that none is left. The script makes itself a child subreaper, so whatever
 happens (an error, a closed pipe) it stops and reaps everything it caused.
 """
-import argparse, ctypes, json, os, signal, socket, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, signal, socket, statistics, subprocess, sys, tempfile, time
 from concurrent.futures import ThreadPoolExecutor
 
-PR_SET_CHILD_SUBREAPER = 36
-
-
-def request(sock_path, method, path, body=None):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(sock_path)
-    data = json.dumps(body).encode() if body is not None else b""
-    s.sendall(f"{method} {path} HTTP/1.1\r\nHost: corral\r\nContent-Type: application/json\r\n"
-              f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
-    chunks = []
-    while True:
-        c = s.recv(65536)
-        if not c:
-            break
-        chunks.append(c)
-    s.close()
-    head, _, payload = b"".join(chunks).partition(b"\r\n\r\n")
-    return int(head.split()[1]), payload
+from corral_harness import become_subreaper, reap_leftovers, request
 
 
 def timed(cmd, runs):
@@ -42,24 +25,6 @@ def timed(cmd, runs):
         times.append((time.perf_counter() - t) * 1000)
     times.sort()
     return statistics.median(times), times[min(len(times) - 1, int(len(times) * 0.99))]
-
-
-def reap_leftovers():
-    """Kills and reaps, by pid, any child still ours (there should be none)."""
-    me = str(os.getpid())
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = open(f"/proc/{entry}/stat").read()
-        except OSError:
-            continue
-        if stat[stat.rfind(")") + 2:].split()[1] == me:
-            try:
-                os.kill(int(entry), signal.SIGKILL)
-                os.waitpid(int(entry), 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
 
 
 def measure(args, corral, n, state):
@@ -131,7 +96,7 @@ def main():
     ap.add_argument("--no-cgroups", action="store_true", help="force process-group containment")
     args = ap.parse_args()
     corral = os.path.abspath(args.corral)
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    become_subreaper()
     for n in args.agents:
         with tempfile.TemporaryDirectory(prefix="corral-measure-") as tmp:
             state = os.path.join(tmp, "state")

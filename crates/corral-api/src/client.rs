@@ -75,13 +75,16 @@ impl Client {
         &self.socket
     }
 
-    /// Sends one request; returns the status and raw body.
-    pub async fn raw(
+    /// A fresh HTTP/1.1 connection to the daemon, its driver running as a task.
+    async fn connect(
         &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<(StatusCode, Bytes), ClientError> {
+    ) -> Result<
+        (
+            hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+            tokio::task::JoinHandle<hyper::Result<()>>,
+        ),
+        ClientError,
+    > {
         let stream =
             UnixStream::connect(&self.socket)
                 .await
@@ -89,10 +92,20 @@ impl Client {
                     socket: self.socket.clone(),
                     source,
                 })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ClientError::Http(e.to_string()))?;
-        let conn = tokio::spawn(conn);
+        Ok((sender, tokio::spawn(conn)))
+    }
+
+    /// Sends one request; returns the status and raw body.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let (mut sender, conn) = self.connect().await?;
         let req = Request::builder()
             .method(method)
             .uri(path)
@@ -149,17 +162,7 @@ impl Client {
         path: &str,
         mut on_event: impl FnMut(&str) -> bool,
     ) -> Result<(), ClientError> {
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| ClientError::Connect {
-                    socket: self.socket.clone(),
-                    source,
-                })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        let conn = tokio::spawn(conn);
+        let (mut sender, conn) = self.connect().await?;
         let req = Request::builder()
             .method(Method::GET)
             .uri(path)

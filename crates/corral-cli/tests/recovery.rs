@@ -51,11 +51,7 @@ fn agents_outlive_a_killed_daemon_and_are_readopted() {
         assert_eq!(r["stage"], "term", "{r}");
     }
     for pid in before.values() {
-        let end = Instant::now() + DEADLINE;
-        while proc_stat(*pid).is_some() {
-            assert!(Instant::now() < end, "{pid} left behind");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_gone(*pid);
     }
     for id in before.keys() {
         let s = env.json(&["status", id]);
@@ -288,11 +284,7 @@ fn a_crash_in_the_middle_of_spawning_loses_and_leaks_nothing() {
     }
     assert!(env.run(&["stop", "--all", "--force"]).status.success());
     for pid in running {
-        let end = Instant::now() + DEADLINE;
-        while proc_stat(pid).is_some() {
-            assert!(Instant::now() < end, "{pid} left behind");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_gone(pid);
     }
     drop(reaper);
     env.finish();

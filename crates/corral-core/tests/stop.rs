@@ -47,12 +47,19 @@ both_containments!(
     an_agent_that_exits_on_its_own_during_a_stop_is_cancelled_once,
 );
 
-async fn supervisor(dir: &tempfile::TempDir, cgroups: bool) -> Supervisor {
+/// A subreaping supervisor in a temp dir, and the guard that leaves nothing behind.
+/// Keep all three alive for the whole test (the guard is dropped last).
+async fn setup(cgroups: bool) -> (Cleanup, tempfile::TempDir, Supervisor) {
+    let dir = tempfile::tempdir().unwrap();
     let mut config = Config::new(dir.path().join("state"));
     config.subreaper = true;
     config.cgroups = cgroups;
     config.sample_interval = Duration::from_millis(200);
-    Supervisor::open(config).await.unwrap()
+    let sup = Supervisor::open(config).await.unwrap();
+    let cleanup = Cleanup {
+        cgroup: sup.cgroup_subtree().map(Into::into),
+    };
+    (cleanup, dir, sup)
 }
 
 /// The cgroup the OS has `pid` in (its `0::` line).
@@ -110,10 +117,7 @@ fn staged(t: f64) -> CleanupOptions {
 }
 
 async fn a_cooperative_agent_stops_at_the_first_term_in_well_under_a_second(cgroups: bool) {
-    let mut cleanup = Cleanup::default();
-    let dir = tempfile::tempdir().unwrap();
-    let sup = supervisor(&dir, cgroups).await;
-    cleanup.cgroup = sup.cgroup_subtree().map(Into::into);
+    let (_cleanup, _dir, sup) = setup(cgroups).await;
     let r = sup
         .spawn_agent(request("coop", &["sleep", "300"], 50))
         .await
@@ -136,10 +140,7 @@ async fn a_cooperative_agent_stops_at_the_first_term_in_well_under_a_second(cgro
 }
 
 async fn a_term_ignoring_agent_dies_in_the_kill_stage(cgroups: bool) {
-    let mut cleanup = Cleanup::default();
-    let dir = tempfile::tempdir().unwrap();
-    let sup = supervisor(&dir, cgroups).await;
-    cleanup.cgroup = sup.cgroup_subtree().map(Into::into);
+    let (_cleanup, _dir, sup) = setup(cgroups).await;
     let r = sup
         .spawn_agent(request("stubborn", STUBBORN, 50))
         .await
@@ -162,10 +163,7 @@ async fn a_term_ignoring_agent_dies_in_the_kill_stage(cgroups: bool) {
 }
 
 async fn force_skips_the_term_stages(cgroups: bool) {
-    let mut cleanup = Cleanup::default();
-    let dir = tempfile::tempdir().unwrap();
-    let sup = supervisor(&dir, cgroups).await;
-    cleanup.cgroup = sup.cgroup_subtree().map(Into::into);
+    let (_cleanup, _dir, sup) = setup(cgroups).await;
     let r = sup
         .spawn_agent(request("stubborn", STUBBORN, 50))
         .await
@@ -186,10 +184,7 @@ async fn force_skips_the_term_stages(cgroups: bool) {
 }
 
 async fn a_whole_tree_with_escaped_grandchildren_leaves_nothing(cgroups: bool) {
-    let mut cleanup = Cleanup::default();
-    let dir = tempfile::tempdir().unwrap();
-    let sup = supervisor(&dir, cgroups).await;
-    cleanup.cgroup = sup.cgroup_subtree().map(Into::into);
+    let (_cleanup, _dir, sup) = setup(cgroups).await;
     // Two background children, a setsid grandchild, a double-forked grandchild
     // (parent exits at once) and a double-forked setsid grandchild; each prints its pid.
     let script = "sleep 300 & echo $!; sleep 300 & echo $!; setsid sleep 300 & echo $!; \
@@ -238,10 +233,7 @@ async fn a_whole_tree_with_escaped_grandchildren_leaves_nothing(cgroups: bool) {
 }
 
 async fn twenty_stubborn_agents_stop_in_about_one_grace_period(cgroups: bool) {
-    let mut cleanup = Cleanup::default();
-    let dir = tempfile::tempdir().unwrap();
-    let sup = supervisor(&dir, cgroups).await;
-    cleanup.cgroup = sup.cgroup_subtree().map(Into::into);
+    let (_cleanup, _dir, sup) = setup(cgroups).await;
     let mut pids = Vec::new();
     for i in 0..20 {
         let r = sup
@@ -267,10 +259,7 @@ async fn twenty_stubborn_agents_stop_in_about_one_grace_period(cgroups: bool) {
 }
 
 async fn a_selector_stops_only_its_subtree_and_unknown_ids_are_errors(cgroups: bool) {
-    let mut cleanup = Cleanup::default();
-    let dir = tempfile::tempdir().unwrap();
-    let sup = supervisor(&dir, cgroups).await;
-    cleanup.cgroup = sup.cgroup_subtree().map(Into::into);
+    let (_cleanup, _dir, sup) = setup(cgroups).await;
     let mut pids = std::collections::BTreeMap::new();
     for id in ["L1", "L1.a", "L1.a.x", "L10", "L2.a"] {
         let r = sup
@@ -314,10 +303,7 @@ async fn a_selector_stops_only_its_subtree_and_unknown_ids_are_errors(cgroups: b
 }
 
 async fn an_agent_that_exits_on_its_own_during_a_stop_is_cancelled_once(cgroups: bool) {
-    let mut cleanup = Cleanup::default();
-    let dir = tempfile::tempdir().unwrap();
-    let sup = supervisor(&dir, cgroups).await;
-    cleanup.cgroup = sup.cgroup_subtree().map(Into::into);
+    let (_cleanup, _dir, sup) = setup(cgroups).await;
     let r = sup
         .spawn_agent(request(
             "quitter",

@@ -306,3 +306,12 @@ pub fn agent_pids(ps: &Value) -> std::collections::BTreeMap<String, i32> {
         .map(|(id, s)| (id.clone(), s["pid"].as_i64().unwrap() as i32))
         .collect()
 }
+
+/// Waits until `pid` has no /proc entry at all (not even a zombie).
+pub fn wait_gone(pid: i32) {
+    let end = Instant::now() + DEADLINE;
+    while proc_stat(pid).is_some() {
+        assert!(Instant::now() < end, "pid {pid} left behind");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
