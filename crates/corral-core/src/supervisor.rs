@@ -770,7 +770,8 @@ impl Supervisor {
                 }
             }
         }
-        for agent in &ended {
+        // Only for ids forgotten here: a new run of an id keeps its log files.
+        for agent in ended.iter().filter(|a| removed.contains(&a.id.to_string())) {
             self.remove_default_logs(agent);
         }
         removed.sort();
