@@ -1647,7 +1647,14 @@ impl Supervisor {
                     .filter(|m| (m.pid, m.start_ticks) != leader_id)
                     .filter_map(|m| handles.get(&(m.pid, m.start_ticks)).cloned())
                     .collect();
+                let nothing_to_wait_on = waiting.is_empty() && *ended.borrow();
                 let all_exited = async {
+                    if nothing_to_wait_on {
+                        // Only a non-empty cgroup or zombies of others are left,
+                        // and neither has an event here: look again shortly.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        return;
+                    }
                     for h in &waiting {
                         wait_exited(h).await;
                     }
