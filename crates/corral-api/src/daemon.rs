@@ -150,16 +150,6 @@ pub fn lock_state_dir(state_dir: &Path) -> Result<StateLock, DaemonError> {
     Ok(StateLock { _file: file })
 }
 
-/// Pid of the daemon holding `state_dir`, if one does (the lock is held).
-pub fn running_daemon_pid(state_dir: &Path) -> Option<i32> {
-    let path = state_dir.join(LOCK_NAME);
-    let file = File::open(&path).ok()?;
-    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockShared) {
-        Ok(()) => None,
-        Err(_) => std::fs::read_to_string(&path).ok()?.trim().parse().ok(),
-    }
-}
-
 /// Sends tracing output to `daemon.log` in the state dir (append).
 pub fn install_logging(state_dir: &Path) -> Result<(), DaemonError> {
     let path = state_dir.join(LOG_NAME);

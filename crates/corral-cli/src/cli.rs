@@ -126,7 +126,7 @@ pub struct SpawnArgs {
     /// Extra environment variable (repeatable).
     #[arg(long = "env", value_name = "K=V")]
     pub env: Vec<String>,
-    /// Where stdout.log / stderr.log go (default: <state dir>/agents/<id>).
+    /// Where stdout.log / stderr.log go (default: STATE_DIR/agents/ID).
     #[arg(long, value_name = "DIR")]
     pub agent_dir: Option<PathBuf>,
     /// Label kept with the run (repeatable).

@@ -20,7 +20,7 @@ use std::thread;
 
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use tokio::sync::{oneshot, watch};
 
 use crate::error::{Error, Result};
@@ -608,18 +608,6 @@ impl Store {
             .map_err(|e| Error::store("load history", e))?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .map_err(|e| Error::store("load history", e))
-    }
-
-    /// One run by id.
-    pub fn run(&self, run_id: i64) -> Result<Option<RunRecord>> {
-        let conn = lock_reader(&self.reader);
-        conn.query_row(
-            "SELECT * FROM runs WHERE run_id = ?1",
-            [run_id],
-            row_to_record,
-        )
-        .optional()
-        .map_err(|e| Error::store("load a run", e))
     }
 }
 

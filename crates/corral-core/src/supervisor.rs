@@ -1,7 +1,7 @@
 //! The supervisor: owns every agent of one state dir.
 //!
 //! Theory of operation:
-//! - The in-memory table maps each id to its current run (an [`Agent`]). Reads
+//! - The in-memory table maps each id to its current run (an `Agent`). Reads
 //!   (`get_agent_status`, `monitor_all_agents`, ...) answer from it in
 //!   microseconds: the latest metrics sample plus a live liveness check on the
 //!   agent's pidfd. Nothing on a read path sleeps or samples.
@@ -14,6 +14,16 @@
 //! - One sampler thread reads `/proc/<pid>/stat` of every live agent through
 //!   files kept open, once per interval, and keeps CPU% as psutil defines it:
 //!   CPU time used over the last interval, as a percentage of one CPU.
+//! - A stop runs stage by stage over the agent's whole tree (see [`crate::tree`]
+//!   for who belongs to it): every member is signalled, then the stop waits on
+//!   the members' pidfds, the agent's recorded end and the orphan reaper, and
+//!   looks again. Concurrent stops share each scan of the process table.
+//! - As a subreaper (the daemon), a SIGCHLD-driven sweep reaps orphans by pid;
+//!   agents' pids are excluded under the same lock their spawn holds, so an
+//!   agent's exit status always reaches its own watcher.
+//! - On open, runs the store holds as live are re-adopted (same pid, start time
+//!   and boot id) or recorded as ended with the reason; a spawn the previous
+//!   daemon did not finish recording is found by its `CORRAL_RUN_ID`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{CString, OsString};
