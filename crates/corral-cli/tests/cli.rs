@@ -442,3 +442,30 @@ fn tcp_serving_is_refused_without_a_long_enough_token() {
     assert!(env.daemons().is_empty(), "no daemon was left running");
     env.finish();
 }
+
+#[test]
+fn the_daemon_log_has_a_line_per_transition_and_stop_stage_with_id_and_pid() {
+    let env = Env::new();
+    assert!(
+        env.run(&["spawn", "logged", "--", "sleep", "30"])
+            .status
+            .success()
+    );
+    let pid = env.json(&["status", "logged"])["pid"].as_i64().unwrap();
+    assert!(env.run(&["stop", "logged"]).status.success());
+    let log = std::fs::read_to_string(env.state.join("daemon.log")).unwrap();
+    for what in [
+        "agent started",
+        "agent running",
+        "stop stage",
+        "agent ended",
+    ] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what:?} line in {log}"));
+        assert!(line.contains("agent_id=logged"), "{line}");
+        assert!(line.contains(&format!("pid={pid}")), "{line}");
+    }
+    env.finish();
+}
