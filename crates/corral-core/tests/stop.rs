@@ -47,6 +47,13 @@ both_containments!(
     an_agent_that_exits_on_its_own_during_a_stop_is_cancelled_once,
 );
 
+/// Starts a TERM-ignoring agent and waits until its trap is set.
+async fn spawn_stubborn(sup: &Supervisor, id: &str) -> corral_core::SpawnResponse {
+    let r = sup.spawn_agent(request(id, STUBBORN, 50)).await.unwrap();
+    wait_lines(&r.stdout_log, 1).await;
+    r
+}
+
 /// A subreaping supervisor in a temp dir, and the guard that leaves nothing behind.
 /// Keep all three alive for the whole test (the guard is dropped last).
 async fn setup(cgroups: bool) -> (Cleanup, tempfile::TempDir, Supervisor) {
@@ -141,11 +148,7 @@ async fn a_cooperative_agent_stops_at_the_first_term_in_well_under_a_second(cgro
 
 async fn a_term_ignoring_agent_dies_in_the_kill_stage(cgroups: bool) {
     let (_cleanup, _dir, sup) = setup(cgroups).await;
-    let r = sup
-        .spawn_agent(request("stubborn", STUBBORN, 50))
-        .await
-        .unwrap();
-    wait_lines(&r.stdout_log, 1).await;
+    let r = spawn_stubborn(&sup, "stubborn").await;
     let began = Instant::now();
     let reports = sup
         .cleanup(Some(&one("stubborn")), staged(0.3))
@@ -164,11 +167,7 @@ async fn a_term_ignoring_agent_dies_in_the_kill_stage(cgroups: bool) {
 
 async fn force_skips_the_term_stages(cgroups: bool) {
     let (_cleanup, _dir, sup) = setup(cgroups).await;
-    let r = sup
-        .spawn_agent(request("stubborn", STUBBORN, 50))
-        .await
-        .unwrap();
-    wait_lines(&r.stdout_log, 1).await;
+    let r = spawn_stubborn(&sup, "stubborn").await;
     let opts = CleanupOptions {
         force: true,
         stop_timeouts: Some(vec![10.0, 10.0, 10.0]),
