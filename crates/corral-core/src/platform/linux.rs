@@ -227,7 +227,16 @@ pub fn spawn_into_cgroup(
     };
     let ret = clone3_exec(cgroup_dir, &ctx);
     if ret < 0 {
-        return Err(io::Error::last_os_error());
+        let err = io::Error::last_os_error();
+        // No clone3, or not into a cgroup, here (old kernel, a seccomp filter):
+        // say so distinctly, so the caller can start the agent without a cgroup.
+        return Err(match err.raw_os_error() {
+            Some(libc::ENOSYS | libc::EPERM | libc::EINVAL) => io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("clone3 into a cgroup is not available: {err}"),
+            ),
+            _ => err,
+        });
     }
     let pid = Pid::from_raw(ret as i32).ok_or_else(|| io::Error::other("clone3 returned pid 0"))?;
     drop(err_write);

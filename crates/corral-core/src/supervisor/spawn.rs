@@ -357,21 +357,35 @@ impl Supervisor {
             }
             (leaf, _) => leaf,
         };
-        let pid = {
+        let (pid, leaf) = {
             let mut owned = lock(&self.inner.owned);
-            let pid = match &procs {
-                Some(dir) => platform::spawn_into_cgroup(
+            let (pid, leaf) = match &procs {
+                Some(dir) => match platform::spawn_into_cgroup(
                     &program_c,
                     &argv,
                     &envp,
                     &cwd_c,
                     &stdio,
                     dir.as_fd(),
-                )?,
-                None => platform::spawn(&program_c, &argv, &envp, Some(&cwd_c), &stdio)?,
+                ) {
+                    Ok(pid) => (pid, leaf),
+                    Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                        tracing::warn!(agent_id = %id, error = %e, "process-group containment only for this agent");
+                        if let (Some(leaf), Ok(root)) = (&leaf, &self.inner.cgroup) {
+                            let _ = root.remove_leaf(leaf);
+                        }
+                        let pid = platform::spawn(&program_c, &argv, &envp, Some(&cwd_c), &stdio)?;
+                        (pid, None)
+                    }
+                    Err(e) => return Err(e),
+                },
+                None => (
+                    platform::spawn(&program_c, &argv, &envp, Some(&cwd_c), &stdio)?,
+                    leaf,
+                ),
             };
             owned.insert(pid.as_raw_nonzero().get());
-            pid
+            (pid, leaf)
         };
         match ProcessHandle::open(pid, None) {
             Ok(Some(handle)) => Ok((handle, leaf)),
