@@ -56,10 +56,12 @@ impl ClientError {
     }
 }
 
-/// A client bound to one daemon socket.
+/// A client bound to one daemon: its Unix socket, or a TCP address with the
+/// bearer token the daemon requires there.
 #[derive(Debug, Clone)]
 pub struct Client {
     socket: PathBuf,
+    tcp: Option<(std::net::SocketAddr, String)>,
 }
 
 impl Client {
@@ -67,10 +69,27 @@ impl Client {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
         Self {
             socket: socket.into(),
+            tcp: None,
         }
     }
 
-    /// The socket path.
+    /// A client for a daemon serving TCP (`corral daemon --listen`), sending `token`.
+    pub fn tcp(addr: std::net::SocketAddr, token: impl Into<String>) -> Self {
+        Self {
+            socket: PathBuf::from(addr.to_string()),
+            tcp: Some((addr, token.into())),
+        }
+    }
+
+    /// `Authorization` for TCP; nothing on the socket.
+    fn authorize(&self, req: hyper::http::request::Builder) -> hyper::http::request::Builder {
+        match &self.tcp {
+            Some((_, token)) => req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}")),
+            None => req,
+        }
+    }
+
+    /// The socket path (for a TCP client, the address as a path, for messages).
     pub fn socket(&self) -> &Path {
         &self.socket
     }
@@ -85,17 +104,31 @@ impl Client {
         ),
         ClientError,
     > {
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| ClientError::Connect {
-                    socket: self.socket.clone(),
-                    source,
-                })?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        Ok((sender, tokio::spawn(conn)))
+        let connect_err = |source| ClientError::Connect {
+            socket: self.socket.clone(),
+            source,
+        };
+        let handshake_err = |e: hyper::Error| ClientError::Http(e.to_string());
+        match &self.tcp {
+            Some((addr, _)) => {
+                let stream = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(connect_err)?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(handshake_err)?;
+                Ok((sender, tokio::spawn(conn)))
+            }
+            None => {
+                let stream = UnixStream::connect(&self.socket)
+                    .await
+                    .map_err(connect_err)?;
+                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(handshake_err)?;
+                Ok((sender, tokio::spawn(conn)))
+            }
+        }
     }
 
     /// Sends one request; returns the status and raw body.
@@ -106,7 +139,8 @@ impl Client {
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
         let (mut sender, conn) = self.connect().await?;
-        let req = Request::builder()
+        let req = self
+            .authorize(Request::builder())
             .method(method)
             .uri(path)
             .header(HOST, "corral")
@@ -163,7 +197,8 @@ impl Client {
         mut on_event: impl FnMut(&str) -> bool,
     ) -> Result<(), ClientError> {
         let (mut sender, conn) = self.connect().await?;
-        let req = Request::builder()
+        let req = self
+            .authorize(Request::builder())
             .method(Method::GET)
             .uri(path)
             .header(HOST, "corral")

@@ -18,6 +18,14 @@ pub struct Cli {
     /// Print one JSON document instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Talk to a daemon serving TCP (`corral daemon --listen`) at ADDR:PORT instead
+    /// of the state dir's socket; needs --token-file. No daemon is started.
+    #[arg(long, global = true, env = "CORRAL_URL", value_name = "ADDR:PORT")]
+    pub url: Option<String>,
+    /// The bearer token's file: sent to a TCP daemon (--url), or required of
+    /// TCP clients by `corral daemon --listen` (at least 16 bytes).
+    #[arg(long, global = true, env = "CORRAL_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -108,9 +116,6 @@ pub struct DaemonArgs {
     /// Also serve the API on this TCP address (e.g. 127.0.0.1:7070); needs --token-file.
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<std::net::SocketAddr>,
-    /// File holding the bearer token TCP clients must send (at least 16 bytes).
-    #[arg(long, value_name = "FILE", requires = "listen")]
-    pub token_file: Option<PathBuf>,
     /// Started in the background by the CLI: leave the terminal's session.
     #[arg(long, hide = true)]
     pub detach: bool,

@@ -103,3 +103,17 @@ pub async fn client(state_dir: &Path, autostart: bool) -> Result<Client> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// The address and token of a TCP daemon (`--url ADDR:PORT --token-file FILE`).
+pub fn remote(url: &str, token_file: Option<&Path>) -> Result<(std::net::SocketAddr, String)> {
+    let bare = url.trim_start_matches("http://").trim_end_matches('/');
+    let addr: std::net::SocketAddr = bare
+        .parse()
+        .with_context(|| format!("--url {url:?} must be ADDR:PORT, like 127.0.0.1:7070"))?;
+    let Some(file) = token_file else {
+        bail!("--url needs --token-file: a TCP daemon accepts only requests with its bearer token");
+    };
+    let token = std::fs::read_to_string(file)
+        .with_context(|| format!("read token file {}", file.display()))?;
+    Ok((addr, token.trim().to_owned()))
+}

@@ -469,3 +469,53 @@ fn the_daemon_log_has_a_line_per_transition_and_stop_stage_with_id_and_pid() {
     }
     env.finish();
 }
+
+#[test]
+fn the_cli_talks_to_a_tcp_daemon_with_its_token() {
+    let env = Env::new();
+    let dir = env.dir.as_ref().unwrap().path().to_owned();
+    let token = dir.join("token");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let wrong = dir.join("wrong");
+    std::fs::write(&wrong, "ffffffffffffffffffffffffffffffff\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let token_arg = token.to_str().unwrap();
+    let mut daemon = env
+        .cmd(&["--token-file", token_arg, "daemon", "--listen", &addr])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let remote = |token: &str, args: &[&str]| {
+        let mut all = vec!["--url", addr.as_str(), "--token-file", token];
+        all.extend_from_slice(args);
+        env.run(&all)
+    };
+    let end = Instant::now() + DEADLINE;
+    while !remote(token_arg, &["--json", "summary"]).status.success() {
+        assert!(Instant::now() < end, "the TCP daemon never answered");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let spawn = remote(token_arg, &["spawn", "remote", "--", "sleep", "30"]);
+    assert!(spawn.status.success(), "{}", stderr(&spawn));
+    let s: Value =
+        serde_json::from_slice(&remote(token_arg, &["--json", "status", "remote"]).stdout).unwrap();
+    assert!(proc_stat(s["pid"].as_i64().unwrap() as i32).is_some());
+    assert_one_error_line(&remote(wrong.to_str().unwrap(), &["ps"]), "Bearer");
+    assert!(
+        remote(token_arg, &["stop", "--all", "--force"])
+            .status
+            .success()
+    );
+    // SIGTERM: the daemon removes its socket on the way out. Our own child, unreaped:
+    // its pid cannot have been reused.
+    // SAFETY: kill(2) on an integer pid.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    daemon.wait().unwrap();
+    env.finish();
+}

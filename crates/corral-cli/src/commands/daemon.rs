@@ -19,7 +19,7 @@ pub async fn run(ctx: &Ctx, args: DaemonArgs) -> Result<ExitCode> {
         detach: args.detach,
         cgroups: !args.no_cgroups,
         listen: args.listen,
-        token_file: args.token_file,
+        token_file: ctx.token_file.clone(),
     };
     match corral_api::daemon::run(opts).await {
         Ok(()) => Ok(ExitCode::SUCCESS),

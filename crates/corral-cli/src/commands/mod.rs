@@ -22,11 +22,17 @@ pub struct Ctx {
     pub state_dir: std::path::PathBuf,
     pub autostart: bool,
     pub json: bool,
+    /// A TCP daemon to use instead of the socket: address and token.
+    pub remote: Option<(std::net::SocketAddr, String)>,
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 impl Ctx {
     pub async fn client(&self) -> Result<Client> {
-        connect::client(&self.state_dir, self.autostart).await
+        match &self.remote {
+            Some((addr, token)) => Ok(Client::tcp(*addr, token.clone())),
+            None => connect::client(&self.state_dir, self.autostart).await,
+        }
     }
 }
 
@@ -37,10 +43,16 @@ pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
 }
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let remote = match &cli.url {
+        Some(url) => Some(connect::remote(url, cli.token_file.as_deref())?),
+        None => None,
+    };
     let ctx = Ctx {
         state_dir: connect::state_dir(cli.state_dir.as_deref())?,
         autostart: !cli.no_autostart,
         json: cli.json,
+        remote,
+        token_file: cli.token_file,
     };
     match cli.command {
         Command::Daemon(args) => daemon::run(&ctx, args).await,
