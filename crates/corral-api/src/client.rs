@@ -46,16 +46,6 @@ pub enum ClientError {
     Decode(String),
 }
 
-impl ClientError {
-    /// The API error code, for API errors.
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            Self::Api { code, .. } => Some(code),
-            _ => None,
-        }
-    }
-}
-
 /// A client bound to one daemon: its Unix socket, or a TCP address with the
 /// bearer token the daemon requires there.
 #[derive(Debug, Clone)]
@@ -108,25 +98,18 @@ impl Client {
             socket: self.socket.clone(),
             source,
         };
-        let handshake_err = |e: hyper::Error| ClientError::Http(e.to_string());
         match &self.tcp {
             Some((addr, _)) => {
                 let stream = tokio::net::TcpStream::connect(addr)
                     .await
                     .map_err(connect_err)?;
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(handshake_err)?;
-                Ok((sender, tokio::spawn(conn)))
+                handshake(stream).await
             }
             None => {
                 let stream = UnixStream::connect(&self.socket)
                     .await
                     .map_err(connect_err)?;
-                let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(handshake_err)?;
-                Ok((sender, tokio::spawn(conn)))
+                handshake(stream).await
             }
         }
     }
@@ -248,6 +231,25 @@ impl Client {
         let _ = conn.await;
         Ok(())
     }
+}
+
+/// HTTP/1.1 over any connected stream, the connection driven by its own task.
+async fn handshake<S>(
+    stream: S,
+) -> Result<
+    (
+        hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        tokio::task::JoinHandle<hyper::Result<()>>,
+    ),
+    ClientError,
+>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    Ok((sender, tokio::spawn(conn)))
 }
 
 fn api_error(status: StatusCode, body: &[u8]) -> ClientError {

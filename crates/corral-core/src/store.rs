@@ -166,7 +166,6 @@ impl Pending {
 #[derive(Clone)]
 pub struct Store {
     jobs: mpsc::Sender<Job>,
-    path: PathBuf,
     /// One connection for reads (WAL lets it read beside the writer).
     reader: Arc<Mutex<Connection>>,
     newest_event: Arc<watch::Sender<i64>>,
@@ -336,15 +335,9 @@ impl Store {
             })?;
         Ok(Self {
             jobs: tx,
-            path: path.to_owned(),
             reader: Arc::new(Mutex::new(reader)),
             newest_event: newest,
         })
-    }
-
-    /// Path of the database file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Queues a write now; the returned future resolves once it is committed.
