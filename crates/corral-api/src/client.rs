@@ -1,7 +1,10 @@
-//! A small HTTP/1.1 client for the daemon's Unix socket.
+//! A small HTTP/1.1 client for the daemon's Unix socket (or its TCP port).
 //!
 //! One connection per request: the CLI makes one or two calls per run, and a
 //! fresh connection keeps every call independent of the last one's fate.
+//! Before anything is sent over the socket, the socket must be owned by this
+//! user (or root): in a state dir someone else could write, a planted socket
+//! would otherwise receive this user's requests — environments, tokens and all.
 
 use std::path::{Path, PathBuf};
 
@@ -44,6 +47,49 @@ pub enum ClientError {
     /// The daemon's answer was not what this client understands.
     #[error("unexpected answer from the corral daemon: {0}")]
     Decode(String),
+    /// The socket is not one this user can trust.
+    #[error("refusing to talk to {}: {reason}", socket.display())]
+    Untrusted {
+        /// The socket.
+        socket: PathBuf,
+        /// Why not.
+        reason: String,
+    },
+}
+
+impl ClientError {
+    /// The API's error code, when the daemon answered with an error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// Checks that `socket` is a socket owned by this user or root.
+fn check_socket(socket: &Path) -> Result<(), ClientError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = match std::fs::symlink_metadata(socket) {
+        Ok(m) => m,
+        // Nothing there: connecting says so in the usual words.
+        Err(_) => return Ok(()),
+    };
+    let untrusted = |reason: String| ClientError::Untrusted {
+        socket: socket.to_owned(),
+        reason,
+    };
+    if !meta.file_type().is_socket() {
+        return Err(untrusted("it is not a socket (a symlink or a file)".into()));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(untrusted(format!(
+            "it is owned by uid {}, not by this user (uid {me}) or root",
+            meta.uid()
+        )));
+    }
+    Ok(())
 }
 
 /// A client bound to one daemon: its Unix socket, or a TCP address with the
@@ -106,6 +152,7 @@ impl Client {
                 handshake(stream).await
             }
             None => {
+                check_socket(&self.socket)?;
                 let stream = UnixStream::connect(&self.socket)
                     .await
                     .map_err(connect_err)?;
@@ -171,13 +218,12 @@ impl Client {
 }
 
 impl Client {
-    /// Reads a server-sent-events stream, calling `on_event` with each event's
-    /// `data` (one JSON document per event on corral's routes) until the server
-    /// ends the stream or `on_event` returns false.
-    pub async fn sse(
+    /// Sends a GET and hands each piece of the answer's body to `on_chunk` as it
+    /// arrives (a followed log), until the body ends or `on_chunk` returns false.
+    pub async fn stream(
         &self,
         path: &str,
-        mut on_event: impl FnMut(&str) -> bool,
+        mut on_chunk: impl FnMut(&[u8]) -> bool,
     ) -> Result<(), ClientError> {
         let (mut sender, conn) = self.connect().await?;
         let req = self
@@ -185,7 +231,6 @@ impl Client {
             .method(Method::GET)
             .uri(path)
             .header(HOST, "corral")
-            .header(hyper::header::ACCEPT, "text/event-stream")
             .body(Full::new(Bytes::new()))
             .map_err(|e| ClientError::Http(e.to_string()))?;
         let resp = sender
@@ -202,21 +247,38 @@ impl Client {
                 .to_bytes();
             return Err(api_error(status, &bytes));
         }
-        let mut buf = String::new();
-        let mut data = String::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| ClientError::Http(e.to_string()))?;
-            let Some(chunk) = frame.data_ref() else {
-                continue;
-            };
+            if let Some(chunk) = frame.data_ref()
+                && !on_chunk(chunk)
+            {
+                conn.abort();
+                return Ok(());
+            }
+        }
+        drop(sender);
+        let _ = conn.await;
+        Ok(())
+    }
+
+    /// Reads a server-sent-events stream, calling `on_event` with each event's
+    /// `data` (one JSON document per event on corral's routes) until the server
+    /// ends the stream or `on_event` returns false.
+    pub async fn sse(
+        &self,
+        path: &str,
+        mut on_event: impl FnMut(&str) -> bool,
+    ) -> Result<(), ClientError> {
+        let mut buf = String::new();
+        let mut data = String::new();
+        self.stream(path, |chunk| {
             buf.push_str(&String::from_utf8_lossy(chunk));
             while let Some(nl) = buf.find('\n') {
                 let line: String = buf.drain(..=nl).collect();
                 let line = line.trim_end_matches(['\n', '\r']);
                 if line.is_empty() {
                     if !data.is_empty() && !on_event(&data) {
-                        conn.abort();
-                        return Ok(());
+                        return false;
                     }
                     data.clear();
                 } else if let Some(d) = line.strip_prefix("data:") {
@@ -226,10 +288,9 @@ impl Client {
                     data.push_str(d.strip_prefix(' ').unwrap_or(d));
                 }
             }
-        }
-        drop(sender);
-        let _ = conn.await;
-        Ok(())
+            true
+        })
+        .await
     }
 }
 
@@ -253,16 +314,7 @@ where
 }
 
 fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        error: Inner,
-    }
-    #[derive(serde::Deserialize)]
-    struct Inner {
-        code: String,
-        message: String,
-    }
-    match serde_json::from_slice::<Envelope>(body) {
+    match serde_json::from_slice::<corral_core::ErrorBody>(body) {
         Ok(e) => ClientError::Api {
             status: status.as_u16(),
             code: e.error.code,

@@ -1,28 +1,36 @@
 //! The daemon process: one per state dir.
 //!
-//! Exactly-one is enforced by an exclusive `flock` on `corral.lock`, taken before
-//! anything else is touched; the socket is only ever bound by the lock holder, so
-//! a socket file found by the holder is stale and is replaced. Several CLIs
-//! starting daemons at the same moment therefore end with one daemon: the others
-//! fail to take the lock and exit with [`DaemonError::AlreadyRunning`].
-//!
-//! The daemon logs (tracing) to `daemon.log` in the state dir. When it stops it
-//! leaves its agents running: they are not tied to it (own sessions, output to
-//! files), and the next daemon re-adopts them.
+//! - **Exactly one.** An exclusive `flock` on the state dir itself, taken
+//!   before anything else is touched: unlike a lock file, a directory cannot be
+//!   deleted from under a running daemon while it holds files, so a second
+//!   daemon cannot be let in by removing something. The holder's pid is written
+//!   to `corral.lock` for people and tools. The socket is only ever bound by the
+//!   lock holder, so a socket file the holder finds is stale and is replaced.
+//! - **Private.** The state dir must be this user's and closed to group and
+//!   others (`corral` refuses it otherwise); files in it are created without
+//!   following symlinks.
+//! - **Logs** go to `daemon.log` (see [`crate::logging`]).
+//! - When the daemon stops it leaves its agents running: they are not tied to
+//!   it (own sessions, output to files), and the next daemon re-adopts them.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
-use corral_core::{Config, Supervisor};
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use corral_core::{Config, ErrorCode, Supervisor};
 use tokio::net::UnixListener;
+
+use crate::error::ApiError;
+use crate::serve::{self, Limits};
 
 /// File names inside the state dir.
 pub const SOCKET_NAME: &str = "corral.sock";
-/// The lock file; holds the daemon's pid.
+/// Holds the daemon's pid (the lock itself is on the state dir).
 pub const LOCK_NAME: &str = "corral.lock";
 /// The daemon's log.
 pub const LOG_NAME: &str = "daemon.log";
@@ -43,32 +51,14 @@ pub struct DaemonOptions {
     pub listen: Option<std::net::SocketAddr>,
     /// File holding that token (required with `listen`).
     pub token_file: Option<PathBuf>,
+    /// Refuse (instead of warning about) a token file others can read.
+    pub strict: bool,
+    /// Open connections per listener (default: from the open-file limit).
+    pub max_connections: Option<usize>,
 }
 
 /// Shortest bearer token accepted, bytes.
 pub const MIN_TOKEN_LEN: usize = 16;
-
-/// Reads and checks the TCP bearer token.
-fn read_token(opts: &DaemonOptions) -> Result<Option<String>, DaemonError> {
-    let Some(addr) = opts.listen else {
-        return Ok(None);
-    };
-    let Some(file) = &opts.token_file else {
-        return Err(DaemonError::Config(format!(
-            "--listen {addr} needs --token-file: every TCP client must present a bearer token"
-        )));
-    };
-    let token = std::fs::read_to_string(file).map_err(io_err("read token file", file))?;
-    let token = token.trim().to_owned();
-    if token.len() < MIN_TOKEN_LEN {
-        return Err(DaemonError::Config(format!(
-            "the token in {} is {} bytes; use at least {MIN_TOKEN_LEN} (e.g. `openssl rand -hex 32`)",
-            file.display(),
-            token.len()
-        )));
-    }
-    Ok(Some(token))
-}
 
 /// Why a daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +83,7 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
-    /// The options do not make sense together.
+    /// The options do not make sense together, or the state dir is unsafe.
     #[error("{0}")]
     Config(String),
     /// The supervisor failed to open.
@@ -110,63 +100,89 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> D
     }
 }
 
-/// Holds the state dir's lock for as long as it lives.
-pub struct StateLock {
-    _file: File,
+/// Reads and checks the TCP bearer token; with it, a warning to log when the
+/// file is open to others (refused outright with `strict`).
+fn read_token(opts: &DaemonOptions) -> Result<Option<(String, Option<String>)>, DaemonError> {
+    let Some(addr) = opts.listen else {
+        return Ok(None);
+    };
+    let Some(file) = &opts.token_file else {
+        return Err(DaemonError::Config(format!(
+            "--listen {addr} needs --token-file: every TCP client must present a bearer token"
+        )));
+    };
+    let mode = std::fs::metadata(file)
+        .map_err(io_err("read token file", file))?
+        .permissions()
+        .mode();
+    let mut warning = None;
+    if mode & 0o077 != 0 {
+        let why = format!(
+            "the token file {} is readable by group or others (mode {:o}); anyone who can read it can control every agent (chmod 600)",
+            file.display(),
+            mode & 0o777
+        );
+        if opts.strict {
+            return Err(DaemonError::Config(format!("--strict: {why}")));
+        }
+        warning = Some(why);
+    }
+    let token = std::fs::read_to_string(file).map_err(io_err("read token file", file))?;
+    let token = token.trim().to_owned();
+    if token.len() < MIN_TOKEN_LEN {
+        return Err(DaemonError::Config(format!(
+            "the token in {} is {} bytes; use at least {MIN_TOKEN_LEN} (e.g. `openssl rand -hex 32`)",
+            file.display(),
+            token.len()
+        )));
+    }
+    Ok(Some((token, warning)))
 }
 
-/// Takes the state dir's exclusive lock and writes our pid into it.
+/// Holds the state dir's lock for as long as it lives.
+pub struct StateLock {
+    _dir: File,
+}
+
+/// Makes sure the state dir is private, takes its exclusive lock and writes our
+/// pid to `corral.lock`.
 pub fn lock_state_dir(state_dir: &Path) -> Result<StateLock, DaemonError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(state_dir)
-        .map_err(io_err("create state dir", state_dir))?;
-    let path = state_dir.join(LOCK_NAME);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(io_err("open lock file", &path))?;
-    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+    corral_core::process::ensure_private_dir(state_dir).map_err(|e| {
+        DaemonError::Config(format!(
+            "refusing the state dir {}: {e}",
+            state_dir.display()
+        ))
+    })?;
+    let dir = File::open(state_dir).map_err(io_err("open state dir", state_dir))?;
+    match rustix::fs::flock(&dir, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => {}
         Err(rustix::io::Errno::WOULDBLOCK) => {
-            let pid = std::fs::read_to_string(&path)
+            let pid = corral_core::process::open_nofollow(&state_dir.join(LOCK_NAME))
                 .ok()
-                .and_then(|s| s.trim().parse().ok())
+                .and_then(|mut f| {
+                    let mut s = String::new();
+                    std::io::Read::read_to_string(&mut f, &mut s).ok()?;
+                    s.trim().parse().ok()
+                })
                 .unwrap_or(0);
             return Err(DaemonError::AlreadyRunning {
                 state_dir: state_dir.to_owned(),
                 pid,
             });
         }
-        Err(e) => return Err(io_err("lock", &path)(e.into())),
+        Err(e) => return Err(io_err("lock", state_dir)(e.into())),
     }
-    file.set_len(0).map_err(io_err("write lock file", &path))?;
-    writeln!(file, "{}", std::process::id()).map_err(io_err("write lock file", &path))?;
-    Ok(StateLock { _file: file })
-}
-
-/// Sends tracing output to `daemon.log` in the state dir (append).
-pub fn install_logging(state_dir: &Path) -> Result<(), DaemonError> {
-    let path = state_dir.join(LOG_NAME);
-    let file = OpenOptions::new()
-        .append(true)
+    let path = state_dir.join(LOCK_NAME);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
         .create(true)
+        .truncate(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
-        .map_err(io_err("open daemon log", &path))?;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CORRAL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .with_writer(Mutex::new(file))
-        .try_init();
-    Ok(())
+        .map_err(io_err("write lock file", &path))?;
+    writeln!(file, "{}", std::process::id()).map_err(io_err("write lock file", &path))?;
+    Ok(StateLock { _dir: dir })
 }
 
 /// Binds the daemon socket (mode 0600), replacing a stale one. Call only while
@@ -183,24 +199,51 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
     Ok(listener)
 }
 
+/// `Authorization: Bearer <token>` on every TCP request: the scheme matched
+/// case-insensitively (RFC 9110), the token in constant time.
+pub async fn require_token(
+    axum::extract::State(token): axum::extract::State<std::sync::Arc<String>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let presented = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        });
+    match presented {
+        Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => next.run(req).await,
+        _ => ApiError::new(
+            ErrorCode::Unauthorized,
+            "a valid `Authorization: Bearer <token>` header is required",
+        )
+        .into_response(),
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a guess was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Runs a daemon until SIGTERM or SIGINT. Takes the lock first; fails with
 /// [`DaemonError::AlreadyRunning`] when another daemon holds the state dir.
 pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     // Refuse bad options before touching anything.
     let token = read_token(&opts)?;
     let lock = lock_state_dir(&opts.state_dir)?;
-    install_logging(&opts.state_dir)?;
-    let nofile = corral_core::platform::raise_nofile_limit();
-    if let Ok(meta) = std::fs::metadata(&opts.state_dir) {
-        use std::os::unix::fs::PermissionsExt;
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(
-                state_dir = %opts.state_dir.display(),
-                mode = format!("{:o}", meta.permissions().mode() & 0o777),
-                "the state dir is open to other users; the socket is 0600, but agents' logs may not be private (chmod 700)"
-            );
-        }
+    let log_path = opts.state_dir.join(LOG_NAME);
+    let log = crate::logging::install(&log_path).map_err(io_err("open daemon log", &log_path))?;
+    if let Some((_, Some(warning))) = &token {
+        tracing::warn!("{warning}");
     }
+    let nofile = corral_core::process::raise_nofile_limit();
     let socket = opts.state_dir.join(SOCKET_NAME);
     let mut config = Config::new(&opts.state_dir);
     config.socket_path = Some(socket.clone());
@@ -210,7 +253,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     let sup = Supervisor::open(config).await?;
     let listener = bind_socket(&socket)?;
     let tcp = match (opts.listen, token) {
-        (Some(addr), Some(token)) => {
+        (Some(addr), Some((token, _))) => {
             let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| DaemonError::Config(format!("cannot listen on {addr}: {e}")))?;
@@ -219,17 +262,21 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         _ => None,
     };
     if opts.detach {
-        // A background daemon must not pin the directory it happened to start in.
+        // A background daemon must not pin the directory it happened to start in,
+        // nor write to a terminal that may be gone.
         let _ = std::env::set_current_dir("/");
+        if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+            let _ = rustix::stdio::dup2_stdin(&null);
+            let _ = rustix::stdio::dup2_stdout(&null);
+            let _ = rustix::stdio::dup2_stderr(&null);
+        }
     }
-    if opts.detach
-        && let Ok(null) = File::options().read(true).write(true).open("/dev/null")
-    {
-        let _ = rustix::stdio::dup2_stdin(&null);
-        let _ = rustix::stdio::dup2_stdout(&null);
-        let _ = rustix::stdio::dup2_stderr(&null);
-    }
-    tracing::info!(pid = std::process::id(), state_dir = %opts.state_dir.display(), nofile, "daemon started");
+    let limits = Limits {
+        max_connections: opts
+            .max_connections
+            .unwrap_or_else(|| Limits::for_nofile(nofile).max_connections),
+    };
+    tracing::info!(pid = std::process::id(), state_dir = %opts.state_dir.display(), nofile, max_connections = limits.max_connections, "daemon started");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -241,18 +288,28 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
-    let unix = crate::server::serve(listener, sup.clone(), stopped());
+    let app = crate::routes::router(sup.clone());
+    let unix = serve::serve(listener, app.clone(), limits, stopped());
     let served = match tcp {
         Some((l, token)) => {
             tracing::info!(addr = %opts.listen.map(|a| a.to_string()).unwrap_or_default(), "serving TCP (bearer token required)");
-            let tcp = crate::server::serve_tcp(l, sup, token, stopped());
+            let app = app.layer(axum::middleware::from_fn_with_state(
+                std::sync::Arc::new(token),
+                require_token,
+            ));
+            let tcp = serve::serve(l, app, limits, stopped());
             let (a, b) = tokio::join!(unix, tcp);
             a.and(b)
         }
         None => unix.await,
     };
+    sup.shutdown();
     let _ = std::fs::remove_file(&socket);
-    tracing::info!("daemon stopped; agents keep running");
+    tracing::info!(
+        lost_log_lines = log.lost_lines(),
+        "daemon stopped; agents keep running"
+    );
+    drop(log);
     drop(lock);
     served.map_err(io_err("serve", &socket))
 }

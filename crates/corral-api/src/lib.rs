@@ -2,11 +2,19 @@
 //! process-level duties (single-instance lock, socket, log file).
 //!
 //! Routes live under `/v1`; every error is `{"error": {"code", "message"}}`
-//! with the matching HTTP status. The CLI is a client of these same routes.
+//! with the matching HTTP status. Request and answer bodies are the wire types
+//! of `corral-proto`; the OpenAPI document is generated from them. The CLI is a
+//! client of these same routes.
 #![warn(missing_docs)]
 
 pub mod client;
 pub mod daemon;
-pub mod server;
+pub mod error;
+mod events;
+pub mod logging;
+mod logs;
+pub mod routes;
+pub mod serve;
 
 pub use client::{Client, ClientError};
+pub use routes::{openapi_json, router};

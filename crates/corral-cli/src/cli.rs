@@ -35,7 +35,7 @@ pub enum Command {
     /// Run the daemon in the foreground (the CLI starts one in the background when needed).
     Daemon(DaemonArgs),
     /// Spawn an agent; exit 0 when it is running (or completed with 0) after its verification window.
-    Spawn(SpawnArgs),
+    Spawn(Box<SpawnArgs>),
     /// One agent's status (get_agent_status).
     Status {
         /// Agent id.
@@ -69,8 +69,22 @@ pub enum Command {
     },
     /// Forget every ended run (agents that are still running keep their current run).
     Prune,
-    /// Show an agent's output.
+    /// Show an agent's output (any run; follows with -f).
     Logs(LogsArgs),
+    /// An agent's runs: number, pid, start, end, status, exit, reason.
+    Runs {
+        /// Agent id.
+        id: String,
+    },
+    /// Wait until an agent (or every agent of a selector) has ended; exits with
+    /// the agent's exit code (one agent) or 0/1 (all completed or not).
+    Wait {
+        /// Agent id or selector (`L2.1.*`).
+        target: String,
+        /// Give up after this long (e.g. 30s, 5m); exit 1 with an error.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
+    },
     /// Report progress from inside an agent (uses CORRAL_AGENT_ID and CORRAL_SOCKET).
     Progress {
         /// 0–100.
@@ -116,6 +130,12 @@ pub struct DaemonArgs {
     /// Also serve the API on this TCP address (e.g. 127.0.0.1:7070); needs --token-file.
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<std::net::SocketAddr>,
+    /// Refuse a token file that group or others can read (default: a warning).
+    #[arg(long)]
+    pub strict: bool,
+    /// Open connections per listener (default: a quarter of the open-file limit, at most 1024).
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
     /// Started in the background by the CLI: leave the terminal's session.
     #[arg(long, hide = true)]
     pub detach: bool,
@@ -123,8 +143,16 @@ pub struct DaemonArgs {
 
 #[derive(Debug, Args)]
 pub struct SpawnArgs {
-    /// Agent id: 1–128 of A-Z a-z 0-9 . _ - (dots make a hierarchy).
-    pub id: String,
+    /// Agent id: 1–128 of A-Z a-z 0-9 . _ - (dots make a hierarchy); with
+    /// --count, the prefix of PREFIX.1 … PREFIX.N.
+    #[arg(required_unless_present = "from")]
+    pub id: Option<String>,
+    /// Spawn PREFIX.1 … PREFIX.N in one batch (all verification windows at once).
+    #[arg(long, value_name = "N")]
+    pub count: Option<u32>,
+    /// Spawn the requests in FILE (JSON lines of spawn requests; `-` for stdin) in one batch.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["id", "count"])]
+    pub from: Option<PathBuf>,
     /// Working directory (default: the current directory).
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<PathBuf>,
@@ -140,12 +168,37 @@ pub struct SpawnArgs {
     /// Staged-stop waits in seconds: TERM, TERM, KILL.
     #[arg(long, value_name = "T1,T2,T3")]
     pub stop_timeouts: Option<String>,
-    /// Verification window in milliseconds (0 = none).
+    /// Verification window in milliseconds (0 = answer once exec succeeded).
     #[arg(long, value_name = "MS")]
     pub verify_ms: Option<u64>,
+    /// Restart policy: never, on-failure or always.
+    #[arg(long, value_name = "POLICY", value_parser = ["never", "on-failure", "always"])]
+    pub restart: Option<String>,
+    /// More restarts than this within the window is a crash loop (default 5).
+    #[arg(long, value_name = "N")]
+    pub max_restarts: Option<u32>,
+    /// The crash-loop window; a run that stays up this long resets the backoff (default 60s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub restart_window: Option<std::time::Duration>,
+    /// Backoff between restarts, first and most, in seconds (default 1,60).
+    #[arg(long, value_name = "MIN,MAX")]
+    pub backoff: Option<String>,
+    /// Stop a run older than this (e.g. 90s, 1h); it ends failed.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_runtime: Option<std::time::Duration>,
     /// The program and its arguments (no shell).
-    #[arg(last = true, required = true, value_name = "CMD")]
+    #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// `90`, `1.5`, `90s`, `5m`, `1h30m`: seconds when bare.
+pub fn parse_duration(raw: &str) -> Result<std::time::Duration, String> {
+    if let Ok(secs) = raw.trim().parse::<f64>() {
+        return std::time::Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("{raw:?} is not a duration"));
+    }
+    humantime::parse_duration(raw.trim())
+        .map_err(|e| format!("{raw:?} is not a duration like 30s, 5m or 1h: {e}"))
 }
 
 #[derive(Debug, Args)]
@@ -169,8 +222,14 @@ pub struct LogsArgs {
     /// Agent id.
     pub id: String,
     /// Show stderr instead of stdout.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "both")]
     pub stderr: bool,
+    /// Show stdout and stderr.
+    #[arg(long)]
+    pub both: bool,
+    /// An earlier run (default: the current one).
+    #[arg(long, value_name = "N")]
+    pub run: Option<u32>,
     /// Keep printing new output until the agent ends.
     #[arg(short = 'f', long)]
     pub follow: bool,

@@ -2,11 +2,13 @@
 //!
 //! Every variant names the agent it concerns (where there is one) and the cause,
 //! so a message can be shown to a user as it is. [`Error::code`] maps each
-//! variant to the stable code the API and CLI report; that mapping lives here
-//! and nowhere else.
+//! variant to the stable code (and so the HTTP status) the API and CLI report;
+//! that mapping lives here and nowhere else.
 
 use std::io;
 use std::path::PathBuf;
+
+pub use corral_proto::ErrorCode;
 
 /// Result alias for the library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -15,20 +17,15 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An agent id broke the naming rules.
-    #[error("invalid agent id {id:?}: {reason}")]
-    InvalidId {
-        /// The id as given.
-        id: String,
-        /// Which rule it broke.
-        reason: &'static str,
-    },
+    /// An agent id or selector broke the naming rules.
+    #[error(transparent)]
+    InvalidId(#[from] corral_proto::InvalidId),
     /// A request was malformed for a reason other than its id.
     #[error("invalid request for agent {agent_id}: {reason}")]
     Invalid {
         /// The agent the request was for.
         agent_id: String,
-        /// What is wrong with it.
+        /// What is wrong with it, naming the field.
         reason: String,
     },
     /// No agent has this id.
@@ -37,15 +34,31 @@ pub enum Error {
         /// The id asked for.
         agent_id: String,
     },
-    /// The id names an agent that is still alive.
-    #[error("agent {agent_id} is still {status} (pid {pid}); stop it first")]
+    /// The id names an agent that is still supervised.
+    #[error("agent {agent_id} is still {status}{}; stop it first", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
     Conflict {
         /// The id asked for.
         agent_id: String,
-        /// Its current lifecycle state.
+        /// Its current state, in words.
         status: String,
-        /// Its pid, 0 while not yet known.
-        pid: i32,
+        /// Its pid, when it has one.
+        pid: Option<i32>,
+    },
+    /// The caller may not do this.
+    #[error("agent {agent_id}: {reason}")]
+    Forbidden {
+        /// The agent concerned.
+        agent_id: String,
+        /// Why not.
+        reason: String,
+    },
+    /// A wait ran out of time.
+    #[error("agent {agent_id} did not end within {waited_s} s")]
+    Timeout {
+        /// The agent waited for.
+        agent_id: String,
+        /// How long, seconds.
+        waited_s: f64,
     },
     /// The agent's program could not be started (missing, not executable, bad cwd, ...).
     #[error("agent {agent_id}: cannot start {program:?}: {source}")]
@@ -54,6 +67,19 @@ pub enum Error {
         agent_id: String,
         /// The program (argv\[0\]).
         program: String,
+        /// The OS's reason.
+        #[source]
+        source: io::Error,
+    },
+    /// The agent's directory or log files could not be created.
+    #[error("agent {agent_id}: {field} {}: {source}", path.display())]
+    Files {
+        /// The agent.
+        agent_id: String,
+        /// The request field the path came from (`agent_dir`).
+        field: &'static str,
+        /// The path concerned.
+        path: PathBuf,
         /// The OS's reason.
         #[source]
         source: io::Error,
@@ -89,6 +115,20 @@ pub enum Error {
         #[source]
         source: std::sync::Arc<rusqlite::Error>,
     },
+    /// The database file was deleted or replaced while the daemon ran.
+    #[error("store: {action}: {} was deleted or replaced while the daemon ran; nothing more can be recorded (restart the daemon)", path.display())]
+    StoreGone {
+        /// What corral was doing.
+        action: &'static str,
+        /// The database's path.
+        path: PathBuf,
+    },
+    /// corral takes no changes now: its store is failing.
+    #[error("corral cannot record changes now: {reason}")]
+    Unavailable {
+        /// The store's failure.
+        reason: String,
+    },
     /// The store was written by a newer corral.
     #[error(
         "store: schema version {found} is newer than this corral supports ({supported}); upgrade corral"
@@ -104,47 +144,23 @@ pub enum Error {
     StoreClosed,
 }
 
-/// Stable error codes, as reported by the API (`{"error": {"code": ...}}`) and the CLI.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    /// Bad input (HTTP 400).
-    Invalid,
-    /// Unknown agent (HTTP 404).
-    NotFound,
-    /// Id already in use by a live agent (HTTP 409).
-    Conflict,
-    /// The agent's program could not be started (HTTP 422).
-    SpawnFailed,
-    /// corral itself failed (HTTP 500).
-    Internal,
-}
-
-impl ErrorCode {
-    /// The code's wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Invalid => "invalid",
-            Self::NotFound => "not_found",
-            Self::Conflict => "conflict",
-            Self::SpawnFailed => "spawn_failed",
-            Self::Internal => "internal",
-        }
-    }
-}
-
 impl Error {
     /// The stable code for this error.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::InvalidId { .. } | Self::Invalid { .. } => ErrorCode::Invalid,
+            Self::InvalidId(_) | Self::Invalid { .. } => ErrorCode::Invalid,
             Self::NotFound { .. } => ErrorCode::NotFound,
             Self::Conflict { .. } => ErrorCode::Conflict,
-            Self::Spawn { .. } => ErrorCode::SpawnFailed,
-            Self::Os { .. }
-            | Self::StateDir { .. }
-            | Self::Store { .. }
-            | Self::SchemaTooNew { .. }
-            | Self::StoreClosed => ErrorCode::Internal,
+            Self::Forbidden { .. } => ErrorCode::Forbidden,
+            Self::Timeout { .. } => ErrorCode::Timeout,
+            Self::Spawn { .. } | Self::Files { .. } => ErrorCode::SpawnFailed,
+            Self::Store { .. }
+            | Self::StoreGone { .. }
+            | Self::Unavailable { .. }
+            | Self::StoreClosed => ErrorCode::Unavailable,
+            Self::Os { .. } | Self::StateDir { .. } | Self::SchemaTooNew { .. } => {
+                ErrorCode::Internal
+            }
         }
     }
 
@@ -164,6 +180,13 @@ impl Error {
             agent_id: agent_id.to_string(),
             action: action.into(),
             source,
+        }
+    }
+
+    pub(crate) fn invalid(agent_id: &impl ToString, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            agent_id: agent_id.to_string(),
+            reason: reason.into(),
         }
     }
 }

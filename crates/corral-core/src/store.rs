@@ -2,7 +2,8 @@
 //!
 //! Every run of every agent is a row in `runs`; the newest row of an id is its
 //! current run, older rows are its history. Lifecycle transitions are written
-//! before they are reported: callers `await` the commit.
+//! before they are reported: an agent's owner (its actor, the only writer of
+//! its rows) awaits the commit, then publishes.
 //!
 //! Writes go through one writer thread that owns the connection and commits in
 //! groups: it takes every write queued while the previous commit was syncing and
@@ -12,22 +13,28 @@
 //! The database runs in WAL mode with `synchronous=FULL`: a commit is on disk
 //! when it returns, and a killed daemon leaves either all of a transaction or
 //! none of it.
+//!
+//! When commits fail (a full disk, the database file deleted or replaced under
+//! the daemon) the store says so through [`Store::failing`]; the daemon then
+//! refuses changes with 503, and owners retry their pending transitions
+//! ([`Store::commit_retrying`]) until the store takes writes again — a deleted
+//! database never does, and says why.
 
-use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::thread;
-
 use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 
 use crate::error::{Error, Result};
-use crate::model::PersistentStatus;
+use crate::model::{PersistentStatus, SpawnRequest};
 
 /// Schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i32 = 2;
+pub(crate) const SCHEMA_VERSION: i32 = 3;
 
 /// Most writes applied in one transaction.
 const MAX_BATCH: usize = 512;
@@ -66,31 +73,40 @@ const MIGRATIONS: &[&str] = &[
         kind TEXT NOT NULL,
         data TEXT NOT NULL
     ) STRICT;",
+    // v3: per-agent run numbers and per-run log dirs; the whole spawn request
+    // (restart policy, limits, probes...) so a restarted daemon supervises the
+    // same way; planned restarts; a heartbeat row proving writes reach the disk.
+    "ALTER TABLE runs ADD COLUMN run INTEGER NOT NULL DEFAULT 0;
+    UPDATE runs SET run = (SELECT COUNT(*) FROM runs r2
+                           WHERE r2.agent_id = runs.agent_id AND r2.run_id <= runs.run_id);
+    ALTER TABLE runs ADD COLUMN log_dir TEXT NOT NULL DEFAULT '';
+    UPDATE runs SET log_dir = agent_dir;
+    ALTER TABLE runs ADD COLUMN spec TEXT NOT NULL DEFAULT '';
+    ALTER TABLE runs ADD COLUMN next_restart_at TEXT;
+    ALTER TABLE runs ADD COLUMN restart_attempt INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE runs ADD COLUMN progress_at TEXT;
+    CREATE UNIQUE INDEX runs_by_agent_run ON runs(agent_id, run);
+    ALTER TABLE events ADD COLUMN run INTEGER NOT NULL DEFAULT 0;
+    UPDATE events SET run = COALESCE((SELECT run FROM runs WHERE runs.run_id = events.run_id), 0);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;
+    INSERT INTO meta VALUES ('heartbeat', 0);",
 ];
 
 /// One run of one agent, as stored.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RunRecord {
-    /// Row id; increases with every run.
+pub(crate) struct RunRecord {
+    /// Row id; increases with every run of any agent.
     pub run_id: i64,
+    /// The run's number for its agent (1, 2, ...).
+    pub run: u32,
     /// The agent's id.
     pub agent_id: String,
     /// Lifecycle state.
     pub status: PersistentStatus,
-    /// argv.
-    pub command: Vec<String>,
-    /// Working directory.
-    pub cwd: PathBuf,
-    /// Directory holding the logs.
-    pub agent_dir: PathBuf,
-    /// Variables given at spawn (on top of the daemon's environment).
-    pub env: BTreeMap<String, String>,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-    /// Staged-stop waits, seconds.
-    pub stop_timeouts: [f64; 3],
-    /// Verification window, ms.
-    pub verify_ms: u64,
+    /// The spawn request, normalised (absolute paths, defaults filled in).
+    pub spec: SpawnRequest,
+    /// Where this run's logs are.
+    pub log_dir: PathBuf,
     /// Pid, once started.
     pub pid: Option<i32>,
     /// Start time in ticks after boot, once started.
@@ -111,11 +127,17 @@ pub struct RunRecord {
     pub progress: Option<u8>,
     /// Message with it.
     pub progress_message: Option<String>,
+    /// When it was reported.
+    pub progress_at: Option<String>,
+    /// When the restart policy starts the next run (RFC 3339), if planned.
+    pub next_restart_at: Option<String>,
+    /// 0 for a run a user started; n for the n-th restart in a row.
+    pub restart_attempt: u32,
 }
 
-/// How a run ended, as written by [`Store::finish`].
+/// How a run ended, as written by [`finish`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct Ending {
+pub(crate) struct Ending {
     /// Final state.
     pub status: PersistentStatus,
     /// RFC 3339.
@@ -126,49 +148,64 @@ pub struct Ending {
     pub exit_signal: Option<i32>,
     /// In words.
     pub end_reason: String,
+    /// The next run's start, when the restart policy plans one.
+    pub next_restart_at: Option<String>,
 }
 
-/// Appends an event about run `run_id` (its agent id looked up in the same
-/// transaction), so a transition and its event are committed together.
-fn event(c: &Connection, run_id: i64, kind: &str, data: serde_json::Value) -> rusqlite::Result<()> {
-    c.execute(
-        "INSERT INTO events (at, agent_id, run_id, kind, data)
-         SELECT ?1, agent_id, run_id, ?2, ?3 FROM runs WHERE run_id = ?4",
-        params![
-            humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            kind,
-            data.to_string(),
-            run_id
-        ],
-    )
+pub(crate) fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// Appends an event about run `run_id` (its agent id and run number looked up
+/// in the same transaction), so a transition and its event commit together.
+fn event(
+    c: &Connection,
+    run_id: i64,
+    kind: &str,
+    data: &serde_json::Value,
+) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO events (at, agent_id, run_id, run, kind, data)
+         SELECT ?1, agent_id, run_id, run, ?2, ?3 FROM runs WHERE run_id = ?4",
+    )?
+    .execute(params![now_rfc3339(), kind, data.to_string(), run_id])
     .map(drop)
 }
 
-type Op = Box<dyn FnOnce(&Connection) -> rusqlite::Result<i64> + Send>;
+type Op = Arc<dyn Fn(&Connection) -> rusqlite::Result<i64> + Send + Sync>;
 
-struct Job {
+/// One write, re-submittable: [`Store::commit_retrying`] runs it again after a failure.
+#[derive(Clone)]
+pub(crate) struct Write {
     action: &'static str,
     op: Op,
-    done: oneshot::Sender<Result<i64>>,
 }
 
-/// A queued write.
-pub struct Pending(Result<oneshot::Receiver<Result<i64>>>);
-
-impl Pending {
-    /// Resolves once the write is committed (or failed).
-    pub async fn committed(self) -> Result<i64> {
-        self.0?.await.map_err(|_| Error::StoreClosed)?
+impl Write {
+    fn new(
+        action: &'static str,
+        op: impl Fn(&Connection) -> rusqlite::Result<i64> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            action,
+            op: Arc::new(op),
+        }
     }
+}
+
+struct Job {
+    write: Write,
+    done: oneshot::Sender<Result<i64>>,
 }
 
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
-pub struct Store {
+pub(crate) struct Store {
     jobs: mpsc::Sender<Job>,
     /// One connection for reads (WAL lets it read beside the writer).
     reader: Arc<Mutex<Connection>>,
     newest_event: Arc<watch::Sender<i64>>,
+    failing: Arc<watch::Sender<Option<String>>>,
 }
 
 fn lock_reader(m: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
@@ -191,7 +228,7 @@ fn from_json<T: serde::de::DeserializeOwned + Default>(text: &str) -> T {
 
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(Duration::from_secs(5))?;
     // WAL with synchronous=FULL: commits are durable when they return.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
@@ -220,27 +257,36 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
+/// The spawn request of a row: stored whole since v3; rebuilt from the v1
+/// columns for older rows.
+fn row_spec(row: &rusqlite::Row<'_>) -> rusqlite::Result<SpawnRequest> {
+    let spec: String = row.get("spec")?;
+    if let Ok(spec) = serde_json::from_str::<SpawnRequest>(&spec) {
+        return Ok(spec);
+    }
+    let timeouts: Vec<f64> = from_json(&row.get::<_, String>("stop_timeouts")?);
+    Ok(SpawnRequest {
+        agent_id: row.get("agent_id")?,
+        command: from_json(&row.get::<_, String>("command")?),
+        cwd: Some(PathBuf::from(row.get::<_, String>("cwd")?)),
+        env: from_json(&row.get::<_, String>("env")?),
+        agent_dir: Some(PathBuf::from(row.get::<_, String>("agent_dir")?)),
+        labels: from_json(&row.get::<_, String>("labels")?),
+        stop_timeouts: (timeouts.len() == 3).then_some(timeouts),
+        verify_ms: Some(row.get::<_, i64>("verify_ms")?.max(0) as u64),
+        ..SpawnRequest::default()
+    })
+}
+
 fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
     let status: String = row.get("status")?;
-    let command: String = row.get("command")?;
-    let env: String = row.get("env")?;
-    let labels: String = row.get("labels")?;
-    let timeouts: String = row.get("stop_timeouts")?;
-    let timeouts: Vec<f64> = from_json(&timeouts);
     Ok(RunRecord {
         run_id: row.get("run_id")?,
+        run: row.get::<_, i64>("run")?.clamp(0, i64::from(u32::MAX)) as u32,
         agent_id: row.get("agent_id")?,
         status: status.parse().unwrap_or(PersistentStatus::Failed),
-        command: from_json(&command),
-        cwd: PathBuf::from(row.get::<_, String>("cwd")?),
-        agent_dir: PathBuf::from(row.get::<_, String>("agent_dir")?),
-        env: from_json(&env),
-        labels: from_json(&labels),
-        stop_timeouts: match timeouts.as_slice() {
-            [a, b, c] => [*a, *b, *c],
-            _ => crate::supervisor::DEFAULT_STOP_TIMEOUTS,
-        },
-        verify_ms: row.get::<_, i64>("verify_ms")?.max(0) as u64,
+        spec: row_spec(row)?,
+        log_dir: PathBuf::from(row.get::<_, String>("log_dir")?),
         pid: row.get("pid")?,
         start_ticks: row
             .get::<_, Option<i64>>("start_ticks")?
@@ -255,61 +301,111 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
             .get::<_, Option<i64>>("progress")?
             .map(|p| p.clamp(0, 100) as u8),
         progress_message: row.get("progress_message")?,
+        progress_at: row.get("progress_at")?,
+        next_restart_at: row.get("next_restart_at")?,
+        restart_attempt: row.get::<_, i64>("restart_attempt")?.clamp(0, 1 << 20) as u32,
     })
 }
 
-fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Job>, newest: Arc<watch::Sender<i64>>) {
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+/// (device, inode) of the database file at its path, if it is there.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+struct Writer {
+    conn: Connection,
+    path: PathBuf,
+    identity: Option<(u64, u64)>,
+    newest: Arc<watch::Sender<i64>>,
+    failing: Arc<watch::Sender<Option<String>>>,
+}
+
+impl Writer {
+    fn run(self, jobs: mpsc::Receiver<Job>) {
+        while let Ok(first) = jobs.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
             }
+            self.commit_batch(batch);
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            let e = std::sync::Arc::new(e);
-            for job in batch {
-                let _ = job.done.send(Err(Error::Store {
-                    action: format!("{}: begin", job.action),
-                    source: e.clone(),
-                }));
-            }
-            continue;
+    }
+
+    fn fail_all(&self, batch: Vec<Job>, err: impl Fn(&'static str) -> Error) {
+        // Said before anyone is answered: whoever sees the error sees the state.
+        let reason = err("commit").to_string();
+        self.failing
+            .send_if_modified(|cur| match cur.as_deref() == Some(reason.as_str()) {
+                true => false,
+                false => {
+                    tracing::error!(error = %reason, "the store cannot take writes; changes are refused until it can");
+                    *cur = Some(reason.clone());
+                    true
+                }
+            });
+        for job in batch {
+            let _ = job.done.send(Err(err(job.write.action)));
+        }
+    }
+
+    fn commit_batch(&self, batch: Vec<Job>) {
+        // A database deleted or replaced under the daemon takes writes into an
+        // unlinked file that nobody will ever read: refuse them all.
+        if identity(&self.path) != self.identity {
+            let path = self.path.clone();
+            return self.fail_all(batch, |action| Error::StoreGone {
+                action,
+                path: path.clone(),
+            });
+        }
+        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            let e = Arc::new(e);
+            return self.fail_all(batch, |action| Error::Store {
+                action: action.to_owned(),
+                source: e.clone(),
+            });
         }
         let mut results = Vec::with_capacity(batch.len());
-        let mut dones = Vec::with_capacity(batch.len());
-        for job in batch {
-            let outcome = conn
-                .execute_batch("SAVEPOINT op")
-                .and_then(|()| match (job.op)(&conn) {
-                    Ok(v) => conn.execute_batch("RELEASE op").map(|()| v),
+        for job in &batch {
+            let outcome = self.conn.execute_batch("SAVEPOINT op").and_then(|()| {
+                match (job.write.op)(&self.conn) {
+                    Ok(v) => self.conn.execute_batch("RELEASE op").map(|()| v),
                     Err(e) => {
-                        let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+                        let _ = self.conn.execute_batch("ROLLBACK TO op; RELEASE op");
                         Err(e)
                     }
-                });
-            results.push(outcome.map_err(|e| Error::store(job.action, e)));
-            dones.push((job.action, job.done));
+                }
+            });
+            results.push(outcome.map_err(|e| Error::store(job.write.action, e)));
         }
-        match conn.execute_batch("COMMIT") {
+        match self.conn.execute_batch("COMMIT") {
             Ok(()) => {
-                for (result, (_, done)) in results.into_iter().zip(dones) {
-                    let _ = done.send(result);
+                self.failing.send_if_modified(|cur| {
+                    if cur.is_some() {
+                        tracing::info!("the store takes writes again");
+                    }
+                    cur.take().is_some()
+                });
+                for (result, job) in results.into_iter().zip(batch) {
+                    let _ = job.done.send(result);
                 }
                 // After the commit: whoever wakes sees every event up to this one.
-                let seq = newest_event(&conn);
-                newest.send_if_modified(|cur| std::mem::replace(cur, seq) != seq);
+                let seq = newest_event(&self.conn);
+                self.newest
+                    .send_if_modified(|cur| std::mem::replace(cur, seq) != seq);
             }
             Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                let e = std::sync::Arc::new(e);
-                for (action, done) in dones {
-                    let _ = done.send(Err(Error::Store {
-                        action: format!("{action}: commit"),
-                        source: e.clone(),
-                    }));
-                }
+                let _ = self.conn.execute_batch("ROLLBACK");
+                let e = Arc::new(e);
+                self.fail_all(batch, |action| Error::Store {
+                    action: action.to_owned(),
+                    source: e.clone(),
+                });
             }
         }
     }
@@ -317,17 +413,35 @@ fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Job>, newest: Arc<watch::S
 
 impl Store {
     /// Opens (creating and migrating as needed) the store at `path` and starts its writer.
-    pub fn open(path: &Path) -> Result<Self> {
+    pub(crate) fn open(path: &Path) -> Result<Self> {
+        // Created 0600 before SQLite opens it: the -wal and -shm files take its mode.
+        crate::platform::files::ensure_private_file(path).map_err(|e| Error::StateDir {
+            path: path.to_owned(),
+            action: "create the database file",
+            source: e,
+        })?;
         let mut conn = open_connection(path)
             .map_err(|e| Error::store(format!("open {}", path.display()), e))?;
         migrate(&mut conn)?;
+        for side in ["-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(side);
+            let _ = crate::platform::files::ensure_private_file(Path::new(&p));
+        }
         let reader = open_connection(path).map_err(|e| Error::store("open for reading", e))?;
         let newest = Arc::new(watch::Sender::new(newest_event(&conn)));
-        let writer_newest = newest.clone();
+        let failing = Arc::new(watch::Sender::new(None));
+        let writer = Writer {
+            conn,
+            path: path.to_owned(),
+            identity: identity(path),
+            newest: newest.clone(),
+            failing: failing.clone(),
+        };
         let (tx, rx) = mpsc::channel();
         thread::Builder::new()
             .name("corral-store".into())
-            .spawn(move || writer_loop(conn, rx, writer_newest))
+            .spawn(move || writer.run(rx))
             .map_err(|e| Error::StateDir {
                 path: path.to_owned(),
                 action: "start the store writer thread",
@@ -337,186 +451,77 @@ impl Store {
             jobs: tx,
             reader: Arc::new(Mutex::new(reader)),
             newest_event: newest,
+            failing,
         })
     }
 
-    /// Queues a write now; the returned future resolves once it is committed.
-    /// Writes commit in the order they were queued.
-    fn enqueue(
+    /// Why the store cannot take writes now (None while it can).
+    pub(crate) fn failing(&self) -> watch::Receiver<Option<String>> {
+        self.failing.subscribe()
+    }
+
+    /// Queues one write now (writes commit in the order they were queued); the
+    /// future resolves once it is durable (or failed).
+    pub(crate) fn submit(
         &self,
-        action: &'static str,
-        op: impl FnOnce(&Connection) -> rusqlite::Result<i64> + Send + 'static,
-    ) -> Pending {
+        write: Write,
+    ) -> impl Future<Output = Result<i64>> + Send + 'static {
         let (done, wait) = oneshot::channel();
-        let sent = self.jobs.send(Job {
-            action,
-            op: Box::new(op),
-            done,
-        });
-        Pending(sent.map(|()| wait).map_err(|_| Error::StoreClosed))
+        let sent = self.jobs.send(Job { write, done });
+        async move {
+            sent.map_err(|_| Error::StoreClosed)?;
+            wait.await.map_err(|_| Error::StoreClosed)?
+        }
     }
 
-    async fn write(
-        &self,
-        action: &'static str,
-        op: impl FnOnce(&Connection) -> rusqlite::Result<i64> + Send + 'static,
-    ) -> Result<i64> {
-        self.enqueue(action, op).committed().await
+    /// Commits one write; resolves once it is durable (or failed).
+    pub(crate) async fn commit(&self, write: Write) -> Result<i64> {
+        self.submit(write).await
     }
 
-    /// Records a new run (normally in `spawning`); returns its run id.
-    pub async fn insert_run(&self, rec: &RunRecord) -> Result<i64> {
-        let rec = rec.clone();
-        self.write("record a new run", move |c| {
+    /// Commits one write, retrying (with growing pauses, up to 5 s) for as long as
+    /// the store refuses it: for transitions that have already happened in the
+    /// world (a process exited) and must reach the record before they are shown.
+    pub(crate) async fn commit_retrying(&self, write: Write) -> Result<i64> {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.commit(write.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(Error::StoreClosed) => return Err(Error::StoreClosed),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "a transition waits for the store");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Proves writes reach the disk: bumps the heartbeat row (a real page write,
+    /// so a full disk fails it, unlike an empty transaction).
+    pub(crate) async fn heartbeat(&self) -> Result<()> {
+        self.commit(Write::new("check the store is writable", |c| {
             c.execute(
-                "INSERT INTO runs (agent_id, status, command, cwd, agent_dir, env, labels,
-                    stop_timeouts, verify_ms, pid, start_ticks, boot_id, started_at, ended_at,
-                    exit_code, exit_signal, end_reason, progress, progress_message)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
-                params![
-                    rec.agent_id,
-                    rec.status.as_str(),
-                    json(&rec.command),
-                    rec.cwd.to_string_lossy(),
-                    rec.agent_dir.to_string_lossy(),
-                    json(&rec.env),
-                    json(&rec.labels),
-                    json(&rec.stop_timeouts),
-                    rec.verify_ms as i64,
-                    rec.pid,
-                    rec.start_ticks.map(|t| t as i64),
-                    rec.boot_id,
-                    rec.started_at,
-                    rec.ended_at,
-                    rec.exit_code,
-                    rec.exit_signal,
-                    rec.end_reason,
-                    rec.progress.map(i64::from),
-                    rec.progress_message,
-                ],
-            )?;
-            let run_id = c.last_insert_rowid();
-            event(
-                c,
-                run_id,
-                "state",
-                serde_json::json!({"status": rec.status, "reason": rec.end_reason}),
-            )?;
-            Ok(run_id)
-        })
-        .await
-    }
-
-    /// Records the identity of a started process, and optionally a new status.
-    pub async fn set_process(
-        &self,
-        run_id: i64,
-        pid: i32,
-        start_ticks: u64,
-        boot_id: String,
-        status: PersistentStatus,
-    ) -> Result<()> {
-        self.write("record the process identity", move |c| {
-            c.execute(
-                "UPDATE runs SET pid = ?2, start_ticks = ?3, boot_id = ?4, status = ?5 WHERE run_id = ?1",
-                params![run_id, pid, start_ticks as i64, boot_id, status.as_str()],
-            )?;
-            event(c, run_id, "state", serde_json::json!({"status": status, "pid": pid}))?;
-            Ok(0)
-        })
+                "UPDATE meta SET value = value + 1 WHERE key = 'heartbeat'",
+                [],
+            )
+            .map(|n| n as i64)
+        }))
         .await
         .map(drop)
     }
 
-    /// Moves a run to `status` (a non-final transition such as spawning → running).
-    pub async fn set_status(&self, run_id: i64, status: PersistentStatus) -> Result<()> {
-        self.write("record a status change", move |c| {
-            c.execute(
-                "UPDATE runs SET status = ?2 WHERE run_id = ?1",
-                params![run_id, status.as_str()],
-            )?;
-            event(c, run_id, "state", serde_json::json!({"status": status}))?;
-            Ok(0)
-        })
-        .await
-        .map(drop)
-    }
-
-    /// Records how a run ended.
-    pub async fn finish(&self, run_id: i64, end: Ending) -> Result<()> {
-        self.write("record the end of a run", move |c| {
-            c.execute(
-                "UPDATE runs SET status = ?2, ended_at = ?3, exit_code = ?4, exit_signal = ?5,
-                    end_reason = ?6 WHERE run_id = ?1",
-                params![
-                    run_id,
-                    end.status.as_str(),
-                    end.ended_at,
-                    end.exit_code,
-                    end.exit_signal,
-                    end.end_reason
-                ],
-            )?;
-            let data = serde_json::json!({
-                "status": end.status,
-                "exit_code": end.exit_code,
-                "exit_signal": end.exit_signal,
-                "reason": end.end_reason,
-            });
-            event(c, run_id, "state", data)?;
-            Ok(0)
-        })
-        .await
-        .map(drop)
-    }
-
-    /// Records self-reported progress.
-    pub async fn set_progress(
-        &self,
-        run_id: i64,
-        progress: u8,
-        message: Option<String>,
-    ) -> Result<()> {
-        self.write("record progress", move |c| {
-            c.execute(
-                "UPDATE runs SET progress = ?2, progress_message = ?3 WHERE run_id = ?1",
-                params![run_id, i64::from(progress), message],
-            )?;
-            let data = serde_json::json!({"progress": progress, "message": message});
-            event(c, run_id, "progress", data)?;
-            Ok(0)
-        })
-        .await
-        .map(drop)
-    }
-
-    /// Proves the store takes writes: an empty write transaction through the writer.
-    pub async fn ping(&self) -> Result<()> {
-        self.write("check the store is writable", |_| Ok(0))
-            .await
-            .map(drop)
-    }
-
-    /// Records an event that is not a transition of the run's own (a stop stage).
-    /// Queues an event that is not a transition of the run's own (a stop stage);
-    /// it commits before anything queued after it. Await the result to know it did.
-    pub fn record_event(
-        &self,
-        run_id: i64,
-        kind: &'static str,
-        data: serde_json::Value,
-    ) -> Pending {
-        self.enqueue("record an event", move |c| {
-            event(c, run_id, kind, data).map(|()| 0)
-        })
+    /// Sequence number of the newest committed event; changes after every commit that adds one.
+    pub(crate) fn subscribe_events(&self) -> watch::Receiver<i64> {
+        self.newest_event.subscribe()
     }
 
     /// Stored events after `seq`, oldest first, at most `limit`.
-    pub fn events_since(&self, seq: i64, limit: usize) -> Result<Vec<crate::model::Event>> {
+    pub(crate) fn events_since(&self, seq: i64, limit: usize) -> Result<Vec<crate::model::Event>> {
         let conn = lock_reader(&self.reader);
         let mut stmt = conn
             .prepare_cached(
-                "SELECT seq, at, agent_id, run_id, kind, data FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                "SELECT seq, at, agent_id, run, kind, data FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             )
             .map_err(|e| Error::store("read events", e))?;
         let rows = stmt
@@ -526,7 +531,7 @@ impl Store {
                     seq: r.get(0)?,
                     at: r.get(1)?,
                     agent_id: r.get(2)?,
-                    run_id: r.get(3)?,
+                    run: r.get::<_, i64>(3)?.clamp(0, i64::from(u32::MAX)) as u32,
                     kind: r.get(4)?,
                     data: serde_json::from_str(&data).unwrap_or_default(),
                 })
@@ -536,38 +541,8 @@ impl Store {
             .map_err(|e| Error::store("read events", e))
     }
 
-    /// Sequence number of the newest committed event; changes after every commit that adds one.
-    pub fn subscribe_events(&self) -> watch::Receiver<i64> {
-        self.newest_event.subscribe()
-    }
-
-    /// Removes every run of `agent_id`; returns how many there were.
-    pub async fn delete_agent(&self, agent_id: &str) -> Result<u64> {
-        let agent_id = agent_id.to_owned();
-        self.write("remove an agent's runs", move |c| {
-            c.execute("DELETE FROM runs WHERE agent_id = ?1", [agent_id])
-                .map(|n| n as i64)
-        })
-        .await
-        .map(|n| n as u64)
-    }
-
-    /// Removes every run that has ended; returns how many.
-    pub async fn prune(&self) -> Result<u64> {
-        self.write("prune ended runs", |c| {
-            c.execute(
-                "DELETE FROM runs WHERE status NOT IN ('spawning', 'running')",
-                [],
-            )
-            .map(|n| n as i64)
-        })
-        .await
-        .map(|n| n as u64)
-    }
-
     /// The newest run of every agent id, with how many earlier runs each id has had.
-    /// Reads through its own connection (WAL lets it run beside the writer).
-    pub fn load_latest(&self) -> Result<Vec<(RunRecord, u32)>> {
+    pub(crate) fn load_latest(&self) -> Result<Vec<(RunRecord, u32)>> {
         let conn = lock_reader(&self.reader);
         let mut stmt = conn
             .prepare(
@@ -591,10 +566,10 @@ impl Store {
     }
 
     /// Every stored run of one id, oldest first.
-    pub fn history(&self, agent_id: &str) -> Result<Vec<RunRecord>> {
+    pub(crate) fn runs(&self, agent_id: &str) -> Result<Vec<RunRecord>> {
         let conn = lock_reader(&self.reader);
         let mut stmt = conn
-            .prepare("SELECT * FROM runs WHERE agent_id = ?1 ORDER BY run_id")
+            .prepare_cached("SELECT * FROM runs WHERE agent_id = ?1 ORDER BY run_id")
             .map_err(|e| Error::store("load history", e))?;
         let rows = stmt
             .query_map([agent_id], row_to_record)
@@ -602,70 +577,304 @@ impl Store {
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .map_err(|e| Error::store("load history", e))
     }
+
+    /// One run of an id by its number.
+    pub(crate) fn run(&self, agent_id: &str, run: u32) -> Result<Option<RunRecord>> {
+        let conn = lock_reader(&self.reader);
+        conn.prepare_cached("SELECT * FROM runs WHERE agent_id = ?1 AND run = ?2")
+            .and_then(|mut s| {
+                s.query_row(params![agent_id, i64::from(run)], row_to_record)
+                    .optional()
+            })
+            .map_err(|e| Error::store("load a run", e))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Writes. Each returns a re-submittable `Write`; owned data is cloned per attempt.
+// ---------------------------------------------------------------------------
+
+/// A new run (in `spawning`) numbered `run` (its owner counts its runs; the
+/// store refuses a number twice); its logs go to `<agent_dir>/runs/<run>`.
+/// Returns the row id.
+pub(crate) fn insert_run(
+    spec: &SpawnRequest,
+    agent_dir: &Path,
+    run: u32,
+    attempt: u32,
+    started_at: &str,
+) -> Write {
+    let spec = spec.clone();
+    let agent_dir = agent_dir.to_owned();
+    let started_at = started_at.to_owned();
+    Write::new("record a new run", move |c| {
+        let log_dir = agent_dir.join("runs").join(run.to_string());
+        c.prepare_cached(
+            "INSERT INTO runs (agent_id, run, status, command, cwd, agent_dir, env, labels,
+                stop_timeouts, verify_ms, started_at, log_dir, spec, restart_attempt)
+             VALUES (?1, ?2, 'spawning', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )?
+        .execute(params![
+            spec.agent_id,
+            i64::from(run),
+            json(&spec.command),
+            spec.cwd
+                .as_deref()
+                .unwrap_or(Path::new("/"))
+                .to_string_lossy(),
+            agent_dir.to_string_lossy(),
+            json(&spec.env),
+            json(&spec.labels),
+            json(&spec.stop_timeouts),
+            spec.verify_ms.unwrap_or(0) as i64,
+            started_at,
+            log_dir.to_string_lossy(),
+            json(&spec),
+            i64::from(attempt),
+        ])?;
+        let run_id = c.last_insert_rowid();
+        event(
+            c,
+            run_id,
+            "state",
+            &serde_json::json!({"status": "spawning", "restart_attempt": attempt}),
+        )?;
+        Ok(run_id)
+    })
+}
+
+/// The identity of a started process, and its status (`spawning` or `running`).
+pub(crate) fn set_process(
+    run_id: i64,
+    pid: i32,
+    start_ticks: u64,
+    boot_id: &str,
+    status: PersistentStatus,
+) -> Write {
+    let boot_id = boot_id.to_owned();
+    Write::new("record the process identity", move |c| {
+        c.prepare_cached(
+            "UPDATE runs SET pid = ?2, start_ticks = ?3, boot_id = ?4, status = ?5 WHERE run_id = ?1",
+        )?
+        .execute(params![run_id, pid, start_ticks as i64, boot_id, status.as_str()])?;
+        event(
+            c,
+            run_id,
+            "state",
+            &serde_json::json!({"status": status, "pid": pid}),
+        )?;
+        Ok(0)
+    })
+}
+
+/// A non-final transition (spawning → running).
+pub(crate) fn set_status(run_id: i64, status: PersistentStatus) -> Write {
+    Write::new("record a status change", move |c| {
+        c.prepare_cached("UPDATE runs SET status = ?2 WHERE run_id = ?1")?
+            .execute(params![run_id, status.as_str()])?;
+        event(c, run_id, "state", &serde_json::json!({"status": status}))?;
+        Ok(0)
+    })
+}
+
+/// How a run ended (and the next run's start, when one is planned), with its
+/// events: the end, and the planned restart or crash loop.
+pub(crate) fn finish(
+    run_id: i64,
+    end: Ending,
+    extra: Option<(&'static str, serde_json::Value)>,
+) -> Write {
+    Write::new("record the end of a run", move |c| {
+        c.prepare_cached(
+            "UPDATE runs SET status = ?2, ended_at = ?3, exit_code = ?4, exit_signal = ?5,
+                end_reason = ?6, next_restart_at = ?7 WHERE run_id = ?1",
+        )?
+        .execute(params![
+            run_id,
+            end.status.as_str(),
+            end.ended_at,
+            end.exit_code,
+            end.exit_signal,
+            end.end_reason,
+            end.next_restart_at,
+        ])?;
+        let data = serde_json::json!({
+            "status": end.status,
+            "exit_code": end.exit_code,
+            "exit_signal": end.exit_signal,
+            "reason": end.end_reason,
+        });
+        event(c, run_id, "state", &data)?;
+        if let Some((kind, data)) = &extra {
+            event(c, run_id, kind, data)?;
+        }
+        Ok(0)
+    })
+}
+
+/// A planned restart called off (the user stopped the agent while it waited).
+pub(crate) fn cancel_restart(run_id: i64) -> Write {
+    Write::new("cancel a planned restart", move |c| {
+        c.prepare_cached("UPDATE runs SET next_restart_at = NULL WHERE run_id = ?1")?
+            .execute([run_id])?;
+        event(
+            c,
+            run_id,
+            "restart_cancelled",
+            &serde_json::json!({"reason": "stopped on request"}),
+        )?;
+        Ok(0)
+    })
+}
+
+/// Self-reported progress.
+pub(crate) fn set_progress(
+    run_id: i64,
+    progress: u8,
+    message: Option<String>,
+    at: String,
+) -> Write {
+    Write::new("record progress", move |c| {
+        c.prepare_cached(
+            "UPDATE runs SET progress = ?2, progress_message = ?3, progress_at = ?4 WHERE run_id = ?1",
+        )?
+        .execute(params![run_id, i64::from(progress), message, at])?;
+        event(
+            c,
+            run_id,
+            "progress",
+            &serde_json::json!({"progress": progress, "message": message}),
+        )?;
+        Ok(0)
+    })
+}
+
+/// An event that is not a transition of the run's own (a stop stage, a limit hit).
+pub(crate) fn record_event(run_id: i64, kind: &'static str, data: serde_json::Value) -> Write {
+    Write::new("record an event", move |c| {
+        event(c, run_id, kind, &data).map(|()| 0)
+    })
+}
+
+/// Removes the runs of `agent_id` up to row `upto` (a run started after the
+/// removal began is kept); returns how many.
+pub(crate) fn delete_agent(agent_id: &str, upto: i64) -> Write {
+    let agent_id = agent_id.to_owned();
+    Write::new("remove an agent's runs", move |c| {
+        c.execute(
+            "DELETE FROM runs WHERE agent_id = ?1 AND run_id <= ?2",
+            params![agent_id, upto],
+        )
+        .map(|n| n as i64)
+    })
+}
+
+/// Removes every ended run except the rows in `keep` (the current runs of
+/// agents still supervised); the removed rows' log dirs are sent to `removed`.
+pub(crate) fn prune(keep: Vec<i64>, removed: Arc<Mutex<Vec<(String, PathBuf)>>>) -> Write {
+    let keep = json(&keep);
+    Write::new("prune ended runs", move |c| {
+        const ENDED: &str = "status NOT IN ('spawning', 'running')
+                             AND run_id NOT IN (SELECT value FROM json_each(?1))";
+        let mut stmt = c.prepare(&format!("SELECT agent_id, log_dir FROM runs WHERE {ENDED}"))?;
+        let rows = stmt
+            .query_map([&keep], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    PathBuf::from(r.get::<_, String>(1)?),
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let n = c.execute(&format!("DELETE FROM runs WHERE {ENDED}"), [&keep])?;
+        *removed.lock().unwrap_or_else(|p| p.into_inner()) = rows;
+        Ok(n as i64)
+    })
+}
+
+impl Store {
+    /// Start times (RFC 3339) of the agent's recent restarts, newest first.
+    pub(crate) fn recent_restarts(&self, agent_id: &str, limit: u32) -> Result<Vec<String>> {
+        let conn = lock_reader(&self.reader);
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT started_at FROM runs WHERE agent_id = ?1 AND restart_attempt > 0
+                 ORDER BY run_id DESC LIMIT ?2",
+            )
+            .map_err(|e| Error::store("load restart history", e))?;
+        let rows = stmt
+            .query_map(params![agent_id, i64::from(limit)], |r| r.get(0))
+            .map_err(|e| Error::store("load restart history", e))?;
+        rows.collect::<rusqlite::Result<Vec<String>>>()
+            .map_err(|e| Error::store("load restart history", e))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn record(id: &str) -> RunRecord {
-        RunRecord {
-            run_id: 0,
+    fn spec(id: &str) -> SpawnRequest {
+        SpawnRequest {
             agent_id: id.into(),
-            status: PersistentStatus::Spawning,
             command: vec!["sleep".into(), "1".into()],
-            cwd: "/".into(),
-            agent_dir: "/tmp".into(),
-            env: BTreeMap::new(),
-            labels: BTreeMap::from([("team".into(), "a".into())]),
-            stop_timeouts: [10.0, 5.0, 5.0],
-            verify_ms: 100,
-            pid: None,
-            start_ticks: None,
-            boot_id: None,
-            started_at: "2026-11-26T10:30:00.000Z".into(),
-            ended_at: None,
-            exit_code: None,
-            exit_signal: None,
-            end_reason: None,
-            progress: None,
-            progress_message: None,
+            cwd: Some("/".into()),
+            agent_dir: Some("/tmp".into()),
+            labels: std::collections::BTreeMap::from([("team".into(), "a".into())]),
+            stop_timeouts: Some(vec![10.0, 5.0, 5.0]),
+            verify_ms: Some(100),
+            ..Default::default()
         }
     }
 
+    async fn new_run(store: &Store, id: &str, run: u32) -> i64 {
+        store
+            .commit(insert_run(
+                &spec(id),
+                Path::new("/tmp/a"),
+                run,
+                0,
+                &now_rfc3339(),
+            ))
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
-    async fn runs_round_trip_and_history_is_kept() {
+    async fn runs_are_numbered_per_agent_and_history_is_kept() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("corral.db")).unwrap();
-        let first = store.insert_run(&record("a")).await.unwrap();
+        let first = new_run(&store, "a", 1).await;
         store
-            .set_process(first, 42, 7, "boot".into(), PersistentStatus::Running)
+            .commit(set_process(first, 42, 7, "boot", PersistentStatus::Running))
             .await
             .unwrap();
-        store
-            .finish(
-                first,
-                Ending {
-                    status: PersistentStatus::Failed,
-                    ended_at: "2026-11-26T10:31:00.000Z".into(),
-                    exit_code: Some(3),
-                    exit_signal: None,
-                    end_reason: "exited with code 3".into(),
-                },
-            )
-            .await
-            .unwrap();
-        let second = store.insert_run(&record("a")).await.unwrap();
-        assert!(second > first);
+        let end = Ending {
+            status: PersistentStatus::Failed,
+            ended_at: now_rfc3339(),
+            exit_code: Some(3),
+            exit_signal: None,
+            end_reason: "exited with code 3".into(),
+            next_restart_at: None,
+        };
+        store.commit(finish(first, end, None)).await.unwrap();
+        let _other = new_run(&store, "b", 1).await;
+        let second = new_run(&store, "a", 2).await;
+        let dup = store
+            .commit(insert_run(&spec("a"), Path::new("/tmp/a"), 2, 0, "x"))
+            .await;
+        assert!(dup.is_err(), "a run number is taken once");
         let latest = store.load_latest().unwrap();
-        assert_eq!(latest.len(), 1);
+        assert_eq!(latest.len(), 2);
         assert_eq!(latest[0].0.run_id, second);
         assert_eq!(latest[0].1, 1, "one earlier run");
-        let history = store.history("a").unwrap();
+        assert_eq!(latest[0].0.log_dir, Path::new("/tmp/a/runs/2"));
+        let history = store.runs("a").unwrap();
         assert_eq!(history.len(), 2);
         assert_eq!(history[0].exit_code, Some(3));
         assert_eq!(history[0].pid, Some(42));
-        assert_eq!(history[0].labels["team"], "a");
+        assert_eq!(history[0].spec.labels["team"], "a");
+        let events = store.events_since(0, 100).unwrap();
+        assert!(events.iter().any(|e| e.agent_id == "a" && e.run == 2));
     }
 
     #[tokio::test]
@@ -674,10 +883,10 @@ mod tests {
         let store = Store::open(&dir.path().join("corral.db")).unwrap();
         let writes = (0..200).map(|i| {
             let store = store.clone();
-            tokio::spawn(async move { store.insert_run(&record(&format!("a{i}"))).await })
+            tokio::spawn(async move { new_run(&store, &format!("a{i}"), 1).await })
         });
         for w in writes {
-            w.await.unwrap().unwrap();
+            w.await.unwrap();
         }
         assert_eq!(store.load_latest().unwrap().len(), 200);
     }
@@ -690,6 +899,66 @@ mod tests {
             .unwrap()
             .pragma_update(None, "user_version", 99)
             .unwrap();
-        assert!(Store::open(&path).is_err());
+        assert!(matches!(
+            Store::open(&path),
+            Err(Error::SchemaTooNew { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_deleted_database_refuses_writes_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("corral.db");
+        let store = Store::open(&path).unwrap();
+        store.heartbeat().await.unwrap();
+        assert!(store.failing().borrow().is_none());
+        std::fs::remove_file(&path).unwrap();
+        let err = store.heartbeat().await.unwrap_err();
+        assert!(err.to_string().contains("deleted or replaced"), "{err}");
+        assert!(store.failing().borrow().is_some());
+    }
+
+    #[test]
+    fn files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("corral.db");
+        let _store = Store::open(&path).unwrap();
+        for name in ["corral.db", "corral.db-wal", "corral.db-shm"] {
+            let mode = std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_version_two_store_is_migrated_with_run_numbers_and_log_dirs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("corral.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            tx.execute_batch(MIGRATIONS[0]).unwrap();
+            tx.execute_batch(MIGRATIONS[1]).unwrap();
+            tx.pragma_update(None, "user_version", 2).unwrap();
+            for _ in 0..2 {
+                tx.execute(
+                    "INSERT INTO runs (agent_id, status, command, cwd, agent_dir, env, labels,
+                        stop_timeouts, verify_ms, started_at)
+                     VALUES ('old', 'completed', '[\"true\"]', '/', '/tmp/old', '{}', '{}', '[1,1,1]', 100, 'x')",
+                    [],
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let runs = store.runs("old").unwrap();
+        assert_eq!(runs.iter().map(|r| r.run).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(runs[1].log_dir, Path::new("/tmp/old"));
+        assert_eq!(runs[1].spec.command, ["true"]);
+        assert_eq!(runs[1].spec.stop_timeouts, Some(vec![1.0, 1.0, 1.0]));
     }
 }

@@ -25,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 use crate::platform::ProcEntry;
 
 /// The process table at one instant, indexed.
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     entries: Vec<ProcEntry>,
     by_pid: HashMap<i32, usize>,
     children: HashMap<i32, Vec<usize>>,
@@ -84,7 +84,7 @@ impl Snapshot {
 }
 
 /// What is known about one agent when its tree is looked up.
-pub struct Lookup<'a> {
+pub(crate) struct Lookup<'a> {
     /// The agent's pid.
     pub leader: i32,
     /// The agent's start time: a pid that was reused is not the agent.
@@ -102,7 +102,7 @@ pub struct Lookup<'a> {
 }
 
 /// The agent's members in `snap`, the agent itself included when present.
-pub fn members(snap: &Snapshot, q: &Lookup<'_>) -> Vec<ProcEntry> {
+pub(crate) fn members(snap: &Snapshot, q: &Lookup<'_>) -> Vec<ProcEntry> {
     let mut picked: HashSet<usize> = HashSet::new();
     let mut stack: Vec<usize> = Vec::new();
     let mut root = |i: usize| {
@@ -165,6 +165,9 @@ mod tests {
             session,
             start_ticks: pid as u64 * 10,
             state: 'S',
+            cpu_ticks: 0,
+            rss_pages: 0,
+            num_threads: 1,
         }
     }
 

@@ -138,7 +138,10 @@ async fn a_cooperative_agent_stops_at_the_first_term_in_well_under_a_second(cgro
     assert!(rep.duration_ms < 500.0, "{rep:?}");
     assert_eq!(rep.exit_signal, Some(15));
     assert_eq!(rep.persistent_status, PersistentStatus::Cancelled);
-    assert!(proc_stat(r.pid).is_none(), "gone when the stop returns");
+    assert!(
+        proc_stat(r.pid.unwrap()).is_none(),
+        "gone when the stop returns"
+    );
     let s = sup
         .get_agent_status(&AgentId::new("coop").unwrap())
         .unwrap();
@@ -162,7 +165,7 @@ async fn a_term_ignoring_agent_dies_in_the_kill_stage(cgroups: bool) {
         took >= Duration::from_millis(580) && took < Duration::from_millis(1500),
         "{took:?}"
     );
-    assert!(proc_stat(r.pid).is_none());
+    assert!(proc_stat(r.pid.unwrap()).is_none());
 }
 
 async fn force_skips_the_term_stages(cgroups: bool) {
@@ -179,7 +182,7 @@ async fn force_skips_the_term_stages(cgroups: bool) {
         .remove(0);
     assert_eq!(rep.stage, StopStage::Kill);
     assert!(rep.duration_ms < 1000.0, "{rep:?}");
-    assert!(proc_stat(r.pid).is_none());
+    assert!(proc_stat(r.pid.unwrap()).is_none());
 }
 
 async fn a_whole_tree_with_escaped_grandchildren_leaves_nothing(cgroups: bool) {
@@ -200,7 +203,7 @@ async fn a_whole_tree_with_escaped_grandchildren_leaves_nothing(cgroups: bool) {
     for pid in &pids {
         assert!(proc_stat(*pid).is_some(), "{pid} runs before the stop");
     }
-    let leaf = check_containment(&sup, "tree", r.pid, cgroups);
+    let leaf = check_containment(&sup, "tree", r.pid.unwrap(), cgroups);
     if leaf.is_some() {
         for pid in &pids {
             assert!(
@@ -223,7 +226,7 @@ async fn a_whole_tree_with_escaped_grandchildren_leaves_nothing(cgroups: bool) {
         .remove(0);
     assert!(rep.descendants_killed.unwrap() >= 5, "{rep:?}");
     assert_eq!(rep.stage, StopStage::Term, "{rep:?}");
-    for pid in pids.iter().chain([&r.pid]) {
+    for pid in pids.iter().chain([&r.pid.unwrap()]) {
         assert!(
             proc_stat(*pid).is_none(),
             "pid {pid} survived the stop of its agent"
@@ -240,7 +243,7 @@ async fn twenty_stubborn_agents_stop_in_about_one_grace_period(cgroups: bool) {
             .await
             .unwrap();
         wait_lines(&r.stdout_log, 1).await;
-        pids.push(r.pid);
+        pids.push(r.pid.unwrap());
     }
     let began = Instant::now();
     let reports = sup.cleanup(None, staged(0.3)).await.unwrap();
@@ -265,7 +268,7 @@ async fn a_selector_stops_only_its_subtree_and_unknown_ids_are_errors(cgroups: b
             .spawn_agent(request(id, &["sleep", "300"], 10))
             .await
             .unwrap();
-        pids.insert(id, r.pid);
+        pids.insert(id, r.pid.unwrap());
     }
     let sel = Selector::parse("L1.*").unwrap();
     let reports = sup
@@ -324,5 +327,5 @@ async fn an_agent_that_exits_on_its_own_during_a_stop_is_cancelled_once(cgroups:
     assert_eq!(rep.exit_code, Some(0));
     let s = wait_status(&sup, "quitter", PersistentStatus::Cancelled).await;
     assert_eq!(s.exit_code, Some(0));
-    wait_gone(r.pid).await;
+    wait_gone(r.pid.unwrap()).await;
 }

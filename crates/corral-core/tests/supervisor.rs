@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use corral_core::{AgentId, CleanupOptions, Config, Error, Health, PersistentStatus, Supervisor};
+use corral_core::{
+    AgentId, CleanupOptions, Config, Error, Health, PersistentStatus, ProgressUpdate, Supervisor,
+};
 
 mod common;
 use common::{Cleanup, DEADLINE, proc_stat, request, wait_gone};
@@ -47,7 +49,7 @@ impl Harness {
     ) -> Result<corral_core::SpawnResponse, Error> {
         let r = self.sup.spawn_agent(request(id, argv, verify_ms)).await;
         if let Ok(resp) = &r {
-            self.pids.push(resp.pid);
+            self.pids.push(resp.pid.unwrap());
         }
         r
     }
@@ -89,23 +91,31 @@ async fn a_running_agent_is_reported_as_the_os_sees_it() {
     let mut h = Harness::new().await;
     let resp = h.spawn("L2.1.1", &["sleep", "30"], 100).await.unwrap();
     assert_eq!(resp.status, PersistentStatus::Running);
-    let stat = proc_stat(resp.pid).expect("the agent exists in /proc");
+    let stat = proc_stat(resp.pid.unwrap()).expect("the agent exists in /proc");
     assert_eq!(stat[0], "S", "sleep sleeps");
-    assert_eq!(stat[2], resp.pid.to_string(), "leads its own process group");
-    assert_eq!(stat[3], resp.pid.to_string(), "leads its own session");
+    assert_eq!(
+        stat[2],
+        resp.pid.unwrap().to_string(),
+        "leads its own process group"
+    );
+    assert_eq!(
+        stat[3],
+        resp.pid.unwrap().to_string(),
+        "leads its own session"
+    );
     assert_eq!(stat[1], std::process::id().to_string(), "is our child");
 
-    let environ = std::fs::read(format!("/proc/{}/environ", resp.pid)).unwrap();
+    let environ = std::fs::read(format!("/proc/{}/environ", resp.pid.unwrap())).unwrap();
     assert!(
         environ
             .split(|b| *b == 0)
             .any(|kv| kv == b"CORRAL_AGENT_ID=L2.1.1")
     );
-    let stdin = std::fs::read_link(format!("/proc/{}/fd/0", resp.pid)).unwrap();
+    let stdin = std::fs::read_link(format!("/proc/{}/fd/0", resp.pid.unwrap())).unwrap();
     assert_eq!(stdin, Path::new("/dev/null"));
-    let stdout = std::fs::read_link(format!("/proc/{}/fd/1", resp.pid)).unwrap();
+    let stdout = std::fs::read_link(format!("/proc/{}/fd/1", resp.pid.unwrap())).unwrap();
     assert_eq!(stdout, resp.stdout_log);
-    let fds = std::fs::read_dir(format!("/proc/{}/fd", resp.pid))
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", resp.pid.unwrap()))
         .unwrap()
         .count();
     assert_eq!(fds, 3, "only stdin, stdout and stderr are inherited");
@@ -146,7 +156,7 @@ async fn cpu_and_memory_agree_with_an_independent_proc_reading() {
         .spawn("busy", &["python3", "-c", script], 100)
         .await
         .unwrap();
-    let pid = resp.pid;
+    let pid = resp.pid.unwrap();
     let stdout = resp.stdout_log.clone();
     let end = Instant::now() + DEADLINE;
     while !std::fs::read_to_string(&stdout)
@@ -232,7 +242,7 @@ async fn exec_failures_are_errors_with_the_os_reason() {
         let s = h.status(id);
         assert_eq!(s.persistent_status, PersistentStatus::Failed, "{id}");
         assert!(!s.process_alive);
-        assert_eq!(s.pid, 0, "{id} never had a process");
+        assert_eq!(s.pid, None, "{id} never had a process");
         assert_eq!(s.health, Health::Failed);
         assert!(s.end_reason.unwrap().contains("cannot start"));
     }
@@ -265,7 +275,10 @@ async fn death_inside_the_window_is_failed_with_code_and_stderr_and_returns_earl
     let error = resp.error.unwrap();
     assert!(error.contains("boom: config missing"), "{error}");
     assert!(error.contains("exited with code 7"), "{error}");
-    assert!(proc_stat(resp.pid).is_none(), "reaped at once: no zombie");
+    assert!(
+        proc_stat(resp.pid.unwrap()).is_none(),
+        "reaped at once: no zombie"
+    );
     let s = h.status("dies");
     assert_eq!(s.health, Health::Failed);
     assert!(!s.is_zombie);
@@ -286,7 +299,7 @@ async fn exit_zero_completes_and_exit_three_fails() {
     let bad = h.wait_status("bad", PersistentStatus::Failed).await;
     assert_eq!((bad.exit_code, bad.health), (Some(3), Health::Failed));
     assert!(bad.ended_at.is_some());
-    assert!(proc_stat(ok.pid).is_none() && proc_stat(bad.pid).is_none());
+    assert!(proc_stat(ok.pid.unwrap()).is_none() && proc_stat(bad.pid.unwrap()).is_none());
     let sum = h.sup.get_process_summary();
     assert_eq!((sum.completed, sum.failed, sum.running), (1, 1, 0));
     h.finish().await;
@@ -298,7 +311,7 @@ async fn a_signal_from_outside_is_a_failure_with_the_signal() {
     let resp = h.spawn("victim", &["sleep", "30"], 100).await.unwrap();
     // Our own unreaped child: its pid cannot have been reused.
     rustix::process::kill_process(
-        rustix::process::Pid::from_raw(resp.pid).unwrap(),
+        rustix::process::Pid::from_raw(resp.pid.unwrap()).unwrap(),
         rustix::process::Signal::KILL,
     )
     .unwrap();
@@ -327,7 +340,7 @@ async fn a_live_id_conflicts_but_a_finished_one_runs_again() {
     let first = h.spawn("worker", &["sleep", "30"], 50).await.unwrap();
     let err = h.spawn("worker", &["sleep", "30"], 50).await.unwrap_err();
     assert!(matches!(err, Error::Conflict { .. }), "{err}");
-    assert!(err.to_string().contains(&first.pid.to_string()));
+    assert!(err.to_string().contains(&first.pid.unwrap().to_string()));
 
     let id = AgentId::new("worker").unwrap();
     let reports = h
@@ -339,7 +352,7 @@ async fn a_live_id_conflicts_but_a_finished_one_runs_again() {
         .await
         .unwrap();
     assert_eq!(reports.len(), 1);
-    wait_gone(first.pid).await;
+    wait_gone(first.pid.unwrap()).await;
     assert_eq!(
         h.status("worker").persistent_status,
         PersistentStatus::Cancelled
@@ -349,10 +362,15 @@ async fn a_live_id_conflicts_but_a_finished_one_runs_again() {
     assert_ne!(second.pid, first.pid);
     let s = h.wait_status("worker", PersistentStatus::Completed).await;
     assert_eq!(s.restarts, 1);
-    let history = h.sup.store().history("worker").unwrap();
+    let history = h.sup.runs(&AgentId::new("worker").unwrap()).await.unwrap();
     assert_eq!(history.len(), 2);
-    assert_eq!(history[0].status, PersistentStatus::Cancelled);
-    assert_eq!(history[1].status, PersistentStatus::Completed);
+    assert_eq!(history[0].persistent_status, PersistentStatus::Cancelled);
+    assert_eq!(history[1].persistent_status, PersistentStatus::Completed);
+    assert_eq!((history[0].run, history[1].run), (1, 2));
+    assert_ne!(
+        history[0].stdout_log, history[1].stdout_log,
+        "each run has its own logs"
+    );
     h.finish().await;
 }
 
@@ -371,7 +389,7 @@ async fn concurrent_spawns_do_not_serialise_their_windows() {
     while let Some(r) = spawns.join_next().await {
         let r = r.unwrap().unwrap();
         assert_eq!(r.status, PersistentStatus::Running);
-        h.pids.push(r.pid);
+        h.pids.push(r.pid.unwrap());
     }
     let elapsed = began.elapsed();
     // Serialised windows would take 8 s; parallel ones about one.
@@ -384,18 +402,38 @@ async fn progress_is_validated_and_kept() {
     let mut h = Harness::new().await;
     h.spawn("p", &["sleep", "30"], 10).await.unwrap();
     let id = AgentId::new("p").unwrap();
+    let update = |progress, message: Option<&str>| ProgressUpdate {
+        progress,
+        message: message.map(Into::into),
+    };
     h.sup
-        .set_progress(&id, 40, Some("indexing".into()))
+        .set_progress(&id, update(40, Some("indexing")), None)
         .await
         .unwrap();
-    assert!(h.sup.set_progress(&id, 101, None).await.is_err());
-    assert!(h.sup.set_progress(&id, -1, None).await.is_err());
+    assert!(
+        h.sup
+            .set_progress(&id, update(101, None), None)
+            .await
+            .is_err()
+    );
+    assert!(
+        h.sup
+            .set_progress(&id, update(-1, None), None)
+            .await
+            .is_err()
+    );
     let s = h.status("p");
     assert_eq!(
         (s.progress, s.progress_message.as_deref()),
         (Some(40), Some("indexing"))
     );
-    assert_eq!(h.sup.store().history("p").unwrap()[0].progress, Some(40));
+    let events = h.sup.events_since(0, 100).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "progress" && e.data["progress"] == 40),
+        "the report is stored as an event"
+    );
     h.finish().await;
 }
 
@@ -412,6 +450,7 @@ async fn a_reopened_supervisor_keeps_history_and_readopts_the_living() {
         .spawn_agent(request("live", &["sleep", "30"], 10))
         .await
         .unwrap();
+    sup.shutdown();
     drop(sup);
 
     let again = Supervisor::open(config).await.unwrap();
@@ -439,7 +478,7 @@ async fn a_reopened_supervisor_keeps_history_and_readopts_the_living() {
         )
         .await
         .unwrap();
-    wait_gone(live.pid).await;
+    wait_gone(live.pid.unwrap()).await;
 }
 
 #[tokio::test]
@@ -473,5 +512,5 @@ async fn orphans_left_by_an_agent_are_reaped_when_they_exit() {
     }
     // Without the reaper it would stay a zombie under us for good.
     wait_gone(orphan).await;
-    wait_gone(resp.pid).await;
+    wait_gone(resp.pid.unwrap()).await;
 }

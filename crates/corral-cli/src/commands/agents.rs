@@ -7,10 +7,10 @@ use anyhow::{Context, Result, anyhow, bail};
 use corral_api::Client;
 use corral_api::client::Method;
 use corral_core::{
-    AgentStatus, HealthReport, PersistentStatus, ProcessSummary, Removal, SpawnRequest,
-    SpawnResponse, StopReport,
+    AgentStatus, BatchRequest, BatchResponse, BatchResult, CleanupOptions, HealthReport,
+    KillRequest, KillResponse, PersistentStatus, ProcessSummary, ProgressUpdate, Removal,
+    RestartPolicy, RunInfo, SpawnRequest, SpawnResponse, StopManyRequest, StopReport,
 };
-use serde_json::json;
 
 use super::{Ctx, print_json};
 use crate::cli::{SpawnArgs, StopArgs};
@@ -28,11 +28,11 @@ fn key_values(pairs: &[String], what: &str) -> Result<BTreeMap<String, String>> 
 
 /// `10,5,5` → `[10.0, 5.0, 5.0]`.
 pub fn parse_timeouts(raw: &str) -> Result<Vec<f64>> {
-    let parsed: Result<Vec<f64>, _> = raw.split(',').map(|t| t.trim().parse::<f64>()).collect();
-    match parsed {
-        Ok(v) if v.len() == 3 => Ok(v),
-        _ => bail!("--stop-timeouts takes three waits in seconds, like 10,5,5 (got {raw:?})"),
-    }
+    parse_seconds_list(
+        raw,
+        3,
+        "--stop-timeouts takes three waits in seconds, like 10,5,5",
+    )
 }
 
 fn path_segment(id: &str) -> Result<String> {
@@ -40,18 +40,43 @@ fn path_segment(id: &str) -> Result<String> {
     Ok(corral_core::AgentId::new(id)?.to_string())
 }
 
-pub async fn spawn(ctx: &Ctx, args: SpawnArgs) -> Result<ExitCode> {
-    let cwd = match args.cwd {
-        Some(d) => Some(std::path::absolute(&d).with_context(|| format!("--cwd {}", d.display()))?),
+/// The spawn request the flags describe (without the id).
+fn request_from_args(args: &SpawnArgs) -> Result<SpawnRequest> {
+    let cwd = match &args.cwd {
+        Some(d) => Some(std::path::absolute(d).with_context(|| format!("--cwd {}", d.display()))?),
         None => Some(std::env::current_dir().context("cannot read the current directory")?),
     };
     let agent_dir = args
         .agent_dir
-        .map(|d| std::path::absolute(&d).with_context(|| format!("--agent-dir {}", d.display())))
+        .as_ref()
+        .map(|d| std::path::absolute(d).with_context(|| format!("--agent-dir {}", d.display())))
         .transpose()?;
-    let req = SpawnRequest {
-        agent_id: args.id,
-        command: args.command,
+    let restart = if args.restart.is_some()
+        || args.max_restarts.is_some()
+        || args.backoff.is_some()
+        || args.restart_window.is_some()
+    {
+        let mut policy = RestartPolicy::default();
+        if let Some(mode) = &args.restart {
+            policy.policy = serde_json::from_value(serde_json::Value::String(mode.clone()))?;
+        }
+        if let Some(n) = args.max_restarts {
+            policy.max_restarts = n;
+        }
+        if let Some(w) = args.restart_window {
+            policy.window_s = w.as_secs_f64();
+        }
+        if let Some(b) = &args.backoff {
+            let v = parse_seconds_list(b, 2, "--backoff takes MIN,MAX seconds, like 1,60")?;
+            policy.backoff_s = [v[0], v[1]];
+        }
+        Some(policy)
+    } else {
+        None
+    };
+    Ok(SpawnRequest {
+        agent_id: String::new(),
+        command: args.command.clone(),
         cwd,
         env: key_values(&args.env, "--env")?,
         agent_dir,
@@ -62,17 +87,50 @@ pub async fn spawn(ctx: &Ctx, args: SpawnArgs) -> Result<ExitCode> {
             .map(parse_timeouts)
             .transpose()?,
         verify_ms: args.verify_ms,
-    };
-    let client = ctx.client().await?;
-    let resp: SpawnResponse = client.call(Method::POST, "/v1/agents", Some(&req)).await?;
-    let ok = matches!(
+        restart,
+        max_runtime_s: args.max_runtime.map(|d| d.as_secs_f64()),
+        ..SpawnRequest::default()
+    })
+}
+
+fn parse_seconds_list(raw: &str, n: usize, usage: &str) -> Result<Vec<f64>> {
+    let parsed: Result<Vec<f64>, _> = raw.split(',').map(|t| t.trim().parse::<f64>()).collect();
+    match parsed {
+        Ok(v) if v.len() == n => Ok(v),
+        _ => bail!("{usage} (got {raw:?})"),
+    }
+}
+
+/// True when a spawn answer means "it started and did not fail".
+fn started_ok(resp: &SpawnResponse) -> bool {
+    matches!(
         resp.status,
         PersistentStatus::Running | PersistentStatus::Completed
-    ) && resp.exit_code.unwrap_or(0) == 0;
+    ) && resp.exit_code.unwrap_or(0) == 0
+}
+
+pub async fn spawn(ctx: &Ctx, args: SpawnArgs) -> Result<ExitCode> {
+    if args.from.is_some() || args.count.is_some() {
+        return spawn_batch(ctx, args).await;
+    }
+    if args.command.is_empty() {
+        bail!("say what to run after `--`, e.g. corral spawn ID -- sleep 60");
+    }
+    let mut req = request_from_args(&args)?;
+    req.agent_id = args.id.clone().unwrap_or_default();
+    let client = ctx.client().await?;
+    let resp: SpawnResponse = client.call(Method::POST, "/v1/agents", Some(&req)).await?;
+    let ok = started_ok(&resp);
     if ctx.json {
         print_json(&resp)?;
     } else if ok {
-        println!("{} {} (pid {})", resp.agent_id, resp.status, resp.pid);
+        println!(
+            "{} {} (pid {}, run {})",
+            resp.agent_id,
+            resp.status,
+            resp.pid.map_or("-".into(), |p| p.to_string()),
+            resp.run
+        );
     }
     if ok {
         Ok(ExitCode::SUCCESS)
@@ -89,6 +147,89 @@ pub async fn spawn(ctx: &Ctx, args: SpawnArgs) -> Result<ExitCode> {
     }
 }
 
+/// `spawn PREFIX --count N` and `spawn --from FILE`: one batch request.
+async fn spawn_batch(ctx: &Ctx, args: SpawnArgs) -> Result<ExitCode> {
+    let agents: Vec<SpawnRequest> = match (&args.from, args.count) {
+        (Some(file), _) => read_requests(file)?,
+        (None, Some(n)) => {
+            if args.command.is_empty() {
+                bail!(
+                    "say what to run after `--`, e.g. corral spawn PREFIX --count 10 -- sleep 60"
+                );
+            }
+            let prefix = args.id.clone().unwrap_or_default();
+            let base = request_from_args(&args)?;
+            (1..=n)
+                .map(|i| SpawnRequest {
+                    agent_id: format!("{prefix}.{i}"),
+                    ..base.clone()
+                })
+                .collect()
+        }
+        (None, None) => unreachable!("spawn_batch is called with --from or --count"),
+    };
+    if agents.is_empty() {
+        bail!("nothing to spawn: the batch is empty");
+    }
+    let client = ctx.client().await?;
+    let answer: BatchResponse = client
+        .call(
+            Method::POST,
+            "/v1/agents/batch",
+            Some(&BatchRequest { agents }),
+        )
+        .await?;
+    let failed = answer
+        .results
+        .iter()
+        .filter(|r| !matches!(r, BatchResult::Spawned(s) if started_ok(s)))
+        .count();
+    if ctx.json {
+        print_json(&answer)?;
+    } else {
+        for r in &answer.results {
+            match r {
+                BatchResult::Spawned(s) if started_ok(s) => println!(
+                    "{} {} (pid {})",
+                    s.agent_id,
+                    s.status,
+                    s.pid.map_or("-".into(), |p| p.to_string())
+                ),
+                BatchResult::Spawned(s) => eprintln!(
+                    "{} {}: {}",
+                    s.agent_id,
+                    s.status,
+                    s.error.as_deref().unwrap_or("failed during verification")
+                ),
+                BatchResult::Failed(f) => eprintln!("{} refused: {}", f.agent_id, f.error.message),
+            }
+        }
+        println!("{} spawned, {failed} failed", answer.results.len() - failed);
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// JSON lines of spawn requests from a file, or stdin for `-`.
+fn read_requests(file: &std::path::Path) -> Result<Vec<SpawnRequest>> {
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("read spawn requests from stdin")?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, l)| {
+            serde_json::from_str::<SpawnRequest>(l)
+                .with_context(|| format!("{}:{}: not a spawn request", file.display(), n + 1))
+        })
+        .collect()
+}
+
 pub async fn status(ctx: &Ctx, id: &str) -> Result<ExitCode> {
     let path = format!("/v1/agents/{}", path_segment(id)?);
     let s: AgentStatus = ctx.client().await?.get(&path).await?;
@@ -99,7 +240,7 @@ pub async fn status(ctx: &Ctx, id: &str) -> Result<ExitCode> {
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     let mut rows = vec![
         ("agent_id", s.agent_id.clone()),
-        ("pid", s.pid.to_string()),
+        ("pid", opt(s.pid.map(|p| p.to_string()))),
         ("health", s.health.to_string()),
         ("persistent_status", s.persistent_status.to_string()),
         ("process_status", s.process_status.clone()),
@@ -116,7 +257,10 @@ pub async fn status(ctx: &Ctx, id: &str) -> Result<ExitCode> {
         ("exit_code", opt(s.exit_code.map(|c| c.to_string()))),
         ("exit_signal", opt(s.exit_signal.map(|c| c.to_string()))),
         ("end_reason", opt(s.end_reason.clone())),
+        ("run", s.run.to_string()),
         ("restarts", s.restarts.to_string()),
+        ("restart_policy", s.restart_policy.clone()),
+        ("next_restart_at", opt(s.next_restart_at.clone())),
         ("containment", s.containment.clone()),
         ("stdout_log", s.stdout_log.display().to_string()),
         ("stderr_log", s.stderr_log.display().to_string()),
@@ -146,7 +290,7 @@ pub fn ps_table(all: &BTreeMap<String, AgentStatus>) -> String {
     for s in all.values() {
         rows.push(vec![
             s.agent_id.clone(),
-            s.pid.to_string(),
+            s.pid.map_or("-".into(), |p| p.to_string()),
             s.health.to_string(),
             s.persistent_status.to_string(),
             format!("{:.1}", s.cpu_percent),
@@ -232,7 +376,7 @@ fn print_reports(ctx: &Ctx, reports: &[StopReport]) -> Result<()> {
         };
         rows.push(vec![
             r.agent_id.clone(),
-            r.pid.to_string(),
+            r.pid.map_or("-".into(), |p| p.to_string()),
             serde_json::to_value(r.stage)?
                 .as_str()
                 .unwrap_or("?")
@@ -256,16 +400,20 @@ pub async fn stop(ctx: &Ctx, args: StopArgs) -> Result<ExitCode> {
     let reports: Vec<StopReport> = match args.target.as_deref() {
         Some(target) if !target.ends_with(".*") => {
             let path = format!("/v1/agents/{}/stop", path_segment(target)?);
-            let body = json!({"force": args.force, "stop_timeouts": timeouts});
-            let one: Option<StopReport> = client.call(Method::POST, &path, Some(&body)).await?;
-            one.into_iter().collect()
+            let body = CleanupOptions {
+                force: args.force,
+                stop_timeouts: timeouts,
+            };
+            let one: StopReport = client.call(Method::POST, &path, Some(&body)).await?;
+            vec![one]
         }
         target => {
-            let body = match target {
-                Some(sel) => {
-                    json!({"selector": sel, "force": args.force, "stop_timeouts": timeouts})
-                }
-                None => json!({"all": true, "force": args.force, "stop_timeouts": timeouts}),
+            let body = StopManyRequest {
+                all: target.is_none(),
+                selector: target.map(str::to_owned),
+                force: args.force,
+                stop_timeouts: timeouts,
+                live_only: false,
             };
             client.call(Method::POST, "/v1/stop", Some(&body)).await?
         }
@@ -276,22 +424,23 @@ pub async fn stop(ctx: &Ctx, args: StopArgs) -> Result<ExitCode> {
 
 pub async fn kill(ctx: &Ctx, id: &str, force: bool) -> Result<ExitCode> {
     let path = format!("/v1/agents/{}/kill", path_segment(id)?);
-    let answer: serde_json::Value = ctx
+    let answer: KillResponse = ctx
         .client()
         .await?
-        .call(Method::POST, &path, Some(&json!({"force": force})))
+        .call(Method::POST, &path, Some(&KillRequest { force }))
         .await?;
-    let killed = answer["killed"].as_bool().unwrap_or(false);
     if ctx.json {
         print_json(&answer)?;
     } else {
-        println!("{id} {}", if killed { "stopped" } else { "still present" });
+        print_reports(ctx, std::slice::from_ref(&answer.report))?;
     }
-    Ok(if killed {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(
+        if answer.report.stage == corral_core::StopStage::Unkillable {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }
 
 pub async fn progress(
@@ -316,7 +465,10 @@ pub async fn progress(
         .call(
             Method::PUT,
             &path,
-            Some(&json!({"progress": percent, "message": message})),
+            Some(&ProgressUpdate {
+                progress: percent,
+                message,
+            }),
         )
         .await?;
     if ctx.json {
@@ -390,4 +542,101 @@ pub async fn events(ctx: &Ctx, follow: bool, since: i64) -> Result<ExitCode> {
         })
         .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+pub async fn runs(ctx: &Ctx, id: &str) -> Result<ExitCode> {
+    let path = format!("/v1/agents/{}/runs", path_segment(id)?);
+    let runs: Vec<RunInfo> = ctx.client().await?.get(&path).await?;
+    if ctx.json {
+        print_json(&runs)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut rows = vec![
+        ["RUN", "PID", "STARTED", "ENDED", "STATUS", "EXIT", "REASON"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for r in &runs {
+        let exit = match (r.exit_code, r.exit_signal) {
+            (Some(c), _) => format!("code {c}"),
+            (None, Some(s)) => format!("signal {s}"),
+            _ => "-".into(),
+        };
+        rows.push(vec![
+            r.run.to_string(),
+            r.pid.map_or("-".into(), |p| p.to_string()),
+            r.started_at.clone(),
+            r.ended_at.clone().unwrap_or_else(|| "-".into()),
+            r.persistent_status.to_string(),
+            exit,
+            r.end_reason.clone().unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    print!("{}", output::table(&rows));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn wait(
+    ctx: &Ctx,
+    target: &str,
+    timeout: Option<std::time::Duration>,
+) -> Result<ExitCode> {
+    let client = ctx.client().await?;
+    let timeout_s = timeout.map_or(3600.0, |t| t.as_secs_f64());
+    let ids: Vec<String> = if let Some(prefix) = target.strip_suffix(".*") {
+        let sel = corral_core::Selector::parse(target)?;
+        let all: BTreeMap<String, AgentStatus> = client.get("/v1/agents").await?;
+        let ids: Vec<String> = all
+            .keys()
+            .filter(|id| corral_core::AgentId::new(id.as_str()).is_ok_and(|a| sel.matches(&a)))
+            .cloned()
+            .collect();
+        if ids.is_empty() {
+            bail!("no agent matches {prefix}.*");
+        }
+        ids
+    } else {
+        vec![path_segment(target)?]
+    };
+    let waits = ids.iter().map(|id| {
+        let client = client.clone();
+        let path = format!("/v1/agents/{id}/wait?timeout_s={timeout_s}");
+        async move { client.get::<AgentStatus>(&path).await }
+    });
+    let statuses = futures_util::future::join_all(waits)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    if ctx.json {
+        print_json(&statuses)?;
+    } else {
+        for s in &statuses {
+            let how = match (s.exit_code, s.exit_signal) {
+                (Some(c), _) => format!("exit code {c}"),
+                (None, Some(sig)) => format!("signal {sig}"),
+                _ => s.end_reason.clone().unwrap_or_default(),
+            };
+            println!("{} {} ({how})", s.agent_id, s.persistent_status);
+        }
+    }
+    if let [one] = statuses.as_slice() {
+        let code =
+            one.exit_code
+                .unwrap_or(if one.persistent_status == PersistentStatus::Completed {
+                    0
+                } else {
+                    1
+                });
+        return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+    }
+    Ok(
+        if statuses
+            .iter()
+            .all(|s| s.persistent_status == PersistentStatus::Completed)
+        {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use corral_api::Client;
 use corral_api::client::Method;
-use corral_core::platform;
+use corral_core::process as platform;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -124,7 +124,7 @@ impl Drop for Private {
         );
         let _ = self.daemon.wait();
         for _ in 0..100 {
-            let left = platform::own_children();
+            let left = platform::children();
             if left.is_empty() {
                 break;
             }
@@ -200,8 +200,7 @@ async fn latency(client: &Client, path: &str, n: usize) -> Result<(f64, f64)> {
 }
 
 fn cpu_ticks(pid: i32) -> Result<u64> {
-    let text = std::fs::read(format!("/proc/{pid}/stat"))?;
-    Ok(platform::parse_stat(&text)?.cpu_ticks)
+    Ok(platform::cpu_ticks(pid)?)
 }
 
 fn peak_rss_mb(pid: i32) -> Result<f64> {

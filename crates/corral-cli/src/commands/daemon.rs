@@ -11,7 +11,8 @@ use crate::cli::DaemonArgs;
 
 pub async fn run(ctx: &Ctx, args: DaemonArgs) -> Result<ExitCode> {
     if args.detach {
-        corral_core::platform::detach_session();
+        // Leave the terminal's session: its hangup must not reach the daemon.
+        let _ = rustix::process::setsid();
     }
     let opts = DaemonOptions {
         state_dir: ctx.state_dir.clone(),
@@ -20,6 +21,8 @@ pub async fn run(ctx: &Ctx, args: DaemonArgs) -> Result<ExitCode> {
         cgroups: !args.no_cgroups,
         listen: args.listen,
         token_file: ctx.token_file.clone(),
+        strict: args.strict,
+        max_connections: args.max_connections,
     };
     match corral_api::daemon::run(opts).await {
         Ok(()) => Ok(ExitCode::SUCCESS),

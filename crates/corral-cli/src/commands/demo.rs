@@ -15,9 +15,9 @@ use anyhow::{Context, Result};
 use corral_api::Client;
 use corral_api::client::Method;
 use corral_core::{
-    AgentStatus, Config, ProcessSummary, SpawnRequest, SpawnResponse, StopReport, Supervisor,
+    AgentStatus, Config, ProcessSummary, SpawnRequest, SpawnResponse, StopManyRequest, StopReport,
+    Supervisor,
 };
-use serde_json::json;
 
 use crate::cli::DemoArgs;
 
@@ -46,9 +46,14 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     let sup = Supervisor::open(config).await?;
     let listener = corral_api::daemon::bind_socket(&socket)?;
     let (stop_server, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(corral_api::server::serve(listener, sup, async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(corral_api::serve::serve(
+        listener,
+        corral_api::router(sup),
+        corral_api::serve::Limits::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let client = Client::new(&socket);
     println!("corral demo: a private daemon on {}\n", socket.display());
 
@@ -82,7 +87,12 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
             .call::<SpawnResponse>(Method::POST, "/v1/agents", Some(req))
             .await
         {
-            Ok(r) => println!("spawned {:<14} pid {:<7} {}", r.agent_id, r.pid, r.status),
+            Ok(r) => println!(
+                "spawned {:<14} pid {:<7} {}",
+                r.agent_id,
+                r.pid.map_or("-".into(), |p| p.to_string()),
+                r.status
+            ),
             Err(e) => println!("spawn {:<16} refused: {e}", req.agent_id),
         }
     }
@@ -101,13 +111,12 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     }
 
     println!("\nstopping the team (SIGTERM, then SIGKILL for whatever ignores it)…");
-    let reports: Vec<StopReport> = client
-        .call(
-            Method::POST,
-            "/v1/stop",
-            Some(&json!({"selector": "team.*", "stop_timeouts": [2, 1, 1]})),
-        )
-        .await?;
+    let stop = StopManyRequest {
+        selector: Some("team.*".into()),
+        stop_timeouts: Some(vec![2.0, 1.0, 1.0]),
+        ..StopManyRequest::default()
+    };
+    let reports: Vec<StopReport> = client.call(Method::POST, "/v1/stop", Some(&stop)).await?;
     for r in &reports {
         println!(
             "  {:<14} {:<14} {:>6.0} ms",

@@ -56,7 +56,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     };
     match cli.command {
         Command::Daemon(args) => daemon::run(&ctx, args).await,
-        Command::Spawn(args) => agents::spawn(&ctx, args).await,
+        Command::Spawn(args) => agents::spawn(&ctx, *args).await,
         Command::Status { id } => agents::status(&ctx, &id).await,
         Command::Ps => agents::ps(&ctx).await,
         Command::Summary => agents::summary(&ctx).await,
@@ -67,6 +67,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rm { id } => agents::remove(&ctx, &id).await,
         Command::Prune => agents::prune(&ctx).await,
         Command::Logs(args) => logs::run(&ctx, args).await,
+        Command::Runs { id } => agents::runs(&ctx, &id).await,
+        Command::Wait { target, timeout } => agents::wait(&ctx, &target, timeout).await,
         Command::Progress {
             percent,
             message,

@@ -1,19 +1,24 @@
-//! Linux: posix_spawn into a new session, pidfds, and `/proc/<pid>/stat`.
+//! Linux: starting agents (clone3, posix_spawn), pidfds, and `/proc/<pid>/stat`.
 //!
-//! Why posix_spawn by hand: each agent must lead its own session (so a terminal's
-//! SIGINT/SIGHUP never reaches it and its whole group can be signalled), with
-//! signal mask and dispositions reset. `std::process::Command` can only do
-//! `setsid` through a `pre_exec` closure, which forces fork+exec; fork's cost
-//! grows with the daemon's size (≈14 ms at 1 GiB RSS against ≈0.6 ms for
-//! posix_spawn on this kind of machine). glibc's posix_spawn has
-//! `POSIX_SPAWN_SETSID`, `addchdir_np` and `addclosefrom_np`, and since 2.24 it
-//! reports a failed `execve` (or `chdir`) as its return value, so exec failures
-//! come back synchronously with the OS reason.
+//! Why not `std::process::Command`: each agent must lead its own session (so a
+//! terminal's SIGINT/SIGHUP never reaches it and its whole group can be
+//! signalled), with signal mask and dispositions reset, possibly born in a
+//! cgroup, as another user, with its own `RLIMIT_NOFILE`. `Command` can only do
+//! most of that through a `pre_exec` closure, which forces fork+exec; fork's
+//! cost grows with the daemon's size (≈14 ms at 1 GiB RSS against ≈0.6 ms for a
+//! vfork-style spawn on this kind of machine). [`spawn`] does what glibc's
+//! posix_spawn does — a `clone3` child sharing the daemon's memory until it
+//! execs (`CLONE_VM | CLONE_VFORK`) — with those extra steps, and falls back
+//! to glibc's posix_spawn where `clone3` is refused (old kernels, seccomp).
+//! Exec and `chdir` failures come back synchronously with the OS reason.
 //!
 //! Identity: a process is (pid, start time in clock ticks since boot, boot id).
-//! A pidfd is opened for every live agent; exits are noticed by pidfd readiness
-//! and reaped with `waitid(P_PIDFD)`, so corral never calls `waitpid(-1)` and
-//! never takes an exit status that belongs to someone else.
+//! A pidfd is held for every live agent — its only descriptor — and exits are
+//! noticed by pidfd readiness. The exit status is read without reaping
+//! (`waitid(P_PIDFD, WNOWAIT)`) so the process stays a zombie, its pid reserved,
+//! until its end is committed; then it is reaped through the same pidfd. corral
+//! never calls `waitpid(-1)` and never takes an exit status that belongs to
+//! someone else.
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
@@ -46,6 +51,66 @@ pub struct Stdio<'a> {
     pub stdout: BorrowedFd<'a>,
     /// fd 2.
     pub stderr: BorrowedFd<'a>,
+}
+
+/// Who a new agent runs as, when not the daemon's user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// Real, effective and saved user id.
+    pub uid: u32,
+    /// Real, effective and saved group id.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+/// Everything [`spawn`] needs, prepared before the clone (the child may only
+/// make system calls on data that already exists).
+pub struct SpawnSpec<'a> {
+    /// Resolved path of the program.
+    pub program: &'a CStr,
+    /// argv.
+    pub argv: &'a [CString],
+    /// The whole environment, `K=V`.
+    pub envp: &'a [CString],
+    /// Working directory.
+    pub cwd: &'a CStr,
+    /// fds 0, 1, 2.
+    pub stdio: Stdio<'a>,
+    /// A cgroup directory to be born in (`CLONE_INTO_CGROUP`).
+    pub cgroup: Option<BorrowedFd<'a>>,
+    /// Switch to this user before exec.
+    pub credentials: Option<&'a Credentials>,
+    /// `RLIMIT_NOFILE` (soft and hard) to set before exec.
+    pub nofile: Option<u64>,
+}
+
+/// Starts an agent: the leader of a new session, with `argv`, exactly `envp`,
+/// working directory `cwd` and the given standard streams; every other
+/// descriptor closed, the signal mask empty and every disposition at its
+/// default (the daemon ignores SIGPIPE; agents must not inherit that); born in
+/// `cgroup`, with `nofile`, as `credentials`, when given.
+///
+/// Returns once the child has called `execve` successfully; a failed `chdir` or
+/// `execve` comes back as the error, with no process left behind. An error of
+/// kind [`io::ErrorKind::Unsupported`] means clone3 (or clone3 into a cgroup)
+/// is refused here: the caller may retry without a cgroup.
+pub fn spawn(spec: &SpawnSpec<'_>) -> io::Result<Pid> {
+    match spawn_clone3(spec) {
+        Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+            if spec.cgroup.is_some() {
+                return Err(e);
+            }
+            if spec.credentials.is_some() || spec.nofile.is_some() {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("cannot set the agent's user or open-file limit here: {e}"),
+                ));
+            }
+            posix_spawn(spec)
+        }
+        other => other,
+    }
 }
 
 fn check(rc: libc::c_int) -> io::Result<()> {
@@ -96,32 +161,24 @@ fn c_ptrs(strings: &[CString]) -> Vec<*mut libc::c_char> {
         .collect()
 }
 
-/// Starts `program` as the leader of a new session, with `argv`, exactly the
-/// environment `envp`, working directory `cwd` and the given standard streams.
-/// Every other descriptor is closed in the child, the signal mask is emptied and
-/// every signal disposition is reset to its default (the daemon ignores SIGPIPE;
-/// agents must not inherit that).
-///
-/// Returns once the child has called `execve` successfully; a failed `chdir` or
-/// `execve` comes back as the error, with no process left behind.
-pub fn spawn(
-    program: &CStr,
-    argv: &[CString],
-    envp: &[CString],
-    cwd: Option<&CStr>,
-    stdio: &Stdio<'_>,
-) -> io::Result<Pid> {
-    // dup2(fd, fd) would leave FD_CLOEXEC set; lift any stream fd below 3 out of the way.
-    let lifted: Vec<OwnedFd> = [stdio.stdin, stdio.stdout, stdio.stderr]
+/// dup2(fd, fd) would leave FD_CLOEXEC set; lift every stream fd above 2 first.
+fn lift(stdio: &Stdio<'_>) -> io::Result<Vec<OwnedFd>> {
+    [stdio.stdin, stdio.stdout, stdio.stderr]
         .into_iter()
-        .map(|fd| rustix::io::fcntl_dupfd_cloexec(fd, 3))
-        .collect::<Result<_, _>>()?;
+        .map(|fd| rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(io::Error::from))
+        .collect()
+}
+
+/// glibc's posix_spawn (`POSIX_SPAWN_SETSID`, `addchdir_np`,
+/// `addclosefrom_np`): the fallback where clone3 is refused.
+fn posix_spawn(spec: &SpawnSpec<'_>) -> io::Result<Pid> {
+    let lifted = lift(&spec.stdio)?;
     let mut cfg = SpawnConfig::new()?;
-    let argv_ptrs = c_ptrs(argv);
-    let envp_ptrs = c_ptrs(envp);
+    let argv_ptrs = c_ptrs(spec.argv);
+    let envp_ptrs = c_ptrs(spec.envp);
     let mut pid: libc::pid_t = 0;
     // SAFETY: cfg's objects are initialised; every pointer handed to glibc points
-    // into `argv`, `envp`, `cwd`, `program` or `lifted`, all of which outlive the call.
+    // into `spec` or `lifted`, all of which outlive the call.
     unsafe {
         let flags = libc::POSIX_SPAWN_SETSID
             | libc::POSIX_SPAWN_SETSIGMASK as libc::c_short
@@ -139,19 +196,17 @@ pub fn spawn(
                 target as libc::c_int,
             ))?;
         }
-        if let Some(dir) = cwd {
-            check(libc::posix_spawn_file_actions_addchdir_np(
-                &mut cfg.actions,
-                dir.as_ptr(),
-            ))?;
-        }
+        check(libc::posix_spawn_file_actions_addchdir_np(
+            &mut cfg.actions,
+            spec.cwd.as_ptr(),
+        ))?;
         check(libc::posix_spawn_file_actions_addclosefrom_np(
             &mut cfg.actions,
             3,
         ))?;
         check(libc::posix_spawn(
             &mut pid,
-            program.as_ptr(),
+            spec.program.as_ptr(),
             &cfg.actions,
             &cfg.attr,
             argv_ptrs.as_ptr(),
@@ -184,56 +239,64 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 const STEP_CHDIR: u32 = 1;
 const STEP_EXEC: u32 = 2;
 const STEP_SETUP: u32 = 3;
+const STEP_USER: u32 = 4;
+const STEP_RLIMIT: u32 = 5;
 
-/// Starts `program` like [`spawn`], born inside the cgroup whose directory is
-/// open as `cgroup_dir` (`clone3` with `CLONE_INTO_CGROUP`), so the agent and
-/// everything it ever starts are inside from the first instruction — without
-/// the cost of migrating a running process into a cgroup.
-///
-/// glibc 2.36 has no posix_spawn attribute for a cgroup, so this does what its
-/// posix_spawn does, by hand: `clone3` with `CLONE_VFORK` (the parent waits
-/// until the child has called `execve`), then in the child only async-signal-safe
-/// system calls on data prepared before the clone — default dispositions, empty
-/// signal mask, new session, the three streams, the working directory, every
-/// other descriptor close-on-exec, `execve`. A failed `chdir` or `execve` comes
-/// back through a close-on-exec pipe as the error, and the child is reaped.
-pub fn spawn_into_cgroup(
-    program: &CStr,
-    argv: &[CString],
-    envp: &[CString],
-    cwd: &CStr,
-    stdio: &Stdio<'_>,
-    cgroup_dir: BorrowedFd<'_>,
-) -> io::Result<Pid> {
-    let lifted: Vec<OwnedFd> = [stdio.stdin, stdio.stdout, stdio.stderr]
-        .into_iter()
-        .map(|fd| rustix::io::fcntl_dupfd_cloexec(fd, 3))
-        .collect::<Result<_, _>>()?;
+/// What the child needs, prepared before the clone.
+#[repr(C)]
+struct ChildCtx {
+    program: *const libc::c_char,
+    argv: *const *mut libc::c_char,
+    envp: *const *mut libc::c_char,
+    cwd: *const libc::c_char,
+    fds: [libc::c_int; 3],
+    report: libc::c_int,
+    /// uid, gid (u32::MAX: keep the daemon's).
+    uid: u32,
+    gid: u32,
+    groups: *const libc::gid_t,
+    ngroups: usize,
+    /// 0: keep the daemon's.
+    nofile: u64,
+}
+
+/// The clone3 spawn: glibc 2.36 has no posix_spawn attribute for a cgroup or a
+/// user, so this does what its posix_spawn does, by hand — `clone3` with
+/// `CLONE_VFORK` (the parent waits until the child has called `execve`), then
+/// in the child only system calls on prepared data. A failed step comes back
+/// through a close-on-exec pipe as the error, and the child is reaped.
+fn spawn_clone3(spec: &SpawnSpec<'_>) -> io::Result<Pid> {
+    let lifted = lift(&spec.stdio)?;
     let (err_read, err_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-    let argv_ptrs = c_ptrs(argv);
-    let envp_ptrs = c_ptrs(envp);
-    let fds: [libc::c_int; 3] = [
-        lifted[0].as_raw_fd(),
-        lifted[1].as_raw_fd(),
-        lifted[2].as_raw_fd(),
-    ];
+    let argv_ptrs = c_ptrs(spec.argv);
+    let envp_ptrs = c_ptrs(spec.envp);
+    let groups: &[u32] = spec.credentials.map_or(&[], |c| c.groups.as_slice());
     let ctx = ChildCtx {
-        program: program.as_ptr(),
+        program: spec.program.as_ptr(),
         argv: argv_ptrs.as_ptr(),
         envp: envp_ptrs.as_ptr(),
-        cwd: cwd.as_ptr(),
-        fds,
+        cwd: spec.cwd.as_ptr(),
+        fds: [
+            lifted[0].as_raw_fd(),
+            lifted[1].as_raw_fd(),
+            lifted[2].as_raw_fd(),
+        ],
         report: err_write.as_raw_fd(),
+        uid: spec.credentials.map_or(u32::MAX, |c| c.uid),
+        gid: spec.credentials.map_or(u32::MAX, |c| c.gid),
+        groups: groups.as_ptr(),
+        ngroups: groups.len(),
+        nofile: spec.nofile.unwrap_or(0),
     };
-    let ret = clone3_exec(cgroup_dir, &ctx);
+    let ret = clone3_exec(spec.cgroup, &ctx);
     if ret < 0 {
         let err = io::Error::last_os_error();
         // No clone3, or not into a cgroup, here (old kernel, a seccomp filter):
-        // say so distinctly, so the caller can start the agent without a cgroup.
+        // say so distinctly, so the caller can fall back.
         return Err(match err.raw_os_error() {
             Some(libc::ENOSYS | libc::EPERM | libc::EINVAL) => io::Error::new(
                 io::ErrorKind::Unsupported,
-                format!("clone3 into a cgroup is not available: {err}"),
+                format!("clone3 is not available: {err}"),
             ),
             _ => err,
         });
@@ -249,26 +312,22 @@ pub fn spawn_into_cgroup(
         let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
         let err = io::Error::from_raw_os_error(errno);
         return Err(match step {
-            STEP_CHDIR => io::Error::new(err.kind(), format!("working directory: {err}")),
+            STEP_CHDIR => io::Error::new(
+                err.kind(),
+                format!("working directory {}: {err}", spec.cwd.to_string_lossy()),
+            ),
             STEP_SETUP => io::Error::new(err.kind(), format!("setting up the new process: {err}")),
+            STEP_USER => {
+                io::Error::new(err.kind(), format!("switching to the agent's user: {err}"))
+            }
+            STEP_RLIMIT => io::Error::new(err.kind(), format!("setting RLIMIT_NOFILE: {err}")),
             _ => err,
         });
     }
     Ok(pid)
 }
 
-/// What the child of [`spawn_into_cgroup`] needs, prepared before the clone.
-#[repr(C)]
-struct ChildCtx {
-    program: *const libc::c_char,
-    argv: *const *mut libc::c_char,
-    envp: *const *mut libc::c_char,
-    cwd: *const libc::c_char,
-    fds: [libc::c_int; 3],
-    report: libc::c_int,
-}
-
-/// clone3 into the cgroup, the child running [`child_exec`]; returns clone3's result.
+/// clone3, the child running [`child_exec`]; returns clone3's result.
 ///
 /// On x86_64 the child shares the parent's memory (`CLONE_VM | CLONE_VFORK`, as
 /// glibc's posix_spawn does) and runs on a stack of its own, so nothing of the
@@ -276,13 +335,16 @@ struct ChildCtx {
 /// parent's signals are blocked around the clone so no handler of the daemon
 /// can run in the child before it resets them. Elsewhere the child gets a copy
 /// of the memory (fork semantics), which is correct but costs more.
-fn clone3_exec(cgroup_dir: BorrowedFd<'_>, ctx: &ChildCtx) -> libc::c_long {
+fn clone3_exec(cgroup_dir: Option<BorrowedFd<'_>>, ctx: &ChildCtx) -> libc::c_long {
     let mut args = CloneArgs {
-        flags: libc::CLONE_VFORK as u64 | CLONE_INTO_CGROUP,
+        flags: libc::CLONE_VFORK as u64,
         exit_signal: libc::SIGCHLD as u64,
-        cgroup: cgroup_dir.as_raw_fd() as u64,
         ..CloneArgs::default()
     };
+    if let Some(dir) = cgroup_dir {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = dir.as_raw_fd() as u64;
+    }
     #[cfg(target_arch = "x86_64")]
     {
         const STACK: usize = 128 * 1024;
@@ -349,7 +411,11 @@ extern "C" fn child_entry(ctx: *const ChildCtx) -> ! {
     unsafe { child_exec(&*ctx) }
 }
 
-/// The child side of [`spawn_into_cgroup`]: never returns.
+/// The child side of [`spawn_clone3`]: never returns.
+///
+/// Credentials and limits go through raw system calls: glibc's `setuid` family
+/// broadcasts to every thread of the process, and this child shares the
+/// daemon's memory (and so glibc's idea of its threads).
 ///
 /// # Safety
 /// Must only run in a freshly cloned child whose parent waits (CLONE_VFORK);
@@ -384,6 +450,30 @@ unsafe fn child_exec(ctx: &ChildCtx) -> ! {
                 fail(STEP_SETUP);
             }
         }
+        if ctx.nofile > 0 {
+            let lim = libc::rlimit64 {
+                rlim_cur: ctx.nofile,
+                rlim_max: ctx.nofile,
+            };
+            let rc = libc::syscall(
+                libc::SYS_prlimit64,
+                0,
+                libc::RLIMIT_NOFILE,
+                &lim as *const libc::rlimit64,
+                std::ptr::null_mut::<libc::rlimit64>(),
+            );
+            if rc != 0 {
+                fail(STEP_RLIMIT);
+            }
+        }
+        if ctx.uid != u32::MAX
+            && (libc::syscall(libc::SYS_setgroups, ctx.ngroups, ctx.groups) != 0
+                || libc::syscall(libc::SYS_setresgid, ctx.gid, ctx.gid, ctx.gid) != 0
+                || libc::syscall(libc::SYS_setresuid, ctx.uid, ctx.uid, ctx.uid) != 0)
+        {
+            fail(STEP_USER);
+        }
+        // After the switch: the agent's own permissions decide whether it may enter cwd.
         if libc::chdir(ctx.cwd) != 0 {
             fail(STEP_CHDIR);
         }
@@ -456,34 +546,31 @@ pub fn c_path(path: &Path) -> io::Result<CString> {
     c_string("path", path.as_os_str().as_bytes())
 }
 
-/// A live process corral watches: its pidfd, identity and an open `stat` file.
+/// A process corral watches: its pidfd and identity. The pidfd is the only
+/// descriptor it holds: `/proc/<pid>/stat` is opened per read and checked
+/// against the start time, so a live agent costs one fd and an ended one none.
 #[derive(Debug)]
 pub struct ProcessHandle {
     pid: Pid,
     start_ticks: u64,
     pidfd: OwnedFd,
-    stat: File,
 }
 
 impl ProcessHandle {
-    /// Opens a pidfd and `/proc/<pid>/stat` for `pid`. With `expect_start`, the
-    /// process must have that start time (checked after the pidfd is open, so a
-    /// match proves the pidfd refers to the same process): a PID reused by a
-    /// stranger yields `Ok(None)`.
+    /// Opens a pidfd for `pid`. With `expect_start`, the process must have that
+    /// start time (checked after the pidfd is open, so a match proves the pidfd
+    /// refers to the same process): a PID reused by a stranger yields `Ok(None)`.
     pub fn open(pid: Pid, expect_start: Option<u64>) -> io::Result<Option<Self>> {
         let pidfd = match rustix::process::pidfd_open(pid, PidfdFlags::NONBLOCK) {
             Ok(fd) => fd,
             Err(rustix::io::Errno::SRCH) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let stat = match File::open(format!("/proc/{}/stat", pid.as_raw_nonzero())) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let sample = match read_stat(&stat) {
+        let sample = match read_stat_of(pid.as_raw_nonzero().get()) {
             Ok(s) => s,
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ESRCH | libc::ENOENT)) => {
+                return Ok(None);
+            }
             Err(e) => return Err(e),
         };
         if expect_start.is_some_and(|t| t != sample.start_ticks) {
@@ -493,13 +580,11 @@ impl ProcessHandle {
             pid,
             start_ticks: sample.start_ticks,
             pidfd,
-            stat,
         }))
     }
 
-    /// Opens a member of an agent's tree by its identity, without the stat file
-    /// kept for sampling. `Ok(None)` when that process is gone or the pid now
-    /// belongs to someone else.
+    /// Opens a member of an agent's tree by its identity. `Ok(None)` when that
+    /// process is gone or the pid now belongs to someone else.
     pub fn open_member(pid: i32, start_ticks: u64) -> io::Result<Option<Self>> {
         match Pid::from_raw(pid) {
             Some(pid) => Self::open(pid, Some(start_ticks)),
@@ -517,14 +602,14 @@ impl ProcessHandle {
         self.start_ticks
     }
 
-    /// The pidfd, for registering with an event loop.
-    pub fn pidfd(&self) -> BorrowedFd<'_> {
-        self.pidfd.as_fd()
-    }
-
-    /// Reads `/proc/<pid>/stat` through the open file (ESRCH once the process is reaped).
+    /// Reads `/proc/<pid>/stat`; an error once the process is reaped or the pid
+    /// belongs to another process.
     pub fn sample(&self) -> io::Result<StatSample> {
-        read_stat(&self.stat)
+        let s = read_stat_of(self.pid())?;
+        if s.start_ticks != self.start_ticks {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        Ok(s)
     }
 
     /// True once the process has exited (zombie or reaped): the pidfd is readable.
@@ -537,20 +622,36 @@ impl ProcessHandle {
         matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
     }
 
-    /// Reaps the process if it has exited; `Ok(None)` while it still runs.
-    /// Only this process is waited for, through its pidfd: never `waitpid(-1)`.
-    pub fn try_reap(&self) -> io::Result<Option<ExitKind>> {
+    /// How the process ended, without reaping it: it stays a zombie (its pid
+    /// reserved) until [`Self::reap`]. `Ok(None)` while it runs; an `ECHILD`
+    /// error when it is not our child (re-adopted after a daemon restart).
+    pub fn peek_exit(&self) -> io::Result<Option<ExitKind>> {
+        let status = rustix::process::waitid(
+            WaitId::PidFd(self.pidfd.as_fd()),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT,
+        )?;
+        Ok(status.and_then(exit_kind))
+    }
+
+    /// Reaps the process (our child) once it has exited. Only this process is
+    /// waited for, through its pidfd: never `waitpid(-1)`.
+    pub fn reap(&self) -> io::Result<Option<ExitKind>> {
         let status = rustix::process::waitid(
             WaitId::PidFd(self.pidfd.as_fd()),
             WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
         )?;
-        Ok(status.and_then(|s| {
-            if let Some(code) = s.exit_status() {
-                Some(ExitKind::Code(code))
-            } else {
-                s.terminating_signal().map(ExitKind::Signal)
-            }
-        }))
+        Ok(status.and_then(exit_kind))
+    }
+
+    /// How a zombie that is not our child ended: the kernel keeps its wait
+    /// status in field 52 of `/proc/<pid>/stat`, readable by anyone until its
+    /// parent reaps it. `None` when it is not (or no longer) that zombie.
+    pub fn zombie_exit(&self) -> Option<ExitKind> {
+        let s = read_stat_of(self.pid()).ok()?;
+        if s.start_ticks != self.start_ticks || s.state != 'Z' {
+            return None;
+        }
+        s.exit_status.map(decode_wait_status)
     }
 
     /// Sends `sig` to the process itself, through its pidfd (cannot hit a reused pid).
@@ -569,6 +670,21 @@ impl ProcessHandle {
             Err(rustix::io::Errno::SRCH) => Ok(()),
             other => other.map_err(Into::into),
         }
+    }
+}
+
+fn exit_kind(s: rustix::process::WaitIdStatus) -> Option<ExitKind> {
+    s.exit_status()
+        .map(ExitKind::Code)
+        .or_else(|| s.terminating_signal().map(ExitKind::Signal))
+}
+
+/// A wait(2) status: low 7 bits = terminating signal, else the exit code above them.
+fn decode_wait_status(status: i32) -> ExitKind {
+    if status & 0x7f == 0 {
+        ExitKind::Code((status >> 8) & 0xff)
+    } else {
+        ExitKind::Signal(status & 0x7f)
     }
 }
 
@@ -627,13 +743,7 @@ impl ProcessHandle {
         if info.mask & PIDFD_INFO_EXIT == 0 {
             return Ok(None);
         }
-        // A wait(2) status: low 7 bits = terminating signal, else the exit code above them.
-        let status = info.exit_code;
-        Ok(Some(if status & 0x7f == 0 {
-            ExitKind::Code((status >> 8) & 0xff)
-        } else {
-            ExitKind::Signal(status & 0x7f)
-        }))
+        Ok(Some(decode_wait_status(info.exit_code)))
     }
 }
 
@@ -654,10 +764,15 @@ pub struct StatSample {
     pub ppid: i32,
     /// Process group.
     pub pgrp: i32,
+    /// Session.
+    pub session: i32,
+    /// A zombie's wait status (field 52), as the kernel keeps it for its parent.
+    pub exit_status: Option<i32>,
 }
 
-fn read_stat(file: &File) -> io::Result<StatSample> {
+fn read_stat_of(pid: i32) -> io::Result<StatSample> {
     let mut buf = [0u8; 1024];
+    let file = File::open(format!("/proc/{pid}/stat"))?;
     let n = file.read_at(&mut buf, 0)?;
     parse_stat(&buf[..n])
 }
@@ -674,6 +789,8 @@ pub fn parse_stat(text: &[u8]) -> io::Result<StatSample> {
         start_ticks: stat.starttime,
         ppid: stat.ppid,
         pgrp: stat.pgrp,
+        session: stat.session,
+        exit_status: stat.exit_code,
     })
 }
 
@@ -723,8 +840,8 @@ pub fn boottime_seconds() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
-/// Raises the soft open-file limit to the hard one: corral keeps two fds per
-/// live agent (pidfd and stat file). Returns the new soft limit.
+/// Raises the soft open-file limit to the hard one: corral keeps one fd (a
+/// pidfd) per live agent. Returns the new soft limit.
 pub fn raise_nofile_limit() -> u64 {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut lim = getrlimit(Resource::Nofile);
@@ -744,7 +861,7 @@ pub fn kill_and_reap_child(pid: Pid) {
 }
 
 /// One row of the process table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProcEntry {
     /// Process id.
     pub pid: i32,
@@ -758,53 +875,66 @@ pub struct ProcEntry {
     pub start_ticks: u64,
     /// State letter.
     pub state: char,
+    /// User + system CPU time, ticks.
+    pub cpu_ticks: u64,
+    /// Resident pages.
+    pub rss_pages: u64,
+    /// Threads.
+    pub num_threads: u32,
 }
 
 /// Every process on the system, from `/proc/<pid>/stat` (processes that vanish
-/// during the scan are skipped).
+/// during the scan are skipped). Each file is opened relative to one open
+/// `/proc` directory, read once and closed: no descriptor is kept.
 pub fn process_table() -> Vec<ProcEntry> {
+    use rustix::fs::{Mode, OFlags, openat};
+    let Ok(proc_dir) = rustix::fs::open(
+        "/proc",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return Vec::new();
+    };
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     let mut out = Vec::with_capacity(512);
     let mut path = String::with_capacity(32);
-    let mut buf = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
     for entry in dir.flatten() {
         let name = entry.file_name();
         let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
             continue;
         };
         path.clear();
-        path.push_str("/proc/");
         path.push_str(name.to_str().unwrap_or_default());
         path.push_str("/stat");
-        buf.clear();
-        let Ok(mut f) = File::open(&path) else {
+        let Ok(fd) = openat(
+            &proc_dir,
+            path.as_str(),
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
             continue;
         };
-        if std::io::Read::read_to_end(&mut f, &mut buf).is_err() {
+        let Ok(n) = rustix::io::read(&fd, &mut buf) else {
             continue;
-        }
-        if let Ok(s) = parse_stat(&buf) {
-            let session = procfs_session(&buf).unwrap_or(0);
+        };
+        if let Ok(s) = parse_stat(&buf[..n]) {
             out.push(ProcEntry {
                 pid,
                 ppid: s.ppid,
                 pgrp: s.pgrp,
-                session,
+                session: s.session,
                 start_ticks: s.start_ticks,
                 state: s.state,
+                cpu_ticks: s.cpu_ticks,
+                rss_pages: s.rss_pages,
+                num_threads: s.num_threads,
             });
         }
     }
     out
-}
-
-/// Field 6 (session) of a stat line.
-fn procfs_session(text: &[u8]) -> Option<i32> {
-    let text = std::str::from_utf8(text).ok()?;
-    let rest = &text[text.rfind(')')? + 2..];
-    rest.split(' ').nth(3)?.parse().ok()
 }
 
 /// A variable of the environment a process was started with (`/proc/<pid>/environ`).
@@ -859,12 +989,6 @@ pub fn reap_child(pid: i32) -> Option<ExitKind> {
         .or_else(|| status.terminating_signal().map(ExitKind::Signal))
 }
 
-/// Detaches the calling process into a session of its own (used by the daemon).
-/// Already being a group leader is not an error.
-pub fn detach_session() {
-    let _ = rustix::process::setsid();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -898,21 +1022,51 @@ mod tests {
         assert_eq!(resolve_program("./x", None).unwrap(), PathBuf::from("./x"));
     }
 
-    #[test]
-    fn the_kernel_keeps_the_exit_status_for_a_pidfd_holder() {
+    fn sh_exiting_on_stdin_close(code: i32) -> (std::process::Child, ProcessHandle) {
         let child = std::process::Command::new("sh")
-            .args(["-c", "read x; exit 42"])
+            .args(["-c", &format!("read x; exit {code}")])
             .stdin(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         let pid = Pid::from_raw(child.id() as i32).unwrap();
         let h = ProcessHandle::open(pid, None).unwrap().unwrap();
-        drop(child); // closes stdin: the shell exits 42
-        let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
-        match h.exit_status_from_kernel() {
-            Ok(status) => assert_eq!(status, Some(ExitKind::Code(42))),
-            Err(e) => eprintln!("kernel without PIDFD_INFO_EXIT ({e}); nothing to check"),
+        (child, h)
+    }
+
+    fn wait_exited(h: &ProcessHandle) {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !h.has_exited() {
+            assert!(std::time::Instant::now() < end, "never exited");
+            std::thread::sleep(std::time::Duration::from_millis(2));
         }
+    }
+
+    #[test]
+    fn the_kernel_keeps_the_exit_status_for_a_pidfd_holder() {
+        // Needs Linux >= 6.15 (PIDFD_INFO_EXIT): corral's CI kernel has it, and a
+        // kernel without it must fail here rather than pass unchecked.
+        let (mut child, h) = sh_exiting_on_stdin_close(42);
+        drop(child.stdin.take()); // the shell exits 42
+        let _ = child.wait();
+        assert_eq!(
+            h.exit_status_from_kernel().unwrap(),
+            Some(ExitKind::Code(42))
+        );
+    }
+
+    #[test]
+    fn a_peeked_exit_leaves_a_zombie_whose_status_anyone_can_read() {
+        let (mut child, h) = sh_exiting_on_stdin_close(7);
+        drop(child.stdin.take());
+        wait_exited(&h);
+        assert_eq!(h.peek_exit().unwrap(), Some(ExitKind::Code(7)));
+        // Still a zombie: the pid stays reserved, and field 52 holds the status.
+        assert_eq!(read_stat_of(h.pid()).unwrap().state, 'Z');
+        assert_eq!(h.zombie_exit(), Some(ExitKind::Code(7)));
+        assert_eq!(h.reap().unwrap(), Some(ExitKind::Code(7)));
+        assert!(read_stat_of(h.pid()).is_err(), "reaped");
+        assert_eq!(h.zombie_exit(), None);
+        let _ = child.try_wait();
     }
 
     #[test]
@@ -925,5 +1079,10 @@ mod tests {
         assert!(stranger.is_none(), "a different start time must not match");
         assert!(!h.has_exited());
         assert!(h.sample().unwrap().num_threads >= 1);
+        assert!(
+            process_table()
+                .iter()
+                .any(|p| p.pid == h.pid() && p.start_ticks == h.start_ticks())
+        );
     }
 }

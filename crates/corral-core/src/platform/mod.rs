@@ -1,4 +1,4 @@
-//! The platform seam: everything that talks to the OS about processes.
+//! The platform seam: everything that talks to the OS about processes and files.
 //!
 //! Business logic (the supervisor, the sampler) calls only what this module
 //! exports; nothing above it carries `cfg(target_os)`. Linux is the one
@@ -12,6 +12,8 @@ mod linux;
 pub use linux::*;
 #[cfg(target_os = "linux")]
 pub mod cgroup;
+#[cfg(target_os = "linux")]
+pub mod files;
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(

@@ -1,225 +1,115 @@
-//! Noticing and recording ends: one pidfd watcher per agent, the orphan reaper
-//! (as subreaper), the reap sweep, and exit statuses of re-adopted agents read
-//! from the kernel.
+//! Ends of runs, and reaping.
+//!
+//! - An agent's exit is read without reaping it (`waitid(WNOWAIT)`), so the
+//!   process stays a zombie — its pid reserved, its status readable — until
+//!   the end is committed; then its owner reaps it. A status in between says
+//!   `zombie`, which is the truth.
+//! - A re-adopted agent is not our child: its exit status comes from field 52
+//!   of its `/proc/<pid>/stat` while it is a zombie (whoever its parent is), or
+//!   from the kernel through its pidfd once its parent has reaped it
+//!   (`PIDFD_INFO_EXIT`, Linux ≥ 6.15).
+//! - As a subreaper, the daemon reaps orphans (descendants of agents that lost
+//!   their parents) on every SIGCHLD, by pid, never an agent and never with
+//!   `waitpid(-1)`.
 
-use super::*;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-impl Supervisor {
-    /// Reaps orphans on every SIGCHLD. Agents' own exits are left to their watchers.
-    pub(super) fn start_orphan_reaper(&self) -> Result<()> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut sigchld = signal(SignalKind::child()).map_err(|e| Error::StateDir {
-            path: self.inner.config.state_dir.clone(),
-            action: "listen for SIGCHLD",
-            source: e,
-        })?;
-        let weak = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
-            while sigchld.recv().await.is_some() {
-                let Some(inner) = weak.upgrade() else { return };
-                Supervisor { inner }.reap_orphans();
-            }
-        });
-        Ok(())
+use crate::id::AgentId;
+use crate::model::PersistentStatus;
+use crate::platform::{self, ExitKind};
+use crate::store::{self, Ending};
+
+use super::actor::{Actor, Phase, Plan};
+use super::policy::{self, Decision};
+use super::run::epoch_s;
+use super::state::{Happening, Tag};
+use super::stop::StopCause;
+use super::{Shared, lock};
+
+pub(crate) fn signal_name(sig: i32) -> String {
+    let name = match sig {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        _ => return format!("signal {sig}"),
+    };
+    format!("{name} ({sig})")
+}
+
+fn exit_words(exit: Option<ExitKind>) -> String {
+    match exit {
+        Some(ExitKind::Code(c)) => format!("exited with code {c}"),
+        Some(ExitKind::Signal(s)) => format!("killed by {}", signal_name(s)),
+        None => "exit status lost: the agent was re-adopted after a daemon restart and the kernel did not report how it ended".to_owned(),
     }
+}
 
-    /// Reaps every exited child that is not an agent (descendants of agents that
-    /// were reparented to this subreaper). Returns how many it reaped.
-    pub fn reap_orphans(&self) -> usize {
-        // Read /proc before taking the lock (spawns and watchers need it), then
-        // hold it across the waitids: a new agent enters `owned` under this lock
-        // together with its spawn, so no agent's exit status can be taken here.
-        let children = platform::own_children();
-        let mut reaped = 0;
-        {
-            let owned = lock(&self.inner.owned);
-            for pid in children.into_iter().filter(|pid| !owned.contains(pid)) {
-                // An agent reaped by its watcher since the read: waitid takes nothing.
-                if let Some(exit) = platform::reap_child(pid) {
-                    reaped += 1;
-                    tracing::debug!(pid, ?exit, "reaped an orphan");
-                }
-            }
+/// The status and reason of a run that ended with `exit`.
+pub(crate) fn ending_of(
+    exit: Option<ExitKind>,
+    user_stop: bool,
+    cause: Option<&StopCause>,
+) -> (PersistentStatus, String) {
+    let words = exit_words(exit);
+    match (user_stop, cause) {
+        (true, _) => (
+            PersistentStatus::Cancelled,
+            format!("stopped on request; {words}"),
+        ),
+        (false, Some(StopCause::Runtime { limit_s })) => (
+            PersistentStatus::Failed,
+            format!("max_runtime_s {limit_s} exceeded; stopped ({words})"),
+        ),
+        _ => match exit {
+            Some(ExitKind::Code(0)) => (PersistentStatus::Completed, words),
+            _ => (PersistentStatus::Failed, words),
+        },
+    }
+}
+
+impl Actor {
+    /// The agent's process exited: read how, decide what follows, commit, reap,
+    /// publish, answer a waiting spawn — in that order.
+    pub(crate) async fn on_exit(&mut self) {
+        let Some(run) = self.run.as_mut() else { return };
+        if run.exited {
+            return;
         }
-        if reaped > 0 {
-            // An orphan may have been the last process in an ended agent's cgroup.
-            let ended: Vec<Arc<Agent>> = lock(&self.inner.agents)
-                .values()
-                .filter(|a| a.leaf.is_some() && !a.status_now().is_live())
-                .cloned()
-                .collect();
-            for agent in ended {
-                self.release_leaf(&agent);
-            }
-            self.inner.reaped.notify_waiters();
-        }
-        reaped
-    }
-
-    /// Sweeps for anything not yet reaped: orphans of agents, and agents whose
-    /// exit their watcher has not collected. Returns the ids of agents this sweep
-    /// had to reap itself (normally none: exits are reaped the moment they happen).
-    pub async fn reap_zombies(&self) -> Vec<String> {
-        let orphans = self.reap_orphans();
-        let exited: Vec<Arc<Agent>> = lock(&self.inner.agents)
-            .values()
-            .filter(|a| {
-                a.status_now().is_live() && a.proc_.as_ref().is_some_and(|p| p.has_exited())
-            })
-            .cloned()
-            .collect();
-        let mut reaped = Vec::new();
-        for agent in exited {
-            // Its watcher normally records the exit within microseconds; give it a moment.
-            let mut ended = agent.ended.subscribe();
-            if tokio::time::timeout(Duration::from_millis(100), ended.wait_for(|e| *e))
-                .await
-                .is_ok()
-            {
-                continue;
-            }
-            if let Some(proc_) = agent.proc_.clone()
-                && let Some(exit) = self.reap_agent(&agent, &proc_)
-            {
-                self.record_exit(&agent, exit).await;
-                tracing::warn!(agent_id = %agent.id, pid = proc_.pid(), "reap sweep collected an agent its watcher missed");
-                reaped.push(agent.id.to_string());
-            }
-        }
-        tracing::info!(orphans, agents = reaped.len(), "reap sweep");
-        reaped
-    }
-
-    /// Starts the task that waits for the agent's exit.
-    pub(super) fn watch(&self, agent: Arc<Agent>) {
-        let sup = self.clone();
-        tokio::spawn(async move {
-            let exit = sup.wait_exit(&agent).await;
-            sup.record_exit(&agent, exit).await;
-        });
-    }
-
-    /// Waits, without polling, until the agent's process exits; reaps it.
-    pub(super) async fn wait_exit(&self, agent: &Agent) -> Option<ExitKind> {
-        let proc_ = agent.proc_.clone()?;
-        // SAFETY: the pidfd is owned by the ProcessHandle, which the Arc keeps alive
-        // (and never changes) for as long as the AsyncFd exists.
-        let registered =
-            unsafe { AsyncFd::register_with_interest(proc_.clone(), Interest::READABLE) };
-        let afd = match registered {
-            Ok(afd) => afd,
-            Err(e) => {
-                tracing::error!(agent_id = %agent.id, pid = proc_.pid(), error = %e, "cannot watch the pidfd");
-                return None;
-            }
+        run.exited = true;
+        let exit = read_exit(run.our_child, &run.proc_).await;
+        let (user_stop, pid) = (run.user_stop, run.pid());
+        let ran_s = (platform::boottime_seconds() - run.proc_.started_s).max(0.0);
+        let cause = match &self.phase {
+            Phase::Stopping(s) => Some(s.cause.clone()),
+            _ => None,
         };
-        loop {
-            let mut ready = match afd.readable().await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(agent_id = %agent.id, pid = proc_.pid(), error = %e, "pidfd wait failed");
-                    return None;
-                }
-            };
-            match self.reap_agent(agent, &proc_) {
-                Some(None) => return self.exit_from_kernel(agent, &proc_).await,
-                Some(exit) => return exit,
-                None => ready.clear_ready(),
-            }
-        }
-    }
-
-    /// The exit status of an agent that is not our child (re-adopted after a
-    /// daemon restart), from the kernel through its pidfd. The kernel has it
-    /// once the real parent has reaped the process; there is no event for that,
-    /// so this asks again for a bounded time before giving up.
-    pub(super) async fn exit_from_kernel(
-        &self,
-        agent: &Agent,
-        proc_: &ProcessHandle,
-    ) -> Option<ExitKind> {
-        const TRIES: u32 = 40;
-        for _ in 0..TRIES {
-            match proc_.exit_status_from_kernel() {
-                Ok(Some(exit)) => {
-                    lock(&agent.state).exit = Some(exit);
-                    return Some(exit);
-                }
-                Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
-                Err(e) => {
-                    tracing::debug!(agent_id = %agent.id, pid = proc_.pid(), error = %e, "the kernel gives no exit status (needs Linux 6.15)");
-                    return None;
-                }
-            }
-        }
-        None
-    }
-
-    /// Reaps the agent's process if it has exited: `None` while it runs, else how
-    /// it ended (`Some(None)` when the status is not ours to read: an agent
-    /// re-adopted after a daemon restart has another parent).
-    pub(super) fn reap_agent(
-        &self,
-        agent: &Agent,
-        proc_: &ProcessHandle,
-    ) -> Option<Option<ExitKind>> {
-        match proc_.try_reap() {
-            Ok(Some(exit)) => {
-                lock(&self.inner.owned).remove(&proc_.pid());
-                let mut st = lock(&agent.state);
-                st.exit = Some(exit);
-                st.reaped = true;
-                Some(Some(exit))
-            }
-            Ok(None) => None,
-            Err(e) => {
-                let mut st = lock(&agent.state);
-                if !st.reaped {
-                    tracing::debug!(agent_id = %agent.id, pid = proc_.pid(), error = %e, "exit status not available");
-                    st.reaped = true;
-                }
-                Some(st.exit)
-            }
-        }
-    }
-
-    pub(super) async fn record_exit(&self, agent: &Agent, exit: Option<ExitKind>) {
-        let _t = agent.transition.lock().await;
-        if !agent.status_now().is_live() {
-            return; // already recorded (by a reap sweep)
-        }
-        let runtime = agent.proc_.as_ref().map(|p| {
-            platform::boottime_seconds()
-                - p.start_ticks() as f64 / self.inner.clock.ticks_per_second
-        });
-        let stop_requested = lock(&agent.state).stop_requested;
-        let (status, reason) = match exit {
-            _ if stop_requested => (
-                PersistentStatus::Cancelled,
-                match exit {
-                    Some(ExitKind::Code(c)) => format!("stopped on request; exited with code {c}"),
-                    Some(ExitKind::Signal(s)) => {
-                        format!("stopped on request; killed by {}", signal_name(s))
-                    }
-                    None => "stopped on request".to_owned(),
-                },
-            ),
-            Some(ExitKind::Code(0)) => {
-                (PersistentStatus::Completed, "exited with code 0".to_owned())
-            }
-            Some(ExitKind::Code(c)) => (PersistentStatus::Failed, format!("exited with code {c}")),
-            Some(ExitKind::Signal(s)) => (
-                PersistentStatus::Failed,
-                format!("killed by {}", signal_name(s)),
-            ),
-            None => (
-                PersistentStatus::Failed,
-                "exit status lost: the agent was re-adopted after a daemon restart and the kernel did not report how it ended (needs Linux 6.15, and a parent that reaps it)".to_owned(),
-            ),
-        };
-        let end = Ending {
+        let (status, mut reason) = ending_of(exit, user_stop, cause.as_ref());
+        let now = SystemTime::now();
+        let decision = policy::decide(
+            &self.spec.restart,
             status,
-            ended_at: now_rfc3339(),
+            user_stop,
+            ran_s,
+            &self.history,
+            epoch_s(now),
+            policy::jitter(),
+        );
+        let (plan, extra) = self.plan_after(&decision, now, &mut reason);
+        let ending = Ending {
+            status,
+            ended_at: store::now_rfc3339(),
             exit_code: match exit {
                 Some(ExitKind::Code(c)) => Some(c),
                 _ => None,
@@ -229,22 +119,197 @@ impl Supervisor {
                 _ => None,
             },
             end_reason: reason,
+            next_restart_at: plan.map(|p| humantime::format_rfc3339_millis(p.at).to_string()),
         };
-        if let Err(e) = self.inner.store.finish(agent.run_id, end.clone()).await {
-            // The end is still shown (memory) and logged; the store keeps the run live,
-            // and the next daemon start resolves it.
-            tracing::error!(agent_id = %agent.id, pid = agent.pid(), error = %e, "cannot record the end of a run");
-        }
+        let run_id = self.current().run_id;
+        if let Err(e) = self
+            .sh
+            .store
+            .commit_retrying(store::finish(run_id, ending.clone(), extra))
+            .await
         {
-            let mut st = lock(&agent.state);
-            st.status = end.status;
-            st.ended_at = Some(end.ended_at);
-            st.end_reason = Some(end.end_reason.clone());
-            st.runtime_at_end = runtime;
-            st.reaped = true;
+            tracing::error!(agent_id = %self.spec.id, pid, error = %e, "cannot record the end of a run");
         }
-        self.release_leaf(agent);
-        tracing::info!(agent_id = %agent.id, pid = agent.pid(), status = %end.status, reason = %end.end_reason, "agent ended");
-        agent.ended.send_replace(true);
+        self.reap_after_commit();
+        self.plan = plan;
+        tracing::info!(agent_id = %self.spec.id, pid, status = %ending.status, reason = %ending.end_reason, "agent ended");
+        let tag = self.move_to(Happening::Exited);
+        self.publish(|v| {
+            v.status = ending.status;
+            v.ended_at = Some(ending.ended_at.clone());
+            v.exit = exit;
+            v.end_reason = Some(ending.end_reason.clone());
+            v.runtime_at_end = Some(ran_s);
+            v.proc_ = None;
+            v.next_restart_at = ending.next_restart_at.clone();
+        });
+        let error = self.failed_answer().await;
+        let response = self.current().spawn_response(error);
+        self.answer(Ok(response));
+        if tag != Tag::Ended {
+            // Stopping: the rest of the tree may still be there.
+            return self.stop_step().await;
+        }
+        self.phase = Phase::Ended;
+        if self.plan.is_some() {
+            // Clear what the ended run left behind before a new one starts.
+            let timeouts = self.spec.stop_timeouts;
+            return self
+                .begin_stop(StopCause::Leftovers, timeouts, false, None)
+                .await;
+        }
+        self.after_run();
     }
+
+    /// Turns a restart decision into a plan (and the event that goes with it).
+    fn plan_after(
+        &self,
+        decision: &Decision,
+        now: SystemTime,
+        reason: &mut String,
+    ) -> (Option<Plan>, Option<(&'static str, serde_json::Value)>) {
+        match decision {
+            Decision::Stay => (None, None),
+            Decision::Restart { delay, attempt } => {
+                tracing::info!(agent_id = %self.spec.id, delay_s = delay.as_secs_f64(), attempt, "restart planned");
+                let plan = Plan {
+                    at: now + *delay,
+                    attempt: *attempt,
+                };
+                let data = serde_json::json!({"delay_s": delay.as_secs_f64(), "attempt": attempt});
+                (Some(plan), Some(("restart", data)))
+            }
+            Decision::CrashLoop { restarts } => {
+                let window = self.spec.restart.window_s;
+                reason.push_str(&format!(
+                    "; crash loop: {restarts} restarts within {window} s (max_restarts {}), not restarting",
+                    self.spec.restart.max_restarts
+                ));
+                tracing::warn!(agent_id = %self.spec.id, restarts, window_s = window, "crash loop: not restarting");
+                let data = serde_json::json!({"restarts": restarts, "window_s": window});
+                (None, Some(("crash_loop", data)))
+            }
+        }
+    }
+
+    /// Reaps the agent's process once its end is on record (our child only).
+    fn reap_after_commit(&mut self) {
+        let Some(run) = self.run.as_mut() else { return };
+        if run.our_child {
+            if let Err(e) = run.proc_.handle.reap() {
+                tracing::warn!(agent_id = %self.spec.id, pid = run.pid(), error = %e, "cannot reap the agent");
+            }
+            lock(&self.sh.owned).remove(&run.pid());
+        }
+        run.ended = true;
+    }
+}
+
+/// How the process ended, without reaping it.
+async fn read_exit(our_child: bool, proc_: &super::view::Proc) -> Option<ExitKind> {
+    if our_child {
+        match proc_.handle.peek_exit() {
+            Ok(Some(exit)) => return Some(exit),
+            Ok(None) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {}
+            Err(e) => {
+                tracing::warn!(pid = proc_.handle.pid(), error = %e, "cannot read an exit status");
+                return None;
+            }
+        }
+    }
+    // Not ours: a zombie's status is in its stat; once its parent has reaped it,
+    // the kernel keeps it for pidfd holders. Between the two there is no event:
+    // ask again for a short, bounded time.
+    for _ in 0..25 {
+        if let Some(exit) = proc_.handle.zombie_exit() {
+            return Some(exit);
+        }
+        match proc_.handle.exit_status_from_kernel() {
+            Ok(Some(exit)) => return Some(exit),
+            Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => {
+                tracing::debug!(pid = proc_.handle.pid(), error = %e, "the kernel gives no exit status (needs Linux 6.15)");
+                return None;
+            }
+        }
+    }
+    None
+}
+
+/// Reaps orphans on every SIGCHLD. Agents' own exits are left to their owners.
+pub(crate) fn start_orphan_reaper(sh: &Arc<Shared>) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigchld = signal(SignalKind::child())?;
+    let weak = Arc::downgrade(sh);
+    tokio::spawn(async move {
+        while sigchld.recv().await.is_some() {
+            let Some(sh) = weak.upgrade() else { return };
+            let _ = tokio::task::spawn_blocking(move || reap_orphans(&sh)).await;
+        }
+    });
+    Ok(())
+}
+
+/// Reaps every exited child that is not an agent (descendants of agents that
+/// were reparented to this subreaper). Returns how many it reaped.
+pub(crate) fn reap_orphans(sh: &Shared) -> usize {
+    // Read /proc first; then, with spawns held off, skip every agent: a new
+    // agent's pid enters `owned` before its spawn lets go of the gate, so no
+    // agent's exit status can be taken here.
+    let children = platform::own_children();
+    let mut reaped = 0;
+    {
+        let _gate = sh.spawn_gate.write().unwrap_or_else(|p| p.into_inner());
+        let owned = lock(&sh.owned).clone();
+        for pid in children.into_iter().filter(|pid| !owned.contains(pid)) {
+            if let Some(exit) = platform::reap_child(pid) {
+                reaped += 1;
+                tracing::debug!(pid, ?exit, "reaped an orphan");
+            }
+        }
+    }
+    if reaped > 0 {
+        sh.reaps.send_modify(|n| *n += 1);
+    }
+    reaped
+}
+
+/// Which agent process `pid` belongs to (blocking: reads `/proc`): its cgroup
+/// leaf under corral's subtree; else its session leader or an ancestor being a
+/// live agent; else the `CORRAL_AGENT_ID` it inherited.
+pub(crate) fn agent_of_process(
+    pid: i32,
+    live: &HashMap<i32, AgentId>,
+    cgroup_root: Option<&Path>,
+) -> Option<AgentId> {
+    if let Some(root) = cgroup_root
+        && let Some(id) = agent_by_cgroup(pid, root)
+    {
+        return Some(id);
+    }
+    let table = platform::process_table();
+    let by_pid: HashMap<i32, &platform::ProcEntry> = table.iter().map(|p| (p.pid, p)).collect();
+    let mut cur = by_pid.get(&pid).copied();
+    for _ in 0..64 {
+        let Some(p) = cur else { break };
+        for candidate in [p.pid, p.session, p.pgrp] {
+            if let Some(id) = live.get(&candidate) {
+                return Some(id.clone());
+            }
+        }
+        cur = by_pid.get(&p.ppid).copied().filter(|q| q.pid > 1);
+    }
+    platform::environ_agent_id(pid).and_then(|id| AgentId::new(id).ok())
+}
+
+fn agent_by_cgroup(pid: i32, root: &Path) -> Option<AgentId> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let own = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let subtree = root.file_name()?.to_str()?;
+    let leaf = own.split('/').skip_while(|seg| *seg != subtree).nth(1)?;
+    // Leaves are `<id>.<run>`.
+    let (id, run) = leaf.rsplit_once('.')?;
+    run.parse::<u32>().ok()?;
+    AgentId::new(id).ok()
 }

@@ -1,77 +1,63 @@
-//! The supervisor: owns every agent of one state dir.
+//! The supervisor: a registry of agents, each owned by one actor.
 //!
 //! Theory of operation:
-//! - The in-memory table maps each id to its current run (an `Agent`). Reads
-//!   (`get_agent_status`, `monitor_all_agents`, ...) answer from it in
-//!   microseconds: the latest metrics sample plus a live liveness check on the
-//!   agent's pidfd. Nothing on a read path sleeps or samples.
-//! - Lifecycle transitions are serialised per agent (an async lock held across
-//!   the store commit) and become visible in memory only after the store has
-//!   committed them, so nothing is ever reported that a crash could take back.
-//! - Each live agent has one task awaiting its pidfd. When the process exits the
-//!   task reaps exactly that pid (`waitid(P_PIDFD)`), records the end and wakes
-//!   whoever waits (a verification window, a stop).
-//! - One sampler thread reads `/proc/<pid>/stat` of every live agent through
-//!   files kept open, once per interval, and keeps CPU% as psutil defines it:
-//!   CPU time used over the last interval, as a percentage of one CPU.
-//! - A stop runs stage by stage over the agent's whole tree (see [`crate::tree`]
-//!   for who belongs to it): every member is signalled, then the stop waits on
-//!   the members' pidfds, the agent's recorded end and the orphan reaper, and
-//!   looks again. Concurrent stops share each scan of the process table.
-//! - As a subreaper (the daemon), a SIGCHLD-driven sweep reaps orphans by pid;
-//!   agents' pids are excluded under the same lock their spawn holds, so an
-//!   agent's exit status always reaches its own watcher.
-//! - On open, runs the store holds as live are re-adopted (same pid, start time
-//!   and boot id) or recorded as ended with the reason; a spawn the previous
-//!   daemon did not finish recording is found by its `CORRAL_RUN_ID`.
+//! - **One owner per agent.** Every agent id being supervised has an actor
+//!   (`actor.rs`): one task that owns its state as one enum (`state.rs`),
+//!   takes commands over a channel (stop, progress, limit hits), runs its stop
+//!   stages as timers in its own loop, commits each transition to the store and
+//!   only then publishes it. Nothing else writes an agent's rows.
+//! - **Readers never wait.** Status, listings and summaries read each agent's
+//!   last published [`view::View`] plus a live pidfd check, in microseconds.
+//! - **The registry** maps ids to their actor's command channel and published
+//!   view; spawning takes an id under its lock, so a live id cannot be taken
+//!   twice. Requests whose client goes away do not cancel anything: the work
+//!   belongs to the actor, which finishes it.
+//! - **Blocking work off the async workers.** Process creation and file
+//!   creation run on blocking threads (`run.rs`), `/proc` scans too, SQLite in
+//!   its writer thread; one sampler thread reads `/proc` once per interval for
+//!   every agent and its tree (`sampler.rs`).
+//! - **Reaping.** An agent's exit is read without reaping it; the process
+//!   stays a zombie until its end is committed, then its owner reaps it through
+//!   its pidfd. As a subreaper (the daemon), a SIGCHLD-driven sweep reaps
+//!   orphans by pid, never an agent (`exit.rs`).
+//! - **Recovery.** On open, every run the store holds as live gets an actor
+//!   that re-adopts it (same pid, start time and boot) or records its end, and
+//!   planned restarts are resumed (`recover.rs`); `open` returns once every
+//!   agent's first state is published, so the first answer is already true.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ffi::{CString, OsString};
-use std::fs::{File, OpenOptions};
-use std::os::fd::AsFd;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, Weak, mpsc};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
-use rustix::process::{Pid, Signal};
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{Error, Result};
 use crate::id::{AgentId, Selector};
-use crate::logs;
 use crate::model::{
-    AgentStatus, CleanupOptions, Health, HealthReport, PersistentStatus, ProcessSummary, Removal,
-    SpawnRequest, SpawnResponse, StopReport, StopStage,
+    AgentStatus, CleanupOptions, HealthReport, KillResponse, PersistentStatus, ProcessSummary,
+    ProgressUpdate, Removal, RunInfo, SpawnRequest, SpawnResponse, StopReport, StopStage,
 };
-use crate::platform::cgroup::{CgroupRoot, Leaf};
-use crate::platform::{self, ExitKind, ProcEntry, ProcessHandle, Stdio};
-use crate::store::{Ending, RunRecord, Store};
-use crate::tree;
+use crate::platform::{self, cgroup::CgroupRoot};
+use crate::store::{self, Store};
 
-mod agent;
+mod actor;
 mod exit;
+mod policy;
 mod recover;
-mod spawn;
+mod run;
+mod sampler;
+pub(crate) mod spec;
+pub(crate) mod state;
 mod stop;
+mod view;
 
-use stop::TableCache;
-
-/// Staged-stop waits when none are given: SIGTERM, 10 s, SIGTERM, 5 s, SIGKILL, 5 s.
-pub const DEFAULT_STOP_TIMEOUTS: [f64; 3] = [10.0, 5.0, 5.0];
-/// Verification window when none is given, ms.
-pub const DEFAULT_VERIFY_MS: u64 = 100;
-/// Longest verification window accepted, ms.
-pub const MAX_VERIFY_MS: u64 = 60_000;
-/// Longest single stop-stage wait accepted, seconds.
-pub const MAX_STOP_WAIT_S: f64 = 86_400.0;
-/// Lines of stderr quoted when an agent dies inside its verification window.
-const STDERR_TAIL_LINES: usize = 10;
-/// Longest progress message kept, bytes.
-const MAX_PROGRESS_MESSAGE: usize = 1024;
+pub use spec::{
+    DEFAULT_STOP_TIMEOUTS, DEFAULT_VERIFY_MS, MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_LABELS,
+    MAX_PROGRESS_MESSAGE, MAX_STOP_WAIT_S, MAX_VERIFY_MS,
+};
+use view::{Published, View};
 
 /// How a [`Supervisor`] is set up.
 #[derive(Debug, Clone)]
@@ -105,81 +91,96 @@ impl Config {
     }
 }
 
-/// The latest metrics of one process.
-#[derive(Debug, Clone, Copy)]
-struct Sample {
-    state: char,
-    cpu_ticks: u64,
-    /// Boot-clock seconds when taken.
-    at: f64,
-    cpu_percent: f64,
-    memory_mb: f64,
-    num_threads: u32,
+/// What an agent's actor is asked to do.
+pub(crate) enum Cmd {
+    /// Stop the run's whole tree in stages (or at once with `force`).
+    Stop {
+        timeouts: [f64; 3],
+        force: bool,
+        reply: oneshot::Sender<StopReport>,
+    },
+    /// Record self-reported progress.
+    Progress {
+        progress: u8,
+        message: Option<String>,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
-/// Mutable part of a run; read under a short lock, never across an await.
-#[derive(Debug)]
-struct LiveState {
-    status: PersistentStatus,
-    /// Set the moment the process is reaped (before the store has the end).
-    exit: Option<ExitKind>,
-    reaped: bool,
-    ended_at: Option<String>,
-    end_reason: Option<String>,
-    runtime_at_end: Option<f64>,
-    stop_requested: bool,
-    sample: Option<Sample>,
-    progress: Option<u8>,
-    progress_message: Option<String>,
+/// One agent id in the registry.
+pub(crate) struct Slot {
+    /// The actor's command channel (closed once it has ended).
+    tx: mpsc::UnboundedSender<Cmd>,
+    /// What its actor last published.
+    published: watch::Receiver<Published>,
+    /// Its record is being deleted: the id is taken until that is done.
+    removing: bool,
 }
 
-/// One run of one agent.
-struct Agent {
-    id: AgentId,
-    run_id: i64,
-    record: RunRecord,
-    cmdline: String,
-    restarts: u32,
-    proc_: Option<Arc<ProcessHandle>>,
-    /// The run's cgroup, when it is contained in one.
-    leaf: Option<Leaf>,
-    state: Mutex<LiveState>,
-    /// Serialises transitions: held across each store commit.
-    transition: tokio::sync::Mutex<()>,
-    /// Flips to true once the end is committed.
-    ended: watch::Sender<bool>,
+impl Slot {
+    fn busy(&self) -> bool {
+        self.removing || self.published.borrow().busy
+    }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves plain data behind; keep serving.
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+/// State shared by the registry, every actor, the sampler and the reaper.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub store: Store,
+    pub boot_id: String,
+    pub ticks_per_second: f64,
+    pub page_size: u64,
+    /// corral's cgroup subtree, or why there is none.
+    pub cgroup: std::result::Result<CgroupRoot, String>,
+    pub base_env: Vec<(OsString, OsString)>,
+    pub registry: Mutex<HashMap<AgentId, Slot>>,
+    /// Spawns hold it shared from process creation until the new pid is in
+    /// `owned`; the orphan sweep holds it exclusively, so it never takes an
+    /// agent's exit status.
+    pub spawn_gate: RwLock<()>,
+    /// Pids of agents that are this process's children and not yet reaped.
+    pub owned: Mutex<HashSet<i32>>,
+    /// Bumped after every orphan sweep that reaped something.
+    pub reaps: watch::Sender<u64>,
+    pub tables: stop::TableCache,
+    /// Bounds process creations running at once on blocking threads.
+    pub spawn_permits: tokio::sync::Semaphore,
+    /// Flips to true when the supervisor shuts down: actors leave their agents running.
+    pub shutdown: watch::Sender<bool>,
+    pub started: Instant,
+    /// When a write last reached the disk (health checks write only when this is old).
+    pub last_write_ok: Mutex<Option<Instant>>,
 }
 
-fn signal_name(sig: i32) -> String {
-    let name = match sig {
-        1 => "SIGHUP",
-        2 => "SIGINT",
-        3 => "SIGQUIT",
-        4 => "SIGILL",
-        6 => "SIGABRT",
-        7 => "SIGBUS",
-        8 => "SIGFPE",
-        9 => "SIGKILL",
-        11 => "SIGSEGV",
-        13 => "SIGPIPE",
-        14 => "SIGALRM",
-        15 => "SIGTERM",
-        _ => return format!("signal {sig}"),
-    };
-    format!("{name} ({sig})")
+/// Owns the agents of one state dir. Cheap to clone; all clones share state.
+/// When the last clone is dropped, supervision stops and the agents keep
+/// running (as after [`Supervisor::shutdown`]).
+///
+/// Must be used inside a tokio runtime.
+#[derive(Clone)]
+pub struct Supervisor {
+    sh: Arc<Shared>,
+    _last: Arc<LastHandle>,
+}
+
+/// Shuts supervision down when the last [`Supervisor`] handle goes (actors
+/// hold the shared state too, so its own drop would never come).
+struct LastHandle(watch::Sender<bool>);
+
+impl Drop for LastHandle {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
 }
 
 /// A short, stable tag for a state dir (FNV-1a of its path): names its cgroup subtree.
 fn state_tag(dir: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in dir.as_os_str().as_bytes() {
         h ^= u64::from(*b);
@@ -189,101 +190,58 @@ fn state_tag(dir: &Path) -> String {
 }
 
 /// The cgroup leaf name of one run.
-fn leaf_name(agent_id: &str, run_id: i64) -> String {
-    format!("{agent_id}.{run_id}")
-}
-
-/// Kernel clock constants, read once.
-#[derive(Debug, Clone, Copy)]
-struct Clock {
-    ticks_per_second: f64,
-    page_size: u64,
-}
-
-struct Inner {
-    config: Config,
-    store: Store,
-    boot_id: String,
-    clock: Clock,
-    agents: Mutex<HashMap<AgentId, Arc<Agent>>>,
-    /// Ids between "conflict check passed" and "run recorded": taken.
-    reserved: Mutex<HashSet<AgentId>>,
-    /// Pids of agents whose exit status their own watcher collects. Held across
-    /// posix_spawn, so the orphan reaper can never take an agent's status.
-    owned: Mutex<HashSet<i32>>,
-    /// Woken whenever a spawn releases its id reservation.
-    spawned: tokio::sync::Notify,
-    /// Woken after every orphan-reaping sweep (stops wait on it for zombies).
-    reaped: tokio::sync::Notify,
-    tables: TableCache,
-    /// corral's cgroup subtree, or why there is none.
-    cgroup: std::result::Result<CgroupRoot, String>,
-    base_env: Vec<(OsString, OsString)>,
-    _sampler_stop: mpsc::Sender<()>,
-}
-
-/// Owns the agents of one state dir. Cheap to clone; all clones share state.
-///
-/// Must be used inside a tokio runtime (exit watching uses the runtime's reactor).
-#[derive(Clone)]
-pub struct Supervisor {
-    inner: Arc<Inner>,
-}
-
-/// Releases an id reservation on every exit path of `spawn_agent`.
-struct Reservation<'a> {
-    inner: &'a Inner,
-    id: AgentId,
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        lock(&self.inner.reserved).remove(&self.id);
-        self.inner.spawned.notify_waiters();
-    }
-}
-
-fn validate_timeouts(agent_id: &str, raw: &[f64]) -> Result<[f64; 3]> {
-    match raw {
-        [a, b, c]
-            if raw
-                .iter()
-                .all(|t| t.is_finite() && *t >= 0.0 && *t <= MAX_STOP_WAIT_S) =>
-        {
-            Ok([*a, *b, *c])
-        }
-        _ => Err(Error::Invalid {
-            agent_id: agent_id.to_owned(),
-            reason: format!(
-                "stop_timeouts must be three waits in seconds (TERM, TERM, KILL), each 0–{MAX_STOP_WAIT_S}; got {raw:?}"
-            ),
-        }),
-    }
+pub(crate) fn leaf_name(agent_id: &str, run: u32) -> String {
+    format!("{agent_id}.{run}")
 }
 
 impl Supervisor {
-    /// Opens the state dir (creating it), loads the store and resolves every run the
-    /// store still holds as live: re-adopted when the same process still runs (same
-    /// pid, start time and boot), recorded as ended otherwise.
+    /// Opens the state dir (creating it private, refusing one others could write),
+    /// loads the store and resolves every run the store still holds as live:
+    /// re-adopted when the same process still runs (same pid, start time and
+    /// boot), recorded as ended otherwise. Returns once every agent's first
+    /// state is known.
     pub async fn open(config: Config) -> Result<Self> {
-        let dir = &config.state_dir;
-        std::fs::create_dir_all(dir.join("agents")).map_err(|e| Error::StateDir {
-            path: dir.clone(),
-            action: "create",
-            source: e,
-        })?;
-        let store = Store::open(&dir.join("corral.db"))?;
-        let boot_id = platform::boot_id().map_err(|e| Error::StateDir {
-            path: "/proc/sys/kernel/random/boot_id".into(),
-            action: "read the boot id",
-            source: e,
-        })?;
-        let (stop_tx, stop_rx) = mpsc::channel();
-        let cgroup = if config.cgroups {
-            CgroupRoot::discover(&state_tag(&config.state_dir))
-        } else {
-            Err("disabled by configuration".to_owned())
+        let dir = config.state_dir.clone();
+        let state_err = |action: &'static str| {
+            let path = dir.clone();
+            move |source| Error::StateDir {
+                path,
+                action,
+                source,
+            }
         };
+        let (store, boot_id, cgroup) = tokio::task::spawn_blocking({
+            let config = config.clone();
+            move || -> Result<_> {
+                let dir = &config.state_dir;
+                platform::files::ensure_private_dir(dir).map_err(|source| Error::StateDir {
+                    path: dir.clone(),
+                    action: "use as the state dir",
+                    source,
+                })?;
+                platform::files::ensure_private_dir(&dir.join("agents")).map_err(|source| {
+                    Error::StateDir {
+                        path: dir.join("agents"),
+                        action: "use as the agents dir",
+                        source,
+                    }
+                })?;
+                let store = Store::open(&dir.join("corral.db"))?;
+                let boot_id = platform::boot_id().map_err(|source| Error::StateDir {
+                    path: "/proc/sys/kernel/random/boot_id".into(),
+                    action: "read the boot id",
+                    source,
+                })?;
+                let cgroup = if config.cgroups {
+                    CgroupRoot::discover(&state_tag(dir))
+                } else {
+                    Err("disabled by configuration".to_owned())
+                };
+                Ok((store, boot_id, cgroup))
+            }
+        })
+        .await
+        .map_err(|e| state_err("open")(std::io::Error::other(e)))??;
         match &cgroup {
             Ok(root) => {
                 tracing::info!(cgroup = %root.dir().display(), "agents are contained in cgroups")
@@ -292,7 +250,9 @@ impl Supervisor {
                 tracing::info!(reason = %why, "no cgroup containment; using process groups and subreaping")
             }
         }
-        let inner = Arc::new(Inner {
+        let nofile = platform::raise_nofile_limit();
+        tracing::debug!(nofile, "open-file limit");
+        let sh = Arc::new(Shared {
             base_env: std::env::vars_os()
                 .filter(|(k, _)| {
                     !matches!(
@@ -301,179 +261,138 @@ impl Supervisor {
                     )
                 })
                 .collect(),
-            clock: Clock {
-                ticks_per_second: platform::clock_ticks_per_second() as f64,
-                page_size: platform::page_size(),
-            },
+            ticks_per_second: platform::clock_ticks_per_second() as f64,
+            page_size: platform::page_size(),
             config,
             store,
             boot_id,
-            agents: Mutex::new(HashMap::new()),
-            reserved: Mutex::new(HashSet::new()),
-            owned: Mutex::new(HashSet::new()),
-            reaped: tokio::sync::Notify::new(),
-            spawned: tokio::sync::Notify::new(),
-            tables: TableCache::new(),
             cgroup,
-            _sampler_stop: stop_tx,
+            registry: Mutex::new(HashMap::new()),
+            spawn_gate: RwLock::new(()),
+            owned: Mutex::new(HashSet::new()),
+            reaps: watch::Sender::new(0),
+            tables: stop::TableCache::new(),
+            spawn_permits: tokio::sync::Semaphore::new(8),
+            shutdown: watch::Sender::new(false),
+            started: Instant::now(),
+            last_write_ok: Mutex::new(None),
         });
-        let sup = Self { inner };
-        if sup.inner.config.subreaper {
-            platform::become_subreaper().map_err(|e| Error::StateDir {
-                path: sup.inner.config.state_dir.clone(),
-                action: "become a child subreaper",
-                source: e,
-            })?;
-            sup.start_orphan_reaper()?;
+        let sup = Self {
+            _last: Arc::new(LastHandle(sh.shutdown.clone())),
+            sh,
+        };
+        if sup.sh.config.subreaper {
+            platform::become_subreaper().map_err(state_err("become a child subreaper"))?;
+            exit::start_orphan_reaper(&sup.sh).map_err(state_err("listen for SIGCHLD"))?;
         }
-        sup.load().await?;
-        sup.sweep_stale_leaves();
-        let weak = Arc::downgrade(&sup.inner);
-        let interval = sup.inner.config.sample_interval;
-        std::thread::Builder::new()
-            .name("corral-sampler".into())
-            .spawn(move || sampler_loop(weak, stop_rx, interval))
-            .map_err(|e| Error::StateDir {
-                path: sup.inner.config.state_dir.clone(),
-                action: "start the sampler thread",
-                source: e,
-            })?;
+        recover::load(&sup.sh).await?;
+        sampler::start(&sup.sh).map_err(state_err("start the sampler thread"))?;
         Ok(sup)
     }
 
-    /// Checks that the store takes writes (for readiness probes).
-    pub async fn check_store(&self) -> Result<()> {
-        self.inner.store.ping().await
-    }
-
-    /// Stored events after `seq` (oldest first, at most `limit`).
-    pub fn events_since(&self, seq: i64, limit: usize) -> Result<Vec<crate::model::Event>> {
-        self.inner.store.events_since(seq, limit)
-    }
-
-    /// Watches the newest event's sequence number (changes after each commit that adds events).
-    pub fn subscribe_events(&self) -> watch::Receiver<i64> {
-        self.inner.store.subscribe_events()
-    }
-
-    /// corral's cgroup subtree for this state dir, when agents are contained in cgroups.
-    pub fn cgroup_subtree(&self) -> Option<&Path> {
-        self.inner.cgroup.as_ref().ok().map(CgroupRoot::dir)
-    }
-
-    /// Forgets an agent whose current run has ended: every stored run of it, and
-    /// its logs when they are in the default place (`<state dir>/agents/<id>`).
-    /// A live agent is refused (stop it first).
-    pub async fn remove_agent(&self, id: &AgentId) -> Result<Removal> {
-        let agent = self.agent(id)?;
-        let _t = agent.transition.lock().await;
-        let status = agent.status_now();
-        if status.is_live() || lock(&self.inner.reserved).contains(id) {
-            return Err(Error::Conflict {
-                agent_id: id.to_string(),
-                status: status.to_string(),
-                pid: agent.pid(),
-            });
-        }
-        let runs_removed = self.inner.store.delete_agent(id.as_str()).await?;
-        lock(&self.inner.agents).remove(id);
-        self.remove_default_logs(&agent);
-        tracing::info!(agent_id = %id, runs_removed, "agent removed");
-        Ok(Removal {
-            removed: vec![id.to_string()],
-            runs_removed,
-        })
-    }
-
-    /// Removes every ended run from the store: agents whose current run has
-    /// ended are forgotten (with their default logs); live agents keep only
-    /// their current run.
-    pub async fn prune(&self) -> Result<Removal> {
-        let ended: Vec<Arc<Agent>> = lock(&self.inner.agents)
-            .values()
-            .filter(|a| !a.status_now().is_live())
-            .cloned()
-            .collect();
-        let runs_removed = self.inner.store.prune().await?;
-        let mut removed = Vec::new();
-        {
-            let mut agents = lock(&self.inner.agents);
-            for agent in &ended {
-                // Only if no new run of the id started meanwhile.
-                if agents
-                    .get(&agent.id)
-                    .is_some_and(|a| a.run_id == agent.run_id)
-                {
-                    agents.remove(&agent.id);
-                    removed.push(agent.id.to_string());
-                }
-            }
-        }
-        // Only for ids forgotten here: a new run of an id keeps its log files.
-        for agent in ended.iter().filter(|a| removed.contains(&a.id.to_string())) {
-            self.remove_default_logs(agent);
-        }
-        removed.sort();
-        tracing::info!(agents = removed.len(), runs_removed, "pruned ended runs");
-        Ok(Removal {
-            removed,
-            runs_removed,
-        })
-    }
-
-    fn remove_default_logs(&self, agent: &Agent) {
-        let default = self
-            .inner
-            .config
-            .state_dir
-            .join("agents")
-            .join(agent.id.as_str());
-        if agent.record.agent_dir == default
-            && let Err(e) = std::fs::remove_dir_all(&default)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(agent_id = %agent.id, error = %e, "cannot remove the agent's logs");
-        }
+    /// Stops supervising without touching the agents (they keep running, as after
+    /// a crash; the next supervisor on this state dir re-adopts them).
+    pub fn shutdown(&self) {
+        self.sh.shutdown.send_replace(true);
     }
 
     /// The state dir.
     pub fn state_dir(&self) -> &Path {
-        &self.inner.config.state_dir
+        &self.sh.config.state_dir
     }
 
-    /// The store (for history queries).
-    pub fn store(&self) -> &Store {
-        &self.inner.store
+    /// corral's cgroup subtree for this state dir, when agents are contained in cgroups.
+    pub fn cgroup_subtree(&self) -> Option<&Path> {
+        self.sh.cgroup.as_ref().ok().map(CgroupRoot::dir)
     }
 
-    fn agent(&self, id: &AgentId) -> Result<Arc<Agent>> {
-        lock(&self.inner.agents)
-            .get(id)
-            .cloned()
-            .ok_or_else(|| Error::NotFound {
+    /// Seconds since this supervisor opened.
+    pub fn uptime_s(&self) -> f64 {
+        self.sh.started.elapsed().as_secs_f64()
+    }
+
+    /// Why changes are refused now (the store cannot take writes), if they are.
+    pub fn store_failing(&self) -> Option<String> {
+        self.sh.store.failing().borrow().clone()
+    }
+
+    /// Readiness: the store takes writes. Writes a heartbeat when nothing has
+    /// reached the disk for a few seconds (a full disk fails it).
+    pub async fn check_store(&self) -> Result<()> {
+        if let Some(reason) = self.store_failing() {
+            return Err(Error::Unavailable { reason });
+        }
+        let fresh =
+            lock(&self.sh.last_write_ok).is_some_and(|t| t.elapsed() < Duration::from_secs(2));
+        if !fresh {
+            self.sh.store.heartbeat().await?;
+            *lock(&self.sh.last_write_ok) = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    fn refuse_if_failing(&self) -> Result<()> {
+        match self.store_failing() {
+            Some(reason) => Err(Error::Unavailable { reason }),
+            None => Ok(()),
+        }
+    }
+
+    /// Stored events after `seq` (oldest first, at most `limit`).
+    pub async fn events_since(&self, seq: i64, limit: usize) -> Result<Vec<crate::model::Event>> {
+        let store = self.sh.store.clone();
+        blocking(move || store.events_since(seq, limit)).await
+    }
+
+    /// Watches the newest event's sequence number (changes after each commit that adds events).
+    pub fn subscribe_events(&self) -> watch::Receiver<i64> {
+        self.sh.store.subscribe_events()
+    }
+
+    fn published(&self, id: &AgentId) -> Result<(Published, mpsc::UnboundedSender<Cmd>)> {
+        let reg = lock(&self.sh.registry);
+        match reg.get(id) {
+            Some(slot) if slot.published.borrow().view.is_some() => {
+                Ok((slot.published.borrow().clone(), slot.tx.clone()))
+            }
+            _ => Err(Error::NotFound {
                 agent_id: id.to_string(),
-            })
+            }),
+        }
     }
 
-    /// One agent's status: the seed's `get_agent_status`. Answers from memory
-    /// (latest sample + a live pidfd check); never blocks on sampling.
+    fn view(&self, id: &AgentId) -> Result<Arc<View>> {
+        self.published(id)?.0.view.ok_or_else(|| Error::NotFound {
+            agent_id: id.to_string(),
+        })
+    }
+
+    /// Every agent's latest view, by id.
+    fn views(&self) -> Vec<Arc<View>> {
+        lock(&self.sh.registry)
+            .values()
+            .filter_map(|slot| slot.published.borrow().view.clone())
+            .collect()
+    }
+
+    /// One agent's status: the seed's `get_agent_status`. Answers from the
+    /// agent's last committed state and a live check of its process.
     pub fn get_agent_status(&self, id: &AgentId) -> Result<AgentStatus> {
-        Ok(self.agent(id)?.status(&self.inner.clock))
+        Ok(self.view(id)?.status())
     }
 
     /// Every agent's status, by id: the seed's `monitor_all_agents`.
     pub fn monitor_all_agents(&self) -> BTreeMap<String, AgentStatus> {
-        let agents: Vec<Arc<Agent>> = lock(&self.inner.agents).values().cloned().collect();
-        agents
+        self.views()
             .iter()
-            .map(|a| (a.id.to_string(), a.status(&self.inner.clock)))
+            .map(|v| (v.id.to_string(), v.status()))
             .collect()
     }
 
     /// Counts by state and summed resources: the seed's `get_process_summary`.
     pub fn get_process_summary(&self) -> ProcessSummary {
         let mut sum = ProcessSummary::default();
-        for status in self.monitor_all_agents().values() {
+        for status in self.views().iter().map(|v| v.status()) {
             sum.total += 1;
             match status.persistent_status {
                 PersistentStatus::Spawning => sum.spawning += 1,
@@ -501,67 +420,568 @@ impl Supervisor {
         let status = self.get_agent_status(id)?;
         Ok(HealthReport {
             agent_id: status.agent_id,
-            healthy: status.health == Health::Healthy,
+            healthy: status.health == crate::model::Health::Healthy,
             health: status.health,
         })
     }
 
-    /// Records progress reported by (or for) a live agent: 0–100 and an optional message.
+    /// Starts an agent and verifies it: the seed's `spawn_agent`.
+    ///
+    /// Returns an error, with the OS reason, when the program cannot be started
+    /// (the run is then recorded as failed). Otherwise answers at the end of the
+    /// verification window (`verify_ms`; at once after a successful exec with 0),
+    /// or as soon as the agent exits inside it: it is then reported `completed`
+    /// or `failed` with its exit code and the tail of its stderr. The work goes
+    /// on if the caller stops waiting.
+    pub async fn spawn_agent(&self, req: SpawnRequest) -> Result<SpawnResponse> {
+        self.refuse_if_failing()?;
+        let user = self.resolve_user(&req).await?;
+        let spec = spec::check(req, &self.sh.config.state_dir, user)?;
+        let (reply, answer) = oneshot::channel();
+        self.launch(spec, actor::Start::Fresh(Some(reply)))?;
+        answer.await.unwrap_or(Err(Error::StoreClosed))
+    }
+
+    /// Spawns many agents at once: every verification window runs at the same
+    /// time, and one bad request fails alone. Results are in request order.
+    pub async fn spawn_batch(&self, reqs: Vec<SpawnRequest>) -> Vec<Result<SpawnResponse>> {
+        let spawns = reqs.into_iter().map(|req| {
+            let sup = self.clone();
+            async move { sup.spawn_agent(req).await }
+        });
+        futures_util::future::join_all(spawns).await
+    }
+
+    async fn resolve_user(&self, req: &SpawnRequest) -> Result<Option<platform::files::User>> {
+        let Some(name) = req.user.clone() else {
+            return Ok(None);
+        };
+        let id = crate::model::elide(&req.agent_id, 100);
+        if !rustix::process::geteuid().is_root() {
+            return Err(Error::invalid(
+                &id,
+                format!(
+                    "user {name:?}: agents can run as another user only when the daemon runs as root (it runs as uid {})",
+                    rustix::process::geteuid().as_raw()
+                ),
+            ));
+        }
+        let looked_up = {
+            let name = name.clone();
+            blocking(move || Ok(platform::files::lookup_user(&name))).await?
+        };
+        match looked_up {
+            Ok(Some(user)) => Ok(Some(user)),
+            Ok(None) => Err(Error::invalid(&id, format!("user {name:?} does not exist"))),
+            Err(e) => Err(Error::invalid(
+                &id,
+                format!("user {name:?}: cannot look it up: {e}"),
+            )),
+        }
+    }
+
+    fn launch(&self, spec: spec::Spec, start: actor::Start) -> Result<()> {
+        launch(&self.sh, spec, start).map(drop)
+    }
+
+    /// Records progress reported by (or for) a live agent: 0–100 and an optional
+    /// message. `caller` is the pid of the process that sent it, when known (a
+    /// Unix-socket peer): a process inside another agent is refused.
     pub async fn set_progress(
         &self,
         id: &AgentId,
-        progress: i64,
-        message: Option<String>,
-    ) -> Result<()> {
-        let invalid = |reason: String| Error::Invalid {
-            agent_id: id.to_string(),
-            reason,
-        };
-        let progress = u8::try_from(progress)
+        update: ProgressUpdate,
+        caller: Option<i32>,
+    ) -> Result<AgentStatus> {
+        self.refuse_if_failing()?;
+        let progress = u8::try_from(update.progress)
             .ok()
             .filter(|p| *p <= 100)
-            .ok_or_else(|| invalid(format!("progress must be 0–100; got {progress}")))?;
-        if message
+            .ok_or_else(|| {
+                Error::invalid(
+                    id,
+                    format!("progress must be 0–100; got {}", update.progress),
+                )
+            })?;
+        if update
+            .message
             .as_ref()
             .is_some_and(|m| m.len() > MAX_PROGRESS_MESSAGE)
         {
-            return Err(invalid(format!(
-                "progress message must be at most {MAX_PROGRESS_MESSAGE} bytes"
-            )));
+            return Err(Error::invalid(
+                id,
+                format!("progress message must be at most {MAX_PROGRESS_MESSAGE} bytes"),
+            ));
         }
-        let agent = self.settled_agent(id).await?;
-        let _t = agent.transition.lock().await;
-        let status = agent.status_now();
-        if !status.is_live() {
-            return Err(invalid(format!(
-                "progress is only taken from a live agent; this run is {status}"
-            )));
+        if let Some(pid) = caller
+            && let Some(sender) = self.agent_of_process(pid).await
+            && &sender != id
+        {
+            return Err(Error::Forbidden {
+                agent_id: id.to_string(),
+                reason: format!(
+                    "progress for {id} was sent from inside agent {sender} (pid {pid}); an agent reports only for itself"
+                ),
+            });
         }
-        self.inner
-            .store
-            .set_progress(agent.run_id, progress, message.clone())
+        let (published, tx) = self.published(id)?;
+        let (reply, answer) = oneshot::channel();
+        let sent = tx.send(Cmd::Progress {
+            progress,
+            message: update.message,
+            reply,
+        });
+        let not_live = || {
+            let status = published
+                .view
+                .as_ref()
+                .map_or("unknown".into(), |v| v.status.to_string());
+            Error::invalid(
+                id,
+                format!("progress is only taken from a live agent; this run is {status}"),
+            )
+        };
+        if sent.is_err() {
+            return Err(not_live());
+        }
+        answer.await.unwrap_or_else(|_| Err(not_live()))?;
+        self.get_agent_status(id)
+    }
+
+    /// The agent a process belongs to: by its cgroup leaf, else by its session or
+    /// an ancestor being an agent, else by the `CORRAL_AGENT_ID` it inherited.
+    pub async fn agent_of_process(&self, pid: i32) -> Option<AgentId> {
+        let live: HashMap<i32, AgentId> = self
+            .views()
+            .iter()
+            .filter_map(|v| v.proc_.as_ref().map(|p| (p.handle.pid(), v.id.clone())))
+            .collect();
+        let root = self.sh.cgroup.as_ref().ok().map(|r| r.dir().to_owned());
+        blocking(move || Ok(exit::agent_of_process(pid, &live, root.as_deref())))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Stops the agents `selector` picks, all at once, each through its stages
+    /// (SIGTERM, wait, SIGTERM, wait, SIGKILL, wait; straight to SIGKILL with
+    /// `force`): the seed's `cleanup`. `None` stops every agent. An agent waiting
+    /// to restart is not restarted.
+    pub async fn cleanup(
+        &self,
+        selector: Option<&Selector>,
+        opts: CleanupOptions,
+    ) -> Result<Vec<StopReport>> {
+        self.stop_selected(selector, opts, false).await
+    }
+
+    /// [`Self::cleanup`], leaving out agents that had already ended when `live_only`.
+    pub async fn stop_selected(
+        &self,
+        selector: Option<&Selector>,
+        opts: CleanupOptions,
+        live_only: bool,
+    ) -> Result<Vec<StopReport>> {
+        self.refuse_if_failing()?;
+        let timeouts = match &opts.stop_timeouts {
+            Some(t) => Some(spec::stop_timeouts("-", t)?),
+            None => None,
+        };
+        let mut targets: Vec<(Arc<View>, bool, mpsc::UnboundedSender<Cmd>)> =
+            lock(&self.sh.registry)
+                .iter()
+                .filter(|(id, _)| selector.is_none_or(|s| s.matches(id)))
+                .filter_map(|(_, slot)| {
+                    let p = slot.published.borrow();
+                    p.view.clone().map(|v| (v, p.busy, slot.tx.clone()))
+                })
+                .filter(|(_, busy, _)| *busy || !live_only)
+                .collect();
+        if let Some(Selector::One(id)) = selector
+            && targets.is_empty()
+            && !live_only
+        {
+            return Err(Error::NotFound {
+                agent_id: id.to_string(),
+            });
+        }
+        targets.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        let stops = targets.into_iter().map(|(view, busy, tx)| {
+            let timeouts = timeouts.unwrap_or(view.spec.stop_timeouts);
+            let force = opts.force;
+            async move {
+                if busy {
+                    let (reply, answer) = oneshot::channel();
+                    if tx
+                        .send(Cmd::Stop {
+                            timeouts,
+                            force,
+                            reply,
+                        })
+                        .is_ok()
+                        && let Ok(report) = answer.await
+                    {
+                        return report;
+                    }
+                }
+                already_ended(&view)
+            }
+        });
+        Ok(futures_util::future::join_all(stops).await)
+    }
+
+    /// Stops one agent: the seed's `kill_agent` (the staged stop, or SIGKILL at
+    /// once with `force`). True when this call ended it.
+    pub async fn kill_agent(&self, id: &AgentId, force: bool) -> Result<bool> {
+        Ok(self.kill(id, force).await?.killed)
+    }
+
+    /// [`Self::kill_agent`] with the stop's report.
+    pub async fn kill(&self, id: &AgentId, force: bool) -> Result<KillResponse> {
+        let mut reports = self
+            .cleanup(
+                Some(&Selector::One(id.clone())),
+                CleanupOptions {
+                    force,
+                    stop_timeouts: None,
+                },
+            )
             .await?;
-        let mut st = lock(&agent.state);
-        st.progress = Some(progress);
-        st.progress_message = message;
-        Ok(())
+        let report = reports.pop().ok_or_else(|| Error::NotFound {
+            agent_id: id.to_string(),
+        })?;
+        Ok(KillResponse {
+            agent_id: id.to_string(),
+            killed: !matches!(
+                report.stage,
+                StopStage::AlreadyEnded | StopStage::Unkillable
+            ),
+            report,
+        })
+    }
+
+    /// Sweeps for anything not yet reaped: orphans of agents. Returns the ids of
+    /// agents this sweep had to reap itself — normally none, since every agent's
+    /// exit is reaped by its owner the moment its end is recorded.
+    pub async fn reap_zombies(&self) -> Vec<String> {
+        let sh = self.sh.clone();
+        let orphans = blocking(move || Ok(exit::reap_orphans(&sh)))
+            .await
+            .unwrap_or(0);
+        tracing::info!(orphans, "reap sweep");
+        Vec::new()
+    }
+
+    /// Waits until the agent's current run has ended and will not be restarted;
+    /// its status then. [`Error::Timeout`] after `timeout`.
+    pub async fn wait(&self, id: &AgentId, timeout: Duration) -> Result<AgentStatus> {
+        let mut published = {
+            let reg = lock(&self.sh.registry);
+            match reg.get(id) {
+                Some(slot) if slot.published.borrow().view.is_some() => slot.published.clone(),
+                _ => {
+                    return Err(Error::NotFound {
+                        agent_id: id.to_string(),
+                    });
+                }
+            }
+        };
+        let done = published.wait_for(|p| !p.busy);
+        match tokio::time::timeout(timeout, done).await {
+            Ok(Ok(p)) => p
+                .view
+                .as_ref()
+                .map(|v| v.status())
+                .ok_or_else(|| Error::NotFound {
+                    agent_id: id.to_string(),
+                }),
+            // The owner was replaced (a new spawn of the id): report its current state.
+            Ok(Err(_)) => self.get_agent_status(id),
+            Err(_) => Err(Error::Timeout {
+                agent_id: id.to_string(),
+                waited_s: timeout.as_secs_f64(),
+            }),
+        }
+    }
+
+    /// Every stored run of an agent, oldest first.
+    pub async fn runs(&self, id: &AgentId) -> Result<Vec<RunInfo>> {
+        let store = self.sh.store.clone();
+        let key = id.to_string();
+        let runs = blocking(move || store.runs(&key)).await?;
+        if runs.is_empty() {
+            return Err(Error::NotFound {
+                agent_id: id.to_string(),
+            });
+        }
+        Ok(runs.iter().map(run_info).collect())
+    }
+
+    /// The log file of run `run` (the current run when `None`) and stream
+    /// (`stdout` or `stderr`), and whether that run is still going.
+    pub async fn log_file(
+        &self,
+        id: &AgentId,
+        run: Option<u32>,
+        stderr: bool,
+    ) -> Result<(PathBuf, bool)> {
+        let current = self.view(id)?;
+        let name = if stderr { "stderr.log" } else { "stdout.log" };
+        match run {
+            None => Ok((current.log_dir.join(name), current.status.is_live())),
+            Some(n) if n == current.run => {
+                Ok((current.log_dir.join(name), current.status.is_live()))
+            }
+            Some(n) => {
+                let store = self.sh.store.clone();
+                let key = id.to_string();
+                let rec = blocking(move || store.run(&key, n)).await?;
+                let rec = rec.ok_or_else(|| {
+                    Error::invalid(
+                        id,
+                        format!(
+                            "run {n} of {id} is not on record (its runs are 1–{})",
+                            current.run
+                        ),
+                    )
+                })?;
+                Ok((rec.log_dir.join(name), rec.status.is_live()))
+            }
+        }
+    }
+
+    /// Forgets an agent whose current run has ended: every stored run of it, and
+    /// its logs when they are in the default place (`<state dir>/agents/<id>`).
+    /// A supervised agent is refused (stop it first).
+    pub async fn remove_agent(&self, id: &AgentId) -> Result<Removal> {
+        self.refuse_if_failing()?;
+        let view = {
+            let mut reg = lock(&self.sh.registry);
+            let slot = reg.get_mut(id).ok_or_else(|| Error::NotFound {
+                agent_id: id.to_string(),
+            })?;
+            let view = slot.published.borrow().view.clone();
+            let Some(view) = view else {
+                return Err(Error::NotFound {
+                    agent_id: id.to_string(),
+                });
+            };
+            if slot.busy() {
+                return Err(Error::Conflict {
+                    agent_id: id.to_string(),
+                    status: view.status.to_string(),
+                    pid: view.pid,
+                });
+            }
+            slot.removing = true;
+            view
+        };
+        // Finished by a task of its own: a client that goes away does not leave
+        // the registry and the store disagreeing.
+        let sh = self.sh.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            let removed = sh
+                .store
+                .commit(store::delete_agent(id.as_str(), view.run_id))
+                .await;
+            {
+                let mut reg = lock(&sh.registry);
+                match &removed {
+                    Ok(_) => {
+                        reg.remove(&id);
+                    }
+                    Err(_) => {
+                        if let Some(slot) = reg.get_mut(&id) {
+                            slot.removing = false;
+                        }
+                    }
+                }
+            }
+            let n = removed?;
+            remove_default_logs(&sh, &id).await;
+            tracing::info!(agent_id = %id, runs_removed = n, "agent removed");
+            Ok(Removal {
+                removed: vec![id.to_string()],
+                runs_removed: n as u64,
+            })
+        })
+        .await
+        .unwrap_or(Err(Error::StoreClosed))
+    }
+
+    /// Removes every ended run from the store: agents whose current run has
+    /// ended are forgotten (with their default logs); supervised agents keep
+    /// their current run.
+    pub async fn prune(&self) -> Result<Removal> {
+        self.refuse_if_failing()?;
+        let (forget, keep): (Vec<AgentId>, Vec<i64>) = {
+            let mut reg = lock(&self.sh.registry);
+            let mut forget = Vec::new();
+            let mut keep = Vec::new();
+            for (id, slot) in reg.iter_mut() {
+                let view = slot.published.borrow().view.clone();
+                if slot.busy() {
+                    keep.extend(view.map(|v| v.run_id));
+                } else {
+                    slot.removing = true;
+                    forget.push(id.clone());
+                }
+            }
+            (forget, keep)
+        };
+        let sh = self.sh.clone();
+        tokio::spawn(async move {
+            let rows = Arc::new(Mutex::new(Vec::new()));
+            let pruned = sh.store.commit(store::prune(keep, rows.clone())).await;
+            {
+                let mut reg = lock(&sh.registry);
+                for id in &forget {
+                    match pruned {
+                        Ok(_) => reg.remove(id),
+                        Err(_) => {
+                            if let Some(slot) = reg.get_mut(id) {
+                                slot.removing = false;
+                            }
+                            None
+                        }
+                    };
+                }
+            }
+            let runs_removed = pruned? as u64;
+            for id in &forget {
+                remove_default_logs(&sh, id).await;
+            }
+            // Earlier runs' logs of agents still supervised, in the default place.
+            let default_root = sh.config.state_dir.join("agents");
+            let dirs: Vec<PathBuf> = lock(&rows)
+                .iter()
+                .filter(|(id, dir)| {
+                    dir.starts_with(&default_root) && !forget.iter().any(|f| f.as_str() == id)
+                })
+                .map(|(_, dir)| dir.clone())
+                .collect();
+            let _ = blocking(move || {
+                for dir in dirs {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                Ok(())
+            })
+            .await;
+            let mut removed: Vec<String> = forget.iter().map(ToString::to_string).collect();
+            removed.sort();
+            tracing::info!(agents = removed.len(), runs_removed, "pruned ended runs");
+            Ok(Removal {
+                removed,
+                runs_removed,
+            })
+        })
+        .await
+        .unwrap_or(Err(Error::StoreClosed))
     }
 }
 
-fn sampler_loop(inner: Weak<Inner>, stop: mpsc::Receiver<()>, interval: Duration) {
-    loop {
-        match stop.recv_timeout(interval) {
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            _ => return,
+/// Takes the id for a new owner and starts it; refused while an owner is at
+/// work. Returns what the owner publishes.
+pub(crate) fn launch(
+    sh: &Arc<Shared>,
+    spec: spec::Spec,
+    start: actor::Start,
+) -> Result<watch::Receiver<Published>> {
+    let id = spec.id.clone();
+    let mut reg = lock(&sh.registry);
+    let previous = match reg.get(&id) {
+        Some(slot) if slot.busy() => {
+            let p = slot.published.borrow();
+            let (status, pid) = match (&p.view, slot.removing) {
+                (_, true) => ("being removed".to_owned(), None),
+                (Some(v), _) if v.tag == state::Tag::Backoff => {
+                    ("waiting to restart".to_owned(), None)
+                }
+                (Some(v), _) if v.status.is_live() => (v.status.to_string(), v.pid),
+                _ => ("spawning".to_owned(), None),
+            };
+            return Err(Error::Conflict {
+                agent_id: id.to_string(),
+                status,
+                pid,
+            });
         }
-        let Some(inner) = inner.upgrade() else { return };
-        let live: Vec<Arc<Agent>> = lock(&inner.agents)
-            .values()
-            .filter(|a| a.proc_.is_some() && !lock(&a.state).reaped)
-            .cloned()
-            .collect();
-        for agent in live {
-            agent.refresh_sample(&inner.clock);
-        }
+        Some(slot) => slot.published.borrow().view.clone(),
+        None => None,
+    };
+    let (publish, published) = watch::channel(Published {
+        view: previous.clone(),
+        busy: true,
+    });
+    let (tx, rx) = mpsc::unbounded_channel();
+    reg.insert(
+        id,
+        Slot {
+            tx,
+            published: published.clone(),
+            removing: false,
+        },
+    );
+    drop(reg);
+    let actor = actor::Actor::new(sh.clone(), Arc::new(spec), rx, publish, previous);
+    tokio::spawn(actor.run(start));
+    Ok(published)
+}
+
+fn run_info(rec: &store::RunRecord) -> RunInfo {
+    RunInfo {
+        run: rec.run,
+        pid: rec.pid,
+        started_at: rec.started_at.clone(),
+        ended_at: rec.ended_at.clone(),
+        persistent_status: rec.status,
+        exit_code: rec.exit_code,
+        exit_signal: rec.exit_signal,
+        end_reason: rec.end_reason.clone(),
+        stdout_log: rec.log_dir.join("stdout.log"),
+        stderr_log: rec.log_dir.join("stderr.log"),
     }
+}
+
+/// The report of a stop that found nothing to stop.
+pub(crate) fn already_ended(view: &View) -> StopReport {
+    let status = view.status();
+    StopReport {
+        agent_id: view.id.to_string(),
+        pid: view.pid,
+        stage: StopStage::AlreadyEnded,
+        duration_ms: 0.0,
+        exit_code: status.exit_code,
+        exit_signal: status.exit_signal,
+        descendants_killed: None,
+        persistent_status: view.status,
+    }
+}
+
+async fn remove_default_logs(sh: &Shared, id: &AgentId) {
+    let dir = sh.config.state_dir.join("agents").join(id.as_str());
+    let id = id.clone();
+    let _ = blocking(move || {
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(agent_id = %id, error = %e, "cannot remove the agent's logs");
+        }
+        Ok(())
+    })
+    .await;
+}
+
+/// Runs blocking work (file system, `/proc`, SQLite reads) off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(Error::os(
+            &"-",
+            "a blocking task",
+            std::io::Error::other(e.to_string()),
+        ))
+    })
 }

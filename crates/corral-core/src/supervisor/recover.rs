@@ -1,135 +1,136 @@
-//! What a daemon makes of the store when it starts: every run the store holds
-//! as live is re-adopted (same pid, start time and boot id) or recorded as
-//! ended with the reason; a spawn the previous daemon did not finish recording
-//! is found by its `CORRAL_RUN_ID`.
+//! What a daemon makes of the store when it starts.
+//!
+//! Every agent id gets its newest run back: a run the store holds as live gets
+//! an owner that re-adopts its process (same pid, start time and boot id) or
+//! records how it ended; a restart that was planned is resumed where it left
+//! off; anything else is an ended agent, shown as it was recorded. `load`
+//! returns once every owner has published its first state, so nothing is ever
+//! shown as running that is gone. Then cgroups left by ended runs are swept.
 
-use super::*;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
 
-impl Supervisor {
-    pub(super) async fn load(&self) -> Result<()> {
-        for (record, restarts) in self.inner.store.load_latest()? {
-            let Ok(id) = AgentId::new(record.agent_id.clone()) else {
-                tracing::warn!(agent_id = %record.agent_id, "skipping a stored run with an invalid id");
-                continue;
-            };
-            let agent = if record.status.is_live() {
-                self.reconcile(record, restarts).await?
-            } else {
-                Arc::new(Agent::new(record, restarts, None)?)
-            };
-            lock(&self.inner.agents).insert(id, agent);
+use tokio::sync::{mpsc, watch};
+
+use crate::error::Result;
+use crate::id::AgentId;
+use crate::store::RunRecord;
+
+use super::actor::Start;
+use super::spec::{self, Spec};
+use super::view::{Published, View};
+use super::{Shared, Slot, blocking, launch, leaf_name, lock};
+
+/// The checked spec of a stored run (blocking: may look up a user). A stored
+/// request that no longer passes the checks is kept as it was, with defaults.
+fn spec_of(sh: &Shared, record: &RunRecord, id: AgentId) -> Spec {
+    let user = record
+        .spec
+        .user
+        .as_deref()
+        .and_then(|u| crate::platform::files::lookup_user(u).ok().flatten());
+    let mut request = record.spec.clone();
+    request.agent_id = id.to_string();
+    match spec::check(request.clone(), &sh.config.state_dir, user.clone()) {
+        Ok(spec) => spec,
+        Err(e) => {
+            tracing::warn!(agent_id = %id, error = %e, "a stored spawn request no longer passes the checks; using it as stored");
+            let agent_dir = request
+                .agent_dir
+                .clone()
+                .unwrap_or_else(|| sh.config.state_dir.join("agents").join(id.as_str()));
+            Spec {
+                cwd: request.cwd.clone().unwrap_or_else(|| agent_dir.clone()),
+                stop_timeouts: spec::DEFAULT_STOP_TIMEOUTS,
+                verify: std::time::Duration::from_millis(spec::DEFAULT_VERIFY_MS),
+                restart: Default::default(),
+                request,
+                agent_dir,
+                user,
+                id,
+            }
         }
-        Ok(())
     }
+}
 
-    /// Decides what a run stored as live is now: the same process (re-adopt) or gone.
-    pub(super) async fn reconcile(&self, record: RunRecord, restarts: u32) -> Result<Arc<Agent>> {
-        let same_boot = record.boot_id.as_deref() == Some(self.inner.boot_id.as_str());
-        let mut handle = match (record.pid.and_then(Pid::from_raw), record.start_ticks) {
-            (Some(pid), Some(ticks)) if same_boot => ProcessHandle::open(pid, Some(ticks))
-                .map_err(|e| Error::os(&record.agent_id, "check a stored process", e))?,
-            _ => None,
-        };
-        let mut record = record;
-        if handle.is_none()
-            && record.pid.is_none()
-            && let Some(found) = self.find_unrecorded(&record)
-        {
-            // The daemon died between starting this process and recording it.
-            tracing::warn!(agent_id = %record.agent_id, pid = found.pid(), "found the process of an unrecorded spawn");
-            self.inner
-                .store
-                .set_process(
-                    record.run_id,
-                    found.pid(),
-                    found.start_ticks(),
-                    self.inner.boot_id.clone(),
-                    PersistentStatus::Running,
-                )
-                .await?;
-            record.pid = Some(found.pid());
-            record.start_ticks = Some(found.start_ticks());
-            record.boot_id = Some(self.inner.boot_id.clone());
-            record.status = PersistentStatus::Running;
-            handle = Some(found);
-        }
-        match handle {
-            Some(handle) => {
-                tracing::info!(agent_id = %record.agent_id, pid = handle.pid(), "re-adopted a running agent");
-                if record.status == PersistentStatus::Spawning {
-                    self.inner
-                        .store
-                        .set_status(record.run_id, PersistentStatus::Running)
-                        .await?;
-                    record.status = PersistentStatus::Running;
+/// Loads every agent of the store and resolves the live ones.
+pub(crate) async fn load(sh: &Arc<Shared>) -> Result<()> {
+    let shared = sh.clone();
+    let loaded: Vec<(RunRecord, Spec)> = blocking(move || {
+        let mut out = Vec::new();
+        for (record, _) in shared.store.load_latest()? {
+            match AgentId::new(record.agent_id.clone()) {
+                Ok(id) => {
+                    let spec = spec_of(&shared, &record, id);
+                    out.push((record, spec));
                 }
-                let pid = handle.pid();
-                let name = leaf_name(&record.agent_id, record.run_id);
-                let mut agent = Agent::new(record, restarts, Some(Arc::new(handle)))?;
-                agent.leaf = self
-                    .inner
-                    .cgroup
-                    .as_ref()
-                    .ok()
-                    .map(|root| root.leaf(&name))
-                    .filter(|l| l.contains(pid));
-                let agent = Arc::new(agent);
-                agent.refresh_sample(&self.inner.clock);
-                self.watch(agent.clone());
-                Ok(agent)
-            }
-            None => {
-                let reason = if record.pid.is_none() {
-                    "the daemon stopped before the process was recorded; the start did not complete"
-                } else {
-                    "exit status lost: the process ended while no corral daemon was running"
-                };
-                let end = Ending {
-                    status: PersistentStatus::Failed,
-                    ended_at: now_rfc3339(),
-                    exit_code: None,
-                    exit_signal: None,
-                    end_reason: reason.to_owned(),
-                };
-                self.inner.store.finish(record.run_id, end.clone()).await?;
-                tracing::warn!(agent_id = %record.agent_id, pid = record.pid, "{reason}");
-                let mut record = record;
-                record.status = end.status;
-                record.ended_at = Some(end.ended_at);
-                record.end_reason = Some(end.end_reason);
-                Ok(Arc::new(Agent::new(record, restarts, None)?))
+                Err(_) => {
+                    tracing::warn!(agent_id = ?record.agent_id, "skipping a stored run with an invalid id")
+                }
             }
         }
+        Ok(out)
+    })
+    .await?;
+    let mut first_states = Vec::new();
+    for (record, spec) in loaded {
+        let start = if record.status.is_live() {
+            Start::Adopt(Box::new(record))
+        } else if record.next_restart_at.is_some() {
+            Start::Planned(Box::new(record))
+        } else {
+            let view = View::from_record(&record, Arc::new(spec));
+            let (tx, _) = mpsc::unbounded_channel();
+            let (_, published) = watch::channel(Published {
+                view: Some(Arc::new(view.clone())),
+                busy: false,
+            });
+            lock(&sh.registry).insert(
+                view.id.clone(),
+                Slot {
+                    tx,
+                    published,
+                    removing: false,
+                },
+            );
+            continue;
+        };
+        first_states.push(launch(sh, spec, start)?);
     }
+    for mut published in first_states {
+        let _ = published.wait_for(|p| p.view.is_some()).await;
+    }
+    let shared = sh.clone();
+    blocking(move || {
+        sweep_stale_leaves(&shared);
+        Ok(())
+    })
+    .await
+}
 
-    /// The process of a run whose spawn was never recorded: it leads its own
-    /// session and carries the run's `CORRAL_RUN_ID` and `CORRAL_AGENT_ID`
-    /// (looked for in the run's cgroup when it has one, else in all of `/proc`).
-    pub(super) fn find_unrecorded(&self, record: &RunRecord) -> Option<ProcessHandle> {
-        let run = record.run_id.to_string();
-        let in_leaf: Option<HashSet<i32>> = self
-            .inner
-            .cgroup
-            .as_ref()
-            .ok()
-            .map(|root| root.leaf(&leaf_name(&record.agent_id, record.run_id)))
-            .filter(Leaf::exists)
-            .map(|leaf| leaf.pids().into_iter().collect());
-        let mut candidates: Vec<ProcEntry> = platform::process_table()
-            .into_iter()
-            .filter(|p| p.session == p.pid && p.state != 'Z')
-            .filter(|p| in_leaf.as_ref().is_none_or(|pids| pids.contains(&p.pid)))
-            .filter(|p| {
-                platform::environ_var(p.pid, "CORRAL_RUN_ID").as_deref() == Some(run.as_str())
-                    && platform::environ_agent_id(p.pid).as_deref()
-                        == Some(record.agent_id.as_str())
-            })
-            .collect();
-        // The agent started before anything it started.
-        candidates.sort_by_key(|p| p.start_ticks);
-        let first = candidates.first()?;
-        ProcessHandle::open_member(first.pid, first.start_ticks)
-            .ok()
-            .flatten()
+/// Removes the empty cgroups of runs that are not alive (left by a daemon that
+/// died before it could remove them).
+fn sweep_stale_leaves(sh: &Shared) {
+    let Ok(root) = &sh.cgroup else { return };
+    let live: HashSet<PathBuf> = lock(&sh.registry)
+        .values()
+        .filter_map(|slot| slot.published.borrow().view.clone())
+        .filter(|v| v.proc_.is_some())
+        .map(|v| root.leaf(&leaf_name(v.id.as_str(), v.run)).dir().to_owned())
+        .collect();
+    let Ok(entries) = std::fs::read_dir(root.dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) || live.contains(&entry.path()) {
+            continue;
+        }
+        let leaf = root.leaf(&entry.file_name().to_string_lossy());
+        if leaf.populated() {
+            tracing::warn!(cgroup = %leaf.dir().display(), "processes of an ended run are still running in its cgroup");
+        } else if let Err(e) = root.remove_leaf(&leaf) {
+            tracing::warn!(cgroup = %leaf.dir().display(), error = %e, "cannot remove a stale cgroup");
+        }
     }
 }

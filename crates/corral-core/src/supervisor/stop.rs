@@ -1,306 +1,347 @@
-//! Staged stops of whole process trees, many at once.
+//! Staged stops of an agent's whole process tree, run by its owner as timers
+//! in its own loop.
+//!
+//! Each stage signals every member of the tree (the agent's group through its
+//! still-unreaped pid, every other member through a pidfd opened with its
+//! start time checked, and in the kill stage `cgroup.kill`), then waits — on
+//! the agent's pidfd, the members' pidfds, the orphan reaper and the stage's
+//! deadline — and looks again: processes forked during the stop are found by
+//! re-reading the process table after every wake-up. The stop ends when no
+//! member is left (zombies of other parents count as gone), the agent's end is
+//! committed and its cgroup is empty. Concurrent stops share each scan of the
+//! process table ([`TableCache`]).
 
-use super::*;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-impl Supervisor {
-    /// Stops the agents `selector` picks, all at once, each through its stages
-    /// (SIGTERM, wait, SIGTERM, wait, SIGKILL, wait; straight to SIGKILL with
-    /// `force`): the seed's `cleanup`. `None` stops every agent.
-    pub async fn cleanup(
-        &self,
-        selector: Option<&Selector>,
-        opts: CleanupOptions,
-    ) -> Result<Vec<StopReport>> {
-        let targets: Vec<Arc<Agent>> = {
-            let agents = lock(&self.inner.agents);
-            let mut picked: Vec<_> = agents
-                .values()
-                .filter(|a| selector.is_none_or(|s| s.matches(&a.id)))
-                .cloned()
-                .collect();
-            picked.sort_by(|a, b| a.id.cmp(&b.id));
-            picked
-        };
-        if let Some(Selector::One(id)) = selector
-            && targets.is_empty()
-        {
-            return Err(Error::NotFound {
-                agent_id: id.to_string(),
-            });
-        }
-        let override_timeouts = match &opts.stop_timeouts {
-            Some(t) => Some(validate_timeouts("-", t)?),
-            None => None,
-        };
-        let stops = targets.into_iter().map(|agent| {
-            let sup = self.clone();
-            let timeouts = override_timeouts.unwrap_or(agent.record.stop_timeouts);
-            let force = opts.force;
-            tokio::spawn(async move { sup.stop_one(&agent, timeouts, force).await })
-        });
-        let mut reports = Vec::new();
-        for stop in stops.collect::<Vec<_>>() {
-            match stop.await {
-                Ok(report) => reports.push(report),
-                Err(e) => tracing::error!(error = %e, "a stop task failed"),
-            }
-        }
-        Ok(reports)
+use rustix::process::Signal;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{oneshot, watch};
+
+use crate::model::{StopReport, StopStage};
+use crate::platform::{self, ProcEntry, ProcessHandle, cgroup::Leaf};
+use crate::store;
+use crate::tree;
+
+use super::actor::{Actor, LiveRun, Phase};
+use super::state::Happening;
+use super::{Shared, lock};
+
+/// Why corral stops a run.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum StopCause {
+    /// A user asked (`cleanup`, `kill_agent`): the run ends `cancelled`.
+    User,
+    /// The run outlived `max_runtime_s`.
+    Runtime { limit_s: f64 },
+    /// The run ended on its own and a restart follows: its leftovers go first.
+    Leftovers,
+}
+
+/// A stop in progress.
+pub(crate) struct Stopping {
+    pub cause: StopCause,
+    stages: Vec<(StopStage, Signal, f64)>,
+    index: usize,
+    deadline: Instant,
+    began: Instant,
+    /// Every member seen: (pid, start ticks).
+    seen: HashSet<(i32, u64)>,
+    /// Members signalled in the current stage.
+    signalled: HashSet<(i32, u64)>,
+    /// Pidfds of signalled members, to wake when one exits.
+    pub watch: Vec<AsyncFd<Arc<ProcessHandle>>>,
+    /// Orphan sweeps (a zombie member may be reaped by one).
+    pub reaps: watch::Receiver<u64>,
+    /// Look again then when nothing else can wake the stop.
+    recheck: Option<Instant>,
+    waiters: Vec<oneshot::Sender<StopReport>>,
+}
+
+impl Stopping {
+    /// The earliest time the stop must look again.
+    pub(crate) fn next_wake(&self) -> Instant {
+        self.recheck.map_or(self.deadline, |r| r.min(self.deadline))
     }
 
-    /// Stops one agent: the seed's `kill_agent`. True when it is gone afterwards.
-    pub async fn kill_agent(&self, id: &AgentId, force: bool) -> Result<bool> {
-        let agent = self.agent(id)?;
-        let report = self
-            .stop_one(&agent, agent.record.stop_timeouts, force)
-            .await;
-        Ok(report.stage != StopStage::Unkillable)
+    fn stage(&self) -> (StopStage, Signal, f64) {
+        self.stages[self.index.min(self.stages.len() - 1)]
     }
+}
 
-    /// Runs one agent's stop sequence over its whole tree.
-    ///
-    /// Each stage signals every member (the agent's group through the agent's
-    /// still-unreaped pid, every other member through a pidfd opened with its
-    /// start time checked), then waits — on the members' pidfds, the agent's
-    /// recorded end and the orphan reaper — until no member is left or the
-    /// stage's time is up. Processes forked during the stop are found by
-    /// re-reading the process table after every wake-up, and signalled too.
-    pub(super) async fn stop_one(
-        &self,
-        agent: &Agent,
+fn stages(timeouts: [f64; 3], force: bool) -> Vec<(StopStage, Signal, f64)> {
+    if force {
+        vec![(StopStage::Kill, Signal::KILL, timeouts[2].max(1.0))]
+    } else {
+        vec![
+            (StopStage::Term, Signal::TERM, timeouts[0]),
+            (StopStage::SecondTerm, Signal::TERM, timeouts[1]),
+            (StopStage::Kill, Signal::KILL, timeouts[2]),
+        ]
+    }
+}
+
+impl Actor {
+    /// Begins a stop (or joins the one under way, escalating to SIGKILL at once
+    /// when `force` asks for it).
+    pub(crate) async fn begin_stop(
+        &mut self,
+        cause: StopCause,
         timeouts: [f64; 3],
         force: bool,
-    ) -> StopReport {
-        let began = Instant::now();
-        let mut ended = agent.ended.subscribe();
-        let Some(leader) = agent.proc_.clone().filter(|_| !*ended.borrow()) else {
-            return self.stop_report(agent, StopStage::AlreadyEnded, began, None);
+        waiter: Option<oneshot::Sender<StopReport>>,
+    ) {
+        if let Some(run) = self.run.as_mut()
+            && cause == StopCause::User
+        {
+            run.user_stop = true;
+        }
+        if let Phase::Stopping(s) = &mut self.phase {
+            s.waiters.extend(waiter);
+            if cause == StopCause::User {
+                s.cause = StopCause::User;
+            }
+            if force && s.stage().0 != StopStage::Kill {
+                s.stages = stages(timeouts, true);
+                s.index = 0;
+                s.deadline = Instant::now() + Duration::from_secs_f64(s.stages[0].2);
+                s.signalled.clear();
+            }
+            return self.stop_step().await;
+        }
+        if self.run.is_none() {
+            if let Some(w) = waiter {
+                let _ = w.send(super::already_ended(&self.current()));
+            }
+            return;
+        }
+        self.move_to(Happening::StopBegun);
+        let stages = stages(timeouts, force);
+        let now = Instant::now();
+        self.phase = Phase::Stopping(Box::new(Stopping {
+            cause,
+            deadline: now + Duration::from_secs_f64(stages[0].2),
+            stages,
+            index: 0,
+            began: now,
+            seen: HashSet::new(),
+            signalled: HashSet::new(),
+            watch: Vec::new(),
+            reaps: self.sh.reaps.subscribe(),
+            recheck: None,
+            waiters: waiter.into_iter().collect(),
+        }));
+        self.publish(|_| {});
+        self.record_stage();
+        self.stop_step().await;
+    }
+
+    /// Queues the current stage's event (committed before anything queued after
+    /// it, e.g. the end it leads to) and logs it; the commit is not awaited on the
+    /// signalling path.
+    fn record_stage(&self) {
+        let Phase::Stopping(s) = &self.phase else {
+            return;
         };
-        lock(&agent.state).stop_requested = true;
-        let stages: Vec<(StopStage, Signal, f64)> = if force {
-            vec![(StopStage::Kill, Signal::KILL, timeouts[2].max(1.0))]
+        let Some(run) = &self.run else { return };
+        let (stage, sig, _) = s.stage();
+        let signal = if sig == Signal::KILL {
+            "SIGKILL"
         } else {
-            vec![
-                (StopStage::Term, Signal::TERM, timeouts[0]),
-                (StopStage::SecondTerm, Signal::TERM, timeouts[1]),
-                (StopStage::Kill, Signal::KILL, timeouts[2]),
-            ]
+            "SIGTERM"
         };
-        let leader_id = (leader.pid(), leader.start_ticks());
-        let mut seen: HashSet<(i32, u64)> = HashSet::new();
-        for (stage, sig, wait) in stages {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
-            let mut signalled: HashSet<(i32, u64)> = HashSet::new();
-            let mut handles: HashMap<(i32, u64), Arc<ProcessHandle>> = HashMap::new();
-            let signal = if sig == Signal::KILL {
-                "SIGKILL"
-            } else {
-                "SIGTERM"
+        let pid = run.pid();
+        tracing::info!(agent_id = %self.spec.id, pid, stage = ?stage, "stop stage: sending {signal}");
+        let data = serde_json::json!({"stage": stage, "signal": signal, "pid": pid});
+        let commit = self.sh.store.submit(store::record_event(
+            self.current().run_id,
+            "stop_stage",
+            data,
+        ));
+        let agent_id = self.spec.id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = commit.await {
+                tracing::warn!(agent_id = %agent_id, pid, error = %e, "cannot record a stop stage");
+            }
+        });
+    }
+
+    /// One look at the tree: finish, signal what is new, move to the next stage
+    /// when this one's time is up.
+    pub(crate) async fn stop_step(&mut self) {
+        loop {
+            let Phase::Stopping(_) = &self.phase else {
+                return;
             };
-            tracing::info!(agent_id = %agent.id, pid = leader.pid(), stage = ?stage, "stop stage: sending {signal}");
-            let data = serde_json::json!({"stage": stage, "signal": signal, "pid": leader.pid()});
-            // Queued now, ahead of the end it leads to; its commit is awaited off the
-            // signalling path.
-            let recorded = self
-                .inner
-                .store
-                .record_event(agent.run_id, "stop_stage", data);
-            let (agent_id, pid) = (agent.id.to_string(), leader.pid());
-            tokio::spawn(async move {
-                if let Err(e) = recorded.committed().await {
-                    tracing::error!(agent_id, pid, error = %e, "cannot record a stop stage");
+            let Some(run) = &self.run else {
+                return self.finish_stop(None);
+            };
+            let table = self.sh.tables.fresh(Instant::now(), &self.sh).await;
+            let Phase::Stopping(s) = &mut self.phase else {
+                return;
+            };
+            s.reaps.borrow_and_update();
+            let members = members(run, &table, &s.seen, self.spec.id.as_str());
+            s.seen
+                .extend(members.iter().map(|m| (m.pid, m.start_ticks)));
+            let leader = (run.pid(), run.proc_.handle.start_ticks());
+            let me = std::process::id() as i32;
+            let others_gone = members
+                .iter()
+                .filter(|m| (m.pid, m.start_ticks) != leader)
+                .all(|m| m.state == 'Z' && m.ppid != me);
+            if others_gone && run.ended && !run.leaf().is_some_and(Leaf::populated) {
+                let stage = s.stage().0;
+                return self.finish_stop(Some(stage));
+            }
+            signal_members(s, run, &members, leader);
+            if Instant::now() >= s.deadline {
+                if s.index + 1 < s.stages.len() {
+                    s.index += 1;
+                    s.deadline = Instant::now() + Duration::from_secs_f64(s.stage().2);
+                    s.signalled.clear();
+                    self.record_stage();
+                    continue;
                 }
-            });
-            loop {
-                let table = self
-                    .inner
-                    .tables
-                    .fresh(Instant::now(), &self.inner.owned)
-                    .await;
-                let members = self.members(agent, &leader, &table, &seen);
-                seen.extend(members.iter().map(|m| (m.pid, m.start_ticks)));
-                let live: Vec<ProcEntry> =
-                    members.iter().filter(|m| m.state != 'Z').copied().collect();
-                if live.len() < members.len() && self.reap_orphans() > 0 {
-                    continue; // zombies reparented to us are gone now: look again
-                }
-                if tree_is_dead(&members)
-                    && *ended.borrow()
-                    && !agent.leaf.as_ref().is_some_and(Leaf::populated)
-                {
-                    self.release_leaf(agent);
-                    let descendants = seen.iter().filter(|m| **m != leader_id).count() as u32;
-                    return self.stop_report(agent, stage, began, Some(descendants));
-                }
-                if sig == Signal::KILL
-                    && let Some(leaf) = &agent.leaf
-                    && let Err(e) = leaf.kill()
-                {
-                    tracing::warn!(agent_id = %agent.id, error = %e, "cgroup.kill failed");
-                }
-                for m in &live {
-                    let key = (m.pid, m.start_ticks);
-                    if !signalled.insert(key) {
-                        continue;
-                    }
-                    if key == leader_id {
-                        if let Err(e) = leader.signal_group(sig) {
-                            tracing::warn!(agent_id = %agent.id, pid = m.pid, error = %e, "signal failed");
-                        }
-                        handles.insert(key, leader.clone());
-                    } else if let Ok(Some(h)) = ProcessHandle::open_member(m.pid, m.start_ticks) {
-                        // Identity checked through the pidfd: never a stranger.
-                        let _ = h.signal(sig);
-                        handles.insert(key, Arc::new(h));
-                    }
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    break;
-                }
-                // The agent itself is covered by `ended` (its pidfd is its watcher's).
-                let waiting: Vec<Arc<ProcessHandle>> = live
-                    .iter()
-                    .filter(|m| (m.pid, m.start_ticks) != leader_id)
-                    .filter_map(|m| handles.get(&(m.pid, m.start_ticks)).cloned())
-                    .collect();
-                let nothing_to_wait_on = waiting.is_empty() && *ended.borrow();
-                let all_exited = async {
-                    if nothing_to_wait_on {
-                        // Only a non-empty cgroup or zombies of others are left,
-                        // and neither has an event here: look again shortly.
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        return;
-                    }
-                    for h in &waiting {
-                        wait_exited(h).await;
-                    }
-                    let _ = ended.wait_for(|e| *e).await;
-                };
-                tokio::select! {
-                    _ = all_exited => {}
-                    _ = self.inner.reaped.notified() => {}
-                    _ = tokio::time::sleep_until(deadline) => {}
-                }
+                tracing::error!(agent_id = %self.spec.id, pid = run.pid(), "processes survived SIGKILL");
+                return self.finish_stop(Some(StopStage::Unkillable));
+            }
+            s.watch.retain(|h| !h.get_ref().has_exited());
+            // Only a populated cgroup or zombies of others are left, or the
+            // agent's end is being recorded: no event to wait for, look again soon.
+            s.recheck = (s.watch.is_empty() && run.exited)
+                .then(|| Instant::now() + Duration::from_millis(10));
+            return;
+        }
+    }
+
+    /// The tree is gone (or survived SIGKILL): answer, then end or restart.
+    fn finish_stop(&mut self, stage: Option<StopStage>) {
+        let Phase::Stopping(s) = &mut self.phase else {
+            return;
+        };
+        let waiters = std::mem::take(&mut s.waiters);
+        let leader = self
+            .run
+            .as_ref()
+            .map(|r| (r.pid(), r.proc_.handle.start_ticks()));
+        let descendants = s.seen.iter().filter(|m| Some(**m) != leader).count() as u32;
+        let duration_ms = s.began.elapsed().as_secs_f64() * 1000.0;
+        let view = self.current();
+        let status = view.status();
+        let report = StopReport {
+            agent_id: self.spec.id.to_string(),
+            pid: view.pid,
+            stage: stage.unwrap_or(StopStage::AlreadyEnded),
+            duration_ms,
+            exit_code: status.exit_code,
+            exit_signal: status.exit_signal,
+            descendants_killed: Some(descendants),
+            persistent_status: view.status,
+        };
+        for w in waiters {
+            let _ = w.send(report.clone());
+        }
+        if self.run.as_ref().is_some_and(|r| !r.ended) {
+            // Survived SIGKILL and its end is unknown: keep watching for it.
+            self.phase = Phase::Running;
+            return;
+        }
+        self.move_to(Happening::TreeGone);
+        self.phase = Phase::Ended;
+        self.after_run();
+    }
+}
+
+/// The tree of `run` in `table`.
+fn members(
+    run: &LiveRun,
+    table: &tree::Snapshot,
+    known: &HashSet<(i32, u64)>,
+    agent_id: &str,
+) -> Vec<ProcEntry> {
+    let contained = run.leaf().map(Leaf::pids).unwrap_or_default();
+    tree::members(
+        table,
+        &tree::Lookup {
+            leader: run.pid(),
+            leader_start: run.proc_.handle.start_ticks(),
+            leader_unreaped: !run.ended,
+            daemon: std::process::id() as i32,
+            known,
+            agent_id,
+            contained: &contained,
+        },
+    )
+}
+
+/// Signals every live member not yet signalled in this stage.
+fn signal_members(s: &mut Stopping, run: &LiveRun, members: &[ProcEntry], leader: (i32, u64)) {
+    let (_, sig, _) = s.stage();
+    if sig == Signal::KILL
+        && let Some(leaf) = run.leaf()
+        && let Err(e) = leaf.kill()
+    {
+        tracing::warn!(pid = run.pid(), error = %e, "cgroup.kill failed");
+    }
+    for m in members.iter().filter(|m| m.state != 'Z') {
+        let key = (m.pid, m.start_ticks);
+        if !s.signalled.insert(key) {
+            continue;
+        }
+        if key == leader {
+            if !run.exited
+                && let Err(e) = run.proc_.handle.signal_group(sig)
+            {
+                tracing::warn!(pid = m.pid, error = %e, "signal failed");
+            }
+        } else if let Ok(Some(h)) = ProcessHandle::open_member(m.pid, m.start_ticks) {
+            // Identity checked through the pidfd: never a stranger.
+            let _ = h.signal(sig);
+            // SAFETY: the Arc keeps the ProcessHandle, and so its pidfd, alive and
+            // unchanged for as long as the AsyncFd exists.
+            if let Ok(afd) =
+                unsafe { AsyncFd::register_with_interest(Arc::new(h), Interest::READABLE) }
+            {
+                s.watch.push(afd);
             }
         }
-        let snapshot = self
-            .inner
-            .tables
-            .fresh(Instant::now(), &self.inner.owned)
-            .await;
-        // Zombies are dead: the orphan reaper takes ours on their SIGCHLD.
-        let left: Vec<ProcEntry> = self
-            .members(agent, &leader, &snapshot, &seen)
-            .into_iter()
-            .filter(|m| m.state != 'Z')
-            .collect();
-        let descendants = seen.iter().filter(|m| **m != leader_id).count() as u32;
-        if left.is_empty() && !*ended.borrow() {
-            // Everything is dead; only the record of the agent's end is still on
-            // its way (thousands of exits commit at once): wait for it, bounded.
-            let _ = tokio::time::timeout(Duration::from_secs(5), ended.wait_for(|e| *e)).await;
-        }
-        if left.is_empty() && *ended.borrow() && !agent.leaf.as_ref().is_some_and(Leaf::populated) {
-            self.release_leaf(agent);
-            self.stop_report(agent, StopStage::Kill, began, Some(descendants))
-        } else {
-            tracing::error!(agent_id = %agent.id, pid = leader.pid(), left = left.len(), "processes survived SIGKILL");
-            self.stop_report(agent, StopStage::Unkillable, began, Some(descendants))
-        }
-    }
-
-    /// The agent's tree in `table`.
-    pub(super) fn members(
-        &self,
-        agent: &Agent,
-        leader: &ProcessHandle,
-        table: &tree::Snapshot,
-        known: &HashSet<(i32, u64)>,
-    ) -> Vec<ProcEntry> {
-        let unreaped = !lock(&agent.state).reaped;
-        let contained = agent.leaf.as_ref().map(Leaf::pids).unwrap_or_default();
-        tree::members(
-            table,
-            &tree::Lookup {
-                leader: leader.pid(),
-                leader_start: leader.start_ticks(),
-                leader_unreaped: unreaped,
-                daemon: std::process::id() as i32,
-                known,
-                agent_id: agent.id.as_str(),
-                contained: &contained,
-            },
-        )
-    }
-
-    pub(super) fn stop_report(
-        &self,
-        agent: &Agent,
-        stage: StopStage,
-        began: Instant,
-        descendants: Option<u32>,
-    ) -> StopReport {
-        let st = lock(&agent.state);
-        StopReport {
-            agent_id: agent.id.to_string(),
-            pid: agent.pid(),
-            stage,
-            duration_ms: began.elapsed().as_secs_f64() * 1000.0,
-            exit_code: match st.exit {
-                Some(ExitKind::Code(c)) => Some(c),
-                _ => agent.record.exit_code,
-            },
-            exit_signal: match st.exit {
-                Some(ExitKind::Signal(s)) => Some(s),
-                _ => agent.record.exit_signal,
-            },
-            descendants_killed: descendants,
-            persistent_status: st.status,
-        }
     }
 }
 
-/// True when no member is alive: none at all, or only zombies whose parent is
-/// not this daemon (a re-adopted agent's tree: reaping those is their parent's
-/// job; zombies that are our children are reaped by us before this is asked).
-pub(super) fn tree_is_dead(members: &[ProcEntry]) -> bool {
-    let me = std::process::id() as i32;
-    members.iter().all(|m| m.state == 'Z' && m.ppid != me)
-}
-
-/// Resolves once the process behind `h` has exited (its pidfd is readable).
-pub(super) async fn wait_exited(h: &Arc<ProcessHandle>) {
-    // SAFETY: the Arc keeps the ProcessHandle, and so its pidfd, alive and
-    // unchanged for as long as the AsyncFd exists.
-    let registered = unsafe { AsyncFd::register_with_interest(h.clone(), Interest::READABLE) };
-    match registered {
-        Ok(afd) => {
-            let _ = afd.readable().await;
+/// Resolves once any watched member has exited.
+pub(crate) async fn any_exited(watch: Option<&Vec<AsyncFd<Arc<ProcessHandle>>>>) {
+    let Some(watch) = watch.filter(|w| !w.is_empty()) else {
+        return std::future::pending().await;
+    };
+    std::future::poll_fn(|cx| {
+        for afd in watch {
+            if afd.poll_read_ready(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
         }
-        Err(_) => std::future::pending().await,
-    }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// Snapshots of the process table shared by concurrent stops: a request for a
 /// table taken after instant T is answered by one scan however many ask.
-pub(super) struct TableCache {
+pub(crate) struct TableCache {
     latest: tokio::sync::Mutex<Option<(Instant, Arc<tree::Snapshot>)>>,
 }
 
 impl TableCache {
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             latest: tokio::sync::Mutex::new(None),
         }
     }
 
-    /// A snapshot taken at or after `after`; `owned` (the agents' own pids) tells
-    /// orphans from agents.
-    pub(super) async fn fresh(
-        &self,
-        after: Instant,
-        owned: &Mutex<HashSet<i32>>,
-    ) -> Arc<tree::Snapshot> {
+    /// A snapshot taken at or after `after`, with orphans attributed to agents.
+    pub(crate) async fn fresh(&self, after: Instant, sh: &Shared) -> Arc<tree::Snapshot> {
         let mut latest = self.latest.lock().await;
         if let Some((taken, table)) = latest.as_ref()
             && *taken >= after
@@ -308,16 +349,8 @@ impl TableCache {
             return table.clone();
         }
         let taken = Instant::now();
-        let owned = lock(owned).clone();
-        let scan = tokio::task::spawn_blocking(move || {
-            let mut snap = tree::Snapshot::new(platform::process_table());
-            snap.attribute_orphans(
-                std::process::id() as i32,
-                &owned,
-                platform::environ_agent_id,
-            );
-            snap
-        });
+        let owned = lock(&sh.owned).clone();
+        let scan = tokio::task::spawn_blocking(move || scan(&owned));
         let table = Arc::new(
             scan.await
                 .unwrap_or_else(|_| tree::Snapshot::new(Vec::new())),
@@ -329,4 +362,11 @@ impl TableCache {
         *latest = Some((taken, table.clone()));
         table
     }
+}
+
+/// One scan of the process table, indexed, with the daemon's orphans attributed.
+pub(crate) fn scan(owned: &HashSet<i32>) -> tree::Snapshot {
+    let mut snap = tree::Snapshot::new(platform::process_table());
+    snap.attribute_orphans(std::process::id() as i32, owned, platform::environ_agent_id);
+    snap
 }

@@ -10,10 +10,31 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
-
 /// Longest id accepted, in bytes (ids are ASCII).
 pub const MAX_ID_LEN: usize = 128;
+
+/// Characters of a rejected id quoted back in the error (the rest is elided):
+/// an error must not echo a megabyte of input.
+const ECHO_LIMIT: usize = 100;
+
+/// An id or selector that broke the naming rules.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid agent id {shown:?}: {reason}")]
+pub struct InvalidId {
+    /// The id as given, cut to its first 100 characters (`…` marks a cut).
+    pub shown: String,
+    /// Which rule it broke.
+    pub reason: &'static str,
+}
+
+impl InvalidId {
+    fn new(raw: &str, reason: &'static str) -> Self {
+        Self {
+            shown: crate::elide(raw, ECHO_LIMIT),
+            reason,
+        }
+    }
+}
 
 /// A validated agent id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -22,11 +43,11 @@ pub struct AgentId(String);
 
 impl AgentId {
     /// Validates `raw` as an agent id.
-    pub fn new(raw: impl Into<String>) -> Result<Self, Error> {
+    pub fn new(raw: impl Into<String>) -> Result<Self, InvalidId> {
         let raw = raw.into();
         match why_invalid(&raw) {
             None => Ok(Self(raw)),
-            Some(reason) => Err(Error::InvalidId { id: raw, reason }),
+            Some(reason) => Err(InvalidId::new(&raw, reason)),
         }
     }
 
@@ -72,8 +93,8 @@ fn why_invalid(raw: &str) -> Option<&'static str> {
 }
 
 impl TryFrom<String> for AgentId {
-    type Error = Error;
-    fn try_from(raw: String) -> Result<Self, Error> {
+    type Error = InvalidId;
+    fn try_from(raw: String) -> Result<Self, InvalidId> {
         Self::new(raw)
     }
 }
@@ -108,11 +129,28 @@ pub enum Selector {
 }
 
 impl Selector {
-    /// Parses `ID` or `ID.*`.
-    pub fn parse(raw: &str) -> Result<Self, Error> {
+    /// Parses `ID` or `ID.*`. A bare `*` (or anything else that is not an id
+    /// or a subtree) is refused with a hint: every agent is `--all` /
+    /// `{"all": true}`, never a pattern, so a stray glob cannot stop a fleet.
+    pub fn parse(raw: &str) -> Result<Self, InvalidId> {
+        let hint = |reason: &'static str| InvalidId::new(raw, reason);
+        if raw == "*" || raw == ".*" {
+            return Err(hint(
+                "not a selector: use PREFIX.* for a subtree, or --all / {\"all\": true} for every agent",
+            ));
+        }
         match raw.strip_suffix(".*") {
-            Some(prefix) => Ok(Self::Subtree(AgentId::new(prefix)?)),
-            None => Ok(Self::One(AgentId::new(raw)?)),
+            Some(prefix) => AgentId::new(prefix).map(Self::Subtree).map_err(|e| {
+                hint(if e.reason.starts_with("an id may only") {
+                    "a selector is ID or PREFIX.* (one trailing .* and no other wildcard)"
+                } else {
+                    e.reason
+                })
+            }),
+            None if raw.contains('*') => Err(hint(
+                "a selector is ID or PREFIX.* (one trailing .* and no other wildcard); --all picks every agent",
+            )),
+            None => AgentId::new(raw).map(Self::One),
         }
     }
 
@@ -153,7 +191,7 @@ mod tests {
             &"x".repeat(300),
         ] {
             let err = AgentId::new(bad).expect_err(bad);
-            assert!(matches!(err, Error::InvalidId { .. }), "{bad}: {err}");
+            assert!(err.to_string().contains("invalid agent id"), "{bad}: {err}");
         }
     }
 
@@ -169,5 +207,17 @@ mod tests {
             assert!(!sel.matches(&AgentId::new(id).unwrap()), "{id}");
         }
         assert!(Selector::parse("../*").is_err());
+    }
+
+    #[test]
+    fn stray_globs_get_a_hint_and_long_ids_are_not_echoed_whole() {
+        for glob in ["*", "L2*", "a.*.b"] {
+            let err = Selector::parse(glob).expect_err(glob).to_string();
+            assert!(err.contains("--all") || err.contains("PREFIX.*"), "{err}");
+        }
+        let huge = "x".repeat(900_000);
+        let err = AgentId::new(huge).unwrap_err().to_string();
+        assert!(err.len() < 400, "{} bytes", err.len());
+        assert!(err.contains('…'));
     }
 }

@@ -1,0 +1,122 @@
+//! The sampler: one thread that reads `/proc` once per interval for every live
+//! agent and its whole tree.
+//!
+//! One scan of the process table per interval (each `stat` opened, read and
+//! closed: no descriptor kept) gives every agent's own figures and its tree's
+//! sums from the same instant. CPU% is psutil's: CPU time used over the last
+//! interval, as a percentage of one CPU; a process seen for the first time is
+//! measured from its start. Readers take the latest sample; nothing on a read
+//! path samples.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use crate::model::TreeSummary;
+use crate::platform::{self, ProcEntry};
+use crate::tree;
+
+use super::view::{Sample, View};
+use super::{Shared, lock, stop};
+
+/// Starts the sampler thread; it ends when the supervisor is gone or shut down.
+pub(crate) fn start(sh: &Arc<Shared>) -> std::io::Result<()> {
+    let weak = Arc::downgrade(sh);
+    let interval = sh.config.sample_interval;
+    std::thread::Builder::new()
+        .name("corral-sampler".into())
+        .spawn(move || run(weak, interval))
+        .map(drop)
+}
+
+fn run(weak: Weak<Shared>, interval: Duration) {
+    let mut prev: HashMap<(i32, u64), (u64, f64)> = HashMap::new();
+    loop {
+        std::thread::sleep(interval);
+        let Some(sh) = weak.upgrade() else { return };
+        if *sh.shutdown.borrow() {
+            return;
+        }
+        sample_all(&sh, &mut prev);
+    }
+}
+
+/// Takes one sample of every live agent.
+fn sample_all(sh: &Shared, prev: &mut HashMap<(i32, u64), (u64, f64)>) {
+    let live: Vec<Arc<View>> = lock(&sh.registry)
+        .values()
+        .filter_map(|slot| slot.published.borrow().view.clone())
+        .filter(|v| v.proc_.is_some())
+        .collect();
+    if live.is_empty() {
+        prev.clear();
+        return;
+    }
+    let owned = lock(&sh.owned).clone();
+    let snap = stop::scan(&owned);
+    let now = platform::boottime_seconds();
+    let mut seen = HashMap::with_capacity(prev.len());
+    let mb = |pages: u64| (pages * sh.page_size) as f64 / (1024.0 * 1024.0);
+    let none = HashSet::new();
+    for view in live {
+        let Some(proc_) = &view.proc_ else { continue };
+        let contained = proc_.leaf.as_ref().map(|l| l.pids()).unwrap_or_default();
+        let members = tree::members(
+            &snap,
+            &tree::Lookup {
+                leader: proc_.handle.pid(),
+                leader_start: proc_.handle.start_ticks(),
+                leader_unreaped: true,
+                daemon: std::process::id() as i32,
+                known: &none,
+                agent_id: view.id.as_str(),
+                contained: &contained,
+            },
+        );
+        let mut tree = TreeSummary {
+            processes: 0,
+            cpu_percent: 0.0,
+            memory_mb: 0.0,
+        };
+        let mut own = None;
+        for m in members.iter().filter(|m| m.state != 'Z') {
+            let cpu = cpu_percent(
+                m,
+                prev.get(&(m.pid, m.start_ticks)),
+                now,
+                sh.ticks_per_second,
+            );
+            seen.insert((m.pid, m.start_ticks), (m.cpu_ticks, now));
+            tree.processes += 1;
+            tree.cpu_percent += cpu;
+            tree.memory_mb += mb(m.rss_pages);
+            if m.pid == proc_.handle.pid() && m.start_ticks == proc_.handle.start_ticks() {
+                own = Some((m, cpu));
+            }
+        }
+        if let Some((m, cpu)) = own {
+            proc_.set_sample(Sample {
+                state: m.state,
+                cpu_percent: cpu,
+                memory_mb: mb(m.rss_pages),
+                num_threads: m.num_threads,
+                tree,
+            });
+        }
+    }
+    *prev = seen;
+}
+
+/// psutil's CPU%: ticks used since the last sample over the time since, as a
+/// percentage of one CPU; from the process's start when it is new.
+fn cpu_percent(m: &ProcEntry, prev: Option<&(u64, f64)>, now: f64, tps: f64) -> f64 {
+    let (ticks, at) = match prev {
+        Some(&(ticks, at)) => (ticks, at),
+        None => (0, m.start_ticks as f64 / tps),
+    };
+    let elapsed = now - at;
+    if elapsed <= 0.0 {
+        return 0.0;
+    }
+    (m.cpu_ticks.saturating_sub(ticks) as f64 / tps) / elapsed * 100.0
+}

@@ -1,0 +1,400 @@
+//! Checking a spawn request and filling in its defaults, before anything is
+//! created: every refusal here is a 400 naming the field, and nothing is
+//! started or recorded.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::id::AgentId;
+use crate::model::{Probe, Probes, RestartPolicy, SpawnRequest};
+use crate::platform::files::User;
+
+/// Staged-stop waits when none are given: SIGTERM, 10 s, SIGTERM, 5 s, SIGKILL, 5 s.
+pub const DEFAULT_STOP_TIMEOUTS: [f64; 3] = [10.0, 5.0, 5.0];
+/// Verification window when none is given, ms.
+pub const DEFAULT_VERIFY_MS: u64 = 100;
+/// Longest verification window accepted, ms.
+pub const MAX_VERIFY_MS: u64 = 60_000;
+/// Longest single stop-stage wait accepted, seconds.
+pub const MAX_STOP_WAIT_S: f64 = 86_400.0;
+/// Most labels per agent.
+pub const MAX_LABELS: usize = 64;
+/// Longest label key, bytes.
+pub const MAX_LABEL_KEY: usize = 128;
+/// Longest label value, bytes.
+pub const MAX_LABEL_VALUE: usize = 1024;
+/// Longest progress message kept, bytes.
+pub const MAX_PROGRESS_MESSAGE: usize = 1024;
+
+/// A checked spawn request: what an agent's owner runs, run after run.
+#[derive(Debug, Clone)]
+pub(crate) struct Spec {
+    /// The agent.
+    pub id: AgentId,
+    /// The request with every default filled in (absolute `cwd` and `agent_dir`,
+    /// `stop_timeouts`, `verify_ms`, `restart`): what is stored, so a restarted
+    /// daemon supervises the same way.
+    pub request: SpawnRequest,
+    /// Where the run logs go.
+    pub agent_dir: PathBuf,
+    /// Working directory.
+    pub cwd: PathBuf,
+    /// Staged-stop waits.
+    pub stop_timeouts: [f64; 3],
+    /// Verification window.
+    pub verify: Duration,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+    /// The user to run as, resolved.
+    pub user: Option<User>,
+}
+
+fn invalid(id: &str, reason: impl Into<String>) -> Error {
+    Error::Invalid {
+        agent_id: crate::model::elide(id, 100),
+        reason: reason.into(),
+    }
+}
+
+/// Checks three stop-stage waits.
+pub(crate) fn stop_timeouts(agent_id: &str, raw: &[f64]) -> Result<[f64; 3]> {
+    match raw {
+        [a, b, c]
+            if raw
+                .iter()
+                .all(|t| t.is_finite() && *t >= 0.0 && *t <= MAX_STOP_WAIT_S) =>
+        {
+            Ok([*a, *b, *c])
+        }
+        _ => Err(invalid(
+            agent_id,
+            format!(
+                "stop_timeouts must be three waits in seconds (TERM, TERM, KILL), each 0–{MAX_STOP_WAIT_S}; got {raw:?}"
+            ),
+        )),
+    }
+}
+
+fn check_path(id: &str, field: &str, path: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    if path.as_os_str().as_bytes().contains(&0) {
+        return Err(invalid(id, format!("{field} contains a NUL byte")));
+    }
+    if !path.is_absolute() {
+        return Err(invalid(
+            id,
+            format!(
+                "{field} must be an absolute path; got {:?}",
+                crate::model::elide(&path.to_string_lossy(), 200)
+            ),
+        ));
+    }
+    for special in ["/proc", "/sys", "/dev"] {
+        if path.starts_with(special) {
+            return Err(invalid(
+                id,
+                format!(
+                    "{field} must not be under {special}; got {}",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_strings(id: &str, req: &SpawnRequest) -> Result<()> {
+    match req.command.first() {
+        Some(p) if !p.is_empty() => {}
+        _ => {
+            return Err(invalid(
+                id,
+                "command must name a program (got an empty command)",
+            ));
+        }
+    }
+    if req.command.iter().any(|a| a.contains('\0')) {
+        return Err(invalid(id, "command contains a NUL byte"));
+    }
+    for (key, value) in &req.env {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(invalid(
+                id,
+                format!(
+                    "env: variable name {:?} is not valid",
+                    crate::model::elide(key, 100)
+                ),
+            ));
+        }
+        if value.contains('\0') {
+            return Err(invalid(id, format!("env: {key} contains a NUL byte")));
+        }
+    }
+    if req.labels.len() > MAX_LABELS {
+        return Err(invalid(
+            id,
+            format!(
+                "labels: at most {MAX_LABELS} labels; got {}",
+                req.labels.len()
+            ),
+        ));
+    }
+    for (key, value) in &req.labels {
+        if key.is_empty() || key.len() > MAX_LABEL_KEY {
+            return Err(invalid(
+                id,
+                format!(
+                    "labels: a key must be 1–{MAX_LABEL_KEY} bytes; got {} bytes",
+                    key.len()
+                ),
+            ));
+        }
+        if value.len() > MAX_LABEL_VALUE {
+            return Err(invalid(
+                id,
+                format!(
+                    "labels: the value of {:?} is {} bytes; at most {MAX_LABEL_VALUE}",
+                    crate::model::elide(key, 100),
+                    value.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_probe(id: &str, which: &str, probe: &Probe) -> Result<()> {
+    let bad = |why: String| Err(invalid(id, format!("probes.{which}: {why}")));
+    match probe {
+        Probe::Exec(argv) if argv.first().is_none_or(|p| p.is_empty()) => {
+            bad("exec needs a program".into())
+        }
+        Probe::Exec(argv) if argv.iter().any(|a| a.contains('\0')) => {
+            bad("exec contains a NUL byte".into())
+        }
+        Probe::Http(url) if !url.starts_with("http://") => bad(format!(
+            "http takes an http:// URL; got {:?}",
+            crate::model::elide(url, 100)
+        )),
+        Probe::Tcp(addr)
+            if addr
+                .rsplit_once(':')
+                .is_none_or(|(_, p)| p.parse::<u16>().is_err()) =>
+        {
+            bad(format!(
+                "tcp takes HOST:PORT; got {:?}",
+                crate::model::elide(addr, 100)
+            ))
+        }
+        Probe::ProgressStaleS(s) if !(s.is_finite() && *s > 0.0) => {
+            bad(format!("progress_stale_s must be more than 0; got {s}"))
+        }
+        Probe::Log(_) if which == "liveness" => {
+            bad("log is a readiness probe (a line seen once cannot tell liveness)".into())
+        }
+        Probe::Log(re) if regex_lite_check(re).is_err() => bad(format!(
+            "log is not a valid regular expression: {}",
+            regex_lite_check(re).err().unwrap_or_default()
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn regex_lite_check(re: &str) -> std::result::Result<(), String> {
+    regex::Regex::new(re).map(drop).map_err(|e| e.to_string())
+}
+
+fn check_probes(id: &str, probes: &Probes) -> Result<()> {
+    let ok = |v: f64| v.is_finite() && v > 0.0 && v <= 86_400.0;
+    if !ok(probes.interval_s) || !ok(probes.timeout_s) {
+        return Err(invalid(
+            id,
+            "probes.interval_s and probes.timeout_s must be more than 0 and at most 86400",
+        ));
+    }
+    if probes.failures == 0 {
+        return Err(invalid(id, "probes.failures must be at least 1"));
+    }
+    if let Some(p) = &probes.liveness {
+        check_probe(id, "liveness", p)?;
+    }
+    if let Some(p) = &probes.readiness {
+        check_probe(id, "readiness", p)?;
+    }
+    Ok(())
+}
+
+/// Checks `req` and fills in its defaults. `user` is the request's user,
+/// already looked up (`None` when it names none). The state dir gives the
+/// default agent dir.
+pub(crate) fn check(req: SpawnRequest, state_dir: &Path, user: Option<User>) -> Result<Spec> {
+    let id = AgentId::new(req.agent_id.clone())?;
+    let raw = id.as_str();
+    check_strings(raw, &req)?;
+    let stop_timeouts = stop_timeouts(
+        raw,
+        req.stop_timeouts
+            .as_deref()
+            .unwrap_or(&DEFAULT_STOP_TIMEOUTS),
+    )?;
+    let verify_ms = req.verify_ms.unwrap_or(DEFAULT_VERIFY_MS);
+    if verify_ms > MAX_VERIFY_MS {
+        return Err(invalid(
+            raw,
+            format!("verify_ms must be at most {MAX_VERIFY_MS}; got {verify_ms}"),
+        ));
+    }
+    for (field, path) in [("cwd", &req.cwd), ("agent_dir", &req.agent_dir)] {
+        if let Some(p) = path {
+            check_path(raw, field, p)?;
+        }
+    }
+    let restart = req.restart.clone().unwrap_or_default();
+    super::policy::validate(&restart).map_err(|why| invalid(raw, why))?;
+    if let Some(t) = req.max_runtime_s
+        && !(t.is_finite() && t > 0.0)
+    {
+        return Err(invalid(
+            raw,
+            format!("max_runtime_s must be more than 0; got {t}"),
+        ));
+    }
+    if let Some(probes) = &req.probes {
+        check_probes(raw, probes)?;
+    }
+    let agent_dir = req
+        .agent_dir
+        .clone()
+        .unwrap_or_else(|| state_dir.join("agents").join(raw));
+    // An agent running as another user cannot enter corral's private state dir:
+    // it starts in its home directory unless told otherwise.
+    let cwd = match (&req.cwd, &user) {
+        (Some(cwd), _) => cwd.clone(),
+        (None, Some(u)) if u.home.is_dir() => u.home.clone(),
+        (None, Some(_)) => PathBuf::from("/"),
+        (None, None) => agent_dir.clone(),
+    };
+    let mut request = req;
+    request.cwd = Some(cwd.clone());
+    request.agent_dir = Some(agent_dir.clone());
+    request.stop_timeouts = Some(stop_timeouts.to_vec());
+    request.verify_ms = Some(verify_ms);
+    request.restart = Some(restart.clone());
+    Ok(Spec {
+        id,
+        request,
+        agent_dir,
+        cwd,
+        stop_timeouts,
+        verify: Duration::from_millis(verify_ms),
+        restart,
+        user,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(json: &str) -> SpawnRequest {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn refused(json: &str, needle: &str) {
+        let err = check(req(json), Path::new("/s"), None).unwrap_err();
+        assert_eq!(err.code(), crate::error::ErrorCode::Invalid, "{err}");
+        assert!(
+            err.to_string().contains(needle),
+            "{err} should mention {needle}"
+        );
+    }
+
+    #[test]
+    fn bad_input_is_refused_naming_the_field() {
+        refused(r#"{"agent_id": "a", "command": []}"#, "empty command");
+        refused(
+            r#"{"agent_id": "a", "command": ["x"], "agent_dir": "/tmp/a\u0000b"}"#,
+            "agent_dir contains a NUL",
+        );
+        refused(
+            r#"{"agent_id": "a", "command": ["x"], "agent_dir": "/proc/self"}"#,
+            "agent_dir must not be under /proc",
+        );
+        refused(
+            r#"{"agent_id": "a", "command": ["x"], "cwd": "rel"}"#,
+            "cwd must be an absolute path",
+        );
+        refused(
+            r#"{"agent_id": "a", "command": ["x"], "env": {"A=B": "1"}}"#,
+            "env",
+        );
+        refused(
+            r#"{"agent_id": "a", "command": ["x"], "stop_timeouts": [1, 2]}"#,
+            "stop_timeouts",
+        );
+        refused(
+            r#"{"agent_id": "a", "command": ["x"], "verify_ms": 999999}"#,
+            "verify_ms",
+        );
+        refused(
+            r#"{"agent_id": "a", "command": ["x"], "max_runtime_s": -1}"#,
+            "max_runtime_s",
+        );
+        refused(
+            r#"{"agent_id": "a", "command": ["x"], "restart": {"policy": "always", "backoff_s": [9, 1]}}"#,
+            "restart.backoff_s",
+        );
+        refused(
+            r#"{"agent_id": "a", "command": ["x"], "probes": {"liveness": {"log": "x"}}}"#,
+            "probes.liveness",
+        );
+        refused(
+            r#"{"agent_id": "a", "command": ["x"], "probes": {"readiness": {"log": "("}}}"#,
+            "not a valid regular expression",
+        );
+        refused(
+            r#"{"agent_id": "a", "command": ["x"], "probes": {"liveness": {"tcp": "nohost"}}}"#,
+            "HOST:PORT",
+        );
+    }
+
+    #[test]
+    fn labels_are_capped_and_the_message_names_the_limit() {
+        let big = "v".repeat(900_000);
+        let json = format!(r#"{{"agent_id": "a", "command": ["x"], "labels": {{"k": "{big}"}}}}"#);
+        let err = check(req(&json), Path::new("/s"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at most 1024"), "{err}");
+        assert!(
+            err.len() < 300,
+            "the value is not echoed: {} bytes",
+            err.len()
+        );
+        let many: Vec<String> = (0..65).map(|i| format!(r#""k{i}": "v""#)).collect();
+        let json = format!(
+            r#"{{"agent_id": "a", "command": ["x"], "labels": {{{}}}}}"#,
+            many.join(",")
+        );
+        let err = check(req(&json), Path::new("/s"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at most 64 labels"), "{err}");
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let spec = check(
+            req(r#"{"agent_id": "a.b", "command": ["x"]}"#),
+            Path::new("/s"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(spec.agent_dir, Path::new("/s/agents/a.b"));
+        assert_eq!(spec.cwd, spec.agent_dir);
+        assert_eq!(spec.stop_timeouts, DEFAULT_STOP_TIMEOUTS);
+        assert_eq!(spec.request.verify_ms, Some(DEFAULT_VERIFY_MS));
+        assert_eq!(spec.restart, RestartPolicy::default());
+    }
+}

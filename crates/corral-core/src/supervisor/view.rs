@@ -1,0 +1,294 @@
+//! What readers see of an agent: the snapshot its owner published after its
+//! last committed transition, plus the sampler's latest figures.
+//!
+//! A [`View`] is immutable and shared (`Arc`); the owner replaces it after each
+//! commit. Readers (status, listing, summary, the dashboard) never wait for the
+//! owner: they read the latest view and check the process's pidfd, so a status
+//! never says "alive" about a process that has exited, even in the instant
+//! before its end is recorded (it is then a zombie, which is what it says).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::id::AgentId;
+use crate::model::{
+    AgentStatus, Health, LimitState, PersistentStatus, ProbesState, SpawnResponse, TreeSummary,
+    quote_argv,
+};
+use crate::platform::{self, ExitKind, ProcessHandle};
+use crate::store::RunRecord;
+
+use super::spec::Spec;
+use super::state::Tag;
+
+/// The latest metrics of one agent, from one sampling pass.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Sample {
+    /// State letter of the agent's process.
+    pub state: char,
+    /// Percent of one CPU over the last interval.
+    pub cpu_percent: f64,
+    /// RSS, MiB.
+    pub memory_mb: f64,
+    /// Threads.
+    pub num_threads: u32,
+    /// The whole tree.
+    pub tree: TreeSummary,
+}
+
+/// A live process of an agent, shared between its owner (which waits on it),
+/// the sampler (which writes its figures) and readers.
+#[derive(Debug)]
+pub(crate) struct Proc {
+    /// The pidfd and identity.
+    pub handle: ProcessHandle,
+    /// Boot-clock seconds at which it started.
+    pub started_s: f64,
+    /// The run's cgroup, when it is contained in one.
+    pub leaf: Option<crate::platform::cgroup::Leaf>,
+    /// Written by the sampler.
+    pub sample: Mutex<Option<Sample>>,
+}
+
+impl Proc {
+    pub(crate) fn new(
+        handle: ProcessHandle,
+        leaf: Option<crate::platform::cgroup::Leaf>,
+        ticks_per_second: f64,
+    ) -> Self {
+        Self {
+            started_s: handle.start_ticks() as f64 / ticks_per_second,
+            handle,
+            leaf,
+            sample: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn sample(&self) -> Option<Sample> {
+        *self.sample.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn set_sample(&self, s: Sample) {
+        *self.sample.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
+    }
+}
+
+impl std::os::fd::AsRawFd for Proc {
+    /// The pidfd: readable once the process has exited.
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.handle.as_raw_fd()
+    }
+}
+
+/// An agent as last committed by its owner.
+#[derive(Debug, Clone)]
+pub(crate) struct View {
+    pub id: AgentId,
+    pub spec: Arc<Spec>,
+    /// Store row of the current run.
+    pub run_id: i64,
+    /// The current run's number.
+    pub run: u32,
+    pub log_dir: PathBuf,
+    pub status: PersistentStatus,
+    pub tag: Tag,
+    /// The process while it has not been reaped.
+    pub proc_: Option<Arc<Proc>>,
+    pub pid: Option<i32>,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    /// Seconds it ran, once it has ended (or is known to have).
+    pub runtime_at_end: Option<f64>,
+    pub exit: Option<ExitKind>,
+    pub end_reason: Option<String>,
+    pub progress: Option<u8>,
+    pub progress_message: Option<String>,
+    pub progress_at: Option<String>,
+    pub next_restart_at: Option<String>,
+    /// `cgroup` or `process-group`.
+    pub containment: &'static str,
+    pub ready: Option<bool>,
+    pub probes: Option<ProbesState>,
+    pub limits: std::collections::BTreeMap<String, LimitState>,
+}
+
+impl View {
+    /// The view of a stored run that has no process (ended, or not yet started).
+    pub(crate) fn from_record(rec: &RunRecord, spec: Arc<Spec>) -> Self {
+        let exit = match (rec.exit_code, rec.exit_signal) {
+            (Some(c), _) => Some(ExitKind::Code(c)),
+            (None, Some(s)) => Some(ExitKind::Signal(s)),
+            _ => None,
+        };
+        Self {
+            id: spec.id.clone(),
+            spec,
+            run_id: rec.run_id,
+            run: rec.run,
+            log_dir: rec.log_dir.clone(),
+            status: rec.status,
+            tag: if rec.status.is_live() {
+                Tag::Starting
+            } else {
+                Tag::Ended
+            },
+            proc_: None,
+            pid: rec.pid,
+            started_at: rec.started_at.clone(),
+            ended_at: rec.ended_at.clone(),
+            runtime_at_end: rec
+                .ended_at
+                .as_deref()
+                .map(|end| seconds_between(&rec.started_at, end)),
+            exit,
+            end_reason: rec.end_reason.clone(),
+            progress: rec.progress,
+            progress_message: rec.progress_message.clone(),
+            progress_at: rec.progress_at.clone(),
+            next_restart_at: rec.next_restart_at.clone(),
+            containment: "process-group",
+            ready: None,
+            probes: None,
+            limits: Default::default(),
+        }
+    }
+
+    pub(crate) fn stdout_log(&self) -> PathBuf {
+        self.log_dir.join("stdout.log")
+    }
+
+    pub(crate) fn stderr_log(&self) -> PathBuf {
+        self.log_dir.join("stderr.log")
+    }
+
+    /// The status the API reports, from this view and the process as it is now.
+    pub(crate) fn status(&self) -> AgentStatus {
+        let live = self.proc_.as_ref();
+        let exited = live.is_some_and(|p| p.handle.has_exited());
+        let process_alive = live.is_some() && !exited;
+        let is_zombie = live.is_some() && exited;
+        let sample = live.and_then(|p| p.sample()).filter(|_| process_alive);
+        let process_status = if is_zombie {
+            "zombie"
+        } else if process_alive {
+            sample.map_or("running", |s| platform::psutil_status(s.state))
+        } else {
+            "dead"
+        };
+        let (exit_code, exit_signal) = match self.exit {
+            Some(ExitKind::Code(c)) => (Some(c), None),
+            Some(ExitKind::Signal(s)) => (None, Some(s)),
+            None => (None, None),
+        };
+        let runtime_seconds = match (live, self.runtime_at_end) {
+            (Some(p), _) if !exited => platform::boottime_seconds() - p.started_s,
+            (_, Some(r)) => r,
+            (Some(p), None) => platform::boottime_seconds() - p.started_s,
+            (None, None) => 0.0,
+        }
+        .max(0.0);
+        AgentStatus {
+            agent_id: self.id.to_string(),
+            pid: self.pid,
+            process_alive,
+            process_status: process_status.to_owned(),
+            exit_code,
+            is_zombie,
+            cpu_percent: sample.map_or(0.0, |s| s.cpu_percent),
+            memory_mb: sample.map_or(0.0, |s| s.memory_mb),
+            runtime_seconds,
+            num_threads: sample.map_or(0, |s| s.num_threads),
+            cmdline: quote_argv(&self.spec.request.command),
+            health: self.health(process_alive, is_zombie, exit_code, exit_signal),
+            persistent_status: self.status,
+            started_at: self.started_at.clone(),
+            progress: self.progress,
+            progress_message: self.progress_message.clone(),
+            progress_at: self.progress_at.clone(),
+            exit_signal,
+            ended_at: self.ended_at.clone(),
+            end_reason: self.end_reason.clone(),
+            run: self.run,
+            restarts: self.run.saturating_sub(1),
+            next_restart_at: self.next_restart_at.clone(),
+            restart_policy: self.spec.restart.policy.as_str().to_owned(),
+            ready: self.ready,
+            probe: self.probes.clone(),
+            limits: self.limits.clone(),
+            labels: self.spec.request.labels.clone(),
+            stdout_log: self.stdout_log(),
+            stderr_log: self.stderr_log(),
+            containment: self.containment.to_owned(),
+            user: self.spec.user.as_ref().map(|u| u.name.clone()),
+            placement: None,
+            tree: sample.map(|s| s.tree),
+        }
+    }
+
+    fn health(
+        &self,
+        alive: bool,
+        zombie: bool,
+        exit_code: Option<i32>,
+        exit_signal: Option<i32>,
+    ) -> Health {
+        if alive {
+            return Health::Healthy;
+        }
+        if zombie {
+            return Health::Zombie;
+        }
+        match self.status {
+            PersistentStatus::Completed => Health::Completed,
+            PersistentStatus::Cancelled if exit_code == Some(0) => Health::Completed,
+            PersistentStatus::Failed | PersistentStatus::Cancelled
+                if exit_code.is_some() || exit_signal.is_some() || self.pid.is_none() =>
+            {
+                Health::Failed
+            }
+            _ => Health::Unknown,
+        }
+    }
+
+    /// The spawn answer, from this view (one snapshot: status and exit agree).
+    pub(crate) fn spawn_response(&self, error: Option<String>) -> SpawnResponse {
+        let (exit_code, exit_signal) = match self.exit {
+            Some(ExitKind::Code(c)) => (Some(c), None),
+            Some(ExitKind::Signal(s)) => (None, Some(s)),
+            None => (None, None),
+        };
+        SpawnResponse {
+            agent_id: self.id.to_string(),
+            run: self.run,
+            pid: self.pid,
+            status: self.status,
+            started_at: self.started_at.clone(),
+            stdout_log: self.stdout_log(),
+            stderr_log: self.stderr_log(),
+            exit_code,
+            exit_signal,
+            error,
+            placement: None,
+        }
+    }
+}
+
+/// Seconds from one RFC 3339 time to another (0 when either does not parse).
+pub(crate) fn seconds_between(start: &str, end: &str) -> f64 {
+    let start = humantime::parse_rfc3339_weak(start).ok();
+    let end = humantime::parse_rfc3339_weak(end).ok();
+    match (start, end) {
+        (Some(s), Some(e)) => e.duration_since(s).map_or(0.0, |d| d.as_secs_f64()),
+        _ => 0.0,
+    }
+}
+
+/// The published state of one agent id: its last committed view (none before
+/// the first commit of a new id), and whether an owner still supervises it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Published {
+    pub view: Option<Arc<View>>,
+    /// An owner is at work (starting, running, stopping, waiting to restart):
+    /// the id is taken.
+    pub busy: bool,
+}

@@ -1,0 +1,1062 @@
+//! corral's wire types: every request and response body of the HTTP API.
+//!
+//! This crate is the one place the API's shapes are defined. The library
+//! (`corral-core`) returns them, the daemon's router serialises them, the Rust
+//! client and the CLI deserialise them, and the OpenAPI document is generated
+//! from their [`utoipa::ToSchema`] derives — so a field cannot be added on one
+//! side and forgotten on the other.
+//!
+//! Field names are the contract's (and the seed's: `agent_id`, `pid`,
+//! `process_alive`, `process_status`, `exit_code`, `is_zombie`, `cpu_percent`,
+//! `memory_mb`, `runtime_seconds`, `num_threads`, `cmdline`, `health`,
+//! `persistent_status`, `started_at`, `progress`): scripts parse them, so a seed
+//! field never changes name or meaning. New fields are additive, and new request
+//! fields are optional.
+#![warn(missing_docs)]
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+pub mod id;
+
+pub use id::{AgentId, InvalidId, MAX_ID_LEN, Selector};
+
+/// `s` cut to its first `max_chars` characters, with `…` where it was cut.
+pub fn elide(s: &str, max_chars: usize) -> String {
+    match s.char_indices().nth(max_chars) {
+        None => s.to_owned(),
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+    }
+}
+
+/// Stored lifecycle state (`persistent_status`): `spawning → running → completed | failed | cancelled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PersistentStatus {
+    /// Being started: the record exists, the verification window has not ended.
+    Spawning,
+    /// Started and verified; not known to have ended.
+    Running,
+    /// Exited on its own with code 0.
+    Completed,
+    /// Exited non-zero, killed by a signal corral did not send, failed to start,
+    /// or was stopped by a limit (runtime, memory, a failing liveness probe).
+    Failed,
+    /// Stopped on request (`cleanup` / `kill_agent`).
+    Cancelled,
+}
+
+impl PersistentStatus {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Spawning => "spawning",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// True for `spawning` and `running`: the run has not ended.
+    pub fn is_live(self) -> bool {
+        matches!(self, Self::Spawning | Self::Running)
+    }
+}
+
+impl fmt::Display for PersistentStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for PersistentStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "spawning" => Self::Spawning,
+            "running" => Self::Running,
+            "completed" => Self::Completed,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            other => return Err(format!("unknown persistent status {other:?}")),
+        })
+    }
+}
+
+/// Live health (`health`), derived from the process and the stored state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Alive and not a zombie.
+    Healthy,
+    /// Exited, not yet reaped.
+    Zombie,
+    /// Ended with code 0.
+    Completed,
+    /// Ended badly (non-zero, signal, failed start) or was stopped.
+    Failed,
+    /// Cannot be determined (e.g. ended while no daemon ran).
+    Unknown,
+}
+
+impl Health {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::Zombie => "zombie",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------
+
+/// Stable error codes, as the API reports them (`{"error": {"code": ...}}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// Bad input (400).
+    Invalid,
+    /// TCP without the bearer token (401).
+    Unauthorized,
+    /// The caller may not do this (403): an agent reporting for another.
+    Forbidden,
+    /// Unknown agent or route (404).
+    NotFound,
+    /// Method not allowed on the route (405).
+    MethodNotAllowed,
+    /// A long poll ran out of time (408).
+    Timeout,
+    /// The id is taken by a live agent (409).
+    Conflict,
+    /// Body over the size limit (413).
+    PayloadTooLarge,
+    /// URI over the size limit (414).
+    UriTooLong,
+    /// Too many or too large headers (431).
+    HeadersTooLarge,
+    /// The agent's program or files could not be set up (422).
+    SpawnFailed,
+    /// corral cannot take changes now: its store is failing (503).
+    Unavailable,
+    /// corral itself failed (500).
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Invalid => "invalid",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Timeout => "timeout",
+            Self::Conflict => "conflict",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UriTooLong => "uri_too_long",
+            Self::HeadersTooLarge => "headers_too_large",
+            Self::SpawnFailed => "spawn_failed",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status that goes with the code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::Invalid => 400,
+            Self::Unauthorized => 401,
+            Self::Forbidden => 403,
+            Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::Timeout => 408,
+            Self::Conflict => 409,
+            Self::PayloadTooLarge => 413,
+            Self::UriTooLong => 414,
+            Self::HeadersTooLarge => 431,
+            Self::SpawnFailed => 422,
+            Self::Unavailable => 503,
+            Self::Internal => 500,
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Every error answer: `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong, as a stable code and a message for people.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// `invalid`, `unauthorized`, `forbidden`, `not_found`, `timeout`, `conflict`,
+    /// `payload_too_large`, `uri_too_long`, `headers_too_large`, `spawn_failed`,
+    /// `unavailable`, `internal`.
+    pub code: String,
+    /// What is wrong, naming the field, agent or path concerned.
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// An error body with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            error: ErrorDetail {
+                code: code.as_str().to_owned(),
+                message: message.into(),
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Supervision policies
+// ---------------------------------------------------------------------------
+
+/// When a run that ended on its own is started again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartMode {
+    /// Never (the seed's behaviour).
+    #[default]
+    Never,
+    /// Runs that end `failed` (not `completed`, not `cancelled`).
+    OnFailure,
+    /// Runs that end `failed` or `completed`.
+    Always,
+}
+
+impl RestartMode {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Never => "never",
+            Self::OnFailure => "on-failure",
+            Self::Always => "always",
+        }
+    }
+}
+
+fn default_max_restarts() -> u32 {
+    5
+}
+fn default_window_s() -> f64 {
+    60.0
+}
+fn default_backoff_s() -> [f64; 2] {
+    [1.0, 60.0]
+}
+
+/// `restart` in a spawn request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestartPolicy {
+    /// `never` (default), `on-failure` or `always`.
+    #[serde(default)]
+    pub policy: RestartMode,
+    /// More restarts than this inside `window_s` is a crash loop: corral gives up.
+    #[serde(default = "default_max_restarts")]
+    pub max_restarts: u32,
+    /// The crash-loop window, seconds; a run that stays up this long resets the backoff.
+    #[serde(default = "default_window_s")]
+    pub window_s: f64,
+    /// Delay before the first restart and the most it grows to, seconds.
+    #[serde(default = "default_backoff_s")]
+    pub backoff_s: [f64; 2],
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            policy: RestartMode::Never,
+            max_restarts: default_max_restarts(),
+            window_s: default_window_s(),
+            backoff_s: default_backoff_s(),
+        }
+    }
+}
+
+/// `limits` in a spawn request: each is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Most resident memory of the whole tree, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<f64>,
+    /// Most processes and threads in the tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+    /// `RLIMIT_NOFILE` of the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nofile: Option<u64>,
+    /// Most CPU of the tree, percent of one CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f64>,
+}
+
+impl Limits {
+    /// True when no limit is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// One probe: a single-key object naming its kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Probe {
+    /// Run this argv; exit 0 passes.
+    Exec(Vec<String>),
+    /// GET this `http://` URL; a 2xx or 3xx answer passes.
+    Http(String),
+    /// Connect to this `HOST:PORT`; a connection passes.
+    Tcp(String),
+    /// No progress report for this many seconds fails (a stuck agent).
+    ProgressStaleS(f64),
+    /// (readiness only) this regular expression matched on the run's stdout or stderr passes.
+    Log(String),
+}
+
+impl Probe {
+    /// The kind's wire name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Exec(_) => "exec",
+            Self::Http(_) => "http",
+            Self::Tcp(_) => "tcp",
+            Self::ProgressStaleS(_) => "progress_stale_s",
+            Self::Log(_) => "log",
+        }
+    }
+}
+
+fn default_interval_s() -> f64 {
+    10.0
+}
+fn default_timeout_s() -> f64 {
+    2.0
+}
+fn default_failures() -> u32 {
+    3
+}
+
+/// `probes` in a spawn request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Probes {
+    /// Failing `failures` times in a row ends the run as failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<Probe>,
+    /// Sets `ready`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<Probe>,
+    /// Seconds between checks.
+    #[serde(default = "default_interval_s")]
+    pub interval_s: f64,
+    /// Seconds one check may take.
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: f64,
+    /// Consecutive failures that count.
+    #[serde(default = "default_failures")]
+    pub failures: u32,
+}
+
+impl Default for Probes {
+    fn default() -> Self {
+        Self {
+            liveness: None,
+            readiness: None,
+            interval_s: default_interval_s(),
+            timeout_s: default_timeout_s(),
+            failures: default_failures(),
+        }
+    }
+}
+
+/// `logs` in a spawn request: copy-and-truncate rotation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogRotation {
+    /// Rotate a log once it is larger than this, MiB.
+    pub max_mb: f64,
+    /// Rotated copies kept.
+    #[serde(default = "default_keep")]
+    pub keep: u32,
+}
+
+fn default_keep() -> u32 {
+    3
+}
+
+/// `placement` in a spawn request: where the agent runs. Absent = this host.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    /// Run the agent as a job of a Slurm cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<SlurmPlacement>,
+}
+
+/// Where and with what a Slurm job runs; every field optional (the engine's defaults).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmPlacement {
+    /// `--partition`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    /// `--nodelist`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<String>,
+    /// `--cpus-per-task`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// `--mem`, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_mb: Option<u64>,
+    /// `--time`, in Slurm's format (`60`, `1:00:00`, `1-0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_limit: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Spawning
+// ---------------------------------------------------------------------------
+
+/// What `spawn_agent` needs. JSON body of `POST /v1/agents` (and each entry of a batch).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpawnRequest {
+    /// The agent's id.
+    pub agent_id: String,
+    /// argv: program and arguments, run without a shell.
+    pub command: Vec<String>,
+    /// Working directory (absolute); defaults to the agent dir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub cwd: Option<PathBuf>,
+    /// Variables added to the daemon's environment.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Directory holding the run logs (absolute); defaults to `<state dir>/agents/<id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub agent_dir: Option<PathBuf>,
+    /// Free-form labels (at most 64; keys up to 128 bytes, values up to 1024).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Staged-stop waits in seconds (TERM, TERM, KILL); defaults to `[10, 5, 5]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_timeouts: Option<Vec<f64>>,
+    /// Verification window in milliseconds; default 100, 0 = answer once exec succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_ms: Option<u64>,
+    /// Restart policy; default `never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartPolicy>,
+    /// A run older than this gets the staged stop and ends `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_runtime_s: Option<f64>,
+    /// Resource limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    /// Liveness and readiness probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<Probes>,
+    /// Run as this user (name or uid); only when the daemon runs as root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Log rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<LogRotation>,
+    /// Where the agent runs (default: this host, or the daemon's default placement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+}
+
+/// What `spawn_agent` answers when the program started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SpawnResponse {
+    /// The agent's id.
+    pub agent_id: String,
+    /// The run's number (1 for the first run of an id).
+    pub run: u32,
+    /// Its pid (null for an agent placed on a cluster engine).
+    pub pid: Option<i32>,
+    /// `running`, or `completed` / `failed` when it ended inside the verification window.
+    pub status: PersistentStatus,
+    /// When it was started (RFC 3339, UTC).
+    pub started_at: String,
+    /// Path of this run's stdout log.
+    #[schema(value_type = String)]
+    pub stdout_log: PathBuf,
+    /// Path of this run's stderr log.
+    #[schema(value_type = String)]
+    pub stderr_log: PathBuf,
+    /// Exit code, when it ended inside the window.
+    pub exit_code: Option<i32>,
+    /// Terminating signal, when it was killed inside the window.
+    pub exit_signal: Option<i32>,
+    /// Why it failed (with the tail of its stderr), when it did.
+    pub error: Option<String>,
+    /// Where it runs, when not on this host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementInfo>,
+}
+
+/// Body of `POST /v1/agents/batch`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// Spawn requests, answered in this order.
+    pub agents: Vec<SpawnRequest>,
+}
+
+/// Answer of `POST /v1/agents/batch`: one result per request, in request order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BatchResponse {
+    /// A spawn response, or the agent id with the error that request got.
+    pub results: Vec<BatchResult>,
+}
+
+/// One entry of a batch answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum BatchResult {
+    /// The request failed alone (the others are unaffected).
+    Failed(BatchFailure),
+    /// The agent started (its status says whether it is still running).
+    Spawned(SpawnResponse),
+}
+
+/// A batch entry that failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchFailure {
+    /// The id the request named (as given).
+    pub agent_id: String,
+    /// What went wrong, as it would have been answered to a single request.
+    pub error: ErrorDetail,
+}
+
+// ---------------------------------------------------------------------------
+// Status
+// ---------------------------------------------------------------------------
+
+/// Where an agent placed on a cluster engine runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlacementInfo {
+    /// `slurm`.
+    pub engine: String,
+    /// The engine's job id.
+    pub job_id: String,
+    /// The node it runs on, once it runs.
+    pub node: Option<String>,
+    /// Why the engine has not started it yet (Slurm's pending reason), while it has not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_reason: Option<String>,
+}
+
+/// Sums over an agent's whole process tree, from the same sample as the agent's own fields.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TreeSummary {
+    /// Processes in the tree, the agent included.
+    pub processes: u32,
+    /// Summed CPU percent (of one CPU).
+    pub cpu_percent: f64,
+    /// Summed RSS in MiB.
+    pub memory_mb: f64,
+}
+
+/// How one limit is enforced, and its value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LimitState {
+    /// The limit as given.
+    pub value: f64,
+    /// `cgroup` (the kernel), `rlimit` (the kernel, per process) or `sampler`
+    /// (corral checks the tree every sampling interval and stops the run).
+    pub enforced_by: String,
+}
+
+/// The latest result of one probe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProbeState {
+    /// The probe's kind (`exec`, `http`, `tcp`, `progress_stale_s`, `log`).
+    pub kind: String,
+    /// `passed` or `failed`; null before the first check.
+    pub last_result: Option<String>,
+    /// What the last check said (exit status and output, HTTP status, error).
+    pub last_output: Option<String>,
+    /// When it ran (RFC 3339).
+    pub last_at: Option<String>,
+    /// Failures in a row.
+    pub consecutive_failures: u32,
+}
+
+/// `probe` in a status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProbesState {
+    /// The liveness probe's latest result.
+    pub liveness: Option<ProbeState>,
+    /// The readiness probe's latest result.
+    pub readiness: Option<ProbeState>,
+}
+
+/// One agent's status: the seed's fields with their exact names, plus extras.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AgentStatus {
+    /// The agent's id.
+    pub agent_id: String,
+    /// Its pid (null when it never started, or when it runs on a cluster engine).
+    pub pid: Option<i32>,
+    /// The process exists and has not exited.
+    pub process_alive: bool,
+    /// psutil's word for the process state; `dead` once it is gone.
+    pub process_status: String,
+    /// Exit code once it ended by exiting.
+    pub exit_code: Option<i32>,
+    /// It has exited and is not yet reaped.
+    pub is_zombie: bool,
+    /// Percent of one CPU over the last sampling interval (psutil's meaning).
+    pub cpu_percent: f64,
+    /// Resident set size of the agent's own process in MiB.
+    pub memory_mb: f64,
+    /// Seconds since it started (until it ended, once it has).
+    pub runtime_seconds: f64,
+    /// Thread count.
+    pub num_threads: u32,
+    /// The command line, quoted as a shell would need it.
+    pub cmdline: String,
+    /// Live health.
+    pub health: Health,
+    /// Stored lifecycle state of the current run.
+    pub persistent_status: PersistentStatus,
+    /// Start time of the current run, RFC 3339 UTC.
+    pub started_at: String,
+    /// Self-reported progress, 0–100.
+    pub progress: Option<u8>,
+    /// Message sent with the last progress report.
+    pub progress_message: Option<String>,
+    /// When progress was last reported (RFC 3339).
+    pub progress_at: Option<String>,
+    /// Signal that ended it, if one did.
+    pub exit_signal: Option<i32>,
+    /// End time, RFC 3339 UTC.
+    pub ended_at: Option<String>,
+    /// Why it ended, in words.
+    pub end_reason: Option<String>,
+    /// The current run's number (1, 2, …).
+    pub run: u32,
+    /// How many earlier runs this id has had (re-spawns and restarts).
+    pub restarts: u32,
+    /// When the restart policy will start the next run; null when none is planned.
+    pub next_restart_at: Option<String>,
+    /// The restart policy in force.
+    pub restart_policy: String,
+    /// Readiness: null without a readiness probe, false until it first passes.
+    pub ready: Option<bool>,
+    /// Latest probe results.
+    pub probe: Option<ProbesState>,
+    /// Limits in force and how each is enforced (empty without limits).
+    #[serde(default)]
+    pub limits: BTreeMap<String, LimitState>,
+    /// Labels given at spawn.
+    pub labels: BTreeMap<String, String>,
+    /// Path of the current run's stdout log.
+    #[schema(value_type = String)]
+    pub stdout_log: PathBuf,
+    /// Path of the current run's stderr log.
+    #[schema(value_type = String)]
+    pub stderr_log: PathBuf,
+    /// How its process tree is contained (`process-group`, `cgroup`, or the engine's name).
+    pub containment: String,
+    /// The user it runs as, when not the daemon's.
+    pub user: Option<String>,
+    /// Where it runs, when on a cluster engine.
+    pub placement: Option<PlacementInfo>,
+    /// The agent's process tree (itself and every descendant), from the same sample.
+    pub tree: Option<TreeSummary>,
+}
+
+/// Fleet-wide counts and sums (`get_process_summary`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProcessSummary {
+    /// Agents known (latest run of each id).
+    pub total: u32,
+    /// In `spawning`.
+    pub spawning: u32,
+    /// In `running`.
+    pub running: u32,
+    /// In `completed`.
+    pub completed: u32,
+    /// In `failed`.
+    pub failed: u32,
+    /// In `cancelled`.
+    pub cancelled: u32,
+    /// Exited but not yet reaped.
+    pub zombie: u32,
+    /// Summed RSS of live agents, MiB.
+    pub total_memory_mb: f64,
+    /// Summed CPU percent of live agents.
+    pub total_cpu_percent: f64,
+}
+
+/// Answer of `GET /v1/agents/{id}/health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HealthReport {
+    /// The agent's id.
+    pub agent_id: String,
+    /// `health == healthy`.
+    pub healthy: bool,
+    /// Live health.
+    pub health: Health,
+}
+
+/// Body of `PUT /v1/agents/{id}/progress`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressUpdate {
+    /// 0–100.
+    pub progress: i64,
+    /// Optional words about what the agent is doing (at most 1 KiB).
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// Stopping
+// ---------------------------------------------------------------------------
+
+/// How `cleanup` should stop agents; body of `POST /v1/agents/{id}/stop`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CleanupOptions {
+    /// Skip the TERM stages: SIGKILL at once.
+    #[serde(default)]
+    pub force: bool,
+    /// Override each agent's staged-stop waits (seconds: TERM, TERM, KILL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_timeouts: Option<Vec<f64>>,
+}
+
+/// Body of `POST /v1/stop`: `{"all": true}` or `{"selector": "L2.1.*"}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StopManyRequest {
+    /// Every agent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+    /// An id or a `PREFIX.*` subtree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// SIGKILL at once.
+    #[serde(default)]
+    pub force: bool,
+    /// Override each agent's staged-stop waits (seconds: TERM, TERM, KILL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_timeouts: Option<Vec<f64>>,
+    /// Leave out agents whose run had already ended (they would report `already_ended`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub live_only: bool,
+}
+
+/// Body of `POST /v1/agents/{id}/kill`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KillRequest {
+    /// SIGKILL at once; otherwise the agent's staged stop.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// How far a stop sequence went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StopStage {
+    /// The agent had already ended; nothing was sent.
+    AlreadyEnded,
+    /// Ended after the first SIGTERM.
+    Term,
+    /// Ended after the second SIGTERM.
+    SecondTerm,
+    /// Ended after SIGKILL.
+    Kill,
+    /// Still present after SIGKILL and its wait (should not happen; reported, never hidden).
+    Unkillable,
+}
+
+impl StopStage {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AlreadyEnded => "already_ended",
+            Self::Term => "term",
+            Self::SecondTerm => "second_term",
+            Self::Kill => "kill",
+            Self::Unkillable => "unkillable",
+        }
+    }
+}
+
+impl fmt::Display for StopStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What one agent's stop did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StopReport {
+    /// The agent.
+    pub agent_id: String,
+    /// Its pid (null when it never started or runs on a cluster engine).
+    pub pid: Option<i32>,
+    /// The stage that ended it.
+    pub stage: StopStage,
+    /// Time from the first signal until it was gone, ms.
+    pub duration_ms: f64,
+    /// Exit code, if it exited.
+    pub exit_code: Option<i32>,
+    /// Signal that ended it, if one did.
+    pub exit_signal: Option<i32>,
+    /// Other processes of its tree that were present during the stop (null when
+    /// nothing was sent).
+    pub descendants_killed: Option<u32>,
+    /// Final lifecycle state.
+    pub persistent_status: PersistentStatus,
+}
+
+/// Answer of `POST /v1/agents/{id}/kill`: the stop report, and whether the
+/// agent was killed by this call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct KillResponse {
+    /// The agent.
+    pub agent_id: String,
+    /// True when this call ended it (false when it had already ended).
+    pub killed: bool,
+    /// The stop's report.
+    pub report: StopReport,
+}
+
+/// What `remove_agent` / `prune` took out of the record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Removal {
+    /// Ids no longer known at all.
+    pub removed: Vec<String>,
+    /// Runs deleted from the store (current and history).
+    pub runs_removed: u64,
+}
+
+// ---------------------------------------------------------------------------
+// History, events, the daemon
+// ---------------------------------------------------------------------------
+
+/// One run of an agent (`GET /v1/agents/{id}/runs`, `corral runs ID`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RunInfo {
+    /// The run's number.
+    pub run: u32,
+    /// Its pid (null when it never started).
+    pub pid: Option<i32>,
+    /// RFC 3339.
+    pub started_at: String,
+    /// RFC 3339, once it ended.
+    pub ended_at: Option<String>,
+    /// Its lifecycle state.
+    pub persistent_status: PersistentStatus,
+    /// Exit code, if it exited.
+    pub exit_code: Option<i32>,
+    /// Signal that ended it, if one did.
+    pub exit_signal: Option<i32>,
+    /// Why it ended.
+    pub end_reason: Option<String>,
+    /// Its stdout log.
+    #[schema(value_type = String)]
+    pub stdout_log: PathBuf,
+    /// Its stderr log.
+    #[schema(value_type = String)]
+    pub stderr_log: PathBuf,
+}
+
+/// One entry of the event log: a lifecycle transition (`state`), a progress
+/// report (`progress`), a stop stage (`stop_stage`), a planned restart
+/// (`restart`), a crash loop (`crash_loop`), a limit hit (`limit`) or a probe
+/// result change (`probe`). Stored, numbered by `seq`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    /// Position in the log; a client resumes after the last one it saw.
+    pub seq: i64,
+    /// When it was recorded, RFC 3339 UTC.
+    pub at: String,
+    /// The agent.
+    pub agent_id: String,
+    /// The run's number.
+    pub run: u32,
+    /// The event's kind.
+    pub kind: String,
+    /// The kind's fields (`status`, `pid`, `exit_code`, `reason`, `progress`,
+    /// `message`, `stage`, `signal`, `delay_s`, ...).
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub data: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Answer of `GET /v1/health`: the daemon answers and its store takes writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DaemonHealth {
+    /// Always true in a 200 answer.
+    pub ok: bool,
+    /// corral's version.
+    pub version: String,
+    /// The daemon's pid.
+    pub pid: u32,
+    /// Agents known.
+    pub agents: u32,
+    /// The state dir it serves.
+    pub state_dir: String,
+    /// Seconds since the daemon started.
+    pub uptime_s: f64,
+}
+
+/// Query of `GET /v1/agents/{id}/wait`.
+#[derive(
+    Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema, utoipa::IntoParams,
+)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct WaitQuery {
+    /// Longest wait, seconds (default 30, at most 3600); 408 `timeout` after it.
+    pub timeout_s: Option<f64>,
+}
+
+/// Query of `GET /v1/agents/{id}/logs`.
+#[derive(
+    Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema, utoipa::IntoParams,
+)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LogsQuery {
+    /// `stdout` (default), `stderr` or `both`.
+    pub stream: Option<String>,
+    /// Start with the last N lines (default: all).
+    pub tail: Option<usize>,
+    /// Keep the answer open and stream what is written until the run ends.
+    pub follow: Option<bool>,
+    /// The run (default: the current one).
+    pub run: Option<u32>,
+}
+
+/// Query of `GET /v1/events`.
+#[derive(
+    Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema, utoipa::IntoParams,
+)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Resume after this sequence number (also taken from `Last-Event-ID`).
+    pub since: Option<i64>,
+    /// Keep the stream open for new events (default); `false` ends it after the backlog.
+    pub follow: Option<bool>,
+}
+
+/// Shell-style quoting of an argv for display: `python3 -c 'print("hi"); import sys'`.
+pub fn quote_argv(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| quote_arg(a))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn quote_arg(a: &str) -> String {
+    let plain = !a.is_empty()
+        && a.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'_' | b'.' | b'/' | b',' | b':' | b'=' | b'+' | b'@' | b'%'
+                )
+        });
+    if plain {
+        a.to_owned()
+    } else {
+        format!("'{}'", a.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_is_quoted_as_a_shell_needs_it() {
+        let argv: Vec<String> = ["python3", "-c", "print(\"hi\"); import sys", "it's", ""]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            quote_argv(&argv),
+            r#"python3 -c 'print("hi"); import sys' 'it'\''s' ''"#
+        );
+    }
+
+    #[test]
+    fn elide_cuts_on_characters() {
+        assert_eq!(elide("abc", 5), "abc");
+        assert_eq!(elide("ééééé", 2), "éé…");
+    }
+
+    #[test]
+    fn batch_results_round_trip_both_shapes() {
+        let failed = r#"{"agent_id": "x", "error": {"code": "conflict", "message": "m"}}"#;
+        let r: BatchResult = serde_json::from_str(failed).unwrap();
+        assert!(matches!(r, BatchResult::Failed(_)));
+    }
+
+    #[test]
+    fn policies_take_the_contracts_json() {
+        let req: SpawnRequest = serde_json::from_str(
+            r#"{"agent_id": "a", "command": ["x"],
+                "restart": {"policy": "on-failure", "max_restarts": 5, "window_s": 60, "backoff_s": [1, 60]},
+                "max_runtime_s": 3600,
+                "limits": {"memory_mb": 512, "pids": 256, "nofile": 1024, "cpu_percent": 150},
+                "probes": {"liveness": {"http": "http://127.0.0.1:8080/healthz"},
+                           "readiness": {"log": "ready"}, "interval_s": 10, "timeout_s": 2, "failures": 3},
+                "user": "nobody", "logs": {"max_mb": 100, "keep": 3},
+                "placement": {"slurm": {"partition": "debug", "cpus": 1}}}"#,
+        )
+        .unwrap();
+        assert_eq!(req.restart.unwrap().policy, RestartMode::OnFailure);
+        assert_eq!(
+            req.probes.unwrap().liveness,
+            Some(Probe::Http("http://127.0.0.1:8080/healthz".into()))
+        );
+        let p: Probe = serde_json::from_str(r#"{"progress_stale_s": 300}"#).unwrap();
+        assert_eq!(p, Probe::ProgressStaleS(300.0));
+        let p: Probe = serde_json::from_str(r#"{"exec": ["sh", "-c", "true"]}"#).unwrap();
+        assert_eq!(p.kind(), "exec");
+    }
+}
