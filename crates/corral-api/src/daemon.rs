@@ -55,6 +55,8 @@ pub struct DaemonOptions {
     pub strict: bool,
     /// Open connections per listener (default: from the open-file limit).
     pub max_connections: Option<usize>,
+    /// How long request headers may take (default [`serve::HEADER_TIMEOUT`]).
+    pub header_timeout: Option<Duration>,
 }
 
 /// Shortest bearer token accepted, bytes.
@@ -235,6 +237,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Runs a daemon until SIGTERM or SIGINT. Takes the lock first; fails with
 /// [`DaemonError::AlreadyRunning`] when another daemon holds the state dir.
 pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
+    // Listen for SIGTERM/SIGINT first: one that arrives while the daemon starts
+    // stops it cleanly once it has started, instead of killing it half-way.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let signals = shutdown_signals()?;
+    tokio::spawn(async move {
+        signals.await;
+        let _ = stop_tx.send(true);
+    });
     // Refuse bad options before touching anything.
     let token = read_token(&opts)?;
     let lock = lock_state_dir(&opts.state_dir)?;
@@ -271,23 +281,20 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             let _ = rustix::stdio::dup2_stderr(&null);
         }
     }
-    let limits = Limits {
-        max_connections: opts
-            .max_connections
-            .unwrap_or_else(|| Limits::for_nofile(nofile).max_connections),
-    };
+    let mut limits = Limits::for_nofile(nofile);
+    if let Some(n) = opts.max_connections {
+        limits.max_connections = n;
+    }
+    if let Some(t) = opts.header_timeout {
+        limits.header_timeout = t;
+    }
     tracing::info!(pid = std::process::id(), state_dir = %opts.state_dir.display(), nofile, max_connections = limits.max_connections, "daemon started");
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
     let app = crate::routes::router(sup.clone());
     let unix = serve::serve(listener, app.clone(), limits, stopped());
     let served = match tcp {
@@ -314,17 +321,18 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     served.map_err(io_err("serve", &socket))
 }
 
-async fn shutdown_signal() {
+/// Resolves at the first SIGTERM or SIGINT (registered now, so none is missed).
+fn shutdown_signals() -> Result<impl std::future::Future<Output = ()>, DaemonError> {
     use tokio::signal::unix::{SignalKind, signal};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
+    let listen = |kind| {
+        signal(kind).map_err(|e| DaemonError::Config(format!("cannot listen for signals: {e}")))
+    };
+    let mut term = listen(SignalKind::terminate())?;
+    let mut int = listen(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-        _ => std::future::pending().await,
-    }
+    })
 }

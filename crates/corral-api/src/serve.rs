@@ -42,11 +42,14 @@ pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long open connections get to finish when the daemon stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// How many connections a listener keeps open at most.
+/// How many connections a listener keeps open, and how long they may idle.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Open connections; beyond it new ones are closed at once.
     pub max_connections: usize,
+    /// Request headers must be complete this long after the connection is
+    /// ready for a request (closes idle keep-alive connections too).
+    pub header_timeout: Duration,
 }
 
 impl Limits {
@@ -55,6 +58,7 @@ impl Limits {
     pub fn for_nofile(nofile: u64) -> Self {
         Self {
             max_connections: (nofile / 4).clamp(16, 1024) as usize,
+            ..Self::default()
         }
     }
 }
@@ -63,6 +67,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 1024,
+            header_timeout: HEADER_TIMEOUT,
         }
     }
 }
@@ -169,8 +174,9 @@ pub async fn serve<L: Listener>(
         };
         let app = app.clone();
         let stop = stop_rx.clone();
+        let header_timeout = limits.header_timeout;
         tokio::spawn(async move {
-            serve_connection(io, peer, app, stop).await;
+            serve_connection(io, peer, app, stop, header_timeout).await;
             drop(permit);
         });
     }
@@ -181,8 +187,13 @@ pub async fn serve<L: Listener>(
     Ok(())
 }
 
-async fn serve_connection<I>(io: I, peer: Peer, app: Router, mut stop: watch::Receiver<bool>)
-where
+async fn serve_connection<I>(
+    io: I,
+    peer: Peer,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+    header_timeout: Duration,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service =
@@ -192,7 +203,7 @@ where
         });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(Guarded::new(io)), service);
     tokio::pin!(conn);
     let stopping = async move {

@@ -518,3 +518,161 @@ async fn an_event_client_that_resumes_with_since_gets_every_event_exactly_once()
     );
     api.finish().await;
 }
+
+/// Sends raw bytes on a fresh connection and reads the whole answer.
+async fn raw_exchange(socket: &std::path::Path, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let _ = s.write_all(bytes).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The JSON body of a raw HTTP answer.
+fn json_body(answer: &str) -> Value {
+    let (_, body) = answer.split_once("\r\n\r\n").unwrap_or(("", ""));
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {answer:?}"))
+}
+
+#[tokio::test]
+async fn every_error_has_the_json_shape_even_protocol_ones() {
+    let api = Api::start().await;
+    let socket = api.client.socket().to_owned();
+    // A path segment that is not UTF-8.
+    let bad = raw_exchange(
+        &socket,
+        b"GET /v1/agents/%ff HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+    assert_eq!(json_body(&bad)["error"]["code"], "invalid");
+    // A URI over hyper's limit.
+    let long = format!(
+        "GET /v1/agents/{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(70_000)
+    );
+    let long = raw_exchange(&socket, long.as_bytes()).await;
+    assert!(
+        long.starts_with("HTTP/1.1 414"),
+        "{}",
+        &long[..100.min(long.len())]
+    );
+    assert_eq!(json_body(&long)["error"]["code"], "uri_too_long");
+    // 5000 headers.
+    let headers: String = (0..5000).map(|i| format!("X-{i}: y\r\n")).collect();
+    let many = raw_exchange(
+        &socket,
+        format!("GET /v1/agents HTTP/1.1\r\nHost: x\r\n{headers}\r\n").as_bytes(),
+    )
+    .await;
+    assert!(
+        many.starts_with("HTTP/1.1 431"),
+        "{}",
+        &many[..100.min(many.len())]
+    );
+    assert_eq!(json_body(&many)["error"]["code"], "headers_too_large");
+    // Garbage.
+    let junk = raw_exchange(&socket, b"GARBAGE\r\n\r\n").await;
+    assert!(junk.starts_with("HTTP/1.1 400"), "{junk}");
+    assert_eq!(json_body(&junk)["error"]["code"], "invalid");
+    // A bad query.
+    let (status, v) = api.send(Method::GET, "/v1/events?since=abc", b"").await;
+    assert_eq!(status.as_u16(), 400);
+    assert_eq!(v["error"]["code"], "invalid");
+    // Still serving.
+    let health: Value = api.client.get("/v1/health").await.unwrap();
+    assert_eq!(health["ok"], true);
+    api.finish().await;
+}
+
+#[tokio::test]
+async fn huge_ids_and_labels_are_refused_without_being_echoed() {
+    let api = Api::start().await;
+    let huge_id = "x".repeat(900_000);
+    let body = json!({"agent_id": huge_id, "command": ["true"]}).to_string();
+    let (status, v) = api.send(Method::POST, "/v1/agents", body.as_bytes()).await;
+    assert_eq!(status.as_u16(), 400, "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.len() < 400, "echoed {} bytes", message.len());
+    let body = json!({"agent_id": "a", "command": ["true"], "labels": {"k": "v".repeat(900_000)}});
+    let (status, v) = api
+        .send(Method::POST, "/v1/agents", body.to_string().as_bytes())
+        .await;
+    assert_eq!(status.as_u16(), 400, "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("labels") && message.contains("1024"),
+        "{message}"
+    );
+    assert!(message.len() < 400);
+    assert!(api.sup.monitor_all_agents().is_empty(), "nothing recorded");
+    api.finish().await;
+}
+
+#[tokio::test]
+async fn bad_agent_dirs_are_client_errors_naming_the_field() {
+    let api = Api::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let cases = [
+        (json!("/tmp/a\u{0}b"), 400, "agent_dir contains a NUL byte"),
+        (
+            json!("/proc/self"),
+            400,
+            "agent_dir must not be under /proc",
+        ),
+        (json!(file), 422, "agent_dir"),
+    ];
+    for (i, (agent_dir, code, needle)) in cases.into_iter().enumerate() {
+        let body =
+            json!({"agent_id": format!("d{i}"), "command": ["true"], "agent_dir": agent_dir});
+        let resp = api
+            .send(Method::POST, "/v1/agents", body.to_string().as_bytes())
+            .await;
+        assert_eq!(resp.0.as_u16(), code, "{agent_dir}: {}", resp.1);
+        let message = resp.1["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(needle),
+            "{message:?} should mention {needle:?}"
+        );
+    }
+    api.finish().await;
+}
+
+#[tokio::test]
+async fn a_fifo_at_a_log_path_is_an_error_and_never_a_hang() {
+    let api = Api::start().await;
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    for (i, dir) in dirs.iter().enumerate() {
+        let logs = dir.path().join("runs/1");
+        std::fs::create_dir_all(&logs).unwrap();
+        let fifo = std::ffi::CString::new(logs.join("stdout.log").to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let body =
+            json!({"agent_id": format!("j{i}"), "command": ["true"], "agent_dir": dir.path()});
+        let began = std::time::Instant::now();
+        let resp = api
+            .send(Method::POST, "/v1/agents", body.to_string().as_bytes())
+            .await;
+        assert!(
+            began.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            began.elapsed()
+        );
+        assert_eq!(resp.0.as_u16(), 422, "{}", resp.1);
+        let message = resp.1["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("stdout.log") && message.contains("FIFO"),
+            "{message}"
+        );
+    }
+    // The daemon answers at once, and the failed starts are on record.
+    let began = std::time::Instant::now();
+    let all: Value = api.client.get("/v1/agents").await.unwrap();
+    assert!(began.elapsed() < Duration::from_secs(1));
+    assert_eq!(all["j0"]["persistent_status"], "failed");
+    api.finish().await;
+}

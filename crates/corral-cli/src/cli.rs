@@ -136,6 +136,9 @@ pub struct DaemonArgs {
     /// Open connections per listener (default: a quarter of the open-file limit, at most 1024).
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
+    /// How long request headers may take before the connection is closed (default 10000).
+    #[arg(long, value_name = "MS", hide = true)]
+    pub header_timeout_ms: Option<u64>,
     /// Started in the background by the CLI: leave the terminal's session.
     #[arg(long, hide = true)]
     pub detach: bool,

@@ -39,15 +39,25 @@ pub fn state_dir(flag: Option<&Path>) -> Result<PathBuf> {
     std::path::absolute(&dir).with_context(|| format!("state dir {}", dir.display()))
 }
 
-async fn answers(client: &Client) -> bool {
-    client.get::<serde_json::Value>("/v1/health").await.is_ok()
+/// Whether a daemon answers on the socket — any HTTP answer counts (a daemon
+/// whose store is failing answers 503 to readiness but still serves). A socket
+/// this user cannot trust is an error, never a reason to start another daemon.
+async fn answers(client: &Client) -> Result<bool> {
+    match client
+        .raw(corral_api::client::Method::GET, "/v1/health", None)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e @ corral_api::ClientError::Untrusted { .. }) => Err(e.into()),
+        Err(_) => Ok(false),
+    }
 }
 
 /// A client for the daemon of `state_dir`, starting the daemon if none answers
 /// (unless `autostart` is false).
 pub async fn client(state_dir: &Path, autostart: bool) -> Result<Client> {
     let client = Client::new(state_dir.join(SOCKET_NAME));
-    if answers(&client).await {
+    if answers(&client).await? {
         return Ok(client);
     }
     if !autostart {
@@ -70,7 +80,7 @@ pub async fn client(state_dir: &Path, autostart: bool) -> Result<Client> {
     let deadline = Instant::now() + STARTUP_DEADLINE;
     let mut exited = None;
     loop {
-        if answers(&client).await {
+        if answers(&client).await? {
             // Reap the child if it was a loser of the lock race; a winner keeps running.
             let _ = child.try_wait();
             return Ok(client);

@@ -23,6 +23,7 @@ pub async fn run(ctx: &Ctx, args: DaemonArgs) -> Result<ExitCode> {
         token_file: ctx.token_file.clone(),
         strict: args.strict,
         max_connections: args.max_connections,
+        header_timeout: args.header_timeout_ms.map(Duration::from_millis),
     };
     match corral_api::daemon::run(opts).await {
         Ok(()) => Ok(ExitCode::SUCCESS),
