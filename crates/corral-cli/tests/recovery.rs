@@ -289,3 +289,55 @@ fn a_crash_in_the_middle_of_spawning_loses_and_leaks_nothing() {
     drop(reaper);
     env.finish();
 }
+
+#[test]
+fn a_planned_restart_survives_a_daemon_crash_and_nothing_starts_twice() {
+    let env = Env::new();
+    let out = env.run(&[
+        "spawn",
+        "flaky",
+        "--restart",
+        "on-failure",
+        "--max-restarts",
+        "1",
+        "--backoff",
+        "2,2",
+        "--verify-ms",
+        "0",
+        "--",
+        "sh",
+        "-c",
+        "exit 1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let planned = env.wait_for("flaky", "a planned restart", |s| {
+        !s["next_restart_at"].is_null()
+    });
+    let planned_at = planned["next_restart_at"].as_str().unwrap().to_owned();
+    assert_eq!(planned["run"], 1);
+    env.crash_daemon();
+    // The restarted daemon shows the same plan...
+    let again = env.json(&["status", "flaky"]);
+    assert_eq!(again["next_restart_at"], planned_at.as_str(), "{again}");
+    assert_eq!(again["run"], 1);
+    // ...keeps it, and starts exactly one run for it.
+    let done = env.wait_for("flaky", "the crash loop", |s| {
+        s["run"] == 2 && s["next_restart_at"].is_null() && s["persistent_status"] == "failed"
+    });
+    assert!(
+        done["end_reason"].as_str().unwrap().contains("crash loop"),
+        "{done}"
+    );
+    let runs = env.json(&["runs", "flaky"]);
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 2, "one restart, not two: {runs:?}");
+    let at = |s: &str| humantime::parse_rfc3339_weak(s).unwrap();
+    let started = at(runs[1]["started_at"].as_str().unwrap());
+    let planned = at(&planned_at);
+    assert!(started >= planned, "started before its time");
+    assert!(
+        started.duration_since(planned).unwrap() < Duration::from_millis(1500),
+        "started late"
+    );
+    env.finish();
+}

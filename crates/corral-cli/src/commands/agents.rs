@@ -282,7 +282,8 @@ pub async fn status(ctx: &Ctx, id: &str) -> Result<ExitCode> {
 pub fn ps_table(all: &BTreeMap<String, AgentStatus>) -> String {
     let mut rows = vec![
         [
-            "ID", "PID", "HEALTH", "STATUS", "CPU%", "MEM(MB)", "THREADS", "RUNTIME", "PROGRESS",
+            "ID", "PID", "HEALTH", "STATUS", "CPU%", "MEM(MB)", "THREADS", "RUNTIME", "RESTARTS",
+            "PROGRESS",
         ]
         .map(String::from)
         .to_vec(),
@@ -297,6 +298,7 @@ pub fn ps_table(all: &BTreeMap<String, AgentStatus>) -> String {
             format!("{:.1}", s.memory_mb),
             s.num_threads.to_string(),
             output::duration(s.runtime_seconds),
+            s.restarts.to_string(),
             match (&s.progress, &s.progress_message) {
                 (Some(p), Some(m)) => format!("{p}% {m}"),
                 (Some(p), None) => format!("{p}%"),

@@ -250,6 +250,8 @@ impl Actor {
             Phase::Running => {
                 let limit = self.spec.request.max_runtime_s.unwrap_or(f64::INFINITY);
                 tracing::warn!(agent_id = %self.spec.id, limit_s = limit, "run exceeded max_runtime_s; stopping it");
+                let data = serde_json::json!({"limit": "max_runtime_s", "value": limit});
+                self.note_event("runtime_exceeded", data);
                 let timeouts = self.spec.stop_timeouts;
                 self.begin_stop(StopCause::Runtime { limit_s: limit }, timeouts, false, None)
                     .await;
@@ -257,6 +259,10 @@ impl Actor {
             Phase::Stopping(_) => self.stop_step().await,
             Phase::Backoff { until } if Instant::now() >= until => {
                 self.move_to(Happening::BackoffElapsed);
+                self.phase = Phase::Starting;
+                self.history
+                    .restarts_at
+                    .push(super::run::epoch_s(SystemTime::now()));
                 self.start_run().await;
             }
             _ => {}
@@ -318,6 +324,21 @@ impl Actor {
         Ok(())
     }
 
+    /// Queues an event that is not a transition (a limit hit, a probe result):
+    /// it commits before anything queued after it; a failure is logged.
+    pub(crate) fn note_event(&self, kind: &'static str, data: serde_json::Value) {
+        let commit = self
+            .sh
+            .store
+            .submit(store::record_event(self.current().run_id, kind, data));
+        let agent_id = self.spec.id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = commit.await {
+                tracing::warn!(agent_id = %agent_id, error = %e, kind, "cannot record an event");
+            }
+        });
+    }
+
     /// A planned restart called off by a user stop.
     async fn cancel_restart(&mut self, reply: oneshot::Sender<crate::model::StopReport>) {
         let run_id = self.current().run_id;
@@ -331,6 +352,7 @@ impl Actor {
         }
         self.plan = None;
         self.move_to(Happening::RestartCancelled);
+        self.phase = Phase::Ended;
         self.publish(|v| v.next_restart_at = None);
         tracing::info!(agent_id = %self.spec.id, "planned restart cancelled on request");
         let _ = reply.send(self.report_now());

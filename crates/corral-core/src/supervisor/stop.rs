@@ -22,7 +22,6 @@ use tokio::sync::{oneshot, watch};
 
 use crate::model::{StopReport, StopStage};
 use crate::platform::{self, ProcEntry, ProcessHandle, cgroup::Leaf};
-use crate::store;
 use crate::tree;
 
 use super::actor::{Actor, LiveRun, Phase};
@@ -155,17 +154,7 @@ impl Actor {
         let pid = run.pid();
         tracing::info!(agent_id = %self.spec.id, pid, stage = ?stage, "stop stage: sending {signal}");
         let data = serde_json::json!({"stage": stage, "signal": signal, "pid": pid});
-        let commit = self.sh.store.submit(store::record_event(
-            self.current().run_id,
-            "stop_stage",
-            data,
-        ));
-        let agent_id = self.spec.id.clone();
-        tokio::spawn(async move {
-            if let Err(e) = commit.await {
-                tracing::warn!(agent_id = %agent_id, pid, error = %e, "cannot record a stop stage");
-            }
-        });
+        self.note_event("stop_stage", data);
     }
 
     /// One look at the tree: finish, signal what is new, move to the next stage
