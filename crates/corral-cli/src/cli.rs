@@ -189,9 +189,77 @@ pub struct SpawnArgs {
     /// Stop a run older than this (e.g. 90s, 1h); it ends failed.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub max_runtime: Option<std::time::Duration>,
+    /// Memory limit of the whole tree (512M, 2G; bare numbers are MB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_mb)]
+    pub memory: Option<f64>,
+    /// Most processes and threads in the tree.
+    #[arg(long, value_name = "N")]
+    pub pids: Option<u64>,
+    /// Open-file limit of the agent (RLIMIT_NOFILE).
+    #[arg(long, value_name = "N")]
+    pub nofile: Option<u64>,
+    /// CPU limit of the tree, percent of one CPU (150 = one and a half).
+    #[arg(long, value_name = "PERCENT")]
+    pub cpu: Option<f64>,
+    /// Liveness: GET this http:// URL (2xx/3xx passes).
+    #[arg(long, value_name = "URL", group = "liveness")]
+    pub liveness_http: Option<String>,
+    /// Liveness: run this shell command (exit 0 passes).
+    #[arg(long, value_name = "CMD", group = "liveness")]
+    pub liveness_exec: Option<String>,
+    /// Liveness: connect to HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT", group = "liveness")]
+    pub liveness_tcp: Option<String>,
+    /// Liveness: no progress report for this long (5m) fails — a stuck agent.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, group = "liveness")]
+    pub progress_stale: Option<std::time::Duration>,
+    /// Readiness: GET this http:// URL.
+    #[arg(long, value_name = "URL", group = "readiness")]
+    pub readiness_http: Option<String>,
+    /// Readiness: run this shell command.
+    #[arg(long, value_name = "CMD", group = "readiness")]
+    pub readiness_exec: Option<String>,
+    /// Readiness: connect to HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT", group = "readiness")]
+    pub readiness_tcp: Option<String>,
+    /// Readiness: a line of stdout or stderr matching this regular expression.
+    #[arg(long, value_name = "REGEX", group = "readiness")]
+    pub readiness_log: Option<String>,
+    /// Time between probe checks (default 10s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub probe_interval: Option<std::time::Duration>,
+    /// Longest one probe check may take (default 2s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub probe_timeout: Option<std::time::Duration>,
+    /// Failures in a row that count (default 3).
+    #[arg(long, value_name = "N")]
+    pub probe_failures: Option<u32>,
+    /// Run as this user (name or uid); only when the daemon runs as root.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
     /// The program and its arguments (no shell).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// `512M`, `2G`, `300K`, `1.5g`; a bare number is MB. In MB.
+pub fn parse_size_mb(raw: &str) -> Result<f64, String> {
+    let t = raw.trim();
+    let (num, unit) = t
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map_or((t, ""), |i| t.split_at(i));
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a size like 512M or 2G"))?;
+    let mb = match unit.to_ascii_lowercase().trim_end_matches(['b', 'i']) {
+        "" | "m" => n,
+        "k" => n / 1024.0,
+        "g" => n * 1024.0,
+        "t" => n * 1024.0 * 1024.0,
+        _ => return Err(format!("{raw:?} is not a size like 512M or 2G")),
+    };
+    Ok(mb)
 }
 
 /// `90`, `1.5`, `90s`, `5m`, `1h30m`: seconds when bare.

@@ -721,6 +721,14 @@ fn an_ordinary_user_runs_corral_in_a_dir_of_their_own() {
         65534,
         "the agent runs as its daemon's user"
     );
+    // Only a root daemon may run agents as another user.
+    let refused = run_as_nobody(&["spawn", "other", "--user", "root", "--", "true"]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("only when the daemon runs as root"),
+        "{}",
+        stderr(&refused)
+    );
     // root's CLI does not talk to a socket another user owns.
     let out = env.run(&["--no-autostart", "ps"]);
     assert_one_error_line(&out, "refusing to talk to");

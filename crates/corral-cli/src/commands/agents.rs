@@ -8,8 +8,9 @@ use corral_api::Client;
 use corral_api::client::Method;
 use corral_core::{
     AgentStatus, BatchRequest, BatchResponse, BatchResult, CleanupOptions, HealthReport,
-    KillRequest, KillResponse, PersistentStatus, ProcessSummary, ProgressUpdate, Removal,
-    RestartPolicy, RunInfo, SpawnRequest, SpawnResponse, StopManyRequest, StopReport,
+    KillRequest, KillResponse, Limits, PersistentStatus, Probe, Probes, ProcessSummary,
+    ProgressUpdate, Removal, RestartPolicy, RunInfo, SpawnRequest, SpawnResponse, StopManyRequest,
+    StopReport,
 };
 
 use super::{Ctx, print_json};
@@ -74,9 +75,18 @@ fn request_from_args(args: &SpawnArgs) -> Result<SpawnRequest> {
     } else {
         None
     };
+    let limits = Limits {
+        memory_mb: args.memory,
+        pids: args.pids,
+        nofile: args.nofile,
+        cpu_percent: args.cpu,
+    };
     Ok(SpawnRequest {
         agent_id: String::new(),
         command: args.command.clone(),
+        limits: (!limits.is_empty()).then_some(limits),
+        probes: probes_from_args(args),
+        user: args.user.clone(),
         cwd,
         env: key_values(&args.env, "--env")?,
         agent_dir,
@@ -90,6 +100,43 @@ fn request_from_args(args: &SpawnArgs) -> Result<SpawnRequest> {
         restart,
         max_runtime_s: args.max_runtime.map(|d| d.as_secs_f64()),
         ..SpawnRequest::default()
+    })
+}
+
+/// The probes the flags describe, if any.
+fn probes_from_args(args: &SpawnArgs) -> Option<Probes> {
+    let shell = |cmd: &String| Probe::Exec(vec!["sh".into(), "-c".into(), cmd.clone()]);
+    let liveness = args
+        .liveness_http
+        .clone()
+        .map(Probe::Http)
+        .or_else(|| args.liveness_exec.as_ref().map(shell))
+        .or_else(|| args.liveness_tcp.clone().map(Probe::Tcp))
+        .or_else(|| {
+            args.progress_stale
+                .map(|d| Probe::ProgressStaleS(d.as_secs_f64()))
+        });
+    let readiness = args
+        .readiness_http
+        .clone()
+        .map(Probe::Http)
+        .or_else(|| args.readiness_exec.as_ref().map(shell))
+        .or_else(|| args.readiness_tcp.clone().map(Probe::Tcp))
+        .or_else(|| args.readiness_log.clone().map(Probe::Log));
+    if liveness.is_none() && readiness.is_none() {
+        return None;
+    }
+    let defaults = Probes::default();
+    Some(Probes {
+        liveness,
+        readiness,
+        interval_s: args
+            .probe_interval
+            .map_or(defaults.interval_s, |d| d.as_secs_f64()),
+        timeout_s: args
+            .probe_timeout
+            .map_or(defaults.timeout_s, |d| d.as_secs_f64()),
+        failures: args.probe_failures.unwrap_or(defaults.failures),
     })
 }
 
@@ -282,8 +329,8 @@ pub async fn status(ctx: &Ctx, id: &str) -> Result<ExitCode> {
 pub fn ps_table(all: &BTreeMap<String, AgentStatus>) -> String {
     let mut rows = vec![
         [
-            "ID", "PID", "HEALTH", "STATUS", "CPU%", "MEM(MB)", "THREADS", "RUNTIME", "RESTARTS",
-            "PROGRESS",
+            "ID", "PID", "HEALTH", "STATUS", "READY", "CPU%", "MEM(MB)", "THREADS", "RUNTIME",
+            "RESTARTS", "PROGRESS",
         ]
         .map(String::from)
         .to_vec(),
@@ -294,6 +341,11 @@ pub fn ps_table(all: &BTreeMap<String, AgentStatus>) -> String {
             s.pid.map_or("-".into(), |p| p.to_string()),
             s.health.to_string(),
             s.persistent_status.to_string(),
+            match s.ready {
+                Some(true) => "yes".into(),
+                Some(false) => "no".into(),
+                None => "-".into(),
+            },
             format!("{:.1}", s.cpu_percent),
             format!("{:.1}", s.memory_mb),
             s.num_threads.to_string(),

@@ -187,6 +187,26 @@ impl Env {
         for pid in children() {
             kill_and_reap(pid, libc::SIGKILL);
         }
+        // A test that took the daemon's means away (its database, its disk)
+        // leaves cgroups behind that no daemon could remove: remove them here.
+        if let Some(subtree) = self.cgroup_subtree() {
+            for leaf in std::fs::read_dir(&subtree).into_iter().flatten().flatten() {
+                if leaf.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = std::fs::remove_dir(leaf.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&subtree);
+        }
+    }
+
+    /// The daemon's cgroup subtree, as its log says.
+    pub fn cgroup_subtree(&self) -> Option<PathBuf> {
+        let log = std::fs::read_to_string(self.state.join("daemon.log")).ok()?;
+        log.lines()
+            .filter(|l| l.contains("agents are contained in cgroups"))
+            .find_map(|l| l.split("cgroup=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(PathBuf::from)
     }
 }
 

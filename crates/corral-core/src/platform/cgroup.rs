@@ -25,6 +25,45 @@ pub type Unavailable = String;
 #[derive(Debug, Clone)]
 pub struct CgroupRoot {
     dir: PathBuf,
+    /// Resource controllers the leaves get (those the daemon's own cgroup
+    /// delegates to its children).
+    controllers: Controllers,
+}
+
+/// Which resource controllers a leaf has: what kernel-enforced limits it can take.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Controllers {
+    /// `memory.max`.
+    pub memory: bool,
+    /// `pids.max`.
+    pub pids: bool,
+    /// `cpu.max`.
+    pub cpu: bool,
+}
+
+impl Controllers {
+    fn from_list(text: &str) -> Self {
+        let has = |c: &str| text.split_whitespace().any(|w| w == c);
+        Self {
+            memory: has("memory"),
+            pids: has("pids"),
+            cpu: has("cpu"),
+        }
+    }
+
+    /// The `+memory +pids +cpu` line that enables these below a cgroup.
+    fn enable_line(self) -> String {
+        [
+            ("memory", self.memory),
+            ("pids", self.pids),
+            ("cpu", self.cpu),
+        ]
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(c, _)| format!("+{c}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+    }
 }
 
 /// The cgroup2 mount point, from `/proc/self/mountinfo`.
@@ -81,12 +120,20 @@ impl CgroupRoot {
             .join(format!("corral-{tag}"));
         fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let has_kill = dir.join("cgroup.kill").exists();
+        let controllers = fs::read_to_string(dir.join("cgroup.controllers"))
+            .map(|t| Controllers::from_list(&t))
+            .unwrap_or_default();
         // Created on demand by the first leaf; an idle subtree is not left behind.
         let _ = fs::remove_dir(&dir);
         if !has_kill {
             return Err("the kernel has no cgroup.kill (needs Linux 5.14)".into());
         }
-        Ok(Self { dir })
+        Ok(Self { dir, controllers })
+    }
+
+    /// The resource controllers leaves get.
+    pub fn controllers(&self) -> Controllers {
+        self.controllers
     }
 
     /// The subtree's directory.
@@ -108,7 +155,13 @@ impl CgroupRoot {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(&leaf.dir)?;
+                fs::create_dir(&self.dir)?;
+                // The subtree holds no process itself: its leaves may get controllers.
+                let line = self.controllers.enable_line();
+                if !line.is_empty() {
+                    write_file(&self.dir.join("cgroup.subtree_control"), &line)?;
+                }
+                fs::create_dir(&leaf.dir)?;
             }
             Err(e) => return Err(e),
         }
@@ -179,6 +232,45 @@ impl Leaf {
         write_file(&self.dir.join("cgroup.kill"), "1")
     }
 
+    /// Sets the kernel-enforced limits this leaf's controllers allow; returns
+    /// which were set (memory MiB → `memory.max` with no swap, pids →
+    /// `pids.max`, CPU percent of one CPU → `cpu.max`).
+    pub fn set_limits(
+        &self,
+        c: Controllers,
+        memory_mb: Option<f64>,
+        pids: Option<u64>,
+        cpu_percent: Option<f64>,
+    ) -> Controllers {
+        let mut set = Controllers::default();
+        if let (true, Some(mb)) = (c.memory, memory_mb) {
+            let bytes = (mb * 1024.0 * 1024.0) as u64;
+            set.memory = write_file(&self.dir.join("memory.max"), &bytes.to_string()).is_ok();
+            let _ = write_file(&self.dir.join("memory.swap.max"), "0");
+        }
+        if let (true, Some(n)) = (c.pids, pids) {
+            set.pids = write_file(&self.dir.join("pids.max"), &n.to_string()).is_ok();
+        }
+        if let (true, Some(pct)) = (c.cpu, cpu_percent) {
+            const PERIOD: u64 = 100_000;
+            let quota = ((pct / 100.0) * PERIOD as f64).max(1000.0) as u64;
+            set.cpu = write_file(&self.dir.join("cpu.max"), &format!("{quota} {PERIOD}")).is_ok();
+        }
+        set
+    }
+
+    /// How many times the kernel's OOM killer struck in this leaf.
+    pub fn oom_kills(&self) -> u64 {
+        fs::read_to_string(self.dir.join("memory.events"))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("oom_kill "))
+                    .and_then(|n| n.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
     /// True when `pid` is in this leaf now (`/proc/<pid>/cgroup`).
     pub fn contains(&self, pid: i32) -> bool {
         let Some(name) = self.dir.file_name().and_then(|n| n.to_str()) else {
@@ -195,6 +287,36 @@ impl Leaf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_are_written_in_the_kernels_units() {
+        // A plain directory stands in for a leaf whose controllers are on.
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["memory.max", "memory.swap.max", "pids.max", "cpu.max"] {
+            fs::write(dir.path().join(f), "").unwrap();
+        }
+        let leaf = Leaf {
+            dir: dir.path().to_owned(),
+        };
+        let all = Controllers {
+            memory: true,
+            pids: true,
+            cpu: true,
+        };
+        let set = leaf.set_limits(all, Some(512.0), Some(256), Some(150.0));
+        assert_eq!(set, all);
+        let read = |f: &str| fs::read_to_string(dir.path().join(f)).unwrap_or_default();
+        assert_eq!(read("memory.max"), "536870912");
+        assert_eq!(read("memory.swap.max"), "0");
+        assert_eq!(read("pids.max"), "256");
+        assert_eq!(read("cpu.max"), "150000 100000");
+        assert_eq!(
+            Controllers::from_list("cpu io memory\n").enable_line(),
+            "+memory +cpu"
+        );
+        let none = leaf.set_limits(Controllers::default(), Some(1.0), Some(1), Some(1.0));
+        assert_eq!(none, Controllers::default(), "nothing without controllers");
+    }
 
     #[test]
     fn unescapes_mountinfo_paths() {

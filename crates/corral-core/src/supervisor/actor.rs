@@ -89,6 +89,14 @@ pub(crate) struct LiveRun {
     pub ended: bool,
     /// A user asked for the stop: the run is `cancelled` and never restarted.
     pub user_stop: bool,
+    /// The run's probe task, when it has probes.
+    pub probes: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for LiveRun {
+    fn drop(&mut self) {
+        self.stop_probes();
+    }
 }
 
 impl LiveRun {
@@ -108,7 +116,15 @@ impl LiveRun {
             exited: false,
             ended: false,
             user_stop: false,
+            probes: None,
         })
+    }
+
+    /// Ends the run's probe checks (a check in progress is killed and reaped).
+    pub(crate) fn stop_probes(&mut self) {
+        if let Some(task) = self.probes.take() {
+            task.abort();
+        }
     }
 
     pub(crate) fn pid(&self) -> i32 {
@@ -140,6 +156,8 @@ pub(crate) struct Actor {
     pub sh: Arc<Shared>,
     pub spec: Arc<Spec>,
     rx: mpsc::UnboundedReceiver<Cmd>,
+    /// Its own command channel, for the run's probe task.
+    tx: mpsc::UnboundedSender<Cmd>,
     publisher: watch::Sender<Published>,
     shutdown: watch::Receiver<bool>,
     /// The last published view (the previous run's, until this run is recorded).
@@ -156,7 +174,7 @@ impl Actor {
     pub(crate) fn new(
         sh: Arc<Shared>,
         spec: Arc<Spec>,
-        rx: mpsc::UnboundedReceiver<Cmd>,
+        (tx, rx): (mpsc::UnboundedSender<Cmd>, mpsc::UnboundedReceiver<Cmd>),
         publisher: watch::Sender<Published>,
         previous: Option<Arc<View>>,
     ) -> Self {
@@ -165,6 +183,7 @@ impl Actor {
             sh,
             spec,
             rx,
+            tx,
             publisher,
             view: previous,
             phase: Phase::Starting,
@@ -292,6 +311,18 @@ impl Actor {
             } => {
                 let _ = reply.send(self.record_progress(progress, message).await);
             }
+            Cmd::Probe { run, outcome } => self.on_probe(run, outcome).await,
+            Cmd::Limit { run, reason, data } => {
+                let current = matches!(self.phase, Phase::Verifying { .. } | Phase::Running)
+                    && self.view.as_ref().is_some_and(|v| v.run == run);
+                if current {
+                    tracing::warn!(agent_id = %self.spec.id, reason = %reason, "limit exceeded; stopping the run");
+                    self.note_event("limit", data);
+                    let timeouts = self.spec.stop_timeouts;
+                    self.begin_stop(StopCause::Limit(reason), timeouts, false, None)
+                        .await;
+                }
+            }
         }
     }
 
@@ -322,6 +353,77 @@ impl Actor {
             v.progress_at = Some(at);
         });
         Ok(())
+    }
+
+    /// Starts the current run's probes, when it has any.
+    pub(crate) fn start_probes(&mut self) {
+        let view = self.current();
+        let Some(run) = self.run.as_mut() else { return };
+        let started =
+            humantime::parse_rfc3339_weak(&view.started_at).unwrap_or_else(|_| SystemTime::now());
+        run.probes = super::probes::start(super::probes::Target {
+            sh: self.sh.clone(),
+            spec: self.spec.clone(),
+            run: view.run,
+            run_id: view.run_id,
+            log_dir: view.log_dir.clone(),
+            started,
+            published: self.publisher.subscribe(),
+            tx: self.tx.clone(),
+        });
+    }
+
+    /// A probe's result: counted, published, and — for `failures` liveness
+    /// failures in a row — the end of the run.
+    async fn on_probe(&mut self, run: u32, outcome: super::probes::Outcome) {
+        use super::probes::Which;
+        let live = matches!(self.phase, Phase::Verifying { .. } | Phase::Running);
+        if !live || self.view.as_ref().is_none_or(|v| v.run != run) {
+            return;
+        }
+        let threshold = self.spec.request.probes.as_ref().map_or(3, |p| p.failures);
+        let mut probes = self.current().probes.clone().unwrap_or_default();
+        let slot = match outcome.which {
+            Which::Liveness => &mut probes.liveness,
+            Which::Readiness => &mut probes.readiness,
+        };
+        let Some(state) = slot.as_mut() else { return };
+        let (failures, changed) = super::probes::record(state, &outcome, store::now_rfc3339());
+        let kind = state.kind.clone();
+        let was_ready = self.current().ready;
+        let ready = match outcome.which {
+            Which::Readiness if outcome.passed => Some(true),
+            Which::Readiness if failures >= threshold => Some(false),
+            _ => was_ready,
+        };
+        if changed || ready != was_ready {
+            let which = if outcome.which == Which::Liveness {
+                "liveness"
+            } else {
+                "readiness"
+            };
+            let result = if outcome.passed { "passed" } else { "failed" };
+            tracing::info!(agent_id = %self.spec.id, probe = which, kind = %kind, result, output = %outcome.output, "probe result changed");
+            self.note_event(
+                "probe",
+                serde_json::json!({"probe": which, "kind": kind, "result": result,
+                                   "output": outcome.output, "ready": ready}),
+            );
+        }
+        self.publish(|v| {
+            v.probes = Some(probes);
+            v.ready = ready;
+        });
+        if outcome.which == Which::Liveness && failures >= threshold {
+            let reason = format!(
+                "liveness probe ({kind}) failed {failures} times in a row; last: {}",
+                outcome.output
+            );
+            tracing::warn!(agent_id = %self.spec.id, reason = %reason, "liveness failed; stopping the run");
+            let timeouts = self.spec.stop_timeouts;
+            self.begin_stop(StopCause::Limit(reason), timeouts, false, None)
+                .await;
+        }
     }
 
     /// Queues an event that is not a transition (a limit hit, a probe result):

@@ -72,6 +72,10 @@ pub(crate) fn ending_of(
             PersistentStatus::Failed,
             format!("max_runtime_s {limit_s} exceeded; stopped ({words})"),
         ),
+        (false, Some(StopCause::Limit(why))) => (
+            PersistentStatus::Failed,
+            format!("{why}; stopped ({words})"),
+        ),
         _ => match exit {
             Some(ExitKind::Code(0)) => (PersistentStatus::Completed, words),
             _ => (PersistentStatus::Failed, words),
@@ -88,12 +92,13 @@ impl Actor {
             return;
         }
         run.exited = true;
+        run.stop_probes();
         let exit = read_exit(run.our_child, &run.proc_).await;
         let (user_stop, pid) = (run.user_stop, run.pid());
         let ran_s = (platform::boottime_seconds() - run.proc_.started_s).max(0.0);
         let cause = match &self.phase {
             Phase::Stopping(s) => Some(s.cause.clone()),
-            _ => None,
+            _ => self.oom_killed(),
         };
         let (status, mut reason) = ending_of(exit, user_stop, cause.as_ref());
         let now = SystemTime::now();
@@ -159,6 +164,22 @@ impl Actor {
                 .await;
         }
         self.after_run();
+    }
+
+    /// The kernel's OOM killer ended the run (its cgroup enforced the memory limit).
+    fn oom_killed(&self) -> Option<StopCause> {
+        let leaf = self.run.as_ref()?.leaf()?;
+        let limit = self
+            .current()
+            .limits
+            .get("memory_mb")
+            .filter(|l| l.enforced_by == "cgroup")?
+            .value;
+        (leaf.oom_kills() > 0).then(|| {
+            StopCause::Limit(format!(
+                "memory limit {limit} MB exceeded (the kernel's OOM killer ended it)"
+            ))
+        })
     }
 
     /// Turns a restart decision into a plan (and the event that goes with it).
@@ -270,9 +291,48 @@ pub(crate) fn reap_orphans(sh: &Shared) -> usize {
         }
     }
     if reaped > 0 {
+        // An orphan may have been the last process in an ended run's cgroup.
+        sweep_empty_leaves(sh, false);
         sh.reaps.send_modify(|n| *n += 1);
     }
     reaped
+}
+
+/// Removes every empty cgroup leaf of this state dir's subtree (runs that
+/// ended, whose orphans are gone). A live run's leaf is never empty: spawns
+/// create their leaf and start their process in it while holding the spawn
+/// gate, which this holds exclusively. With `warn`, says which ended runs
+/// still have processes running.
+pub(crate) fn sweep_empty_leaves(sh: &Shared, warn: bool) {
+    let Ok(root) = &sh.cgroup else { return };
+    let _gate = sh.spawn_gate.write().unwrap_or_else(|p| p.into_inner());
+    let Ok(entries) = std::fs::read_dir(root.dir()) else {
+        return;
+    };
+    let live: std::collections::HashSet<String> = if warn {
+        lock(&sh.registry)
+            .values()
+            .filter_map(|slot| slot.published.borrow().view.clone())
+            .filter(|v| v.proc_.is_some())
+            .map(|v| super::leaf_name(v.id.as_str(), v.run))
+            .collect()
+    } else {
+        Default::default()
+    };
+    for entry in entries.flatten() {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let leaf = root.leaf(&name);
+        if !leaf.populated() {
+            if let Err(e) = root.remove_leaf(&leaf) {
+                tracing::warn!(cgroup = %leaf.dir().display(), error = %e, "cannot remove an empty cgroup");
+            }
+        } else if warn && !live.contains(&name) {
+            tracing::warn!(cgroup = %leaf.dir().display(), "processes of an ended run are still running in its cgroup");
+        }
+    }
 }
 
 /// Which agent process `pid` belongs to (blocking: reads `/proc`): its cgroup

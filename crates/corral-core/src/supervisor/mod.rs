@@ -44,7 +44,9 @@ use crate::store::{self, Store};
 
 mod actor;
 mod exit;
+mod limits;
 mod policy;
+mod probes;
 mod recover;
 mod run;
 mod sampler;
@@ -104,6 +106,14 @@ pub(crate) enum Cmd {
         progress: u8,
         message: Option<String>,
         reply: oneshot::Sender<Result<()>>,
+    },
+    /// A probe of run `run` was checked.
+    Probe { run: u32, outcome: probes::Outcome },
+    /// The sampler saw run `run` over a limit it enforces.
+    Limit {
+        run: u32,
+        reason: String,
+        data: serde_json::Value,
     },
 }
 
@@ -918,13 +928,19 @@ pub(crate) fn launch(
     reg.insert(
         id,
         Slot {
-            tx,
+            tx: tx.clone(),
             published: published.clone(),
             removing: false,
         },
     );
     drop(reg);
-    let actor = actor::Actor::new(sh.clone(), Arc::new(spec), rx, publish, previous);
+    let actor = actor::Actor::new(
+        sh.clone(),
+        Arc::new(spec),
+        (tx.clone(), rx),
+        publish,
+        previous,
+    );
     tokio::spawn(actor.run(start));
     Ok(published)
 }

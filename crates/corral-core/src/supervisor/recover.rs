@@ -5,10 +5,9 @@
 //! records how it ended; a restart that was planned is resumed where it left
 //! off; anything else is an ended agent, shown as it was recorded. `load`
 //! returns once every owner has published its first state, so nothing is ever
-//! shown as running that is gone. Then cgroups left by ended runs are swept.
+//! shown as running that is gone. Then empty cgroups left by ended runs are
+//! removed.
 
-use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
@@ -20,7 +19,7 @@ use crate::store::RunRecord;
 use super::actor::Start;
 use super::spec::{self, Spec};
 use super::view::{Published, View};
-use super::{Shared, Slot, blocking, launch, leaf_name, lock};
+use super::{Shared, Slot, blocking, launch, lock};
 
 /// The checked spec of a stored run (blocking: may look up a user). A stored
 /// request that no longer passes the checks is kept as it was, with defaults.
@@ -103,34 +102,8 @@ pub(crate) async fn load(sh: &Arc<Shared>) -> Result<()> {
     }
     let shared = sh.clone();
     blocking(move || {
-        sweep_stale_leaves(&shared);
+        super::exit::sweep_empty_leaves(&shared, true);
         Ok(())
     })
     .await
-}
-
-/// Removes the empty cgroups of runs that are not alive (left by a daemon that
-/// died before it could remove them).
-fn sweep_stale_leaves(sh: &Shared) {
-    let Ok(root) = &sh.cgroup else { return };
-    let live: HashSet<PathBuf> = lock(&sh.registry)
-        .values()
-        .filter_map(|slot| slot.published.borrow().view.clone())
-        .filter(|v| v.proc_.is_some())
-        .map(|v| root.leaf(&leaf_name(v.id.as_str(), v.run)).dir().to_owned())
-        .collect();
-    let Ok(entries) = std::fs::read_dir(root.dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if !entry.file_type().is_ok_and(|t| t.is_dir()) || live.contains(&entry.path()) {
-            continue;
-        }
-        let leaf = root.leaf(&entry.file_name().to_string_lossy());
-        if leaf.populated() {
-            tracing::warn!(cgroup = %leaf.dir().display(), "processes of an ended run are still running in its cgroup");
-        } else if let Err(e) = root.remove_leaf(&leaf) {
-            tracing::warn!(cgroup = %leaf.dir().display(), error = %e, "cannot remove a stale cgroup");
-        }
-    }
 }

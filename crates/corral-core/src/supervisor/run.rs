@@ -40,6 +40,8 @@ pub(crate) enum StartError {
 pub(crate) struct Started {
     pub handle: ProcessHandle,
     pub leaf: Option<Leaf>,
+    /// How each of its limits is enforced.
+    pub limits: BTreeMap<String, crate::model::LimitState>,
 }
 
 impl Actor {
@@ -203,6 +205,7 @@ impl Actor {
         } else {
             "process-group"
         };
+        let limits = started.limits;
         let proc_ = Arc::new(Proc::new(
             started.handle,
             started.leaf,
@@ -228,7 +231,10 @@ impl Actor {
             v.pid = Some(pid);
             v.proc_ = Some(proc_);
             v.containment = containment;
+            v.limits = limits;
+            (v.ready, v.probes) = probe_state(&v.spec);
         });
+        self.start_probes();
         tracing::info!(agent_id = %self.spec.id, pid, run = self.current().run, "agent started");
         if !verify {
             let response = self.current().spawn_response(None);
@@ -375,12 +381,21 @@ impl Actor {
             return;
         }
         tracing::info!(agent_id = %record.agent_id, pid, "re-adopted a running agent");
+        let kernel = match (&proc_.leaf, &self.sh.cgroup) {
+            (Some(_), Ok(root)) => root.controllers(),
+            _ => Default::default(),
+        };
+        let limits =
+            super::limits::enforcement(&record.spec.limits.clone().unwrap_or_default(), kernel);
         self.publish(|v| {
             v.status = PersistentStatus::Running;
             v.pid = Some(pid);
             v.proc_ = Some(proc_);
             v.containment = containment;
+            v.limits = limits;
+            (v.ready, v.probes) = probe_state(&v.spec);
         });
+        self.start_probes();
     }
 
     /// Resumes a restart planned by a previous daemon: waits out what is left of
@@ -412,6 +427,15 @@ impl Actor {
         tracing::info!(agent_id = %record.agent_id, at = record.next_restart_at.as_deref().unwrap_or("now"), "resuming a planned restart");
         self.after_run();
     }
+}
+
+/// `ready` and `probe` of a run that has not been checked yet.
+fn probe_state(spec: &Spec) -> (Option<bool>, Option<crate::model::ProbesState>) {
+    let probes = spec.request.probes.as_ref();
+    (
+        probes.and_then(|p| p.readiness.as_ref()).map(|_| false),
+        probes.map(super::probes::initial),
+    )
 }
 
 pub(crate) fn epoch_s(t: SystemTime) -> f64 {
@@ -458,7 +482,7 @@ fn create(sh: &Shared, spec: &Spec, run_id: i64, run: u32) -> Result<Started, St
 }
 
 /// The agent's environment: the daemon's, the request's, and corral's own.
-fn environment(sh: &Shared, spec: &Spec, run_id: i64) -> std::io::Result<Vec<CString>> {
+pub(crate) fn environment(sh: &Shared, spec: &Spec, run_id: i64) -> std::io::Result<Vec<CString>> {
     let mut env: BTreeMap<OsString, OsString> = sh.base_env.iter().cloned().collect();
     if let Some(user) = &spec.user {
         env.insert("HOME".into(), user.home.clone().into_os_string());
@@ -510,12 +534,25 @@ fn start_process(
         .collect::<std::io::Result<Vec<_>>>()?;
     let program_c = platform::c_path(&resolved)?;
     let cwd_c = platform::c_path(&spec.cwd)?;
+    let nofile = spec.request.limits.as_ref().and_then(|l| l.nofile);
+    // The leaf is created and the process born in it under the spawn gate: the
+    // sweep of empty leaves never sees a new run's leaf empty.
+    let _gate = sh.spawn_gate.read().unwrap_or_else(|p| p.into_inner());
     let mut leaf = new_leaf(sh, spec, run);
+    let limits = spec.request.limits.clone().unwrap_or_default();
+    let kernel = match (&leaf, &sh.cgroup) {
+        (Some(leaf), Ok(root)) => leaf.set_limits(
+            root.controllers(),
+            limits.memory_mb,
+            limits.pids,
+            limits.cpu_percent,
+        ),
+        _ => Default::default(),
+    };
     let dir = leaf.as_ref().and_then(|l| l.open_dir().ok());
     if leaf.is_some() && dir.is_none() {
         release(sh, leaf.take());
     }
-    let nofile = spec.request.limits.as_ref().and_then(|l| l.nofile);
     let mut spawn_spec = platform::SpawnSpec {
         program: &program_c,
         argv: &argv,
@@ -526,29 +563,38 @@ fn start_process(
         credentials: spec.user.as_ref().map(|u| &u.credentials),
         nofile,
     };
-    let pid = {
-        let _gate = sh.spawn_gate.read().unwrap_or_else(|p| p.into_inner());
-        let pid = match platform::spawn(&spawn_spec) {
-            Err(e) if e.kind() == std::io::ErrorKind::Unsupported && leaf.is_some() => {
-                tracing::warn!(agent_id = %spec.id, error = %e, "process-group containment only for this agent");
-                spawn_spec.cgroup = None;
-                release(sh, leaf.take());
-                platform::spawn(&spawn_spec)
-            }
-            other => other,
-        };
-        let pid = match pid {
-            Ok(pid) => pid,
-            Err(e) => {
-                release(sh, leaf.take());
-                return Err(e);
-            }
-        };
-        lock(&sh.owned).insert(pid.as_raw_nonzero().get());
-        pid
+    let pid = match platform::spawn(&spawn_spec) {
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported && leaf.is_some() => {
+            tracing::warn!(agent_id = %spec.id, error = %e, "process-group containment only for this agent");
+            spawn_spec.cgroup = None;
+            release(sh, leaf.take());
+            platform::spawn(&spawn_spec)
+        }
+        other => other,
     };
+    let pid = match pid {
+        Ok(pid) => pid,
+        Err(e) => {
+            release(sh, leaf.take());
+            return Err(e);
+        }
+    };
+    lock(&sh.owned).insert(pid.as_raw_nonzero().get());
+    drop(_gate);
+    let limits = super::limits::enforcement(
+        &limits,
+        if leaf.is_some() {
+            kernel
+        } else {
+            Default::default()
+        },
+    );
     match ProcessHandle::open(pid, None) {
-        Ok(Some(handle)) => Ok(Started { handle, leaf }),
+        Ok(Some(handle)) => Ok(Started {
+            handle,
+            leaf,
+            limits,
+        }),
         // Our own unreaped child cannot vanish; failing here means no fds left.
         Ok(None) => Err(std::io::Error::other(
             "the new process vanished before it could be watched",

@@ -12,12 +12,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+
+use crate::id::AgentId;
 use crate::model::TreeSummary;
 use crate::platform::{self, ProcEntry};
 use crate::tree;
 
 use super::view::{Sample, View};
-use super::{Shared, lock, stop};
+use super::{Cmd, Shared, limits, lock, stop};
 
 /// Starts the sampler thread; it ends when the supervisor is gone or shut down.
 pub(crate) fn start(sh: &Arc<Shared>) -> std::io::Result<()> {
@@ -29,36 +32,55 @@ pub(crate) fn start(sh: &Arc<Shared>) -> std::io::Result<()> {
         .map(drop)
 }
 
+/// What the sampler remembers from one pass to the next.
+#[derive(Default)]
+struct Memory {
+    /// CPU ticks and time of every process seen last time.
+    prev: HashMap<(i32, u64), (u64, f64)>,
+    /// Samples in a row over the CPU limit, by agent and run.
+    cpu_over: HashMap<(AgentId, u32), u32>,
+}
+
 fn run(weak: Weak<Shared>, interval: Duration) {
-    let mut prev: HashMap<(i32, u64), (u64, f64)> = HashMap::new();
+    let mut memory = Memory::default();
     loop {
         std::thread::sleep(interval);
         let Some(sh) = weak.upgrade() else { return };
         if *sh.shutdown.borrow() {
             return;
         }
-        sample_all(&sh, &mut prev);
+        sample_all(&sh, &mut memory);
     }
 }
 
-/// Takes one sample of every live agent.
-fn sample_all(sh: &Shared, prev: &mut HashMap<(i32, u64), (u64, f64)>) {
-    let live: Vec<Arc<View>> = lock(&sh.registry)
+/// Takes one sample of every live agent, and tells the owner of any run over
+/// a limit the sampler enforces.
+fn sample_all(sh: &Shared, memory: &mut Memory) {
+    let live: Vec<(Arc<View>, mpsc::UnboundedSender<Cmd>)> = lock(&sh.registry)
         .values()
-        .filter_map(|slot| slot.published.borrow().view.clone())
-        .filter(|v| v.proc_.is_some())
+        .filter_map(|slot| {
+            slot.published
+                .borrow()
+                .view
+                .clone()
+                .map(|v| (v, slot.tx.clone()))
+        })
+        .filter(|(v, _)| v.proc_.is_some())
         .collect();
     if live.is_empty() {
-        prev.clear();
+        memory.prev.clear();
+        memory.cpu_over.clear();
         return;
     }
+    let prev = &mut memory.prev;
     let owned = lock(&sh.owned).clone();
     let snap = stop::scan(&owned);
     let now = platform::boottime_seconds();
     let mut seen = HashMap::with_capacity(prev.len());
     let mb = |pages: u64| (pages * sh.page_size) as f64 / (1024.0 * 1024.0);
     let none = HashSet::new();
-    for view in live {
+    let mut cpu_over = HashMap::new();
+    for (view, tx) in live {
         let Some(proc_) = &view.proc_ else { continue };
         let contained = proc_.leaf.as_ref().map(|l| l.pids()).unwrap_or_default();
         let members = tree::members(
@@ -79,6 +101,7 @@ fn sample_all(sh: &Shared, prev: &mut HashMap<(i32, u64), (u64, f64)>) {
             memory_mb: 0.0,
         };
         let mut own = None;
+        let mut tasks = 0u64;
         for m in members.iter().filter(|m| m.state != 'Z') {
             let cpu = cpu_percent(
                 m,
@@ -90,6 +113,7 @@ fn sample_all(sh: &Shared, prev: &mut HashMap<(i32, u64), (u64, f64)>) {
             tree.processes += 1;
             tree.cpu_percent += cpu;
             tree.memory_mb += mb(m.rss_pages);
+            tasks += u64::from(m.num_threads);
             if m.pid == proc_.handle.pid() && m.start_ticks == proc_.handle.start_ticks() {
                 own = Some((m, cpu));
             }
@@ -103,8 +127,26 @@ fn sample_all(sh: &Shared, prev: &mut HashMap<(i32, u64), (u64, f64)>) {
                 tree,
             });
         }
+        if !view.limits.is_empty() {
+            let key = (view.id.clone(), view.run);
+            let mut over = memory.cpu_over.get(&key).copied().unwrap_or(0);
+            let usage = limits::Usage {
+                memory_mb: tree.memory_mb,
+                tasks,
+                cpu_percent: tree.cpu_percent,
+            };
+            if let Some((reason, data)) = limits::check(&view.limits, usage, &mut over) {
+                let _ = tx.send(Cmd::Limit {
+                    run: view.run,
+                    reason,
+                    data,
+                });
+            }
+            cpu_over.insert(key, over);
+        }
     }
     *prev = seen;
+    memory.cpu_over = cpu_over;
 }
 
 /// psutil's CPU%: ticks used since the last sample over the time since, as a

@@ -263,6 +263,9 @@ pub(crate) fn check(req: SpawnRequest, state_dir: &Path, user: Option<User>) -> 
     if let Some(probes) = &req.probes {
         check_probes(raw, probes)?;
     }
+    if let Some(limits) = &req.limits {
+        super::limits::validate(limits).map_err(|why| invalid(raw, why))?;
+    }
     let agent_dir = req
         .agent_dir
         .clone()

@@ -35,6 +35,9 @@ pub(crate) enum StopCause {
     User,
     /// The run outlived `max_runtime_s`.
     Runtime { limit_s: f64 },
+    /// A resource limit was exceeded, or the liveness probe failed (the reason
+    /// names it and the usage or the probe's last output).
+    Limit(String),
     /// The run ended on its own and a restart follows: its leftovers go first.
     Leftovers,
 }

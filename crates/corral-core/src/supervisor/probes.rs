@@ -1,0 +1,522 @@
+//! Liveness and readiness probes: checks that run beside an agent's owner and
+//! report to it, never stalling it.
+//!
+//! One task per run checks the run's probes at once and then every
+//! `interval_s`, each check bounded by `timeout_s`, and sends every result to
+//! the owner as a command. The owner keeps the counts: `failures` liveness
+//! failures in a row end the run as failed (the restart policy applies);
+//! readiness sets `ready` (false until the first pass). Kinds:
+//! - `exec`: the argv runs as the agent would (its environment, cwd and user),
+//!   in a session of its own; exit 0 passes. A check that runs out of time is
+//!   killed with its whole group and reaped.
+//! - `http`: a GET of an `http://` URL; a 2xx or 3xx answer passes.
+//! - `tcp`: a connection to `HOST:PORT` passes.
+//! - `progress_stale_s`: a progress report within that many seconds (or the
+//!   run being younger than that) passes — a stuck agent fails.
+//! - `log` (readiness): a line of the run's stdout or stderr matching the
+//!   regular expression passes, for good.
+
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+
+use crate::model::{Probe, ProbeState, Probes, ProbesState};
+use crate::platform::{self, ProcessHandle, Stdio};
+
+use super::spec::Spec;
+use super::view::Published;
+use super::{Cmd, Shared, lock};
+
+/// Which probe a result is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Which {
+    Liveness,
+    Readiness,
+}
+
+/// One check's result.
+#[derive(Debug, Clone)]
+pub(crate) struct Outcome {
+    pub which: Which,
+    pub passed: bool,
+    /// What the check said (exit status and output, HTTP status, the error).
+    pub output: String,
+}
+
+/// Most bytes of a check's output kept.
+const OUTPUT_LIMIT: usize = 2048;
+
+/// The probes' state before any check.
+pub(crate) fn initial(probes: &Probes) -> ProbesState {
+    let empty = |p: &Option<Probe>| {
+        p.as_ref().map(|p| ProbeState {
+            kind: p.kind().to_owned(),
+            last_result: None,
+            last_output: None,
+            last_at: None,
+            consecutive_failures: 0,
+        })
+    };
+    ProbesState {
+        liveness: empty(&probes.liveness),
+        readiness: empty(&probes.readiness),
+    }
+}
+
+/// Records `outcome` in `state`; returns the consecutive failures and whether
+/// the result changed from the last one.
+pub(crate) fn record(state: &mut ProbeState, outcome: &Outcome, at: String) -> (u32, bool) {
+    let result = if outcome.passed { "passed" } else { "failed" };
+    let changed = state.last_result.as_deref() != Some(result);
+    state.last_result = Some(result.to_owned());
+    state.last_output = Some(outcome.output.clone());
+    state.last_at = Some(at);
+    state.consecutive_failures = if outcome.passed {
+        0
+    } else {
+        state.consecutive_failures + 1
+    };
+    (state.consecutive_failures, changed)
+}
+
+/// What a run's checks need.
+pub(crate) struct Target {
+    pub sh: Arc<Shared>,
+    pub spec: Arc<Spec>,
+    pub run: u32,
+    pub run_id: i64,
+    pub log_dir: PathBuf,
+    /// The run's start (for `progress_stale_s` before any report).
+    pub started: SystemTime,
+    /// The owner's published state (for the last progress report).
+    pub published: watch::Receiver<Published>,
+    pub tx: mpsc::UnboundedSender<Cmd>,
+}
+
+/// Starts the run's probe task, when it has probes.
+pub(crate) fn start(target: Target) -> Option<tokio::task::JoinHandle<()>> {
+    let probes = target.spec.request.probes.clone()?;
+    if probes.liveness.is_none() && probes.readiness.is_none() {
+        return None;
+    }
+    Some(tokio::spawn(run(target, probes)))
+}
+
+async fn run(target: Target, probes: Probes) {
+    let interval = Duration::from_secs_f64(probes.interval_s);
+    let timeout = Duration::from_secs_f64(probes.timeout_s);
+    let mut log = LogScan::default();
+    loop {
+        for (which, probe) in [
+            (Which::Liveness, &probes.liveness),
+            (Which::Readiness, &probes.readiness),
+        ] {
+            let Some(probe) = probe else { continue };
+            let (passed, output) = check(&target, probe, &mut log, timeout).await;
+            let outcome = Outcome {
+                which,
+                passed,
+                output,
+            };
+            if target
+                .tx
+                .send(Cmd::Probe {
+                    run: target.run,
+                    outcome,
+                })
+                .is_err()
+            {
+                return;
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// One check, bounded by `timeout`: whether it passed, and what it said.
+async fn check(
+    target: &Target,
+    probe: &Probe,
+    log: &mut LogScan,
+    timeout: Duration,
+) -> (bool, String) {
+    match probe {
+        // Bounded inside: a check that runs out of time is killed, not abandoned.
+        Probe::Exec(argv) => exec(target, argv, timeout).await,
+        Probe::Http(url) => bounded(timeout, http(url)).await,
+        Probe::Tcp(addr) => {
+            let connect = async move {
+                match tokio::net::TcpStream::connect(addr.as_str()).await {
+                    Ok(_) => (true, format!("connected to {addr}")),
+                    Err(e) => (false, format!("cannot connect to {addr}: {e}")),
+                }
+            };
+            bounded(timeout, connect).await
+        }
+        Probe::ProgressStaleS(limit) => stale(target, *limit),
+        Probe::Log(re) => bounded(timeout, log.check(target, re)).await,
+    }
+}
+
+async fn bounded(timeout: Duration, check: impl Future<Output = (bool, String)>) -> (bool, String) {
+    tokio::time::timeout(timeout, check)
+        .await
+        .unwrap_or_else(|_| {
+            (
+                false,
+                format!("no answer within {} s", timeout.as_secs_f64()),
+            )
+        })
+}
+
+fn stale(target: &Target, limit: f64) -> (bool, String) {
+    let published = target.published.borrow().view.clone();
+    let last = published
+        .as_ref()
+        .and_then(|v| v.progress_at.as_deref())
+        .and_then(|t| humantime::parse_rfc3339_weak(t).ok());
+    let since = last.unwrap_or(target.started);
+    let age = SystemTime::now()
+        .duration_since(since)
+        .unwrap_or_default()
+        .as_secs_f64();
+    if age <= limit {
+        (true, format!("progress {age:.0} s ago"))
+    } else if last.is_some() {
+        (
+            false,
+            format!("no progress report for {age:.0} s (progress_stale_s {limit})"),
+        )
+    } else {
+        (
+            false,
+            format!(
+                "no progress report since the run started {age:.0} s ago (progress_stale_s {limit})"
+            ),
+        )
+    }
+}
+
+/// A GET of an `http://` URL; 2xx and 3xx pass.
+async fn http(url: &str) -> (bool, String) {
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (host_port, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = if host_port
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:80")
+    };
+    let mut stream = match tokio::net::TcpStream::connect(&addr).await {
+        Ok(s) => s,
+        Err(e) => return (false, format!("GET {url}: cannot connect: {e}")),
+    };
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host_port}\r\nUser-Agent: corral-probe\r\nConnection: close\r\n\r\n"
+    );
+    if let Err(e) = stream.write_all(req.as_bytes()).await {
+        return (false, format!("GET {url}: {e}"));
+    }
+    let mut head = vec![0u8; 1024];
+    let n = stream.read(&mut head).await.unwrap_or(0);
+    let line = String::from_utf8_lossy(&head[..n]);
+    let status = line
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse::<u16>().ok());
+    match status {
+        Some(code) if (200..400).contains(&code) => (true, format!("GET {url}: HTTP {code}")),
+        Some(code) => (false, format!("GET {url}: HTTP {code}")),
+        None => (false, format!("GET {url}: no HTTP answer")),
+    }
+}
+
+/// Runs `argv` as the agent would, for at most `timeout`; exit 0 passes.
+async fn exec(target: &Target, argv: &[String], timeout: Duration) -> (bool, String) {
+    let sh = target.sh.clone();
+    let spec = target.spec.clone();
+    let (run_id, argv_owned) = (target.run_id, argv.to_vec());
+    let started =
+        tokio::task::spawn_blocking(move || spawn_check(&sh, &spec, run_id, &argv_owned)).await;
+    let (handle, output) = match started {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return (false, format!("cannot run {:?}: {e}", argv[0])),
+        Err(e) => return (false, e.to_string()),
+    };
+    let handle = Arc::new(handle);
+    let guard = Reaper {
+        sh: target.sh.clone(),
+        handle: handle.clone(),
+    };
+    let read = async {
+        let mut out = Vec::new();
+        if let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(output) {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = rx.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                if out.len() < OUTPUT_LIMIT {
+                    out.extend_from_slice(&buf[..n.min(OUTPUT_LIMIT - out.len())]);
+                }
+            }
+        }
+        out
+    };
+    let finished =
+        tokio::time::timeout(timeout, async { tokio::join!(read, exited(&handle)) }).await;
+    drop(guard);
+    let Ok((out, exit)) = finished else {
+        return (
+            false,
+            format!("no answer within {} s; killed", timeout.as_secs_f64()),
+        );
+    };
+    let text = String::from_utf8_lossy(&out).trim().to_owned();
+    let said = |how: String| {
+        if text.is_empty() {
+            how
+        } else {
+            format!("{how}: {text}")
+        }
+    };
+    match exit {
+        Some(platform::ExitKind::Code(0)) => (true, said("exit 0".into())),
+        Some(platform::ExitKind::Code(c)) => (false, said(format!("exit {c}"))),
+        Some(platform::ExitKind::Signal(s)) => (false, said(format!("killed by signal {s}"))),
+        None => (false, said("ended, status unknown".into())),
+    }
+}
+
+/// Waits for the check's process to exit, without polling; its status.
+async fn exited(h: &Arc<ProcessHandle>) -> Option<platform::ExitKind> {
+    // SAFETY: the Arc keeps the ProcessHandle, and so its pidfd, alive and
+    // unchanged for as long as the AsyncFd exists.
+    let afd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(h.clone(), tokio::io::Interest::READABLE)
+    }
+    .ok()?;
+    loop {
+        let mut ready = afd.readable().await.ok()?;
+        if h.has_exited() {
+            return h.peek_exit().ok().flatten();
+        }
+        ready.clear_ready();
+    }
+}
+
+/// Kills a check's whole group (it may have run out of time) and reaps it.
+struct Reaper {
+    sh: Arc<Shared>,
+    handle: Arc<ProcessHandle>,
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.handle.signal_group(rustix::process::Signal::KILL);
+        let (sh, handle) = (self.sh.clone(), self.handle.clone());
+        // Reaping waits for the kill to land: off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let end = std::time::Instant::now() + Duration::from_secs(5);
+            while !handle.has_exited() && std::time::Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = handle.reap();
+            lock(&sh.owned).remove(&handle.pid());
+        });
+    }
+}
+
+/// Starts an exec check (blocking): the agent's environment, cwd and user, its
+/// own session, output to a pipe. The new pid enters `owned` under the spawn
+/// gate, so the orphan sweep leaves its status to the check.
+fn spawn_check(
+    sh: &Shared,
+    spec: &Spec,
+    run_id: i64,
+    argv: &[String],
+) -> std::io::Result<(ProcessHandle, std::os::fd::OwnedFd)> {
+    let envp = super::run::environment(sh, spec, run_id)?;
+    let path_var = envp
+        .iter()
+        .find_map(|kv| kv.to_bytes().strip_prefix(b"PATH="))
+        .and_then(|p| std::str::from_utf8(p).ok());
+    let resolved = platform::resolve_program(&argv[0], path_var)?;
+    let argv_c = argv
+        .iter()
+        .map(|a| platform::c_string("argument", a.as_bytes()))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let program = platform::c_path(&resolved)?;
+    let cwd = platform::c_path(&spec.cwd)?;
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    // The runtime reads without blocking; the child writes as usual.
+    rustix::fs::fcntl_setfl(&read, rustix::fs::OFlags::NONBLOCK)?;
+    let stdin = std::fs::File::open("/dev/null")?;
+    let spawn_spec = platform::SpawnSpec {
+        program: &program,
+        argv: &argv_c,
+        envp: &envp,
+        cwd: &cwd,
+        stdio: Stdio {
+            stdin: stdin.as_fd(),
+            stdout: write.as_fd(),
+            stderr: write.as_fd(),
+        },
+        cgroup: None,
+        credentials: spec.user.as_ref().map(|u| &u.credentials),
+        nofile: None,
+    };
+    let pid = {
+        let _gate = sh.spawn_gate.read().unwrap_or_else(|p| p.into_inner());
+        let pid = platform::spawn(&spawn_spec)?;
+        lock(&sh.owned).insert(pid.as_raw_nonzero().get());
+        pid
+    };
+    match ProcessHandle::open(pid, None) {
+        Ok(Some(h)) => Ok((h, read)),
+        other => {
+            platform::kill_and_reap_child(pid);
+            lock(&sh.owned).remove(&pid.as_raw_nonzero().get());
+            Err(other
+                .err()
+                .unwrap_or_else(|| std::io::Error::other("the check vanished")))
+        }
+    }
+}
+
+/// Where a `log` readiness check has read up to in the run's two logs.
+#[derive(Default)]
+struct LogScan {
+    offsets: [u64; 2],
+    partial: [Vec<u8>; 2],
+    matched: Option<String>,
+}
+
+impl LogScan {
+    async fn check(&mut self, target: &Target, pattern: &str) -> (bool, String) {
+        if let Some(line) = &self.matched {
+            return (true, format!("matched: {line}"));
+        }
+        let Ok(re) = regex::Regex::new(pattern) else {
+            return (
+                false,
+                format!("{pattern:?} is not a valid regular expression"),
+            );
+        };
+        let dir = target.log_dir.clone();
+        let (offsets, partial) = (self.offsets, std::mem::take(&mut self.partial));
+        let scanned =
+            tokio::task::spawn_blocking(move || scan_logs(&dir, offsets, partial, &re)).await;
+        match scanned {
+            Ok((offsets, partial, found)) => {
+                self.offsets = offsets;
+                self.partial = partial;
+                if let Some(line) = found {
+                    self.matched = Some(line.clone());
+                    return (true, format!("matched: {line}"));
+                }
+                (
+                    false,
+                    format!("no line of the output matches {pattern:?} yet"),
+                )
+            }
+            Err(e) => (false, e.to_string()),
+        }
+    }
+}
+
+/// Reads what the logs gained since `offsets` and looks for a matching line.
+fn scan_logs(
+    dir: &std::path::Path,
+    mut offsets: [u64; 2],
+    mut partial: [Vec<u8>; 2],
+    re: &regex::Regex,
+) -> ([u64; 2], [Vec<u8>; 2], Option<String>) {
+    use std::io::{Read, Seek, SeekFrom};
+    for (i, name) in ["stdout.log", "stderr.log"].iter().enumerate() {
+        let Ok(mut f) = platform::files::open_nofollow(&dir.join(name)) else {
+            continue;
+        };
+        if f.seek(SeekFrom::Start(offsets[i])).is_err() {
+            continue;
+        }
+        let mut buf = Vec::new();
+        let _ = (&mut f).take(1 << 20).read_to_end(&mut buf);
+        offsets[i] += buf.len() as u64;
+        partial[i].extend_from_slice(&buf);
+        let cut = partial[i]
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |p| p + 1);
+        let complete: Vec<u8> = partial[i].drain(..cut).collect();
+        for line in String::from_utf8_lossy(&complete).lines() {
+            if re.is_match(line) {
+                return (offsets, partial, Some(crate::model::elide(line, 200)));
+            }
+        }
+        if partial[i].len() > 64 * 1024 {
+            partial[i].clear();
+        }
+    }
+    (offsets, partial, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_count_failures_in_a_row_and_say_when_they_change() {
+        let mut s = initial(&Probes {
+            liveness: Some(Probe::Tcp("127.0.0.1:1".into())),
+            ..Probes::default()
+        })
+        .liveness
+        .unwrap();
+        let fail = Outcome {
+            which: Which::Liveness,
+            passed: false,
+            output: "refused".into(),
+        };
+        let pass = Outcome {
+            passed: true,
+            ..fail.clone()
+        };
+        let table = [
+            (&fail, (1, true)),
+            (&fail, (2, false)),
+            (&pass, (0, true)),
+            (&fail, (1, true)),
+        ];
+        for (outcome, want) in table {
+            assert_eq!(record(&mut s, outcome, "t".into()), want);
+        }
+        assert_eq!(s.last_result.as_deref(), Some("failed"));
+    }
+
+    #[test]
+    fn a_log_line_is_found_across_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let re = regex::Regex::new("^ready on port \\d+$").unwrap();
+        std::fs::write(dir.path().join("stdout.log"), "starting\nready on po").unwrap();
+        let (offsets, partial, found) = scan_logs(dir.path(), [0, 0], Default::default(), &re);
+        assert_eq!(found, None);
+        std::fs::write(
+            dir.path().join("stdout.log"),
+            "starting\nready on port 80\n",
+        )
+        .unwrap();
+        let (_, _, found) = scan_logs(dir.path(), offsets, partial, &re);
+        assert_eq!(found.as_deref(), Some("ready on port 80"));
+    }
+}
