@@ -59,6 +59,12 @@ pub(crate) struct Stopping {
     pub reaps: watch::Receiver<u64>,
     /// Look again then when nothing else can wake the stop.
     recheck: Option<Instant>,
+    /// The last stage's time is up with only the agent's end still to record.
+    end_grace: bool,
+    /// The current stage's signal has gone to the agent's group.
+    stage_opened: bool,
+    /// When a member was last signalled.
+    last_signal: Instant,
     waiters: Vec<oneshot::Sender<StopReport>>,
 }
 
@@ -72,6 +78,13 @@ impl Stopping {
         self.stages[self.index.min(self.stages.len() - 1)]
     }
 }
+
+/// How long a stop waits past its last deadline for the end of an agent that
+/// has died to be recorded.
+const END_GRACE: Duration = Duration::from_secs(5);
+/// How long a process SIGKILLed at the last moment gets to die before it counts
+/// as having survived.
+const KILL_SETTLE: Duration = Duration::from_millis(250);
 
 fn stages(timeouts: [f64; 3], force: bool) -> Vec<(StopStage, Signal, f64)> {
     if force {
@@ -109,6 +122,7 @@ impl Actor {
                 s.stages = stages(timeouts, true);
                 s.index = 0;
                 s.deadline = Instant::now() + Duration::from_secs_f64(s.stages[0].2);
+                s.stage_opened = false;
                 s.signalled.clear();
             }
             return self.stop_step().await;
@@ -133,6 +147,9 @@ impl Actor {
             watch: Vec::new(),
             reaps: self.sh.reaps.subscribe(),
             recheck: None,
+            end_grace: false,
+            stage_opened: false,
+            last_signal: now,
             waiters: waiter.into_iter().collect(),
         }));
         self.publish(|_| {});
@@ -160,10 +177,16 @@ impl Actor {
         self.note_event("stop_stage", data);
     }
 
-    /// One look at the tree: finish, signal what is new, move to the next stage
-    /// when this one's time is up.
+    /// One look at the tree: open the stage (its signal to the agent's group
+    /// goes out at once, before any scan), finish when nothing is left, signal
+    /// what is new, move on when the stage's time is up.
     pub(crate) async fn stop_step(&mut self) {
         loop {
+            // The first stage looks at the tree first (so its report counts every
+            // member); later stages, above all SIGKILL, go out at once.
+            if matches!(&self.phase, Phase::Stopping(s) if s.index > 0) {
+                self.open_stage();
+            }
             let Phase::Stopping(_) = &self.phase else {
                 return;
             };
@@ -188,14 +211,33 @@ impl Actor {
                 let stage = s.stage().0;
                 return self.finish_stop(Some(stage));
             }
+            open_stage(s, run);
             signal_members(s, run, &members, leader);
-            if Instant::now() >= s.deadline {
+            let now = Instant::now();
+            if now >= s.deadline {
                 if s.index + 1 < s.stages.len() {
                     s.index += 1;
-                    s.deadline = Instant::now() + Duration::from_secs_f64(s.stage().2);
+                    s.deadline = now + Duration::from_secs_f64(s.stage().2);
+                    s.stage_opened = false;
                     s.signalled.clear();
                     self.record_stage();
                     continue;
+                }
+                // A member signalled just now has not had time to die; and once
+                // everything has died, only the agent's end may still be on its way
+                // to the record (thousands of exits commit at once): neither is
+                // "unkillable". Wait for them, bounded.
+                let settled = s.last_signal + KILL_SETTLE;
+                if now < settled {
+                    s.deadline = settled;
+                    return;
+                }
+                let dying = others_gone && (run.exited || run.proc_.handle.has_exited());
+                if dying && !s.end_grace {
+                    s.end_grace = true;
+                    s.deadline = now + END_GRACE;
+                    s.recheck = Some(now + Duration::from_millis(5));
+                    return;
                 }
                 tracing::error!(agent_id = %self.spec.id, pid = run.pid(), "processes survived SIGKILL");
                 return self.finish_stop(Some(StopStage::Unkillable));
@@ -206,6 +248,13 @@ impl Actor {
             s.recheck = (s.watch.is_empty() && run.exited)
                 .then(|| Instant::now() + Duration::from_millis(10));
             return;
+        }
+    }
+
+    /// Opens the current stage now (see [`open_stage`]).
+    fn open_stage(&mut self) {
+        if let (Phase::Stopping(s), Some(run)) = (&mut self.phase, &self.run) {
+            open_stage(s, run);
         }
     }
 
@@ -247,6 +296,32 @@ impl Actor {
     }
 }
 
+/// Sends the current stage's signal to the agent's group (and, in the kill
+/// stage, `cgroup.kill`) once per stage: the stage's wait counts from its start,
+/// however long the scan for the rest of the tree takes.
+fn open_stage(s: &mut Stopping, run: &LiveRun) {
+    if s.stage_opened {
+        return;
+    }
+    s.stage_opened = true;
+    let (_, sig, _) = s.stage();
+    if sig == Signal::KILL
+        && let Some(leaf) = run.leaf()
+        && let Err(e) = leaf.kill()
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(pid = run.pid(), error = %e, "cgroup.kill failed");
+    }
+    if !run.exited {
+        if let Err(e) = run.proc_.handle.signal_group(sig) {
+            tracing::warn!(pid = run.pid(), error = %e, "signal failed");
+        }
+        s.signalled
+            .insert((run.pid(), run.proc_.handle.start_ticks()));
+    }
+    s.last_signal = Instant::now();
+}
+
 /// The tree of `run` in `table`.
 fn members(
     run: &LiveRun,
@@ -272,17 +347,12 @@ fn members(
 /// Signals every live member not yet signalled in this stage.
 fn signal_members(s: &mut Stopping, run: &LiveRun, members: &[ProcEntry], leader: (i32, u64)) {
     let (_, sig, _) = s.stage();
-    if sig == Signal::KILL
-        && let Some(leaf) = run.leaf()
-        && let Err(e) = leaf.kill()
-    {
-        tracing::warn!(pid = run.pid(), error = %e, "cgroup.kill failed");
-    }
     for m in members.iter().filter(|m| m.state != 'Z') {
         let key = (m.pid, m.start_ticks);
         if !s.signalled.insert(key) {
             continue;
         }
+        s.last_signal = Instant::now();
         if key == leader {
             if !run.exited
                 && let Err(e) = run.proc_.handle.signal_group(sig)
