@@ -240,10 +240,12 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     // Listen for SIGTERM/SIGINT first: one that arrives while the daemon starts
     // stops it cleanly once it has started, instead of killing it half-way.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_tx = std::sync::Arc::new(stop_tx);
     let signals = shutdown_signals()?;
+    let on_signal = stop_tx.clone();
     tokio::spawn(async move {
         signals.await;
-        let _ = stop_tx.send(true);
+        on_signal.send_replace(true);
     });
     // Refuse bad options before touching anything.
     let token = read_token(&opts)?;
@@ -295,7 +297,8 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let app = crate::routes::router(sup.clone());
+    let app = crate::routes::router(sup.clone())
+        .layer(axum::Extension(crate::routes::ShutdownTrigger(stop_tx)));
     let unix = serve::serve(listener, app.clone(), limits, stopped());
     let served = match tcp {
         Some((l, token)) => {

@@ -36,6 +36,11 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait a `wait` request may ask for, seconds.
 const MAX_WAIT_S: f64 = 3600.0;
 
+/// Stops the daemon when `POST /v1/daemon/stop` asks (present only in a
+/// daemon: an embedded server answers that route with 404).
+#[derive(Debug, Clone)]
+pub struct ShutdownTrigger(pub std::sync::Arc<tokio::sync::watch::Sender<bool>>);
+
 /// Who is calling, from the connection: a Unix-socket peer's pid (from
 /// `SO_PEERCRED`), or nothing for TCP.
 #[derive(Debug, Clone, Copy, Default)]
@@ -174,6 +179,7 @@ pub fn openapi_json() -> &'static str {
 fn api_router() -> OpenApiRouter<Supervisor> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(daemon_health))
+        .routes(routes!(daemon_stop))
         .routes(routes!(openapi))
         .routes(routes!(spawn, list))
         .routes(routes!(spawn_batch))
@@ -219,6 +225,33 @@ async fn daemon_health(State(sup): State<Supervisor>) -> Result<Json<DaemonHealt
         agents: sup.get_process_summary().total,
         state_dir: sup.state_dir().display().to_string(),
         uptime_s: sup.uptime_s(),
+    }))
+}
+
+/// Stop the daemon (its agents keep running unless `stop_agents`); answers,
+/// then stops serving.
+#[utoipa::path(post, path = "/v1/daemon/stop", tag = "daemon",
+    request_body(content = corral_core::DaemonStopRequest, description = "optional"),
+    responses((status = 200, body = corral_core::DaemonStopResponse), (status = 404, body = ErrorBody)))]
+async fn daemon_stop(
+    State(sup): State<Supervisor>,
+    trigger: Option<Extension<ShutdownTrigger>>,
+    OptionalBody(req): OptionalBody<corral_core::DaemonStopRequest>,
+) -> Result<Json<corral_core::DaemonStopResponse>, ApiError> {
+    let Some(Extension(trigger)) = trigger else {
+        return Err(ApiError::new(ErrorCode::NotFound, "this server is not a daemon that can be stopped"));
+    };
+    let stopped = if req.stop_agents {
+        sup.stop_selected(None, CleanupOptions::default(), true).await?
+    } else {
+        Vec::new()
+    };
+    tracing::info!(stop_agents = req.stop_agents, "stopping on request");
+    // After this answer is on its way: graceful shutdown lets it finish.
+    trigger.0.send_replace(true);
+    Ok(Json(corral_core::DaemonStopResponse {
+        pid: std::process::id(),
+        stopped,
     }))
 }
 

@@ -1,115 +1,123 @@
 //! Command-line grammar (clap derive). The commands and flags are the contract's.
+//!
+//! Every command takes exactly the options that mean something to it: the
+//! connection options (`--state-dir`, `--url`, `--token-file`,
+//! `--no-autostart`) on the commands that talk to a daemon, `--json` on the
+//! commands that print data. For scripts written against earlier versions the
+//! same options are still accepted before the command name (hidden there).
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-/// corral: spawn, observe and stop many long-running agents.
+/// corral: spawn, watch and stop many long-running agents, and keep their record.
 #[derive(Debug, Parser)]
-#[command(name = "corral", version, about, propagate_version = true)]
+#[command(
+    name = "corral",
+    version,
+    about,
+    propagate_version = true,
+    after_help = "Exit codes: 0 ok, 1 failure, 2 usage error, 3 another daemon holds the state dir, 4 no such agent.\nSee `corral <command> --help` for a command's options."
+)]
 pub struct Cli {
-    /// State dir (database, socket, agent logs). Default: $CORRAL_STATE_DIR,
-    /// else $XDG_STATE_HOME/corral, else ~/.local/state/corral.
-    #[arg(long, global = true, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// Fail instead of starting a daemon when none answers.
-    #[arg(long, global = true)]
-    pub no_autostart: bool,
-    /// Print one JSON document instead of a table.
-    #[arg(long, global = true)]
-    pub json: bool,
-    /// Talk to a daemon serving TCP (`corral daemon --listen`) at ADDR:PORT instead
-    /// of the state dir's socket; needs --token-file. No daemon is started.
-    #[arg(long, global = true, env = "CORRAL_URL", value_name = "ADDR:PORT")]
-    pub url: Option<String>,
-    /// The bearer token's file: sent to a TCP daemon (--url), or required of
-    /// TCP clients by `corral daemon --listen` (at least 16 bytes).
-    #[arg(long, global = true, env = "CORRAL_TOKEN_FILE", value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
+    /// Options accepted before the command name (hidden: put them after it).
+    #[command(flatten)]
+    pub before: Before,
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The connection and output options, as accepted before the command name.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Before {
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[arg(long, hide = true)]
+    pub no_autostart: bool,
+    #[arg(long, hide = true)]
+    pub json: bool,
+    #[arg(long, hide = true, value_name = "ADDR:PORT")]
+    pub url: Option<String>,
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// Where the daemon is, and whether to start one.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Conn {
+    /// State dir (database, socket, agent logs) [default: $CORRAL_STATE_DIR,
+    /// else $XDG_STATE_HOME/corral, else ~/.local/state/corral].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Fail instead of starting a daemon when none answers.
+    #[arg(long)]
+    pub no_autostart: bool,
+    /// Talk to a daemon serving TCP (`corral daemon --listen`) instead of the
+    /// state dir's socket; needs --token-file. No daemon is started.
+    #[arg(long, env = "CORRAL_URL", value_name = "ADDR:PORT")]
+    pub url: Option<String>,
+    /// The file holding that daemon's bearer token.
+    #[arg(long, env = "CORRAL_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// `--json`.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct Json {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the daemon in the foreground (the CLI starts one in the background when needed).
-    Daemon(DaemonArgs),
-    /// Spawn an agent; exit 0 when it is running (or completed with 0) after its verification window.
+    /// Start an agent (or many): exit 0 once it runs (or completed with 0) after its verification window.
     Spawn(Box<SpawnArgs>),
-    /// One agent's status (get_agent_status).
-    Status {
-        /// Agent id.
-        id: String,
-    },
-    /// Every agent's status (monitor_all_agents).
-    Ps,
-    /// Counts and totals (get_process_summary).
-    Summary,
-    /// Exit 0 when the agent is healthy, 1 when not (check_process_health).
-    Health {
-        /// Agent id.
-        id: String,
-    },
-    /// Stop agents gracefully in stages (cleanup): an id, a selector such as `L2.1.*`, or --all.
+    /// List agents: id, pid, status, health, readiness, CPU, memory, runtime, restarts, exit.
+    Ps(PsArgs),
+    /// Show one agent's status, every field.
+    Status(IdArgs),
+    /// Exit 0 when the agent is healthy (alive, not a zombie), 1 when not, 4 when there is no such agent.
+    Health(IdArgs),
+    /// Counts by state, and total CPU and memory.
+    Summary(DataArgs),
+    /// Stop agents gracefully: SIGTERM, wait, SIGTERM, wait, SIGKILL — their whole process trees.
     Stop(StopArgs),
-    /// Stop one agent (kill_agent).
-    Kill {
-        /// Agent id.
-        id: String,
-        /// SIGKILL at once instead of the staged stop.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Sweep for unreaped processes; prints the agents it had to reap (normally none).
-    Reap,
-    /// Forget an ended agent: its runs, and its logs when in the default place.
-    Rm {
-        /// Agent id.
-        id: String,
-    },
-    /// Forget every ended run (agents that are still running keep their current run).
-    Prune,
-    /// Show an agent's output (any run; follows with -f).
+    /// Stop one agent: the same staged stop (prints the plan), or SIGKILL at once with --force.
+    Kill(KillArgs),
+    /// Show an agent's output: the last lines, any run, following with -f.
     Logs(LogsArgs),
-    /// An agent's runs: number, pid, start, end, status, exit, reason.
-    Runs {
-        /// Agent id.
-        id: String,
-    },
-    /// Wait until an agent (or every agent of a selector) has ended; exits with
-    /// the agent's exit code (one agent) or 0/1 (all completed or not).
-    Wait {
-        /// Agent id or selector (`L2.1.*`).
-        target: String,
-        /// Give up after this long (e.g. 30s, 5m); exit 1 with an error.
-        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-        timeout: Option<std::time::Duration>,
-    },
-    /// Report progress from inside an agent (uses CORRAL_AGENT_ID and CORRAL_SOCKET).
-    Progress {
-        /// 0–100.
-        #[arg(allow_negative_numbers = true)]
-        percent: i64,
-        /// What the agent is doing.
-        #[arg(long)]
-        message: Option<String>,
-        /// Report for this agent instead of $CORRAL_AGENT_ID.
-        #[arg(long, value_name = "ID")]
-        agent: Option<String>,
-    },
-    /// State transitions, progress and stop stages as JSON lines (one event per line).
-    Events {
-        /// Keep printing new events as they happen.
-        #[arg(short = 'f', long)]
-        follow: bool,
-        /// Only events after this sequence number (resume where you left off).
-        #[arg(long, default_value_t = 0, value_name = "SEQ")]
-        since: i64,
-    },
-    /// Spawn a small team of real agents, watch them work, then stop them all.
+    /// List an agent's runs: number, pid, start, end, status, exit, reason.
+    Runs(IdArgs),
+    /// Wait until an agent (or every agent of PREFIX.*) has ended; exit with its exit code.
+    Wait(WaitArgs),
+    /// Report progress from inside an agent (it finds itself through CORRAL_AGENT_ID).
+    Progress(ProgressArgs),
+    /// Show state changes, progress reports, stop stages, restarts, limit and probe results.
+    Events(EventsArgs),
+    /// Start the agents of a corral.toml project that are not running, restart the ones that changed.
+    Up(UpArgs),
+    /// Stop the agents of a corral.toml project (dependents first).
+    Down(DownArgs),
+    /// Forget an ended agent: its runs, and its logs when they are in the default place.
+    Rm(IdArgs),
+    /// Forget every ended run (agents still running keep their current run).
+    Prune(DataArgs),
+    /// Reap what is left to reap (normally nothing: corral reaps at once); lists agents it had to reap.
+    Reap(DataArgs),
+    /// Run the daemon in the foreground, or show or stop the running one.
+    Daemon(DaemonArgs),
+    /// Start a small team of real agents, watch them work, then stop them all (a private daemon).
     Demo(DemoArgs),
-    /// Measure corral on this machine against bare baselines, with a private daemon.
+    /// Measure corral on this machine against bare baselines (a private daemon).
     Bench(BenchArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
 }
 
 impl Command {
@@ -119,8 +127,57 @@ impl Command {
     }
 }
 
+/// One agent.
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// Agent id.
+    pub id: String,
+    #[command(flatten)]
+    pub conn: Conn,
+    #[command(flatten)]
+    pub out: Json,
+}
+
+/// A command with data to print and nothing else to say.
+#[derive(Debug, Args)]
+pub struct DataArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    #[command(flatten)]
+    pub out: Json,
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Only this agent or subtree (`ID` or `PREFIX.*`).
+    pub selector: Option<String>,
+    /// Only agents with this label (repeatable: all must match).
+    #[arg(long = "label", value_name = "K=V")]
+    pub labels: Vec<String>,
+    /// Only agents in this state: spawning, running, completed, failed, cancelled,
+    /// or a health word (healthy, zombie, unknown); repeatable.
+    #[arg(long = "state", value_name = "STATE")]
+    pub states: Vec<String>,
+    /// Never cut ids or messages to fit the terminal.
+    #[arg(long)]
+    pub wide: bool,
+    /// Redraw every few seconds until interrupted (like `watch`).
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
+    pub watch: Option<f64>,
+    #[command(flatten)]
+    pub conn: Conn,
+    #[command(flatten)]
+    pub out: Json,
+}
+
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
+    #[command(subcommand)]
+    pub action: Option<DaemonAction>,
+    /// State dir it owns [default: $CORRAL_STATE_DIR, else $XDG_STATE_HOME/corral,
+    /// else ~/.local/state/corral].
+    #[arg(long, value_name = "DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
     /// Metrics sampling interval, milliseconds.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub sample_ms: u64,
@@ -130,10 +187,13 @@ pub struct DaemonArgs {
     /// Also serve the API on this TCP address (e.g. 127.0.0.1:7070); needs --token-file.
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<std::net::SocketAddr>,
+    /// The bearer token every TCP client must send (a file of at least 16 bytes).
+    #[arg(long, env = "CORRAL_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// Refuse a token file that group or others can read (default: a warning).
     #[arg(long)]
     pub strict: bool,
-    /// Open connections per listener (default: a quarter of the open-file limit, at most 1024).
+    /// Open connections per listener [default: a quarter of the open-file limit, at most 1024].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
     /// How long request headers may take before the connection is closed (default 10000).
@@ -144,46 +204,62 @@ pub struct DaemonArgs {
     pub detach: bool,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum DaemonAction {
+    /// Whether a daemon serves the state dir: its pid, version, uptime and agents.
+    Status {
+        #[command(flatten)]
+        out: Json,
+    },
+    /// Stop the daemon. Its agents keep running (the next daemon re-adopts them)
+    /// unless --stop-agents.
+    Stop {
+        /// First stop every agent (staged), then the daemon.
+        #[arg(long)]
+        stop_agents: bool,
+    },
+}
+
 #[derive(Debug, Args)]
 pub struct SpawnArgs {
     /// Agent id: 1–128 of A-Z a-z 0-9 . _ - (dots make a hierarchy); with
     /// --count, the prefix of PREFIX.1 … PREFIX.N.
     #[arg(required_unless_present = "from")]
     pub id: Option<String>,
-    /// Spawn PREFIX.1 … PREFIX.N in one batch (all verification windows at once).
+    /// Start PREFIX.1 … PREFIX.N in one batch (all verification windows at once).
     #[arg(long, value_name = "N")]
     pub count: Option<u32>,
-    /// Spawn the requests in FILE (JSON lines of spawn requests; `-` for stdin) in one batch.
+    /// Start the requests in FILE (JSON lines of spawn requests; `-` for stdin) in one batch.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["id", "count"])]
     pub from: Option<PathBuf>,
-    /// Working directory (default: the current directory).
+    /// Working directory [default: the current directory].
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<PathBuf>,
     /// Extra environment variable (repeatable).
     #[arg(long = "env", value_name = "K=V")]
     pub env: Vec<String>,
-    /// Where stdout.log / stderr.log go (default: STATE_DIR/agents/ID).
+    /// Where the run logs go [default: STATE_DIR/agents/ID].
     #[arg(long, value_name = "DIR")]
     pub agent_dir: Option<PathBuf>,
-    /// Label kept with the run (repeatable).
+    /// Label kept with the agent (repeatable).
     #[arg(long = "label", value_name = "K=V")]
     pub labels: Vec<String>,
-    /// Staged-stop waits in seconds: TERM, TERM, KILL.
+    /// Staged-stop waits in seconds: after the first SIGTERM, the second, the SIGKILL [default: 10,5,5].
     #[arg(long, value_name = "T1,T2,T3")]
     pub stop_timeouts: Option<String>,
-    /// Verification window in milliseconds (0 = answer once exec succeeded).
+    /// How long the agent must stay up to count as started, ms; 0 answers once exec succeeded [default: 100].
     #[arg(long, value_name = "MS")]
     pub verify_ms: Option<u64>,
-    /// Restart policy: never, on-failure or always.
+    /// Restart policy: never, on-failure or always [default: never].
     #[arg(long, value_name = "POLICY", value_parser = ["never", "on-failure", "always"])]
     pub restart: Option<String>,
-    /// More restarts than this within the window is a crash loop (default 5).
+    /// More restarts than this within the window is a crash loop [default: 5].
     #[arg(long, value_name = "N")]
     pub max_restarts: Option<u32>,
-    /// The crash-loop window; a run that stays up this long resets the backoff (default 60s).
+    /// The crash-loop window; a run that stays up this long resets the backoff [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub restart_window: Option<std::time::Duration>,
-    /// Backoff between restarts, first and most, in seconds (default 1,60).
+    /// Backoff between restarts, first and most, in seconds [default: 1,60].
     #[arg(long, value_name = "MIN,MAX")]
     pub backoff: Option<String>,
     /// Stop a run older than this (e.g. 90s, 1h); it ends failed.
@@ -225,67 +301,58 @@ pub struct SpawnArgs {
     /// Readiness: a line of stdout or stderr matching this regular expression.
     #[arg(long, value_name = "REGEX", group = "readiness")]
     pub readiness_log: Option<String>,
-    /// Time between probe checks (default 10s).
+    /// Time between probe checks [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub probe_interval: Option<std::time::Duration>,
-    /// Longest one probe check may take (default 2s).
+    /// Longest one probe check may take [default: 2s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub probe_timeout: Option<std::time::Duration>,
-    /// Failures in a row that count (default 3).
+    /// Failures in a row that count [default: 3].
     #[arg(long, value_name = "N")]
     pub probe_failures: Option<u32>,
     /// Run as this user (name or uid); only when the daemon runs as root.
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
-    /// The program and its arguments (no shell).
+    #[command(flatten)]
+    pub conn: Conn,
+    #[command(flatten)]
+    pub out: Json,
+    /// The program and its arguments (no shell), after `--`.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
 
-/// `512M`, `2G`, `300K`, `1.5g`; a bare number is MB. In MB.
-pub fn parse_size_mb(raw: &str) -> Result<f64, String> {
-    let t = raw.trim();
-    let (num, unit) = t
-        .find(|c: char| c.is_ascii_alphabetic())
-        .map_or((t, ""), |i| t.split_at(i));
-    let n: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{raw:?} is not a size like 512M or 2G"))?;
-    let mb = match unit.to_ascii_lowercase().trim_end_matches(['b', 'i']) {
-        "" | "m" => n,
-        "k" => n / 1024.0,
-        "g" => n * 1024.0,
-        "t" => n * 1024.0 * 1024.0,
-        _ => return Err(format!("{raw:?} is not a size like 512M or 2G")),
-    };
-    Ok(mb)
-}
-
-/// `90`, `1.5`, `90s`, `5m`, `1h30m`: seconds when bare.
-pub fn parse_duration(raw: &str) -> Result<std::time::Duration, String> {
-    if let Ok(secs) = raw.trim().parse::<f64>() {
-        return std::time::Duration::try_from_secs_f64(secs)
-            .map_err(|_| format!("{raw:?} is not a duration"));
-    }
-    humantime::parse_duration(raw.trim())
-        .map_err(|e| format!("{raw:?} is not a duration like 30s, 5m or 1h: {e}"))
-}
-
 #[derive(Debug, Args)]
 pub struct StopArgs {
-    /// Agent id or selector (`L2.1.*`).
+    /// Agent id or subtree (`PREFIX.*`).
     #[arg(required_unless_present = "all", conflicts_with = "all")]
     pub target: Option<String>,
-    /// Stop every agent.
+    /// Stop every agent that is running.
     #[arg(long)]
     pub all: bool,
     /// SIGKILL at once.
     #[arg(long)]
     pub force: bool,
-    /// Staged-stop waits in seconds for this call: TERM, TERM, KILL.
+    /// Staged-stop waits in seconds for this call: after the first SIGTERM, the second, the SIGKILL.
     #[arg(long, value_name = "T1,T2,T3")]
     pub stop_timeouts: Option<String>,
+    #[command(flatten)]
+    pub conn: Conn,
+    #[command(flatten)]
+    pub out: Json,
+}
+
+#[derive(Debug, Args)]
+pub struct KillArgs {
+    /// Agent id.
+    pub id: String,
+    /// SIGKILL at once instead of the staged stop.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub conn: Conn,
+    #[command(flatten)]
+    pub out: Json,
 }
 
 #[derive(Debug, Args)]
@@ -298,15 +365,90 @@ pub struct LogsArgs {
     /// Show stdout and stderr.
     #[arg(long)]
     pub both: bool,
-    /// An earlier run (default: the current one).
+    /// An earlier run [default: the current one].
     #[arg(long, value_name = "N")]
     pub run: Option<u32>,
-    /// Keep printing new output until the agent ends.
+    /// Keep printing new output until the run ends.
     #[arg(short = 'f', long)]
     pub follow: bool,
     /// How many trailing lines to show first.
     #[arg(short = 'n', long, default_value_t = 20, value_name = "LINES")]
     pub lines: usize,
+    #[command(flatten)]
+    pub conn: Conn,
+    #[command(flatten)]
+    pub out: Json,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Agent id or subtree (`PREFIX.*`).
+    pub target: String,
+    /// Give up after this long (30s, 5m): an error, exit 1 [default: 1h].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    #[command(flatten)]
+    pub conn: Conn,
+    #[command(flatten)]
+    pub out: Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ProgressArgs {
+    /// 0–100.
+    #[arg(allow_negative_numbers = true)]
+    pub percent: i64,
+    /// What the agent is doing.
+    #[arg(long)]
+    pub message: Option<String>,
+    /// Report for this agent instead of $CORRAL_AGENT_ID.
+    #[arg(long, value_name = "ID")]
+    pub agent: Option<String>,
+    #[command(flatten)]
+    pub conn: Conn,
+    #[command(flatten)]
+    pub out: Json,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Keep printing new events as they happen.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Only events after this sequence number (resume where you left off).
+    #[arg(long, default_value_t = 0, value_name = "SEQ")]
+    pub since: i64,
+    #[command(flatten)]
+    pub conn: Conn,
+    /// One JSON document per line instead of a line of text.
+    #[command(flatten)]
+    pub out: Json,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// The project file [default: ./corral.toml].
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Only these agents (names in the file) and what they depend on.
+    pub names: Vec<String>,
+    #[command(flatten)]
+    pub conn: Conn,
+    #[command(flatten)]
+    pub out: Json,
+}
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// The project file [default: ./corral.toml].
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Only these agents (names in the file) and what depends on them.
+    pub names: Vec<String>,
+    #[command(flatten)]
+    pub conn: Conn,
+    #[command(flatten)]
+    pub out: Json,
 }
 
 #[derive(Debug, Args)]
@@ -333,4 +475,36 @@ pub struct BenchArgs {
     /// Contain agents in process groups only (no cgroups).
     #[arg(long)]
     pub no_cgroups: bool,
+    #[command(flatten)]
+    pub out: Json,
+}
+
+/// `90`, `1.5`, `90s`, `5m`, `1h30m`: seconds when bare.
+pub fn parse_duration(raw: &str) -> Result<std::time::Duration, String> {
+    if let Ok(secs) = raw.trim().parse::<f64>() {
+        return std::time::Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("{raw:?} is not a duration"));
+    }
+    humantime::parse_duration(raw.trim())
+        .map_err(|e| format!("{raw:?} is not a duration like 30s, 5m or 1h: {e}"))
+}
+
+/// `512M`, `2G`, `300K`, `1.5g`; a bare number is MB. In MB.
+pub fn parse_size_mb(raw: &str) -> Result<f64, String> {
+    let t = raw.trim();
+    let (num, unit) = t
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map_or((t, ""), |i| t.split_at(i));
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a size like 512M or 2G"))?;
+    let mb = match unit.to_ascii_lowercase().trim_end_matches(['b', 'i']) {
+        "" | "m" => n,
+        "k" => n / 1024.0,
+        "g" => n * 1024.0,
+        "t" => n * 1024.0 * 1024.0,
+        _ => return Err(format!("{raw:?} is not a size like 512M or 2G")),
+    };
+    Ok(mb)
 }

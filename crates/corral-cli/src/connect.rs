@@ -53,8 +53,17 @@ async fn answers(client: &Client) -> Result<bool> {
     }
 }
 
+/// A client for the daemon already serving `state_dir` (never starts one).
+pub async fn existing(state_dir: &Path) -> Result<Client> {
+    let client = Client::new(state_dir.join(SOCKET_NAME));
+    if answers(&client).await? {
+        return Ok(client);
+    }
+    bail!("no corral daemon serves {}", state_dir.display());
+}
+
 /// A client for the daemon of `state_dir`, starting the daemon if none answers
-/// (unless `autostart` is false).
+/// (unless `autostart` is false); a started daemon is announced on stderr.
 pub async fn client(state_dir: &Path, autostart: bool) -> Result<Client> {
     let client = Client::new(state_dir.join(SOCKET_NAME));
     if answers(&client).await? {
@@ -82,7 +91,13 @@ pub async fn client(state_dir: &Path, autostart: bool) -> Result<Client> {
     loop {
         if answers(&client).await? {
             // Reap the child if it was a loser of the lock race; a winner keeps running.
-            let _ = child.try_wait();
+            if let Ok(None) = child.try_wait() {
+                crate::say(&format!(
+                    "corral: started a daemon (pid {}) for {}",
+                    child.id(),
+                    state_dir.display()
+                ));
+            }
             return Ok(client);
         }
         if exited.is_none()

@@ -24,17 +24,29 @@ fn main() -> ExitCode {
     let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            say_error(&format!("cannot start the async runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(commands::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
-            ExitCode::FAILURE
+            say_error(&one_line(&e));
+            ExitCode::from(commands::exit_code(&e))
         }
     }
+}
+
+/// One line on stderr; a stderr that cannot be written (closed, a full disk)
+/// is not a reason to panic.
+pub fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// `error: …` on stderr.
+pub fn say_error(message: &str) {
+    say(&format!("error: {message}"));
 }
 
 /// The error and its causes on one line (causes already quoted are not repeated).

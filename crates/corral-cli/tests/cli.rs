@@ -269,7 +269,7 @@ fn progress_reported_from_inside_an_agent_shows_in_status() {
     );
     let s = env.wait_for("reporter", "progress", |s| s["progress"] == 42);
     assert_eq!(s["progress_message"], "indexing");
-    let events = env.run(&["events"]);
+    let events = env.run(&["events", "--json"]);
     let lines: Vec<Value> = String::from_utf8_lossy(&events.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

@@ -678,6 +678,8 @@ pub struct AgentStatus {
     pub next_restart_at: Option<String>,
     /// The restart policy in force.
     pub restart_policy: String,
+    /// Its staged-stop waits, seconds (after the first SIGTERM, the second, the SIGKILL).
+    pub stop_timeouts: Vec<f64>,
     /// Readiness: null without a readiness probe, false until it first passes.
     pub ready: Option<bool>,
     /// Latest probe results.
@@ -941,6 +943,25 @@ pub struct DaemonHealth {
     pub state_dir: String,
     /// Seconds since the daemon started.
     pub uptime_s: f64,
+}
+
+/// Body of `POST /v1/daemon/stop`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonStopRequest {
+    /// First stop every agent (staged); otherwise they keep running and the next
+    /// daemon re-adopts them.
+    #[serde(default)]
+    pub stop_agents: bool,
+}
+
+/// Answer of `POST /v1/daemon/stop`, sent just before the daemon stops.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DaemonStopResponse {
+    /// The daemon that is stopping.
+    pub pid: u32,
+    /// The stops it made first (empty without `stop_agents`).
+    pub stopped: Vec<StopReport>,
 }
 
 /// Query of `GET /v1/agents/{id}/wait`.

@@ -1,289 +1,44 @@
-//! `spawn`, `status`, `ps`, `summary`, `health`, `stop`, `kill`, `progress`.
+//! Reading agents (`status`, `ps`, `summary`, `health`, `runs`, `wait`,
+//! `events`), reporting progress, and forgetting (`rm`, `prune`, `reap`).
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, bail};
 use corral_api::Client;
 use corral_api::client::Method;
 use corral_core::{
-    AgentStatus, BatchRequest, BatchResponse, BatchResult, CleanupOptions, HealthReport,
-    KillRequest, KillResponse, Limits, PersistentStatus, Probe, Probes, ProcessSummary,
-    ProgressUpdate, Removal, RestartPolicy, RunInfo, SpawnRequest, SpawnResponse, StopManyRequest,
-    StopReport,
+    AgentId, AgentStatus, Event, Health, HealthReport, PersistentStatus, ProcessSummary,
+    ProgressUpdate, Removal, RunInfo, Selector,
 };
 
-use super::{Ctx, print_json};
-use crate::cli::{SpawnArgs, StopArgs};
-use crate::output;
+use super::{Ctx, print_json, usage};
+use crate::cli::{ProgressArgs, PsArgs};
+use crate::output::{self, Cell, Colour, Style, Table};
 
-fn key_values(pairs: &[String], what: &str) -> Result<BTreeMap<String, String>> {
-    pairs
-        .iter()
-        .map(|kv| match kv.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-            _ => Err(anyhow!("{what} {kv:?} must look like KEY=VALUE")),
-        })
-        .collect()
+/// An id from the command line, checked here so a bad one is a clear usage error.
+pub fn checked_id(id: &str) -> Result<String> {
+    Ok(AgentId::new(id)?.to_string())
 }
 
-/// `10,5,5` → `[10.0, 5.0, 5.0]`.
-pub fn parse_timeouts(raw: &str) -> Result<Vec<f64>> {
-    parse_seconds_list(
-        raw,
-        3,
-        "--stop-timeouts takes three waits in seconds, like 10,5,5",
-    )
-}
-
-fn path_segment(id: &str) -> Result<String> {
-    // Validate locally so a bad id is a clear error, not a 404 from a mangled URL.
-    Ok(corral_core::AgentId::new(id)?.to_string())
-}
-
-/// The spawn request the flags describe (without the id).
-fn request_from_args(args: &SpawnArgs) -> Result<SpawnRequest> {
-    let cwd = match &args.cwd {
-        Some(d) => Some(std::path::absolute(d).with_context(|| format!("--cwd {}", d.display()))?),
-        None => Some(std::env::current_dir().context("cannot read the current directory")?),
-    };
-    let agent_dir = args
-        .agent_dir
-        .as_ref()
-        .map(|d| std::path::absolute(d).with_context(|| format!("--agent-dir {}", d.display())))
-        .transpose()?;
-    let restart = if args.restart.is_some()
-        || args.max_restarts.is_some()
-        || args.backoff.is_some()
-        || args.restart_window.is_some()
-    {
-        let mut policy = RestartPolicy::default();
-        if let Some(mode) = &args.restart {
-            policy.policy = serde_json::from_value(serde_json::Value::String(mode.clone()))?;
-        }
-        if let Some(n) = args.max_restarts {
-            policy.max_restarts = n;
-        }
-        if let Some(w) = args.restart_window {
-            policy.window_s = w.as_secs_f64();
-        }
-        if let Some(b) = &args.backoff {
-            let v = parse_seconds_list(b, 2, "--backoff takes MIN,MAX seconds, like 1,60")?;
-            policy.backoff_s = [v[0], v[1]];
-        }
-        Some(policy)
-    } else {
-        None
-    };
-    let limits = Limits {
-        memory_mb: args.memory,
-        pids: args.pids,
-        nofile: args.nofile,
-        cpu_percent: args.cpu,
-    };
-    Ok(SpawnRequest {
-        agent_id: String::new(),
-        command: args.command.clone(),
-        limits: (!limits.is_empty()).then_some(limits),
-        probes: probes_from_args(args),
-        user: args.user.clone(),
-        cwd,
-        env: key_values(&args.env, "--env")?,
-        agent_dir,
-        labels: key_values(&args.labels, "--label")?,
-        stop_timeouts: args
-            .stop_timeouts
-            .as_deref()
-            .map(parse_timeouts)
-            .transpose()?,
-        verify_ms: args.verify_ms,
-        restart,
-        max_runtime_s: args.max_runtime.map(|d| d.as_secs_f64()),
-        ..SpawnRequest::default()
-    })
-}
-
-/// The probes the flags describe, if any.
-fn probes_from_args(args: &SpawnArgs) -> Option<Probes> {
-    let shell = |cmd: &String| Probe::Exec(vec!["sh".into(), "-c".into(), cmd.clone()]);
-    let liveness = args
-        .liveness_http
-        .clone()
-        .map(Probe::Http)
-        .or_else(|| args.liveness_exec.as_ref().map(shell))
-        .or_else(|| args.liveness_tcp.clone().map(Probe::Tcp))
-        .or_else(|| {
-            args.progress_stale
-                .map(|d| Probe::ProgressStaleS(d.as_secs_f64()))
-        });
-    let readiness = args
-        .readiness_http
-        .clone()
-        .map(Probe::Http)
-        .or_else(|| args.readiness_exec.as_ref().map(shell))
-        .or_else(|| args.readiness_tcp.clone().map(Probe::Tcp))
-        .or_else(|| args.readiness_log.clone().map(Probe::Log));
-    if liveness.is_none() && readiness.is_none() {
-        return None;
-    }
-    let defaults = Probes::default();
-    Some(Probes {
-        liveness,
-        readiness,
-        interval_s: args
-            .probe_interval
-            .map_or(defaults.interval_s, |d| d.as_secs_f64()),
-        timeout_s: args
-            .probe_timeout
-            .map_or(defaults.timeout_s, |d| d.as_secs_f64()),
-        failures: args.probe_failures.unwrap_or(defaults.failures),
-    })
-}
-
-fn parse_seconds_list(raw: &str, n: usize, usage: &str) -> Result<Vec<f64>> {
-    let parsed: Result<Vec<f64>, _> = raw.split(',').map(|t| t.trim().parse::<f64>()).collect();
-    match parsed {
-        Ok(v) if v.len() == n => Ok(v),
-        _ => bail!("{usage} (got {raw:?})"),
-    }
-}
-
-/// True when a spawn answer means "it started and did not fail".
-fn started_ok(resp: &SpawnResponse) -> bool {
-    matches!(
-        resp.status,
-        PersistentStatus::Running | PersistentStatus::Completed
-    ) && resp.exit_code.unwrap_or(0) == 0
-}
-
-pub async fn spawn(ctx: &Ctx, args: SpawnArgs) -> Result<ExitCode> {
-    if args.from.is_some() || args.count.is_some() {
-        return spawn_batch(ctx, args).await;
-    }
-    if args.command.is_empty() {
-        bail!("say what to run after `--`, e.g. corral spawn ID -- sleep 60");
-    }
-    let mut req = request_from_args(&args)?;
-    req.agent_id = args.id.clone().unwrap_or_default();
-    let client = ctx.client().await?;
-    let resp: SpawnResponse = client.call(Method::POST, "/v1/agents", Some(&req)).await?;
-    let ok = started_ok(&resp);
-    if ctx.json {
-        print_json(&resp)?;
-    } else if ok {
-        println!(
-            "{} {} (pid {}, run {})",
-            resp.agent_id,
-            resp.status,
-            resp.pid.map_or("-".into(), |p| p.to_string()),
-            resp.run
-        );
-    }
-    if ok {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        if !ctx.json {
-            eprintln!(
-                "error: {}",
-                resp.error
-                    .as_deref()
-                    .unwrap_or("the agent failed during verification")
-            );
-        }
-        Ok(ExitCode::FAILURE)
-    }
-}
-
-/// `spawn PREFIX --count N` and `spawn --from FILE`: one batch request.
-async fn spawn_batch(ctx: &Ctx, args: SpawnArgs) -> Result<ExitCode> {
-    let agents: Vec<SpawnRequest> = match (&args.from, args.count) {
-        (Some(file), _) => read_requests(file)?,
-        (None, Some(n)) => {
-            if args.command.is_empty() {
-                bail!(
-                    "say what to run after `--`, e.g. corral spawn PREFIX --count 10 -- sleep 60"
-                );
-            }
-            let prefix = args.id.clone().unwrap_or_default();
-            let base = request_from_args(&args)?;
-            (1..=n)
-                .map(|i| SpawnRequest {
-                    agent_id: format!("{prefix}.{i}"),
-                    ..base.clone()
-                })
-                .collect()
-        }
-        (None, None) => unreachable!("spawn_batch is called with --from or --count"),
-    };
-    if agents.is_empty() {
-        bail!("nothing to spawn: the batch is empty");
-    }
-    let client = ctx.client().await?;
-    let answer: BatchResponse = client
-        .call(
-            Method::POST,
-            "/v1/agents/batch",
-            Some(&BatchRequest { agents }),
-        )
-        .await?;
-    let failed = answer
-        .results
-        .iter()
-        .filter(|r| !matches!(r, BatchResult::Spawned(s) if started_ok(s)))
-        .count();
-    if ctx.json {
-        print_json(&answer)?;
-    } else {
-        for r in &answer.results {
-            match r {
-                BatchResult::Spawned(s) if started_ok(s) => println!(
-                    "{} {} (pid {})",
-                    s.agent_id,
-                    s.status,
-                    s.pid.map_or("-".into(), |p| p.to_string())
-                ),
-                BatchResult::Spawned(s) => eprintln!(
-                    "{} {}: {}",
-                    s.agent_id,
-                    s.status,
-                    s.error.as_deref().unwrap_or("failed during verification")
-                ),
-                BatchResult::Failed(f) => eprintln!("{} refused: {}", f.agent_id, f.error.message),
-            }
-        }
-        println!("{} spawned, {failed} failed", answer.results.len() - failed);
-    }
-    Ok(if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-/// JSON lines of spawn requests from a file, or stdin for `-`.
-fn read_requests(file: &std::path::Path) -> Result<Vec<SpawnRequest>> {
-    let text = if file.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin()).context("read spawn requests from stdin")?
-    } else {
-        std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?
-    };
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(n, l)| {
-            serde_json::from_str::<SpawnRequest>(l)
-                .with_context(|| format!("{}:{}: not a spawn request", file.display(), n + 1))
-        })
-        .collect()
+/// A selector from the command line (`ID` or `PREFIX.*`), with a hint for globs.
+pub fn checked_selector(raw: &str) -> Result<Selector> {
+    Ok(Selector::parse(raw)?)
 }
 
 pub async fn status(ctx: &Ctx, id: &str) -> Result<ExitCode> {
-    let path = format!("/v1/agents/{}", path_segment(id)?);
+    let path = format!("/v1/agents/{}", checked_id(id)?);
     let s: AgentStatus = ctx.client().await?.get(&path).await?;
     if ctx.json {
         print_json(&s)?;
         return Ok(ExitCode::SUCCESS);
     }
+    print!("{}", output::key_values(status_lines(&s)));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status_lines(s: &AgentStatus) -> Vec<(&'static str, String)> {
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     let mut rows = vec![
         ("agent_id", s.agent_id.clone()),
@@ -292,8 +47,9 @@ pub async fn status(ctx: &Ctx, id: &str) -> Result<ExitCode> {
         ("persistent_status", s.persistent_status.to_string()),
         ("process_status", s.process_status.clone()),
         ("process_alive", s.process_alive.to_string()),
+        ("ready", opt(s.ready.map(|r| r.to_string()))),
         ("cpu_percent", format!("{:.1}", s.cpu_percent)),
-        ("memory_mb", format!("{:.1}", s.memory_mb)),
+        ("memory", output::size_mb(s.memory_mb)),
         ("num_threads", s.num_threads.to_string()),
         ("runtime", output::duration(s.runtime_seconds)),
         ("progress", opt(s.progress.map(|p| format!("{p}%")))),
@@ -301,8 +57,7 @@ pub async fn status(ctx: &Ctx, id: &str) -> Result<ExitCode> {
         ("cmdline", s.cmdline.clone()),
         ("started_at", s.started_at.clone()),
         ("ended_at", opt(s.ended_at.clone())),
-        ("exit_code", opt(s.exit_code.map(|c| c.to_string()))),
-        ("exit_signal", opt(s.exit_signal.map(|c| c.to_string()))),
+        ("exit", exit_words(s.exit_code, s.exit_signal)),
         ("end_reason", opt(s.end_reason.clone())),
         ("run", s.run.to_string()),
         ("restarts", s.restarts.to_string()),
@@ -312,65 +67,148 @@ pub async fn status(ctx: &Ctx, id: &str) -> Result<ExitCode> {
         ("stdout_log", s.stdout_log.display().to_string()),
         ("stderr_log", s.stderr_log.display().to_string()),
     ];
-    if !s.labels.is_empty() {
-        let labels = s
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        rows.push(("labels", labels));
+    if let Some(t) = &s.tree {
+        rows.push((
+            "tree",
+            format!(
+                "{} processes, {:.1}% CPU, {}",
+                t.processes,
+                t.cpu_percent,
+                output::size_mb(t.memory_mb)
+            ),
+        ));
     }
-    print!("{}", output::key_values(rows));
-    Ok(ExitCode::SUCCESS)
+    for (name, l) in &s.limits {
+        rows.push(("limit", format!("{name} {} ({})", l.value, l.enforced_by)));
+    }
+    if let Some(p) = &s.probe {
+        for (which, state) in [("liveness", &p.liveness), ("readiness", &p.readiness)] {
+            if let Some(st) = state {
+                let last = st.last_result.as_deref().unwrap_or("not checked yet");
+                let out = st.last_output.as_deref().unwrap_or("");
+                rows.push(("probe", format!("{which} {}: {last} {out}", st.kind)));
+            }
+        }
+    }
+    if let Some(u) = &s.user {
+        rows.push(("user", u.clone()));
+    }
+    if !s.labels.is_empty() {
+        let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        rows.push(("labels", labels.join(",")));
+    }
+    rows
+}
+
+pub fn exit_words(code: Option<i32>, signal: Option<i32>) -> String {
+    match (code, signal) {
+        (Some(c), _) => format!("code {c}"),
+        (None, Some(s)) => format!("signal {s}"),
+        _ => "-".into(),
+    }
+}
+
+pub fn health_colour(h: Health) -> Option<Colour> {
+    Some(match h {
+        Health::Healthy => Colour::Green,
+        Health::Failed => Colour::Red,
+        Health::Zombie | Health::Unknown => Colour::Yellow,
+        Health::Completed => Colour::Dim,
+    })
 }
 
 /// The `ps` table for a set of statuses.
-pub fn ps_table(all: &BTreeMap<String, AgentStatus>) -> String {
-    let mut rows = vec![
-        [
-            "ID", "PID", "HEALTH", "STATUS", "READY", "CPU%", "MEM(MB)", "THREADS", "RUNTIME",
-            "RESTARTS", "PROGRESS",
-        ]
-        .map(String::from)
-        .to_vec(),
-    ];
-    for s in all.values() {
-        rows.push(vec![
-            s.agent_id.clone(),
-            s.pid.map_or("-".into(), |p| p.to_string()),
-            s.health.to_string(),
-            s.persistent_status.to_string(),
-            match s.ready {
-                Some(true) => "yes".into(),
-                Some(false) => "no".into(),
-                None => "-".into(),
-            },
-            format!("{:.1}", s.cpu_percent),
-            format!("{:.1}", s.memory_mb),
-            s.num_threads.to_string(),
-            output::duration(s.runtime_seconds),
-            s.restarts.to_string(),
-            match (&s.progress, &s.progress_message) {
+pub fn ps_table(all: &[&AgentStatus]) -> Table {
+    let mut t = Table::new(vec![
+        "ID", "PID", "STATUS", "HEALTH", "READY", "CPU%", "MEM", "RUNTIME", "↺", "EXIT", "INFO",
+    ])
+    .shrinkable(&[0, 10]);
+    for s in all {
+        let info = match (&s.progress, &s.progress_message, &s.end_reason) {
+            _ if s.persistent_status.is_live() => match (&s.progress, &s.progress_message) {
                 (Some(p), Some(m)) => format!("{p}% {m}"),
                 (Some(p), None) => format!("{p}%"),
-                _ => "-".into(),
+                _ => String::new(),
             },
+            (_, _, Some(reason)) => reason.clone(),
+            _ => String::new(),
+        };
+        let info = match &s.next_restart_at {
+            Some(at) => format!("restarts at {at}; {info}"),
+            None => info,
+        };
+        t.push(vec![
+            s.agent_id.as_str().into(),
+            s.pid.map_or("-".into(), |p| p.to_string()).into(),
+            s.persistent_status.as_str().into(),
+            Cell::coloured(s.health.as_str(), health_colour(s.health)),
+            match s.ready {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "-",
+            }
+            .into(),
+            format!("{:.1}", s.cpu_percent).into(),
+            output::size_mb(s.memory_mb).into(),
+            output::duration(s.runtime_seconds).into(),
+            s.restarts.to_string().into(),
+            exit_words(s.exit_code, s.exit_signal).into(),
+            info.into(),
         ]);
     }
-    output::table(&rows)
+    t
 }
 
-pub async fn ps(ctx: &Ctx) -> Result<ExitCode> {
-    let all: BTreeMap<String, AgentStatus> = ctx.client().await?.get("/v1/agents").await?;
-    if ctx.json {
-        print_json(&all)?;
-    } else if all.is_empty() {
-        println!("no agents");
-    } else {
-        print!("{}", ps_table(&all));
+/// Whether a status passes `ps`'s filters.
+fn keep(s: &AgentStatus, sel: Option<&Selector>, labels: &BTreeMap<String, String>, states: &[String]) -> bool {
+    let id_ok = sel.is_none_or(|sel| AgentId::new(s.agent_id.as_str()).is_ok_and(|id| sel.matches(&id)));
+    let labels_ok = labels.iter().all(|(k, v)| s.labels.get(k) == Some(v));
+    let states_ok = states.is_empty()
+        || states
+            .iter()
+            .any(|w| w == s.persistent_status.as_str() || w == s.health.as_str());
+    id_ok && labels_ok && states_ok
+}
+
+const STATE_WORDS: [&str; 8] = [
+    "spawning", "running", "completed", "failed", "cancelled", "healthy", "zombie", "unknown",
+];
+
+pub async fn ps(ctx: &Ctx, args: &PsArgs) -> Result<ExitCode> {
+    let sel = args.selector.as_deref().map(checked_selector).transpose()?;
+    let labels = super::spawn::key_values(&args.labels, "--label")?;
+    if let Some(bad) = args.states.iter().find(|s| !STATE_WORDS.contains(&s.as_str())) {
+        return Err(usage(format!(
+            "--state {bad:?}: use one of {}",
+            STATE_WORDS.join(", ")
+        )));
     }
-    Ok(ExitCode::SUCCESS)
+    let client = ctx.client().await?;
+    loop {
+        let all: BTreeMap<String, AgentStatus> = client.get("/v1/agents").await?;
+        let shown: Vec<&AgentStatus> = all
+            .values()
+            .filter(|s| keep(s, sel.as_ref(), &labels, &args.states))
+            .collect();
+        let text = if ctx.json {
+            let shown: BTreeMap<&str, &AgentStatus> =
+                shown.iter().map(|s| (s.agent_id.as_str(), *s)).collect();
+            serde_json::to_string_pretty(&shown)? + "\n"
+        } else if shown.is_empty() {
+            if all.is_empty() { "no agents\n" } else { "no agent matches\n" }.to_owned()
+        } else {
+            ps_table(&shown).render(Style::stdout(args.wide))
+        };
+        let Some(every) = args.watch else {
+            print!("{text}");
+            return Ok(ExitCode::SUCCESS);
+        };
+        // Clear the screen and redraw, like `watch`.
+        print!("\x1b[2J\x1b[H{text}");
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        tokio::time::sleep(Duration::from_secs_f64(every.max(0.2))).await;
+    }
 }
 
 pub async fn summary(ctx: &Ctx) -> Result<ExitCode> {
@@ -378,7 +216,7 @@ pub async fn summary(ctx: &Ctx) -> Result<ExitCode> {
     if ctx.json {
         print_json(&s)?;
     } else {
-        let rows = [
+        let rows = vec![
             ("total", s.total.to_string()),
             ("spawning", s.spawning.to_string()),
             ("running", s.running.to_string()),
@@ -386,16 +224,16 @@ pub async fn summary(ctx: &Ctx) -> Result<ExitCode> {
             ("failed", s.failed.to_string()),
             ("cancelled", s.cancelled.to_string()),
             ("zombie", s.zombie.to_string()),
-            ("total_memory_mb", format!("{:.1}", s.total_memory_mb)),
-            ("total_cpu_percent", format!("{:.1}", s.total_cpu_percent)),
+            ("memory", output::size_mb(s.total_memory_mb)),
+            ("cpu_percent", format!("{:.1}", s.total_cpu_percent)),
         ];
-        print!("{}", output::key_values(rows.to_vec()));
+        print!("{}", output::key_values(rows));
     }
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn health(ctx: &Ctx, id: &str) -> Result<ExitCode> {
-    let path = format!("/v1/agents/{}/health", path_segment(id)?);
+    let path = format!("/v1/agents/{}/health", checked_id(id)?);
     let h: HealthReport = ctx.client().await?.get(&path).await?;
     if ctx.json {
         print_json(&h)?;
@@ -409,122 +247,23 @@ pub async fn health(ctx: &Ctx, id: &str) -> Result<ExitCode> {
     })
 }
 
-fn print_reports(ctx: &Ctx, reports: &[StopReport]) -> Result<()> {
-    if ctx.json {
-        return print_json(&reports);
-    }
-    if reports.is_empty() {
-        println!("no agents matched");
-        return Ok(());
-    }
-    let mut rows = vec![
-        ["ID", "PID", "STAGE", "TOOK", "EXIT", "STATUS"]
-            .map(String::from)
-            .to_vec(),
-    ];
-    for r in reports {
-        let exit = match (r.exit_code, r.exit_signal) {
-            (Some(c), _) => format!("code {c}"),
-            (None, Some(s)) => format!("signal {s}"),
-            _ => "-".into(),
-        };
-        rows.push(vec![
-            r.agent_id.clone(),
-            r.pid.map_or("-".into(), |p| p.to_string()),
-            serde_json::to_value(r.stage)?
-                .as_str()
-                .unwrap_or("?")
-                .to_owned(),
-            format!("{:.0}ms", r.duration_ms),
-            exit,
-            r.persistent_status.to_string(),
-        ]);
-    }
-    print!("{}", output::table(&rows));
-    Ok(())
-}
-
-pub async fn stop(ctx: &Ctx, args: StopArgs) -> Result<ExitCode> {
-    let timeouts = args
-        .stop_timeouts
-        .as_deref()
-        .map(parse_timeouts)
-        .transpose()?;
-    let client = ctx.client().await?;
-    let reports: Vec<StopReport> = match args.target.as_deref() {
-        Some(target) if !target.ends_with(".*") => {
-            let path = format!("/v1/agents/{}/stop", path_segment(target)?);
-            let body = CleanupOptions {
-                force: args.force,
-                stop_timeouts: timeouts,
-            };
-            let one: StopReport = client.call(Method::POST, &path, Some(&body)).await?;
-            vec![one]
-        }
-        target => {
-            let body = StopManyRequest {
-                all: target.is_none(),
-                selector: target.map(str::to_owned),
-                force: args.force,
-                stop_timeouts: timeouts,
-                live_only: false,
-            };
-            client.call(Method::POST, "/v1/stop", Some(&body)).await?
-        }
-    };
-    print_reports(ctx, &reports)?;
-    Ok(ExitCode::SUCCESS)
-}
-
-pub async fn kill(ctx: &Ctx, id: &str, force: bool) -> Result<ExitCode> {
-    let path = format!("/v1/agents/{}/kill", path_segment(id)?);
-    let answer: KillResponse = ctx
-        .client()
-        .await?
-        .call(Method::POST, &path, Some(&KillRequest { force }))
-        .await?;
-    if ctx.json {
-        print_json(&answer)?;
-    } else {
-        print_reports(ctx, std::slice::from_ref(&answer.report))?;
-    }
-    Ok(
-        if answer.report.stage == corral_core::StopStage::Unkillable {
-            ExitCode::FAILURE
-        } else {
-            ExitCode::SUCCESS
-        },
-    )
-}
-
-pub async fn progress(
-    ctx: &Ctx,
-    percent: i64,
-    message: Option<String>,
-    agent: Option<String>,
-) -> Result<ExitCode> {
-    let id = match agent.or_else(|| std::env::var("CORRAL_AGENT_ID").ok()) {
-        Some(id) => id,
-        None => bail!(
-            "no agent to report for: run inside an agent (CORRAL_AGENT_ID) or pass --agent ID"
-        ),
+pub async fn progress(ctx: &Ctx, args: &ProgressArgs) -> Result<ExitCode> {
+    let Some(id) = args.agent.clone().or_else(|| std::env::var("CORRAL_AGENT_ID").ok()) else {
+        return Err(usage(
+            "no agent to report for: run inside an agent (CORRAL_AGENT_ID) or pass --agent ID",
+        ));
     };
     // Inside an agent the daemon's socket is given; it must already be running.
     let client = match std::env::var_os("CORRAL_SOCKET").filter(|s| !s.is_empty()) {
-        Some(sock) => Client::new(sock),
-        None => ctx.client().await?,
+        Some(sock) if ctx.remote.is_none() => Client::new(sock),
+        _ => ctx.client().await?,
     };
-    let path = format!("/v1/agents/{}/progress", path_segment(&id)?);
-    let s: AgentStatus = client
-        .call(
-            Method::PUT,
-            &path,
-            Some(&ProgressUpdate {
-                progress: percent,
-                message,
-            }),
-        )
-        .await?;
+    let path = format!("/v1/agents/{}/progress", checked_id(&id)?);
+    let update = ProgressUpdate {
+        progress: args.percent,
+        message: args.message.clone(),
+    };
+    let s: AgentStatus = client.call(Method::PUT, &path, Some(&update)).await?;
     if ctx.json {
         print_json(&s)?;
     }
@@ -566,7 +305,7 @@ fn print_removal(ctx: &Ctx, r: &Removal) -> Result<ExitCode> {
 }
 
 pub async fn remove(ctx: &Ctx, id: &str) -> Result<ExitCode> {
-    let path = format!("/v1/agents/{}", path_segment(id)?);
+    let path = format!("/v1/agents/{}", checked_id(id)?);
     let r: Removal = ctx
         .client()
         .await?
@@ -584,73 +323,48 @@ pub async fn prune(ctx: &Ctx) -> Result<ExitCode> {
     print_removal(ctx, &r)
 }
 
-/// Events are JSON lines with or without `--json`: one self-describing document per line.
-pub async fn events(ctx: &Ctx, follow: bool, since: i64) -> Result<ExitCode> {
-    use std::io::Write;
-    let path = format!("/v1/events?since={since}&follow={follow}");
-    let client = ctx.client().await?;
-    let mut out = std::io::stdout().lock();
-    client
-        .sse(&path, |data| {
-            writeln!(out, "{data}").and_then(|()| out.flush()).is_ok()
-        })
-        .await?;
-    Ok(ExitCode::SUCCESS)
-}
-
 pub async fn runs(ctx: &Ctx, id: &str) -> Result<ExitCode> {
-    let path = format!("/v1/agents/{}/runs", path_segment(id)?);
+    let path = format!("/v1/agents/{}/runs", checked_id(id)?);
     let runs: Vec<RunInfo> = ctx.client().await?.get(&path).await?;
     if ctx.json {
         print_json(&runs)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut rows = vec![
-        ["RUN", "PID", "STARTED", "ENDED", "STATUS", "EXIT", "REASON"]
-            .map(String::from)
-            .to_vec(),
-    ];
+    let mut t = Table::new(vec!["RUN", "PID", "STARTED", "ENDED", "STATUS", "EXIT", "REASON"])
+        .shrinkable(&[6]);
     for r in &runs {
-        let exit = match (r.exit_code, r.exit_signal) {
-            (Some(c), _) => format!("code {c}"),
-            (None, Some(s)) => format!("signal {s}"),
-            _ => "-".into(),
-        };
-        rows.push(vec![
-            r.run.to_string(),
-            r.pid.map_or("-".into(), |p| p.to_string()),
-            r.started_at.clone(),
-            r.ended_at.clone().unwrap_or_else(|| "-".into()),
-            r.persistent_status.to_string(),
-            exit,
-            r.end_reason.clone().unwrap_or_else(|| "-".into()),
+        t.push(vec![
+            r.run.to_string().into(),
+            r.pid.map_or("-".into(), |p| p.to_string()).into(),
+            r.started_at.as_str().into(),
+            r.ended_at.clone().unwrap_or_else(|| "-".into()).into(),
+            r.persistent_status.as_str().into(),
+            exit_words(r.exit_code, r.exit_signal).into(),
+            r.end_reason.clone().unwrap_or_else(|| "-".into()).into(),
         ]);
     }
-    print!("{}", output::table(&rows));
+    print!("{}", t.render(Style::stdout(false)));
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn wait(
-    ctx: &Ctx,
-    target: &str,
-    timeout: Option<std::time::Duration>,
-) -> Result<ExitCode> {
+pub async fn wait(ctx: &Ctx, target: &str, timeout: Option<Duration>) -> Result<ExitCode> {
+    let sel = checked_selector(target)?;
     let client = ctx.client().await?;
     let timeout_s = timeout.map_or(3600.0, |t| t.as_secs_f64());
-    let ids: Vec<String> = if let Some(prefix) = target.strip_suffix(".*") {
-        let sel = corral_core::Selector::parse(target)?;
-        let all: BTreeMap<String, AgentStatus> = client.get("/v1/agents").await?;
-        let ids: Vec<String> = all
-            .keys()
-            .filter(|id| corral_core::AgentId::new(id.as_str()).is_ok_and(|a| sel.matches(&a)))
-            .cloned()
-            .collect();
-        if ids.is_empty() {
-            bail!("no agent matches {prefix}.*");
+    let ids: Vec<String> = match &sel {
+        Selector::One(id) => vec![id.to_string()],
+        _ => {
+            let all: BTreeMap<String, AgentStatus> = client.get("/v1/agents").await?;
+            let ids: Vec<String> = all
+                .keys()
+                .filter(|id| AgentId::new(id.as_str()).is_ok_and(|a| sel.matches(&a)))
+                .cloned()
+                .collect();
+            if ids.is_empty() {
+                bail!("no agent matches {target}");
+            }
+            ids
         }
-        ids
-    } else {
-        vec![path_segment(target)?]
     };
     let waits = ids.iter().map(|id| {
         let client = client.clone();
@@ -674,23 +388,63 @@ pub async fn wait(
         }
     }
     if let [one] = statuses.as_slice() {
-        let code =
-            one.exit_code
-                .unwrap_or(if one.persistent_status == PersistentStatus::Completed {
-                    0
-                } else {
-                    1
-                });
+        let fallback = if one.persistent_status == PersistentStatus::Completed { 0 } else { 1 };
+        let code = one.exit_code.unwrap_or(fallback);
         return Ok(ExitCode::from(code.clamp(0, 255) as u8));
     }
-    Ok(
-        if statuses
-            .iter()
-            .all(|s| s.persistent_status == PersistentStatus::Completed)
-        {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        },
-    )
+    let all_completed = statuses
+        .iter()
+        .all(|s| s.persistent_status == PersistentStatus::Completed);
+    Ok(if all_completed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// One event as a line of text: when, agent and run, kind, the kind's fields.
+pub fn event_line(ev: &Event) -> String {
+    let d = &ev.data;
+    let s = |k: &str| d.get(k).and_then(|v| v.as_str().map(str::to_owned).or_else(|| (!v.is_null()).then(|| v.to_string())));
+    let detail = match ev.kind.as_str() {
+        "state" => {
+            let mut parts = vec![s("status").unwrap_or_default()];
+            parts.extend(s("pid").map(|p| format!("pid {p}")));
+            parts.extend(s("exit_code").map(|c| format!("exit code {c}")));
+            parts.extend(s("exit_signal").map(|c| format!("signal {c}")));
+            parts.extend(s("reason").map(|r| format!("— {r}")));
+            parts.join(" ")
+        }
+        "progress" => format!(
+            "{}%{}",
+            s("progress").unwrap_or_default(),
+            s("message").map(|m| format!(" {m}")).unwrap_or_default()
+        ),
+        "stop_stage" => format!("{} ({})", s("stage").unwrap_or_default(), s("signal").unwrap_or_default()),
+        "restart" => format!("in {} s (attempt {})", s("delay_s").unwrap_or_default(), s("attempt").unwrap_or_default()),
+        _ => serde_json::Value::Object(d.clone()).to_string(),
+    };
+    format!("{}  {}  run {}  {}  {}", ev.at, ev.agent_id, ev.run, ev.kind, detail)
+}
+
+pub async fn events(ctx: &Ctx, follow: bool, since: i64) -> Result<ExitCode> {
+    use std::io::Write;
+    let path = format!("/v1/events?since={since}&follow={follow}");
+    let client = ctx.client().await?;
+    let mut out = std::io::stdout().lock();
+    let json = ctx.json;
+    client
+        .sse(&path, |data| {
+            let line = if json {
+                data.to_owned()
+            } else {
+                match serde_json::from_str::<Event>(data) {
+                    Ok(ev) => event_line(&ev),
+                    Err(_) => data.to_owned(),
+                }
+            };
+            writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
+        })
+        .await?;
+    Ok(ExitCode::SUCCESS)
 }

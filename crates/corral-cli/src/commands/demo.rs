@@ -32,6 +32,16 @@ fn agent(id: &str, script: &str, corral: &str) -> SpawnRequest {
     }
 }
 
+/// The demo's table: `corral ps`'s, fitted to 80 columns.
+fn table(all: &BTreeMap<String, AgentStatus>) -> String {
+    let rows: Vec<&AgentStatus> = all.values().collect();
+    let style = crate::output::Style {
+        width: Some(crate::output::terminal_width().unwrap_or(80).min(80)),
+        ..crate::output::Style::stdout(false)
+    };
+    super::agents::ps_table(&rows).render(style)
+}
+
 pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     let dir = tempfile::Builder::new()
         .prefix("corral-demo-")
@@ -107,7 +117,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
             print!("\x1b[2J\x1b[H");
         }
         println!("\n— t = {:.0}s —", began.elapsed().as_secs_f64());
-        print!("{}", super::agents::ps_table(&all));
+        print!("{}", table(&all));
     }
 
     println!("\nstopping the team (SIGTERM, then SIGKILL for whatever ignores it)…");
@@ -127,7 +137,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     }
     let all: BTreeMap<String, AgentStatus> = client.get("/v1/agents").await?;
     println!();
-    print!("{}", super::agents::ps_table(&all));
+    print!("{}", table(&all));
     let summary: ProcessSummary = client.get("/v1/summary").await?;
     println!(
         "\n{} agents: {} completed, {} failed, {} cancelled, {} running",

@@ -8,8 +8,8 @@ use anyhow::Result;
 use super::Ctx;
 use crate::cli::LogsArgs;
 
-pub async fn run(ctx: &Ctx, args: LogsArgs) -> Result<ExitCode> {
-    let id = corral_core::AgentId::new(args.id.as_str())?;
+pub async fn run(ctx: &Ctx, args: &LogsArgs) -> Result<ExitCode> {
+    let id = super::agents::checked_id(&args.id)?;
     let stream = if args.both {
         "both"
     } else if args.stderr {
@@ -26,10 +26,37 @@ pub async fn run(ctx: &Ctx, args: LogsArgs) -> Result<ExitCode> {
     }
     let client = ctx.client().await?;
     let mut out = std::io::stdout().lock();
+    if !ctx.json {
+        client
+            .stream(&path, |chunk| {
+                out.write_all(chunk).and_then(|()| out.flush()).is_ok()
+            })
+            .await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    // JSON: one document per line of output, as it comes.
+    let mut partial = Vec::new();
+    let emit = |line: &[u8], out: &mut std::io::StdoutLock<'_>| {
+        let doc = serde_json::json!({
+            "agent_id": id, "stream": stream, "run": args.run,
+            "line": String::from_utf8_lossy(line),
+        });
+        writeln!(out, "{doc}").and_then(|()| out.flush()).is_ok()
+    };
     client
         .stream(&path, |chunk| {
-            out.write_all(chunk).and_then(|()| out.flush()).is_ok()
+            partial.extend_from_slice(chunk);
+            while let Some(nl) = partial.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = partial.drain(..=nl).collect();
+                if !emit(&line[..line.len() - 1], &mut out) {
+                    return false;
+                }
+            }
+            true
         })
         .await?;
+    if !partial.is_empty() {
+        emit(&partial, &mut out);
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,33 +1,87 @@
 //! One function per command; each is a thin client of the daemon's routes.
+//!
+//! Exit codes are decided here and in `main` only: 0 ok, 1 failure, 2 usage
+//! error (a bad argument, or a request the daemon refused as invalid), 3
+//! another daemon holds the state dir, 4 no such agent.
 
 mod agents;
 mod bench;
 mod daemon;
 mod demo;
 mod logs;
+mod project;
+mod spawn;
+mod stop;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
 use corral_api::Client;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Before, Cli, Command, Conn, Json};
 use crate::connect;
 
 /// Exit code of a daemon that lost the lock race: another daemon serves the state dir.
 pub const EXIT_ALREADY_RUNNING: u8 = 3;
+/// Exit code of a usage error.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code when the agent asked about does not exist.
+pub const EXIT_NOT_FOUND: u8 = 4;
 
-/// Global options every command sees.
+/// A mistake in how corral was called (exit 2, like clap's own usage errors).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// A usage error with this message.
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    UsageError(message.into()).into()
+}
+
+/// The exit code for an error: usage, not found, or plain failure.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.is::<UsageError>() || cause.is::<corral_core::InvalidId>() {
+            return EXIT_USAGE;
+        }
+        if let Some(api) = cause.downcast_ref::<corral_api::ClientError>() {
+            match api.code() {
+                Some("not_found") => return EXIT_NOT_FOUND,
+                Some("invalid") => return EXIT_USAGE,
+                _ => {}
+            }
+        }
+    }
+    1
+}
+
+/// The options every client command sees, merged from before and after its name.
 pub struct Ctx {
-    pub state_dir: std::path::PathBuf,
+    pub state_dir: PathBuf,
     pub autostart: bool,
     pub json: bool,
     /// A TCP daemon to use instead of the socket: address and token.
     pub remote: Option<(std::net::SocketAddr, String)>,
-    pub token_file: Option<std::path::PathBuf>,
 }
 
 impl Ctx {
+    fn new(before: &Before, conn: &Conn, out: Json) -> Result<Self> {
+        let url = conn.url.clone().or_else(|| before.url.clone());
+        let token_file = conn.token_file.clone().or_else(|| before.token_file.clone());
+        let remote = match &url {
+            Some(url) => Some(connect::remote(url, token_file.as_deref())?),
+            None => None,
+        };
+        let state_dir = conn.state_dir.clone().or_else(|| before.state_dir.clone());
+        Ok(Self {
+            state_dir: connect::state_dir(state_dir.as_deref())?,
+            autostart: !(conn.no_autostart || before.no_autostart),
+            json: out.json || before.json,
+            remote,
+        })
+    }
+
     pub async fn client(&self) -> Result<Client> {
         match &self.remote {
             Some((addr, token)) => Ok(Client::tcp(*addr, token.clone())),
@@ -43,39 +97,44 @@ pub fn print_json(value: &impl serde::Serialize) -> Result<()> {
 }
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
-    let remote = match &cli.url {
-        Some(url) => Some(connect::remote(url, cli.token_file.as_deref())?),
-        None => None,
-    };
-    let ctx = Ctx {
-        state_dir: connect::state_dir(cli.state_dir.as_deref())?,
-        autostart: !cli.no_autostart,
-        json: cli.json,
-        remote,
-        token_file: cli.token_file,
-    };
+    let b = &cli.before;
+    let ctx = |conn: &Conn, out: Json| Ctx::new(b, conn, out);
     match cli.command {
-        Command::Daemon(args) => daemon::run(&ctx, args).await,
-        Command::Spawn(args) => agents::spawn(&ctx, *args).await,
-        Command::Status { id } => agents::status(&ctx, &id).await,
-        Command::Ps => agents::ps(&ctx).await,
-        Command::Summary => agents::summary(&ctx).await,
-        Command::Health { id } => agents::health(&ctx, &id).await,
-        Command::Stop(args) => agents::stop(&ctx, args).await,
-        Command::Kill { id, force } => agents::kill(&ctx, &id, force).await,
-        Command::Reap => agents::reap(&ctx).await,
-        Command::Rm { id } => agents::remove(&ctx, &id).await,
-        Command::Prune => agents::prune(&ctx).await,
-        Command::Logs(args) => logs::run(&ctx, args).await,
-        Command::Runs { id } => agents::runs(&ctx, &id).await,
-        Command::Wait { target, timeout } => agents::wait(&ctx, &target, timeout).await,
-        Command::Progress {
-            percent,
-            message,
-            agent,
-        } => agents::progress(&ctx, percent, message, agent).await,
-        Command::Events { follow, since } => agents::events(&ctx, follow, since).await,
+        Command::Daemon(args) => daemon::run(b, args).await,
+        Command::Spawn(args) => {
+            let ctx = ctx(&args.conn, args.out)?;
+            spawn::spawn(&ctx, *args).await
+        }
+        Command::Status(a) => agents::status(&ctx(&a.conn, a.out)?, &a.id).await,
+        Command::Ps(a) => agents::ps(&ctx(&a.conn, a.out)?, &a).await,
+        Command::Summary(a) => agents::summary(&ctx(&a.conn, a.out)?).await,
+        Command::Health(a) => agents::health(&ctx(&a.conn, a.out)?, &a.id).await,
+        Command::Stop(a) => stop::stop(&ctx(&a.conn, a.out)?, &a).await,
+        Command::Kill(a) => stop::kill(&ctx(&a.conn, a.out)?, &a.id, a.force).await,
+        Command::Reap(a) => agents::reap(&ctx(&a.conn, a.out)?).await,
+        Command::Rm(a) => agents::remove(&ctx(&a.conn, a.out)?, &a.id).await,
+        Command::Prune(a) => agents::prune(&ctx(&a.conn, a.out)?).await,
+        Command::Logs(a) => logs::run(&ctx(&a.conn, a.out)?, &a).await,
+        Command::Runs(a) => agents::runs(&ctx(&a.conn, a.out)?, &a.id).await,
+        Command::Wait(a) => agents::wait(&ctx(&a.conn, a.out)?, &a.target, a.timeout).await,
+        Command::Progress(a) => agents::progress(&ctx(&a.conn, a.out)?, &a).await,
+        Command::Events(a) => agents::events(&ctx(&a.conn, a.out)?, a.follow, a.since).await,
+        Command::Up(a) => project::up(&ctx(&a.conn, a.out)?, &a).await,
+        Command::Down(a) => project::down(&ctx(&a.conn, a.out)?, &a).await,
         Command::Demo(args) => demo::run(args).await,
-        Command::Bench(args) => bench::run(&ctx, args).await,
+        Command::Bench(args) => {
+            let ctx = ctx(&Conn::default(), args.out)?;
+            bench::run(&ctx, args).await
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "corral", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

@@ -222,9 +222,15 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Asserts a failure that says why in one `error: …` line (after the notice
+/// of an autostarted daemon, when the command started one).
 pub fn assert_one_error_line(out: &Output, needle: &str) {
     assert!(!out.status.success(), "expected failure, got success");
-    let err = stderr(out);
+    let err: String = stderr(out)
+        .lines()
+        .filter(|l| !l.starts_with("corral: started a daemon"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     assert!(err.starts_with("error: "), "{err:?}");
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
     assert!(err.contains(needle), "{err:?} should mention {needle:?}");

@@ -212,6 +212,7 @@ impl View {
             restarts: self.run.saturating_sub(1),
             next_restart_at: self.next_restart_at.clone(),
             restart_policy: self.spec.restart.policy.as_str().to_owned(),
+            stop_timeouts: self.spec.stop_timeouts.to_vec(),
             ready: self.ready,
             probe: self.probes.clone(),
             limits: self.limits.clone(),

@@ -28,7 +28,7 @@ use serde_json::Value;
 
 use super::{Ctx, print_json};
 use crate::cli::BenchArgs;
-use crate::output;
+use crate::output::{Cell, Colour, Style, Table};
 
 /// Clients sending single spawn requests at once (a coordinator's thread pool).
 const CLIENTS: usize = 8;
@@ -207,7 +207,7 @@ pub async fn run(ctx: &Ctx, args: BenchArgs) -> Result<ExitCode> {
     let client = private.client.clone();
     let say = |s: &str| {
         if !ctx.json {
-            eprintln!("… {s}");
+            crate::say(&format!("… {s}"));
         }
     };
     let mut figures = Vec::new();
@@ -463,26 +463,22 @@ fn report(ctx: &Ctx, figures: &[Figure]) -> Result<ExitCode> {
         print_json(&figures)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut rows = vec![
-        ["figure", "corral", "baseline", "ratio", "unit", "target"]
-            .map(String::from)
-            .to_vec(),
-    ];
+    let mut t = Table::new(vec!["figure", "corral", "baseline", "ratio", "unit", "target"]);
     for f in figures {
-        rows.push(vec![
-            f.figure.clone(),
-            format!("{:.3}", f.corral),
-            f.baseline.map_or("-".into(), |b| format!("{b:.3}")),
-            f.ratio.map_or("-".into(), |r| format!("{r:.2}x")),
-            f.unit.to_owned(),
+        t.push(vec![
+            f.figure.as_str().into(),
+            format!("{:.3}", f.corral).into(),
+            f.baseline.map_or("-".into(), |b| format!("{b:.3}")).into(),
+            f.ratio.map_or("-".into(), |r| format!("{r:.2}x")).into(),
+            f.unit.into(),
             match (&f.target, f.met) {
-                (Some(t), Some(true)) => format!("{t} met"),
-                (Some(t), _) => format!("{t} NOT met"),
+                (Some(t), Some(true)) => Cell::coloured(format!("{t} met"), Some(Colour::Green)),
+                (Some(t), _) => Cell::coloured(format!("{t} NOT met"), Some(Colour::Red)),
                 _ => "-".into(),
             },
         ]);
     }
-    print!("{}", output::table(&rows));
+    print!("{}", t.render(Style::stdout(true)));
     for f in figures.iter().filter(|f| !f.note.is_empty()) {
         println!("  {}: {}", f.figure, f.note);
     }

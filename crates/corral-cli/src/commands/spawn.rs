@@ -1,0 +1,272 @@
+//! `spawn`: one agent, or many in one batch (`--count`, `--from`).
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use corral_api::client::Method;
+use corral_core::{
+    BatchRequest, BatchResponse, BatchResult, Limits, PersistentStatus, Probe, Probes,
+    RestartPolicy, SpawnRequest, SpawnResponse,
+};
+
+use super::{Ctx, print_json, usage};
+use crate::cli::SpawnArgs;
+
+pub fn key_values(pairs: &[String], what: &str) -> Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+            _ => Err(usage(format!("{what} {kv:?} must look like KEY=VALUE"))),
+        })
+        .collect()
+}
+
+/// `10,5,5` → `[10.0, 5.0, 5.0]`.
+pub fn parse_timeouts(raw: &str) -> Result<Vec<f64>> {
+    parse_seconds_list(
+        raw,
+        3,
+        "--stop-timeouts takes three waits in seconds, like 10,5,5",
+    )
+}
+
+
+/// The spawn request the flags describe (without the id).
+fn request_from_args(args: &SpawnArgs) -> Result<SpawnRequest> {
+    let cwd = match &args.cwd {
+        Some(d) => Some(std::path::absolute(d).with_context(|| format!("--cwd {}", d.display()))?),
+        None => Some(std::env::current_dir().context("cannot read the current directory")?),
+    };
+    let agent_dir = args
+        .agent_dir
+        .as_ref()
+        .map(|d| std::path::absolute(d).with_context(|| format!("--agent-dir {}", d.display())))
+        .transpose()?;
+    let restart = if args.restart.is_some()
+        || args.max_restarts.is_some()
+        || args.backoff.is_some()
+        || args.restart_window.is_some()
+    {
+        let mut policy = RestartPolicy::default();
+        if let Some(mode) = &args.restart {
+            policy.policy = serde_json::from_value(serde_json::Value::String(mode.clone()))?;
+        }
+        if let Some(n) = args.max_restarts {
+            policy.max_restarts = n;
+        }
+        if let Some(w) = args.restart_window {
+            policy.window_s = w.as_secs_f64();
+        }
+        if let Some(b) = &args.backoff {
+            let v = parse_seconds_list(b, 2, "--backoff takes MIN,MAX seconds, like 1,60")?;
+            policy.backoff_s = [v[0], v[1]];
+        }
+        Some(policy)
+    } else {
+        None
+    };
+    let limits = Limits {
+        memory_mb: args.memory,
+        pids: args.pids,
+        nofile: args.nofile,
+        cpu_percent: args.cpu,
+    };
+    Ok(SpawnRequest {
+        agent_id: String::new(),
+        command: args.command.clone(),
+        limits: (!limits.is_empty()).then_some(limits),
+        probes: probes_from_args(args),
+        user: args.user.clone(),
+        cwd,
+        env: key_values(&args.env, "--env")?,
+        agent_dir,
+        labels: key_values(&args.labels, "--label")?,
+        stop_timeouts: args
+            .stop_timeouts
+            .as_deref()
+            .map(parse_timeouts)
+            .transpose()?,
+        verify_ms: args.verify_ms,
+        restart,
+        max_runtime_s: args.max_runtime.map(|d| d.as_secs_f64()),
+        ..SpawnRequest::default()
+    })
+}
+
+/// The probes the flags describe, if any.
+fn probes_from_args(args: &SpawnArgs) -> Option<Probes> {
+    let shell = |cmd: &String| Probe::Exec(vec!["sh".into(), "-c".into(), cmd.clone()]);
+    let liveness = args
+        .liveness_http
+        .clone()
+        .map(Probe::Http)
+        .or_else(|| args.liveness_exec.as_ref().map(shell))
+        .or_else(|| args.liveness_tcp.clone().map(Probe::Tcp))
+        .or_else(|| {
+            args.progress_stale
+                .map(|d| Probe::ProgressStaleS(d.as_secs_f64()))
+        });
+    let readiness = args
+        .readiness_http
+        .clone()
+        .map(Probe::Http)
+        .or_else(|| args.readiness_exec.as_ref().map(shell))
+        .or_else(|| args.readiness_tcp.clone().map(Probe::Tcp))
+        .or_else(|| args.readiness_log.clone().map(Probe::Log));
+    if liveness.is_none() && readiness.is_none() {
+        return None;
+    }
+    let defaults = Probes::default();
+    Some(Probes {
+        liveness,
+        readiness,
+        interval_s: args
+            .probe_interval
+            .map_or(defaults.interval_s, |d| d.as_secs_f64()),
+        timeout_s: args
+            .probe_timeout
+            .map_or(defaults.timeout_s, |d| d.as_secs_f64()),
+        failures: args.probe_failures.unwrap_or(defaults.failures),
+    })
+}
+
+fn parse_seconds_list(raw: &str, n: usize, usage: &str) -> Result<Vec<f64>> {
+    let parsed: Result<Vec<f64>, _> = raw.split(',').map(|t| t.trim().parse::<f64>()).collect();
+    match parsed {
+        Ok(v) if v.len() == n => Ok(v),
+        _ => Err(super::usage(format!("{usage} (got {raw:?})"))),
+    }
+}
+
+/// True when a spawn answer means "it started and did not fail".
+fn started_ok(resp: &SpawnResponse) -> bool {
+    matches!(
+        resp.status,
+        PersistentStatus::Running | PersistentStatus::Completed
+    ) && resp.exit_code.unwrap_or(0) == 0
+}
+
+pub async fn spawn(ctx: &Ctx, args: SpawnArgs) -> Result<ExitCode> {
+    if args.from.is_some() || args.count.is_some() {
+        return spawn_batch(ctx, args).await;
+    }
+    if args.command.is_empty() {
+        return Err(usage("say what to run after `--`, e.g. corral spawn ID -- sleep 60"));
+    }
+    let mut req = request_from_args(&args)?;
+    req.agent_id = args.id.clone().unwrap_or_default();
+    let client = ctx.client().await?;
+    let resp: SpawnResponse = client.call(Method::POST, "/v1/agents", Some(&req)).await?;
+    let ok = started_ok(&resp);
+    if ctx.json {
+        print_json(&resp)?;
+    } else if ok {
+        println!(
+            "{} {} (pid {}, run {})",
+            resp.agent_id,
+            resp.status,
+            resp.pid.map_or("-".into(), |p| p.to_string()),
+            resp.run
+        );
+    }
+    if ok {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        if !ctx.json {
+            crate::say(&format!(
+                "error: {}",
+                resp.error
+                    .as_deref()
+                    .unwrap_or("the agent failed during verification")
+            ));
+        }
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// `spawn PREFIX --count N` and `spawn --from FILE`: one batch request.
+async fn spawn_batch(ctx: &Ctx, args: SpawnArgs) -> Result<ExitCode> {
+    let agents: Vec<SpawnRequest> = match (&args.from, args.count) {
+        (Some(file), _) => read_requests(file)?,
+        (None, Some(n)) => {
+            if args.command.is_empty() {
+                bail!(
+                    "say what to run after `--`, e.g. corral spawn PREFIX --count 10 -- sleep 60"
+                );
+            }
+            let prefix = args.id.clone().unwrap_or_default();
+            let base = request_from_args(&args)?;
+            (1..=n)
+                .map(|i| SpawnRequest {
+                    agent_id: format!("{prefix}.{i}"),
+                    ..base.clone()
+                })
+                .collect()
+        }
+        (None, None) => unreachable!("spawn_batch is called with --from or --count"),
+    };
+    if agents.is_empty() {
+        bail!("nothing to spawn: the batch is empty");
+    }
+    let client = ctx.client().await?;
+    let answer: BatchResponse = client
+        .call(
+            Method::POST,
+            "/v1/agents/batch",
+            Some(&BatchRequest { agents }),
+        )
+        .await?;
+    let failed = answer
+        .results
+        .iter()
+        .filter(|r| !matches!(r, BatchResult::Spawned(s) if started_ok(s)))
+        .count();
+    if ctx.json {
+        print_json(&answer)?;
+    } else {
+        for r in &answer.results {
+            match r {
+                BatchResult::Spawned(s) if started_ok(s) => println!(
+                    "{} {} (pid {})",
+                    s.agent_id,
+                    s.status,
+                    s.pid.map_or("-".into(), |p| p.to_string())
+                ),
+                BatchResult::Spawned(s) => crate::say(&format!(
+                    "{} {}: {}",
+                    s.agent_id,
+                    s.status,
+                    s.error.as_deref().unwrap_or("failed during verification")
+                )),
+                BatchResult::Failed(f) => crate::say(&format!("{} refused: {}", f.agent_id, f.error.message)),
+            }
+        }
+        println!("{} spawned, {failed} failed", answer.results.len() - failed);
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// JSON lines of spawn requests from a file, or stdin for `-`.
+fn read_requests(file: &std::path::Path) -> Result<Vec<SpawnRequest>> {
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("read spawn requests from stdin")?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("read {}", file.display()))?
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, l)| {
+            serde_json::from_str::<SpawnRequest>(l).map_err(|e| {
+                usage(format!("{}:{}: not a spawn request: {e}", file.display(), n + 1))
+            })
+        })
+        .collect()
+}
+

@@ -1,0 +1,120 @@
+//! `stop` and `kill`: staged stops of whole trees, and what they did.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use corral_api::client::Method;
+use corral_core::{AgentStatus, CleanupOptions, KillRequest, KillResponse, Selector, StopManyRequest, StopReport, StopStage};
+
+use super::agents::{checked_id, checked_selector, exit_words};
+use super::spawn::parse_timeouts;
+use super::{Ctx, print_json};
+use crate::cli::StopArgs;
+use crate::output::{Style, Table};
+
+fn print_reports(ctx: &Ctx, reports: &[StopReport]) -> Result<()> {
+    if ctx.json {
+        return print_json(&reports);
+    }
+    if reports.is_empty() {
+        println!("nothing to stop");
+        return Ok(());
+    }
+    let mut t = Table::new(vec!["ID", "PID", "STAGE", "TOOK", "EXIT", "STATUS", "TREE"]).shrinkable(&[0]);
+    for r in reports {
+        t.push(vec![
+            r.agent_id.as_str().into(),
+            r.pid.map_or("-".into(), |p| p.to_string()).into(),
+            r.stage.as_str().into(),
+            format!("{:.0}ms", r.duration_ms).into(),
+            exit_words(r.exit_code, r.exit_signal).into(),
+            r.persistent_status.as_str().into(),
+            r.descendants_killed
+                .map_or("-".into(), |n| format!("+{n}"))
+                .into(),
+        ]);
+    }
+    print!("{}", t.render(Style::stdout(false)));
+    Ok(())
+}
+
+/// Says on stderr what a staged stop will do, before its waits begin — for a
+/// person at a terminal (scripts get the report).
+fn announce(ctx: &Ctx, what: &str, timeouts: Option<&[f64]>, force: bool) {
+    use std::io::IsTerminal;
+    if ctx.json || !std::io::stderr().is_terminal() {
+        return;
+    }
+    if force {
+        crate::say(&format!("stopping {what}: SIGKILL"));
+        return;
+    }
+    let plan = match timeouts {
+        Some([a, b, _]) => format!("SIGTERM, SIGTERM again after {a} s, SIGKILL after {b} s more"),
+        _ => "SIGTERM, then SIGTERM and SIGKILL after each agent's stop timeouts".into(),
+    };
+    crate::say(&format!("stopping {what}: {plan}"));
+}
+
+pub async fn stop(ctx: &Ctx, args: &StopArgs) -> Result<ExitCode> {
+    let timeouts = args.stop_timeouts.as_deref().map(parse_timeouts).transpose()?;
+    let target = args.target.as_deref().map(checked_selector).transpose()?;
+    let client = ctx.client().await?;
+    let reports: Vec<StopReport> = match &target {
+        Some(Selector::One(id)) => {
+            announce(ctx, id.as_str(), timeouts.as_deref(), args.force);
+            let body = CleanupOptions {
+                force: args.force,
+                stop_timeouts: timeouts,
+            };
+            let one: StopReport = client
+                .call(Method::POST, &format!("/v1/agents/{id}/stop"), Some(&body))
+                .await?;
+            vec![one]
+        }
+        _ => {
+            let what = args.target.clone().unwrap_or_else(|| "every running agent".into());
+            announce(ctx, &what, timeouts.as_deref(), args.force);
+            let body = StopManyRequest {
+                all: target.is_none(),
+                selector: args.target.clone(),
+                force: args.force,
+                stop_timeouts: timeouts,
+                // `--all` means what runs; a selector also reports the ended ones it names.
+                live_only: target.is_none(),
+            };
+            client.call(Method::POST, "/v1/stop", Some(&body)).await?
+        }
+    };
+    print_reports(ctx, &reports)?;
+    Ok(if reports.iter().any(|r| r.stage == StopStage::Unkillable) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub async fn kill(ctx: &Ctx, id: &str, force: bool) -> Result<ExitCode> {
+    let id = checked_id(id)?;
+    let client = ctx.client().await?;
+    if !force && !ctx.json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        // The agent's own stop timeouts apply: say what they are.
+        let s: AgentStatus = client.get(&format!("/v1/agents/{id}")).await?;
+        if s.persistent_status.is_live() {
+            announce(ctx, &id, Some(&s.stop_timeouts), false);
+        }
+    }
+    let answer: KillResponse = client
+        .call(Method::POST, &format!("/v1/agents/{id}/kill"), Some(&KillRequest { force }))
+        .await?;
+    if ctx.json {
+        print_json(&answer)?;
+    } else {
+        print_reports(ctx, std::slice::from_ref(&answer.report))?;
+    }
+    Ok(if answer.report.stage == StopStage::Unkillable {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
