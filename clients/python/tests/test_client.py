@@ -1,0 +1,324 @@
+"""Every route of the API through ``Client``, against a real daemon."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import List
+
+import pytest
+from helpers import Corral, alive, environ, free_port, within
+
+import corral_client
+from corral_client import (
+    AgentStatus,
+    Client,
+    Conflict,
+    CorralError,
+    Event,
+    Forbidden,
+    Invalid,
+    NotFound,
+    SpawnFailed,
+    SpawnRequest,
+    SpawnResponse,
+    Timeout,
+    Unauthorized,
+)
+
+SLEEP = ["sleep", "60"]
+STUBBORN = ["sh", "-c", "trap '' TERM; exec sleep 60"]
+
+
+@pytest.fixture(scope="module")
+def c(shared_corral: Corral) -> Client:
+    """A client of the module's daemon, which it starts on its first call."""
+    return shared_corral.client()
+
+
+def test_spawn_status_list_health_and_summary(c: Client, shared_corral: Corral) -> None:
+    daemon = c.health()
+    assert daemon["ok"] and daemon["state_dir"] == shared_corral.state_dir
+    assert daemon["pid"] == shared_corral.daemon_pid()
+
+    r = c.spawn(SpawnRequest("obs.1", SLEEP, env={"OBS": "yes"}, labels={"team": "a"}, stop_timeouts=[1, 1, 1]))
+    assert isinstance(r, SpawnResponse) and r.status == AgentStatus.RUNNING and isinstance(r.status, str)
+    assert r.run == 1 and r.pid and alive(r.pid) and r.error is None
+    assert r.stdout_log and os.path.isfile(r.stdout_log)
+    env = environ(r.pid)
+    assert "OBS=yes" in env and "CORRAL_AGENT_ID=obs.1" in env
+
+    status = c.status("obs.1")
+    assert status["pid"] == r.pid and status["labels"] == {"team": "a"} and status["cmdline"] == "sleep 60"
+    assert status["persistent_status"] == "running" and status["run"] == 1
+    assert c.list_agents()["obs.1"]["pid"] == r.pid
+    assert c.agent_health("obs.1") == {"agent_id": "obs.1", "healthy": True, "health": "healthy"}
+    assert c.summary()["running"] >= 1
+    assert "/v1/agents/{id}/wait" in c.openapi()["paths"]
+
+
+def test_spawn_request_wants_an_argv_list() -> None:
+    with pytest.raises(TypeError, match="list of strings"):
+        SpawnRequest("x", "sleep 60").to_json()  # type: ignore[arg-type]
+
+
+def test_batch_answers_each_entry_in_order(c: Client) -> None:
+    c.spawn(SpawnRequest("batch.0", SLEEP))
+    results = c.spawn_batch(
+        [
+            SpawnRequest("batch.1", SLEEP),
+            SpawnRequest("batch.2", ["/nonexistent/program"]),
+            {"agent_id": "..bad", "command": SLEEP},
+            SpawnRequest("batch.4", SLEEP, verify_ms=0),
+            SpawnRequest("batch.0", SLEEP),
+        ]
+    )
+    assert [type(r) for r in results] == [SpawnResponse, SpawnFailed, Invalid, SpawnResponse, Conflict]
+    ok1, missing, bad, ok4, taken = results
+    assert isinstance(ok1, SpawnResponse) and ok1.agent_id == "batch.1" and ok1.pid and alive(ok1.pid)
+    assert isinstance(ok4, SpawnResponse) and ok4.agent_id == "batch.4" and ok4.status == AgentStatus.RUNNING
+    assert isinstance(missing, CorralError) and "/nonexistent/program" in missing.message
+    assert isinstance(bad, CorralError) and bad.code == "invalid"
+    assert isinstance(taken, CorralError) and taken.code == "conflict"
+    stopped = c.stop_many(selector="batch.*", force=True)  # the refused spawn is on record too, as failed
+    assert sorted(r["agent_id"] for r in stopped) == ["batch.0", "batch.1", "batch.2", "batch.4"]
+
+
+def test_progress_from_outside_and_from_inside_an_agent(c: Client) -> None:
+    c.spawn(SpawnRequest("prog.other", SLEEP))
+    status = c.progress("prog.other", 25, "a quarter")
+    assert status["progress"] == 25 and status["progress_message"] == "a quarter"
+
+    # An agent reports its own progress through CORRAL_SOCKET, and may not report another's.
+    inside = (
+        "import os\n"
+        "from corral_client import Client, Forbidden\n"
+        "c = Client(socket=os.environ['CORRAL_SOCKET'])\n"
+        "c.progress(os.environ['CORRAL_AGENT_ID'], 42, 'from inside')\n"
+        "try:\n"
+        "    c.progress('prog.other', 1)\n"
+        "except Forbidden as e:\n"
+        "    print('forbidden:', e.status)\n"
+        "import time; time.sleep(60)\n"
+    )
+    package_root = os.path.dirname(os.path.dirname(corral_client.__file__))
+    c.spawn(SpawnRequest("prog.self", [sys.executable, "-c", inside], env={"PYTHONPATH": package_root}))
+    within(10, lambda: next(c.follow_logs("prog.self")))
+    assert c.logs("prog.self") == "forbidden: 403\n"
+    assert c.status("prog.self")["progress"] == 42 and c.status("prog.other")["progress"] == 25
+
+    with pytest.raises(Invalid):
+        c.progress("prog.other", 101)
+    c.stop_many(selector="prog.*", force=True)
+    with pytest.raises(Invalid, match="live agent"):
+        c.progress("prog.other", 30)
+
+
+def test_wait_answers_the_exit_code_or_times_out(c: Client) -> None:
+    c.spawn(SpawnRequest("wait.1", ["sh", "-c", "exit 3"]))
+    final = c.wait("wait.1", timeout_s=10)
+    assert final["exit_code"] == 3 and final["persistent_status"] == "failed"
+
+    c.spawn(SpawnRequest("wait.2", SLEEP))
+    started = time.monotonic()
+    with pytest.raises(Timeout) as caught:
+        c.wait("wait.2", timeout_s=0.2)
+    assert time.monotonic() - started < 5
+    assert caught.value.status == 408
+    assert isinstance(caught.value, TimeoutError)  # a builtin timeout too
+    c.kill("wait.2", force=True)
+
+
+def test_logs_tail_streams_and_runs(c: Client) -> None:
+    c.spawn(SpawnRequest("logs.1", ["sh", "-c", "printf 'a\\nb\\nc\\n'; echo oops >&2"]))
+    c.wait("logs.1", timeout_s=10)
+    assert c.logs("logs.1") == "a\nb\nc\n"
+    assert c.logs("logs.1", tail=2) == "b\nc\n"
+    assert c.logs("logs.1", stream="stderr") == "oops\n"
+    assert c.logs("logs.1", stream="both") == "a\nb\nc\noops\n"
+
+    again = c.spawn(SpawnRequest("logs.1", ["sh", "-c", "echo second; exit 4"]))
+    assert again.run == 2
+    c.wait("logs.1", timeout_s=10)
+    assert c.logs("logs.1") == "second\n" == c.logs("logs.1", run=2)
+    assert c.logs("logs.1", run=1) == "a\nb\nc\n"
+    assert c.logs("logs.1", stream="stderr") == ""
+
+    runs = c.runs("logs.1")
+    assert [(r["run"], r["exit_code"], r["persistent_status"]) for r in runs] == [(1, 0, "completed"), (2, 4, "failed")]
+    with pytest.raises(Invalid, match="not on record"):
+        c.logs("logs.1", run=9)
+    with pytest.raises(Invalid):
+        c.logs("logs.1", stream="stdin")
+
+
+def test_follow_logs_streams_what_comes_and_ends_with_the_run(c: Client, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    script = f"echo before; while [ ! -e {go} ]; do sleep 0.01; done; echo after; echo 'é' >&2"
+    c.spawn(SpawnRequest("follow.1", ["sh", "-c", script]))
+    pieces = c.follow_logs("follow.1", stream="both")
+    assert within(10, lambda: next(pieces)) == "before\n"
+    go.touch()  # only now does the agent write more
+    rest = within(10, lambda: "".join(pieces))  # ends by itself when the run ends
+    assert rest == "after\né\n"
+
+    # Following an ended run gives what is there and ends at once.
+    assert within(10, lambda: "".join(c.follow_logs("follow.1", tail=1))) == "after\n"
+    with pytest.raises(NotFound):
+        c.follow_logs("follow.nobody")
+
+
+def test_events_resume_after_since_and_follow(c: Client) -> None:
+    backlog = list(c.events(follow=False))
+    last = backlog[-1]["seq"] if backlog else 0
+
+    stream = c.events(since=last)  # follows; opened now
+    c.spawn(SpawnRequest("ev.1", ["sh", "-c", "exit 0"]))
+
+    def until_completed() -> List[Event]:
+        seen = []
+        for event in stream:
+            seen.append(event)
+            if event["agent_id"] == "ev.1" and event.get("status") == "completed":
+                return seen
+        return seen
+
+    seen = within(10, until_completed)
+    stream.close()
+    assert [e["seq"] for e in seen] == sorted(e["seq"] for e in seen) and seen[0]["seq"] > last
+    assert [e["status"] for e in seen if e["kind"] == "state"][0] == "spawning"
+
+    replay = list(c.events(since=last, follow=False))
+    assert replay[: len(seen)] == seen
+    assert all(e["seq"] > seen[-1]["seq"] for e in c.events(since=seen[-1]["seq"], follow=False))
+
+
+def test_stop_and_kill_report_what_they_did(c: Client) -> None:
+    plain = c.spawn(SpawnRequest("stop.1", SLEEP))
+    report = c.stop("stop.1")
+    assert report["stage"] == "term" and report["persistent_status"] == "cancelled"
+    assert report["pid"] == plain.pid and plain.pid and not alive(plain.pid)
+
+    stubborn = c.spawn(SpawnRequest("stop.2", STUBBORN))
+    report = c.stop("stop.2", stop_timeouts=[0.1, 0.1, 2])
+    assert report["stage"] == "kill" and report["exit_signal"] == 9
+    assert stubborn.pid and not alive(stubborn.pid)
+
+    victim = c.spawn(SpawnRequest("stop.3", STUBBORN))
+    killed = c.kill("stop.3", force=True)
+    assert killed["killed"] is True and killed["report"]["stage"] == "kill"
+    assert victim.pid and not alive(victim.pid)
+    again = c.kill("stop.3")
+    assert again["killed"] is False and again["report"]["stage"] == "already_ended"
+
+
+def test_stop_many_by_selector(c: Client) -> None:
+    members = [c.spawn(SpawnRequest(f"grp.{i}", SLEEP)) for i in (1, 2)]
+    outsider = c.spawn(SpawnRequest("grpx.1", SLEEP))
+    reports = c.stop_many(selector="grp.*", force=True)
+    assert sorted(r["agent_id"] for r in reports) == ["grp.1", "grp.2"]
+    assert all(m.pid and not alive(m.pid) for m in members)
+    assert outsider.pid and alive(outsider.pid)
+    assert c.stop_many(selector="grp.*", live_only=True) == []
+    assert {r["stage"] for r in c.stop_many(selector="grp.*")} == {"already_ended"}
+    with pytest.raises(Invalid, match="which agents"):
+        c.stop_many()
+    with pytest.raises(Invalid):
+        c.stop_many(all=True, selector="grp.*")
+    c.stop("grpx.1", force=True)
+
+
+def test_remove_and_prune_forget_ended_agents(c: Client) -> None:
+    c.spawn(SpawnRequest("rm.1", ["true"]))
+    c.wait("rm.1", timeout_s=10)
+    assert c.remove("rm.1") == {"removed": ["rm.1"], "runs_removed": 1}
+    with pytest.raises(NotFound):
+        c.status("rm.1")
+
+    c.spawn(SpawnRequest("rm.2", ["true"]))
+    c.wait("rm.2", timeout_s=10)
+    c.spawn(SpawnRequest("rm.3", SLEEP))
+    with pytest.raises(Conflict):
+        c.remove("rm.3")
+    removal = c.prune()
+    assert "rm.2" in removal["removed"] and "rm.3" not in removal["removed"]
+    assert c.status("rm.3")["persistent_status"] == "running"
+    c.stop("rm.3", force=True)
+
+
+def test_reap_finds_nothing_left_to_reap(c: Client) -> None:
+    c.spawn(SpawnRequest("reap.1", ["true"]))
+    c.wait("reap.1", timeout_s=10)
+    assert c.reap() == []
+
+
+def test_errors_map_to_their_classes(c: Client) -> None:
+    with pytest.raises(NotFound) as nf:
+        c.status("err.nobody")
+    assert (nf.value.status, nf.value.code) == (404, "not_found") and "err.nobody" in str(nf.value)
+
+    c.spawn(SpawnRequest("err.live", SLEEP))
+    with pytest.raises(Conflict) as conflict:
+        c.spawn(SpawnRequest("err.live", SLEEP))
+    assert conflict.value.status == 409
+
+    with pytest.raises(Invalid) as invalid:
+        c.status("..bad")
+    assert invalid.value.status == 400
+
+    with pytest.raises(SpawnFailed) as failed:
+        c.spawn(SpawnRequest("err.missing", ["/nonexistent/program"]))
+    assert failed.value.status == 422 and "No such file or directory" in failed.value.message
+
+    with pytest.raises(Invalid, match="cwd"):
+        c.spawn(SpawnRequest("err.cwd", SLEEP, cwd="relative/dir"))
+    for e in (nf, conflict, invalid, failed):
+        assert isinstance(e.value, CorralError)
+    c.stop("err.live", force=True)
+
+
+def test_metrics_in_prometheus_text(c: Client) -> None:
+    c.spawn(SpawnRequest("metrics.1", SLEEP))
+    try:
+        text = c.metrics()
+    except NotFound:
+        pytest.skip("GET /metrics not served by this corral build")
+    samples = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert any(s.startswith("corral_agents{") for s in samples)
+    assert any(s.startswith('corral_agent_up{agent_id="metrics.1"}') for s in samples)
+    for s in samples:
+        float(s.rsplit(" ", 1)[1])
+
+
+def test_tcp_with_a_bearer_token(corral: Corral, tmp_path: Path) -> None:
+    token = secrets.token_hex(16)
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    port = free_port()
+    corral.start_daemon("--listen", f"127.0.0.1:{port}", "--token-file", str(token_file))
+
+    c = Client(url=f"127.0.0.1:{port}", token_file=str(token_file))
+    assert c.health()["pid"] == corral.daemon_pid()
+    r = c.spawn(SpawnRequest("tcp.1", ["sh", "-c", "echo over tcp; exec sleep 60"]))
+    assert r.pid and alive(r.pid)
+    assert within(10, lambda: next(c.follow_logs("tcp.1"))) == "over tcp\n"
+    assert Client(url=f"http://127.0.0.1:{port}/", token=token).status("tcp.1")["pid"] == r.pid
+
+    with pytest.raises(Unauthorized) as refused:
+        Client(url=f"127.0.0.1:{port}", token="not-the-token-at-all").summary()
+    assert refused.value.status == 401
+    with pytest.raises(ValueError, match="token"):
+        Client(url=f"127.0.0.1:{port}")
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        Client(url="127.0.0.1", token=token)
+
+    assert c.stop("tcp.1", force=True)["stage"] == "kill"
+    assert not alive(r.pid)
+
+
+def test_forbidden_is_its_own_class() -> None:
+    assert issubclass(Forbidden, CorralError) and not issubclass(Forbidden, Invalid)

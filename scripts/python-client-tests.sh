@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs the Python client's tests against the corral binary built from this
+# repository, in a throwaway venv. Usage: bash scripts/python-client-tests.sh [PYTEST ARGS...]
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+
+bin="${CORRAL_BIN:-$repo/target/debug/corral}"
+if [[ ! -x "$bin" ]]; then
+    cargo build --locked --quiet
+fi
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+python3 -m venv "$work/venv"
+# Install from a copy, so no build output lands in the tree (or stale output in the wheel).
+cp -r clients/python "$work/src"
+rm -rf "$work/src/build" "$work/src"/*.egg-info
+"$work/venv/bin/python" -m pip install --quiet --disable-pip-version-check "$work/src" pytest
+
+CORRAL_BIN="$bin" "$work/venv/bin/python" -m pytest -q -p no:cacheprovider clients/python/tests "$@"
