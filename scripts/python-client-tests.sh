@@ -18,6 +18,6 @@ python3 -m venv "$work/venv"
 # Install from a copy, so no build output lands in the tree (or stale output in the wheel).
 cp -r clients/python "$work/src"
 rm -rf "$work/src/build" "$work/src"/*.egg-info
-"$work/venv/bin/python" -m pip install --quiet --disable-pip-version-check "$work/src" pytest
+"$work/venv/bin/python" -m pip install --quiet --disable-pip-version-check "$work/src" pytest prometheus_client
 
 CORRAL_BIN="$bin" "$work/venv/bin/python" -m pytest -q -p no:cacheprovider clients/python/tests "$@"

@@ -149,7 +149,7 @@ def test_logs_tail_streams_and_runs(c: Client) -> None:
 
     runs = c.runs("logs.1")
     assert [(r["run"], r["exit_code"], r["persistent_status"]) for r in runs] == [(1, 0, "completed"), (2, 4, "failed")]
-    with pytest.raises(Invalid, match="not on record"):
+    with pytest.raises(NotFound, match="no run"):
         c.logs("logs.1", run=9)
     with pytest.raises(Invalid):
         c.logs("logs.1", stream="stdin")
@@ -280,17 +280,30 @@ def test_errors_map_to_their_classes(c: Client) -> None:
     c.stop("err.live", force=True)
 
 
-def test_metrics_in_prometheus_text(c: Client) -> None:
+def test_metrics_parse_as_prometheus_text(c: Client) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
     c.spawn(SpawnRequest("metrics.1", SLEEP))
-    try:
-        text = c.metrics()
-    except NotFound:
-        pytest.skip("GET /metrics not served by this corral build")
-    samples = [line for line in text.splitlines() if line and not line.startswith("#")]
-    assert any(s.startswith("corral_agents{") for s in samples)
-    assert any(s.startswith('corral_agent_up{agent_id="metrics.1"}') for s in samples)
-    for s in samples:
-        float(s.rsplit(" ", 1)[1])
+    families = {f.name: f for f in text_string_to_metric_families(c.metrics())}
+    for name in (
+        "corral_agents",
+        "corral_agent_up",
+        "corral_agent_cpu_percent",
+        "corral_agent_memory_bytes",
+        "corral_agent_restarts",
+        "corral_spawns",
+        "corral_stop_stage",
+        "process_cpu_seconds",
+        "process_resident_memory_bytes",
+    ):
+        assert name in families, f"{name} missing from {sorted(families)}"
+    up = {s.labels["agent_id"]: s.value for s in families["corral_agent_up"].samples}
+    assert up["metrics.1"] == 1.0
+    running = [s for s in families["corral_agents"].samples if s.labels["state"] == "running"]
+    assert running and running[0].value >= 1
+    assert families["corral_agent_restarts"].type == "counter"
+    memory = {s.labels["agent_id"]: s.value for s in families["corral_agent_memory_bytes"].samples}
+    assert memory["metrics.1"] > 0
 
 
 def test_tcp_with_a_bearer_token(corral: Corral, tmp_path: Path) -> None:

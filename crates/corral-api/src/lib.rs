@@ -13,6 +13,7 @@ pub mod error;
 mod events;
 pub mod logging;
 mod logs;
+pub mod metrics;
 pub mod routes;
 pub mod serve;
 

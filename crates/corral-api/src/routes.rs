@@ -196,6 +196,7 @@ fn api_router() -> OpenApiRouter<Supervisor> {
         .routes(routes!(prune))
         .routes(routes!(summary))
         .routes(routes!(crate::events::events))
+        .routes(routes!(crate::metrics::metrics))
 }
 
 /// Builds the `/v1` router over a supervisor.
@@ -239,10 +240,14 @@ async fn daemon_stop(
     OptionalBody(req): OptionalBody<corral_core::DaemonStopRequest>,
 ) -> Result<Json<corral_core::DaemonStopResponse>, ApiError> {
     let Some(Extension(trigger)) = trigger else {
-        return Err(ApiError::new(ErrorCode::NotFound, "this server is not a daemon that can be stopped"));
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            "this server is not a daemon that can be stopped",
+        ));
     };
     let stopped = if req.stop_agents {
-        sup.stop_selected(None, CleanupOptions::default(), true).await?
+        sup.stop_selected(None, CleanupOptions::default(), true)
+            .await?
     } else {
         Vec::new()
     };

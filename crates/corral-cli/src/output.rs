@@ -202,7 +202,11 @@ impl Table {
 
 /// Prints `key  value` lines, aligned.
 pub fn key_values(pairs: Vec<(&str, String)>) -> String {
-    let w = pairs.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+    let w = pairs
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
     pairs
         .into_iter()
         .map(|(k, v)| format!("{}\n", format!("{k:<w$}  {v}").trim_end()))
@@ -239,8 +243,16 @@ mod tests {
 
     fn table() -> Table {
         let mut t = Table::new(vec!["ID", "PID", "INFO"]).shrinkable(&[0, 2]);
-        t.push(vec!["a-rather-long-agent-identifier".into(), "1".into(), "working on step 3 of 10".into()]);
-        t.push(vec!["b".into(), "22".into(), Cell::coloured("done", Some(Colour::Green))]);
+        t.push(vec![
+            "a-rather-long-agent-identifier".into(),
+            "1".into(),
+            "working on step 3 of 10".into(),
+        ]);
+        t.push(vec![
+            "b".into(),
+            "22".into(),
+            Cell::coloured("done", Some(Colour::Green)),
+        ]);
         t
     }
 

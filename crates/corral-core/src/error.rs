@@ -34,6 +34,16 @@ pub enum Error {
         /// The id asked for.
         agent_id: String,
     },
+    /// The agent has no run with this number on record.
+    #[error("agent {agent_id} has no run {run} on record (its runs are 1–{last})")]
+    RunNotFound {
+        /// The agent.
+        agent_id: String,
+        /// The run asked for.
+        run: u32,
+        /// Its newest run.
+        last: u32,
+    },
     /// The id names an agent that is still supervised.
     #[error("agent {agent_id} is still {status}{}; stop it first", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
     Conflict {
@@ -149,7 +159,7 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::InvalidId(_) | Self::Invalid { .. } => ErrorCode::Invalid,
-            Self::NotFound { .. } => ErrorCode::NotFound,
+            Self::NotFound { .. } | Self::RunNotFound { .. } => ErrorCode::NotFound,
             Self::Conflict { .. } => ErrorCode::Conflict,
             Self::Forbidden { .. } => ErrorCode::Forbidden,
             Self::Timeout { .. } => ErrorCode::Timeout,

@@ -160,8 +160,14 @@ pub fn ps_table(all: &[&AgentStatus]) -> Table {
 }
 
 /// Whether a status passes `ps`'s filters.
-fn keep(s: &AgentStatus, sel: Option<&Selector>, labels: &BTreeMap<String, String>, states: &[String]) -> bool {
-    let id_ok = sel.is_none_or(|sel| AgentId::new(s.agent_id.as_str()).is_ok_and(|id| sel.matches(&id)));
+fn keep(
+    s: &AgentStatus,
+    sel: Option<&Selector>,
+    labels: &BTreeMap<String, String>,
+    states: &[String],
+) -> bool {
+    let id_ok =
+        sel.is_none_or(|sel| AgentId::new(s.agent_id.as_str()).is_ok_and(|id| sel.matches(&id)));
     let labels_ok = labels.iter().all(|(k, v)| s.labels.get(k) == Some(v));
     let states_ok = states.is_empty()
         || states
@@ -171,13 +177,24 @@ fn keep(s: &AgentStatus, sel: Option<&Selector>, labels: &BTreeMap<String, Strin
 }
 
 const STATE_WORDS: [&str; 8] = [
-    "spawning", "running", "completed", "failed", "cancelled", "healthy", "zombie", "unknown",
+    "spawning",
+    "running",
+    "completed",
+    "failed",
+    "cancelled",
+    "healthy",
+    "zombie",
+    "unknown",
 ];
 
 pub async fn ps(ctx: &Ctx, args: &PsArgs) -> Result<ExitCode> {
     let sel = args.selector.as_deref().map(checked_selector).transpose()?;
     let labels = super::spawn::key_values(&args.labels, "--label")?;
-    if let Some(bad) = args.states.iter().find(|s| !STATE_WORDS.contains(&s.as_str())) {
+    if let Some(bad) = args
+        .states
+        .iter()
+        .find(|s| !STATE_WORDS.contains(&s.as_str()))
+    {
         return Err(usage(format!(
             "--state {bad:?}: use one of {}",
             STATE_WORDS.join(", ")
@@ -195,7 +212,12 @@ pub async fn ps(ctx: &Ctx, args: &PsArgs) -> Result<ExitCode> {
                 shown.iter().map(|s| (s.agent_id.as_str(), *s)).collect();
             serde_json::to_string_pretty(&shown)? + "\n"
         } else if shown.is_empty() {
-            if all.is_empty() { "no agents\n" } else { "no agent matches\n" }.to_owned()
+            if all.is_empty() {
+                "no agents\n"
+            } else {
+                "no agent matches\n"
+            }
+            .to_owned()
         } else {
             ps_table(&shown).render(Style::stdout(args.wide))
         };
@@ -248,7 +270,11 @@ pub async fn health(ctx: &Ctx, id: &str) -> Result<ExitCode> {
 }
 
 pub async fn progress(ctx: &Ctx, args: &ProgressArgs) -> Result<ExitCode> {
-    let Some(id) = args.agent.clone().or_else(|| std::env::var("CORRAL_AGENT_ID").ok()) else {
+    let Some(id) = args
+        .agent
+        .clone()
+        .or_else(|| std::env::var("CORRAL_AGENT_ID").ok())
+    else {
         return Err(usage(
             "no agent to report for: run inside an agent (CORRAL_AGENT_ID) or pass --agent ID",
         ));
@@ -330,8 +356,10 @@ pub async fn runs(ctx: &Ctx, id: &str) -> Result<ExitCode> {
         print_json(&runs)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut t = Table::new(vec!["RUN", "PID", "STARTED", "ENDED", "STATUS", "EXIT", "REASON"])
-        .shrinkable(&[6]);
+    let mut t = Table::new(vec![
+        "RUN", "PID", "STARTED", "ENDED", "STATUS", "EXIT", "REASON",
+    ])
+    .shrinkable(&[6]);
     for r in &runs {
         t.push(vec![
             r.run.to_string().into(),
@@ -388,7 +416,11 @@ pub async fn wait(ctx: &Ctx, target: &str, timeout: Option<Duration>) -> Result<
         }
     }
     if let [one] = statuses.as_slice() {
-        let fallback = if one.persistent_status == PersistentStatus::Completed { 0 } else { 1 };
+        let fallback = if one.persistent_status == PersistentStatus::Completed {
+            0
+        } else {
+            1
+        };
         let code = one.exit_code.unwrap_or(fallback);
         return Ok(ExitCode::from(code.clamp(0, 255) as u8));
     }
@@ -405,7 +437,13 @@ pub async fn wait(ctx: &Ctx, target: &str, timeout: Option<Duration>) -> Result<
 /// One event as a line of text: when, agent and run, kind, the kind's fields.
 pub fn event_line(ev: &Event) -> String {
     let d = &ev.data;
-    let s = |k: &str| d.get(k).and_then(|v| v.as_str().map(str::to_owned).or_else(|| (!v.is_null()).then(|| v.to_string())));
+    let s = |k: &str| {
+        d.get(k).and_then(|v| {
+            v.as_str()
+                .map(str::to_owned)
+                .or_else(|| (!v.is_null()).then(|| v.to_string()))
+        })
+    };
     let detail = match ev.kind.as_str() {
         "state" => {
             let mut parts = vec![s("status").unwrap_or_default()];
@@ -420,11 +458,22 @@ pub fn event_line(ev: &Event) -> String {
             s("progress").unwrap_or_default(),
             s("message").map(|m| format!(" {m}")).unwrap_or_default()
         ),
-        "stop_stage" => format!("{} ({})", s("stage").unwrap_or_default(), s("signal").unwrap_or_default()),
-        "restart" => format!("in {} s (attempt {})", s("delay_s").unwrap_or_default(), s("attempt").unwrap_or_default()),
+        "stop_stage" => format!(
+            "{} ({})",
+            s("stage").unwrap_or_default(),
+            s("signal").unwrap_or_default()
+        ),
+        "restart" => format!(
+            "in {} s (attempt {})",
+            s("delay_s").unwrap_or_default(),
+            s("attempt").unwrap_or_default()
+        ),
         _ => serde_json::Value::Object(d.clone()).to_string(),
     };
-    format!("{}  {}  run {}  {}  {}", ev.at, ev.agent_id, ev.run, ev.kind, detail)
+    format!(
+        "{}  {}  run {}  {}  {}",
+        ev.at, ev.agent_id, ev.run, ev.kind, detail
+    )
 }
 
 pub async fn events(ctx: &Ctx, follow: bool, since: i64) -> Result<ExitCode> {

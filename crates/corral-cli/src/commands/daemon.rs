@@ -22,7 +22,11 @@ pub async fn run(before: &Before, args: DaemonArgs) -> Result<ExitCode> {
     }
 }
 
-async fn serve(state_dir: std::path::PathBuf, before: &Before, args: DaemonArgs) -> Result<ExitCode> {
+async fn serve(
+    state_dir: std::path::PathBuf,
+    before: &Before,
+    args: DaemonArgs,
+) -> Result<ExitCode> {
     if args.detach {
         // Leave the terminal's session: its hangup must not reach the daemon.
         let _ = rustix::process::setsid();
@@ -53,7 +57,11 @@ async fn status(state_dir: &std::path::Path, json: bool) -> Result<ExitCode> {
     let (code, body) = client.raw(Method::GET, "/v1/health", None).await?;
     if !code.is_success() {
         let e: corral_core::ErrorBody = serde_json::from_slice(&body)?;
-        bail!("the daemon at {} answers but is not ready: {}", state_dir.display(), e.error.message);
+        bail!(
+            "the daemon at {} answers but is not ready: {}",
+            state_dir.display(),
+            e.error.message
+        );
     }
     let h: DaemonHealth = serde_json::from_slice(&body)?;
     if json {
@@ -74,7 +82,11 @@ async fn status(state_dir: &std::path::Path, json: bool) -> Result<ExitCode> {
 async fn stop(state_dir: &std::path::Path, stop_agents: bool) -> Result<ExitCode> {
     let client = connect::existing(state_dir).await?;
     let answer: DaemonStopResponse = client
-        .call(Method::POST, "/v1/daemon/stop", Some(&DaemonStopRequest { stop_agents }))
+        .call(
+            Method::POST,
+            "/v1/daemon/stop",
+            Some(&DaemonStopRequest { stop_agents }),
+        )
         .await?;
     // Wait until the process is gone, so a following command finds no daemon.
     let end = std::time::Instant::now() + Duration::from_secs(10);
@@ -83,7 +95,10 @@ async fn stop(state_dir: &std::path::Path, stop_agents: bool) -> Result<ExitCode
             .is_ok_and(|s| !s.contains(") Z "))
     {
         if std::time::Instant::now() > end {
-            bail!("the daemon (pid {}) is still running 10 s after it was asked to stop", answer.pid);
+            bail!(
+                "the daemon (pid {}) is still running 10 s after it was asked to stop",
+                answer.pid
+            );
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

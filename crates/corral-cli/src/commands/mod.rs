@@ -68,7 +68,10 @@ pub struct Ctx {
 impl Ctx {
     fn new(before: &Before, conn: &Conn, out: Json) -> Result<Self> {
         let url = conn.url.clone().or_else(|| before.url.clone());
-        let token_file = conn.token_file.clone().or_else(|| before.token_file.clone());
+        let token_file = conn
+            .token_file
+            .clone()
+            .or_else(|| before.token_file.clone());
         let remote = match &url {
             Some(url) => Some(connect::remote(url, token_file.as_deref())?),
             None => None,

@@ -32,7 +32,6 @@ pub fn parse_timeouts(raw: &str) -> Result<Vec<f64>> {
     )
 }
 
-
 /// The spawn request the flags describe (without the id).
 fn request_from_args(args: &SpawnArgs) -> Result<SpawnRequest> {
     let cwd = match &args.cwd {
@@ -153,7 +152,9 @@ pub async fn spawn(ctx: &Ctx, args: SpawnArgs) -> Result<ExitCode> {
         return spawn_batch(ctx, args).await;
     }
     if args.command.is_empty() {
-        return Err(usage("say what to run after `--`, e.g. corral spawn ID -- sleep 60"));
+        return Err(usage(
+            "say what to run after `--`, e.g. corral spawn ID -- sleep 60",
+        ));
     }
     let mut req = request_from_args(&args)?;
     req.agent_id = args.id.clone().unwrap_or_default();
@@ -240,7 +241,9 @@ async fn spawn_batch(ctx: &Ctx, args: SpawnArgs) -> Result<ExitCode> {
                     s.status,
                     s.error.as_deref().unwrap_or("failed during verification")
                 )),
-                BatchResult::Failed(f) => crate::say(&format!("{} refused: {}", f.agent_id, f.error.message)),
+                BatchResult::Failed(f) => {
+                    crate::say(&format!("{} refused: {}", f.agent_id, f.error.message))
+                }
             }
         }
         println!("{} spawned, {failed} failed", answer.results.len() - failed);
@@ -264,9 +267,12 @@ fn read_requests(file: &std::path::Path) -> Result<Vec<SpawnRequest>> {
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(n, l)| {
             serde_json::from_str::<SpawnRequest>(l).map_err(|e| {
-                usage(format!("{}:{}: not a spawn request: {e}", file.display(), n + 1))
+                usage(format!(
+                    "{}:{}: not a spawn request: {e}",
+                    file.display(),
+                    n + 1
+                ))
             })
         })
         .collect()
 }
-

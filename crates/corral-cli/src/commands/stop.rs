@@ -4,7 +4,10 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use corral_api::client::Method;
-use corral_core::{AgentStatus, CleanupOptions, KillRequest, KillResponse, Selector, StopManyRequest, StopReport, StopStage};
+use corral_core::{
+    AgentStatus, CleanupOptions, KillRequest, KillResponse, Selector, StopManyRequest, StopReport,
+    StopStage,
+};
 
 use super::agents::{checked_id, checked_selector, exit_words};
 use super::spawn::parse_timeouts;
@@ -20,7 +23,8 @@ fn print_reports(ctx: &Ctx, reports: &[StopReport]) -> Result<()> {
         println!("nothing to stop");
         return Ok(());
     }
-    let mut t = Table::new(vec!["ID", "PID", "STAGE", "TOOK", "EXIT", "STATUS", "TREE"]).shrinkable(&[0]);
+    let mut t =
+        Table::new(vec!["ID", "PID", "STAGE", "TOOK", "EXIT", "STATUS", "TREE"]).shrinkable(&[0]);
     for r in reports {
         t.push(vec![
             r.agent_id.as_str().into(),
@@ -57,7 +61,11 @@ fn announce(ctx: &Ctx, what: &str, timeouts: Option<&[f64]>, force: bool) {
 }
 
 pub async fn stop(ctx: &Ctx, args: &StopArgs) -> Result<ExitCode> {
-    let timeouts = args.stop_timeouts.as_deref().map(parse_timeouts).transpose()?;
+    let timeouts = args
+        .stop_timeouts
+        .as_deref()
+        .map(parse_timeouts)
+        .transpose()?;
     let target = args.target.as_deref().map(checked_selector).transpose()?;
     let client = ctx.client().await?;
     let reports: Vec<StopReport> = match &target {
@@ -73,7 +81,10 @@ pub async fn stop(ctx: &Ctx, args: &StopArgs) -> Result<ExitCode> {
             vec![one]
         }
         _ => {
-            let what = args.target.clone().unwrap_or_else(|| "every running agent".into());
+            let what = args
+                .target
+                .clone()
+                .unwrap_or_else(|| "every running agent".into());
             announce(ctx, &what, timeouts.as_deref(), args.force);
             let body = StopManyRequest {
                 all: target.is_none(),
@@ -87,11 +98,13 @@ pub async fn stop(ctx: &Ctx, args: &StopArgs) -> Result<ExitCode> {
         }
     };
     print_reports(ctx, &reports)?;
-    Ok(if reports.iter().any(|r| r.stage == StopStage::Unkillable) {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(
+        if reports.iter().any(|r| r.stage == StopStage::Unkillable) {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }
 
 pub async fn kill(ctx: &Ctx, id: &str, force: bool) -> Result<ExitCode> {
@@ -105,7 +118,11 @@ pub async fn kill(ctx: &Ctx, id: &str, force: bool) -> Result<ExitCode> {
         }
     }
     let answer: KillResponse = client
-        .call(Method::POST, &format!("/v1/agents/{id}/kill"), Some(&KillRequest { force }))
+        .call(
+            Method::POST,
+            &format!("/v1/agents/{id}/kill"),
+            Some(&KillRequest { force }),
+        )
         .await?;
     if ctx.json {
         print_json(&answer)?;

@@ -163,8 +163,28 @@ pub(crate) struct Shared {
     /// Flips to true when the supervisor shuts down: actors leave their agents running.
     pub shutdown: watch::Sender<bool>,
     pub started: Instant,
+    /// Counters since this supervisor opened (for `/metrics`).
+    pub counters: Counters,
     /// When a write last reached the disk (health checks write only when this is old).
     pub last_write_ok: Mutex<Option<Instant>>,
+}
+
+/// Counters since the supervisor opened.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Runs started (spawns and restarts).
+    pub spawns: std::sync::atomic::AtomicU64,
+    /// Stop stages begun, by stage: TERM, second TERM, KILL.
+    pub stop_stages: [std::sync::atomic::AtomicU64; 3],
+}
+
+/// What `/metrics` reports beyond the agents' statuses.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DaemonCounters {
+    /// Runs started since the supervisor opened (spawns and restarts).
+    pub spawns: u64,
+    /// Stop stages begun since then: first SIGTERM, second SIGTERM, SIGKILL.
+    pub stop_stages: [u64; 3],
 }
 
 /// Owns the agents of one state dir. Cheap to clone; all clones share state.
@@ -285,6 +305,7 @@ impl Supervisor {
             spawn_permits: tokio::sync::Semaphore::new(8),
             shutdown: watch::Sender::new(false),
             started: Instant::now(),
+            counters: Counters::default(),
             last_write_ok: Mutex::new(None),
         });
         let sup = Self {
@@ -314,6 +335,16 @@ impl Supervisor {
     /// corral's cgroup subtree for this state dir, when agents are contained in cgroups.
     pub fn cgroup_subtree(&self) -> Option<&Path> {
         self.sh.cgroup.as_ref().ok().map(CgroupRoot::dir)
+    }
+
+    /// Counters since this supervisor opened.
+    pub fn counters(&self) -> DaemonCounters {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.sh.counters;
+        DaemonCounters {
+            spawns: c.spawns.load(Relaxed),
+            stop_stages: [0, 1, 2].map(|i| c.stop_stages[i].load(Relaxed)),
+        }
     }
 
     /// Seconds since this supervisor opened.
@@ -746,14 +777,10 @@ impl Supervisor {
                 let store = self.sh.store.clone();
                 let key = id.to_string();
                 let rec = blocking(move || store.run(&key, n)).await?;
-                let rec = rec.ok_or_else(|| {
-                    Error::invalid(
-                        id,
-                        format!(
-                            "run {n} of {id} is not on record (its runs are 1–{})",
-                            current.run
-                        ),
-                    )
+                let rec = rec.ok_or_else(|| Error::RunNotFound {
+                    agent_id: id.to_string(),
+                    run: n,
+                    last: current.run,
                 })?;
                 Ok((rec.log_dir.join(name), rec.status.is_live()))
             }

@@ -206,6 +206,10 @@ impl Actor {
             "process-group"
         };
         let limits = started.limits;
+        self.sh
+            .counters
+            .spawns
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let proc_ = Arc::new(Proc::new(
             started.handle,
             started.leaf,

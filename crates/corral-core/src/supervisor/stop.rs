@@ -172,6 +172,12 @@ impl Actor {
             "SIGTERM"
         };
         let pid = run.pid();
+        let slot = match stage {
+            StopStage::Term => 0,
+            StopStage::SecondTerm => 1,
+            _ => 2,
+        };
+        self.sh.counters.stop_stages[slot].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(agent_id = %self.spec.id, pid, stage = ?stage, "stop stage: sending {signal}");
         let data = serde_json::json!({"stage": stage, "signal": signal, "pid": pid});
         self.note_event("stop_stage", data);

@@ -463,7 +463,9 @@ fn report(ctx: &Ctx, figures: &[Figure]) -> Result<ExitCode> {
         print_json(&figures)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut t = Table::new(vec!["figure", "corral", "baseline", "ratio", "unit", "target"]);
+    let mut t = Table::new(vec![
+        "figure", "corral", "baseline", "ratio", "unit", "target",
+    ]);
     for f in figures {
         t.push(vec![
             f.figure.as_str().into(),
