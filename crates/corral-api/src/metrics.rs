@@ -27,6 +27,14 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// One per-agent family: name, type, help, and how to read it off a status.
+type PerAgent = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&AgentStatus) -> f64,
+);
+
 /// The agents' and the daemon's metrics as Prometheus text.
 pub fn render(
     statuses: &[AgentStatus],
@@ -49,7 +57,7 @@ pub fn render(
     }
     let zombies = statuses.iter().filter(|s| s.is_zombie).count();
     let _ = writeln!(out, "corral_agents{{state=\"zombie\"}} {zombies}");
-    let per_agent: [(&str, &str, &str, fn(&AgentStatus) -> f64); 4] = [
+    let per_agent: [PerAgent; 4] = [
         (
             "corral_agent_up",
             "gauge",
