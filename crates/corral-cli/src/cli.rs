@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "corral",
     version,
-    about,
+    about = "corral: spawn, watch and stop many long-running agents, and keep their record",
     propagate_version = true,
     after_help = "Exit codes: 0 ok, 1 failure, 2 usage error, 3 another daemon holds the state dir, 4 no such agent.\nSee `corral <command> --help` for a command's options."
 )]
@@ -54,10 +54,20 @@ pub struct Conn {
     pub no_autostart: bool,
     /// Talk to a daemon serving TCP (`corral daemon --listen`) instead of the
     /// state dir's socket; needs --token-file. No daemon is started.
-    #[arg(long, env = "CORRAL_URL", value_name = "ADDR:PORT")]
+    #[arg(
+        long,
+        env = "CORRAL_URL",
+        hide_env_values = true,
+        value_name = "ADDR:PORT"
+    )]
     pub url: Option<String>,
     /// The file holding that daemon's bearer token.
-    #[arg(long, env = "CORRAL_TOKEN_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "CORRAL_TOKEN_FILE",
+        hide_env_values = true,
+        value_name = "FILE"
+    )]
     pub token_file: Option<PathBuf>,
 }
 
@@ -182,13 +192,18 @@ pub struct DaemonArgs {
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub sample_ms: u64,
     /// Contain agents in process groups only, even where cgroup v2 is usable.
-    #[arg(long, env = "CORRAL_NO_CGROUPS", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, env = "CORRAL_NO_CGROUPS", hide_env_values = true, value_parser = clap::builder::BoolishValueParser::new())]
     pub no_cgroups: bool,
     /// Also serve the API on this TCP address (e.g. 127.0.0.1:7070); needs --token-file.
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<std::net::SocketAddr>,
     /// The bearer token every TCP client must send (a file of at least 16 bytes).
-    #[arg(long, env = "CORRAL_TOKEN_FILE", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "CORRAL_TOKEN_FILE",
+        hide_env_values = true,
+        value_name = "FILE"
+    )]
     pub token_file: Option<PathBuf>,
     /// Refuse a token file that group or others can read (default: a warning).
     #[arg(long)]

@@ -117,7 +117,13 @@ pub struct Table {
     pub header: Vec<&'static str>,
     pub rows: Vec<Vec<Cell>>,
     pub shrink: Vec<usize>,
+    /// Columns left out, in this order, before the first shrinkable column
+    /// (the id) would be cut below [`ID_FLOOR`] characters.
+    pub drop: Vec<usize>,
 }
+
+/// How short an id may be cut before less important columns are left out.
+const ID_FLOOR: usize = 16;
 
 impl Table {
     pub fn new(header: Vec<&'static str>) -> Self {
@@ -125,7 +131,14 @@ impl Table {
             header,
             rows: Vec::new(),
             shrink: Vec::new(),
+            drop: Vec::new(),
         }
+    }
+
+    /// Lets columns be left out, in this order, on a narrow terminal.
+    pub fn droppable(mut self, columns: &[usize]) -> Self {
+        self.drop = columns.to_vec();
+        self
     }
 
     /// Lets column `i` be cut (down to a few characters) to fit the terminal.
@@ -152,37 +165,66 @@ impl Table {
             .collect()
     }
 
-    /// The column widths that fit `limit`, cutting shrinkable columns.
-    fn fitted(&self, limit: Option<usize>) -> Vec<usize> {
-        let mut widths = self.widths();
-        let Some(limit) = limit else { return widths };
-        let total = |w: &[usize]| w.iter().sum::<usize>() + 2 * w.len().saturating_sub(1);
+    /// The column widths that fit `limit` (`None`: the column is left out),
+    /// cutting shrinkable columns and leaving out droppable ones.
+    fn fitted(&self, limit: Option<usize>) -> Vec<Option<usize>> {
+        let natural = self.widths();
+        let Some(limit) = limit else {
+            return natural.into_iter().map(Some).collect();
+        };
+        let mut dropped = 0;
+        loop {
+            let mut widths: Vec<Option<usize>> = natural.iter().copied().map(Some).collect();
+            for c in &self.drop[..dropped] {
+                widths[*c] = None;
+            }
+            self.cut_to(&mut widths, limit);
+            let id_cut = self
+                .shrink
+                .first()
+                .is_some_and(|&id| widths[id].is_some_and(|w| w < natural[id].min(ID_FLOOR)));
+            if !id_cut || dropped == self.drop.len() {
+                return widths;
+            }
+            dropped += 1;
+        }
+    }
+
+    fn cut_to(&self, widths: &mut [Option<usize>], limit: usize) {
+        let total = |w: &[Option<usize>]| {
+            let shown: Vec<usize> = w.iter().flatten().copied().collect();
+            shown.iter().sum::<usize>() + 2 * shown.len().saturating_sub(1)
+        };
         // The last column is cut first (a message), then the widest others.
         let floor = |c: usize| self.header[c].chars().count().max(6);
-        while total(&widths) > limit {
+        let last = widths.len() - 1;
+        while total(widths) > limit {
             let candidate = self
                 .shrink
                 .iter()
                 .copied()
-                .filter(|c| widths[*c] > floor(*c))
-                .max_by_key(|c| (*c == widths.len() - 1, widths[*c]));
-            let Some(c) = candidate else { break };
-            let excess = total(&widths) - limit;
-            widths[c] = widths[c].saturating_sub(excess).max(floor(c));
+                .filter_map(|c| widths[c].map(|w| (c, w)))
+                .filter(|(c, w)| *w > floor(*c))
+                .max_by_key(|(c, w)| (*c == last, *w));
+            let Some((c, w)) = candidate else { break };
+            let excess = total(widths) - limit;
+            widths[c] = Some(w.saturating_sub(excess).max(floor(c)));
         }
-        widths
     }
 
     pub fn render(&self, style: Style) -> String {
         let widths = self.fitted(style.width);
         let mut out = String::new();
         let header: Vec<Cell> = self.header.iter().map(|h| Cell::from(*h)).collect();
+        let shown = widths.iter().rposition(Option::is_some).unwrap_or(0);
         for row in std::iter::once(&header).chain(&self.rows) {
             let mut line = String::new();
             for (c, cell) in row.iter().enumerate() {
-                let w = widths.get(c).copied().unwrap_or(0);
+                let Some(w) = widths.get(c).copied().flatten() else {
+                    continue;
+                };
                 let text = cut(&cell.text, w);
-                let pad = if c + 1 == row.len() {
+                let pad = if c >= shown {
                     0
                 } else {
                     w.saturating_sub(text.chars().count()) + 2
@@ -281,6 +323,31 @@ mod tests {
         });
         assert!(narrower.lines().next().unwrap().starts_with("ID"));
         assert!(narrower.contains("a-rat"), "{narrower}");
+    }
+
+    #[test]
+    fn leaves_out_droppable_columns_before_cutting_ids_short() {
+        let mut t = Table::new(vec!["ID", "PID", "EXTRA", "INFO"])
+            .shrinkable(&[0, 3])
+            .droppable(&[2]);
+        t.push(vec![
+            "team.indexer-7".into(),
+            "1".into(),
+            "some-extra-detail".into(),
+            "busy".into(),
+        ]);
+        let narrow = t.render(Style {
+            width: Some(30),
+            colour: false,
+        });
+        assert!(narrow.contains("team.indexer-7"), "{narrow}");
+        assert!(!narrow.contains("EXTRA"), "{narrow}");
+        assert!(narrow.lines().all(|l| l.chars().count() <= 30), "{narrow}");
+        let wide = t.render(Style {
+            width: Some(80),
+            colour: false,
+        });
+        assert!(wide.contains("some-extra-detail"), "{wide}");
     }
 
     #[test]

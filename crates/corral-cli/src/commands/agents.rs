@@ -122,7 +122,8 @@ pub fn ps_table(all: &[&AgentStatus]) -> Table {
     let mut t = Table::new(vec![
         "ID", "PID", "STATUS", "HEALTH", "READY", "CPU%", "MEM", "RUNTIME", "↺", "EXIT", "INFO",
     ])
-    .shrinkable(&[0, 10]);
+    .shrinkable(&[0, 10])
+    .droppable(&[4, 8, 9, 3]);
     for s in all {
         let info = match (&s.progress, &s.progress_message, &s.end_reason) {
             _ if s.persistent_status.is_live() => match (&s.progress, &s.progress_message) {
@@ -496,4 +497,94 @@ pub async fn events(ctx: &Ctx, follow: bool, since: i64) -> Result<ExitCode> {
         })
         .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(id: &str, json: serde_json::Value) -> AgentStatus {
+        let mut base = serde_json::json!({
+            "agent_id": id, "pid": 4242, "process_alive": true, "process_status": "sleeping",
+            "exit_code": null, "is_zombie": false, "cpu_percent": 5.2, "memory_mb": 45.3,
+            "runtime_seconds": 123.0, "num_threads": 4, "cmdline": "python3 worker.py",
+            "health": "healthy", "persistent_status": "running",
+            "started_at": "2026-11-27T10:30:00.000Z", "progress": 50,
+            "progress_message": "indexing", "progress_at": null, "exit_signal": null,
+            "ended_at": null, "end_reason": null, "run": 1, "restarts": 0,
+            "next_restart_at": null, "restart_policy": "never", "stop_timeouts": [10, 5, 5],
+            "ready": null, "probe": null, "limits": {}, "labels": {},
+            "stdout_log": "/s/agents/x/runs/1/stdout.log", "stderr_log": "/s/agents/x/runs/1/stderr.log",
+            "containment": "cgroup", "user": null, "placement": null, "tree": null
+        });
+        for (k, v) in json.as_object().unwrap() {
+            base[k] = v.clone();
+        }
+        serde_json::from_value(base).unwrap()
+    }
+
+    fn fleet() -> Vec<AgentStatus> {
+        vec![
+            status("L2.1.1", serde_json::json!({"ready": true})),
+            status(
+                "team.flaky",
+                serde_json::json!({
+                    "pid": 77, "process_alive": false, "process_status": "dead", "exit_code": 3,
+                    "health": "failed", "persistent_status": "failed", "cpu_percent": 0.0,
+                    "memory_mb": 0.0, "end_reason": "exited with code 3", "run": 3, "restarts": 2,
+                    "next_restart_at": "2026-11-27T10:31:00.000Z", "progress": null
+                }),
+            ),
+            status(
+                "team.typo",
+                serde_json::json!({
+                    "pid": null, "process_alive": false, "health": "failed",
+                    "persistent_status": "failed", "memory_mb": 0.0, "cpu_percent": 0.0,
+                    "runtime_seconds": 0.0, "progress": null,
+                    "end_reason": "agent team.typo: cannot start \"/no/such/agent\": No such file or directory (os error 2)"
+                }),
+            ),
+            status(
+                &format!("a-very-long-agent-identifier-{}", "x".repeat(40)),
+                serde_json::json!({
+                    "progress_message": "a long progress message that goes on and on about what the agent is doing right now"
+                }),
+            ),
+            status(
+                "zed",
+                serde_json::json!({"health": "zombie", "process_alive": false, "is_zombie": true}),
+            ),
+        ]
+    }
+
+    #[test]
+    fn the_ps_table_fits_80_columns_and_wide_shows_all() {
+        let all = fleet();
+        let rows: Vec<&AgentStatus> = all.iter().collect();
+        let narrow = ps_table(&rows).render(Style {
+            width: Some(80),
+            colour: false,
+        });
+        assert!(narrow.lines().all(|l| l.chars().count() <= 80), "{narrow}");
+        insta::assert_snapshot!("ps_80_columns", narrow);
+        let wide = ps_table(&rows).render(Style {
+            width: None,
+            colour: false,
+        });
+        insta::assert_snapshot!("ps_wide", wide);
+        let coloured = ps_table(&rows).render(Style {
+            width: None,
+            colour: true,
+        });
+        assert!(coloured.contains("\x1b[32mhealthy\x1b[0m"));
+        assert!(coloured.contains("\x1b[31mfailed\x1b[0m"));
+        assert!(coloured.contains("\x1b[33mzombie\x1b[0m"));
+    }
+
+    #[test]
+    fn status_lines_cover_every_field_people_ask_for() {
+        let s = &fleet()[1];
+        let text = output::key_values(status_lines(s));
+        insta::assert_snapshot!("status_failed", text);
+    }
 }

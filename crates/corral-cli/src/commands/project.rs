@@ -1,15 +1,644 @@
-//! `corral up` / `corral down`: placeholder until projects land.
+//! `corral up` / `corral down`: a team of agents described in `corral.toml`.
+//!
+//! `up` makes the running set match the file, and only as much as needed:
+//! agents that run with the same definition are left alone, changed ones are
+//! restarted, missing ones started, and agents of the project that the file no
+//! longer names are stopped. Each agent carries two labels, the project's name
+//! (`corral.project`) and a hash of its full spawn request (`corral.spec`),
+//! which is how `up` tells "unchanged" from "changed". `depends_on` orders
+//! starts: an agent starts once every instance of what it depends on is ready
+//! (or running, when it has no readiness probe). `down` stops them, dependents
+//! first. Unknown keys and type errors name the file, the line and the key.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+use corral_api::Client;
+use corral_api::client::Method;
+use corral_core::{
+    AgentStatus, BatchRequest, BatchResponse, BatchResult, Limits, LogRotation, Probes,
+    RestartPolicy, SpawnRequest, StopManyRequest, StopReport,
+};
+use serde::Deserialize;
 
-use super::Ctx;
+use super::{Ctx, print_json, usage};
 use crate::cli::{DownArgs, UpArgs};
+use crate::output::{Style, Table};
 
-pub async fn up(_ctx: &Ctx, _args: &UpArgs) -> Result<ExitCode> {
-    bail!("corral up is not available yet")
+/// Label naming the project an agent belongs to.
+pub const PROJECT_LABEL: &str = "corral.project";
+/// Label holding the hash of an agent's spawn request.
+pub const SPEC_LABEL: &str = "corral.spec";
+/// How long `up` waits for what an agent depends on.
+const DEPENDENCY_WAIT: Duration = Duration::from_secs(120);
+
+/// One agent's definition (and the `[defaults]` table's).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentDef {
+    command: Option<Vec<String>>,
+    count: Option<u32>,
+    #[serde(default)]
+    depends_on: Vec<String>,
+    cwd: Option<PathBuf>,
+    env: Option<BTreeMap<String, String>>,
+    agent_dir: Option<PathBuf>,
+    labels: Option<BTreeMap<String, String>>,
+    stop_timeouts: Option<Vec<f64>>,
+    verify_ms: Option<u64>,
+    restart: Option<RestartPolicy>,
+    max_runtime_s: Option<f64>,
+    limits: Option<Limits>,
+    probes: Option<Probes>,
+    user: Option<String>,
+    logs: Option<LogRotation>,
 }
 
-pub async fn down(_ctx: &Ctx, _args: &DownArgs) -> Result<ExitCode> {
-    bail!("corral down is not available yet")
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProjectFile {
+    /// The project's name (default: the name of the file's directory).
+    name: Option<String>,
+    #[serde(default)]
+    defaults: AgentDef,
+    #[serde(default)]
+    agents: BTreeMap<String, AgentDef>,
+}
+
+/// A project file, read and checked.
+struct Project {
+    name: String,
+    /// Agent names in start order (dependencies first).
+    order: Vec<String>,
+    agents: BTreeMap<String, Agent>,
+}
+
+struct Agent {
+    depends_on: Vec<String>,
+    /// The ids and spawn requests of its instances.
+    instances: Vec<SpawnRequest>,
+    has_readiness: bool,
+}
+
+/// `file:line:column: message` for a parse or type error in the file.
+fn located(file: &Path, text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let (line, col) = e.span().map_or((1, 1), |span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, col)
+    });
+    usage(format!(
+        "{}:{line}:{col}: {}",
+        file.display(),
+        e.message().trim()
+    ))
+}
+
+/// The line of `[agents.NAME]` in the file, for errors about that agent.
+fn line_of(text: &str, name: &str) -> usize {
+    let header = format!("[agents.{name}]");
+    text.lines()
+        .position(|l| l.trim() == header)
+        .map_or(1, |i| i + 1)
+}
+
+fn load(file: &Path) -> Result<Project> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("read the project file {}", file.display()))?;
+    let parsed: ProjectFile = toml::from_str(&text).map_err(|e| located(file, &text, &e))?;
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+    let base = std::path::absolute(dir.unwrap_or(Path::new(".")))?;
+    let name = parsed.name.clone().unwrap_or_else(|| {
+        base.file_name()
+            .map_or("project".into(), |n| n.to_string_lossy().into_owned())
+    });
+    let at = |agent: &str, msg: String| {
+        usage(format!(
+            "{}:{}: agent {agent}: {msg}",
+            file.display(),
+            line_of(&text, agent)
+        ))
+    };
+    let mut agents = BTreeMap::new();
+    for (agent, def) in &parsed.agents {
+        corral_core::AgentId::new(agent.as_str()).map_err(|e| at(agent, e.to_string()))?;
+        for dep in &def.depends_on {
+            if !parsed.agents.contains_key(dep) {
+                return Err(at(
+                    agent,
+                    format!("depends_on names {dep:?}, which the file does not define"),
+                ));
+            }
+        }
+        let merged = merge(&parsed.defaults, def);
+        let command = merged
+            .command
+            .clone()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| {
+                at(
+                    agent,
+                    "needs a command (a list: [\"program\", \"arg\"])".into(),
+                )
+            })?;
+        let count = merged.count.unwrap_or(1);
+        if count == 0 {
+            return Err(at(agent, "count must be at least 1".into()));
+        }
+        let instances = (1..=count)
+            .map(|i| {
+                let id = if merged.count.is_some() {
+                    format!("{agent}.{i}")
+                } else {
+                    agent.clone()
+                };
+                request(&name, &base, id, command.clone(), &merged)
+            })
+            .collect();
+        let has_readiness = merged
+            .probes
+            .as_ref()
+            .is_some_and(|p| p.readiness.is_some());
+        agents.insert(
+            agent.clone(),
+            Agent {
+                depends_on: def.depends_on.clone(),
+                instances,
+                has_readiness,
+            },
+        );
+    }
+    let order = start_order(&agents).map_err(|cycle| {
+        usage(format!(
+            "{}: depends_on goes round in a circle: {}",
+            file.display(),
+            cycle.join(" → ")
+        ))
+    })?;
+    Ok(Project {
+        name,
+        order,
+        agents,
+    })
+}
+
+/// An agent's definition with the defaults under it (maps are merged).
+fn merge(defaults: &AgentDef, def: &AgentDef) -> AgentDef {
+    let maps = |d: &Option<BTreeMap<String, String>>, a: &Option<BTreeMap<String, String>>| {
+        let mut m = d.clone().unwrap_or_default();
+        m.extend(a.clone().unwrap_or_default());
+        (!m.is_empty()).then_some(m)
+    };
+    AgentDef {
+        command: def.command.clone().or_else(|| defaults.command.clone()),
+        count: def.count.or(defaults.count),
+        depends_on: def.depends_on.clone(),
+        cwd: def.cwd.clone().or_else(|| defaults.cwd.clone()),
+        env: maps(&defaults.env, &def.env),
+        agent_dir: def.agent_dir.clone().or_else(|| defaults.agent_dir.clone()),
+        labels: maps(&defaults.labels, &def.labels),
+        stop_timeouts: def
+            .stop_timeouts
+            .clone()
+            .or_else(|| defaults.stop_timeouts.clone()),
+        verify_ms: def.verify_ms.or(defaults.verify_ms),
+        restart: def.restart.clone().or_else(|| defaults.restart.clone()),
+        max_runtime_s: def.max_runtime_s.or(defaults.max_runtime_s),
+        limits: def.limits.clone().or_else(|| defaults.limits.clone()),
+        probes: def.probes.clone().or_else(|| defaults.probes.clone()),
+        user: def.user.clone().or_else(|| defaults.user.clone()),
+        logs: def.logs.clone().or_else(|| defaults.logs.clone()),
+    }
+}
+
+/// The spawn request of one instance, labelled with the project and its hash.
+fn request(
+    project: &str,
+    base: &Path,
+    id: String,
+    command: Vec<String>,
+    d: &AgentDef,
+) -> SpawnRequest {
+    let rel = |p: &Option<PathBuf>| p.as_ref().map(|p| base.join(p));
+    let mut req = SpawnRequest {
+        agent_id: id,
+        command,
+        cwd: rel(&d.cwd).or_else(|| Some(base.to_owned())),
+        env: d.env.clone().unwrap_or_default(),
+        agent_dir: rel(&d.agent_dir),
+        labels: d.labels.clone().unwrap_or_default(),
+        stop_timeouts: d.stop_timeouts.clone(),
+        verify_ms: d.verify_ms,
+        restart: d.restart.clone(),
+        max_runtime_s: d.max_runtime_s,
+        limits: d.limits.clone(),
+        probes: d.probes.clone(),
+        user: d.user.clone(),
+        logs: d.logs.clone(),
+        placement: None,
+    };
+    let hash = fnv(&serde_json::to_string(&req).unwrap_or_default());
+    req.labels.insert(PROJECT_LABEL.into(), project.into());
+    req.labels.insert(SPEC_LABEL.into(), hash);
+    req
+}
+
+/// FNV-1a, 64 bits, as hex: a stable fingerprint of a spawn request.
+fn fnv(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Agent names, dependencies first; the names of a cycle when there is one.
+fn start_order(agents: &BTreeMap<String, Agent>) -> std::result::Result<Vec<String>, Vec<String>> {
+    fn visit(
+        name: &str,
+        agents: &BTreeMap<String, Agent>,
+        done: &mut BTreeSet<String>,
+        path: &mut Vec<String>,
+        out: &mut Vec<String>,
+    ) -> std::result::Result<(), Vec<String>> {
+        if done.contains(name) {
+            return Ok(());
+        }
+        if let Some(i) = path.iter().position(|p| p == name) {
+            let mut cycle = path[i..].to_vec();
+            cycle.push(name.to_owned());
+            return Err(cycle);
+        }
+        path.push(name.to_owned());
+        for dep in agents
+            .get(name)
+            .map(|a| a.depends_on.as_slice())
+            .unwrap_or_default()
+        {
+            visit(dep, agents, done, path, out)?;
+        }
+        path.pop();
+        done.insert(name.to_owned());
+        out.push(name.to_owned());
+        Ok(())
+    }
+    let (mut done, mut out) = (BTreeSet::new(), Vec::new());
+    for name in agents.keys() {
+        visit(name, agents, &mut done, &mut Vec::new(), &mut out)?;
+    }
+    Ok(out)
+}
+
+/// `names` and everything they depend on (`up`), or everything that depends on
+/// them (`down`); every agent when `names` is empty.
+fn selection(p: &Project, names: &[String], dependents: bool) -> Result<BTreeSet<String>> {
+    if let Some(bad) = names.iter().find(|n| !p.agents.contains_key(*n)) {
+        return Err(usage(format!(
+            "the project defines no agent {bad:?} (it has: {})",
+            p.agents.keys().cloned().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    if names.is_empty() {
+        return Ok(p.agents.keys().cloned().collect());
+    }
+    let mut picked: BTreeSet<String> = names.iter().cloned().collect();
+    loop {
+        let before = picked.len();
+        for (name, a) in &p.agents {
+            if dependents {
+                if a.depends_on.iter().any(|d| picked.contains(d)) {
+                    picked.insert(name.clone());
+                }
+            } else if picked.contains(name) {
+                picked.extend(a.depends_on.iter().cloned());
+            }
+        }
+        if picked.len() == before {
+            return Ok(picked);
+        }
+    }
+}
+
+fn project_file(file: &Option<PathBuf>) -> PathBuf {
+    file.clone().unwrap_or_else(|| PathBuf::from("corral.toml"))
+}
+
+#[derive(serde::Serialize)]
+struct Action {
+    agent_id: String,
+    action: &'static str,
+    pid: Option<i32>,
+    status: String,
+    note: String,
+}
+
+pub async fn up(ctx: &Ctx, args: &UpArgs) -> Result<ExitCode> {
+    let file = project_file(&args.file);
+    let p = load(&file)?;
+    let picked = selection(&p, &args.names, false)?;
+    let client = ctx.client().await?;
+    let current: BTreeMap<String, AgentStatus> = client.get("/v1/agents").await?;
+    let mut actions = Vec::new();
+    for name in p.order.iter().filter(|n| picked.contains(*n)) {
+        let agent = &p.agents[name];
+        for dep in &agent.depends_on {
+            wait_ready(&client, &p.agents[dep]).await?;
+        }
+        actions.extend(bring_up(&client, &current, agent).await?);
+    }
+    if args.names.is_empty() {
+        actions.extend(stop_strays(&client, &current, &p).await?);
+    }
+    let failed = actions.iter().any(|a| a.action == "failed");
+    if ctx.json {
+        print_json(&actions)?;
+    } else {
+        let mut t =
+            Table::new(vec!["AGENT", "ACTION", "PID", "STATUS", "NOTE"]).shrinkable(&[0, 4]);
+        for a in &actions {
+            t.push(vec![
+                a.agent_id.as_str().into(),
+                a.action.into(),
+                a.pid.map_or("-".into(), |p| p.to_string()).into(),
+                a.status.as_str().into(),
+                a.note.as_str().into(),
+            ]);
+        }
+        print!("{}", t.render(Style::stdout(false)));
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Starts what is missing of one agent and restarts what changed.
+async fn bring_up(
+    client: &Client,
+    current: &BTreeMap<String, AgentStatus>,
+    agent: &Agent,
+) -> Result<Vec<Action>> {
+    let mut actions = Vec::new();
+    let mut to_spawn = Vec::new();
+    for req in &agent.instances {
+        let now = current.get(&req.agent_id);
+        let live =
+            now.is_some_and(|s| s.persistent_status.is_live() || s.next_restart_at.is_some());
+        let same = now.is_some_and(|s| s.labels.get(SPEC_LABEL) == req.labels.get(SPEC_LABEL));
+        match (live, same) {
+            (true, true) => {
+                let s = now.map(|s| (s.pid, s.persistent_status.to_string()));
+                actions.push(Action {
+                    agent_id: req.agent_id.clone(),
+                    action: "unchanged",
+                    pid: s.as_ref().and_then(|s| s.0),
+                    status: s.map(|s| s.1).unwrap_or_default(),
+                    note: String::new(),
+                });
+            }
+            (true, false) => {
+                stop(client, &req.agent_id).await?;
+                to_spawn.push((req.clone(), "restarted"));
+            }
+            (false, _) => to_spawn.push((req.clone(), "started")),
+        }
+    }
+    if to_spawn.is_empty() {
+        return Ok(actions);
+    }
+    let batch = BatchRequest {
+        agents: to_spawn.iter().map(|(r, _)| r.clone()).collect(),
+    };
+    let answer: BatchResponse = client
+        .call(Method::POST, "/v1/agents/batch", Some(&batch))
+        .await?;
+    for ((req, action), result) in to_spawn.into_iter().zip(answer.results) {
+        actions.push(match result {
+            BatchResult::Spawned(s) => Action {
+                agent_id: req.agent_id,
+                action: if s.status.is_live() || s.exit_code == Some(0) {
+                    action
+                } else {
+                    "failed"
+                },
+                pid: s.pid,
+                status: s.status.to_string(),
+                note: s
+                    .error
+                    .unwrap_or_default()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            },
+            BatchResult::Failed(f) => Action {
+                agent_id: req.agent_id,
+                action: "failed",
+                pid: None,
+                status: "-".into(),
+                note: f.error.message,
+            },
+        });
+    }
+    Ok(actions)
+}
+
+/// Stops the project's agents that the file no longer names.
+async fn stop_strays(
+    client: &Client,
+    current: &BTreeMap<String, AgentStatus>,
+    p: &Project,
+) -> Result<Vec<Action>> {
+    let wanted: BTreeSet<&str> = p
+        .agents
+        .values()
+        .flat_map(|a| a.instances.iter().map(|r| r.agent_id.as_str()))
+        .collect();
+    let mut actions = Vec::new();
+    for s in current.values() {
+        let ours = s.labels.get(PROJECT_LABEL) == Some(&p.name);
+        if ours && s.persistent_status.is_live() && !wanted.contains(s.agent_id.as_str()) {
+            let r = stop(client, &s.agent_id).await?;
+            actions.push(Action {
+                agent_id: s.agent_id.clone(),
+                action: "stopped",
+                pid: r.pid,
+                status: r.persistent_status.to_string(),
+                note: "no longer in the project file".into(),
+            });
+        }
+    }
+    Ok(actions)
+}
+
+async fn stop(client: &Client, id: &str) -> Result<StopReport> {
+    Ok(client
+        .call(
+            Method::POST,
+            &format!("/v1/agents/{id}/stop"),
+            Some(&corral_core::CleanupOptions::default()),
+        )
+        .await?)
+}
+
+/// Waits until every instance of `dep` is ready (or running, without a readiness probe).
+async fn wait_ready(client: &Client, dep: &Agent) -> Result<()> {
+    let end = Instant::now() + DEPENDENCY_WAIT;
+    for req in &dep.instances {
+        loop {
+            let s: AgentStatus = client.get(&format!("/v1/agents/{}", req.agent_id)).await?;
+            let ok = if dep.has_readiness {
+                s.ready == Some(true)
+            } else {
+                s.persistent_status.is_live()
+                    || s.persistent_status == corral_core::PersistentStatus::Completed
+            };
+            if ok {
+                break;
+            }
+            if !s.persistent_status.is_live() && s.next_restart_at.is_none() {
+                bail!(
+                    "{} ended ({}) before it was ready: {}",
+                    req.agent_id,
+                    s.persistent_status,
+                    s.end_reason.unwrap_or_default()
+                );
+            }
+            if Instant::now() > end {
+                bail!(
+                    "{} was not ready within {} s",
+                    req.agent_id,
+                    DEPENDENCY_WAIT.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+pub async fn down(ctx: &Ctx, args: &DownArgs) -> Result<ExitCode> {
+    let file = project_file(&args.file);
+    let p = load(&file)?;
+    let picked = selection(&p, &args.names, true)?;
+    let client = ctx.client().await?;
+    let mut reports: Vec<StopReport> = Vec::new();
+    // Dependents first: the start order, reversed, one dependency level at a time.
+    for name in p.order.iter().rev().filter(|n| picked.contains(*n)) {
+        for req in &p.agents[name].instances {
+            let body = StopManyRequest {
+                selector: Some(req.agent_id.clone()),
+                live_only: true,
+                ..StopManyRequest::default()
+            };
+            let r: Vec<StopReport> = client.call(Method::POST, "/v1/stop", Some(&body)).await?;
+            reports.extend(r);
+        }
+    }
+    if ctx.json {
+        print_json(&reports)?;
+    } else if reports.is_empty() {
+        println!("nothing of {} was running", p.name);
+    } else {
+        let mut t = Table::new(vec!["AGENT", "ACTION", "PID", "STAGE", "STATUS"]).shrinkable(&[0]);
+        for r in &reports {
+            t.push(vec![
+                r.agent_id.as_str().into(),
+                "stopped".into(),
+                r.pid.map_or("-".into(), |p| p.to_string()).into(),
+                r.stage.as_str().into(),
+                r.persistent_status.as_str().into(),
+            ]);
+        }
+        print!("{}", t.render(Style::stdout(false)));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("corral.toml");
+        std::fs::write(&file, text).unwrap();
+        (dir, file)
+    }
+
+    #[test]
+    fn unknown_keys_name_the_file_line_and_key() {
+        let (_d, file) = write("[agents.web]\ncommand = [\"true\"]\ncolour = \"red\"\n");
+        let err = load(&file).err().unwrap().to_string();
+        assert!(err.contains("corral.toml:3:1"), "{err}");
+        assert!(err.contains("unknown field `colour`"), "{err}");
+    }
+
+    #[test]
+    fn counts_defaults_and_dependencies_make_the_plan() {
+        let (_d, file) = write(
+            r#"
+name = "demo"
+[defaults]
+stop_timeouts = [1, 1, 1]
+env = { A = "1" }
+[agents.web]
+command = ["python3", "-m", "http.server"]
+depends_on = ["indexer"]
+[agents.indexer]
+command = ["sleep", "60"]
+count = 2
+env = { B = "2" }
+"#,
+        );
+        let p = load(&file).unwrap();
+        assert_eq!(p.order, ["indexer", "web"]);
+        let ids: Vec<&str> = p.agents["indexer"]
+            .instances
+            .iter()
+            .map(|r| r.agent_id.as_str())
+            .collect();
+        assert_eq!(ids, ["indexer.1", "indexer.2"]);
+        let r = &p.agents["indexer"].instances[0];
+        assert_eq!(r.env.len(), 2, "defaults and the agent's own, merged");
+        assert_eq!(r.stop_timeouts, Some(vec![1.0, 1.0, 1.0]));
+        assert_eq!(r.labels[PROJECT_LABEL], "demo");
+        assert_eq!(p.agents["web"].instances[0].agent_id, "web");
+        let picked = selection(&p, &["web".into()], false).unwrap();
+        assert_eq!(picked.len(), 2, "web and what it depends on");
+        let picked = selection(&p, &["indexer".into()], true).unwrap();
+        assert_eq!(picked.len(), 2, "indexer and what depends on it");
+    }
+
+    #[test]
+    fn cycles_and_unknown_dependencies_are_refused() {
+        let (_d, file) = write(
+            "[agents.a]\ncommand = [\"true\"]\ndepends_on = [\"b\"]\n[agents.b]\ncommand = [\"true\"]\ndepends_on = [\"a\"]\n",
+        );
+        let err = load(&file).err().unwrap().to_string();
+        assert!(err.contains("circle"), "{err}");
+        let (_d, file) = write("[agents.a]\ncommand = [\"true\"]\ndepends_on = [\"ghost\"]\n");
+        let err = load(&file).err().unwrap().to_string();
+        assert!(
+            err.contains("corral.toml:1: agent a") && err.contains("ghost"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_changed_definition_changes_the_hash_and_nothing_else_does() {
+        let base = Path::new("/p");
+        let d = AgentDef::default();
+        let a = request("p", base, "x".into(), vec!["true".into()], &d);
+        let b = request("p", base, "x".into(), vec!["true".into()], &d);
+        let c = request("p", base, "x".into(), vec!["false".into()], &d);
+        assert_eq!(a.labels[SPEC_LABEL], b.labels[SPEC_LABEL]);
+        assert_ne!(a.labels[SPEC_LABEL], c.labels[SPEC_LABEL]);
+    }
 }

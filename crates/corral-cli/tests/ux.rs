@@ -1,0 +1,389 @@
+//! The command line as a person meets it: help, exit codes, filters, tables,
+//! projects, the daemon's own commands — end to end against a real daemon.
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+/// Waits for a child of ours (a daemon we became the parent of) to exit, and reaps it.
+fn reap(pid: i32) {
+    let mut status = 0;
+    // SAFETY: waits for one specific pid, which is our child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert!(proc_stat(pid).is_none(), "{pid} is gone");
+}
+
+fn text(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn help_speaks_plainly_and_shows_only_what_applies() {
+    let env = Env::new();
+    let top = text(&env.run(&["--help"]));
+    insta::assert_snapshot!("help_top", top);
+    for internal in [
+        "get_agent_status",
+        "monitor_all_agents",
+        "cleanup",
+        "check_process_health",
+    ] {
+        assert!(!top.contains(internal), "{internal} in the help");
+    }
+    let daemon = text(&env.run(&["daemon", "--help"]));
+    assert!(
+        !daemon.contains("--url") && !daemon.contains("--json"),
+        "{daemon}"
+    );
+    insta::assert_snapshot!("help_daemon", daemon);
+    let spawn = text(&env.run(&["spawn", "--help"]));
+    assert!(
+        spawn.contains("[default: 100]") && spawn.contains("[default: 10,5,5]"),
+        "{spawn}"
+    );
+    insta::assert_snapshot!("help_spawn", spawn);
+    insta::assert_snapshot!("help_ps", text(&env.run(&["ps", "--help"])));
+    env.finish();
+}
+
+#[test]
+fn exit_codes_say_what_kind_of_failure_it_was() {
+    let env = Env::new();
+    assert!(
+        env.run(&["spawn", "ok", "--", "sleep", "30"])
+            .status
+            .success()
+    );
+    let cases: &[(&[&str], i32)] = &[
+        (&["health", "ok"], 0),
+        (&["health", "nosuch"], 4),
+        (&["status", "nosuch"], 4),
+        (&["stop", "*"], 2),
+        (&["spawn", "x", "--stop-timeouts", "1,2", "--", "true"], 2),
+        (&["spawn", "x", "--env", "novalue", "--", "true"], 2),
+        (&["spawn", "../bad", "--", "true"], 2),
+        (&["spawn", "--no-such-flag"], 2),
+        (&["spawn", "bad", "--", "/no/such/program"], 1),
+        (&["ps", "--state", "sleepy"], 2),
+    ];
+    for (args, code) in cases {
+        let out = env.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(*code),
+            "corral {args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let star = env.run(&["stop", "*"]);
+    assert!(
+        stderr(&star).contains("--all") && stderr(&star).contains("PREFIX.*"),
+        "{}",
+        stderr(&star)
+    );
+    let after = env.run(&["stop", "ok", "--json"]);
+    assert!(after.status.success());
+    assert_eq!(
+        env.run(&["health", "ok"]).status.code(),
+        Some(1),
+        "not healthy once stopped"
+    );
+    env.finish();
+}
+
+#[test]
+fn ps_filters_and_stop_all_reports_only_what_ran() {
+    let env = Env::new();
+    for (id, team) in [("L2.1", "a"), ("L2.2", "b"), ("L3.1", "a")] {
+        let out = env.run(&[
+            "spawn",
+            id,
+            "--label",
+            &format!("team={team}"),
+            "--",
+            "sleep",
+            "30",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    assert!(
+        !env.run(&["spawn", "gone", "--", "sh", "-c", "exit 3"])
+            .status
+            .success()
+    );
+    let ids = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["ps", "--json"];
+        all.extend_from_slice(args);
+        let v: Value = serde_json::from_slice(&env.run(&all).stdout).unwrap();
+        v.as_object().unwrap().keys().cloned().collect()
+    };
+    assert_eq!(ids(&["L2.*"]), ["L2.1", "L2.2"]);
+    assert_eq!(ids(&["--label", "team=a"]), ["L2.1", "L3.1"]);
+    assert_eq!(ids(&["--state", "failed"]), ["gone"]);
+    assert_eq!(
+        ids(&["--state", "running", "--label", "team=a", "L3.*"]),
+        ["L3.1"]
+    );
+    let table = text(&env.run(&["ps"]));
+    assert!(table.lines().next().unwrap().starts_with("ID"));
+    let gone = table.lines().find(|l| l.starts_with("gone")).unwrap();
+    assert!(
+        gone.contains(" - ") && gone.contains("code 3"),
+        "no pid, the exit: {gone}"
+    );
+    let stop = env.run(&["stop", "--all", "--json"]);
+    let reports: Value = serde_json::from_slice(&stop.stdout).unwrap();
+    let stopped: Vec<&str> = reports
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["agent_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        stopped,
+        ["L2.1", "L2.2", "L3.1"],
+        "the ended agent is not listed"
+    );
+    env.finish();
+}
+
+#[test]
+fn tables_fit_the_terminal_and_wide_shows_everything() {
+    let env = Env::new();
+    let long_id = format!("team.{}", "x".repeat(60));
+    let out = env.run(&["spawn", &long_id, "--", "sh", "-c", "exit 0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut narrow = env.cmd(&["ps"]);
+    narrow.env("COLUMNS", "80");
+    // COLUMNS counts only on a terminal: through a pipe, tables are never cut.
+    let piped = text(&narrow.output().unwrap());
+    assert!(piped.contains(&long_id));
+    let wide = text(&env.run(&["ps", "--wide"]));
+    assert!(wide.contains(&long_id));
+    env.finish();
+}
+
+#[test]
+fn the_command_line_is_shown_quoted_as_typed() {
+    let env = Env::new();
+    let out = env.run(&[
+        "spawn",
+        "py",
+        "--",
+        "python3",
+        "-c",
+        "print(\"hi\"); import sys",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = env.json(&["status", "py"]);
+    assert_eq!(s["cmdline"], r#"python3 -c 'print("hi"); import sys'"#);
+    env.finish();
+}
+
+#[test]
+fn every_data_command_speaks_json() {
+    let env = Env::new();
+    let out = env.run(&[
+        "spawn",
+        "j",
+        "--",
+        "sh",
+        "-c",
+        "echo one; echo two; sleep 30",
+    ]);
+    assert!(out.status.success());
+    env.wait_for("j", "output", |s| {
+        std::fs::read_to_string(s["stdout_log"].as_str().unwrap())
+            .unwrap_or_default()
+            .contains("two")
+    });
+    for args in [
+        &["status", "j"][..],
+        &["ps"],
+        &["summary"],
+        &["health", "j"],
+        &["runs", "j"],
+        &["reap"],
+        &["daemon", "status"],
+    ] {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = env.run(&all);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let _: Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    }
+    let logs = text(&env.run(&["logs", "j", "--json"]));
+    let lines: Vec<Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines
+            .iter()
+            .map(|l| l["line"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["one", "two"]
+    );
+    let events = text(&env.run(&["events", "--json"]));
+    assert!(
+        events
+            .lines()
+            .all(|l| serde_json::from_str::<Value>(l).is_ok())
+    );
+    let human = text(&env.run(&["events"]));
+    assert!(
+        human
+            .lines()
+            .any(|l| l.contains("  j  run 1  state  running")),
+        "{human}"
+    );
+    env.finish();
+}
+
+#[test]
+fn the_daemon_says_when_it_starts_and_can_be_asked_about_and_stopped() {
+    let env = Env::new();
+    let first = env.run(&["spawn", "keep", "--", "sleep", "30"]);
+    assert!(
+        stderr(&first).starts_with("corral: started a daemon (pid "),
+        "{}",
+        stderr(&first)
+    );
+    let second = env.run(&["ps"]);
+    assert!(
+        stderr(&second).is_empty(),
+        "only when it starts one: {}",
+        stderr(&second)
+    );
+    let status = env.json(&["daemon", "status"]);
+    let pid = status["pid"].as_i64().unwrap() as i32;
+    assert_eq!(pid, env.daemon_pid());
+    let agent = env.json(&["status", "keep"])["pid"].as_i64().unwrap() as i32;
+    let stop = env.run(&["daemon", "stop"]);
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    assert!(text(&stop).contains("its agents keep running"));
+    reap(pid);
+    assert!(proc_stat(agent).is_some(), "the agent outlives the daemon");
+    let none = env.run(&["daemon", "status"]);
+    assert!(!none.status.success());
+    // A new daemon re-adopts it; `daemon stop --stop-agents` takes it down too.
+    assert_eq!(env.json(&["status", "keep"])["pid"], agent);
+    let pid = env.daemon_pid();
+    let all = env.run(&["daemon", "stop", "--stop-agents"]);
+    assert!(all.status.success(), "{}", stderr(&all));
+    reap(pid);
+    // The agent was ours (we are the subreaper of the first daemon's agents).
+    reap(agent);
+    env.finish();
+}
+
+#[test]
+fn completions_and_the_man_page_are_generated() {
+    let env = Env::new();
+    let bash = text(&env.run(&["completions", "bash"]));
+    assert!(
+        bash.contains("complete") && bash.contains("corral"),
+        "{}",
+        &bash[..200.min(bash.len())]
+    );
+    let man = text(&env.run(&["man"]));
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH"),
+        "{}",
+        &man[..200.min(man.len())]
+    );
+    env.finish();
+}
+
+#[test]
+fn a_project_comes_up_in_order_changes_only_what_changed_and_goes_down() {
+    let env = Env::new();
+    let dir = env.dir.as_ref().unwrap().path().to_owned();
+    let file = dir.join("corral.toml");
+    let project = |worker_sleep: &str| {
+        format!(
+            r#"
+name = "t"
+[defaults]
+stop_timeouts = [1, 1, 1]
+[agents.db]
+command = ["sh", "-c", "sleep 0.3; echo listening; exec sleep 60"]
+probes = {{ readiness = {{ log = "^listening$" }}, interval_s = 0.1 }}
+[agents.worker]
+command = ["sleep", "{worker_sleep}"]
+count = 2
+depends_on = ["db"]
+"#
+        )
+    };
+    std::fs::write(&file, project("60")).unwrap();
+    let f = file.to_str().unwrap();
+    let actions = |out: std::process::Output| -> Vec<(String, String)> {
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["agent_id"].as_str().unwrap().into(),
+                    a["action"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    let first = actions(env.run(&["up", "-f", f, "--json"]));
+    assert_eq!(
+        first,
+        [
+            ("db".into(), "started".into()),
+            ("worker.1".into(), "started".into()),
+            ("worker.2".into(), "started".into())
+        ]
+    );
+    // The workers started after the database was ready.
+    let db = env.json(&["status", "db"]);
+    assert_eq!(db["ready"], true);
+    let again = actions(env.run(&["up", "-f", f, "--json"]));
+    assert!(again.iter().all(|(_, a)| a == "unchanged"), "{again:?}");
+    std::fs::write(&file, project("61")).unwrap();
+    let changed = actions(env.run(&["up", "-f", f, "--json"]));
+    assert_eq!(
+        changed,
+        [
+            ("db".into(), "unchanged".into()),
+            ("worker.1".into(), "restarted".into()),
+            ("worker.2".into(), "restarted".into())
+        ]
+    );
+    // Fewer workers: the extra one is stopped.
+    std::fs::write(&file, project("61").replace("count = 2", "count = 1")).unwrap();
+    let fewer = actions(env.run(&["up", "-f", f, "--json"]));
+    assert!(
+        fewer.contains(&("worker.2".into(), "stopped".into())),
+        "{fewer:?}"
+    );
+    let down = env.run(&["down", "-f", f, "--json"]);
+    assert!(down.status.success());
+    let reports: Value = serde_json::from_slice(&down.stdout).unwrap();
+    let order: Vec<&str> = reports
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["agent_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, ["worker.1", "db"], "dependents first");
+    // An unknown key names file, line and key.
+    std::fs::write(&file, "[agents.a]\ncommand = [\"true\"]\ncolour = 1\n").unwrap();
+    let bad = env.run(&["up", "-f", f]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        stderr(&bad).contains("corral.toml:3:1") && stderr(&bad).contains("colour"),
+        "{}",
+        stderr(&bad)
+    );
+    env.finish();
+}
