@@ -110,6 +110,9 @@ pub enum Command {
     Demo(DemoArgs),
     /// Measure corral on this machine against bare baselines, with a private daemon.
     Bench(BenchArgs),
+    /// Serve the Model Context Protocol on stdin/stdout, so an AI agent can spawn,
+    /// watch and stop agents (starts a daemon on the first tool call when none answers).
+    Mcp,
 }
 
 impl Command {
