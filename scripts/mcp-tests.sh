@@ -12,7 +12,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 cargo build --locked --quiet
-bin="$root/target/debug/corral"
+bin="${CARGO_TARGET_DIR:-$root/target}/debug/corral"
 test -x "$bin"
 
 venv="$(mktemp -d "${TMPDIR:-/tmp}/corral-mcp-venv.XXXXXX")"

@@ -48,9 +48,11 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def processes_of_agent(agent_id: str) -> list[int]:
-    """Pids of live processes whose environment names the agent (its whole tree)."""
-    needle = f"CORRAL_AGENT_ID={agent_id}".encode()
+def processes_with_env(var: str, value: str) -> list[int]:
+    """Pids of live processes whose environment has var=value: an agent's whole
+    tree carries CORRAL_AGENT_ID and CORRAL_SOCKET, even processes that left its
+    process group or session."""
+    needle = f"{var}={value}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -94,8 +96,8 @@ def state_dir():
             if not wait_gone(daemon, 15):
                 os.kill(daemon, signal.SIGKILL)
                 pytest.fail(f"the daemon (pid {daemon}) did not stop on SIGTERM")
-            leftovers = processes_of_agent(AGENT)
-            assert leftovers == [], f"processes of {AGENT} are still running: {leftovers}"
+            leftovers = processes_with_env("CORRAL_SOCKET", str(state / "corral.sock"))
+            assert leftovers == [], f"agent processes of the test's daemon are still running: {leftovers}"
         finally:
             shutil.rmtree(root, ignore_errors=True)
 
@@ -166,6 +168,9 @@ def test_agent_lifecycle(state_dir):
             assert spawned["agent_id"] == AGENT and spawned["status"] == "running", spawned
             pid = spawned["pid"]
             assert isinstance(pid, int) and alive(pid)
+            # The leftover checks below and at the end can see this agent's tree.
+            assert pid in processes_with_env("CORRAL_AGENT_ID", AGENT)
+            assert pid in processes_with_env("CORRAL_SOCKET", str(Path(state_dir) / "corral.sock"))
 
             status = await call_ok(s, "get_agent_status", {"agent_id": AGENT})
             assert status["persistent_status"] == "running"
@@ -209,7 +214,7 @@ def test_agent_lifecycle(state_dir):
             final = await call_ok(s, "wait_agent", {"agent_id": AGENT, "timeout_s": 10})
             assert final["persistent_status"] == "cancelled" and final["process_alive"] is False
             assert wait_gone(pid, 5), f"agent pid {pid} is still there"
-            assert processes_of_agent(AGENT) == []
+            assert processes_with_env("CORRAL_AGENT_ID", AGENT) == []
 
             # Stopping again reports that it had already ended.
             again = await call_ok(s, "stop_agents", {"selector": "mcp.*"})
