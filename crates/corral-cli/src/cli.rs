@@ -128,6 +128,9 @@ pub enum Command {
     },
     /// Print the man page (roff).
     Man,
+    /// Serve the Model Context Protocol on stdin/stdout, so an AI agent can spawn,
+    /// watch and stop agents (starts a daemon on the first tool call when none answers).
+    Mcp(McpArgs),
 }
 
 impl Command {
@@ -146,6 +149,13 @@ pub struct IdArgs {
     pub conn: Conn,
     #[command(flatten)]
     pub out: Json,
+}
+
+/// `corral mcp`: where the daemon is (its answers go to the MCP host, never as text).
+#[derive(Debug, Args)]
+pub struct McpArgs {
+    #[command(flatten)]
+    pub conn: Conn,
 }
 
 /// A command with data to print and nothing else to say.

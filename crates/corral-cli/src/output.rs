@@ -77,7 +77,6 @@ impl Style {
     }
 
     /// Plain text, never cut.
-    #[cfg(test)]
     pub fn plain() -> Self {
         Self {
             width: None,

@@ -9,6 +9,7 @@ mod bench;
 mod daemon;
 mod demo;
 mod logs;
+mod mcp;
 mod project;
 mod spawn;
 mod stop;
@@ -139,5 +140,6 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Mcp(a) => mcp::run(ctx(&a.conn, Json::default())?).await,
     }
 }

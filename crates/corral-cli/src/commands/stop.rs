@@ -23,6 +23,12 @@ fn print_reports(ctx: &Ctx, reports: &[StopReport]) -> Result<()> {
         println!("nothing to stop");
         return Ok(());
     }
+    print!("{}", reports_table(reports).render(Style::stdout(false)));
+    Ok(())
+}
+
+/// The stop reports as a table: one row per agent, how far the stop went.
+pub fn reports_table(reports: &[StopReport]) -> Table {
     let mut t =
         Table::new(vec!["ID", "PID", "STAGE", "TOOK", "EXIT", "STATUS", "TREE"]).shrinkable(&[0]);
     for r in reports {
@@ -38,8 +44,7 @@ fn print_reports(ctx: &Ctx, reports: &[StopReport]) -> Result<()> {
                 .into(),
         ]);
     }
-    print!("{}", t.render(Style::stdout(false)));
-    Ok(())
+    t
 }
 
 /// Says on stderr what a staged stop will do, before its waits begin — for a
