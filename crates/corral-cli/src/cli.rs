@@ -110,6 +110,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Measure corral on this machine against bare baselines, with a private daemon.
     Bench(BenchArgs),
+    /// A live dashboard of every agent: sort, filter, details and logs, stop and kill.
+    Top(TopArgs),
 }
 
 impl Command {
@@ -333,4 +335,11 @@ pub struct BenchArgs {
     /// Contain agents in process groups only (no cgroups).
     #[arg(long)]
     pub no_cgroups: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// How often every agent's figures are fetched again (state changes show at once).
+    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = parse_duration)]
+    pub interval: std::time::Duration,
 }

@@ -5,6 +5,7 @@ mod bench;
 mod daemon;
 mod demo;
 mod logs;
+mod top;
 
 use std::process::ExitCode;
 
@@ -77,5 +78,6 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Events { follow, since } => agents::events(&ctx, follow, since).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => bench::run(&ctx, args).await,
+        Command::Top(args) => top::run(&ctx, args).await,
     }
 }
