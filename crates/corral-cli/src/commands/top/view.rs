@@ -23,8 +23,10 @@ use ratatui::widgets::{
 
 use super::model::{Action, Detail, LogTail, Mode, Model, SortKey, Tone, tone};
 
-/// Cells of the progress bar.
+/// Cells of the progress bar; half that when the progress column is narrow.
 const BAR: usize = 10;
+/// Below this width the progress column gets the short bar, leaving room for the message.
+const WIDE_PROGRESS: u16 = 36;
 /// The id column never grows wider than this; longer ids end in `…`.
 const MAX_ID: usize = 32;
 /// The progress column keeps at least this many cells while the id column can shrink.
@@ -219,6 +221,12 @@ fn render_table(frame: &mut Frame<'_>, area: Rect, m: &Model) {
         .saturating_sub(FIXED_WIDTH + MIN_PROGRESS)
         .max(12);
     let id_width = (m.longest_id().max(2) as u16).min(MAX_ID as u16).min(room);
+    let progress_width = area.width.saturating_sub(FIXED_WIDTH + id_width);
+    let bar = if progress_width >= WIDE_PROGRESS {
+        BAR
+    } else {
+        BAR / 2
+    };
 
     // Scroll so the selection is visible; build only the rows that fit.
     let visible = usize::from(inner.height.saturating_sub(1)).max(1);
@@ -245,7 +253,7 @@ fn render_table(frame: &mut Frame<'_>, area: Rect, m: &Model) {
     }));
     let rows = (offset..(offset + visible).min(m.row_count()))
         .filter_map(|n| m.row(n))
-        .map(|s| agent_row(s, m.stopping(&s.agent_id), usize::from(id_width)));
+        .map(|s| agent_row(s, m.stopping(&s.agent_id), usize::from(id_width), bar));
     let table = Table::new(rows, cols.iter().map(|(_, w, _)| *w))
         .header(header)
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
@@ -263,7 +271,12 @@ fn align(line: Line<'_>, right: bool) -> Cell<'_> {
     })
 }
 
-fn agent_row<'a>(s: &'a AgentStatus, stopping: Option<&str>, id_width: usize) -> Row<'a> {
+fn agent_row<'a>(
+    s: &'a AgentStatus,
+    stopping: Option<&str>,
+    id_width: usize,
+    bar: usize,
+) -> Row<'a> {
     let t = tone(s);
     let alive = s.process_alive;
     let live = |text: String| if alive { text } else { "-".into() };
@@ -293,20 +306,20 @@ fn agent_row<'a>(s: &'a AgentStatus, stopping: Option<&str>, id_width: usize) ->
         align(Line::raw(live(s.num_threads.to_string())), true),
         align(Line::raw(runtime(s.runtime_seconds)), true),
         align(Line::raw(s.restarts.to_string()), true),
-        align(progress(s), false),
+        align(progress(s, bar), false),
     ];
     Row::new(cells)
 }
 
-/// `████░░░░░░  40% message`, or `-` without progress.
-fn progress(s: &AgentStatus) -> Line<'static> {
+/// `████░░░░░░  40% message` (a bar of `bar` cells), or `-` without progress.
+fn progress(s: &AgentStatus, bar: usize) -> Line<'static> {
     let Some(p) = s.progress else {
         return Line::styled("-", dim());
     };
-    let filled = (usize::from(p.min(100)) * BAR + 50) / 100;
+    let filled = (usize::from(p.min(100)) * bar + 50) / 100;
     let mut spans = vec![
         Span::styled("█".repeat(filled), Style::new().fg(Color::Cyan)),
-        Span::styled("░".repeat(BAR - filled), dim()),
+        Span::styled("░".repeat(bar - filled), dim()),
         Span::raw(format!(" {p:>3}%")),
     ];
     if let Some(msg) = &s.progress_message {
@@ -950,7 +963,8 @@ mod tests {
         let t = text(&buf);
         assert!(t.contains("pipeline.stage-7.worker…"), "{t}");
         assert!(!t.contains("very-long-name.42"));
-        assert!(t.contains("██████████ 100%"), "{t}");
+        assert!(t.contains("██░░░  40% shard 4 of"), "a short bar: {t}");
+        assert!(t.contains("█████ 100%"), "{t}");
         // No pid: a dash.
         let line = t.lines().find(|l| l.contains("pipeline")).unwrap();
         assert!(line.contains(" - "), "{line}");
