@@ -13,8 +13,8 @@
 //!
 //! Where things run, and why:
 //! - one **UI thread** owns the terminal and the model. It waits on a channel
-//!   for messages (keys, answers, events) or the next tick, applies them all,
-//!   and draws once — only when something changed, or on the tick. Drawing
+//!   for messages (keys, answers, events) or the next tick, applies all that
+//!   have arrived, and then draws once — only when something changed. Drawing
 //!   writes to the terminal, which may block, so it is kept off the async
 //!   runtime.
 //! - one **key thread** blocks in crossterm's `read` and forwards what it reads;
@@ -232,10 +232,13 @@ fn ui_loop(
         }
         if now >= next_tick {
             next_tick = now + interval;
+            let had_note = m.note().is_some();
             if let Some(fx) = m.tick(now) {
                 let _ = effects.send(fx);
             }
-            redraw = true;
+            // The figures come with the refreshes; the tick itself only
+            // changes the screen when a note runs out.
+            redraw |= had_note && m.note().is_none();
         }
     }
 }
