@@ -85,6 +85,8 @@ pub enum Command {
     Spawn(Box<SpawnArgs>),
     /// List agents: id, pid, status, health, readiness, CPU, memory, runtime, restarts, exit.
     Ps(PsArgs),
+    /// A live dashboard of every agent: sort, filter, details and logs, stop and kill.
+    Top(TopArgs),
     /// Show one agent's status, every field.
     Status(IdArgs),
     /// Exit 0 when the agent is healthy (alive, not a zombie), 1 when not, 4 when there is no such agent.
@@ -532,4 +534,13 @@ pub fn parse_size_mb(raw: &str) -> Result<f64, String> {
         _ => return Err(format!("{raw:?} is not a size like 512M or 2G")),
     };
     Ok(mb)
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    /// How often every agent's figures are fetched again (state changes show at once).
+    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = parse_duration)]
+    pub interval: std::time::Duration,
 }

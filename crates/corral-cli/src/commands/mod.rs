@@ -13,6 +13,7 @@ mod mcp;
 mod project;
 mod spawn;
 mod stop;
+mod top;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -141,5 +142,6 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Mcp(a) => mcp::run(ctx(&a.conn, Json::default())?).await,
+        Command::Top(a) => top::run(&ctx(&a.conn, Json::default())?, a).await,
     }
 }
