@@ -6,10 +6,9 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
-bin="${CORRAL_BIN:-$repo/target/debug/corral}"
-if [[ ! -x "$bin" ]]; then
-    cargo build --locked --quiet
-fi
+# Always the binary of this tree (a no-op when it is up to date).
+cargo build --locked --quiet
+bin="${CORRAL_BIN:-${CARGO_TARGET_DIR:-$repo/target}/debug/corral}"
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
