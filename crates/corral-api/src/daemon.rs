@@ -57,6 +57,8 @@ pub struct DaemonOptions {
     pub max_connections: Option<usize>,
     /// How long request headers may take (default [`serve::HEADER_TIMEOUT`]).
     pub header_timeout: Option<Duration>,
+    /// Where agents whose request names no placement run (`None`: this host).
+    pub placement: Option<corral_core::model::Placement>,
 }
 
 /// Shortest bearer token accepted, bytes.
@@ -262,6 +264,18 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     config.sample_interval = opts.sample_interval;
     config.subreaper = true;
     config.cgroups = opts.cgroups;
+    config.default_placement = opts.placement.clone();
+    if let (Some(addr), Some(file)) = (opts.listen, &opts.token_file) {
+        // Agents on other hosts (cluster jobs) report progress over TCP.
+        config.job_env.insert("CORRAL_URL".into(), addr.to_string());
+        config.job_env.insert(
+            "CORRAL_TOKEN_FILE".into(),
+            std::path::absolute(file)
+                .unwrap_or_else(|_| file.clone())
+                .display()
+                .to_string(),
+        );
+    }
     let sup = Supervisor::open(config).await?;
     let listener = bind_socket(&socket)?;
     let tcp = match (opts.listen, token) {

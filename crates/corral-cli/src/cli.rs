@@ -226,6 +226,10 @@ pub struct DaemonArgs {
     /// How long request headers may take before the connection is closed (default 10000).
     #[arg(long, value_name = "MS", hide = true)]
     pub header_timeout_ms: Option<u64>,
+    /// Where agents whose request names no placement run: this host (local) or
+    /// the Slurm cluster this host submits to (slurm).
+    #[arg(long, env = "CORRAL_PLACEMENT", value_name = "WHERE", value_parser = ["local", "slurm"])]
+    pub placement: Option<String>,
     /// Started in the background by the CLI: leave the terminal's session.
     #[arg(long, hide = true)]
     pub detach: bool,
@@ -340,6 +344,29 @@ pub struct SpawnArgs {
     /// Run as this user (name or uid); only when the daemon runs as root.
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
+    /// Run the agent as a job of the Slurm cluster (sbatch) instead of on this host.
+    #[arg(long, help_heading = "Slurm")]
+    pub slurm: bool,
+    /// The job's partition.
+    #[arg(long, value_name = "NAME", requires = "slurm", help_heading = "Slurm")]
+    pub partition: Option<String>,
+    /// Nodes the job may run on (a Slurm node list).
+    #[arg(long, value_name = "LIST", requires = "slurm", help_heading = "Slurm")]
+    pub nodes: Option<String>,
+    /// CPUs for the job.
+    #[arg(long, value_name = "N", requires = "slurm", help_heading = "Slurm")]
+    pub cpus: Option<u32>,
+    /// Memory for the job (512M, 2G; bare numbers are MB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_mb, requires = "slurm", help_heading = "Slurm")]
+    pub mem: Option<f64>,
+    /// The job's time limit, in Slurm's format (60, 1:00:00, 1-0).
+    #[arg(
+        long = "time",
+        value_name = "LIMIT",
+        requires = "slurm",
+        help_heading = "Slurm"
+    )]
+    pub time_limit: Option<String>,
     #[command(flatten)]
     pub conn: Conn,
     #[command(flatten)]

@@ -81,6 +81,16 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The cluster engine refused or failed the agent's job submission.
+    #[error("agent {agent_id}: cannot place the job on {engine}: {reason}")]
+    Engine {
+        /// The agent.
+        agent_id: String,
+        /// `slurm`.
+        engine: &'static str,
+        /// What the engine said.
+        reason: String,
+    },
     /// The agent's directory or log files could not be created.
     #[error("agent {agent_id}: {field} {}: {source}", path.display())]
     Files {
@@ -163,7 +173,7 @@ impl Error {
             Self::Conflict { .. } => ErrorCode::Conflict,
             Self::Forbidden { .. } => ErrorCode::Forbidden,
             Self::Timeout { .. } => ErrorCode::Timeout,
-            Self::Spawn { .. } | Self::Files { .. } => ErrorCode::SpawnFailed,
+            Self::Spawn { .. } | Self::Files { .. } | Self::Engine { .. } => ErrorCode::SpawnFailed,
             Self::Store { .. }
             | Self::StoreGone { .. }
             | Self::Unavailable { .. }

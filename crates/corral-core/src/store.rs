@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::model::{PersistentStatus, SpawnRequest};
 
 /// Schema version this build writes (`PRAGMA user_version`).
-pub(crate) const SCHEMA_VERSION: i32 = 3;
+pub(crate) const SCHEMA_VERSION: i32 = 4;
 
 /// Most writes applied in one transaction.
 const MAX_BATCH: usize = 512;
@@ -90,7 +90,25 @@ const MIGRATIONS: &[&str] = &[
     UPDATE events SET run = COALESCE((SELECT run FROM runs WHERE runs.run_id = events.run_id), 0);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;
     INSERT INTO meta VALUES ('heartbeat', 0);",
+    // v4: runs placed on a cluster engine: the job (engine, id, node, the tag
+    // that proves a job id is still this run's).
+    "ALTER TABLE runs ADD COLUMN job TEXT;",
 ];
+
+/// A run's job on a cluster engine, as stored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct JobRecord {
+    /// `slurm`.
+    pub engine: String,
+    /// The engine's job id (unique only within one life of the engine's state).
+    pub job_id: String,
+    /// Where it runs, once it does.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Written into the job (its comment) at submission: a job id whose job
+    /// carries another tag is not this run's.
+    pub tag: String,
+}
 
 /// One run of one agent, as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,6 +151,8 @@ pub(crate) struct RunRecord {
     pub next_restart_at: Option<String>,
     /// 0 for a run a user started; n for the n-th restart in a row.
     pub restart_attempt: u32,
+    /// Its job, when it was placed on a cluster engine.
+    pub job: Option<JobRecord>,
 }
 
 /// How a run ended, as written by [`finish`].
@@ -304,6 +324,9 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         progress_at: row.get("progress_at")?,
         next_restart_at: row.get("next_restart_at")?,
         restart_attempt: row.get::<_, i64>("restart_attempt")?.clamp(0, 1 << 20) as u32,
+        job: row
+            .get::<_, Option<String>>("job")?
+            .and_then(|j| serde_json::from_str(&j).ok()),
     })
 }
 
@@ -663,6 +686,30 @@ pub(crate) fn set_process(
             "state",
             &serde_json::json!({"status": status, "pid": pid}),
         )?;
+        Ok(0)
+    })
+}
+
+/// The job a run was submitted as (status stays `spawning`), or the node it
+/// was placed on; with `status`, a transition in the same commit.
+pub(crate) fn set_job(run_id: i64, job: JobRecord, status: Option<PersistentStatus>) -> Write {
+    Write::new("record the run's job", move |c| {
+        c.prepare_cached(
+            "UPDATE runs SET job = ?2, status = COALESCE(?3, status) WHERE run_id = ?1",
+        )?
+        .execute(params![run_id, json(&job), status.map(|s| s.as_str())])?;
+        let mut data = serde_json::json!({"job_id": job.job_id, "engine": job.engine});
+        if let Some(node) = &job.node {
+            data["node"] = node.clone().into();
+        }
+        let kind = match status {
+            Some(status) => {
+                data["status"] = status.as_str().into();
+                "state"
+            }
+            None => "job",
+        };
+        event(c, run_id, kind, &data)?;
         Ok(0)
     })
 }

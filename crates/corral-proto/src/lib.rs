@@ -907,8 +907,9 @@ pub struct RunInfo {
 
 /// One entry of the event log: a lifecycle transition (`state`), a progress
 /// report (`progress`), a stop stage (`stop_stage`), a planned restart
-/// (`restart`), a crash loop (`crash_loop`), a limit hit (`limit`) or a probe
-/// result change (`probe`). Stored, numbered by `seq`.
+/// (`restart`), a crash loop (`crash_loop`), a limit hit (`limit`), a probe
+/// result change (`probe`), or a run's cluster job submitted or placed on a
+/// node (`job`: `engine`, `job_id`, `node`). Stored, numbered by `seq`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Event {
     /// Position in the log; a client resumes after the last one it saw.

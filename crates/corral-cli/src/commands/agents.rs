@@ -67,6 +67,9 @@ fn status_lines(s: &AgentStatus) -> Vec<(&'static str, String)> {
         ("stdout_log", s.stdout_log.display().to_string()),
         ("stderr_log", s.stderr_log.display().to_string()),
     ];
+    if let Some(p) = &s.placement {
+        rows.push(("placement", placement_words(p)));
+    }
     if let Some(t) = &s.tree {
         rows.push((
             "tree",
@@ -117,6 +120,15 @@ pub fn health_colour(h: Health) -> Option<Colour> {
     })
 }
 
+/// Where a job runs, in words: `slurm job 7 on node1`, `slurm job 8, queued: Priority`.
+pub fn placement_words(p: &corral_core::PlacementInfo) -> String {
+    match (&p.node, &p.pending_reason) {
+        (_, Some(reason)) => format!("{} job {}, queued: {reason}", p.engine, p.job_id),
+        (Some(node), None) => format!("{} job {} on {node}", p.engine, p.job_id),
+        (None, None) => format!("{} job {}", p.engine, p.job_id),
+    }
+}
+
 /// The `ps` table for a set of statuses.
 pub fn ps_table(all: &[&AgentStatus]) -> Table {
     let mut t = Table::new(vec![
@@ -129,7 +141,11 @@ pub fn ps_table(all: &[&AgentStatus]) -> Table {
             _ if s.persistent_status.is_live() => match (&s.progress, &s.progress_message) {
                 (Some(p), Some(m)) => format!("{p}% {m}"),
                 (Some(p), None) => format!("{p}%"),
-                _ => String::new(),
+                _ => s
+                    .placement
+                    .as_ref()
+                    .map(placement_words)
+                    .unwrap_or_default(),
             },
             (_, _, Some(reason)) => reason.clone(),
             _ => String::new(),

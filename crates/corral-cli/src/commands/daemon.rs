@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use corral_api::client::Method;
 use corral_api::daemon::{DaemonError, DaemonOptions};
-use corral_core::{DaemonHealth, DaemonStopRequest, DaemonStopResponse};
+use corral_core::{DaemonHealth, DaemonStopRequest, DaemonStopResponse, Placement, SlurmPlacement};
 
 use super::{EXIT_ALREADY_RUNNING, print_json};
 use crate::cli::{Before, DaemonAction, DaemonArgs};
@@ -41,6 +41,9 @@ async fn serve(
         strict: args.strict,
         max_connections: args.max_connections,
         header_timeout: args.header_timeout_ms.map(Duration::from_millis),
+        placement: (args.placement.as_deref() == Some("slurm")).then(|| Placement {
+            slurm: Some(SlurmPlacement::default()),
+        }),
     };
     match corral_api::daemon::run(opts).await {
         Ok(()) => Ok(ExitCode::SUCCESS),

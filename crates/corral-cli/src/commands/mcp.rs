@@ -701,6 +701,41 @@ struct SpawnParams {
     /// Rotation of the agent's log files (copy and truncate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     logs: Option<LogRotationParams>,
+    /// Where the agent runs. Default: this host (or the daemon's default placement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    placement: Option<PlacementParams>,
+}
+
+/// Where an agent runs.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct PlacementParams {
+    /// Run the agent as a job of the Slurm cluster this host submits to (`{}` for the
+    /// engine's defaults). Its status then has `pid` null and `placement` naming the job
+    /// and node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    slurm: Option<SlurmParams>,
+}
+
+/// What a Slurm job is asked for; every field optional (the engine's defaults).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct SlurmParams {
+    /// The partition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    partition: Option<String>,
+    /// Nodes the job may run on (a Slurm node list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nodes: Option<String>,
+    /// CPUs for the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cpus: Option<u32>,
+    /// Memory for the job, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mem_mb: Option<u64>,
+    /// Time limit in Slurm's format (`60`, `1:00:00`, `1-0`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    time_limit: Option<String>,
 }
 
 /// When a run that ended on its own is started again.
@@ -1301,11 +1336,9 @@ mod tests {
 
     #[test]
     fn spawn_schema_covers_the_api_spawn_request() {
-        // Every field of the API's request is reachable from the tool, except
-        // placement (cluster engines), which this daemon does not act on.
+        // Every field of the API's request is reachable from the tool.
         let api = inline_api_schema(api_ref("SpawnRequest"));
-        let mut api_fields = props(&api);
-        api_fields.retain(|f| f != "placement");
+        let api_fields = props(&api);
         assert_eq!(props(&ToolName::Spawn.input_schema()), api_fields);
         let ours = Value::Object(ToolName::Spawn.input_schema().as_ref().clone());
         let defs = ours["$defs"].as_object().unwrap();
@@ -1314,6 +1347,8 @@ mod tests {
             ("LimitsParams", "Limits"),
             ("ProbesParams", "Probes"),
             ("LogRotationParams", "LogRotation"),
+            ("PlacementParams", "Placement"),
+            ("SlurmParams", "SlurmPlacement"),
         ] {
             let a = defs[mine]["properties"].as_object().unwrap();
             let b = api["$defs"][theirs]["properties"].as_object().unwrap();

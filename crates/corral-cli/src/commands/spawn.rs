@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use corral_api::client::Method;
 use corral_core::{
-    BatchRequest, BatchResponse, BatchResult, Limits, PersistentStatus, Probe, Probes,
-    RestartPolicy, SpawnRequest, SpawnResponse,
+    BatchRequest, BatchResponse, BatchResult, Limits, PersistentStatus, Placement, Probe, Probes,
+    RestartPolicy, SlurmPlacement, SpawnRequest, SpawnResponse,
 };
 
 use super::{Ctx, print_json, usage};
@@ -90,6 +90,15 @@ fn request_from_args(args: &SpawnArgs) -> Result<SpawnRequest> {
         verify_ms: args.verify_ms,
         restart,
         max_runtime_s: args.max_runtime.map(|d| d.as_secs_f64()),
+        placement: args.slurm.then(|| Placement {
+            slurm: Some(SlurmPlacement {
+                partition: args.partition.clone(),
+                nodes: args.nodes.clone(),
+                cpus: args.cpus,
+                mem_mb: args.mem.map(|m| m.ceil() as u64),
+                time_limit: args.time_limit.clone(),
+            }),
+        }),
         ..SpawnRequest::default()
     })
 }
@@ -141,10 +150,23 @@ fn parse_seconds_list(raw: &str, n: usize, usage: &str) -> Result<Vec<f64>> {
 
 /// True when a spawn answer means "it started and did not fail".
 fn started_ok(resp: &SpawnResponse) -> bool {
-    matches!(
-        resp.status,
-        PersistentStatus::Running | PersistentStatus::Completed
-    ) && resp.exit_code.unwrap_or(0) == 0
+    // A job still in the engine's queue was placed: that is all a spawn can prove then.
+    let queued = resp.status == PersistentStatus::Spawning && resp.placement.is_some();
+    (queued
+        || matches!(
+            resp.status,
+            PersistentStatus::Running | PersistentStatus::Completed
+        ))
+        && resp.exit_code.unwrap_or(0) == 0
+}
+
+/// Where it runs, in words: `pid 42`, `slurm job 7 on node1`, `slurm job 8, queued: Priority`.
+fn whereabouts(resp: &SpawnResponse) -> String {
+    match (&resp.placement, resp.pid) {
+        (Some(p), _) => super::agents::placement_words(p),
+        (None, Some(pid)) => format!("pid {pid}"),
+        (None, None) => "pid -".into(),
+    }
 }
 
 pub async fn spawn(ctx: &Ctx, args: SpawnArgs) -> Result<ExitCode> {
@@ -165,10 +187,10 @@ pub async fn spawn(ctx: &Ctx, args: SpawnArgs) -> Result<ExitCode> {
         print_json(&resp)?;
     } else if ok {
         println!(
-            "{} {} (pid {}, run {})",
+            "{} {} ({}, run {})",
             resp.agent_id,
             resp.status,
-            resp.pid.map_or("-".into(), |p| p.to_string()),
+            whereabouts(&resp),
             resp.run
         );
     }
@@ -229,12 +251,9 @@ async fn spawn_batch(ctx: &Ctx, args: SpawnArgs) -> Result<ExitCode> {
     } else {
         for r in &answer.results {
             match r {
-                BatchResult::Spawned(s) if started_ok(s) => println!(
-                    "{} {} (pid {})",
-                    s.agent_id,
-                    s.status,
-                    s.pid.map_or("-".into(), |p| p.to_string())
-                ),
+                BatchResult::Spawned(s) if started_ok(s) => {
+                    println!("{} {} ({})", s.agent_id, s.status, whereabouts(s))
+                }
                 BatchResult::Spawned(s) => crate::say(&format!(
                     "{} {}: {}",
                     s.agent_id,

@@ -273,6 +273,24 @@ pub fn open_private_append(path: &Path) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
+/// Writes `bytes` to a new or truncated private (0600) file, never through a
+/// symlink; it must be a regular file.
+pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let fd = rustix::fs::open(
+        path,
+        OFlags::WRONLY
+            | OFlags::CREATE
+            | OFlags::TRUNC
+            | OFlags::NOFOLLOW
+            | OFlags::NONBLOCK
+            | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    require_regular(&fd)?;
+    File::from(fd).write_all(bytes)
+}
+
 /// Opens a file for reading, never through a symlink and never blocking on a
 /// FIFO; it must be a regular file.
 pub fn open_nofollow(path: &Path) -> io::Result<File> {

@@ -149,6 +149,7 @@ enum Wake {
     Command(Option<Cmd>),
     Exited(bool),
     Tree,
+    Job,
     Timer,
 }
 
@@ -163,7 +164,10 @@ pub(crate) struct Actor {
     /// The last published view (the previous run's, until this run is recorded).
     pub view: Option<Arc<View>>,
     pub phase: Phase,
+    /// The current run's process, when it runs on this host.
     pub run: Option<LiveRun>,
+    /// The current run's job, when it is placed on a cluster engine.
+    pub job: Option<super::placement::job::JobRun>,
     /// Who waits for the spawn's answer.
     pub spawn_reply: Option<SpawnReply>,
     pub history: History,
@@ -188,6 +192,7 @@ impl Actor {
             view: previous,
             phase: Phase::Starting,
             run: None,
+            job: None,
             spawn_reply: None,
             history: History::default(),
             plan: None,
@@ -212,6 +217,7 @@ impl Actor {
                 Wake::Exited(true) => self.on_exit().await,
                 Wake::Exited(false) => {}
                 Wake::Tree => self.stop_step().await,
+                Wake::Job => self.on_job().await,
                 Wake::Timer => self.on_timer().await,
             }
         }
@@ -223,14 +229,26 @@ impl Actor {
     fn deadline(&self) -> Option<Instant> {
         match &self.phase {
             Phase::Verifying { until } | Phase::Backoff { until } => Some(*until),
-            Phase::Running => self
-                .spec
-                .request
-                .max_runtime_s
-                .zip(self.run.as_ref())
-                .map(|(limit, run)| run.started + Duration::from_secs_f64(limit)),
+            Phase::Running => {
+                let started = match (&self.run, &self.job) {
+                    (Some(run), _) => Some(run.started),
+                    (None, Some(job)) => job.running_since,
+                    (None, None) => None,
+                };
+                self.spec
+                    .request
+                    .max_runtime_s
+                    .zip(started)
+                    .map(|(limit, started)| started + Duration::from_secs_f64(limit))
+            }
             Phase::Stopping(s) => Some(s.next_wake()),
-            Phase::Starting | Phase::Ended => None,
+            // A queued job: the spawn is answered after a while.
+            Phase::Starting => self
+                .job
+                .as_ref()
+                .filter(|_| self.spawn_reply.is_some())
+                .map(|j| j.answer_by),
+            Phase::Ended => None,
         }
     }
 
@@ -240,6 +258,7 @@ impl Actor {
             shutdown,
             rx,
             run,
+            job,
             phase,
             ..
         } = self;
@@ -259,13 +278,21 @@ impl Actor {
             exited = exited(leader) => Wake::Exited(exited),
             () = super::stop::any_exited(members) => Wake::Tree,
             () = reaped(reaps) => Wake::Tree,
+            () = super::placement::job::changed(job.as_mut()) => Wake::Job,
             () = sleep_until(deadline) => Wake::Timer,
         }
     }
 
     async fn on_timer(&mut self) {
         match self.phase {
-            Phase::Verifying { until } if Instant::now() >= until => self.verify_elapsed().await,
+            Phase::Verifying { until } if Instant::now() >= until => {
+                if self.job.is_some() {
+                    self.job_verify().await;
+                } else {
+                    self.verify_elapsed().await;
+                }
+            }
+            Phase::Starting if self.job.is_some() => self.answer_pending(),
             Phase::Running => {
                 let limit = self.spec.request.max_runtime_s.unwrap_or(f64::INFINITY);
                 tracing::warn!(agent_id = %self.spec.id, limit_s = limit, "run exceeded max_runtime_s; stopping it");
@@ -296,6 +323,11 @@ impl Actor {
                 reply,
             } => match self.phase {
                 Phase::Backoff { .. } => self.cancel_restart(reply).await,
+                // A queued job is taken out of the queue.
+                Phase::Starting if self.job.is_some() => {
+                    self.begin_stop(StopCause::User, timeouts, force, Some(reply))
+                        .await
+                }
                 Phase::Ended | Phase::Starting => {
                     let _ = reply.send(self.report_now());
                 }
@@ -328,7 +360,12 @@ impl Actor {
 
     async fn record_progress(&mut self, progress: u8, message: Option<String>) -> Result<()> {
         let view = self.current();
-        if !view.status.is_live() || self.run.as_ref().is_none_or(|r| r.exited) {
+        let running = match (&self.run, &self.job) {
+            (Some(run), _) => !run.exited,
+            (None, Some(job)) => !job.ended && job.running_since.is_some(),
+            (None, None) => false,
+        };
+        if !view.status.is_live() || !running {
             return Err(Error::invalid(
                 &self.spec.id,
                 format!(
@@ -358,10 +395,12 @@ impl Actor {
     /// Starts the current run's probes, when it has any.
     pub(crate) fn start_probes(&mut self) {
         let view = self.current();
-        let Some(run) = self.run.as_mut() else { return };
+        if self.run.is_none() && self.job.is_none() {
+            return;
+        }
         let started =
             humantime::parse_rfc3339_weak(&view.started_at).unwrap_or_else(|_| SystemTime::now());
-        run.probes = super::probes::start(super::probes::Target {
+        let probes = super::probes::start(super::probes::Target {
             sh: self.sh.clone(),
             spec: self.spec.clone(),
             run: view.run,
@@ -371,6 +410,11 @@ impl Actor {
             published: self.publisher.subscribe(),
             tx: self.tx.clone(),
         });
+        match (self.run.as_mut(), self.job.as_mut()) {
+            (Some(run), _) => run.probes = probes,
+            (None, Some(job)) => job.probes = probes,
+            (None, None) => {}
+        }
     }
 
     /// A probe's result: counted, published, and — for `failures` liveness
@@ -523,6 +567,7 @@ impl Actor {
     /// The run is over and its tree dealt with: wait for a planned restart, or end.
     pub(crate) fn after_run(&mut self) {
         let run = self.run.take();
+        self.job = None;
         self.release_leaf(run.as_ref().and_then(LiveRun::leaf));
         match self.plan.take() {
             Some(plan) => {

@@ -48,7 +48,7 @@ pub(crate) fn signal_name(sig: i32) -> String {
     format!("{name} ({sig})")
 }
 
-fn exit_words(exit: Option<ExitKind>) -> String {
+pub(crate) fn exit_words(exit: Option<ExitKind>) -> String {
     match exit {
         Some(ExitKind::Code(c)) => format!("exited with code {c}"),
         Some(ExitKind::Signal(s)) => format!("killed by {}", signal_name(s)),
@@ -56,13 +56,18 @@ fn exit_words(exit: Option<ExitKind>) -> String {
     }
 }
 
-/// The status and reason of a run that ended with `exit`.
+/// The status and reason of a run that ended with `exit`; `engine` says what a
+/// cluster engine said of an end it caused (a time limit, a node failure...).
 pub(crate) fn ending_of(
     exit: Option<ExitKind>,
     user_stop: bool,
     cause: Option<&StopCause>,
+    engine: Option<&str>,
 ) -> (PersistentStatus, String) {
-    let words = exit_words(exit);
+    let words = match (exit, engine) {
+        (None, Some(said)) => said.to_owned(),
+        _ => exit_words(exit),
+    };
     match (user_stop, cause) {
         (true, _) => (
             PersistentStatus::Cancelled,
@@ -76,8 +81,9 @@ pub(crate) fn ending_of(
             PersistentStatus::Failed,
             format!("{why}; stopped ({words})"),
         ),
-        _ => match exit {
-            Some(ExitKind::Code(0)) => (PersistentStatus::Completed, words),
+        _ => match (exit, engine) {
+            (Some(ExitKind::Code(0)), None) => (PersistentStatus::Completed, words),
+            (Some(_), Some(said)) => (PersistentStatus::Failed, format!("{said}; {words}")),
             _ => (PersistentStatus::Failed, words),
         },
     }
@@ -94,13 +100,34 @@ impl Actor {
         run.exited = true;
         run.stop_probes();
         let exit = read_exit(run.our_child, &run.proc_).await;
-        let (user_stop, pid) = (run.user_stop, run.pid());
         let ran_s = (platform::boottime_seconds() - run.proc_.started_s).max(0.0);
+        self.record_end(exit, ran_s, None).await;
+    }
+
+    /// The run ended (its process exited, or its job ended), after `ran_s`
+    /// seconds: decide what follows, commit, reap, publish, answer a waiting
+    /// spawn — in that order. `engine` is what a cluster engine said of the end.
+    pub(crate) async fn record_end(
+        &mut self,
+        exit: Option<ExitKind>,
+        ran_s: f64,
+        engine: Option<String>,
+    ) {
+        let (user_stop, pid) = match (&self.run, &mut self.job) {
+            (Some(run), _) => (run.user_stop, Some(run.pid())),
+            (None, Some(job)) => {
+                job.stop_probes();
+                (job.user_stop, None)
+            }
+            (None, None) => return,
+        };
         let cause = match &self.phase {
             Phase::Stopping(s) => Some(s.cause.clone()),
             _ => self.oom_killed(),
         };
-        let (status, mut reason) = ending_of(exit, user_stop, cause.as_ref());
+        // What the engine says of an end corral caused itself is no news.
+        let engine = engine.filter(|_| cause.is_none() && !user_stop);
+        let (status, mut reason) = ending_of(exit, user_stop, cause.as_ref(), engine.as_deref());
         let now = SystemTime::now();
         let decision = policy::decide(
             &self.spec.restart,
@@ -136,6 +163,9 @@ impl Actor {
             tracing::error!(agent_id = %self.spec.id, pid, error = %e, "cannot record the end of a run");
         }
         self.reap_after_commit();
+        if let Some(job) = self.job.as_mut() {
+            job.ended = true;
+        }
         self.plan = plan;
         tracing::info!(agent_id = %self.spec.id, pid, status = %ending.status, reason = %ending.end_reason, "agent ended");
         let tag = self.move_to(Happening::Exited);
@@ -146,6 +176,10 @@ impl Actor {
             v.end_reason = Some(ending.end_reason.clone());
             v.runtime_at_end = Some(ran_s);
             v.proc_ = None;
+            if let Some(j) = v.job.as_mut() {
+                j.running = false;
+                j.info.pending_reason = None;
+            }
             v.next_restart_at = ending.next_restart_at.clone();
         });
         let error = self.failed_answer().await;
@@ -156,7 +190,8 @@ impl Actor {
             return self.stop_step().await;
         }
         self.phase = Phase::Ended;
-        if self.plan.is_some() {
+        // A job's leftovers are the engine's to clear.
+        if self.plan.is_some() && self.run.is_some() {
             // Clear what the ended run left behind before a new one starts.
             let timeouts = self.spec.stop_timeouts;
             return self

@@ -44,7 +44,9 @@ use crate::store::{self, Store};
 
 mod actor;
 mod exit;
+mod helper;
 mod limits;
+mod placement;
 mod policy;
 mod probes;
 mod recover;
@@ -78,6 +80,12 @@ pub struct Config {
     /// Contain each agent in a cgroup v2 leaf where the machine allows it
     /// (`false` forces the process-group/subreaper fallback).
     pub cgroups: bool,
+    /// Where agents whose request names no placement run (`None`: this host).
+    pub default_placement: Option<crate::model::Placement>,
+    /// Exported to agents placed on a cluster engine, besides their own
+    /// environment (the daemon's TCP address and token file, so an agent on
+    /// another host can report progress).
+    pub job_env: BTreeMap<String, String>,
 }
 
 impl Config {
@@ -89,6 +97,8 @@ impl Config {
             sample_interval: Duration::from_secs(1),
             subreaper: false,
             cgroups: true,
+            default_placement: None,
+            job_env: BTreeMap::new(),
         }
     }
 }
@@ -167,6 +177,8 @@ pub(crate) struct Shared {
     pub counters: Counters,
     /// When a write last reached the disk (health checks write only when this is old).
     pub last_write_ok: Mutex<Option<Instant>>,
+    /// The Slurm engine, once an agent is placed there.
+    pub slurm: std::sync::OnceLock<Arc<placement::slurm::Slurm>>,
 }
 
 /// Counters since the supervisor opened.
@@ -307,6 +319,7 @@ impl Supervisor {
             started: Instant::now(),
             counters: Counters::default(),
             last_write_ok: Mutex::new(None),
+            slurm: std::sync::OnceLock::new(),
         });
         let sup = Self {
             _last: Arc::new(LastHandle(sh.shutdown.clone())),
@@ -474,8 +487,16 @@ impl Supervisor {
     /// or as soon as the agent exits inside it: it is then reported `completed`
     /// or `failed` with its exit code and the tail of its stderr. The work goes
     /// on if the caller stops waiting.
-    pub async fn spawn_agent(&self, req: SpawnRequest) -> Result<SpawnResponse> {
+    ///
+    /// An agent placed on a cluster engine (`placement`, or the supervisor's
+    /// [`Config::default_placement`]) answers once its job ran through the
+    /// window, or ended, or after 5 s in the engine's queue (`spawning`, with
+    /// the engine's pending reason in `placement`).
+    pub async fn spawn_agent(&self, mut req: SpawnRequest) -> Result<SpawnResponse> {
         self.refuse_if_failing()?;
+        if req.placement.is_none() {
+            req.placement = self.sh.config.default_placement.clone();
+        }
         let user = self.resolve_user(&req).await?;
         let spec = spec::check(req, &self.sh.config.state_dir, user)?;
         let (reply, answer) = oneshot::channel();

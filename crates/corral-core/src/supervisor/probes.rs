@@ -16,7 +16,6 @@
 //! - `log` (readiness): a line of the run's stdout or stderr matching the
 //!   regular expression passes, for good.
 
-use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -25,11 +24,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::model::{Probe, ProbeState, Probes, ProbesState};
-use crate::platform::{self, ProcessHandle, Stdio};
+use crate::platform;
 
 use super::spec::Spec;
 use super::view::Published;
-use super::{Cmd, Shared, lock};
+use super::{Cmd, Shared};
 
 /// Which probe a result is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,46 +242,28 @@ async fn http(url: &str) -> (bool, String) {
 
 /// Runs `argv` as the agent would, for at most `timeout`; exit 0 passes.
 async fn exec(target: &Target, argv: &[String], timeout: Duration) -> (bool, String) {
-    let sh = target.sh.clone();
-    let spec = target.spec.clone();
-    let (run_id, argv_owned) = (target.run_id, argv.to_vec());
-    let started =
-        tokio::task::spawn_blocking(move || spawn_check(&sh, &spec, run_id, &argv_owned)).await;
-    let (handle, output) = match started {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return (false, format!("cannot run {:?}: {e}", argv[0])),
+    let envp = match super::run::environment(&target.sh, &target.spec, target.run_id) {
+        Ok(envp) => envp,
+        Err(e) => return (false, format!("cannot run {:?}: {e}", argv[0])),
+    };
+    let helper = super::helper::Helper {
+        argv: argv.to_vec(),
+        envp,
+        cwd: target.spec.cwd.clone(),
+        credentials: target.spec.user.as_ref().map(|u| u.credentials.clone()),
+        merge_stderr: true,
+    };
+    let out = match super::helper::run(&target.sh, helper, timeout, OUTPUT_LIMIT).await {
+        Ok(out) => out,
+        Err(super::helper::HelperError::TimedOut { .. }) => {
+            return (
+                false,
+                format!("no answer within {} s; killed", timeout.as_secs_f64()),
+            );
+        }
         Err(e) => return (false, e.to_string()),
     };
-    let handle = Arc::new(handle);
-    let guard = Reaper {
-        sh: target.sh.clone(),
-        handle: handle.clone(),
-    };
-    let read = async {
-        let mut out = Vec::new();
-        if let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(output) {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = rx.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                if out.len() < OUTPUT_LIMIT {
-                    out.extend_from_slice(&buf[..n.min(OUTPUT_LIMIT - out.len())]);
-                }
-            }
-        }
-        out
-    };
-    let finished =
-        tokio::time::timeout(timeout, async { tokio::join!(read, exited(&handle)) }).await;
-    drop(guard);
-    let Ok((out, exit)) = finished else {
-        return (
-            false,
-            format!("no answer within {} s; killed", timeout.as_secs_f64()),
-        );
-    };
-    let text = String::from_utf8_lossy(&out).trim().to_owned();
+    let text = out.text().trim().to_owned();
     let said = |how: String| {
         if text.is_empty() {
             how
@@ -290,107 +271,11 @@ async fn exec(target: &Target, argv: &[String], timeout: Duration) -> (bool, Str
             format!("{how}: {text}")
         }
     };
-    match exit {
+    match out.exit {
         Some(platform::ExitKind::Code(0)) => (true, said("exit 0".into())),
         Some(platform::ExitKind::Code(c)) => (false, said(format!("exit {c}"))),
         Some(platform::ExitKind::Signal(s)) => (false, said(format!("killed by signal {s}"))),
         None => (false, said("ended, status unknown".into())),
-    }
-}
-
-/// Waits for the check's process to exit, without polling; its status.
-async fn exited(h: &Arc<ProcessHandle>) -> Option<platform::ExitKind> {
-    // SAFETY: the Arc keeps the ProcessHandle, and so its pidfd, alive and
-    // unchanged for as long as the AsyncFd exists.
-    let afd = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(h.clone(), tokio::io::Interest::READABLE)
-    }
-    .ok()?;
-    loop {
-        let mut ready = afd.readable().await.ok()?;
-        if h.has_exited() {
-            return h.peek_exit().ok().flatten();
-        }
-        ready.clear_ready();
-    }
-}
-
-/// Kills a check's whole group (it may have run out of time) and reaps it.
-struct Reaper {
-    sh: Arc<Shared>,
-    handle: Arc<ProcessHandle>,
-}
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let _ = self.handle.signal_group(rustix::process::Signal::KILL);
-        let (sh, handle) = (self.sh.clone(), self.handle.clone());
-        // Reaping waits for the kill to land: off the async workers.
-        tokio::task::spawn_blocking(move || {
-            let end = std::time::Instant::now() + Duration::from_secs(5);
-            while !handle.has_exited() && std::time::Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            let _ = handle.reap();
-            lock(&sh.owned).remove(&handle.pid());
-        });
-    }
-}
-
-/// Starts an exec check (blocking): the agent's environment, cwd and user, its
-/// own session, output to a pipe. The new pid enters `owned` under the spawn
-/// gate, so the orphan sweep leaves its status to the check.
-fn spawn_check(
-    sh: &Shared,
-    spec: &Spec,
-    run_id: i64,
-    argv: &[String],
-) -> std::io::Result<(ProcessHandle, std::os::fd::OwnedFd)> {
-    let envp = super::run::environment(sh, spec, run_id)?;
-    let path_var = envp
-        .iter()
-        .find_map(|kv| kv.to_bytes().strip_prefix(b"PATH="))
-        .and_then(|p| std::str::from_utf8(p).ok());
-    let resolved = platform::resolve_program(&argv[0], path_var)?;
-    let argv_c = argv
-        .iter()
-        .map(|a| platform::c_string("argument", a.as_bytes()))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    let program = platform::c_path(&resolved)?;
-    let cwd = platform::c_path(&spec.cwd)?;
-    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-    // The runtime reads without blocking; the child writes as usual.
-    rustix::fs::fcntl_setfl(&read, rustix::fs::OFlags::NONBLOCK)?;
-    let stdin = std::fs::File::open("/dev/null")?;
-    let spawn_spec = platform::SpawnSpec {
-        program: &program,
-        argv: &argv_c,
-        envp: &envp,
-        cwd: &cwd,
-        stdio: Stdio {
-            stdin: stdin.as_fd(),
-            stdout: write.as_fd(),
-            stderr: write.as_fd(),
-        },
-        cgroup: None,
-        credentials: spec.user.as_ref().map(|u| &u.credentials),
-        nofile: None,
-    };
-    let pid = {
-        let _gate = sh.spawn_gate.read().unwrap_or_else(|p| p.into_inner());
-        let pid = platform::spawn(&spawn_spec)?;
-        lock(&sh.owned).insert(pid.as_raw_nonzero().get());
-        pid
-    };
-    match ProcessHandle::open(pid, None) {
-        Ok(Some(h)) => Ok((h, read)),
-        other => {
-            platform::kill_and_reap_child(pid);
-            lock(&sh.owned).remove(&pid.as_raw_nonzero().get());
-            Err(other
-                .err()
-                .unwrap_or_else(|| std::io::Error::other("the check vanished")))
-        }
     }
 }
 

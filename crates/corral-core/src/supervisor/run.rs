@@ -34,6 +34,8 @@ pub(crate) enum StartError {
     Files(platform::files::FilesError),
     /// The program (or its cwd, user, limits).
     Exec(std::io::Error),
+    /// The cluster engine refused the job.
+    Engine(String),
 }
 
 /// A process started for a run.
@@ -76,6 +78,9 @@ impl Actor {
         };
         let record = self.new_record(run_id, run, started_at, attempt);
         self.view = Some(Arc::new(View::from_record(&record, self.spec.clone())));
+        if super::placement::slurm_of(self.spec.request.placement.as_ref()).is_some() {
+            return self.submit_job().await;
+        }
         let _permit = self.sh.spawn_permits.acquire().await;
         let sh = self.sh.clone();
         let spec = self.spec.clone();
@@ -117,10 +122,11 @@ impl Actor {
             progress_at: None,
             next_restart_at: None,
             restart_attempt: attempt,
+            job: None,
         }
     }
 
-    async fn start_failed(&mut self, e: StartError) {
+    pub(crate) async fn start_failed(&mut self, e: StartError) {
         let program = self
             .spec
             .request
@@ -140,6 +146,11 @@ impl Actor {
                 program,
                 source,
             },
+            StartError::Engine(reason) => Error::Engine {
+                agent_id: self.spec.id.to_string(),
+                engine: "slurm",
+                reason,
+            },
         };
         let reason = error.to_string();
         tracing::warn!(agent_id = %self.spec.id, error = %reason, "spawn failed");
@@ -148,7 +159,7 @@ impl Actor {
     }
 
     /// Records a run that never got going as failed, and ends the actor.
-    async fn record_failed_start(&mut self, reason: String) {
+    pub(crate) async fn record_failed_start(&mut self, reason: String) {
         let ending = store::Ending {
             status: PersistentStatus::Failed,
             ended_at: store::now_rfc3339(),
@@ -319,6 +330,11 @@ impl Actor {
     /// time, boot) is re-adopted; a spawn whose pid was never recorded is looked
     /// for by its `CORRAL_RUN_ID`; anything else ended while no daemon ran.
     pub(crate) async fn adopt(&mut self, record: RunRecord) {
+        if record.job.is_some()
+            || super::placement::slurm_of(record.spec.placement.as_ref()).is_some()
+        {
+            return self.adopt_job(record).await;
+        }
         self.view = Some(Arc::new(View::from_record(&record, self.spec.clone())));
         self.history.attempt = record.restart_attempt;
         let sh = self.sh.clone();
@@ -434,7 +450,7 @@ impl Actor {
 }
 
 /// `ready` and `probe` of a run that has not been checked yet.
-fn probe_state(spec: &Spec) -> (Option<bool>, Option<crate::model::ProbesState>) {
+pub(crate) fn probe_state(spec: &Spec) -> (Option<bool>, Option<crate::model::ProbesState>) {
     let probes = spec.request.probes.as_ref();
     (
         probes.and_then(|p| p.readiness.as_ref()).map(|_| false),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::id::AgentId;
-use crate::model::{Probe, Probes, RestartPolicy, SpawnRequest};
+use crate::model::{Probe, Probes, RestartPolicy, SlurmPlacement, SpawnRequest};
 use crate::platform::files::User;
 
 /// Staged-stop waits when none are given: SIGTERM, 10 s, SIGTERM, 5 s, SIGKILL, 5 s.
@@ -100,6 +100,80 @@ fn check_path(id: &str, field: &str, path: &Path) -> Result<()> {
                 ),
             ));
         }
+    }
+    Ok(())
+}
+
+/// What a job on Slurm can and cannot be asked for: the engine runs it (as the
+/// daemon's user, on a node), so this host's limits, users and `exec` probes
+/// do not apply.
+fn check_slurm(id: &str, req: &SpawnRequest, slurm: &SlurmPlacement) -> Result<()> {
+    if req.user.is_some() {
+        return Err(invalid(
+            id,
+            "user: not with placement slurm (the job runs as the daemon's user)",
+        ));
+    }
+    if req.limits.is_some() {
+        return Err(invalid(
+            id,
+            "limits: not with placement slurm; ask the engine instead (placement.slurm.mem_mb, cpus, time_limit)",
+        ));
+    }
+    let probes = req.probes.as_ref();
+    if [
+        probes.and_then(|p| p.liveness.as_ref()),
+        probes.and_then(|p| p.readiness.as_ref()),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|p| matches!(p, Probe::Exec(_)))
+    {
+        return Err(invalid(
+            id,
+            "probes: an exec probe would run on this host, not on the job's node; use http, tcp, log or progress_stale_s",
+        ));
+    }
+    for key in req.env.keys() {
+        let mut chars = key.chars();
+        let shell_name = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !shell_name {
+            return Err(invalid(
+                id,
+                format!(
+                    "env: {:?} cannot be passed to a Slurm job (names are letters, digits and _)",
+                    crate::model::elide(key, 100)
+                ),
+            ));
+        }
+    }
+    for (field, value) in [
+        ("partition", &slurm.partition),
+        ("nodes", &slurm.nodes),
+        ("time_limit", &slurm.time_limit),
+    ] {
+        if let Some(v) = value
+            && (v.is_empty()
+                || v.len() > 256
+                || v.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(invalid(
+                id,
+                format!(
+                    "placement.slurm.{field} must be a non-empty word; got {:?}",
+                    crate::model::elide(v, 100)
+                ),
+            ));
+        }
+    }
+    if slurm.cpus == Some(0) || slurm.mem_mb == Some(0) {
+        return Err(invalid(
+            id,
+            "placement.slurm.cpus and mem_mb must be at least 1",
+        ));
     }
     Ok(())
 }
@@ -265,6 +339,9 @@ pub(crate) fn check(req: SpawnRequest, state_dir: &Path, user: Option<User>) -> 
     }
     if let Some(limits) = &req.limits {
         super::limits::validate(limits).map_err(|why| invalid(raw, why))?;
+    }
+    if let Some(slurm) = super::placement::slurm_of(req.placement.as_ref()) {
+        check_slurm(raw, &req, slurm)?;
     }
     let agent_dir = req
         .agent_dir

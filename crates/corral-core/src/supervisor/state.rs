@@ -9,7 +9,7 @@
 //!            started(verify)            verify elapsed
 //! Starting ─────────────────► Verifying ───────────────► Running
 //!    │ start failed               │ exited / stop            │ exited / stop
-//!    ▼                            ▼                          ▼
+//!    │ (queued job: ended / stop) ▼                          ▼
 //!  Ended ◄──── tree gone ──── Stopping ◄──── stop ────────────┘
 //!    │  ▲                        ▲  (leftovers of a run that ended on its own)
 //!    │  └──── cancelled ──┐      │
@@ -64,6 +64,10 @@ pub(crate) fn next(from: Tag, what: Happening) -> Option<Tag> {
         (T::Starting, H::Started { verify: true }) => T::Verifying,
         (T::Starting, H::Started { verify: false }) => T::Running,
         (T::Starting, H::StartFailed) => T::Ended,
+        // A run queued on a cluster engine is `Starting` until the engine runs
+        // it: it can be stopped (taken out of the queue) or end there.
+        (T::Starting, H::StopBegun) => T::Stopping,
+        (T::Starting, H::Exited) => T::Ended,
         (T::Verifying, H::VerifyElapsed) => T::Running,
         (T::Verifying | T::Running, H::Exited) => T::Ended,
         (T::Verifying | T::Running | T::Stopping, H::StopBegun) => T::Stopping,
@@ -110,6 +114,8 @@ mod tests {
             (T::Starting, H::Started { verify: true }, T::Verifying),
             (T::Starting, H::Started { verify: false }, T::Running),
             (T::Starting, H::StartFailed, T::Ended),
+            (T::Starting, H::StopBegun, T::Stopping),
+            (T::Starting, H::Exited, T::Ended),
             (T::Verifying, H::VerifyElapsed, T::Running),
             (T::Verifying, H::Exited, T::Ended),
             (T::Verifying, H::StopBegun, T::Stopping),

@@ -45,9 +45,9 @@ pub(crate) enum StopCause {
 /// A stop in progress.
 pub(crate) struct Stopping {
     pub cause: StopCause,
-    stages: Vec<(StopStage, Signal, f64)>,
-    index: usize,
-    deadline: Instant,
+    pub(crate) stages: Vec<(StopStage, Signal, f64)>,
+    pub(crate) index: usize,
+    pub(crate) deadline: Instant,
     began: Instant,
     /// Every member seen: (pid, start ticks).
     seen: HashSet<(i32, u64)>,
@@ -58,13 +58,13 @@ pub(crate) struct Stopping {
     /// Orphan sweeps (a zombie member may be reaped by one).
     pub reaps: watch::Receiver<u64>,
     /// Look again then when nothing else can wake the stop.
-    recheck: Option<Instant>,
+    pub(crate) recheck: Option<Instant>,
     /// The last stage's time is up with only the agent's end still to record.
-    end_grace: bool,
+    pub(crate) end_grace: bool,
     /// The current stage's signal has gone to the agent's group.
-    stage_opened: bool,
+    pub(crate) stage_opened: bool,
     /// When a member was last signalled.
-    last_signal: Instant,
+    pub(crate) last_signal: Instant,
     waiters: Vec<oneshot::Sender<StopReport>>,
 }
 
@@ -74,14 +74,14 @@ impl Stopping {
         self.recheck.map_or(self.deadline, |r| r.min(self.deadline))
     }
 
-    fn stage(&self) -> (StopStage, Signal, f64) {
+    pub(crate) fn stage(&self) -> (StopStage, Signal, f64) {
         self.stages[self.index.min(self.stages.len() - 1)]
     }
 }
 
 /// How long a stop waits past its last deadline for the end of an agent that
 /// has died to be recorded.
-const END_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const END_GRACE: Duration = Duration::from_secs(5);
 /// How long a process SIGKILLed at the last moment gets to die before it counts
 /// as having survived.
 const KILL_SETTLE: Duration = Duration::from_millis(250);
@@ -108,10 +108,13 @@ impl Actor {
         force: bool,
         waiter: Option<oneshot::Sender<StopReport>>,
     ) {
-        if let Some(run) = self.run.as_mut()
-            && cause == StopCause::User
-        {
-            run.user_stop = true;
+        if cause == StopCause::User {
+            if let Some(run) = self.run.as_mut() {
+                run.user_stop = true;
+            }
+            if let Some(job) = self.job.as_mut() {
+                job.user_stop = true;
+            }
         }
         if let Phase::Stopping(s) = &mut self.phase {
             s.waiters.extend(waiter);
@@ -127,7 +130,7 @@ impl Actor {
             }
             return self.stop_step().await;
         }
-        if self.run.is_none() {
+        if self.run.is_none() && self.job.is_none() {
             if let Some(w) = waiter {
                 let _ = w.send(super::already_ended(&self.current()));
             }
@@ -160,26 +163,32 @@ impl Actor {
     /// Queues the current stage's event (committed before anything queued after
     /// it, e.g. the end it leads to) and logs it; the commit is not awaited on the
     /// signalling path.
-    fn record_stage(&self) {
+    pub(crate) fn record_stage(&self) {
         let Phase::Stopping(s) = &self.phase else {
             return;
         };
-        let Some(run) = &self.run else { return };
         let (stage, sig, _) = s.stage();
         let signal = if sig == Signal::KILL {
             "SIGKILL"
         } else {
             "SIGTERM"
         };
-        let pid = run.pid();
+        let (pid, job_id) = match (&self.run, &self.job) {
+            (Some(run), _) => (Some(run.pid()), None),
+            (None, Some(job)) => (None, Some(job.record.job_id.clone())),
+            (None, None) => return,
+        };
         let slot = match stage {
             StopStage::Term => 0,
             StopStage::SecondTerm => 1,
             _ => 2,
         };
         self.sh.counters.stop_stages[slot].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(agent_id = %self.spec.id, pid, stage = ?stage, "stop stage: sending {signal}");
-        let data = serde_json::json!({"stage": stage, "signal": signal, "pid": pid});
+        tracing::info!(agent_id = %self.spec.id, pid, job_id, stage = ?stage, "stop stage: sending {signal}");
+        let mut data = serde_json::json!({"stage": stage, "signal": signal, "pid": pid});
+        if let Some(job_id) = job_id {
+            data["job_id"] = job_id.into();
+        }
         self.note_event("stop_stage", data);
     }
 
@@ -187,6 +196,9 @@ impl Actor {
     /// goes out at once, before any scan), finish when nothing is left, signal
     /// what is new, move on when the stage's time is up.
     pub(crate) async fn stop_step(&mut self) {
+        if self.job.is_some() {
+            return self.job_stop_step().await;
+        }
         loop {
             // The first stage looks at the tree first (so its report counts every
             // member); later stages, above all SIGKILL, go out at once.
@@ -265,7 +277,7 @@ impl Actor {
     }
 
     /// The tree is gone (or survived SIGKILL): answer, then end or restart.
-    fn finish_stop(&mut self, stage: Option<StopStage>) {
+    pub(crate) fn finish_stop(&mut self, stage: Option<StopStage>) {
         let Phase::Stopping(s) = &mut self.phase else {
             return;
         };
@@ -274,7 +286,8 @@ impl Actor {
             .run
             .as_ref()
             .map(|r| (r.pid(), r.proc_.handle.start_ticks()));
-        let descendants = s.seen.iter().filter(|m| Some(**m) != leader).count() as u32;
+        let descendants = (self.job.is_none())
+            .then(|| s.seen.iter().filter(|m| Some(**m) != leader).count() as u32);
         let duration_ms = s.began.elapsed().as_secs_f64() * 1000.0;
         let view = self.current();
         let status = view.status();
@@ -285,13 +298,15 @@ impl Actor {
             duration_ms,
             exit_code: status.exit_code,
             exit_signal: status.exit_signal,
-            descendants_killed: Some(descendants),
+            descendants_killed: descendants,
             persistent_status: view.status,
         };
         for w in waiters {
             let _ = w.send(report.clone());
         }
-        if self.run.as_ref().is_some_and(|r| !r.ended) {
+        if self.run.as_ref().is_some_and(|r| !r.ended)
+            || self.job.as_ref().is_some_and(|j| !j.ended)
+        {
             // Survived SIGKILL and its end is unknown: keep watching for it.
             self.phase = Phase::Running;
             return;

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::id::AgentId;
 use crate::model::{
-    AgentStatus, Health, LimitState, PersistentStatus, ProbesState, SpawnResponse, TreeSummary,
-    quote_argv,
+    AgentStatus, Health, LimitState, PersistentStatus, PlacementInfo, ProbesState, SpawnResponse,
+    TreeSummary, quote_argv,
 };
 use crate::platform::{self, ExitKind, ProcessHandle};
 use crate::store::RunRecord;
@@ -110,6 +110,21 @@ pub(crate) struct View {
     pub ready: Option<bool>,
     pub probes: Option<ProbesState>,
     pub limits: std::collections::BTreeMap<String, LimitState>,
+    /// The run's job, when it is placed on a cluster engine.
+    pub job: Option<JobView>,
+}
+
+/// What readers see of a run's job on a cluster engine.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct JobView {
+    /// Engine, job id, node, pending reason.
+    pub info: PlacementInfo,
+    /// The engine says it runs.
+    pub running: bool,
+    /// When it was first seen running (wall clock).
+    pub since: Option<std::time::SystemTime>,
+    /// The engine's latest figures.
+    pub sample: Option<super::placement::slurm::JobSample>,
 }
 
 impl View {
@@ -150,6 +165,17 @@ impl View {
             ready: None,
             probes: None,
             limits: Default::default(),
+            job: rec.job.as_ref().map(|j| JobView {
+                info: PlacementInfo {
+                    engine: j.engine.clone(),
+                    job_id: j.job_id.clone(),
+                    node: j.node.clone(),
+                    pending_reason: None,
+                },
+                running: false,
+                since: None,
+                sample: None,
+            }),
         }
     }
 
@@ -163,6 +189,9 @@ impl View {
 
     /// The status the API reports, from this view and the process as it is now.
     pub(crate) fn status(&self) -> AgentStatus {
+        if let Some(job) = &self.job {
+            return self.job_status(job);
+        }
         let live = self.proc_.as_ref();
         let exited = live.is_some_and(|p| p.handle.has_exited());
         let process_alive = live.is_some() && !exited;
@@ -226,6 +255,82 @@ impl View {
         }
     }
 
+    /// The status of a run placed on an engine: `pid` null, the figures the
+    /// engine gives, `process_status` `running`, `pending` or `dead`.
+    fn job_status(&self, job: &JobView) -> AgentStatus {
+        let alive = job.running && self.status.is_live();
+        let mut status = self.ended_status();
+        let sample = job.sample.filter(|_| alive);
+        status.process_alive = alive;
+        status.process_status = if alive {
+            "running"
+        } else if self.status.is_live() {
+            "pending"
+        } else {
+            "dead"
+        }
+        .to_owned();
+        status.cpu_percent = sample.map_or(0.0, |s| s.cpu_percent);
+        status.memory_mb = sample.map_or(0.0, |s| s.memory_mb);
+        status.runtime_seconds = match (alive, job.since, self.runtime_at_end) {
+            (true, Some(since), _) => std::time::SystemTime::now()
+                .duration_since(since)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            (_, _, Some(r)) => r,
+            _ => 0.0,
+        };
+        status.health = self.health(alive, false, status.exit_code, status.exit_signal);
+        status.placement = Some(job.info.clone());
+        status.containment = "slurm".to_owned();
+        status
+    }
+
+    /// The status with no process to look at: what is on record.
+    fn ended_status(&self) -> AgentStatus {
+        let (exit_code, exit_signal) = match self.exit {
+            Some(ExitKind::Code(c)) => (Some(c), None),
+            Some(ExitKind::Signal(s)) => (None, Some(s)),
+            None => (None, None),
+        };
+        AgentStatus {
+            agent_id: self.id.to_string(),
+            pid: self.pid,
+            process_alive: false,
+            process_status: "dead".to_owned(),
+            exit_code,
+            is_zombie: false,
+            cpu_percent: 0.0,
+            memory_mb: 0.0,
+            runtime_seconds: self.runtime_at_end.unwrap_or(0.0),
+            num_threads: 0,
+            cmdline: quote_argv(&self.spec.request.command),
+            health: self.health(false, false, exit_code, exit_signal),
+            persistent_status: self.status,
+            started_at: self.started_at.clone(),
+            progress: self.progress,
+            progress_message: self.progress_message.clone(),
+            progress_at: self.progress_at.clone(),
+            exit_signal,
+            ended_at: self.ended_at.clone(),
+            end_reason: self.end_reason.clone(),
+            run: self.run,
+            restarts: self.run.saturating_sub(1),
+            next_restart_at: self.next_restart_at.clone(),
+            restart_policy: self.spec.restart.policy.as_str().to_owned(),
+            stop_timeouts: self.spec.stop_timeouts.to_vec(),
+            ready: self.ready,
+            probe: self.probes.clone(),
+            limits: self.limits.clone(),
+            labels: self.spec.request.labels.clone(),
+            stdout_log: self.stdout_log(),
+            stderr_log: self.stderr_log(),
+            containment: self.containment.to_owned(),
+            user: self.spec.user.as_ref().map(|u| u.name.clone()),
+            placement: None,
+            tree: None,
+        }
+    }
+
     fn health(
         &self,
         alive: bool,
@@ -269,7 +374,7 @@ impl View {
             exit_code,
             exit_signal,
             error,
-            placement: None,
+            placement: self.job.as_ref().map(|j| j.info.clone()),
         }
     }
 }
