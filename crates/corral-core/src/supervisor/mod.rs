@@ -48,6 +48,7 @@ mod limits;
 mod policy;
 mod probes;
 mod recover;
+mod rotate;
 mod run;
 mod sampler;
 pub(crate) mod spec;
