@@ -340,6 +340,12 @@ pub struct SpawnArgs {
     /// Run as this user (name or uid); only when the daemon runs as root.
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
+    /// Rotate stdout.log and stderr.log once larger than this many MiB (copy, then truncate).
+    #[arg(long, value_name = "MB")]
+    pub log_max_mb: Option<f64>,
+    /// Rotated copies kept, stdout.log.1 … stdout.log.N [default: 3].
+    #[arg(long, value_name = "N", requires = "log_max_mb")]
+    pub log_keep: Option<u32>,
     #[command(flatten)]
     pub conn: Conn,
     #[command(flatten)]

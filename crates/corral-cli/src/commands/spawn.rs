@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use corral_api::client::Method;
 use corral_core::{
-    BatchRequest, BatchResponse, BatchResult, Limits, PersistentStatus, Probe, Probes,
+    BatchRequest, BatchResponse, BatchResult, Limits, LogRotation, PersistentStatus, Probe, Probes,
     RestartPolicy, SpawnRequest, SpawnResponse,
 };
 
@@ -90,6 +90,10 @@ fn request_from_args(args: &SpawnArgs) -> Result<SpawnRequest> {
         verify_ms: args.verify_ms,
         restart,
         max_runtime_s: args.max_runtime.map(|d| d.as_secs_f64()),
+        logs: args.log_max_mb.map(|max_mb| LogRotation {
+            max_mb,
+            keep: args.log_keep.unwrap_or(LogRotation::DEFAULT_KEEP),
+        }),
         ..SpawnRequest::default()
     })
 }
