@@ -228,7 +228,7 @@ pub struct DaemonArgs {
     pub header_timeout_ms: Option<u64>,
     /// Where agents whose request names no placement run: this host (local) or
     /// the Slurm cluster this host submits to (slurm).
-    #[arg(long, env = "CORRAL_PLACEMENT", value_name = "WHERE", value_parser = ["local", "slurm"])]
+    #[arg(long, env = "CORRAL_PLACEMENT", hide_env_values = true, value_name = "WHERE", value_parser = ["local", "slurm"])]
     pub placement: Option<String>,
     /// Started in the background by the CLI: leave the terminal's session.
     #[arg(long, hide = true)]
@@ -344,6 +344,12 @@ pub struct SpawnArgs {
     /// Run as this user (name or uid); only when the daemon runs as root.
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
+    /// Rotate stdout.log and stderr.log once larger than this many MiB (copy, then truncate).
+    #[arg(long, value_name = "MB")]
+    pub log_max_mb: Option<f64>,
+    /// Rotated copies kept, stdout.log.1 … stdout.log.N [default: 3].
+    #[arg(long, value_name = "N", requires = "log_max_mb")]
+    pub log_keep: Option<u32>,
     /// Run the agent as a job of the Slurm cluster (sbatch) instead of on this host.
     #[arg(long, help_heading = "Slurm")]
     pub slurm: bool,

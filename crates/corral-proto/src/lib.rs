@@ -399,19 +399,34 @@ impl Default for Probes {
     }
 }
 
-/// `logs` in a spawn request: copy-and-truncate rotation.
+/// `logs` in a spawn request: copy-and-truncate rotation of each run's
+/// `stdout.log` and `stderr.log`.
+///
+/// Once per sample interval, a log larger than `max_mb` is copied to
+/// `stdout.log.1` (the older copies moving to `.2` … `.keep`, the oldest
+/// dropped) and truncated; the agent goes on writing to the same file from
+/// its start. `corral logs` and `GET /v1/agents/{id}/logs` show only the
+/// current file: older text is in `stdout.log.1`, `stdout.log.2`, … (and
+/// `stderr.log.N`) next to it. What the agent writes between the copy and the
+/// truncation is lost, and a log can outgrow `max_mb` by one interval of
+/// output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogRotation {
-    /// Rotate a log once it is larger than this, MiB.
+    /// Rotate a log once it is larger than this, MiB (at least 0.001).
     pub max_mb: f64,
-    /// Rotated copies kept.
+    /// Rotated copies kept, 1–100; default 3.
     #[serde(default = "default_keep")]
     pub keep: u32,
 }
 
+impl LogRotation {
+    /// `keep` when none is given.
+    pub const DEFAULT_KEEP: u32 = 3;
+}
+
 fn default_keep() -> u32 {
-    3
+    LogRotation::DEFAULT_KEEP
 }
 
 /// `placement` in a spawn request: where the agent runs. Absent = this host.

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use corral_api::client::Method;
 use corral_core::{
-    BatchRequest, BatchResponse, BatchResult, Limits, PersistentStatus, Placement, Probe, Probes,
-    RestartPolicy, SlurmPlacement, SpawnRequest, SpawnResponse,
+    BatchRequest, BatchResponse, BatchResult, Limits, LogRotation, PersistentStatus, Placement,
+    Probe, Probes, RestartPolicy, SlurmPlacement, SpawnRequest, SpawnResponse,
 };
 
 use super::{Ctx, print_json, usage};
@@ -90,6 +90,10 @@ fn request_from_args(args: &SpawnArgs) -> Result<SpawnRequest> {
         verify_ms: args.verify_ms,
         restart,
         max_runtime_s: args.max_runtime.map(|d| d.as_secs_f64()),
+        logs: args.log_max_mb.map(|max_mb| LogRotation {
+            max_mb,
+            keep: args.log_keep.unwrap_or(LogRotation::DEFAULT_KEEP),
+        }),
         placement: args.slurm.then(|| Placement {
             slurm: Some(SlurmPlacement {
                 partition: args.partition.clone(),
@@ -99,7 +103,6 @@ fn request_from_args(args: &SpawnArgs) -> Result<SpawnRequest> {
                 time_limit: args.time_limit.clone(),
             }),
         }),
-        ..SpawnRequest::default()
     })
 }
 

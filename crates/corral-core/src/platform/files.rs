@@ -178,6 +178,37 @@ pub fn create_run_files(
     Ok(RunFiles { stdout, stderr })
 }
 
+/// Opens a run's log dir, `log_dir`, which lies below `agent_dir`: like
+/// [`create_run_files`], `agent_dir` itself may be reached through symlinks;
+/// every directory below it is opened without following one, so a symlink an
+/// agent planted at `runs` or `runs/<n>` is an error, never a redirect.
+pub fn open_run_dir(agent_dir: &Path, log_dir: &Path) -> io::Result<OwnedFd> {
+    let below = log_dir.strip_prefix(agent_dir).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not below {}", log_dir.display(), agent_dir.display()),
+        )
+    })?;
+    let mut dir = rustix::fs::open(
+        agent_dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    for part in below.components() {
+        let std::path::Component::Normal(name) = part else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} has a `..` or `.` part", log_dir.display()),
+            ));
+        };
+        let name = name.to_str().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "a log dir name is not UTF-8")
+        })?;
+        dir = open_dir_at(&dir, name)?;
+    }
+    Ok(dir)
+}
+
 /// Makes `dir` corral's private directory, or explains why it cannot be:
 /// created 0700 when missing; an existing one must be a real directory (not a
 /// symlink), owned by this process's user, and not writable by group or

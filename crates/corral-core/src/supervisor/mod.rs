@@ -50,6 +50,7 @@ mod placement;
 mod policy;
 mod probes;
 mod recover;
+mod rotate;
 mod run;
 mod sampler;
 pub(crate) mod spec;
@@ -59,7 +60,7 @@ mod view;
 
 pub use spec::{
     DEFAULT_STOP_TIMEOUTS, DEFAULT_VERIFY_MS, MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_LABELS,
-    MAX_PROGRESS_MESSAGE, MAX_STOP_WAIT_S, MAX_VERIFY_MS,
+    MAX_LOG_KEEP, MAX_PROGRESS_MESSAGE, MAX_STOP_WAIT_S, MAX_VERIFY_MS, MIN_LOG_MAX_MB,
 };
 use view::{Published, View};
 

@@ -332,6 +332,11 @@ fn scan_logs(
         let Ok(mut f) = platform::files::open_nofollow(&dir.join(name)) else {
             continue;
         };
+        if f.metadata().is_ok_and(|m| m.len() < offsets[i]) {
+            // Rotated (copied and truncated): read the new text from the start.
+            offsets[i] = 0;
+            partial[i].clear();
+        }
         if f.seek(SeekFrom::Start(offsets[i])).is_err() {
             continue;
         }
@@ -403,5 +408,24 @@ mod tests {
         .unwrap();
         let (_, _, found) = scan_logs(dir.path(), offsets, partial, &re);
         assert_eq!(found.as_deref(), Some("ready on port 80"));
+    }
+
+    #[test]
+    fn a_rotated_log_is_read_again_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("stdout.log");
+        let re = regex::Regex::new("^ready$").unwrap();
+        std::fs::write(&log, "x".repeat(100) + "\nhalf a li").unwrap();
+        let (offsets, partial, found) = scan_logs(dir.path(), [0, 0], Default::default(), &re);
+        assert_eq!((offsets[0], found), (110, None));
+        // Copied and truncated, then a short line written: shorter than the offset.
+        std::fs::write(&log, "ready\n").unwrap();
+        let (offsets, _, found) = scan_logs(dir.path(), offsets, partial, &re);
+        assert_eq!(
+            found.as_deref(),
+            Some("ready"),
+            "the partial line is not glued on"
+        );
+        assert_eq!(offsets[0], 6);
     }
 }

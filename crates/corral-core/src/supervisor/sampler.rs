@@ -6,7 +6,8 @@
 //! sums from the same instant. CPU% is psutil's: CPU time used over the last
 //! interval, as a percentage of one CPU; a process seen for the first time is
 //! measured from its start. Readers take the latest sample; nothing on a read
-//! path samples.
+//! path samples. The same pass rotates the logs of runs that ask for it
+//! (`rotate.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
@@ -20,7 +21,7 @@ use crate::platform::{self, ProcEntry};
 use crate::tree;
 
 use super::view::{Sample, View};
-use super::{Cmd, Shared, limits, lock, stop};
+use super::{Cmd, Shared, limits, lock, rotate, stop};
 
 /// Starts the sampler thread; it ends when the supervisor is gone or shut down.
 pub(crate) fn start(sh: &Arc<Shared>) -> std::io::Result<()> {
@@ -39,6 +40,8 @@ struct Memory {
     prev: HashMap<(i32, u64), (u64, f64)>,
     /// Samples in a row over the CPU limit, by agent and run.
     cpu_over: HashMap<(AgentId, u32), u32>,
+    /// Log rotation failures already logged.
+    rotate_warned: rotate::Warned,
 }
 
 fn run(weak: Weak<Shared>, interval: Duration) {
@@ -65,11 +68,14 @@ fn sample_all(sh: &Shared, memory: &mut Memory) {
                 .clone()
                 .map(|v| (v, slot.tx.clone()))
         })
-        .filter(|(v, _)| v.proc_.is_some())
+        // Local runs are sampled here; runs on a cluster engine only have their
+        // logs rotated (the engine gives their figures).
+        .filter(|(v, _)| v.proc_.is_some() || v.job.as_ref().is_some_and(|j| j.running))
         .collect();
     if live.is_empty() {
         memory.prev.clear();
         memory.cpu_over.clear();
+        memory.rotate_warned = rotate::Warned::default();
         return;
     }
     let prev = &mut memory.prev;
@@ -80,8 +86,11 @@ fn sample_all(sh: &Shared, memory: &mut Memory) {
     let mb = |pages: u64| (pages * sh.page_size) as f64 / (1024.0 * 1024.0);
     let none = HashSet::new();
     let mut cpu_over = HashMap::new();
-    for (view, tx) in live {
-        let Some(proc_) = &view.proc_ else { continue };
+    for (view, tx) in &live {
+        let Some(proc_) = &view.proc_ else {
+            rotate::rotate(view, &mut memory.rotate_warned);
+            continue;
+        };
         let contained = proc_.leaf.as_ref().map(|l| l.pids()).unwrap_or_default();
         let members = tree::members(
             &snap,
@@ -144,9 +153,12 @@ fn sample_all(sh: &Shared, memory: &mut Memory) {
             }
             cpu_over.insert(key, over);
         }
+        rotate::rotate(view, &mut memory.rotate_warned);
     }
     *prev = seen;
     memory.cpu_over = cpu_over;
+    let dirs = live.iter().map(|(v, _)| v.log_dir.as_path()).collect();
+    memory.rotate_warned.retain_runs(&dirs);
 }
 
 /// psutil's CPU%: ticks used since the last sample over the time since, as a

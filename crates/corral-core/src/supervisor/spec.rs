@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::id::AgentId;
-use crate::model::{Probe, Probes, RestartPolicy, SlurmPlacement, SpawnRequest};
+use crate::model::{LogRotation, Probe, Probes, RestartPolicy, SlurmPlacement, SpawnRequest};
 use crate::platform::files::User;
 
 /// Staged-stop waits when none are given: SIGTERM, 10 s, SIGTERM, 5 s, SIGKILL, 5 s.
@@ -26,6 +26,10 @@ pub const MAX_LABEL_KEY: usize = 128;
 pub const MAX_LABEL_VALUE: usize = 1024;
 /// Longest progress message kept, bytes.
 pub const MAX_PROGRESS_MESSAGE: usize = 1024;
+/// Smallest `logs.max_mb` accepted, MiB (about 1 KiB).
+pub const MIN_LOG_MAX_MB: f64 = 0.001;
+/// Most rotated copies `logs.keep` may ask for.
+pub const MAX_LOG_KEEP: u32 = 100;
 
 /// A checked spawn request: what an agent's owner runs, run after run.
 #[derive(Debug, Clone)]
@@ -299,6 +303,26 @@ fn check_probes(id: &str, probes: &Probes) -> Result<()> {
     Ok(())
 }
 
+fn check_logs(id: &str, logs: &LogRotation) -> Result<()> {
+    let mb = logs.max_mb;
+    if !(mb.is_finite() && mb >= MIN_LOG_MAX_MB) {
+        return Err(invalid(
+            id,
+            format!("logs.max_mb must be a size in MiB of at least {MIN_LOG_MAX_MB}; got {mb}"),
+        ));
+    }
+    if !(1..=MAX_LOG_KEEP).contains(&logs.keep) {
+        return Err(invalid(
+            id,
+            format!(
+                "logs.keep must be 1–{MAX_LOG_KEEP} rotated copies; got {}",
+                logs.keep
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks `req` and fills in its defaults. `user` is the request's user,
 /// already looked up (`None` when it names none). The state dir gives the
 /// default agent dir.
@@ -339,6 +363,9 @@ pub(crate) fn check(req: SpawnRequest, state_dir: &Path, user: Option<User>) -> 
     }
     if let Some(limits) = &req.limits {
         super::limits::validate(limits).map_err(|why| invalid(raw, why))?;
+    }
+    if let Some(logs) = &req.logs {
+        check_logs(raw, logs)?;
     }
     if let Some(slurm) = super::placement::slurm_of(req.placement.as_ref()) {
         check_slurm(raw, &req, slurm)?;
@@ -437,6 +464,37 @@ mod tests {
             r#"{"agent_id": "a", "command": ["x"], "probes": {"liveness": {"tcp": "nohost"}}}"#,
             "HOST:PORT",
         );
+    }
+
+    #[test]
+    fn log_rotation_is_checked_naming_the_field() {
+        for (logs, needle) in [
+            (r#"{"max_mb": 0}"#, "logs.max_mb"),
+            (r#"{"max_mb": -5}"#, "logs.max_mb"),
+            (
+                r#"{"max_mb": 0.0001}"#,
+                "logs.max_mb must be a size in MiB of at least 0.001; got 0.0001",
+            ),
+            (
+                r#"{"max_mb": 10, "keep": 0}"#,
+                "logs.keep must be 1–100 rotated copies; got 0",
+            ),
+            (r#"{"max_mb": 10, "keep": 101}"#, "logs.keep"),
+        ] {
+            refused(
+                &format!(r#"{{"agent_id": "a", "command": ["x"], "logs": {logs}}}"#),
+                needle,
+            );
+        }
+        for logs in [
+            r#"{"max_mb": 0.001, "keep": 1}"#,
+            r#"{"max_mb": 100}"#,
+            r#"{"max_mb": 5, "keep": 100}"#,
+        ] {
+            let json = format!(r#"{{"agent_id": "a", "command": ["x"], "logs": {logs}}}"#);
+            let spec = check(req(&json), Path::new("/s"), None).unwrap();
+            assert!(spec.request.logs.is_some(), "{logs}");
+        }
     }
 
     #[test]
