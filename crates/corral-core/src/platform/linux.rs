@@ -974,6 +974,16 @@ pub fn own_children() -> Vec<i32> {
     pids
 }
 
+/// Returns the allocator's free memory to the system (glibc keeps freed
+/// memory of every arena until asked; a no-op elsewhere).
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Reaps child `pid` if it has exited. Waits for that pid only, never blocks.
 pub fn reap_child(pid: i32) -> Option<ExitKind> {
     let pid = Pid::from_raw(pid)?;

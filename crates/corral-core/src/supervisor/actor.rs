@@ -202,23 +202,26 @@ impl Actor {
     /// Lives the agent's life: the first run (or adoption), the runs its restart
     /// policy starts, until nothing more is planned.
     pub(crate) async fn run(mut self, start: Start) {
+        // Every step but the wait is boxed: a step's state lives on the heap only
+        // while it runs, so an idle agent's task holds the actor and its wait,
+        // not the largest of its steps (thousands of agents, kilobytes each).
         match start {
             Start::Fresh(reply) => {
                 self.spawn_reply = reply;
-                self.start_run().await;
+                Box::pin(self.start_run()).await;
             }
-            Start::Adopt(record) => self.adopt(*record).await,
-            Start::Planned(record) => self.resume_backoff(*record).await,
+            Start::Adopt(record) => Box::pin(self.adopt(*record)).await,
+            Start::Planned(record) => Box::pin(self.resume_backoff(*record)).await,
         }
         while !matches!(self.phase, Phase::Ended) {
             match self.wait().await {
                 Wake::Shutdown | Wake::Command(None) => return,
-                Wake::Command(Some(cmd)) => self.on_command(cmd).await,
-                Wake::Exited(true) => self.on_exit().await,
+                Wake::Command(Some(cmd)) => Box::pin(self.on_command(cmd)).await,
+                Wake::Exited(true) => Box::pin(self.on_exit()).await,
                 Wake::Exited(false) => {}
-                Wake::Tree => self.stop_step().await,
-                Wake::Job => self.on_job().await,
-                Wake::Timer => self.on_timer().await,
+                Wake::Tree => Box::pin(self.stop_step()).await,
+                Wake::Job => Box::pin(self.on_job()).await,
+                Wake::Timer => Box::pin(self.on_timer()).await,
             }
         }
         let busy = self.phase.tag().is_busy();
@@ -555,13 +558,20 @@ impl Actor {
         }
     }
 
-    /// Releases the run's cgroup once nothing is left in it.
+    /// Releases the run's cgroup once nothing is left in it, on a blocking
+    /// thread: removing a cgroup takes the kernel's cgroup lock, and a thousand
+    /// stops at once would queue on the async workers. Nothing waits for it (a
+    /// leaf still there is swept later).
     pub(crate) fn release_leaf(&self, leaf: Option<&Leaf>) {
-        if let (Some(leaf), Ok(root)) = (leaf, &self.sh.cgroup)
-            && !leaf.populated()
-        {
-            let _ = root.remove_leaf(leaf);
-        }
+        let Some(leaf) = leaf.cloned() else { return };
+        let sh = self.sh.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Ok(root) = &sh.cgroup
+                && !leaf.populated()
+            {
+                let _ = root.remove_leaf(&leaf);
+            }
+        });
     }
 
     /// The run is over and its tree dealt with: wait for a planned restart, or end.

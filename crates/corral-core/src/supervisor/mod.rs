@@ -512,7 +512,11 @@ impl Supervisor {
             let sup = self.clone();
             async move { sup.spawn_agent(req).await }
         });
-        futures_util::future::join_all(spawns).await
+        let results = futures_util::future::join_all(spawns).await;
+        // A burst of spawns leaves the allocator holding the peak of all their
+        // work at once; give what is free back to the system (a few ms).
+        let _ = tokio::task::spawn_blocking(platform::release_free_memory).await;
+        results
     }
 
     async fn resolve_user(&self, req: &SpawnRequest) -> Result<Option<platform::files::User>> {

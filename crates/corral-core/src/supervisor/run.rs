@@ -79,7 +79,8 @@ impl Actor {
         let record = self.new_record(run_id, run, started_at, attempt);
         self.view = Some(Arc::new(View::from_record(&record, self.spec.clone())));
         if super::placement::slurm_of(self.spec.request.placement.as_ref()).is_some() {
-            return self.submit_job().await;
+            // Boxed: a local start does not carry the engine's larger state.
+            return Box::pin(self.submit_job()).await;
         }
         let _permit = self.sh.spawn_permits.acquire().await;
         let sh = self.sh.clone();
@@ -333,7 +334,7 @@ impl Actor {
         if record.job.is_some()
             || super::placement::slurm_of(record.spec.placement.as_ref()).is_some()
         {
-            return self.adopt_job(record).await;
+            return Box::pin(self.adopt_job(record)).await;
         }
         self.view = Some(Arc::new(View::from_record(&record, self.spec.clone())));
         self.history.attempt = record.restart_attempt;

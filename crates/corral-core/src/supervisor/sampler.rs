@@ -91,7 +91,11 @@ fn sample_all(sh: &Shared, memory: &mut Memory) {
             rotate::rotate(view, &mut memory.rotate_warned);
             continue;
         };
-        let contained = proc_.leaf.as_ref().map(|l| l.pids()).unwrap_or_default();
+        // The tree is found from the table alone (children, group, session,
+        // orphans by their CORRAL_AGENT_ID): reading every leaf's
+        // `cgroup.procs` each interval would cost one file per agent per
+        // second. Stops, which must miss nothing, read it.
+        let contained: Vec<i32> = Vec::new();
         let members = tree::members(
             &snap,
             &tree::Lookup {

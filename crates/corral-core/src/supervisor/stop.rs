@@ -211,6 +211,18 @@ impl Actor {
             let Some(run) = &self.run else {
                 return self.finish_stop(None);
             };
+            // With a cgroup, an empty leaf after a first look is proof enough
+            // that the tree is gone (every member found outside it was
+            // signalled and has exited): no second scan of the process table.
+            if let Phase::Stopping(s) = &self.phase
+                && run.ended
+                && !s.seen.is_empty()
+                && run.leaf().is_some_and(|l| !l.populated())
+                && s.watch.iter().all(|h| h.get_ref().has_exited())
+            {
+                let stage = s.stage().0;
+                return self.finish_stop(Some(stage));
+            }
             let table = self.sh.tables.fresh(Instant::now(), &self.sh).await;
             let Phase::Stopping(s) = &mut self.phase else {
                 return;
@@ -411,39 +423,67 @@ pub(crate) async fn any_exited(watch: Option<&Vec<AsyncFd<Arc<ProcessHandle>>>>)
 }
 
 /// Snapshots of the process table shared by concurrent stops: a request for a
-/// table taken after instant T is answered by one scan however many ask.
+/// table taken after instant T is answered by the first scan that begins at or
+/// after T, and every request waiting meanwhile shares that one scan — so a
+/// thousand stops, each asking after its own instant, cost a few scans, not a
+/// queue of them.
 pub(crate) struct TableCache {
-    latest: tokio::sync::Mutex<Option<(Instant, Arc<tree::Snapshot>)>>,
+    latest: watch::Sender<Option<(Instant, Arc<tree::Snapshot>)>>,
+    scanning: std::sync::atomic::AtomicBool,
+}
+
+/// Clears the "a scan is running" flag however the scanning request ends.
+struct Scanning<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for Scanning<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 impl TableCache {
     pub(crate) fn new() -> Self {
         Self {
-            latest: tokio::sync::Mutex::new(None),
+            latest: watch::channel(None).0,
+            scanning: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// A snapshot taken at or after `after`, with orphans attributed to agents.
     pub(crate) async fn fresh(&self, after: Instant, sh: &Shared) -> Arc<tree::Snapshot> {
-        let mut latest = self.latest.lock().await;
-        if let Some((taken, table)) = latest.as_ref()
-            && *taken >= after
-        {
-            return table.clone();
+        use std::sync::atomic::Ordering;
+        let mut rx = self.latest.subscribe();
+        loop {
+            if let Some((taken, table)) = rx.borrow_and_update().as_ref()
+                && *taken >= after
+            {
+                return table.clone();
+            }
+            if !self.scanning.swap(true, Ordering::AcqRel) {
+                let _flag = Scanning(&self.scanning);
+                let taken = Instant::now();
+                let owned = lock(&sh.owned).clone();
+                let table = Arc::new(
+                    tokio::task::spawn_blocking(move || scan(&owned))
+                        .await
+                        .unwrap_or_else(|_| tree::Snapshot::new(Vec::new())),
+                );
+                tracing::debug!(
+                    took_us = taken.elapsed().as_micros() as u64,
+                    "process table scanned"
+                );
+                self.latest.send_replace(Some((taken, table.clone())));
+                return table;
+            }
+            // A scan is under way: wait for it, then look again (it may have
+            // begun before `after`, and then the next one is needed).
+            if tokio::time::timeout(std::time::Duration::from_millis(50), rx.changed())
+                .await
+                .is_ok_and(|r| r.is_err())
+            {
+                return Arc::new(tree::Snapshot::new(Vec::new()));
+            }
         }
-        let taken = Instant::now();
-        let owned = lock(&sh.owned).clone();
-        let scan = tokio::task::spawn_blocking(move || scan(&owned));
-        let table = Arc::new(
-            scan.await
-                .unwrap_or_else(|_| tree::Snapshot::new(Vec::new())),
-        );
-        tracing::debug!(
-            took_us = taken.elapsed().as_micros() as u64,
-            "process table scanned"
-        );
-        *latest = Some((taken, table.clone()));
-        table
     }
 }
 
