@@ -36,11 +36,11 @@ use crate::model::{PersistentStatus, PlacementInfo, StopStage};
 use crate::platform::{self, ExitKind};
 use crate::store::{self, JobRecord, RunRecord};
 
+use super::super::Shared;
 use super::super::actor::{Actor, Phase};
 use super::super::run::StartError;
 use super::super::state::{Happening, Tag};
 use super::super::view::{JobView, View};
-use super::super::{Shared, blocking};
 use super::slurm::{JobInfo, JobState, Slurm, Stop, Submission};
 
 /// How long a restarted daemon waits for the engine's word on a job before
@@ -170,53 +170,13 @@ impl Actor {
         let (run, run_id) = (view.run, view.run_id);
         let engine = self.sh.slurm();
         let tag = super::job_tag(&engine.host, &self.sh.config.state_dir, run_id);
-        let sh = self.sh.clone();
-        let spec = self.spec.clone();
-        let script = blocking(move || {
-            let files =
-                platform::files::create_run_files(&spec.agent_dir, run, None).map_err(|f| {
-                    crate::Error::Files {
-                        agent_id: spec.id.to_string(),
-                        field: "agent_dir",
-                        path: f.path,
-                        source: f.source,
-                    }
-                })?;
-            drop(files);
-            let dir = spec.agent_dir.join("runs").join(run.to_string());
-            let mut env = sh.config.job_env.clone();
-            env.extend(spec.request.env.clone());
-            let text = batch_script(
-                spec.id.as_str(),
-                run,
-                run_id,
-                &env,
-                sh.config.socket_path.as_deref(),
-                &spec.request.command,
-            );
-            let path = dir.join("job.sh");
-            platform::files::write_private(&path, text.as_bytes()).map_err(|source| {
-                crate::Error::Files {
-                    agent_id: spec.id.to_string(),
-                    field: "agent_dir",
-                    path: path.clone(),
-                    source,
-                }
-            })?;
-            Ok(path)
-        })
-        .await;
+        let (sh, spec) = (self.sh.clone(), self.spec.clone());
+        let script = tokio::task::spawn_blocking(move || job_files(&sh, &spec, run, run_id))
+            .await
+            .unwrap_or_else(|e| Err(StartError::Exec(std::io::Error::other(e.to_string()))));
         let script = match script {
             Ok(p) => p,
-            Err(crate::Error::Files { path, source, .. }) => {
-                let e = platform::files::FilesError { path, source };
-                return self.start_failed(StartError::Files(e)).await;
-            }
-            Err(e) => {
-                return self
-                    .start_failed(StartError::Exec(std::io::Error::other(e.to_string())))
-                    .await;
-            }
+            Err(e) => return self.start_failed(e).await,
         };
         let placement = super::slurm_of(self.spec.request.placement.as_ref())
             .cloned()
@@ -431,7 +391,9 @@ impl Actor {
                 if !job.on_this_host() {
                     return self.finish_stop(Some(stage));
                 }
-                let left = leftovers(self.spec.id.as_str(), job.run_id).await;
+                let runs = job.engine.local_runs(Instant::now()).await;
+                let key = (self.spec.id.to_string(), job.run_id.to_string());
+                let left = runs.get(&key).cloned().unwrap_or_default();
                 if left.is_empty() {
                     return self.finish_stop(Some(stage));
                 }
@@ -497,42 +459,10 @@ impl Actor {
         let engine = self.sh.slurm();
         let job = match record.job.clone() {
             Some(job) => job,
-            None => {
-                let tag = super::job_tag(&engine.host, &self.sh.config.state_dir, record.run_id);
-                match engine.find(&record.agent_id, &tag).await {
-                    Ok(Some(job_id)) => {
-                        let job = JobRecord {
-                            engine: "slurm".into(),
-                            job_id,
-                            node: None,
-                            tag,
-                        };
-                        let write = store::set_job(record.run_id, job.clone(), None);
-                        if let Err(e) = self.sh.store.commit_retrying(write).await {
-                            tracing::error!(agent_id = %record.agent_id, error = %e, "cannot record a found job");
-                        }
-                        job
-                    }
-                    Ok(None) => {
-                        return self
-                            .record_failed_start(
-                                "the daemon stopped before the job was submitted; the start did not complete"
-                                    .into(),
-                            )
-                            .await;
-                    }
-                    Err(e) => {
-                        // The engine does not answer: keep the run as it is on
-                        // record and look again on the next start.
-                        tracing::error!(agent_id = %record.agent_id, error = %e, "cannot look for an unrecorded job");
-                        return self
-                            .record_failed_start(format!(
-                                "the daemon stopped before the job was recorded, and Slurm cannot be asked ({e})"
-                            ))
-                            .await;
-                    }
-                }
-            }
+            None => match self.find_unrecorded_job(&engine, &record).await {
+                Ok(job) => job,
+                Err(reason) => return self.record_failed_start(reason).await,
+            },
         };
         let job_id = job.job_id.clone();
         let mut run = JobRun::new(engine.clone(), job.clone(), record.run_id, &record.agent_id);
@@ -603,6 +533,77 @@ impl Actor {
     }
 }
 
+/// A job's files (blocking): the run's log files, and its batch script.
+fn job_files(
+    sh: &Shared,
+    spec: &super::super::spec::Spec,
+    run: u32,
+    run_id: i64,
+) -> Result<std::path::PathBuf, StartError> {
+    platform::files::create_run_files(&spec.agent_dir, run, None).map_err(StartError::Files)?;
+    let mut env = sh.config.job_env.clone();
+    env.extend(spec.request.env.clone());
+    let text = batch_script(
+        spec.id.as_str(),
+        run,
+        run_id,
+        &env,
+        sh.config.socket_path.as_deref(),
+        &spec.request.command,
+    );
+    let path = spec
+        .agent_dir
+        .join("runs")
+        .join(run.to_string())
+        .join("job.sh");
+    platform::files::write_private(&path, text.as_bytes()).map_err(|source| {
+        StartError::Files(platform::files::FilesError {
+            path: path.clone(),
+            source,
+        })
+    })?;
+    Ok(path)
+}
+
+impl Actor {
+    /// The job of a run whose job id was never recorded (the daemon died
+    /// between `sbatch` and the commit), found by its tag and recorded now; or
+    /// why the run is over.
+    async fn find_unrecorded_job(
+        &self,
+        engine: &Slurm,
+        record: &RunRecord,
+    ) -> Result<JobRecord, String> {
+        let tag = super::job_tag(&engine.host, &self.sh.config.state_dir, record.run_id);
+        let job_id = match engine.find(&record.agent_id, &tag).await {
+            Ok(Some(job_id)) => job_id,
+            Ok(None) => {
+                return Err(
+                    "the daemon stopped before the job was submitted; the start did not complete"
+                        .into(),
+                );
+            }
+            Err(e) => {
+                tracing::error!(agent_id = %record.agent_id, error = %e, "cannot look for an unrecorded job");
+                return Err(format!(
+                    "the daemon stopped before the job was recorded, and Slurm cannot be asked ({e})"
+                ));
+            }
+        };
+        let job = JobRecord {
+            engine: "slurm".into(),
+            job_id,
+            node: None,
+            tag,
+        };
+        let write = store::set_job(record.run_id, job.clone(), None);
+        if let Err(e) = self.sh.store.commit_retrying(write).await {
+            tracing::error!(agent_id = %record.agent_id, error = %e, "cannot record a found job");
+        }
+        Ok(job)
+    }
+}
+
 /// What the engine says about an end that the exit alone does not: a time
 /// limit, a node failure, a launch failure, a cancel.
 fn engine_words(state: &str, reason: &str, exit: Option<ExitKind>) -> Option<String> {
@@ -622,25 +623,6 @@ fn engine_words(state: &str, reason: &str, exit: Option<ExitKind>) -> Option<Str
         other => format!("Slurm ended the job ({other})"),
     };
     Some(words)
-}
-
-/// Live processes of a run on this host (blocking scan, on a blocking thread):
-/// those whose environment names the run.
-async fn leftovers(agent_id: &str, run_id: i64) -> Vec<(i32, u64)> {
-    let (agent_id, run) = (agent_id.to_owned(), run_id.to_string());
-    blocking(move || {
-        Ok(platform::process_table()
-            .into_iter()
-            .filter(|p| p.state != 'Z')
-            .filter(|p| {
-                platform::environ_var(p.pid, "CORRAL_RUN_ID").as_deref() == Some(run.as_str())
-                    && platform::environ_agent_id(p.pid).as_deref() == Some(agent_id.as_str())
-            })
-            .map(|p| (p.pid, p.start_ticks))
-            .collect())
-    })
-    .await
-    .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@
 //! Each job's owner (an agent's actor) subscribes to its job's [`JobInfo`] and
 //! is woken when it changes; an owner that needs a look *after* some moment
 //! (the end of a verification window) asks for a [`Slurm::fresh`] poll. Polls
-//! run every 250 ms while any job is starting, verifying or stopping, and at
+//! run every 100 ms while any job is starting, verifying or stopping, and at
 //! the sampling interval otherwise. Every command has a timeout: with the
 //! controller down, `squeue` and `sbatch` block ~9 s before failing, and a
 //! failed poll changes nothing (a job is never taken for ended because the
@@ -38,7 +38,7 @@ use super::super::helper::{self, Helper, Output};
 use super::super::{Shared, lock};
 
 /// Poll interval while any job is starting, verifying or stopping.
-const FAST: Duration = Duration::from_millis(250);
+const FAST: Duration = Duration::from_millis(100);
 /// How often `sstat` is asked for running jobs' figures (Slurm itself gathers
 /// them every `JobAcctGatherFrequency`, 30 s by default).
 const SSTAT_EVERY: Duration = Duration::from_secs(5);
@@ -127,6 +127,9 @@ pub(crate) struct Slurm {
     polled: watch::Sender<Option<Instant>>,
     signals: Mutex<Vec<(String, Stop)>>,
     signal_wake: Arc<Notify>,
+    /// The latest scan of this host's processes that belong to runs, shared
+    /// by every stop that looks for leftovers.
+    local: tokio::sync::Mutex<Option<(Instant, Arc<LocalRuns>)>>,
     /// This host's short name: jobs on it can be checked in `/proc`.
     pub host: String,
 }
@@ -148,6 +151,7 @@ impl Slurm {
             polled: watch::channel(None).0,
             signals: Mutex::new(Vec::new()),
             signal_wake: Arc::new(Notify::new()),
+            local: tokio::sync::Mutex::new(None),
             host,
         });
         let interval = sh.config.sample_interval.max(Duration::from_millis(500));
@@ -255,6 +259,26 @@ impl Slurm {
         }))
     }
 
+    /// This host's live processes of runs (their `CORRAL_AGENT_ID` and
+    /// `CORRAL_RUN_ID`), from a scan begun at or after `after`: one scan
+    /// however many stops ask at once (blocking work, on a blocking thread).
+    pub(crate) async fn local_runs(&self, after: Instant) -> Arc<LocalRuns> {
+        let mut latest = self.local.lock().await;
+        if let Some((at, runs)) = latest.as_ref()
+            && *at >= after
+        {
+            return runs.clone();
+        }
+        let at = Instant::now();
+        let runs = Arc::new(
+            tokio::task::spawn_blocking(scan_local_runs)
+                .await
+                .unwrap_or_default(),
+        );
+        *latest = Some((at, runs.clone()));
+        runs
+    }
+
     fn shared(&self) -> Result<Arc<Shared>, String> {
         self.sh
             .upgrade()
@@ -347,6 +371,13 @@ impl Slurm {
         } else {
             HashMap::new()
         };
+        self.publish(states, &samples);
+        Ok(())
+    }
+
+    /// Hands each followed job its new state and figures; its owner is woken
+    /// only when something changed.
+    fn publish(&self, states: HashMap<String, JobState>, samples: &HashMap<String, (f64, f64)>) {
         let now = Instant::now();
         let mut jobs = lock(&self.jobs);
         for (id, state) in states {
@@ -379,7 +410,6 @@ impl Slurm {
                 changed
             });
         }
-        Ok(())
     }
 
     /// Raw wait statuses of every job the controller holds (`squeue --json`
@@ -577,6 +607,27 @@ async fn signal_loop(weak: Weak<Slurm>) {
         }
         slurm.wake.notify_one();
     }
+}
+
+/// Live processes by (agent id, run id): identity (pid, start ticks).
+pub(crate) type LocalRuns = HashMap<(String, String), Vec<(i32, u64)>>;
+
+fn scan_local_runs() -> LocalRuns {
+    let mut runs = LocalRuns::new();
+    for p in crate::platform::process_table() {
+        if p.state == 'Z' {
+            continue;
+        }
+        let Some(run) = crate::platform::environ_var(p.pid, "CORRAL_RUN_ID") else {
+            continue;
+        };
+        if let Some(agent) = crate::platform::environ_agent_id(p.pid) {
+            runs.entry((agent, run))
+                .or_default()
+                .push((p.pid, p.start_ticks));
+        }
+    }
+    runs
 }
 
 /// One line of `squeue -o '%i|%j|%T|%N|%r|%k'`.
