@@ -520,9 +520,13 @@ pub struct DemoArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// How many agents.
-    #[arg(long, default_value_t = 1000)]
-    pub agents: usize,
+    /// How many agents [default: 1000 on this host, 100 on Slurm].
+    #[arg(long)]
+    pub agents: Option<usize>,
+    /// Where the agents run: this host (local), or the Slurm cluster this host
+    /// submits to (slurm), measured against sbatch/squeue/scancel called bare.
+    #[arg(long, default_value = "local", value_name = "WHERE", value_parser = ["local", "slurm"])]
+    pub placement: String,
     /// Seconds of the at-rest measurement.
     #[arg(long, default_value_t = 10)]
     pub rest_seconds: u64,

@@ -12,6 +12,7 @@
 
 mod bare;
 mod private;
+mod slurm;
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -200,7 +201,11 @@ fn status_mb(pid: i32, field: &str) -> Result<f64> {
 }
 
 pub async fn run(ctx: &Ctx, args: BenchArgs) -> Result<ExitCode> {
-    let n = args.agents.max(1);
+    let on_slurm = args.placement == "slurm";
+    let n = args
+        .agents
+        .unwrap_or(if on_slurm { 100 } else { 1000 })
+        .max(1);
     platform::become_subreaper().context("become a child subreaper")?;
     platform::raise_nofile_limit();
     let private = private::Private::start(args.no_cgroups).await?;
@@ -210,6 +215,19 @@ pub async fn run(ctx: &Ctx, args: BenchArgs) -> Result<ExitCode> {
             crate::say(&format!("… {s}"));
         }
     };
+    if on_slurm {
+        say(&format!(
+            "{n} agents on Slurm, and sbatch/squeue/scancel called bare"
+        ));
+        let mut figures = slurm::figures(&client, &private.scratch(), n).await?;
+        figures.push(Figure::new(
+            "daemon peak RSS",
+            status_mb(private.pid(), "VmHWM:")?,
+            "MB",
+        ));
+        drop(private);
+        return report(ctx, &figures);
+    }
     let mut figures = Vec::new();
 
     say(&format!(

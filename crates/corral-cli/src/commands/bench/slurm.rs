@@ -1,0 +1,200 @@
+//! `corral bench --placement slurm`: agents on the Slurm cluster this host
+//! submits to, next to the engine's own commands called bare in the same run.
+//!
+//! Figures, for N agents (`sleep 3600`, which obeys SIGTERM):
+//! - **spawn to running**: one batch request of N Slurm agents until every one
+//!   is reported running, against a bare loop of N `sbatch` calls followed by
+//!   `squeue` every 100 ms until all N are RUNNING;
+//! - **status listing**: `GET /v1/agents` (p50), against one `squeue` of the
+//!   N jobs;
+//! - **stop all**: `POST /v1/stop` for every agent until its answer (each job
+//!   ended, nothing of it left on this host), against `scancel
+//!   --signal=TERM --full` of the N jobs and `squeue` every 100 ms until none
+//!   is left running or completing.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use corral_api::Client;
+use corral_api::client::Method;
+use corral_core::{
+    BatchRequest, BatchResponse, BatchResult, Placement, SlurmPlacement, SpawnRequest,
+};
+use serde_json::Value;
+
+use super::{Figure, latency, stop_all};
+
+/// How long any one phase may take before the bench gives up.
+const PHASE_LIMIT: Duration = Duration::from_secs(300);
+
+pub(super) async fn figures(client: &Client, scratch: &Path, n: usize) -> Result<Vec<Figure>> {
+    if Command::new("sbatch").arg("--version").output().is_err() {
+        bail!(
+            "sbatch is not on PATH: Slurm's client commands are needed (scripts/slurm-local.sh starts a single-node cluster)"
+        );
+    }
+    std::fs::create_dir_all(scratch)?;
+    let mut figures = Vec::new();
+
+    let t = Instant::now();
+    spawn(client, n).await?;
+    wait_all_running(client, n).await?;
+    let corral_spawn = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let jobs = bare_submit(scratch, n)?;
+    bare_wait(&jobs, |state| state == "RUNNING", n).await?;
+    let bare_spawn = t.elapsed().as_secs_f64();
+    figures.push(
+        Figure::new(
+            format!("Slurm: spawn {n} until all are running"),
+            corral_spawn,
+            "s",
+        )
+        .baseline(bare_spawn)
+        .note("baseline: sbatch N times, then squeue every 100 ms until all are RUNNING"),
+    );
+
+    let (p50, _) = latency(client, "/v1/agents", 50).await?;
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        squeue(&jobs)?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    figures.push(
+        Figure::new(format!("Slurm: list {n} agents, p50"), p50, "ms")
+            .baseline(super::percentile(&times, 0.5))
+            .note("baseline: one squeue of the N jobs (state, node, reason)"),
+    );
+
+    let t = Instant::now();
+    let reports = stop_all(client, None).await?;
+    let corral_stop = t.elapsed().as_secs_f64();
+    if reports.len() != n {
+        bail!("stopped {} agents, not {n}", reports.len());
+    }
+    let t = Instant::now();
+    let mut argv = vec!["--signal=TERM".to_owned(), "--full".to_owned()];
+    argv.extend(jobs.iter().cloned());
+    let out = Command::new("scancel").args(&argv).output()?;
+    if !out.status.success() {
+        bail!("scancel: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    bare_wait(
+        &jobs,
+        |state| state != "RUNNING" && state != "COMPLETING",
+        n,
+    )
+    .await?;
+    let bare_stop = t.elapsed().as_secs_f64();
+    figures.push(
+        Figure::new(
+            format!("Slurm: stop all {n}, until every job has ended"),
+            corral_stop,
+            "s",
+        )
+        .baseline(bare_stop)
+        .note("baseline: scancel --signal=TERM --full of the N jobs, then squeue every 100 ms until none runs or completes"),
+    );
+    // Bare jobs that outlived the bench's patience are not left queued.
+    let _ = Command::new("scancel").args(&jobs).output();
+    Ok(figures)
+}
+
+async fn spawn(client: &Client, n: usize) -> Result<()> {
+    let agents = (0..n)
+        .map(|i| SpawnRequest {
+            agent_id: format!("slurm.{i}"),
+            command: vec!["sleep".into(), "3600".into()],
+            verify_ms: Some(0),
+            placement: Some(Placement {
+                slurm: Some(SlurmPlacement::default()),
+            }),
+            ..SpawnRequest::default()
+        })
+        .collect();
+    let answer: BatchResponse = client
+        .call(
+            Method::POST,
+            "/v1/agents/batch",
+            Some(&BatchRequest { agents }),
+        )
+        .await?;
+    for r in answer.results {
+        if let BatchResult::Failed(f) = r {
+            bail!("{} was refused: {}", f.agent_id, f.error.message);
+        }
+    }
+    Ok(())
+}
+
+async fn wait_all_running(client: &Client, n: usize) -> Result<()> {
+    let end = Instant::now() + PHASE_LIMIT;
+    loop {
+        let all: Value = client.get("/v1/agents").await?;
+        let running = all
+            .as_object()
+            .map(|m| m.values().filter(|s| s["process_alive"] == true).count())
+            .unwrap_or(0);
+        if running >= n {
+            return Ok(());
+        }
+        if Instant::now() > end {
+            bail!("only {running} of {n} Slurm agents running after {PHASE_LIMIT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// N bare `sbatch` calls; the job ids.
+fn bare_submit(scratch: &Path, n: usize) -> Result<Vec<String>> {
+    (0..n)
+        .map(|i| {
+            let out = Command::new("sbatch")
+                .arg("--parsable")
+                .arg(format!("--job-name=bare.{i}"))
+                .arg(format!("--output={}/bare.{i}.out", scratch.display()))
+                .args(["--wrap", "exec sleep 3600"])
+                .output()
+                .context("sbatch")?;
+            if !out.status.success() {
+                bail!("sbatch: {}", String::from_utf8_lossy(&out.stderr).trim());
+            }
+            let text = String::from_utf8_lossy(&out.stdout);
+            Ok(text.trim().split(';').next().unwrap_or_default().to_owned())
+        })
+        .collect()
+}
+
+/// `squeue` of the jobs: each one's state.
+fn squeue(jobs: &[String]) -> Result<Vec<String>> {
+    let out = Command::new("squeue")
+        .args(["-h", "-t", "all", "-o", "%T|%N|%r", "-j", &jobs.join(",")])
+        .output()
+        .context("squeue")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split('|').next().unwrap_or_default().to_owned())
+        .collect())
+}
+
+/// Polls `squeue` every 100 ms until `n` jobs are in a state `done` accepts
+/// (a job the controller has forgotten counts as ended).
+async fn bare_wait(jobs: &[String], done: impl Fn(&str) -> bool, n: usize) -> Result<()> {
+    let end = Instant::now() + PHASE_LIMIT;
+    loop {
+        let states = squeue(jobs)?;
+        let forgotten = jobs.len().saturating_sub(states.len());
+        let count = states.iter().filter(|s| done(s)).count() + forgotten;
+        if count >= n {
+            return Ok(());
+        }
+        if Instant::now() > end {
+            bail!("only {count} of {n} bare jobs reached the state after {PHASE_LIMIT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
