@@ -485,6 +485,15 @@ pub fn event_line(ev: &Event) -> String {
             s("delay_s").unwrap_or_default(),
             s("attempt").unwrap_or_default()
         ),
+        "job" => {
+            let mut parts = vec![format!(
+                "{} job {}",
+                s("engine").unwrap_or_default(),
+                s("job_id").unwrap_or_default()
+            )];
+            parts.extend(s("node").map(|n| format!("on {n}")));
+            parts.join(" ")
+        }
         _ => serde_json::Value::Object(d.clone()).to_string(),
     };
     format!(
@@ -497,8 +506,10 @@ pub async fn events(ctx: &Ctx, follow: bool, since: i64) -> Result<ExitCode> {
     use std::io::Write;
     let path = format!("/v1/events?since={since}&follow={follow}");
     let client = ctx.client().await?;
+    // JSON lines, as the contract says, for scripts and pipes; one line of
+    // text per event for a person at a terminal (`--json` forces JSON).
+    let json = ctx.json || !std::io::IsTerminal::is_terminal(&std::io::stdout());
     let mut out = std::io::stdout().lock();
-    let json = ctx.json;
     client
         .sse(&path, |data| {
             let line = if json {
@@ -518,6 +529,36 @@ pub async fn events(ctx: &Ctx, follow: bool, since: i64) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_read_as_one_line_of_text_each() {
+        let ev = |kind: &str, data: serde_json::Value| Event {
+            seq: 1,
+            at: "2026-11-27T10:30:00.000Z".into(),
+            agent_id: "team.a".into(),
+            run: 2,
+            kind: kind.into(),
+            data: data.as_object().unwrap().clone(),
+        };
+        let state = ev(
+            "state",
+            serde_json::json!({"status": "failed", "exit_code": 3, "reason": "exited with code 3"}),
+        );
+        assert_eq!(
+            event_line(&state),
+            "2026-11-27T10:30:00.000Z  team.a  run 2  state  failed exit code 3 — exited with code 3"
+        );
+        let stage = ev(
+            "stop_stage",
+            serde_json::json!({"stage": "kill", "signal": "SIGKILL"}),
+        );
+        assert!(event_line(&stage).ends_with("stop_stage  kill (SIGKILL)"));
+        let job = ev(
+            "job",
+            serde_json::json!({"engine": "slurm", "job_id": "7", "node": "vm"}),
+        );
+        assert!(event_line(&job).ends_with("job  slurm job 7 on vm"));
+    }
 
     fn status(id: &str, json: serde_json::Value) -> AgentStatus {
         let mut base = serde_json::json!({
