@@ -204,11 +204,6 @@ impl View {
         } else {
             "dead"
         };
-        let (exit_code, exit_signal) = match self.exit {
-            Some(ExitKind::Code(c)) => (Some(c), None),
-            Some(ExitKind::Signal(s)) => (None, Some(s)),
-            None => (None, None),
-        };
         let runtime_seconds = match (live, self.runtime_at_end) {
             (Some(p), _) if !exited => platform::boottime_seconds() - p.started_s,
             (_, Some(r)) => r,
@@ -216,43 +211,22 @@ impl View {
             (None, None) => 0.0,
         }
         .max(0.0);
-        AgentStatus {
-            agent_id: self.id.to_string(),
-            pid: self.pid,
+        let mut status = self.ended_status();
+        status.process_alive = process_alive;
+        status.process_status = process_status.to_owned();
+        status.is_zombie = is_zombie;
+        status.cpu_percent = sample.map_or(0.0, |s| s.cpu_percent);
+        status.memory_mb = sample.map_or(0.0, |s| s.memory_mb);
+        status.runtime_seconds = runtime_seconds;
+        status.num_threads = sample.map_or(0, |s| s.num_threads);
+        status.health = self.health(
             process_alive,
-            process_status: process_status.to_owned(),
-            exit_code,
             is_zombie,
-            cpu_percent: sample.map_or(0.0, |s| s.cpu_percent),
-            memory_mb: sample.map_or(0.0, |s| s.memory_mb),
-            runtime_seconds,
-            num_threads: sample.map_or(0, |s| s.num_threads),
-            cmdline: quote_argv(&self.spec.request.command),
-            health: self.health(process_alive, is_zombie, exit_code, exit_signal),
-            persistent_status: self.status,
-            started_at: self.started_at.clone(),
-            progress: self.progress,
-            progress_message: self.progress_message.clone(),
-            progress_at: self.progress_at.clone(),
-            exit_signal,
-            ended_at: self.ended_at.clone(),
-            end_reason: self.end_reason.clone(),
-            run: self.run,
-            restarts: self.run.saturating_sub(1),
-            next_restart_at: self.next_restart_at.clone(),
-            restart_policy: self.spec.restart.policy.as_str().to_owned(),
-            stop_timeouts: self.spec.stop_timeouts.to_vec(),
-            ready: self.ready,
-            probe: self.probes.clone(),
-            limits: self.limits.clone(),
-            labels: self.spec.request.labels.clone(),
-            stdout_log: self.stdout_log(),
-            stderr_log: self.stderr_log(),
-            containment: self.containment.to_owned(),
-            user: self.spec.user.as_ref().map(|u| u.name.clone()),
-            placement: None,
-            tree: sample.map(|s| s.tree),
-        }
+            status.exit_code,
+            status.exit_signal,
+        );
+        status.tree = sample.map(|s| s.tree);
+        status
     }
 
     /// The status of a run placed on an engine: `pid` null, the figures the
