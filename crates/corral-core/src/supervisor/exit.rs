@@ -48,7 +48,7 @@ pub(crate) fn signal_name(sig: i32) -> String {
     format!("{name} ({sig})")
 }
 
-pub(crate) fn exit_words(exit: Option<ExitKind>) -> String {
+fn exit_words(exit: Option<ExitKind>) -> String {
     match exit {
         Some(ExitKind::Code(c)) => format!("exited with code {c}"),
         Some(ExitKind::Signal(s)) => format!("killed by {}", signal_name(s)),

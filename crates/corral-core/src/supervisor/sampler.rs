@@ -91,11 +91,6 @@ fn sample_all(sh: &Shared, memory: &mut Memory) {
             rotate::rotate(view, &mut memory.rotate_warned);
             continue;
         };
-        // The tree is found from the table alone (children, group, session,
-        // orphans by their CORRAL_AGENT_ID): reading every leaf's
-        // `cgroup.procs` each interval would cost one file per agent per
-        // second. Stops, which must miss nothing, read it.
-        let contained: Vec<i32> = Vec::new();
         let members = tree::members(
             &snap,
             &tree::Lookup {
@@ -105,7 +100,11 @@ fn sample_all(sh: &Shared, memory: &mut Memory) {
                 daemon: std::process::id() as i32,
                 known: &none,
                 agent_id: view.id.as_str(),
-                contained: &contained,
+                // The tree is found from the table alone (children, group,
+                // session, orphans by their CORRAL_AGENT_ID): reading every
+                // leaf's `cgroup.procs` each interval would cost one file per
+                // agent per second. Stops, which must miss nothing, read it.
+                contained: &[],
             },
         );
         let mut tree = TreeSummary {

@@ -127,6 +127,23 @@ pub(crate) struct JobView {
     pub sample: Option<super::placement::slurm::JobSample>,
 }
 
+impl JobView {
+    /// A job as on record: not seen running yet.
+    pub(crate) fn of(job: &crate::store::JobRecord) -> Self {
+        Self {
+            info: PlacementInfo {
+                engine: job.engine.clone(),
+                job_id: job.job_id.clone(),
+                node: job.node.clone(),
+                pending_reason: None,
+            },
+            running: false,
+            since: None,
+            sample: None,
+        }
+    }
+}
+
 impl View {
     /// The view of a stored run that has no process (ended, or not yet started).
     pub(crate) fn from_record(rec: &RunRecord, spec: Arc<Spec>) -> Self {
@@ -161,21 +178,15 @@ impl View {
             progress_message: rec.progress_message.clone(),
             progress_at: rec.progress_at.clone(),
             next_restart_at: rec.next_restart_at.clone(),
-            containment: "process-group",
+            containment: if rec.job.is_some() {
+                "slurm"
+            } else {
+                "process-group"
+            },
             ready: None,
             probes: None,
             limits: Default::default(),
-            job: rec.job.as_ref().map(|j| JobView {
-                info: PlacementInfo {
-                    engine: j.engine.clone(),
-                    job_id: j.job_id.clone(),
-                    node: j.node.clone(),
-                    pending_reason: None,
-                },
-                running: false,
-                since: None,
-                sample: None,
-            }),
+            job: rec.job.as_ref().map(JobView::of),
         }
     }
 

@@ -22,7 +22,8 @@ use corral_api::Client;
 use corral_api::client::Method;
 use corral_core::process as platform;
 use corral_core::{
-    BatchRequest, BatchResponse, BatchResult, SpawnRequest, StopManyRequest, StopReport,
+    BatchRequest, BatchResponse, BatchResult, SpawnRequest, SpawnResponse, StopManyRequest,
+    StopReport,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -136,6 +137,18 @@ async fn spawn_batch(
     let agents = (0..n)
         .map(|i| request(format!("{prefix}.{i}"), argv, verify_ms))
         .collect();
+    batch(client, agents)
+        .await?
+        .into_iter()
+        .map(|s| match s.status {
+            corral_core::PersistentStatus::Running => Ok((s.agent_id, s.pid.unwrap_or(0))),
+            _ => bail!("an agent did not start: {s:?}"),
+        })
+        .collect()
+}
+
+/// One batch request; its answers, or the first refusal as an error.
+async fn batch(client: &Client, agents: Vec<SpawnRequest>) -> Result<Vec<SpawnResponse>> {
     let answer: BatchResponse = client
         .call(
             Method::POST,
@@ -147,10 +160,8 @@ async fn spawn_batch(
         .results
         .into_iter()
         .map(|r| match r {
-            BatchResult::Spawned(s) if s.status == corral_core::PersistentStatus::Running => {
-                Ok((s.agent_id, s.pid.unwrap_or(0)))
-            }
-            other => bail!("an agent did not start: {other:?}"),
+            BatchResult::Spawned(s) => Ok(s),
+            BatchResult::Failed(f) => bail!("{} was refused: {}", f.agent_id, f.error.message),
         })
         .collect()
 }

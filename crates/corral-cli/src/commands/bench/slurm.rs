@@ -18,10 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use corral_api::Client;
-use corral_api::client::Method;
-use corral_core::{
-    BatchRequest, BatchResponse, BatchResult, Placement, SlurmPlacement, SpawnRequest,
-};
+use corral_core::{Placement, SlurmPlacement, SpawnRequest};
 use serde_json::Value;
 
 use super::{Figure, latency, stop_all};
@@ -116,19 +113,7 @@ async fn spawn(client: &Client, n: usize) -> Result<()> {
             ..SpawnRequest::default()
         })
         .collect();
-    let answer: BatchResponse = client
-        .call(
-            Method::POST,
-            "/v1/agents/batch",
-            Some(&BatchRequest { agents }),
-        )
-        .await?;
-    for r in answer.results {
-        if let BatchResult::Failed(f) = r {
-            bail!("{} was refused: {}", f.agent_id, f.error.message);
-        }
-    }
-    Ok(())
+    super::batch(client, agents).await.map(drop)
 }
 
 async fn wait_all_running(client: &Client, n: usize) -> Result<()> {

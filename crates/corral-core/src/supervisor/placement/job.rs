@@ -32,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
-use crate::model::{PersistentStatus, PlacementInfo, StopStage};
+use crate::model::{PersistentStatus, StopStage};
 use crate::platform::{self, ExitKind};
 use crate::store::{self, JobRecord, RunRecord};
 
@@ -63,7 +63,8 @@ pub(crate) struct JobRun {
     pub ended: bool,
     /// A user asked for the stop: the run is `cancelled` and never restarted.
     pub user_stop: bool,
-    /// When a spawn still waiting is answered, while the job is queued.
+    /// When a spawn still waiting is answered, while the job is queued (the
+    /// timer runs only while a spawn waits).
     pub answer_by: Instant,
     /// The run's row, for finding its processes on this host.
     run_id: i64,
@@ -228,17 +229,7 @@ impl Actor {
         self.job = Some(job);
         self.publish(|v| {
             v.containment = "slurm";
-            v.job = Some(JobView {
-                info: PlacementInfo {
-                    engine: record.engine,
-                    job_id: record.job_id,
-                    node: None,
-                    pending_reason: None,
-                },
-                running: false,
-                since: None,
-                sample: None,
-            });
+            v.job = Some(JobView::of(&record));
         });
     }
 
@@ -360,9 +351,6 @@ impl Actor {
 
     /// A queued job has waited long enough: answer the spawn with what is known.
     pub(crate) fn answer_pending(&mut self) {
-        if let Some(job) = self.job.as_mut() {
-            job.answer_by = Instant::now() + Duration::from_secs(86_400 * 365);
-        }
         let response = self.current().spawn_response(None);
         self.answer(Ok(response));
     }
@@ -465,8 +453,7 @@ impl Actor {
             },
         };
         let job_id = job.job_id.clone();
-        let mut run = JobRun::new(engine.clone(), job.clone(), record.run_id, &record.agent_id);
-        run.answer_by = Instant::now();
+        let run = JobRun::new(engine.clone(), job.clone(), record.run_id, &record.agent_id);
         self.job = Some(run);
         // The first state shown is the engine's answer (a daemon's first answers
         // never show running what has ended), unless the engine is too slow.
@@ -477,11 +464,13 @@ impl Actor {
             tracing::warn!(agent_id = %record.agent_id, job_id, "Slurm is slow to answer; showing the job as on record until it does");
         }
         if let Some(v) = self.view.as_mut() {
+            // A job found by its tag is not in the record the view came from.
             let v = Arc::make_mut(v);
             v.containment = "slurm";
-            if let Some(j) = v.job.as_mut() {
-                j.running = record.status == PersistentStatus::Running;
-            }
+            v.job = Some(JobView {
+                running: record.status == PersistentStatus::Running,
+                ..JobView::of(&job)
+            });
         }
         let Some(run) = self.job.as_mut() else { return };
         run.info = run.rx.borrow_and_update().clone();
