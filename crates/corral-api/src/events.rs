@@ -50,7 +50,7 @@ pub(crate) async fn events(
                 let data = serde_json::to_string(&ev).unwrap_or_default();
                 let sse = axum::response::sse::Event::default()
                     .id(ev.seq.to_string())
-                    .event(ev.kind.clone())
+                    .event(ev.kind())
                     .data(data);
                 return Some((Ok::<_, std::convert::Infallible>(sse), c));
             }

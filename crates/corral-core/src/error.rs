@@ -162,6 +162,17 @@ pub enum Error {
     /// The store's writer is gone (the supervisor is shutting down).
     #[error("store: the writer thread has stopped")]
     StoreClosed,
+    /// The task that owned the agent failed while this request was with it;
+    /// a new owner took the agent over from its record.
+    #[error(
+        "agent {agent_id}: its owner failed while handling this request ({reason}); a new owner took over from the record, ask again"
+    )]
+    OwnerFailed {
+        /// The agent.
+        agent_id: String,
+        /// What the failure said.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -178,9 +189,10 @@ impl Error {
             | Self::StoreGone { .. }
             | Self::Unavailable { .. }
             | Self::StoreClosed => ErrorCode::Unavailable,
-            Self::Os { .. } | Self::StateDir { .. } | Self::SchemaTooNew { .. } => {
-                ErrorCode::Internal
-            }
+            Self::Os { .. }
+            | Self::StateDir { .. }
+            | Self::SchemaTooNew { .. }
+            | Self::OwnerFailed { .. } => ErrorCode::Internal,
         }
     }
 

@@ -31,10 +31,13 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{oneshot, watch};
 
 use crate::error::{Error, Result};
-use crate::model::{PersistentStatus, SpawnRequest};
+use crate::model::{
+    AgentState, EventBody, JobEvent, PersistentStatus, SpawnRequest, StateEvent, StopCause,
+    StopStage,
+};
 
 /// Schema version this build writes (`PRAGMA user_version`).
-pub(crate) const SCHEMA_VERSION: i32 = 4;
+pub(crate) const SCHEMA_VERSION: i32 = 5;
 
 /// Most writes applied in one transaction.
 const MAX_BATCH: usize = 512;
@@ -93,6 +96,10 @@ const MIGRATIONS: &[&str] = &[
     // v4: runs placed on a cluster engine: the job (engine, id, node, the tag
     // that proves a job id is still this run's).
     "ALTER TABLE runs ADD COLUMN job TEXT;",
+    // v5: the lifecycle state on record (`starting` … `ended`), and the stop
+    // under way (cause, stage, timeouts, deadlines) so a new daemon finishes it.
+    "ALTER TABLE runs ADD COLUMN state TEXT;
+    ALTER TABLE runs ADD COLUMN stop TEXT;",
 ];
 
 /// A run's job on a cluster engine, as stored.
@@ -153,23 +160,32 @@ pub(crate) struct RunRecord {
     pub restart_attempt: u32,
     /// Its job, when it was placed on a cluster engine.
     pub job: Option<JobRecord>,
+    /// The lifecycle state on record (none in rows written before v5).
+    pub state: Option<AgentState>,
+    /// The stop under way, when one is.
+    pub stop: Option<StopRecord>,
 }
 
-/// How a run ended, as written by [`finish`].
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Ending {
-    /// Final state.
-    pub status: PersistentStatus,
+/// A stop as the store keeps it (JSON in the run's `stop` column): everything
+/// the next daemon needs to finish it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct StopRecord {
+    pub cause: StopCause,
+    /// A user (or a stopped parent) asked: never followed by a restart.
+    pub asked: bool,
+    #[serde(default)]
+    pub reason: Option<String>,
+    pub timeouts: [f64; 3],
+    pub force: bool,
+    pub stage: StopStage,
     /// RFC 3339.
-    pub ended_at: String,
-    /// Exit code, when it exited.
-    pub exit_code: Option<i32>,
-    /// Signal, when one ended it.
-    pub exit_signal: Option<i32>,
-    /// In words.
-    pub end_reason: String,
-    /// The next run's start, when the restart policy plans one.
-    pub next_restart_at: Option<String>,
+    pub began_at: String,
+    /// RFC 3339.
+    pub stage_deadline_at: String,
+    /// The main process's end is on record.
+    pub main_exited: bool,
+    #[serde(default)]
+    pub unkillable: bool,
 }
 
 pub(crate) fn now_rfc3339() -> String {
@@ -178,18 +194,32 @@ pub(crate) fn now_rfc3339() -> String {
 
 /// Appends an event about run `run_id` (its agent id and run number looked up
 /// in the same transaction), so a transition and its event commit together.
-fn event(
-    c: &Connection,
-    run_id: i64,
-    kind: &str,
-    data: &serde_json::Value,
-) -> rusqlite::Result<()> {
+fn event(c: &Connection, run_id: i64, body: &EventBody) -> rusqlite::Result<()> {
+    let mut data = match serde_json::to_value(body) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    data.remove("kind");
     c.prepare_cached(
         "INSERT INTO events (at, agent_id, run_id, run, kind, data)
          SELECT ?1, agent_id, run_id, run, ?2, ?3 FROM runs WHERE run_id = ?4",
     )?
-    .execute(params![now_rfc3339(), kind, data.to_string(), run_id])
+    .execute(params![
+        now_rfc3339(),
+        body.kind(),
+        serde_json::Value::Object(data).to_string(),
+        run_id
+    ])
     .map(drop)
+}
+
+/// An event's body from its stored kind and fields; a kind or shape this
+/// build does not know reads as [`EventBody::Other`].
+fn event_body(kind: &str, data: &str) -> EventBody {
+    let mut map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(data).unwrap_or_default();
+    map.insert("kind".into(), kind.into());
+    serde_json::from_value(serde_json::Value::Object(map)).unwrap_or(EventBody::Other)
 }
 
 type Op = Arc<dyn Fn(&Connection) -> rusqlite::Result<i64> + Send + Sync>;
@@ -327,6 +357,12 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         job: row
             .get::<_, Option<String>>("job")?
             .and_then(|j| serde_json::from_str(&j).ok()),
+        state: row
+            .get::<_, Option<String>>("state")?
+            .and_then(|s| s.parse().ok()),
+        stop: row
+            .get::<_, Option<String>>("stop")?
+            .and_then(|s| serde_json::from_str(&s).ok()),
     })
 }
 
@@ -555,8 +591,7 @@ impl Store {
                     at: r.get(1)?,
                     agent_id: r.get(2)?,
                     run: r.get::<_, i64>(3)?.clamp(0, i64::from(u32::MAX)) as u32,
-                    kind: r.get(4)?,
-                    data: serde_json::from_str(&data).unwrap_or_default(),
+                    body: event_body(&r.get::<_, String>(4)?, &data),
                 })
             })
             .map_err(|e| Error::store("read events", e))?;
@@ -601,6 +636,14 @@ impl Store {
             .map_err(|e| Error::store("load history", e))
     }
 
+    /// The newest run of an id.
+    pub(crate) fn latest_run(&self, agent_id: &str) -> Result<Option<RunRecord>> {
+        let conn = lock_reader(&self.reader);
+        conn.prepare_cached("SELECT * FROM runs WHERE agent_id = ?1 ORDER BY run_id DESC LIMIT 1")
+            .and_then(|mut s| s.query_row([agent_id], row_to_record).optional())
+            .map_err(|e| Error::store("load a run", e))
+    }
+
     /// One run of an id by its number.
     pub(crate) fn run(&self, agent_id: &str, run: u32) -> Result<Option<RunRecord>> {
         let conn = lock_reader(&self.reader);
@@ -634,8 +677,8 @@ pub(crate) fn insert_run(
         let log_dir = agent_dir.join("runs").join(run.to_string());
         c.prepare_cached(
             "INSERT INTO runs (agent_id, run, status, command, cwd, agent_dir, env, labels,
-                stop_timeouts, verify_ms, started_at, log_dir, spec, restart_attempt)
-             VALUES (?1, ?2, 'spawning', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                stop_timeouts, verify_ms, started_at, log_dir, spec, restart_attempt, state)
+             VALUES (?1, ?2, 'spawning', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'starting')",
         )?
         .execute(params![
             spec.agent_id,
@@ -656,120 +699,165 @@ pub(crate) fn insert_run(
             i64::from(attempt),
         ])?;
         let run_id = c.last_insert_rowid();
-        event(
-            c,
-            run_id,
-            "state",
-            &serde_json::json!({"status": "spawning", "restart_attempt": attempt}),
-        )?;
+        let body = EventBody::State(StateEvent {
+            state: Some(AgentState::Starting),
+            status: Some(PersistentStatus::Spawning),
+            restart_attempt: Some(attempt),
+            ..StateEvent::default()
+        });
+        event(c, run_id, &body)?;
         Ok(run_id)
     })
 }
 
-/// The identity of a started process, and its status (`spawning` or `running`).
-pub(crate) fn set_process(
-    run_id: i64,
-    pid: i32,
-    start_ticks: u64,
-    boot_id: &str,
-    status: PersistentStatus,
-) -> Write {
-    let boot_id = boot_id.to_owned();
-    Write::new("record the process identity", move |c| {
-        c.prepare_cached(
-            "UPDATE runs SET pid = ?2, start_ticks = ?3, boot_id = ?4, status = ?5 WHERE run_id = ?1",
-        )?
-        .execute(params![run_id, pid, start_ticks as i64, boot_id, status.as_str()])?;
-        event(
-            c,
-            run_id,
-            "state",
-            &serde_json::json!({"status": status, "pid": pid}),
-        )?;
+/// A process's identity, as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Process {
+    pub pid: i32,
+    pub start_ticks: u64,
+    pub boot_id: String,
+}
+
+/// A committed transition of a run: the columns it changes (`None` leaves a
+/// column as it is) and the events that go with it. One write, one
+/// transaction: the record never shows half of a transition.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Transition {
+    pub state: Option<AgentState>,
+    pub status: Option<PersistentStatus>,
+    pub process: Option<Process>,
+    /// Exit code and signal of the main process.
+    pub exit: Option<(Option<i32>, Option<i32>)>,
+    pub ended_at: Option<String>,
+    pub end_reason: Option<String>,
+    /// `Some(None)` clears the stop.
+    pub stop: Option<Option<StopRecord>>,
+    /// `Some(None)` clears a planned restart.
+    pub next_restart_at: Option<Option<String>>,
+    /// What the `state` event says of the stop (the status's `stop` object).
+    pub stop_info: Option<crate::model::StopInfo>,
+    /// Events after the `state` event.
+    pub events: Vec<EventBody>,
+    /// Record no `state` event (the change is the record's alone: a stage's
+    /// deadline, whose own event is in `events`).
+    pub quiet: bool,
+}
+
+/// Writes `t` to run `run_id`, with its `state` event.
+pub(crate) fn transition(run_id: i64, t: Transition) -> Write {
+    use rusqlite::types::Value;
+    fn text(s: &Option<String>) -> Value {
+        s.clone().map_or(Value::Null, Value::Text)
+    }
+    Write::new("record a transition", move |c| {
+        let mut sets: Vec<&str> = Vec::new();
+        let mut values: Vec<Value> = vec![Value::Integer(run_id)];
+        let mut set = |col: &'static str, v: Value| {
+            sets.push(col);
+            values.push(v);
+        };
+        if let Some(state) = t.state {
+            set("state", Value::Text(state.as_str().into()));
+        }
+        if let Some(status) = t.status {
+            set("status", Value::Text(status.as_str().into()));
+        }
+        if let Some(p) = &t.process {
+            set("pid", Value::Integer(p.pid.into()));
+            set("start_ticks", Value::Integer(p.start_ticks as i64));
+            set("boot_id", Value::Text(p.boot_id.clone()));
+        }
+        if let Some((code, signal)) = t.exit {
+            set(
+                "exit_code",
+                code.map_or(Value::Null, |c| Value::Integer(c.into())),
+            );
+            set(
+                "exit_signal",
+                signal.map_or(Value::Null, |c| Value::Integer(c.into())),
+            );
+        }
+        if let Some(at) = &t.ended_at {
+            set("ended_at", Value::Text(at.clone()));
+        }
+        if let Some(reason) = &t.end_reason {
+            set("end_reason", Value::Text(reason.clone()));
+        }
+        if let Some(stop) = &t.stop {
+            set(
+                "stop",
+                stop.as_ref().map_or(Value::Null, |s| Value::Text(json(s))),
+            );
+        }
+        if let Some(at) = &t.next_restart_at {
+            set("next_restart_at", text(at));
+        }
+        if !sets.is_empty() {
+            let assignments: Vec<String> = sets
+                .iter()
+                .enumerate()
+                .map(|(i, col)| format!("{col} = ?{}", i + 2))
+                .collect();
+            c.prepare_cached(&format!(
+                "UPDATE runs SET {} WHERE run_id = ?1",
+                assignments.join(", ")
+            ))?
+            .execute(rusqlite::params_from_iter(values))?;
+        }
+        if !t.quiet {
+            let (exit_code, exit_signal) = t.exit.unwrap_or((None, None));
+            let body = EventBody::State(StateEvent {
+                state: t.state,
+                status: t.status,
+                pid: t.process.as_ref().map(|p| p.pid),
+                exit_code,
+                exit_signal,
+                reason: t.end_reason.clone(),
+                restart_attempt: None,
+                stop: t.stop_info.clone(),
+            });
+            event(c, run_id, &body)?;
+        }
+        for body in &t.events {
+            event(c, run_id, body)?;
+        }
         Ok(0)
     })
 }
 
-/// The job a run was submitted as (status stays `spawning`), or the node it
-/// was placed on; with `status`, a transition in the same commit.
-pub(crate) fn set_job(run_id: i64, job: JobRecord, status: Option<PersistentStatus>) -> Write {
+/// The job a run was submitted as, or the node it was placed on; with
+/// `status`, a transition (to `state`) in the same commit.
+pub(crate) fn set_job(
+    run_id: i64,
+    job: JobRecord,
+    status: Option<(PersistentStatus, AgentState)>,
+) -> Write {
     Write::new("record the run's job", move |c| {
         c.prepare_cached(
-            "UPDATE runs SET job = ?2, status = COALESCE(?3, status) WHERE run_id = ?1",
-        )?
-        .execute(params![run_id, json(&job), status.map(|s| s.as_str())])?;
-        let mut data = serde_json::json!({"job_id": job.job_id, "engine": job.engine});
-        if let Some(node) = &job.node {
-            data["node"] = node.clone().into();
-        }
-        let kind = match status {
-            Some(status) => {
-                data["status"] = status.as_str().into();
-                "state"
-            }
-            None => "job",
-        };
-        event(c, run_id, kind, &data)?;
-        Ok(0)
-    })
-}
-
-/// A non-final transition (spawning → running).
-pub(crate) fn set_status(run_id: i64, status: PersistentStatus) -> Write {
-    Write::new("record a status change", move |c| {
-        c.prepare_cached("UPDATE runs SET status = ?2 WHERE run_id = ?1")?
-            .execute(params![run_id, status.as_str()])?;
-        event(c, run_id, "state", &serde_json::json!({"status": status}))?;
-        Ok(0)
-    })
-}
-
-/// How a run ended (and the next run's start, when one is planned), with its
-/// events: the end, and the planned restart or crash loop.
-pub(crate) fn finish(
-    run_id: i64,
-    end: Ending,
-    extra: Option<(&'static str, serde_json::Value)>,
-) -> Write {
-    Write::new("record the end of a run", move |c| {
-        c.prepare_cached(
-            "UPDATE runs SET status = ?2, ended_at = ?3, exit_code = ?4, exit_signal = ?5,
-                end_reason = ?6, next_restart_at = ?7 WHERE run_id = ?1",
+            "UPDATE runs SET job = ?2, status = COALESCE(?3, status), state = COALESCE(?4, state)
+             WHERE run_id = ?1",
         )?
         .execute(params![
             run_id,
-            end.status.as_str(),
-            end.ended_at,
-            end.exit_code,
-            end.exit_signal,
-            end.end_reason,
-            end.next_restart_at,
+            json(&job),
+            status.map(|s| s.0.as_str()),
+            status.map(|s| s.1.as_str())
         ])?;
-        let data = serde_json::json!({
-            "status": end.status,
-            "exit_code": end.exit_code,
-            "exit_signal": end.exit_signal,
-            "reason": end.end_reason,
+        let body = EventBody::Job(JobEvent {
+            engine: job.engine.clone(),
+            job_id: job.job_id.clone(),
+            node: job.node.clone(),
+            status: status.map(|s| s.0),
         });
-        event(c, run_id, "state", &data)?;
-        if let Some((kind, data)) = &extra {
-            event(c, run_id, kind, data)?;
+        event(c, run_id, &body)?;
+        if let Some((status, state)) = status {
+            let body = EventBody::State(StateEvent {
+                state: Some(state),
+                status: Some(status),
+                ..StateEvent::default()
+            });
+            event(c, run_id, &body)?;
         }
-        Ok(0)
-    })
-}
-
-/// A planned restart called off (the user stopped the agent while it waited).
-pub(crate) fn cancel_restart(run_id: i64) -> Write {
-    Write::new("cancel a planned restart", move |c| {
-        c.prepare_cached("UPDATE runs SET next_restart_at = NULL WHERE run_id = ?1")?
-            .execute([run_id])?;
-        event(
-            c,
-            run_id,
-            "restart_cancelled",
-            &serde_json::json!({"reason": "stopped on request"}),
-        )?;
         Ok(0)
     })
 }
@@ -786,20 +874,19 @@ pub(crate) fn set_progress(
             "UPDATE runs SET progress = ?2, progress_message = ?3, progress_at = ?4 WHERE run_id = ?1",
         )?
         .execute(params![run_id, i64::from(progress), message, at])?;
-        event(
-            c,
-            run_id,
-            "progress",
-            &serde_json::json!({"progress": progress, "message": message}),
-        )?;
+        let body = EventBody::Progress(crate::model::ProgressEvent {
+            progress,
+            message: message.clone(),
+        });
+        event(c, run_id, &body)?;
         Ok(0)
     })
 }
 
-/// An event that is not a transition of the run's own (a stop stage, a limit hit).
-pub(crate) fn record_event(run_id: i64, kind: &'static str, data: serde_json::Value) -> Write {
+/// An event that is not a transition of the run's own (a limit hit, a probe result).
+pub(crate) fn record_event(run_id: i64, body: EventBody) -> Write {
     Write::new("record an event", move |c| {
-        event(c, run_id, kind, &data).map(|()| 0)
+        event(c, run_id, &body).map(|()| 0)
     })
 }
 
@@ -822,6 +909,7 @@ pub(crate) fn prune(keep: Vec<i64>, removed: Arc<Mutex<Vec<(String, PathBuf)>>>)
     let keep = json(&keep);
     Write::new("prune ended runs", move |c| {
         const ENDED: &str = "status NOT IN ('spawning', 'running')
+                             AND COALESCE(state, 'ended') IN ('ended', 'backoff')
                              AND run_id NOT IN (SELECT value FROM json_each(?1))";
         let mut stmt = c.prepare(&format!("SELECT agent_id, log_dir FROM runs WHERE {ENDED}"))?;
         let rows = stmt
@@ -891,19 +979,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("corral.db")).unwrap();
         let first = new_run(&store, "a", 1).await;
-        store
-            .commit(set_process(first, 42, 7, "boot", PersistentStatus::Running))
-            .await
-            .unwrap();
-        let end = Ending {
-            status: PersistentStatus::Failed,
-            ended_at: now_rfc3339(),
-            exit_code: Some(3),
-            exit_signal: None,
-            end_reason: "exited with code 3".into(),
-            next_restart_at: None,
+        let started = Transition {
+            state: Some(AgentState::Running),
+            status: Some(PersistentStatus::Running),
+            process: Some(Process {
+                pid: 42,
+                start_ticks: 7,
+                boot_id: "boot".into(),
+            }),
+            ..Transition::default()
         };
-        store.commit(finish(first, end, None)).await.unwrap();
+        store.commit(transition(first, started)).await.unwrap();
+        let end = Transition {
+            state: Some(AgentState::Ended),
+            status: Some(PersistentStatus::Failed),
+            exit: Some((Some(3), None)),
+            ended_at: Some(now_rfc3339()),
+            end_reason: Some("exited with code 3".into()),
+            ..Transition::default()
+        };
+        store.commit(transition(first, end)).await.unwrap();
         let _other = new_run(&store, "b", 1).await;
         let second = new_run(&store, "a", 2).await;
         let dup = store
@@ -920,8 +1015,18 @@ mod tests {
         assert_eq!(history[0].exit_code, Some(3));
         assert_eq!(history[0].pid, Some(42));
         assert_eq!(history[0].spec.labels["team"], "a");
+        assert_eq!(history[0].state, Some(AgentState::Ended));
         let events = store.events_since(0, 100).unwrap();
         assert!(events.iter().any(|e| e.agent_id == "a" && e.run == 2));
+        let ended = events
+            .iter()
+            .find_map(|e| match &e.body {
+                EventBody::State(s) if s.state == Some(AgentState::Ended) => Some(s.clone()),
+                _ => None,
+            })
+            .expect("the end's state event");
+        assert_eq!(ended.exit_code, Some(3));
+        assert_eq!(ended.status, Some(PersistentStatus::Failed));
     }
 
     #[tokio::test]
@@ -936,6 +1041,24 @@ mod tests {
             w.await.unwrap();
         }
         assert_eq!(store.load_latest().unwrap().len(), 200);
+    }
+
+    #[test]
+    fn events_of_older_builds_and_unknown_kinds_still_read() {
+        assert_eq!(
+            event_body("state", r#"{"status": "spawning", "restart_attempt": 0}"#),
+            EventBody::State(StateEvent {
+                status: Some(PersistentStatus::Spawning),
+                restart_attempt: Some(0),
+                ..StateEvent::default()
+            })
+        );
+        assert!(matches!(
+            event_body("stop_stage", r#"{"stage": "term", "signal": "SIGTERM", "pid": 4}"#),
+            EventBody::StopStage(s) if s.pid == Some(4) && s.stage == StopStage::Term
+        ));
+        assert_eq!(event_body("from_the_future", "{}"), EventBody::Other);
+        assert_eq!(event_body("progress", "not json"), EventBody::Other);
     }
 
     #[test]

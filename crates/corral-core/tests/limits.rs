@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::{Cleanup, DEADLINE, proc_stat, request, wait_gone};
 use corral_core::{
-    AgentId, AgentStatus, Config, Limits, PersistentStatus, Probe, Probes, ProgressUpdate,
-    RestartMode, RestartPolicy, SpawnRequest, Supervisor,
+    AgentId, AgentState, AgentStatus, Config, Limits, PersistentStatus, Probe, Probes,
+    ProgressUpdate, RestartMode, RestartPolicy, SpawnRequest, Supervisor,
 };
 
 async fn setup() -> (Cleanup, tempfile::TempDir, Supervisor) {
@@ -115,7 +115,7 @@ async fn a_tree_over_its_memory_limit_is_stopped_as_failed_naming_the_limit_then
     assert!(
         events
             .iter()
-            .any(|e| e.kind == "limit" && e.data["limit"] == "memory_mb")
+            .any(|e| matches!(&e.body, corral_core::EventBody::Limit(l) if l.limit == "memory_mb"))
     );
 }
 
@@ -195,7 +195,10 @@ async fn an_http_liveness_endpoint_that_stops_answering_restarts_the_agent() {
         "healthy: not restarted"
     );
     server.abort();
-    let s = wait_until(&sup, "web", "a restart", |s| s.run == 2).await;
+    let s = wait_until(&sup, "web", "a restart", |s| {
+        s.run == 2 && s.state == AgentState::Running
+    })
+    .await;
     assert!(s.process_alive);
     let runs = sup.runs(&id("web")).await.unwrap();
     let reason = runs[0].end_reason.as_deref().unwrap();
@@ -238,7 +241,11 @@ async fn a_stuck_agent_is_restarted_and_one_that_reports_progress_is_not() {
             }
         })
     };
-    let s = wait_until(&sup, "stuck", "a restart", |s| s.run == 2).await;
+    // Run 2 is shown from the moment it is on record (`starting`), then runs.
+    let s = wait_until(&sup, "stuck", "a restart", |s| {
+        s.run == 2 && s.state == AgentState::Running
+    })
+    .await;
     assert_eq!(s.persistent_status, PersistentStatus::Running);
     let runs = sup.runs(&id("stuck")).await.unwrap();
     assert!(

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::{Cleanup, DEADLINE, proc_stat, request, wait_gone};
 use corral_core::{
-    AgentId, AgentStatus, CleanupOptions, Config, PersistentStatus, RestartMode, RestartPolicy,
-    RunInfo, Selector, SpawnRequest, StopStage, Supervisor,
+    AgentId, AgentState, AgentStatus, CleanupOptions, Config, PersistentStatus, RestartMode,
+    RestartPolicy, RunInfo, Selector, SpawnRequest, StopStage, Supervisor,
 };
 
 async fn setup() -> (Cleanup, tempfile::TempDir, Supervisor) {
@@ -107,7 +107,7 @@ async fn a_crashing_agent_restarts_with_growing_delays_then_is_a_crash_loop() {
         "growing: {gaps:?}"
     );
     let events = sup.events_since(0, 1000).await.unwrap();
-    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind()).collect();
     assert_eq!(
         kinds.iter().filter(|k| **k == "restart").count(),
         3,
@@ -271,11 +271,22 @@ async fn a_restart_first_clears_what_the_ended_run_left_behind() {
         .map(|l| l.trim().parse().unwrap())
         .collect();
     assert_eq!(pids.len(), 2);
-    // The first run's leftover was gone before the second run started.
-    assert!(
-        proc_stat(pids[0]).is_none(),
-        "run 1's leftover survived the restart"
-    );
-    // The last run's leftover is left alone (no restart follows it).
-    assert!(proc_stat(pids[1]).is_some());
+    // The first run's leftover was gone before the second run started, and
+    // the last run's too: a run ends only when nothing of it is left.
+    for (i, pid) in pids.iter().enumerate() {
+        assert!(
+            proc_stat(*pid).is_none(),
+            "run {}'s leftover {pid} survived its run",
+            i + 1
+        );
+    }
+    let last = sup.get_agent_status(&id("leaky")).unwrap();
+    assert_eq!(last.state, AgentState::Ended, "{last:?}");
+    for run in &runs {
+        let reason = run.end_reason.as_deref().unwrap_or_default();
+        assert!(
+            reason.contains("exited with code 1") && reason.contains("1 leftover process stopped"),
+            "{reason}"
+        );
+    }
 }

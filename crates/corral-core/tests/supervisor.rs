@@ -431,7 +431,7 @@ async fn progress_is_validated_and_kept() {
     assert!(
         events
             .iter()
-            .any(|e| e.kind == "progress" && e.data["progress"] == 40),
+            .any(|e| matches!(&e.body, corral_core::EventBody::Progress(p) if p.progress == 40)),
         "the report is stored as an event"
     );
     h.finish().await;

@@ -99,10 +99,14 @@ pub enum Health {
     Zombie,
     /// Ended with code 0.
     Completed,
-    /// Ended badly (non-zero, signal, failed start) or was stopped.
+    /// Ended badly: non-zero, a signal corral did not send, a failed start, or
+    /// stopped by a limit, a failing probe or `max_runtime_s`.
     Failed,
     /// Cannot be determined (e.g. ended while no daemon ran).
     Unknown,
+    /// Ended because someone stopped it (`stop`, `kill`, `down`, a stopped
+    /// parent), whatever signal ended it.
+    Cancelled,
 }
 
 impl Health {
@@ -114,6 +118,7 @@ impl Health {
             Self::Completed => "completed",
             Self::Failed => "failed",
             Self::Unknown => "unknown",
+            Self::Cancelled => "cancelled",
         }
     }
 }
@@ -122,6 +127,134 @@ impl fmt::Display for Health {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// Where an agent is in its life (`state`): its owner's own state, published
+/// only after it is committed to the store.
+///
+/// Legal moves: starting → running | stopping | ended; running → stopping |
+/// paused | ended; paused → running | stopping | ended; stopping → ended;
+/// ended → backoff | starting; backoff → starting | ended.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    /// The run is on record and its process is being created, or is in its
+    /// verification window, or its job is queued on a cluster engine.
+    Starting,
+    /// Verified and running.
+    Running,
+    /// A staged stop is under way (see `stop`): on request, by a limit, or of
+    /// the leftovers of a main process that has exited.
+    Stopping,
+    /// Frozen with its whole tree.
+    Paused,
+    /// The run ended and the restart policy starts the next one at `next_restart_at`.
+    Backoff,
+    /// The run ended and nothing of it is left; nothing more is planned.
+    Ended,
+}
+
+impl AgentState {
+    /// Every state, in the order of a life.
+    pub const ALL: [Self; 6] = [
+        Self::Starting,
+        Self::Running,
+        Self::Stopping,
+        Self::Paused,
+        Self::Backoff,
+        Self::Ended,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Stopping => "stopping",
+            Self::Paused => "paused",
+            Self::Backoff => "backoff",
+            Self::Ended => "ended",
+        }
+    }
+
+    /// True in every state but `ended`: an owner is at work and the id is taken.
+    pub fn is_busy(self) -> bool {
+        self != Self::Ended
+    }
+}
+
+impl fmt::Display for AgentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AgentState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown state {s:?}"))
+    }
+}
+
+/// Why a stop began (`stop.cause`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StopCause {
+    /// Someone asked (`stop`, `kill`, `down`): the run ends `cancelled` and is never restarted.
+    User,
+    /// The run outlived `max_runtime_s`.
+    MaxRuntime,
+    /// A resource limit was exceeded.
+    Limit,
+    /// The liveness probe failed `failures` times in a row.
+    Liveness,
+    /// The main process exited; what it left behind is stopped before the run ends.
+    Leftovers,
+    /// The agent's parent agent is being stopped.
+    Parent,
+}
+
+impl StopCause {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::MaxRuntime => "max_runtime",
+            Self::Limit => "limit",
+            Self::Liveness => "liveness",
+            Self::Leftovers => "leftovers",
+            Self::Parent => "parent",
+        }
+    }
+}
+
+impl fmt::Display for StopCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stop under way (`stop` in a status while `state` is `stopping`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StopInfo {
+    /// The stage under way: `term`, `second_term` or `kill`.
+    pub stage: StopStage,
+    /// Why the stop began.
+    pub cause: StopCause,
+    /// When it began (RFC 3339, UTC); it was on record before its first signal.
+    pub began_at: String,
+    /// When the stage's wait ends and the next stage begins (RFC 3339); null
+    /// once the tree has survived SIGKILL.
+    pub stage_deadline_at: Option<String>,
+    /// Something of the tree survived SIGKILL and its wait: the stop report said
+    /// `unkillable`, and corral keeps watching until it is gone.
+    #[serde(default)]
+    pub unkillable: bool,
 }
 
 // ---------------------------------------------------------------------------
@@ -671,6 +804,11 @@ pub struct AgentStatus {
     pub health: Health,
     /// Stored lifecycle state of the current run.
     pub persistent_status: PersistentStatus,
+    /// Where the agent is in its life: `starting`, `running`, `stopping`,
+    /// `paused`, `backoff` or `ended` (the owner's committed state).
+    pub state: AgentState,
+    /// The stop under way while `state` is `stopping`; null otherwise.
+    pub stop: Option<StopInfo>,
     /// Start time of the current run, RFC 3339 UTC.
     pub started_at: String,
     /// Self-reported progress, 0–100.
@@ -695,7 +833,8 @@ pub struct AgentStatus {
     pub restart_policy: String,
     /// Its staged-stop waits, seconds (after the first SIGTERM, the second, the SIGKILL).
     pub stop_timeouts: Vec<f64>,
-    /// Readiness: null without a readiness probe, false until it first passes.
+    /// Readiness: null without a readiness probe, false until it first passes
+    /// and once the run has ended.
     pub ready: Option<bool>,
     /// Latest probe results.
     pub probe: Option<ProbesState>,
@@ -741,6 +880,50 @@ pub struct ProcessSummary {
     pub total_memory_mb: f64,
     /// Summed CPU percent of live agents.
     pub total_cpu_percent: f64,
+    /// Agents by `state`.
+    #[serde(default)]
+    pub states: StateCounts,
+}
+
+/// Agents by `state` (`states` in a summary).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StateCounts {
+    /// In `starting`.
+    pub starting: u32,
+    /// In `running`.
+    pub running: u32,
+    /// In `stopping`.
+    pub stopping: u32,
+    /// In `paused`.
+    pub paused: u32,
+    /// In `backoff`.
+    pub backoff: u32,
+    /// In `ended`.
+    pub ended: u32,
+}
+
+impl StateCounts {
+    /// Counts one more agent in `state`.
+    pub fn add(&mut self, state: AgentState) {
+        *self.get_mut(state) += 1;
+    }
+
+    /// The count of `state`.
+    pub fn get(&self, state: AgentState) -> u32 {
+        let mut copy = *self;
+        *copy.get_mut(state)
+    }
+
+    fn get_mut(&mut self, state: AgentState) -> &mut u32 {
+        match state {
+            AgentState::Starting => &mut self.starting,
+            AgentState::Running => &mut self.running,
+            AgentState::Stopping => &mut self.stopping,
+            AgentState::Paused => &mut self.paused,
+            AgentState::Backoff => &mut self.backoff,
+            AgentState::Ended => &mut self.ended,
+        }
+    }
 }
 
 /// Answer of `GET /v1/agents/{id}/health`.
@@ -920,11 +1103,9 @@ pub struct RunInfo {
     pub stderr_log: PathBuf,
 }
 
-/// One entry of the event log: a lifecycle transition (`state`), a progress
-/// report (`progress`), a stop stage (`stop_stage`), a planned restart
-/// (`restart`), a crash loop (`crash_loop`), a limit hit (`limit`), a probe
-/// result change (`probe`), or a run's cluster job submitted or placed on a
-/// node (`job`: `engine`, `job_id`, `node`). Stored, numbered by `seq`.
+/// One entry of the event log, stored and numbered by `seq`. Its `kind` and
+/// the fields that go with it are one of [`EventBody`]'s variants, flattened
+/// into the entry: `{"seq", "at", "agent_id", "run", "kind", ...fields}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Event {
     /// Position in the log; a client resumes after the last one it saw.
@@ -935,13 +1116,190 @@ pub struct Event {
     pub agent_id: String,
     /// The run's number.
     pub run: u32,
-    /// The event's kind.
-    pub kind: String,
-    /// The kind's fields (`status`, `pid`, `exit_code`, `reason`, `progress`,
-    /// `message`, `stage`, `signal`, `delay_s`, ...).
+    /// What happened: `kind` and its fields.
     #[serde(flatten)]
-    #[schema(value_type = Object)]
-    pub data: serde_json::Map<String, serde_json::Value>,
+    pub body: EventBody,
+}
+
+impl Event {
+    /// The event's kind (`state`, `progress`, `stop_stage`, ...).
+    pub fn kind(&self) -> &'static str {
+        self.body.kind()
+    }
+}
+
+/// What an event says, by `kind`: one documented shape per kind, the same in
+/// the API, the CLI and every client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventBody {
+    /// A committed transition: a new `state` and/or stored status.
+    State(StateEvent),
+    /// A progress report.
+    Progress(ProgressEvent),
+    /// A stop stage began (its signal went out).
+    StopStage(StopStageEvent),
+    /// The restart policy planned the next run.
+    Restart(RestartEvent),
+    /// Too many restarts too fast: the policy gave up.
+    CrashLoop(CrashLoopEvent),
+    /// A planned restart was called off.
+    RestartCancelled(ReasonEvent),
+    /// The sampler saw the run over a limit it enforces.
+    Limit(LimitEvent),
+    /// The run outlived `max_runtime_s`.
+    RuntimeExceeded(LimitEvent),
+    /// A probe's result changed (or readiness did).
+    Probe(ProbeEvent),
+    /// The run's cluster job was submitted, or placed on a node.
+    Job(JobEvent),
+    /// A kind this build does not know (written by a newer corral).
+    #[serde(other)]
+    Other,
+}
+
+impl EventBody {
+    /// The kind's wire name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::State(_) => "state",
+            Self::Progress(_) => "progress",
+            Self::StopStage(_) => "stop_stage",
+            Self::Restart(_) => "restart",
+            Self::CrashLoop(_) => "crash_loop",
+            Self::RestartCancelled(_) => "restart_cancelled",
+            Self::Limit(_) => "limit",
+            Self::RuntimeExceeded(_) => "runtime_exceeded",
+            Self::Probe(_) => "probe",
+            Self::Job(_) => "job",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// `kind: state` — a committed transition.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StateEvent {
+    /// The agent's new `state` (absent in events recorded before states existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<AgentState>,
+    /// The run's stored status after the transition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<PersistentStatus>,
+    /// The run's pid, once it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    /// How the main process exited, once it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The signal that ended the main process, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_signal: Option<i32>,
+    /// Why, in words (the end reason of an ended run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The run's place in a row of restarts (0 for a run a user started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_attempt: Option<u32>,
+    /// The stop under way, when the new state is `stopping`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<StopInfo>,
+}
+
+/// `kind: progress`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProgressEvent {
+    /// 0–100.
+    pub progress: u8,
+    /// The message sent with it.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// `kind: stop_stage`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StopStageEvent {
+    /// `term`, `second_term` or `kill`.
+    pub stage: StopStage,
+    /// `SIGTERM` or `SIGKILL`.
+    pub signal: String,
+    /// The agent's pid (null on a cluster engine).
+    #[serde(default)]
+    pub pid: Option<i32>,
+    /// The job, on a cluster engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    /// Why the stop began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<StopCause>,
+}
+
+/// `kind: restart`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RestartEvent {
+    /// Seconds until the next run starts.
+    pub delay_s: f64,
+    /// The next run's place in a row of restarts.
+    pub attempt: u32,
+}
+
+/// `kind: crash_loop`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CrashLoopEvent {
+    /// Restarts inside the window.
+    pub restarts: u32,
+    /// The window, seconds.
+    pub window_s: f64,
+}
+
+/// An event whose only field is a reason (`restart_cancelled`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReasonEvent {
+    /// Why.
+    pub reason: String,
+}
+
+/// `kind: limit` and `kind: runtime_exceeded`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LimitEvent {
+    /// The limit's name (`memory_mb`, `pids`, `cpu_percent`, `max_runtime_s`).
+    pub limit: String,
+    /// Its value.
+    pub value: f64,
+    /// What the run used, when measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<f64>,
+}
+
+/// `kind: probe`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProbeEvent {
+    /// `liveness` or `readiness`.
+    pub probe: String,
+    /// The probe's kind (`exec`, `http`, `tcp`, `progress_stale_s`, `log`).
+    pub check: String,
+    /// `passed` or `failed`.
+    pub result: String,
+    /// What the check said.
+    pub output: String,
+    /// Readiness after this result (null without a readiness probe).
+    #[serde(default)]
+    pub ready: Option<bool>,
+}
+
+/// `kind: job`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobEvent {
+    /// `slurm`.
+    pub engine: String,
+    /// The engine's job id.
+    pub job_id: String,
+    /// The node it runs on, once placed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The stored status, when this placement was also a transition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<PersistentStatus>,
 }
 
 /// Answer of `GET /v1/health`: the daemon answers and its store takes writes.

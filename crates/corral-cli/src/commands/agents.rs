@@ -116,7 +116,7 @@ pub fn health_colour(h: Health) -> Option<Colour> {
         Health::Healthy => Colour::Green,
         Health::Failed => Colour::Red,
         Health::Zombie | Health::Unknown => Colour::Yellow,
-        Health::Completed => Colour::Dim,
+        Health::Completed | Health::Cancelled => Colour::Dim,
     })
 }
 
@@ -453,52 +453,54 @@ pub async fn wait(ctx: &Ctx, target: &str, timeout: Option<Duration>) -> Result<
 
 /// One event as a line of text: when, agent and run, kind, the kind's fields.
 pub fn event_line(ev: &Event) -> String {
-    let d = &ev.data;
-    let s = |k: &str| {
-        d.get(k).and_then(|v| {
-            v.as_str()
-                .map(str::to_owned)
-                .or_else(|| (!v.is_null()).then(|| v.to_string()))
-        })
-    };
-    let detail = match ev.kind.as_str() {
-        "state" => {
-            let mut parts = vec![s("status").unwrap_or_default()];
-            parts.extend(s("pid").map(|p| format!("pid {p}")));
-            parts.extend(s("exit_code").map(|c| format!("exit code {c}")));
-            parts.extend(s("exit_signal").map(|c| format!("signal {c}")));
-            parts.extend(s("reason").map(|r| format!("— {r}")));
+    use corral_core::EventBody as B;
+    let detail = match &ev.body {
+        B::State(st) => {
+            let mut parts: Vec<String> = Vec::new();
+            parts.extend(st.state.map(|s| s.to_string()));
+            parts.extend(st.status.map(|s| format!("({s})")));
+            parts.extend(st.pid.map(|p| format!("pid {p}")));
+            parts.extend(st.exit_code.map(|c| format!("exit code {c}")));
+            parts.extend(st.exit_signal.map(|c| format!("signal {c}")));
+            parts.extend(
+                st.stop
+                    .as_ref()
+                    .map(|s| format!("{} stop, {}", s.cause, s.stage)),
+            );
+            parts.extend(st.reason.as_ref().map(|r| format!("— {r}")));
             parts.join(" ")
         }
-        "progress" => format!(
+        B::Progress(p) => format!(
             "{}%{}",
-            s("progress").unwrap_or_default(),
-            s("message").map(|m| format!(" {m}")).unwrap_or_default()
+            p.progress,
+            p.message
+                .as_ref()
+                .map(|m| format!(" {m}"))
+                .unwrap_or_default()
         ),
-        "stop_stage" => format!(
-            "{} ({})",
-            s("stage").unwrap_or_default(),
-            s("signal").unwrap_or_default()
-        ),
-        "restart" => format!(
-            "in {} s (attempt {})",
-            s("delay_s").unwrap_or_default(),
-            s("attempt").unwrap_or_default()
-        ),
-        "job" => {
-            let mut parts = vec![format!(
-                "{} job {}",
-                s("engine").unwrap_or_default(),
-                s("job_id").unwrap_or_default()
-            )];
-            parts.extend(s("node").map(|n| format!("on {n}")));
+        B::StopStage(s) => format!("{} ({})", s.stage, s.signal),
+        B::Restart(r) => format!("in {} s (attempt {})", r.delay_s, r.attempt),
+        B::CrashLoop(c) => format!("{} restarts within {} s", c.restarts, c.window_s),
+        B::RestartCancelled(r) => r.reason.clone(),
+        B::Limit(l) | B::RuntimeExceeded(l) => match l.usage {
+            Some(u) => format!("{} {} (used {u:.0})", l.limit, l.value),
+            None => format!("{} {}", l.limit, l.value),
+        },
+        B::Probe(p) => format!("{} ({}): {} — {}", p.probe, p.check, p.result, p.output),
+        B::Job(j) => {
+            let mut parts = vec![format!("{} job {}", j.engine, j.job_id)];
+            parts.extend(j.node.as_ref().map(|n| format!("on {n}")));
             parts.join(" ")
         }
-        _ => serde_json::Value::Object(d.clone()).to_string(),
+        B::Other => String::new(),
     };
     format!(
         "{}  {}  run {}  {}  {}",
-        ev.at, ev.agent_id, ev.run, ev.kind, detail
+        ev.at,
+        ev.agent_id,
+        ev.run,
+        ev.kind(),
+        detail
     )
 }
 
@@ -532,21 +534,34 @@ mod tests {
 
     #[test]
     fn events_read_as_one_line_of_text_each() {
-        let ev = |kind: &str, data: serde_json::Value| Event {
-            seq: 1,
-            at: "2026-11-27T10:30:00.000Z".into(),
-            agent_id: "team.a".into(),
-            run: 2,
-            kind: kind.into(),
-            data: data.as_object().unwrap().clone(),
+        let ev = |kind: &str, data: serde_json::Value| -> Event {
+            let mut map = data.as_object().unwrap().clone();
+            map.extend([
+                ("seq".to_owned(), 1.into()),
+                ("at".to_owned(), "2026-11-27T10:30:00.000Z".into()),
+                ("agent_id".to_owned(), "team.a".into()),
+                ("run".to_owned(), 2.into()),
+                ("kind".to_owned(), kind.into()),
+            ]);
+            serde_json::from_value(serde_json::Value::Object(map)).unwrap()
         };
         let state = ev(
             "state",
-            serde_json::json!({"status": "failed", "exit_code": 3, "reason": "exited with code 3"}),
+            serde_json::json!({"state": "ended", "status": "failed", "exit_code": 3, "reason": "exited with code 3"}),
         );
         assert_eq!(
             event_line(&state),
-            "2026-11-27T10:30:00.000Z  team.a  run 2  state  failed exit code 3 — exited with code 3"
+            "2026-11-27T10:30:00.000Z  team.a  run 2  state  ended (failed) exit code 3 — exited with code 3"
+        );
+        let stopping = ev(
+            "state",
+            serde_json::json!({"state": "stopping", "stop": {"stage": "term", "cause": "leftovers",
+                "began_at": "2026-11-27T10:30:00.000Z", "stage_deadline_at": null}}),
+        );
+        assert!(
+            event_line(&stopping).ends_with("state  stopping leftovers stop, term"),
+            "{}",
+            event_line(&stopping)
         );
         let stage = ev(
             "stop_stage",
@@ -565,7 +580,7 @@ mod tests {
             "agent_id": id, "pid": 4242, "process_alive": true, "process_status": "sleeping",
             "exit_code": null, "is_zombie": false, "cpu_percent": 5.2, "memory_mb": 45.3,
             "runtime_seconds": 123.0, "num_threads": 4, "cmdline": "python3 worker.py",
-            "health": "healthy", "persistent_status": "running",
+            "health": "healthy", "persistent_status": "running", "state": "running", "stop": null,
             "started_at": "2026-11-27T10:30:00.000Z", "progress": 50,
             "progress_message": "indexing", "progress_at": null, "exit_signal": null,
             "ended_at": null, "end_reason": null, "run": 1, "restarts": 0,

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{LimitState, Limits};
+use crate::model::{LimitEvent, LimitState, Limits};
 use crate::platform::cgroup::Controllers;
 
 /// Samples in a row over the CPU limit before the run is stopped.
@@ -75,7 +75,7 @@ pub(crate) fn check(
     enforced: &BTreeMap<String, LimitState>,
     usage: Usage,
     cpu_over: &mut u32,
-) -> Option<(String, serde_json::Value)> {
+) -> Option<(String, LimitEvent)> {
     let sampler = |name: &str| {
         enforced
             .get(name)
@@ -90,7 +90,11 @@ pub(crate) fn check(
                 "memory limit {limit} MB exceeded (tree RSS {:.0} MB)",
                 usage.memory_mb
             ),
-            serde_json::json!({"limit": "memory_mb", "value": limit, "usage": usage.memory_mb}),
+            LimitEvent {
+                limit: "memory_mb".into(),
+                value: limit,
+                usage: Some(usage.memory_mb),
+            },
         ));
     }
     if let Some(limit) = sampler("pids")
@@ -101,7 +105,11 @@ pub(crate) fn check(
                 "pids limit {limit} exceeded (tree has {} tasks)",
                 usage.tasks
             ),
-            serde_json::json!({"limit": "pids", "value": limit, "usage": usage.tasks}),
+            LimitEvent {
+                limit: "pids".into(),
+                value: limit,
+                usage: Some(usage.tasks as f64),
+            },
         ));
     }
     match sampler("cpu_percent") {
@@ -113,7 +121,11 @@ pub(crate) fn check(
                         "cpu limit {limit}% exceeded (tree used {:.0}% for {CPU_SAMPLES} samples in a row)",
                         usage.cpu_percent
                     ),
-                    serde_json::json!({"limit": "cpu_percent", "value": limit, "usage": usage.cpu_percent}),
+                    LimitEvent {
+                        limit: "cpu_percent".into(),
+                        value: limit,
+                        usage: Some(usage.cpu_percent),
+                    },
                 ));
             }
         }

@@ -1,29 +1,47 @@
-//! The supervisor: a registry of agents, each owned by one actor.
+//! The supervisor: a registry of agents, each owned by one task.
 //!
 //! Theory of operation:
-//! - **One owner per agent.** Every agent id being supervised has an actor
-//!   (`actor.rs`): one task that owns its state as one enum (`state.rs`),
-//!   takes commands over a channel (stop, progress, limit hits), runs its stop
-//!   stages as timers in its own loop, commits each transition to the store and
-//!   only then publishes it. Nothing else writes an agent's rows.
+//! - **One owner per agent.** Every agent id being supervised has an owner
+//!   (`owner/`): one task that holds its one [`lifecycle::Lifecycle`] — the
+//!   state on the wire (`starting`, `running`, `stopping`, `paused`,
+//!   `backoff`, `ended`) with the data each state needs — changed only by
+//!   [`lifecycle::Lifecycle::apply`], a pure function that refuses illegal
+//!   moves. The owner takes commands over a channel, runs its stop stages as
+//!   timers in its own loop, commits each transition to the store and only
+//!   then publishes it. Nothing else writes an agent's rows.
+//! - **A run ends with its tree.** Where a run executes is one type
+//!   ([`execution::Execution`]: a process tree here, a job on an engine, or
+//!   what is left of a run whose main process is gone). When the main process
+//!   exits, what it left behind is stopped (cause `leftovers`) and the run is
+//!   `ended` only when nothing of it is left in `/proc`.
+//! - **Stops are durable.** A stop is on record before its first signal; a
+//!   new daemon finishes it at its stored stage (`owner/adopt.rs`).
+//! - **No agent without an owner.** An owner that fails is noticed at once:
+//!   the failure is logged and a new owner takes the agent over from its
+//!   record ([`launch`]).
 //! - **Readers never wait.** Status, listings and summaries read each agent's
 //!   last published [`view::View`] plus a live pidfd check, in microseconds.
-//! - **The registry** maps ids to their actor's command channel and published
+//! - **The registry** maps ids to their owner's command channel and published
 //!   view; spawning takes an id under its lock, so a live id cannot be taken
-//!   twice. Requests whose client goes away do not cancel anything: the work
-//!   belongs to the actor, which finishes it.
+//!   twice, and an id is published (status and progress route) before its
+//!   process exists. Requests whose client goes away do not cancel anything:
+//!   the work belongs to the owner, which finishes it.
 //! - **Blocking work off the async workers.** Process creation and file
-//!   creation run on blocking threads (`run.rs`), `/proc` scans too, SQLite in
-//!   its writer thread; one sampler thread reads `/proc` once per interval for
-//!   every agent and its tree (`sampler.rs`).
+//!   creation run on blocking threads, `/proc` scans too, SQLite in its writer
+//!   thread; one sampler thread reads `/proc` once per interval for every
+//!   agent and its tree (`sampler.rs`).
 //! - **Reaping.** An agent's exit is read without reaping it; the process
-//!   stays a zombie until its end is committed, then its owner reaps it through
-//!   its pidfd. As a subreaper (the daemon), a SIGCHLD-driven sweep reaps
-//!   orphans by pid, never an agent (`exit.rs`).
-//! - **Recovery.** On open, every run the store holds as live gets an actor
-//!   that re-adopts it (same pid, start time and boot) or records its end, and
-//!   planned restarts are resumed (`recover.rs`); `open` returns once every
-//!   agent's first state is published, so the first answer is already true.
+//!   stays a zombie until its end is committed, then its owner reaps it
+//!   through its pidfd. As a subreaper (the daemon), a SIGCHLD-driven sweep
+//!   reaps orphans by pid, never an agent (`reaper.rs`).
+//! - **Recovery.** On open, every run the store holds as not ended gets an
+//!   owner that re-adopts it (same pid, start time and boot), finishes its
+//!   stop, or records its end; planned restarts are resumed (`recover.rs`);
+//!   `open` returns once every agent's first state is published, so the first
+//!   answer is already true.
+//!
+//! The public methods are in `agents.rs` (spawning and reading) and `ops.rs`
+//! (stopping, reaping, forgetting).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
@@ -34,28 +52,26 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{Error, Result};
-use crate::id::{AgentId, Selector};
-use crate::model::{
-    AgentStatus, CleanupOptions, HealthReport, KillResponse, PersistentStatus, ProcessSummary,
-    ProgressUpdate, Removal, RunInfo, SpawnRequest, SpawnResponse, StopReport, StopStage,
-};
+use crate::id::AgentId;
+use crate::model::{LimitEvent, StopReport, StopStage};
 use crate::platform::{self, cgroup::CgroupRoot};
-use crate::store::{self, Store};
+use crate::store::Store;
 
-mod actor;
-mod exit;
+mod agents;
+mod ending;
+mod execution;
 mod helper;
+pub(crate) mod lifecycle;
 mod limits;
-mod placement;
+mod ops;
+mod owner;
 mod policy;
 mod probes;
+mod reaper;
 mod recover;
 mod rotate;
-mod run;
 mod sampler;
 pub(crate) mod spec;
-pub(crate) mod state;
-mod stop;
 mod view;
 
 pub use spec::{
@@ -124,8 +140,14 @@ pub(crate) enum Cmd {
     Limit {
         run: u32,
         reason: String,
-        data: serde_json::Value,
+        data: LimitEvent,
     },
+    /// Record the end of a main process that has exited and is not on record
+    /// yet (`reap_zombies`); answers whether this did.
+    Reap { reply: oneshot::Sender<bool> },
+    /// Fail (panic) on purpose: how tests make sure a failed owner is replaced.
+    #[cfg(test)]
+    Fail,
 }
 
 /// One agent id in the registry.
@@ -168,7 +190,9 @@ pub(crate) struct Shared {
     pub owned: Mutex<HashSet<i32>>,
     /// Bumped after every orphan sweep that reaped something.
     pub reaps: watch::Sender<u64>,
-    pub tables: stop::TableCache,
+    /// Bumped whenever a failed owner is replaced (a stop waiting on it asks again).
+    pub owners: watch::Sender<u64>,
+    pub tables: execution::tree::TableCache,
     /// Bounds process creations running at once on blocking threads.
     pub spawn_permits: tokio::sync::Semaphore,
     /// Flips to true when the supervisor shuts down: actors leave their agents running.
@@ -179,7 +203,7 @@ pub(crate) struct Shared {
     /// When a write last reached the disk (health checks write only when this is old).
     pub last_write_ok: Mutex<Option<Instant>>,
     /// The Slurm engine, once an agent is placed there.
-    pub slurm: std::sync::OnceLock<Arc<placement::slurm::Slurm>>,
+    pub slurm: std::sync::OnceLock<Arc<execution::slurm::Slurm>>,
 }
 
 /// Counters since the supervisor opened.
@@ -314,7 +338,8 @@ impl Supervisor {
             spawn_gate: RwLock::new(()),
             owned: Mutex::new(HashSet::new()),
             reaps: watch::Sender::new(0),
-            tables: stop::TableCache::new(),
+            owners: watch::Sender::new(0),
+            tables: execution::tree::TableCache::new(),
             spawn_permits: tokio::sync::Semaphore::new(8),
             shutdown: watch::Sender::new(false),
             started: Instant::now(),
@@ -328,7 +353,7 @@ impl Supervisor {
         };
         if sup.sh.config.subreaper {
             platform::become_subreaper().map_err(state_err("become a child subreaper"))?;
-            exit::start_orphan_reaper(&sup.sh).map_err(state_err("listen for SIGCHLD"))?;
+            reaper::start_orphan_reaper(&sup.sh).map_err(state_err("listen for SIGCHLD"))?;
         }
         recover::load(&sup.sh).await?;
         sampler::start(&sup.sh).map_err(state_err("start the sampler thread"))?;
@@ -386,583 +411,32 @@ impl Supervisor {
         Ok(())
     }
 
-    fn refuse_if_failing(&self) -> Result<()> {
+    pub(super) fn refuse_if_failing(&self) -> Result<()> {
         match self.store_failing() {
             Some(reason) => Err(Error::Unavailable { reason }),
             None => Ok(()),
         }
     }
-
-    /// Stored events after `seq` (oldest first, at most `limit`).
-    pub async fn events_since(&self, seq: i64, limit: usize) -> Result<Vec<crate::model::Event>> {
-        let store = self.sh.store.clone();
-        blocking(move || store.events_since(seq, limit)).await
-    }
-
-    /// Watches the newest event's sequence number (changes after each commit that adds events).
-    pub fn subscribe_events(&self) -> watch::Receiver<i64> {
-        self.sh.store.subscribe_events()
-    }
-
-    fn published(&self, id: &AgentId) -> Result<(Published, mpsc::UnboundedSender<Cmd>)> {
-        let reg = lock(&self.sh.registry);
-        match reg.get(id) {
-            Some(slot) if slot.published.borrow().view.is_some() => {
-                Ok((slot.published.borrow().clone(), slot.tx.clone()))
-            }
-            _ => Err(Error::NotFound {
-                agent_id: id.to_string(),
-            }),
-        }
-    }
-
-    fn view(&self, id: &AgentId) -> Result<Arc<View>> {
-        self.published(id)?.0.view.ok_or_else(|| Error::NotFound {
-            agent_id: id.to_string(),
-        })
-    }
-
-    /// Every agent's latest view, by id.
-    fn views(&self) -> Vec<Arc<View>> {
-        lock(&self.sh.registry)
-            .values()
-            .filter_map(|slot| slot.published.borrow().view.clone())
-            .collect()
-    }
-
-    /// One agent's status: the seed's `get_agent_status`. Answers from the
-    /// agent's last committed state and a live check of its process.
-    pub fn get_agent_status(&self, id: &AgentId) -> Result<AgentStatus> {
-        Ok(self.view(id)?.status())
-    }
-
-    /// Every agent's status, by id: the seed's `monitor_all_agents`.
-    pub fn monitor_all_agents(&self) -> BTreeMap<String, AgentStatus> {
-        self.views()
-            .iter()
-            .map(|v| (v.id.to_string(), v.status()))
-            .collect()
-    }
-
-    /// Counts by state and summed resources: the seed's `get_process_summary`.
-    pub fn get_process_summary(&self) -> ProcessSummary {
-        let mut sum = ProcessSummary::default();
-        for status in self.views().iter().map(|v| v.status()) {
-            sum.total += 1;
-            match status.persistent_status {
-                PersistentStatus::Spawning => sum.spawning += 1,
-                PersistentStatus::Running => sum.running += 1,
-                PersistentStatus::Completed => sum.completed += 1,
-                PersistentStatus::Failed => sum.failed += 1,
-                PersistentStatus::Cancelled => sum.cancelled += 1,
-            }
-            if status.is_zombie {
-                sum.zombie += 1;
-            }
-            sum.total_memory_mb += status.memory_mb;
-            sum.total_cpu_percent += status.cpu_percent;
-        }
-        sum
-    }
-
-    /// True when the agent is alive and not a zombie: the seed's `check_process_health`.
-    pub fn check_process_health(&self, id: &AgentId) -> Result<bool> {
-        Ok(self.health_report(id)?.healthy)
-    }
-
-    /// `check_process_health` with the health word.
-    pub fn health_report(&self, id: &AgentId) -> Result<HealthReport> {
-        let status = self.get_agent_status(id)?;
-        Ok(HealthReport {
-            agent_id: status.agent_id,
-            healthy: status.health == crate::model::Health::Healthy,
-            health: status.health,
-        })
-    }
-
-    /// Starts an agent and verifies it: the seed's `spawn_agent`.
-    ///
-    /// Returns an error, with the OS reason, when the program cannot be started
-    /// (the run is then recorded as failed). Otherwise answers at the end of the
-    /// verification window (`verify_ms`; at once after a successful exec with 0),
-    /// or as soon as the agent exits inside it: it is then reported `completed`
-    /// or `failed` with its exit code and the tail of its stderr. The work goes
-    /// on if the caller stops waiting.
-    ///
-    /// An agent placed on a cluster engine (`placement`, or the supervisor's
-    /// [`Config::default_placement`]) answers once its job ran through the
-    /// window, or ended, or after 5 s in the engine's queue (`spawning`, with
-    /// the engine's pending reason in `placement`).
-    pub async fn spawn_agent(&self, mut req: SpawnRequest) -> Result<SpawnResponse> {
-        self.refuse_if_failing()?;
-        if req.placement.is_none() {
-            req.placement = self.sh.config.default_placement.clone();
-        }
-        let user = self.resolve_user(&req).await?;
-        let spec = spec::check(req, &self.sh.config.state_dir, user)?;
-        let (reply, answer) = oneshot::channel();
-        self.launch(spec, actor::Start::Fresh(Some(reply)))?;
-        answer.await.unwrap_or(Err(Error::StoreClosed))
-    }
-
-    /// Spawns many agents at once: every verification window runs at the same
-    /// time, and one bad request fails alone. Results are in request order.
-    pub async fn spawn_batch(&self, reqs: Vec<SpawnRequest>) -> Vec<Result<SpawnResponse>> {
-        let spawns = reqs.into_iter().map(|req| {
-            let sup = self.clone();
-            async move { sup.spawn_agent(req).await }
-        });
-        let results = futures_util::future::join_all(spawns).await;
-        // A burst of spawns leaves the allocator holding the peak of all their
-        // work at once; give what is free back to the system (a few ms).
-        let _ = tokio::task::spawn_blocking(platform::release_free_memory).await;
-        results
-    }
-
-    async fn resolve_user(&self, req: &SpawnRequest) -> Result<Option<platform::files::User>> {
-        let Some(name) = req.user.clone() else {
-            return Ok(None);
-        };
-        let id = crate::model::elide(&req.agent_id, 100);
-        if !rustix::process::geteuid().is_root() {
-            return Err(Error::invalid(
-                &id,
-                format!(
-                    "user {name:?}: agents can run as another user only when the daemon runs as root (it runs as uid {})",
-                    rustix::process::geteuid().as_raw()
-                ),
-            ));
-        }
-        let looked_up = {
-            let name = name.clone();
-            blocking(move || Ok(platform::files::lookup_user(&name))).await?
-        };
-        match looked_up {
-            Ok(Some(user)) => Ok(Some(user)),
-            Ok(None) => Err(Error::invalid(&id, format!("user {name:?} does not exist"))),
-            Err(e) => Err(Error::invalid(
-                &id,
-                format!("user {name:?}: cannot look it up: {e}"),
-            )),
-        }
-    }
-
-    fn launch(&self, spec: spec::Spec, start: actor::Start) -> Result<()> {
-        launch(&self.sh, spec, start).map(drop)
-    }
-
-    /// Records progress reported by (or for) a live agent: 0–100 and an optional
-    /// message. `caller` is the pid of the process that sent it, when known (a
-    /// Unix-socket peer): a process inside another agent is refused.
-    pub async fn set_progress(
-        &self,
-        id: &AgentId,
-        update: ProgressUpdate,
-        caller: Option<i32>,
-    ) -> Result<AgentStatus> {
-        self.refuse_if_failing()?;
-        let progress = u8::try_from(update.progress)
-            .ok()
-            .filter(|p| *p <= 100)
-            .ok_or_else(|| {
-                Error::invalid(
-                    id,
-                    format!("progress must be 0–100; got {}", update.progress),
-                )
-            })?;
-        if update
-            .message
-            .as_ref()
-            .is_some_and(|m| m.len() > MAX_PROGRESS_MESSAGE)
-        {
-            return Err(Error::invalid(
-                id,
-                format!("progress message must be at most {MAX_PROGRESS_MESSAGE} bytes"),
-            ));
-        }
-        if let Some(pid) = caller
-            && let Some(sender) = self.agent_of_process(pid).await
-            && &sender != id
-        {
-            return Err(Error::Forbidden {
-                agent_id: id.to_string(),
-                reason: format!(
-                    "progress for {id} was sent from inside agent {sender} (pid {pid}); an agent reports only for itself"
-                ),
-            });
-        }
-        let (published, tx) = self.published(id)?;
-        let (reply, answer) = oneshot::channel();
-        let sent = tx.send(Cmd::Progress {
-            progress,
-            message: update.message,
-            reply,
-        });
-        let not_live = || {
-            let status = published
-                .view
-                .as_ref()
-                .map_or("unknown".into(), |v| v.status.to_string());
-            Error::invalid(
-                id,
-                format!("progress is only taken from a live agent; this run is {status}"),
-            )
-        };
-        if sent.is_err() {
-            return Err(not_live());
-        }
-        answer.await.unwrap_or_else(|_| Err(not_live()))?;
-        self.get_agent_status(id)
-    }
-
-    /// The agent a process belongs to: by its cgroup leaf, else by its session or
-    /// an ancestor being an agent, else by the `CORRAL_AGENT_ID` it inherited.
-    pub async fn agent_of_process(&self, pid: i32) -> Option<AgentId> {
-        let live: HashMap<i32, AgentId> = self
-            .views()
-            .iter()
-            .filter_map(|v| v.proc_.as_ref().map(|p| (p.handle.pid(), v.id.clone())))
-            .collect();
-        let root = self.sh.cgroup.as_ref().ok().map(|r| r.dir().to_owned());
-        blocking(move || Ok(exit::agent_of_process(pid, &live, root.as_deref())))
-            .await
-            .ok()
-            .flatten()
-    }
-
-    /// Stops the agents `selector` picks, all at once, each through its stages
-    /// (SIGTERM, wait, SIGTERM, wait, SIGKILL, wait; straight to SIGKILL with
-    /// `force`): the seed's `cleanup`. `None` stops every agent. An agent waiting
-    /// to restart is not restarted.
-    pub async fn cleanup(
-        &self,
-        selector: Option<&Selector>,
-        opts: CleanupOptions,
-    ) -> Result<Vec<StopReport>> {
-        self.stop_selected(selector, opts, false).await
-    }
-
-    /// [`Self::cleanup`], leaving out agents that had already ended when `live_only`.
-    pub async fn stop_selected(
-        &self,
-        selector: Option<&Selector>,
-        opts: CleanupOptions,
-        live_only: bool,
-    ) -> Result<Vec<StopReport>> {
-        self.refuse_if_failing()?;
-        let timeouts = match &opts.stop_timeouts {
-            Some(t) => Some(spec::stop_timeouts("-", t)?),
-            None => None,
-        };
-        let mut targets: Vec<(Arc<View>, bool, mpsc::UnboundedSender<Cmd>)> =
-            lock(&self.sh.registry)
-                .iter()
-                .filter(|(id, _)| selector.is_none_or(|s| s.matches(id)))
-                .filter_map(|(_, slot)| {
-                    let p = slot.published.borrow();
-                    p.view.clone().map(|v| (v, p.busy, slot.tx.clone()))
-                })
-                .filter(|(_, busy, _)| *busy || !live_only)
-                .collect();
-        if let Some(Selector::One(id)) = selector
-            && targets.is_empty()
-            && !live_only
-        {
-            return Err(Error::NotFound {
-                agent_id: id.to_string(),
-            });
-        }
-        targets.sort_by(|a, b| a.0.id.cmp(&b.0.id));
-        let stops = targets.into_iter().map(|(view, busy, tx)| {
-            let timeouts = timeouts.unwrap_or(view.spec.stop_timeouts);
-            let force = opts.force;
-            async move {
-                if busy {
-                    let (reply, answer) = oneshot::channel();
-                    if tx
-                        .send(Cmd::Stop {
-                            timeouts,
-                            force,
-                            reply,
-                        })
-                        .is_ok()
-                        && let Ok(report) = answer.await
-                    {
-                        return report;
-                    }
-                }
-                already_ended(&view)
-            }
-        });
-        Ok(futures_util::future::join_all(stops).await)
-    }
-
-    /// Stops one agent: the seed's `kill_agent` (the staged stop, or SIGKILL at
-    /// once with `force`). True when this call ended it.
-    pub async fn kill_agent(&self, id: &AgentId, force: bool) -> Result<bool> {
-        Ok(self.kill(id, force).await?.killed)
-    }
-
-    /// [`Self::kill_agent`] with the stop's report.
-    pub async fn kill(&self, id: &AgentId, force: bool) -> Result<KillResponse> {
-        let mut reports = self
-            .cleanup(
-                Some(&Selector::One(id.clone())),
-                CleanupOptions {
-                    force,
-                    stop_timeouts: None,
-                },
-            )
-            .await?;
-        let report = reports.pop().ok_or_else(|| Error::NotFound {
-            agent_id: id.to_string(),
-        })?;
-        Ok(KillResponse {
-            agent_id: id.to_string(),
-            killed: !matches!(
-                report.stage,
-                StopStage::AlreadyEnded | StopStage::Unkillable
-            ),
-            report,
-        })
-    }
-
-    /// Sweeps for anything not yet reaped: orphans of agents. Returns the ids of
-    /// agents this sweep had to reap itself — normally none, since every agent's
-    /// exit is reaped by its owner the moment its end is recorded.
-    pub async fn reap_zombies(&self) -> Vec<String> {
-        let sh = self.sh.clone();
-        let orphans = blocking(move || Ok(exit::reap_orphans(&sh)))
-            .await
-            .unwrap_or(0);
-        tracing::info!(orphans, "reap sweep");
-        Vec::new()
-    }
-
-    /// Waits until the agent's current run has ended and will not be restarted;
-    /// its status then. [`Error::Timeout`] after `timeout`.
-    pub async fn wait(&self, id: &AgentId, timeout: Duration) -> Result<AgentStatus> {
-        let mut published = {
-            let reg = lock(&self.sh.registry);
-            match reg.get(id) {
-                Some(slot) if slot.published.borrow().view.is_some() => slot.published.clone(),
-                _ => {
-                    return Err(Error::NotFound {
-                        agent_id: id.to_string(),
-                    });
-                }
-            }
-        };
-        let done = published.wait_for(|p| !p.busy);
-        match tokio::time::timeout(timeout, done).await {
-            Ok(Ok(p)) => p
-                .view
-                .as_ref()
-                .map(|v| v.status())
-                .ok_or_else(|| Error::NotFound {
-                    agent_id: id.to_string(),
-                }),
-            // The owner was replaced (a new spawn of the id): report its current state.
-            Ok(Err(_)) => self.get_agent_status(id),
-            Err(_) => Err(Error::Timeout {
-                agent_id: id.to_string(),
-                waited_s: timeout.as_secs_f64(),
-            }),
-        }
-    }
-
-    /// Every stored run of an agent, oldest first.
-    pub async fn runs(&self, id: &AgentId) -> Result<Vec<RunInfo>> {
-        let store = self.sh.store.clone();
-        let key = id.to_string();
-        let runs = blocking(move || store.runs(&key)).await?;
-        if runs.is_empty() {
-            return Err(Error::NotFound {
-                agent_id: id.to_string(),
-            });
-        }
-        Ok(runs.iter().map(run_info).collect())
-    }
-
-    /// The log file of run `run` (the current run when `None`) and stream
-    /// (`stdout` or `stderr`), and whether that run is still going.
-    pub async fn log_file(
-        &self,
-        id: &AgentId,
-        run: Option<u32>,
-        stderr: bool,
-    ) -> Result<(PathBuf, bool)> {
-        let current = self.view(id)?;
-        let name = if stderr { "stderr.log" } else { "stdout.log" };
-        match run {
-            None => Ok((current.log_dir.join(name), current.status.is_live())),
-            Some(n) if n == current.run => {
-                Ok((current.log_dir.join(name), current.status.is_live()))
-            }
-            Some(n) => {
-                let store = self.sh.store.clone();
-                let key = id.to_string();
-                let rec = blocking(move || store.run(&key, n)).await?;
-                let rec = rec.ok_or_else(|| Error::RunNotFound {
-                    agent_id: id.to_string(),
-                    run: n,
-                    last: current.run,
-                })?;
-                Ok((rec.log_dir.join(name), rec.status.is_live()))
-            }
-        }
-    }
-
-    /// Forgets an agent whose current run has ended: every stored run of it, and
-    /// its logs when they are in the default place (`<state dir>/agents/<id>`).
-    /// A supervised agent is refused (stop it first).
-    pub async fn remove_agent(&self, id: &AgentId) -> Result<Removal> {
-        self.refuse_if_failing()?;
-        let view = {
-            let mut reg = lock(&self.sh.registry);
-            let slot = reg.get_mut(id).ok_or_else(|| Error::NotFound {
-                agent_id: id.to_string(),
-            })?;
-            let view = slot.published.borrow().view.clone();
-            let Some(view) = view else {
-                return Err(Error::NotFound {
-                    agent_id: id.to_string(),
-                });
-            };
-            if slot.busy() {
-                return Err(Error::Conflict {
-                    agent_id: id.to_string(),
-                    status: view.status.to_string(),
-                    pid: view.pid,
-                });
-            }
-            slot.removing = true;
-            view
-        };
-        // Finished by a task of its own: a client that goes away does not leave
-        // the registry and the store disagreeing.
-        let sh = self.sh.clone();
-        let id = id.clone();
-        tokio::spawn(async move {
-            let removed = sh
-                .store
-                .commit(store::delete_agent(id.as_str(), view.run_id))
-                .await;
-            {
-                let mut reg = lock(&sh.registry);
-                match &removed {
-                    Ok(_) => {
-                        reg.remove(&id);
-                    }
-                    Err(_) => {
-                        if let Some(slot) = reg.get_mut(&id) {
-                            slot.removing = false;
-                        }
-                    }
-                }
-            }
-            let n = removed?;
-            remove_default_logs(&sh, &id).await;
-            tracing::info!(agent_id = %id, runs_removed = n, "agent removed");
-            Ok(Removal {
-                removed: vec![id.to_string()],
-                runs_removed: n as u64,
-            })
-        })
-        .await
-        .unwrap_or(Err(Error::StoreClosed))
-    }
-
-    /// Removes every ended run from the store: agents whose current run has
-    /// ended are forgotten (with their default logs); supervised agents keep
-    /// their current run.
-    pub async fn prune(&self) -> Result<Removal> {
-        self.refuse_if_failing()?;
-        let (forget, keep): (Vec<AgentId>, Vec<i64>) = {
-            let mut reg = lock(&self.sh.registry);
-            let mut forget = Vec::new();
-            let mut keep = Vec::new();
-            for (id, slot) in reg.iter_mut() {
-                let view = slot.published.borrow().view.clone();
-                if slot.busy() {
-                    keep.extend(view.map(|v| v.run_id));
-                } else {
-                    slot.removing = true;
-                    forget.push(id.clone());
-                }
-            }
-            (forget, keep)
-        };
-        let sh = self.sh.clone();
-        tokio::spawn(async move {
-            let rows = Arc::new(Mutex::new(Vec::new()));
-            let pruned = sh.store.commit(store::prune(keep, rows.clone())).await;
-            {
-                let mut reg = lock(&sh.registry);
-                for id in &forget {
-                    match pruned {
-                        Ok(_) => reg.remove(id),
-                        Err(_) => {
-                            if let Some(slot) = reg.get_mut(id) {
-                                slot.removing = false;
-                            }
-                            None
-                        }
-                    };
-                }
-            }
-            let runs_removed = pruned? as u64;
-            for id in &forget {
-                remove_default_logs(&sh, id).await;
-            }
-            // Earlier runs' logs of agents still supervised, in the default place.
-            let default_root = sh.config.state_dir.join("agents");
-            let dirs: Vec<PathBuf> = lock(&rows)
-                .iter()
-                .filter(|(id, dir)| {
-                    dir.starts_with(&default_root) && !forget.iter().any(|f| f.as_str() == id)
-                })
-                .map(|(_, dir)| dir.clone())
-                .collect();
-            let _ = blocking(move || {
-                for dir in dirs {
-                    let _ = std::fs::remove_dir_all(dir);
-                }
-                Ok(())
-            })
-            .await;
-            let mut removed: Vec<String> = forget.iter().map(ToString::to_string).collect();
-            removed.sort();
-            tracing::info!(agents = removed.len(), runs_removed, "pruned ended runs");
-            Ok(Removal {
-                removed,
-                runs_removed,
-            })
-        })
-        .await
-        .unwrap_or(Err(Error::StoreClosed))
-    }
 }
 
 /// Takes the id for a new owner and starts it; refused while an owner is at
-/// work. Returns what the owner publishes.
+/// work (unless `replace`: a failed owner's successor). Returns what the
+/// owner publishes.
 pub(crate) fn launch(
     sh: &Arc<Shared>,
     spec: spec::Spec,
-    start: actor::Start,
+    start: owner::Start,
+    replace: bool,
 ) -> Result<watch::Receiver<Published>> {
     let id = spec.id.clone();
     let mut reg = lock(&sh.registry);
     let previous = match reg.get(&id) {
-        Some(slot) if slot.busy() => {
+        Some(slot) if slot.busy() && !replace => {
             let p = slot.published.borrow();
             let (status, pid) = match (&p.view, slot.removing) {
                 (_, true) => ("being removed".to_owned(), None),
-                (Some(v), _) if v.tag == state::Tag::Backoff => {
-                    ("waiting to restart".to_owned(), None)
-                }
-                (Some(v), _) if v.status.is_live() => (v.status.to_string(), v.pid),
-                _ => ("spawning".to_owned(), None),
+                (Some(v), _) => (v.state.to_string(), v.pid),
+                _ => ("starting".to_owned(), None),
             };
             return Err(Error::Conflict {
                 agent_id: id.to_string(),
@@ -979,7 +453,7 @@ pub(crate) fn launch(
     });
     let (tx, rx) = mpsc::unbounded_channel();
     reg.insert(
-        id,
+        id.clone(),
         Slot {
             tx: tx.clone(),
             published: published.clone(),
@@ -987,29 +461,60 @@ pub(crate) fn launch(
         },
     );
     drop(reg);
-    let actor = actor::Actor::new(
-        sh.clone(),
-        Arc::new(spec),
-        (tx.clone(), rx),
-        publish,
-        previous,
-    );
-    tokio::spawn(actor.run(start));
+    let owner = owner::Owner::new(sh.clone(), Arc::new(spec), (tx, rx), publish, previous);
+    let weak = Arc::downgrade(sh);
+    tokio::spawn(async move {
+        use futures_util::FutureExt;
+        let outcome = std::panic::AssertUnwindSafe(owner.run(start))
+            .catch_unwind()
+            .await;
+        if let Err(panic) = outcome {
+            let reason = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_owned());
+            tracing::error!(agent_id = %id, reason, "the agent's owner failed; a new owner takes it over from its record");
+            if let Some(sh) = weak.upgrade() {
+                relaunch(&sh, &id).await;
+            }
+        }
+    });
     Ok(published)
 }
 
-fn run_info(rec: &store::RunRecord) -> RunInfo {
-    RunInfo {
-        run: rec.run,
-        pid: rec.pid,
-        started_at: rec.started_at.clone(),
-        ended_at: rec.ended_at.clone(),
-        persistent_status: rec.status,
-        exit_code: rec.exit_code,
-        exit_signal: rec.exit_signal,
-        end_reason: rec.end_reason.clone(),
-        stdout_log: rec.log_dir.join("stdout.log"),
-        stderr_log: rec.log_dir.join("stderr.log"),
+/// Gives an agent whose owner failed a new one, from its newest stored run.
+async fn relaunch(sh: &Arc<Shared>, id: &AgentId) {
+    if *sh.shutdown.borrow() {
+        return;
+    }
+    let shared = sh.clone();
+    let key = id.clone();
+    let found = blocking(move || {
+        let record = shared.store.latest_run(key.as_str())?;
+        Ok(record.map(|r| {
+            let spec = recover::spec_of(&shared, &r, key.clone());
+            (r, spec)
+        }))
+    })
+    .await;
+    match found {
+        Ok(Some((record, spec))) => {
+            match launch(sh, spec, owner::Start::Recover(Box::new(record)), true) {
+                Ok(_) => {
+                    sh.owners.send_modify(|n| *n += 1);
+                }
+                Err(e) => {
+                    tracing::error!(agent_id = %id, error = %e, "cannot give the agent a new owner");
+                }
+            }
+        }
+        Ok(None) => {
+            lock(&sh.registry).remove(id);
+        }
+        Err(e) => {
+            tracing::error!(agent_id = %id, error = %e, "cannot read the agent's record for a new owner");
+        }
     }
 }
 
@@ -1028,20 +533,6 @@ pub(crate) fn already_ended(view: &View) -> StopReport {
     }
 }
 
-async fn remove_default_logs(sh: &Shared, id: &AgentId) {
-    let dir = sh.config.state_dir.join("agents").join(id.as_str());
-    let id = id.clone();
-    let _ = blocking(move || {
-        if let Err(e) = std::fs::remove_dir_all(&dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(agent_id = %id, error = %e, "cannot remove the agent's logs");
-        }
-        Ok(())
-    })
-    .await;
-}
-
 /// Runs blocking work (file system, `/proc`, SQLite reads) off the async workers.
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T> + Send + 'static,
@@ -1054,3 +545,6 @@ pub(crate) async fn blocking<T: Send + 'static>(
         ))
     })
 }
+
+#[cfg(test)]
+mod tests;

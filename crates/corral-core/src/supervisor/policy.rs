@@ -112,6 +112,12 @@ pub(crate) fn validate(policy: &RestartPolicy) -> Result<(), String> {
     Ok(())
 }
 
+/// Seconds since the epoch.
+pub(crate) fn epoch_s(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// A number in [0, 1) that differs from call to call (for jitter; not for secrets).
 pub(crate) fn jitter() -> f64 {
     use std::hash::{BuildHasher, Hasher};

@@ -242,7 +242,7 @@ async fn http(url: &str) -> (bool, String) {
 
 /// Runs `argv` as the agent would, for at most `timeout`; exit 0 passes.
 async fn exec(target: &Target, argv: &[String], timeout: Duration) -> (bool, String) {
-    let envp = match super::run::environment(&target.sh, &target.spec, target.run_id) {
+    let envp = match super::execution::local::environment(&target.sh, &target.spec, target.run_id) {
         Ok(envp) => envp,
         Err(e) => return (false, format!("cannot run {:?}: {e}", argv[0])),
     };

@@ -1,12 +1,11 @@
 //! What a daemon makes of the store when it starts.
 //!
-//! Every agent id gets its newest run back: a run the store holds as live gets
-//! an owner that re-adopts its process (same pid, start time and boot id) or
-//! records how it ended; a restart that was planned is resumed where it left
-//! off; anything else is an ended agent, shown as it was recorded. `load`
-//! returns once every owner has published its first state, so nothing is ever
-//! shown as running that is gone. Then empty cgroups left by ended runs are
-//! removed.
+//! Every agent id gets its newest run back: a run the store holds as not ended
+//! (live, being stopped, waiting to restart, or with processes left in its
+//! cgroup) gets an owner that takes it over (`owner/adopt.rs`); anything else
+//! is an ended agent, shown as it was recorded. `load` returns once every
+//! owner has published its first state, so nothing is ever shown as running
+//! that is gone. Then empty cgroups left by ended runs are removed.
 
 use std::sync::Arc;
 
@@ -16,14 +15,14 @@ use crate::error::Result;
 use crate::id::AgentId;
 use crate::store::RunRecord;
 
-use super::actor::Start;
+use super::owner::Start;
 use super::spec::{self, Spec};
 use super::view::{Published, View};
 use super::{Shared, Slot, blocking, launch, lock};
 
 /// The checked spec of a stored run (blocking: may look up a user). A stored
 /// request that no longer passes the checks is kept as it was, with defaults.
-fn spec_of(sh: &Shared, record: &RunRecord, id: AgentId) -> Spec {
+pub(crate) fn spec_of(sh: &Shared, record: &RunRecord, id: AgentId) -> Spec {
     let user = record
         .spec
         .user
@@ -53,16 +52,34 @@ fn spec_of(sh: &Shared, record: &RunRecord, id: AgentId) -> Spec {
     }
 }
 
+/// Whether a stored run still needs an owner (blocking: may read its cgroup):
+/// it is live, or being stopped, or waiting to restart, or — recorded as
+/// ended by an older corral — has processes left in its cgroup.
+fn needs_owner(sh: &Shared, record: &RunRecord) -> bool {
+    use crate::model::AgentState;
+    if record.status.is_live() || record.stop.is_some() || record.next_restart_at.is_some() {
+        return true;
+    }
+    if record.state.is_some_and(|s| s != AgentState::Ended) {
+        return true;
+    }
+    sh.cgroup.as_ref().is_ok_and(|root| {
+        root.leaf(&super::leaf_name(&record.agent_id, record.run))
+            .populated()
+    })
+}
+
 /// Loads every agent of the store and resolves the live ones.
 pub(crate) async fn load(sh: &Arc<Shared>) -> Result<()> {
     let shared = sh.clone();
-    let loaded: Vec<(RunRecord, Spec)> = blocking(move || {
+    let loaded: Vec<(RunRecord, Spec, bool)> = blocking(move || {
         let mut out = Vec::new();
         for (record, _) in shared.store.load_latest()? {
             match AgentId::new(record.agent_id.clone()) {
                 Ok(id) => {
+                    let owned = needs_owner(&shared, &record);
                     let spec = spec_of(&shared, &record, id);
-                    out.push((record, spec));
+                    out.push((record, spec, owned));
                 }
                 Err(_) => {
                     tracing::warn!(agent_id = ?record.agent_id, "skipping a stored run with an invalid id")
@@ -73,12 +90,8 @@ pub(crate) async fn load(sh: &Arc<Shared>) -> Result<()> {
     })
     .await?;
     let mut first_states = Vec::new();
-    for (record, spec) in loaded {
-        let start = if record.status.is_live() {
-            Start::Adopt(Box::new(record))
-        } else if record.next_restart_at.is_some() {
-            Start::Planned(Box::new(record))
-        } else {
+    for (record, spec, owned) in loaded {
+        if !owned {
             let view = View::from_record(&record, Arc::new(spec));
             let (tx, _) = mpsc::unbounded_channel();
             let (_, published) = watch::channel(Published {
@@ -94,15 +107,15 @@ pub(crate) async fn load(sh: &Arc<Shared>) -> Result<()> {
                 },
             );
             continue;
-        };
-        first_states.push(launch(sh, spec, start)?);
+        }
+        first_states.push(launch(sh, spec, Start::Recover(Box::new(record)), false)?);
     }
     for mut published in first_states {
         let _ = published.wait_for(|p| p.view.is_some()).await;
     }
     let shared = sh.clone();
     blocking(move || {
-        super::exit::sweep_empty_leaves(&shared, true);
+        super::reaper::sweep_empty_leaves(&shared, true);
         Ok(())
     })
     .await

@@ -20,8 +20,9 @@ use crate::model::TreeSummary;
 use crate::platform::{self, ProcEntry};
 use crate::tree;
 
+use super::execution::tree as stop;
 use super::view::{Sample, View};
-use super::{Cmd, Shared, limits, lock, rotate, stop};
+use super::{Cmd, Shared, limits, lock, rotate};
 
 /// Starts the sampler thread; it ends when the supervisor is gone or shut down.
 pub(crate) fn start(sh: &Arc<Shared>) -> std::io::Result<()> {

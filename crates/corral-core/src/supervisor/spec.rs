@@ -367,7 +367,7 @@ pub(crate) fn check(req: SpawnRequest, state_dir: &Path, user: Option<User>) -> 
     if let Some(logs) = &req.logs {
         check_logs(raw, logs)?;
     }
-    if let Some(slurm) = super::placement::slurm_of(req.placement.as_ref()) {
+    if let Some(slurm) = super::execution::slurm_of(req.placement.as_ref()) {
         check_slurm(raw, &req, slurm)?;
     }
     let agent_dir = req

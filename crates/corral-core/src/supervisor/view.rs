@@ -12,14 +12,13 @@ use std::sync::{Arc, Mutex};
 
 use crate::id::AgentId;
 use crate::model::{
-    AgentStatus, Health, LimitState, PersistentStatus, PlacementInfo, ProbesState, SpawnResponse,
-    TreeSummary, quote_argv,
+    AgentState, AgentStatus, Health, LimitState, PersistentStatus, PlacementInfo, ProbesState,
+    SpawnResponse, StopInfo, TreeSummary, quote_argv,
 };
 use crate::platform::{self, ExitKind, ProcessHandle};
 use crate::store::RunRecord;
 
 use super::spec::Spec;
-use super::state::Tag;
 
 /// The latest metrics of one agent, from one sampling pass.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -71,6 +70,12 @@ impl Proc {
     pub(crate) fn set_sample(&self, s: Sample) {
         *self.sample.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
     }
+
+    /// It has exited and is not reaped: `/proc` shows it as a zombie (one
+    /// read of its stat, checked against its start time).
+    pub(crate) fn is_zombie(&self) -> bool {
+        self.handle.sample().is_ok_and(|s| s.state == 'Z')
+    }
 }
 
 impl std::os::fd::AsRawFd for Proc {
@@ -91,8 +96,12 @@ pub(crate) struct View {
     pub run: u32,
     pub log_dir: PathBuf,
     pub status: PersistentStatus,
-    pub tag: Tag,
-    /// The process while it has not been reaped.
+    /// The owner's committed state.
+    pub state: AgentState,
+    /// The stop under way, while stopping.
+    pub stop: Option<StopInfo>,
+    /// The process while it has not been reaped (a zombie of another parent
+    /// stays here after its end, so it is shown as one).
     pub proc_: Option<Arc<Proc>>,
     pub pid: Option<i32>,
     pub started_at: String,
@@ -124,7 +133,7 @@ pub(crate) struct JobView {
     /// When it was first seen running (wall clock).
     pub since: Option<std::time::SystemTime>,
     /// The engine's latest figures.
-    pub sample: Option<super::placement::slurm::JobSample>,
+    pub sample: Option<super::execution::slurm::JobSample>,
 }
 
 impl JobView {
@@ -159,11 +168,12 @@ impl View {
             run: rec.run,
             log_dir: rec.log_dir.clone(),
             status: rec.status,
-            tag: if rec.status.is_live() {
-                Tag::Starting
+            state: rec.state.unwrap_or(if rec.status.is_live() {
+                AgentState::Starting
             } else {
-                Tag::Ended
-            },
+                AgentState::Ended
+            }),
+            stop: None,
             proc_: None,
             pid: rec.pid,
             started_at: rec.started_at.clone(),
@@ -183,7 +193,13 @@ impl View {
             } else {
                 "process-group"
             },
-            ready: None,
+            // Not ready until a check passes; never once ended.
+            ready: rec
+                .spec
+                .probes
+                .as_ref()
+                .and_then(|p| p.readiness.as_ref())
+                .map(|_| false),
             probes: None,
             limits: Default::default(),
             job: rec.job.as_ref().map(JobView::of),
@@ -206,7 +222,9 @@ impl View {
         let live = self.proc_.as_ref();
         let exited = live.is_some_and(|p| p.handle.has_exited());
         let process_alive = live.is_some() && !exited;
-        let is_zombie = live.is_some() && exited;
+        // Exited and not reaped: ours until its end is on record, or another
+        // parent's that does not reap it (a re-adopted agent).
+        let is_zombie = exited && live.is_some_and(|p| p.is_zombie());
         let sample = live.and_then(|p| p.sample()).filter(|_| process_alive);
         let process_status = if is_zombie {
             "zombie"
@@ -291,6 +309,8 @@ impl View {
             cmdline: quote_argv(&self.spec.request.command),
             health: self.health(false, false, exit_code, exit_signal),
             persistent_status: self.status,
+            state: self.state,
+            stop: self.stop.clone(),
             started_at: self.started_at.clone(),
             progress: self.progress,
             progress_message: self.progress_message.clone(),
@@ -331,8 +351,8 @@ impl View {
         }
         match self.status {
             PersistentStatus::Completed => Health::Completed,
-            PersistentStatus::Cancelled if exit_code == Some(0) => Health::Completed,
-            PersistentStatus::Failed | PersistentStatus::Cancelled
+            PersistentStatus::Cancelled => Health::Cancelled,
+            PersistentStatus::Failed
                 if exit_code.is_some() || exit_signal.is_some() || self.pid.is_none() =>
             {
                 Health::Failed

@@ -408,7 +408,7 @@ async fn follow_events(
                 up_again();
                 since = ev.seq;
                 // Progress is all in the event; anything else: fetch the agent.
-                if ev.kind != "progress" {
+                if ev.kind() != "progress" {
                     let _ = ids.send(ev.agent_id.clone());
                 }
                 if tx.send(Msg::Event(Box::new(ev))).is_err() {

@@ -17,7 +17,7 @@ use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use corral_core::{AgentStatus, Event, Health, PersistentStatus};
+use corral_core::{AgentState, AgentStatus, Event, EventBody, Health, PersistentStatus};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 /// How long a note (an action's outcome, an error) stays in the footer.
@@ -96,8 +96,7 @@ pub fn tone(s: &AgentStatus) -> Tone {
     match s.health {
         Health::Healthy => Tone::Good,
         Health::Zombie | Health::Unknown => Tone::Warn,
-        Health::Completed => Tone::Done,
-        Health::Failed if s.persistent_status == PersistentStatus::Cancelled => Tone::Done,
+        Health::Completed | Health::Cancelled => Tone::Done,
         Health::Failed => Tone::Bad,
     }
 }
@@ -251,6 +250,8 @@ pub struct Counts {
     pub failed: usize,
     /// Cancelled.
     pub cancelled: usize,
+    /// Being stopped.
+    pub stopping: usize,
     /// Health zombie.
     pub zombie: usize,
     /// Health unknown.
@@ -288,8 +289,6 @@ pub struct Link {
 pub struct Model {
     agents: Vec<AgentStatus>,
     by_id: HashMap<String, usize>,
-    /// Stop stages seen per agent since its last transition (`term`, `kill`, …).
-    stopping: HashMap<String, String>,
     rows: Vec<usize>,
     stale: bool,
     counts: Counts,
@@ -323,7 +322,6 @@ impl Model {
         Self {
             agents: Vec::new(),
             by_id: HashMap::new(),
-            stopping: HashMap::new(),
             rows: Vec::new(),
             stale: false,
             counts: Counts::default(),
@@ -375,11 +373,6 @@ impl Model {
     /// An agent by id.
     pub fn agent(&self, id: &str) -> Option<&AgentStatus> {
         self.by_id.get(id).map(|&i| &self.agents[i])
-    }
-
-    /// The stop stage last seen for an agent that is being stopped.
-    pub fn stopping(&self, id: &str) -> Option<&str> {
-        self.stopping.get(id).map(String::as_str)
     }
 
     /// Counts and totals.
@@ -438,13 +431,6 @@ impl Model {
             .enumerate()
             .map(|(i, s)| (s.agent_id.clone(), i))
             .collect();
-        let agents = &self.agents;
-        let by_id = &self.by_id;
-        self.stopping.retain(|id, _| {
-            by_id
-                .get(id)
-                .is_some_and(|&i| agents[i].persistent_status.is_live())
-        });
         self.link.refresh_error = None;
         self.loaded = true;
         self.stale = true;
@@ -462,9 +448,6 @@ impl Model {
 
     /// One agent's fresh status (`GET /v1/agents/{id}`).
     pub fn upsert(&mut self, s: AgentStatus) {
-        if !s.persistent_status.is_live() {
-            self.stopping.remove(&s.agent_id);
-        }
         match self.by_id.get(&s.agent_id) {
             Some(&i) => self.agents[i] = s,
             None => {
@@ -484,13 +467,14 @@ impl Model {
         if let Some(moved) = self.agents.get(i) {
             self.by_id.insert(moved.agent_id.clone(), i);
         }
-        self.stopping.remove(id);
         self.stale = true;
     }
 
     /// Applies what an event says at once, before the agent's fresh status
-    /// (which the loop fetches after any event but a progress report) arrives.
-    /// Returns whether the event was about an agent not known yet.
+    /// (which the loop fetches after any event but a progress report)
+    /// arrives: a progress report, and the committed state and stop of a
+    /// transition (its health comes with the fresh status). Returns whether
+    /// the event was about an agent not known yet.
     pub fn apply_event(&mut self, ev: &Event) -> bool {
         let Some(&i) = self.by_id.get(&ev.agent_id) else {
             return true;
@@ -499,55 +483,30 @@ impl Model {
         if ev.run < s.run {
             return false;
         }
-        let data = &ev.data;
-        let int = |k: &str| data.get(k).and_then(serde_json::Value::as_i64);
-        match ev.kind.as_str() {
-            "state" => {
-                if let Some(st) = data
-                    .get("status")
-                    .and_then(|v| v.as_str())
-                    .and_then(|v| v.parse::<PersistentStatus>().ok())
-                {
-                    s.persistent_status = st;
-                    s.run = ev.run;
-                    if !st.is_live() {
-                        self.stopping.remove(&ev.agent_id);
+        match &ev.body {
+            EventBody::State(st) => {
+                s.run = ev.run;
+                if let Some(state) = st.state {
+                    s.state = state;
+                    s.stop = st.stop.clone();
+                }
+                if let Some(status) = st.status {
+                    s.persistent_status = status;
+                    if !status.is_live() {
                         s.process_alive = false;
-                        s.exit_code = int("exit_code").and_then(|c| i32::try_from(c).ok());
-                        s.exit_signal = int("exit_signal").and_then(|c| i32::try_from(c).ok());
-                        // The daemon's own rule, until its fresh status arrives.
-                        s.health = match st {
-                            PersistentStatus::Completed => Health::Completed,
-                            PersistentStatus::Cancelled if s.exit_code == Some(0) => {
-                                Health::Completed
-                            }
-                            _ => Health::Failed,
-                        };
-                        s.end_reason = data
-                            .get("reason")
-                            .and_then(|v| v.as_str())
-                            .map(str::to_owned);
+                        s.exit_code = st.exit_code;
+                        s.exit_signal = st.exit_signal;
+                        s.end_reason = st.reason.clone();
                     }
                 }
-                if let Some(pid) = int("pid").and_then(|p| i32::try_from(p).ok()) {
+                if let Some(pid) = st.pid {
                     s.pid = Some(pid);
                 }
             }
-            "progress" => {
-                s.progress = int("progress").and_then(|p| u8::try_from(p).ok());
-                s.progress_message = data
-                    .get("message")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_owned);
+            EventBody::Progress(p) => {
+                s.progress = Some(p.progress);
+                s.progress_message = p.message.clone();
                 s.progress_at = Some(ev.at.clone());
-            }
-            "stop_stage" => {
-                let stage = data
-                    .get("stage")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("stop")
-                    .to_owned();
-                self.stopping.insert(ev.agent_id.clone(), stage);
             }
             _ => return false,
         }
@@ -627,6 +586,9 @@ impl Model {
                 PersistentStatus::Completed => c.completed += 1,
                 PersistentStatus::Failed => c.failed += 1,
                 PersistentStatus::Cancelled => c.cancelled += 1,
+            }
+            if s.state == AgentState::Stopping {
+                c.stopping += 1;
             }
             match s.health {
                 Health::Zombie => c.zombie += 1,
@@ -876,6 +838,8 @@ pub(crate) mod tests {
             cmdline: "sleep 3600".into(),
             health: Health::Healthy,
             persistent_status: PersistentStatus::Running,
+            state: AgentState::Running,
+            stop: None,
             started_at: "2026-11-26T10:30:00Z".into(),
             progress: None,
             progress_message: None,
@@ -904,6 +868,7 @@ pub(crate) mod tests {
     /// Marks an agent ended with `status` and `health`.
     pub fn ended(mut s: AgentStatus, status: PersistentStatus, health: Health) -> AgentStatus {
         s.persistent_status = status;
+        s.state = AgentState::Ended;
         s.health = health;
         s.process_alive = false;
         s.process_status = "dead".into();
@@ -949,7 +914,7 @@ pub(crate) mod tests {
         b.memory_mb = 100.0;
         b.runtime_seconds = 500.0;
         let c = ended(agent("c"), PersistentStatus::Failed, Health::Failed);
-        let mut d = ended(agent("d"), PersistentStatus::Cancelled, Health::Failed);
+        let mut d = ended(agent("d"), PersistentStatus::Cancelled, Health::Cancelled);
         d.restarts = 1;
         let mut e = agent("e");
         e.health = Health::Zombie;
@@ -1172,38 +1137,60 @@ pub(crate) mod tests {
     fn events_apply_at_once_and_counts_follow() {
         let mut m = model_of(fleet());
         assert_eq!(m.counts().running, 3);
-        let ev = |kind: &str, data: serde_json::Value| Event {
+        let ev = |body: EventBody| Event {
             seq: 1,
             at: "2026-11-26T10:31:00Z".into(),
             agent_id: "b".into(),
             run: 1,
-            kind: kind.into(),
-            data: data.as_object().unwrap().clone(),
+            body,
         };
-        assert!(!m.apply_event(&ev(
-            "progress",
-            serde_json::json!({"progress": 40, "message": "indexing"})
-        )));
-        assert!(!m.apply_event(&ev(
-            "stop_stage",
-            serde_json::json!({"stage": "term", "signal": "SIGTERM", "pid": 1000})
-        )));
+        assert!(
+            !m.apply_event(&ev(EventBody::Progress(corral_core::ProgressEvent {
+                progress: 40,
+                message: Some("indexing".into())
+            })))
+        );
+        let stop = corral_core::StopInfo {
+            stage: corral_core::StopStage::Term,
+            cause: corral_core::StopCause::User,
+            began_at: "2026-11-26T10:31:00Z".into(),
+            stage_deadline_at: Some("2026-11-26T10:31:10Z".into()),
+            unkillable: false,
+        };
+        assert!(
+            !m.apply_event(&ev(EventBody::State(corral_core::StateEvent {
+                state: Some(AgentState::Stopping),
+                stop: Some(stop),
+                ..Default::default()
+            })))
+        );
         m.prepare();
-        assert_eq!(m.stopping("b"), Some("term"));
-        assert!(!m.apply_event(&ev(
-            "state",
-            serde_json::json!({"status": "cancelled", "exit_code": null, "exit_signal": 15, "reason": "stopped on request"})
-        )));
+        assert_eq!(m.agent("b").unwrap().state, AgentState::Stopping);
+        assert_eq!(m.counts().stopping, 1);
+        assert!(
+            !m.apply_event(&ev(EventBody::State(corral_core::StateEvent {
+                state: Some(AgentState::Ended),
+                status: Some(PersistentStatus::Cancelled),
+                exit_signal: Some(15),
+                reason: Some("stopped on request".into()),
+                ..Default::default()
+            })))
+        );
         m.prepare();
         let b = m.agent("b").unwrap();
         assert_eq!(b.progress, Some(40));
         assert_eq!(b.progress_message.as_deref(), Some("indexing"));
         assert_eq!(b.persistent_status, PersistentStatus::Cancelled);
         assert_eq!(b.exit_signal, Some(15));
-        assert_eq!(m.stopping("b"), None);
+        assert_eq!(b.state, AgentState::Ended);
+        assert_eq!(b.stop, None);
+        assert_eq!(m.counts().stopping, 0);
         assert_eq!(m.counts().running, 2);
         assert_eq!(m.counts().cancelled, 2);
-        let mut unknown = ev("state", serde_json::json!({"status": "spawning"}));
+        let mut unknown = ev(EventBody::State(corral_core::StateEvent {
+            status: Some(PersistentStatus::Spawning),
+            ..Default::default()
+        }));
         unknown.agent_id = "new".into();
         assert!(m.apply_event(&unknown), "an unknown agent is to be fetched");
         let mut new = agent("new");

@@ -12,7 +12,7 @@
 
 use std::borrow::Cow;
 
-use corral_core::{AgentStatus, ProbeState};
+use corral_core::{AgentState, AgentStatus, ProbeState};
 use ratatui::Frame;
 use ratatui::layout::{Alignment, Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
@@ -89,6 +89,7 @@ fn render_header(frame: &mut Frame<'_>, area: Rect, m: &Model) {
     let parts = [
         (c.running, "running", Color::Green, true),
         (c.spawning, "spawning", Color::Cyan, false),
+        (c.stopping, "stopping", Color::Yellow, false),
         (c.failed, "failed", Color::Red, true),
         (c.completed, "completed", Color::DarkGray, true),
         (c.cancelled, "cancelled", Color::DarkGray, true),
@@ -173,7 +174,7 @@ fn columns(id_width: u16) -> [(&'static str, Constraint, bool); 11] {
         ("ID", Constraint::Length(id_width), false),
         ("PID", Constraint::Length(7), true),
         ("HEALTH", Constraint::Length(9), false),
-        ("STATUS", Constraint::Length(9), false),
+        ("STATE", Constraint::Length(9), false),
         ("READY", Constraint::Length(5), false),
         ("CPU%", Constraint::Length(6), true),
         ("MEM", Constraint::Length(8), true),
@@ -253,7 +254,7 @@ fn render_table(frame: &mut Frame<'_>, area: Rect, m: &Model) {
     }));
     let rows = (offset..(offset + visible).min(m.row_count()))
         .filter_map(|n| m.row(n))
-        .map(|s| agent_row(s, m.stopping(&s.agent_id), usize::from(id_width), bar));
+        .map(|s| agent_row(s, usize::from(id_width), bar));
     let table = Table::new(rows, cols.iter().map(|(_, w, _)| *w))
         .header(header)
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
@@ -271,18 +272,14 @@ fn align(line: Line<'_>, right: bool) -> Cell<'_> {
     })
 }
 
-fn agent_row<'a>(
-    s: &'a AgentStatus,
-    stopping: Option<&str>,
-    id_width: usize,
-    bar: usize,
-) -> Row<'a> {
+fn agent_row(s: &AgentStatus, id_width: usize, bar: usize) -> Row<'_> {
     let t = tone(s);
     let alive = s.process_alive;
     let live = |text: String| if alive { text } else { "-".into() };
-    let status = match stopping {
-        Some(_) => Span::styled("stopping", Style::new().fg(Color::Yellow)),
-        None => Span::raw(s.persistent_status.as_str()),
+    let status = match s.state {
+        AgentState::Stopping => Span::styled("stopping", Style::new().fg(Color::Yellow)),
+        AgentState::Backoff => Span::styled("backoff", Style::new().fg(Color::Cyan)),
+        state => Span::raw(state.as_str()),
     };
     let ready = match s.ready {
         Some(true) => Span::styled("yes", Style::new().fg(Color::Green)),
@@ -467,7 +464,7 @@ fn render_detail(frame: &mut Frame<'_>, area: Rect, m: &Model, d: &Detail) {
         Layout::horizontal([Constraint::Length(fields_width), Constraint::Fill(1)]).areas(area);
     let title = format!(" {} · run {} ", fit(&s.agent_id, 40), s.run);
     let width = usize::from(left.width.saturating_sub(2));
-    let lines = fields(s, m.stopping(&s.agent_id), width);
+    let lines = fields(s, width);
     // Scrolled at most so far that the last field stays in view.
     let most = lines
         .len()
@@ -554,11 +551,14 @@ fn probe_line(p: Option<&ProbeState>) -> String {
 }
 
 /// Every status field, wrapped to `width`.
-fn fields(s: &AgentStatus, stopping: Option<&str>, width: usize) -> Vec<Line<'static>> {
+fn fields(s: &AgentStatus, width: usize) -> Vec<Line<'static>> {
     let t = tone(s);
-    let status = match stopping {
-        Some(stage) => format!("{} (stopping: {stage})", s.persistent_status),
-        None => s.persistent_status.to_string(),
+    let state = match &s.stop {
+        Some(stop) if stop.unkillable => {
+            format!("{} ({} stop; survived SIGKILL)", s.state, stop.cause)
+        }
+        Some(stop) => format!("{} ({} stop, stage {})", s.state, stop.cause, stop.stage),
+        None => s.state.to_string(),
     };
     let process = format!(
         "{}{}{}",
@@ -628,7 +628,8 @@ fn fields(s: &AgentStatus, stopping: Option<&str>, width: usize) -> Vec<Line<'st
             s.health.to_string(),
             Style::new().fg(tone_color(t)),
         ),
-        ("status", status, plain),
+        ("state", state, plain),
+        ("status", s.persistent_status.to_string(), plain),
         ("process", process, plain),
         ("pid", opt(s.pid), plain),
         ("exit code", opt(s.exit_code), plain),
@@ -898,6 +899,7 @@ mod tests {
         long.runtime_seconds = 3.0;
         long.process_alive = true;
         long.persistent_status = PersistentStatus::Spawning;
+        long.state = AgentState::Starting;
         long.progress = Some(100);
         let mut done = ended(
             agent("report"),
@@ -905,7 +907,7 @@ mod tests {
             Health::Completed,
         );
         done.exit_code = Some(0);
-        let mut stopped = ended(agent("old"), PersistentStatus::Cancelled, Health::Failed);
+        let mut stopped = ended(agent("old"), PersistentStatus::Cancelled, Health::Cancelled);
         stopped.exit_signal = Some(15);
         stopped.runtime_seconds = 86400.0 * 2.0 + 7200.0;
         let mut m = Model::new();
@@ -948,12 +950,26 @@ mod tests {
         let stopped = ended(
             agent("stopped"),
             PersistentStatus::Cancelled,
-            Health::Failed,
+            Health::Cancelled,
         );
         m.set_snapshot([("stopped".to_owned(), stopped)].into());
         let buf = draw(&mut m, 120, 8);
-        let &(x, y) = find(&buf, " failed ").iter().find(|(_, y)| *y > 3).unwrap();
+        let &(x, y) = find(&buf, " cancelled ")
+            .iter()
+            .find(|(_, y)| *y > 3)
+            .unwrap();
         assert_eq!(buf[(x + 1, y)].fg, Color::DarkGray);
+        // A stop under way is yellow in the state column.
+        let mut m = Model::new();
+        let mut stopping = agent("s1");
+        stopping.state = AgentState::Stopping;
+        m.set_snapshot([("s1".to_owned(), stopping)].into());
+        let buf = draw(&mut m, 120, 8);
+        let &(x, y) = find(&buf, " stopping ")
+            .iter()
+            .find(|(_, y)| *y > 3)
+            .unwrap();
+        assert_eq!(buf[(x + 1, y)].fg, Color::Yellow);
     }
 
     #[test]

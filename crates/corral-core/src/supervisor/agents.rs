@@ -1,0 +1,355 @@
+//! The supervisor's public methods for spawning agents and reading them:
+//! spawns (one or a batch), statuses, listings, the summary, health,
+//! progress, waiting, runs and log files, events. Every read answers from the
+//! owners' published views (and the store for history), never from an owner
+//! itself: a read never waits for an agent's work.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::{Error, Result};
+use crate::id::AgentId;
+use crate::model::{
+    AgentStatus, HealthReport, PersistentStatus, ProcessSummary, ProgressUpdate, RunInfo,
+    SpawnRequest, SpawnResponse,
+};
+use crate::platform;
+
+use super::view::{Published, View};
+use super::{Cmd, MAX_PROGRESS_MESSAGE, Supervisor, blocking, lock, owner, reaper, spec};
+use crate::store;
+
+impl Supervisor {
+    /// Stored events after `seq` (oldest first, at most `limit`).
+    pub async fn events_since(&self, seq: i64, limit: usize) -> Result<Vec<crate::model::Event>> {
+        let store = self.sh.store.clone();
+        blocking(move || store.events_since(seq, limit)).await
+    }
+
+    /// Watches the newest event's sequence number (changes after each commit that adds events).
+    pub fn subscribe_events(&self) -> watch::Receiver<i64> {
+        self.sh.store.subscribe_events()
+    }
+
+    pub(super) fn published(
+        &self,
+        id: &AgentId,
+    ) -> Result<(Published, mpsc::UnboundedSender<Cmd>)> {
+        let reg = lock(&self.sh.registry);
+        match reg.get(id) {
+            Some(slot) if slot.published.borrow().view.is_some() => {
+                Ok((slot.published.borrow().clone(), slot.tx.clone()))
+            }
+            _ => Err(Error::NotFound {
+                agent_id: id.to_string(),
+            }),
+        }
+    }
+
+    pub(super) fn view(&self, id: &AgentId) -> Result<Arc<View>> {
+        self.published(id)?.0.view.ok_or_else(|| Error::NotFound {
+            agent_id: id.to_string(),
+        })
+    }
+
+    /// Every agent's latest view, by id.
+    pub(super) fn views(&self) -> Vec<Arc<View>> {
+        lock(&self.sh.registry)
+            .values()
+            .filter_map(|slot| slot.published.borrow().view.clone())
+            .collect()
+    }
+
+    /// One agent's status: the seed's `get_agent_status`. Answers from the
+    /// agent's last committed state and a live check of its process.
+    pub fn get_agent_status(&self, id: &AgentId) -> Result<AgentStatus> {
+        Ok(self.view(id)?.status())
+    }
+
+    /// Every agent's status, by id: the seed's `monitor_all_agents`.
+    pub fn monitor_all_agents(&self) -> BTreeMap<String, AgentStatus> {
+        self.views()
+            .iter()
+            .map(|v| (v.id.to_string(), v.status()))
+            .collect()
+    }
+
+    /// Counts by state and summed resources: the seed's `get_process_summary`.
+    pub fn get_process_summary(&self) -> ProcessSummary {
+        let mut sum = ProcessSummary::default();
+        for status in self.views().iter().map(|v| v.status()) {
+            sum.total += 1;
+            match status.persistent_status {
+                PersistentStatus::Spawning => sum.spawning += 1,
+                PersistentStatus::Running => sum.running += 1,
+                PersistentStatus::Completed => sum.completed += 1,
+                PersistentStatus::Failed => sum.failed += 1,
+                PersistentStatus::Cancelled => sum.cancelled += 1,
+            }
+            if status.is_zombie {
+                sum.zombie += 1;
+            }
+            sum.total_memory_mb += status.memory_mb;
+            sum.total_cpu_percent += status.cpu_percent;
+        }
+        sum
+    }
+
+    /// True when the agent is alive and not a zombie: the seed's `check_process_health`.
+    pub fn check_process_health(&self, id: &AgentId) -> Result<bool> {
+        Ok(self.health_report(id)?.healthy)
+    }
+
+    /// `check_process_health` with the health word.
+    pub fn health_report(&self, id: &AgentId) -> Result<HealthReport> {
+        let status = self.get_agent_status(id)?;
+        Ok(HealthReport {
+            agent_id: status.agent_id,
+            healthy: status.health == crate::model::Health::Healthy,
+            health: status.health,
+        })
+    }
+
+    /// Starts an agent and verifies it: the seed's `spawn_agent`.
+    ///
+    /// Returns an error, with the OS reason, when the program cannot be started
+    /// (the run is then recorded as failed). Otherwise answers at the end of the
+    /// verification window (`verify_ms`; at once after a successful exec with 0),
+    /// or as soon as the agent exits inside it: it is then reported `completed`
+    /// or `failed` with its exit code and the tail of its stderr. The work goes
+    /// on if the caller stops waiting.
+    ///
+    /// An agent placed on a cluster engine (`placement`, or the supervisor's
+    /// [`Config::default_placement`]) answers once its job ran through the
+    /// window, or ended, or after 5 s in the engine's queue (`spawning`, with
+    /// the engine's pending reason in `placement`).
+    pub async fn spawn_agent(&self, mut req: SpawnRequest) -> Result<SpawnResponse> {
+        self.refuse_if_failing()?;
+        if req.placement.is_none() {
+            req.placement = self.sh.config.default_placement.clone();
+        }
+        let user = self.resolve_user(&req).await?;
+        let spec = spec::check(req, &self.sh.config.state_dir, user)?;
+        let (reply, answer) = oneshot::channel();
+        self.launch(spec, owner::Start::Fresh(Some(reply)))?;
+        answer.await.unwrap_or(Err(Error::StoreClosed))
+    }
+
+    /// Spawns many agents at once: every verification window runs at the same
+    /// time, and one bad request fails alone. Results are in request order.
+    pub async fn spawn_batch(&self, reqs: Vec<SpawnRequest>) -> Vec<Result<SpawnResponse>> {
+        let spawns = reqs.into_iter().map(|req| {
+            let sup = self.clone();
+            async move { sup.spawn_agent(req).await }
+        });
+        let results = futures_util::future::join_all(spawns).await;
+        // A burst of spawns leaves the allocator holding the peak of all their
+        // work at once; give what is free back to the system (a few ms).
+        let _ = tokio::task::spawn_blocking(platform::release_free_memory).await;
+        results
+    }
+
+    async fn resolve_user(&self, req: &SpawnRequest) -> Result<Option<platform::files::User>> {
+        let Some(name) = req.user.clone() else {
+            return Ok(None);
+        };
+        let id = crate::model::elide(&req.agent_id, 100);
+        if !rustix::process::geteuid().is_root() {
+            return Err(Error::invalid(
+                &id,
+                format!(
+                    "user {name:?}: agents can run as another user only when the daemon runs as root (it runs as uid {})",
+                    rustix::process::geteuid().as_raw()
+                ),
+            ));
+        }
+        let looked_up = {
+            let name = name.clone();
+            blocking(move || Ok(platform::files::lookup_user(&name))).await?
+        };
+        match looked_up {
+            Ok(Some(user)) => Ok(Some(user)),
+            Ok(None) => Err(Error::invalid(&id, format!("user {name:?} does not exist"))),
+            Err(e) => Err(Error::invalid(
+                &id,
+                format!("user {name:?}: cannot look it up: {e}"),
+            )),
+        }
+    }
+
+    fn launch(&self, spec: spec::Spec, start: owner::Start) -> Result<()> {
+        super::launch(&self.sh, spec, start, false).map(drop)
+    }
+
+    /// Records progress reported by (or for) a live agent: 0–100 and an optional
+    /// message. `caller` is the pid of the process that sent it, when known (a
+    /// Unix-socket peer): a process inside another agent is refused.
+    pub async fn set_progress(
+        &self,
+        id: &AgentId,
+        update: ProgressUpdate,
+        caller: Option<i32>,
+    ) -> Result<AgentStatus> {
+        self.refuse_if_failing()?;
+        let progress = u8::try_from(update.progress)
+            .ok()
+            .filter(|p| *p <= 100)
+            .ok_or_else(|| {
+                Error::invalid(
+                    id,
+                    format!("progress must be 0–100; got {}", update.progress),
+                )
+            })?;
+        if update
+            .message
+            .as_ref()
+            .is_some_and(|m| m.len() > MAX_PROGRESS_MESSAGE)
+        {
+            return Err(Error::invalid(
+                id,
+                format!("progress message must be at most {MAX_PROGRESS_MESSAGE} bytes"),
+            ));
+        }
+        if let Some(pid) = caller
+            && let Some(sender) = self.agent_of_process(pid).await
+            && &sender != id
+        {
+            return Err(Error::Forbidden {
+                agent_id: id.to_string(),
+                reason: format!(
+                    "progress for {id} was sent from inside agent {sender} (pid {pid}); an agent reports only for itself"
+                ),
+            });
+        }
+        let (published, tx) = self.published(id)?;
+        let (reply, answer) = oneshot::channel();
+        let sent = tx.send(Cmd::Progress {
+            progress,
+            message: update.message,
+            reply,
+        });
+        let not_live = || {
+            let status = published
+                .view
+                .as_ref()
+                .map_or("unknown".into(), |v| v.status.to_string());
+            Error::invalid(
+                id,
+                format!("progress is only taken from a live agent; this run is {status}"),
+            )
+        };
+        if sent.is_err() {
+            return Err(not_live());
+        }
+        answer.await.unwrap_or_else(|_| Err(not_live()))?;
+        self.get_agent_status(id)
+    }
+
+    /// The agent a process belongs to: by its cgroup leaf, else by its session or
+    /// an ancestor being an agent, else by the `CORRAL_AGENT_ID` it inherited.
+    pub async fn agent_of_process(&self, pid: i32) -> Option<AgentId> {
+        let live: HashMap<i32, AgentId> = self
+            .views()
+            .iter()
+            .filter_map(|v| v.proc_.as_ref().map(|p| (p.handle.pid(), v.id.clone())))
+            .collect();
+        let root = self.sh.cgroup.as_ref().ok().map(|r| r.dir().to_owned());
+        blocking(move || Ok(reaper::agent_of_process(pid, &live, root.as_deref())))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Waits until the agent's current run has ended and will not be restarted;
+    /// its status then. [`Error::Timeout`] after `timeout`.
+    pub async fn wait(&self, id: &AgentId, timeout: Duration) -> Result<AgentStatus> {
+        let mut published = {
+            let reg = lock(&self.sh.registry);
+            match reg.get(id) {
+                Some(slot) if slot.published.borrow().view.is_some() => slot.published.clone(),
+                _ => {
+                    return Err(Error::NotFound {
+                        agent_id: id.to_string(),
+                    });
+                }
+            }
+        };
+        let done = published.wait_for(|p| !p.busy);
+        match tokio::time::timeout(timeout, done).await {
+            Ok(Ok(p)) => p
+                .view
+                .as_ref()
+                .map(|v| v.status())
+                .ok_or_else(|| Error::NotFound {
+                    agent_id: id.to_string(),
+                }),
+            // The owner was replaced (a new spawn of the id): report its current state.
+            Ok(Err(_)) => self.get_agent_status(id),
+            Err(_) => Err(Error::Timeout {
+                agent_id: id.to_string(),
+                waited_s: timeout.as_secs_f64(),
+            }),
+        }
+    }
+
+    /// Every stored run of an agent, oldest first.
+    pub async fn runs(&self, id: &AgentId) -> Result<Vec<RunInfo>> {
+        let store = self.sh.store.clone();
+        let key = id.to_string();
+        let runs = blocking(move || store.runs(&key)).await?;
+        if runs.is_empty() {
+            return Err(Error::NotFound {
+                agent_id: id.to_string(),
+            });
+        }
+        Ok(runs.iter().map(run_info).collect())
+    }
+
+    /// The log file of run `run` (the current run when `None`) and stream
+    /// (`stdout` or `stderr`), and whether that run is still going.
+    pub async fn log_file(
+        &self,
+        id: &AgentId,
+        run: Option<u32>,
+        stderr: bool,
+    ) -> Result<(PathBuf, bool)> {
+        let current = self.view(id)?;
+        let name = if stderr { "stderr.log" } else { "stdout.log" };
+        match run {
+            None => Ok((current.log_dir.join(name), current.status.is_live())),
+            Some(n) if n == current.run => {
+                Ok((current.log_dir.join(name), current.status.is_live()))
+            }
+            Some(n) => {
+                let store = self.sh.store.clone();
+                let key = id.to_string();
+                let rec = blocking(move || store.run(&key, n)).await?;
+                let rec = rec.ok_or_else(|| Error::RunNotFound {
+                    agent_id: id.to_string(),
+                    run: n,
+                    last: current.run,
+                })?;
+                Ok((rec.log_dir.join(name), rec.status.is_live()))
+            }
+        }
+    }
+}
+
+fn run_info(rec: &store::RunRecord) -> RunInfo {
+    RunInfo {
+        run: rec.run,
+        pid: rec.pid,
+        started_at: rec.started_at.clone(),
+        ended_at: rec.ended_at.clone(),
+        persistent_status: rec.status,
+        exit_code: rec.exit_code,
+        exit_signal: rec.exit_signal,
+        end_reason: rec.end_reason.clone(),
+        stdout_log: rec.log_dir.join("stdout.log"),
+        stderr_log: rec.log_dir.join("stderr.log"),
+    }
+}

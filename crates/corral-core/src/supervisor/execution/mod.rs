@@ -1,0 +1,208 @@
+//! Where an agent's runs execute: this host, or a cluster engine.
+//!
+//! The seam. An agent's life — spawn → verify → observe → staged stop → end →
+//! record, restarts included — is its owner's, whatever the placement: the
+//! lifecycle (`lifecycle/`), the records, events, restart policy, spawn
+//! answers and stop reports are shared. What differs is *how* a run does each
+//! step, and the owner asks the run's [`Execution`] at exactly these points:
+//!
+//! | step | this host ([`LocalRun`], `local.rs`, `tree.rs`) | Slurm ([`JobRun`], `job.rs`) |
+//! |---|---|---|
+//! | start | files, then `clone3` into a cgroup leaf | files and a batch script, then `sbatch` |
+//! | started | the exec succeeded | the engine says RUNNING |
+//! | verify | alive when the window closes (pidfd) | RUNNING in a poll begun after the window |
+//! | observe | the sampler's `/proc` scan | the engine's batched poll and `sstat` |
+//! | end | pidfd readable, exit read `WNOWAIT` | a final state, exit from the engine |
+//! | leftovers | the cgroup leaf, or group, session and orphans | the engine's (`scancel --full`) |
+//! | stop stage | signal the group, members, `cgroup.kill` | `scancel --signal=TERM --full` ×2, then KILL |
+//! | gone | no member left in `/proc` | ended, and nothing left in `/proc` when on this host |
+//! | adopt | same pid, start time and boot | same job id, name and tag |
+
+pub(crate) mod job;
+pub(crate) mod local;
+pub(crate) mod slurm;
+pub(crate) mod tree;
+
+use std::time::Instant;
+
+use crate::model::{Placement, SlurmPlacement, StopStage};
+
+pub(crate) use job::JobRun;
+pub(crate) use local::LocalRun;
+pub(crate) use tree::{Look, Remnant};
+
+use super::Shared;
+
+/// Where the current run executes.
+pub(crate) enum Execution {
+    /// A process tree on this host.
+    Local(LocalRun),
+    /// A job on a cluster engine.
+    Job(Box<JobRun>),
+    /// What is left on this host of a run whose main process is gone (found
+    /// by a new daemon): stopped like leftovers.
+    Remnant(Box<Remnant>),
+}
+
+/// What woke an owner about its run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// The main process exited.
+    MainExit,
+    /// The tree being stopped may have changed: look again.
+    Tree,
+    /// The job's state changed.
+    Job,
+}
+
+impl Execution {
+    /// Resolves when something about the run changed (`stopping`: a stop
+    /// watches the tree too).
+    pub(crate) async fn event(&mut self, stopping: bool) -> Event {
+        match self {
+            Self::Local(run) => run.event(stopping).await,
+            Self::Job(job) => job.event().await,
+            Self::Remnant(r) => {
+                r.changed().await;
+                Event::Tree
+            }
+        }
+    }
+
+    /// The main process's pid (none on an engine).
+    pub(crate) fn pid(&self) -> Option<i32> {
+        match self {
+            Self::Local(run) => Some(run.pid()),
+            Self::Job(_) | Self::Remnant(_) => None,
+        }
+    }
+
+    /// Since when it runs (monotonic), for the runtime limit; none while queued.
+    pub(crate) fn running_since(&self) -> Option<Instant> {
+        match self {
+            Self::Local(run) => Some(run.started),
+            Self::Job(job) => job.running_since,
+            Self::Remnant(_) => None,
+        }
+    }
+
+    /// The main process's end has been read (or the engine reported it).
+    pub(crate) fn main_exited(&self) -> bool {
+        match self {
+            Self::Local(run) => run.exited,
+            Self::Job(job) => job.ended,
+            Self::Remnant(_) => true,
+        }
+    }
+
+    /// The main process's end is on record (and ours is reaped).
+    pub(crate) fn main_recorded(&self) -> bool {
+        match self {
+            Self::Local(run) => run.ended,
+            Self::Job(job) => job.recorded,
+            Self::Remnant(_) => true,
+        }
+    }
+
+    pub(crate) fn set_probes(&mut self, task: Option<tokio::task::JoinHandle<()>>) {
+        match self {
+            Self::Local(run) => run.probes = task,
+            Self::Job(job) => job.probes = task,
+            Self::Remnant(_) => drop(task),
+        }
+    }
+
+    /// Sends `stage`'s signal to the run (once per stage).
+    pub(crate) fn open_stage(&mut self, sh: &Shared, stage: StopStage) {
+        match self {
+            Self::Local(run) => run.open_stage(sh, stage),
+            Self::Job(job) => job.open_stage(stage),
+            Self::Remnant(r) => r.open_stage(sh, stage),
+        }
+    }
+
+    /// One look at what is left of the run, signalling what is new.
+    pub(crate) async fn look(
+        &mut self,
+        sh: &std::sync::Arc<Shared>,
+        agent_id: &str,
+        stage: StopStage,
+    ) -> Look {
+        match self {
+            Self::Local(run) => run.look(sh, agent_id, stage).await,
+            Self::Job(job) => job.look(agent_id).await,
+            Self::Remnant(r) => r.look(sh, agent_id, stage).await,
+        }
+    }
+
+    /// Whether the main process left something of its tree running (asked
+    /// once it has exited, before its end is recorded).
+    pub(crate) async fn leftovers(&mut self, sh: &std::sync::Arc<Shared>, agent_id: &str) -> bool {
+        match self {
+            Self::Local(run) => run.leftovers(sh, agent_id).await,
+            // The engine ends a job with its whole allocation.
+            Self::Job(_) => false,
+            Self::Remnant(r) => r.leftovers(sh, agent_id).await,
+        }
+    }
+
+    /// Until when something signalled moments ago may still be dying.
+    pub(crate) fn settle_until(&self) -> Option<Instant> {
+        match self {
+            Self::Local(run) => run.settle_until(),
+            Self::Job(job) => job.settle_until(),
+            Self::Remnant(r) => r.settle_until(),
+        }
+    }
+
+    /// Members of the tree a stop has seen (none known on an engine).
+    pub(crate) fn descendants(&self) -> Option<u32> {
+        match self {
+            Self::Local(run) => Some(run.descendants()),
+            Self::Job(_) => None,
+            Self::Remnant(r) => Some(r.descendants()),
+        }
+    }
+
+    /// The run's cgroup leaf, when it has one.
+    pub(crate) fn leaf(&self) -> Option<&crate::platform::cgroup::Leaf> {
+        match self {
+            Self::Local(run) => run.leaf(),
+            Self::Job(_) => None,
+            Self::Remnant(r) => r.leaf(),
+        }
+    }
+}
+
+/// The Slurm placement of a request, if it has one.
+pub(crate) fn slurm_of(placement: Option<&Placement>) -> Option<&SlurmPlacement> {
+    placement.and_then(|p| p.slurm.as_ref())
+}
+
+/// A tag that names a run among every job of a cluster: this host, this
+/// state dir, the run's row. Written into the job's comment at submission and
+/// looked for again after a daemon restart, before the job id is on record.
+pub(crate) fn job_tag(host: &str, state_dir: &std::path::Path, run_id: i64) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    // FNV-1a: stable across builds and runs (unlike the std hasher).
+    let hash = state_dir
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("corral:{host}:{hash:016x}:{run_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_tag_names_host_state_dir_and_run() {
+        let a = super::job_tag("vm", std::path::Path::new("/s/one"), 7);
+        assert_eq!(a, super::job_tag("vm", std::path::Path::new("/s/one"), 7));
+        assert_ne!(a, super::job_tag("vm", std::path::Path::new("/s/two"), 7));
+        assert_ne!(a, super::job_tag("vm", std::path::Path::new("/s/one"), 8));
+        assert!(a.starts_with("corral:vm:") && a.ends_with(":7"), "{a}");
+    }
+}

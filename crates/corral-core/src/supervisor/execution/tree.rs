@@ -1,0 +1,594 @@
+//! Stopping a local run's whole process tree: what each stage signals, and
+//! when nothing of the tree is left.
+//!
+//! The stage and its deadline belong to the lifecycle; this module does the
+//! work on the tree. Opening a stage signals the agent's group through its
+//! still-unreaped pid (and, in the kill stage, writes `cgroup.kill`). Each look
+//! re-reads the process table (shared by concurrent stops, [`TableCache`]),
+//! signals every member not yet signalled in the stage through a pidfd opened
+//! with its start time checked, and watches those pidfds, so a member's exit,
+//! an orphan sweep or a short recheck wakes the owner to look again.
+//!
+//! The tree is gone when the main process's end is on record (and, ours, it is
+//! reaped), no member is alive, the cgroup leaf is empty, and every zombie
+//! member that is this process's child is reaped: a member leaves
+//! `cgroup.procs` when it exits, not when it is reaped, so an empty leaf alone
+//! does not mean nothing is left in `/proc`. Zombies of other parents (a
+//! re-adopted agent whose old parent does not reap) cannot be reaped here and
+//! count as gone; their status says `zombie`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+
+use crate::model::StopStage;
+use crate::platform::{self, ProcEntry, ProcessHandle, cgroup::Leaf};
+use crate::tree;
+
+use super::super::{Shared, lock};
+use super::local::LocalRun;
+
+/// How long a process SIGKILLed at the last moment gets to die before the
+/// tree counts as having survived.
+pub(crate) const KILL_SETTLE: Duration = Duration::from_millis(250);
+/// How often a stop looks again when no event can wake it (a populated cgroup
+/// whose members are not all known, zombies waiting for their parents).
+const RECHECK: Duration = Duration::from_millis(10);
+
+/// What a stop has seen and done to a tree.
+pub(crate) struct Tracker {
+    /// Every member seen: (pid, start ticks).
+    seen: HashSet<(i32, u64)>,
+    /// Members signalled in the current stage.
+    signalled: HashSet<(i32, u64)>,
+    /// The stage whose signal has gone to the agent's group.
+    opened: Option<StopStage>,
+    /// Pidfds of signalled members, to wake when one exits.
+    watch: Vec<AsyncFd<Arc<ProcessHandle>>>,
+    /// Orphan sweeps (a zombie member may be reaped by one).
+    reaps: watch::Receiver<u64>,
+    /// Look again then when nothing else can wake the stop.
+    recheck: Option<Instant>,
+    /// When a member was last signalled.
+    last_signal: Option<Instant>,
+}
+
+impl Tracker {
+    fn new(sh: &Shared) -> Self {
+        Self {
+            seen: HashSet::new(),
+            signalled: HashSet::new(),
+            opened: None,
+            watch: Vec::new(),
+            reaps: sh.reaps.subscribe(),
+            recheck: None,
+            last_signal: None,
+        }
+    }
+}
+
+impl Tracker {
+    /// The members of a tree whose main process is gone: those known, those
+    /// `contained` in its cgroup, its orphans, and their descendants.
+    fn members(&self, table: &tree::Snapshot, agent_id: &str, contained: &[i32]) -> Vec<ProcEntry> {
+        tree::members(
+            table,
+            &tree::Lookup {
+                leader: 0,
+                leader_start: 0,
+                leader_unreaped: false,
+                daemon: std::process::id() as i32,
+                known: &self.seen,
+                agent_id,
+                contained,
+            },
+        )
+    }
+}
+
+/// What one look at a tree found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Look {
+    /// Nothing of the run is left but the main process, whose exit has been
+    /// read (its owner records its end, then reaps it).
+    Gone,
+    /// The main process has exited and its exit has not been read: do that first.
+    MainExited,
+    /// Members are left; they have the stage's signal.
+    Left,
+}
+
+fn signal_of(stage: StopStage) -> Signal {
+    if stage == StopStage::Kill {
+        Signal::KILL
+    } else {
+        Signal::TERM
+    }
+}
+
+impl LocalRun {
+    fn tracker(&mut self, sh: &Shared) -> &mut Tracker {
+        self.track.get_or_insert_with(|| Box::new(Tracker::new(sh)))
+    }
+
+    /// Sends `stage`'s signal to the agent's group (and, in the kill stage,
+    /// `cgroup.kill`) once per stage: the stage's wait counts from its start,
+    /// however long the scan for the rest of the tree takes.
+    pub(crate) fn open_stage(&mut self, sh: &Shared, stage: StopStage) {
+        if self.track.as_ref().is_some_and(|t| t.opened == Some(stage)) {
+            return;
+        }
+        let leader = (self.pid(), self.proc_.handle.start_ticks());
+        if stage == StopStage::Kill
+            && let Some(leaf) = self.leaf()
+            && let Err(e) = leaf.kill()
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(pid = leader.0, error = %e, "cgroup.kill failed");
+        }
+        let sent = (!self.exited).then(|| self.proc_.handle.signal_group(signal_of(stage)));
+        let t = self.tracker(sh);
+        if t.opened.is_some() {
+            t.signalled.clear();
+        }
+        t.opened = Some(stage);
+        if let Some(sent) = sent {
+            if let Err(e) = sent {
+                tracing::warn!(pid = leader.0, error = %e, "signal failed");
+            }
+            t.signalled.insert(leader);
+        }
+        t.last_signal = Some(Instant::now());
+    }
+
+    /// Looks at the tree once: finishes when nothing is left, else signals
+    /// what is new with `stage`'s signal (opening the stage if it is not).
+    pub(crate) async fn look(
+        &mut self,
+        sh: &Arc<Shared>,
+        agent_id: &str,
+        stage: StopStage,
+    ) -> Look {
+        if !self.exited && self.proc_.handle.has_exited() {
+            return Look::MainExited;
+        }
+        // With a cgroup, an empty leaf after a first look means every member
+        // found has exited: only zombies can be left, and those of ours are
+        // reaped here. No second scan of the process table.
+        let fast = self.exited
+            && self.track.as_ref().is_some_and(|t| {
+                !t.seen.is_empty() && t.watch.iter().all(|h| h.get_ref().has_exited())
+            })
+            && self.leaf().is_some_and(|l| !l.populated());
+        if fast {
+            let seen: Vec<(i32, u64)> = self
+                .track
+                .as_ref()
+                .map(|t| t.seen.iter().copied().collect())
+                .unwrap_or_default();
+            if settle_zombies(sh, seen).await {
+                return Look::Gone;
+            }
+        }
+        let table = sh.tables.fresh(Instant::now(), sh).await;
+        let leader = (self.pid(), self.proc_.handle.start_ticks());
+        let (exited, unreaped) = (self.exited, !self.ended);
+        let contained = self.leaf().map(Leaf::pids).unwrap_or_default();
+        let t = self.tracker(sh);
+        t.reaps.borrow_and_update();
+        let members = tree::members(
+            &table,
+            &tree::Lookup {
+                leader: leader.0,
+                leader_start: leader.1,
+                leader_unreaped: unreaped,
+                daemon: std::process::id() as i32,
+                known: &t.seen,
+                agent_id,
+                contained: &contained,
+            },
+        );
+        t.seen
+            .extend(members.iter().map(|m| (m.pid, m.start_ticks)));
+        let me = std::process::id() as i32;
+        let others: Vec<&ProcEntry> = members
+            .iter()
+            .filter(|m| (m.pid, m.start_ticks) != leader)
+            .collect();
+        let alive = others.iter().any(|m| m.state != 'Z');
+        let our_zombies: Vec<(i32, u64)> = others
+            .iter()
+            .filter(|m| m.state == 'Z' && m.ppid == me)
+            .map(|m| (m.pid, m.start_ticks))
+            .collect();
+        if !alive && exited && !self.leaf().is_some_and(Leaf::populated) {
+            if our_zombies.is_empty() || settle_zombies(sh, our_zombies).await {
+                return Look::Gone;
+            }
+            self.tracker(sh).recheck = Some(Instant::now() + RECHECK);
+            return Look::Left;
+        }
+        if self.track.as_ref().is_none_or(|t| t.opened != Some(stage)) {
+            self.open_stage(sh, stage);
+        }
+        let t = self.tracker(sh);
+        signal_members(t, &members, leader, stage);
+        t.watch.retain(|h| !h.get_ref().has_exited());
+        // Only a populated cgroup, zombies or the main's own end are left: no
+        // event to wait for, look again soon.
+        t.recheck = (t.watch.is_empty() && exited).then(|| Instant::now() + RECHECK);
+        Look::Left
+    }
+
+    /// Whether something of the tree still runs besides the main process,
+    /// which has exited (its exit read, not yet reaped: its group and session
+    /// ids cannot have been reused).
+    pub(crate) async fn leftovers(&mut self, sh: &Arc<Shared>, agent_id: &str) -> bool {
+        if let Some(leaf) = self.leaf() {
+            // An exited member leaves cgroup.procs at once, zombie or not.
+            return leaf.populated();
+        }
+        let table = sh.tables.fresh(Instant::now(), sh).await;
+        let leader = (self.pid(), self.proc_.handle.start_ticks());
+        let none = HashSet::new();
+        tree::members(
+            &table,
+            &tree::Lookup {
+                leader: leader.0,
+                leader_start: leader.1,
+                leader_unreaped: !self.ended,
+                daemon: std::process::id() as i32,
+                known: &none,
+                agent_id,
+                contained: &[],
+            },
+        )
+        .iter()
+        .any(|m| (m.pid, m.start_ticks) != leader && m.state != 'Z')
+    }
+
+    /// Members of the tree seen by the stop, the main process left out.
+    pub(crate) fn descendants(&self) -> u32 {
+        let leader = (self.pid(), self.proc_.handle.start_ticks());
+        self.track.as_ref().map_or(0, |t| {
+            t.seen.iter().filter(|m| **m != leader).count() as u32
+        })
+    }
+
+    /// Until when a member signalled moments ago may still be dying.
+    pub(crate) fn settle_until(&self) -> Option<Instant> {
+        self.track
+            .as_ref()
+            .and_then(|t| t.last_signal)
+            .map(|t| t + KILL_SETTLE)
+    }
+}
+
+/// Resolves when a stop should look at the tree again: a watched member
+/// exited, an orphan sweep reaped something, or the recheck time came.
+pub(crate) async fn changed(track: &mut Option<Box<Tracker>>) {
+    let Some(t) = track.as_mut() else {
+        return std::future::pending().await;
+    };
+    let Tracker {
+        watch,
+        reaps,
+        recheck,
+        ..
+    } = t.as_mut();
+    tokio::select! {
+        () = any_exited(watch) => {}
+        r = reaps.changed() => if r.is_err() { std::future::pending::<()>().await },
+        () = async {
+            match recheck {
+                Some(at) => tokio::time::sleep_until((*at).into()).await,
+                None => std::future::pending().await,
+            }
+        } => {}
+    }
+}
+
+/// Reaps the zombies among `members` that are this process's children (on a
+/// blocking thread, under the spawn gate, never an agent or a helper); true
+/// when none of `members` is left in `/proc` but zombies this process cannot
+/// reap (their parent is someone else).
+async fn settle_zombies(sh: &Arc<Shared>, members: Vec<(i32, u64)>) -> bool {
+    let sh = sh.clone();
+    tokio::task::spawn_blocking(move || {
+        let me = std::process::id() as i32;
+        let mut left = false;
+        let _gate = sh.spawn_gate.write().unwrap_or_else(|p| p.into_inner());
+        let owned = lock(&sh.owned).clone();
+        for (pid, start) in members {
+            let Some(stat) = ProcessHandle::open_member(pid, start).ok().flatten() else {
+                continue;
+            };
+            let Ok(s) = stat.sample() else { continue };
+            if s.state != 'Z' {
+                left = true;
+            } else if s.ppid == me && !owned.contains(&pid) {
+                // Our unreaped child: its pid cannot have been reused.
+                if platform::reap_child(pid).is_none() && stat.sample().is_ok() {
+                    left = true;
+                }
+            }
+        }
+        !left
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Signals every live member not yet signalled in this stage.
+fn signal_members(t: &mut Tracker, members: &[ProcEntry], leader: (i32, u64), stage: StopStage) {
+    let sig = signal_of(stage);
+    for m in members.iter().filter(|m| m.state != 'Z') {
+        let key = (m.pid, m.start_ticks);
+        if key == leader || !t.signalled.insert(key) {
+            // The leader had the stage's signal with its group.
+            continue;
+        }
+        t.last_signal = Some(Instant::now());
+        if let Ok(Some(h)) = ProcessHandle::open_member(m.pid, m.start_ticks) {
+            // Identity checked through the pidfd: never a stranger.
+            let _ = h.signal(sig);
+            // SAFETY: the Arc keeps the ProcessHandle, and so its pidfd, alive and
+            // unchanged for as long as the AsyncFd exists.
+            if let Ok(afd) =
+                unsafe { AsyncFd::register_with_interest(Arc::new(h), Interest::READABLE) }
+            {
+                t.watch.push(afd);
+            }
+        }
+    }
+}
+
+/// Resolves once any watched member has exited.
+async fn any_exited(watch: &[AsyncFd<Arc<ProcessHandle>>]) {
+    if watch.is_empty() {
+        return std::future::pending().await;
+    }
+    std::future::poll_fn(|cx| {
+        for afd in watch {
+            if afd.poll_read_ready(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// Snapshots of the process table shared by concurrent stops: a request for a
+/// table taken after instant T is answered by the first scan that begins at or
+/// after T, and every request waiting meanwhile shares that one scan — so a
+/// thousand stops, each asking after its own instant, cost a few scans, not a
+/// queue of them.
+pub(crate) struct TableCache {
+    latest: watch::Sender<Option<(Instant, Arc<tree::Snapshot>)>>,
+    scanning: std::sync::atomic::AtomicBool,
+}
+
+/// Clears the "a scan is running" flag however the scanning request ends.
+struct Scanning<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for Scanning<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl TableCache {
+    pub(crate) fn new() -> Self {
+        Self {
+            latest: watch::channel(None).0,
+            scanning: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// A snapshot taken at or after `after`, with orphans attributed to agents.
+    pub(crate) async fn fresh(&self, after: Instant, sh: &Shared) -> Arc<tree::Snapshot> {
+        use std::sync::atomic::Ordering;
+        let mut rx = self.latest.subscribe();
+        loop {
+            if let Some((taken, table)) = rx.borrow_and_update().as_ref()
+                && *taken >= after
+            {
+                return table.clone();
+            }
+            if !self.scanning.swap(true, Ordering::AcqRel) {
+                let _flag = Scanning(&self.scanning);
+                let taken = Instant::now();
+                let owned = lock(&sh.owned).clone();
+                let table = Arc::new(
+                    tokio::task::spawn_blocking(move || scan(&owned))
+                        .await
+                        .unwrap_or_else(|_| tree::Snapshot::new(Vec::new())),
+                );
+                tracing::debug!(
+                    took_us = taken.elapsed().as_micros() as u64,
+                    "process table scanned"
+                );
+                self.latest.send_replace(Some((taken, table.clone())));
+                return table;
+            }
+            // A scan is under way: wait for it, then look again (it may have
+            // begun before `after`, and then the next one is needed).
+            if tokio::time::timeout(Duration::from_millis(50), rx.changed())
+                .await
+                .is_ok_and(|r| r.is_err())
+            {
+                return Arc::new(tree::Snapshot::new(Vec::new()));
+            }
+        }
+    }
+}
+
+/// One scan of the process table, indexed, with the daemon's orphans attributed.
+pub(crate) fn scan(owned: &HashSet<i32>) -> tree::Snapshot {
+    let mut snap = tree::Snapshot::new(platform::process_table());
+    snap.attribute_orphans(std::process::id() as i32, owned, platform::environ_agent_id);
+    snap
+}
+
+/// What is left of a run whose main process is gone, as a new daemon finds
+/// it: the members of the run's cgroup leaf, or — without one — the
+/// processes carrying the run's `CORRAL_RUN_ID` and `CORRAL_AGENT_ID`, with
+/// their descendants.
+pub(crate) struct Remnant {
+    leaf: Option<Leaf>,
+    track: Option<Box<Tracker>>,
+}
+
+impl Remnant {
+    /// Looks for what is left of run `run_id` of `agent_id` (in `leaf` when
+    /// it has one); none when nothing is.
+    pub(crate) async fn find(
+        sh: &Arc<Shared>,
+        agent_id: &str,
+        run_id: i64,
+        leaf: Option<Leaf>,
+    ) -> Option<Self> {
+        let (id, tag) = (agent_id.to_owned(), run_id.to_string());
+        let seed_leaf = leaf.clone();
+        let seen: Vec<(i32, u64)> = tokio::task::spawn_blocking(move || {
+            let table = platform::process_table();
+            let in_leaf = seed_leaf.as_ref().map(Leaf::pids);
+            table
+                .into_iter()
+                .filter(|p| p.state != 'Z' && p.pid > 1)
+                .filter(|p| match &in_leaf {
+                    Some(pids) => pids.contains(&p.pid),
+                    None => {
+                        platform::environ_var(p.pid, "CORRAL_RUN_ID").as_deref() == Some(&tag)
+                            && platform::environ_agent_id(p.pid).as_deref() == Some(&id)
+                    }
+                })
+                .map(|p| (p.pid, p.start_ticks))
+                .collect()
+        })
+        .await
+        .unwrap_or_default();
+        if seen.is_empty() && !leaf.as_ref().is_some_and(Leaf::populated) {
+            return None;
+        }
+        let mut track = Tracker::new(sh);
+        track.seen.extend(seen);
+        Some(Self {
+            leaf,
+            track: Some(Box::new(track)),
+        })
+    }
+
+    /// Nothing left at all.
+    pub(crate) fn empty() -> Self {
+        Self {
+            leaf: None,
+            track: None,
+        }
+    }
+
+    fn tracker(&mut self, sh: &Shared) -> &mut Tracker {
+        self.track.get_or_insert_with(|| Box::new(Tracker::new(sh)))
+    }
+
+    /// Opens `stage`: `cgroup.kill` in the kill stage; every member gets the
+    /// stage's signal in the next look.
+    pub(crate) fn open_stage(&mut self, sh: &Shared, stage: StopStage) {
+        if stage == StopStage::Kill
+            && let Some(leaf) = &self.leaf
+            && let Err(e) = leaf.kill()
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, "cgroup.kill failed");
+        }
+        let t = self.tracker(sh);
+        if t.opened != Some(stage) {
+            t.signalled.clear();
+            t.opened = Some(stage);
+            t.last_signal = Some(Instant::now());
+        }
+    }
+
+    /// Looks at what is left, signalling every live member with the stage's signal.
+    pub(crate) async fn look(
+        &mut self,
+        sh: &Arc<Shared>,
+        agent_id: &str,
+        stage: StopStage,
+    ) -> Look {
+        let table = sh.tables.fresh(Instant::now(), sh).await;
+        let contained = self.leaf.as_ref().map(Leaf::pids).unwrap_or_default();
+        let populated = self.leaf.as_ref().is_some_and(Leaf::populated);
+        self.open_stage(sh, stage);
+        let t = self.tracker(sh);
+        t.reaps.borrow_and_update();
+        let members = tree::members(
+            &table,
+            &tree::Lookup {
+                leader: 0,
+                leader_start: 0,
+                leader_unreaped: false,
+                daemon: std::process::id() as i32,
+                known: &t.seen,
+                agent_id,
+                contained: &contained,
+            },
+        );
+        t.seen
+            .extend(members.iter().map(|m| (m.pid, m.start_ticks)));
+        let alive = members.iter().any(|m| m.state != 'Z');
+        if !alive && !populated {
+            let me = std::process::id() as i32;
+            let zombies: Vec<(i32, u64)> = members
+                .iter()
+                .filter(|m| m.ppid == me)
+                .map(|m| (m.pid, m.start_ticks))
+                .collect();
+            if zombies.is_empty() || settle_zombies(sh, zombies).await {
+                return Look::Gone;
+            }
+        }
+        signal_members(t, &members, (0, 0), stage);
+        t.watch.retain(|h| !h.get_ref().has_exited());
+        t.recheck = t.watch.is_empty().then(|| Instant::now() + RECHECK);
+        Look::Left
+    }
+
+    /// Whether anything of the run still runs.
+    pub(crate) async fn leftovers(&mut self, sh: &Arc<Shared>, agent_id: &str) -> bool {
+        if self.leaf.as_ref().is_some_and(Leaf::populated) {
+            return true;
+        }
+        let table = sh.tables.fresh(Instant::now(), sh).await;
+        self.tracker(sh)
+            .members(&table, agent_id, &[])
+            .iter()
+            .any(|m| m.state != 'Z')
+    }
+
+    pub(crate) fn descendants(&self) -> u32 {
+        self.track.as_ref().map_or(0, |t| t.seen.len() as u32)
+    }
+
+    pub(crate) fn settle_until(&self) -> Option<Instant> {
+        self.track
+            .as_ref()
+            .and_then(|t| t.last_signal)
+            .map(|t| t + KILL_SETTLE)
+    }
+
+    pub(crate) fn leaf(&self) -> Option<&Leaf> {
+        self.leaf.as_ref()
+    }
+
+    /// Resolves when a stop should look again.
+    pub(crate) async fn changed(&mut self) {
+        changed(&mut self.track).await
+    }
+}

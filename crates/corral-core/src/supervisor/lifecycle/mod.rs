@@ -1,0 +1,837 @@
+//! The one lifecycle of an agent: its state, with the data each state needs,
+//! and the only function that changes it.
+//!
+//! An agent's owner (`owner/`) keeps one [`Lifecycle`] and changes it only
+//! through [`Lifecycle::apply`]: a pure function of the state and what
+//! happened that returns the move it made, or refuses. A refused move is a
+//! bug — never a user's doing — and the tests here and in `sim.rs` make sure
+//! no sequence of commands, exits, deadlines and daemon crashes reaches one.
+//!
+//! ```text
+//!             Started(window) ─┐
+//!   (new run)                  ▼          Verified / Started(no window)
+//!  ──────────► Starting ───────────────────────────────► Running ◄──┐
+//!                │ │ StartFailed               Pause │    │  │    │ Resume
+//!                │ └────────────► Ended ◄──────┐     ▼    │  │    │
+//!                │ MainExited     ▲  ▲  ▲      │   Paused ─┼──┼────┘
+//!                │ (tree empty)───┘  │  │      │     │     │  │ MainExited (tree empty)
+//!                │                   │  │      └─────┼─────┘  │
+//!   Stop /       ▼                   │  │ TreeGone   │ Stop   │ Stop / MainExited (leftovers)
+//!   leftovers ─► Stopping ───────────┘  │            ▼        ▼
+//!                 ▲ StageDue ⟲         │ RestartCancelled   Stopping
+//!                 │                     │
+//!              Backoff ◄── RestartPlanned (from Ended) ── BackoffElapsed ──► Starting
+//! ```
+//!
+//! The moves are the contract's (`DESIGN.md`, "The state on the wire"), plus
+//! paused → ended for a frozen process killed from outside. A stop carries
+//! its cause, stage, timeouts and deadlines; it is durable ([`StopRecord`] is
+//! what the store keeps) and resumed by the next daemon at its stored stage
+//! ([`Lifecycle::recover`]), a deadline that passed meanwhile being due at
+//! once. A tree that survives SIGKILL's wait stays `stopping` (stage `kill`,
+//! `unkillable`); it never goes back to `running`.
+
+#[cfg(test)]
+mod sim;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::model::{AgentState, StopCause, StopInfo, StopStage};
+use crate::store::StopRecord;
+
+/// The stages of a staged stop, in order: SIGTERM, SIGTERM again, SIGKILL
+/// (only SIGKILL with `force`).
+pub(crate) fn stages(force: bool) -> &'static [StopStage] {
+    if force {
+        &[StopStage::Kill]
+    } else {
+        &[StopStage::Term, StopStage::SecondTerm, StopStage::Kill]
+    }
+}
+
+/// The wait of `stage` from a stop's timeouts. A forced stop still waits at
+/// least a second for the kill to land.
+pub(crate) fn stage_wait(stage: StopStage, timeouts: [f64; 3], force: bool) -> Duration {
+    let secs = match stage {
+        StopStage::Term => timeouts[0],
+        StopStage::SecondTerm => timeouts[1],
+        _ if force => timeouts[2].max(1.0),
+        _ => timeouts[2],
+    };
+    secs_saturating(secs)
+}
+
+/// `secs` as a duration: negative and NaN are zero, too large is saturated
+/// (a far future, never a panic).
+pub(crate) fn secs_saturating(secs: f64) -> Duration {
+    Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::MAX)
+}
+
+/// `at + wait`, or a far future when that does not fit.
+pub(crate) fn later(at: Instant, wait: Duration) -> Instant {
+    at.checked_add(wait)
+        .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 86_400))
+}
+
+/// `at + wait` on the wall clock, saturated likewise.
+pub(crate) fn later_wall(at: SystemTime, wait: Duration) -> SystemTime {
+    at.checked_add(wait)
+        .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 86_400))
+}
+
+/// A stop under way.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Stop {
+    /// Why it began (a user joining a stop of a live main process makes it `user`).
+    pub cause: StopCause,
+    /// Someone asked for it (or joined it): the run is never restarted.
+    pub asked: bool,
+    /// The cause in words: the limit and the usage, the probe's last output.
+    pub reason: Option<String>,
+    /// Waits after each stage, seconds.
+    pub timeouts: [f64; 3],
+    /// SIGKILL at once.
+    pub force: bool,
+    /// The stage under way.
+    pub stage: StopStage,
+    /// When it began.
+    pub began_at: SystemTime,
+    /// When the stage's wait ends (monotonic, and on the wall clock for the record).
+    pub deadline: Instant,
+    pub deadline_at: SystemTime,
+    /// The main process has exited and its end is on record.
+    pub main_exited: bool,
+    /// Survived SIGKILL and its wait: reported, and watched until gone.
+    pub unkillable: bool,
+}
+
+impl Stop {
+    fn new(req: &StopRequest, main_exited: bool) -> Self {
+        let stage = stages(req.force)[0];
+        let wait = stage_wait(stage, req.timeouts, req.force);
+        Self {
+            cause: req.cause,
+            asked: matches!(req.cause, StopCause::User | StopCause::Parent),
+            reason: req.reason.clone(),
+            timeouts: req.timeouts,
+            force: req.force,
+            stage,
+            began_at: req.wall,
+            deadline: later(req.now, wait),
+            deadline_at: later_wall(req.wall, wait),
+            main_exited,
+            unkillable: false,
+        }
+    }
+
+    fn enter(&mut self, stage: StopStage, now: Instant, wall: SystemTime) {
+        let wait = stage_wait(stage, self.timeouts, self.force);
+        self.stage = stage;
+        self.deadline = later(now, wait);
+        self.deadline_at = later_wall(wall, wait);
+    }
+
+    /// The stage after the current one, if there is one.
+    fn next_stage(&self) -> Option<StopStage> {
+        let all = stages(self.force);
+        let i = all.iter().position(|s| *s == self.stage)?;
+        all.get(i + 1).copied()
+    }
+
+    /// What a status shows of it.
+    pub(crate) fn info(&self) -> StopInfo {
+        StopInfo {
+            stage: self.stage,
+            cause: self.cause,
+            began_at: rfc3339(self.began_at),
+            stage_deadline_at: (!self.unkillable).then(|| rfc3339(self.deadline_at)),
+            unkillable: self.unkillable,
+        }
+    }
+
+    /// What the store keeps of it.
+    pub(crate) fn record(&self) -> StopRecord {
+        StopRecord {
+            cause: self.cause,
+            asked: self.asked,
+            reason: self.reason.clone(),
+            timeouts: self.timeouts,
+            force: self.force,
+            stage: self.stage,
+            began_at: rfc3339(self.began_at),
+            stage_deadline_at: rfc3339(self.deadline_at),
+            main_exited: self.main_exited,
+            unkillable: self.unkillable,
+        }
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// A stop asked for: by a user, a limit, a probe, the runtime limit, a parent.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StopRequest {
+    pub cause: StopCause,
+    pub reason: Option<String>,
+    pub timeouts: [f64; 3],
+    pub force: bool,
+    pub now: Instant,
+    pub wall: SystemTime,
+}
+
+/// The owner's state, with what each state needs.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum State {
+    /// The run is on record; its process is being created (`verify_until`
+    /// none), or is in its verification window until `verify_until`, or its
+    /// job is queued.
+    Starting { verify_until: Option<Instant> },
+    /// Verified and running.
+    Running,
+    /// Frozen with its tree.
+    Paused,
+    /// A staged stop is under way.
+    Stopping(Stop),
+    /// The next run starts at `until`.
+    Backoff { until: Instant },
+    /// Nothing of the run is left and nothing more is planned.
+    Ended,
+}
+
+impl State {
+    /// The word on the wire.
+    pub(crate) fn wire(&self) -> AgentState {
+        match self {
+            Self::Starting { .. } => AgentState::Starting,
+            Self::Running => AgentState::Running,
+            Self::Paused => AgentState::Paused,
+            Self::Stopping(_) => AgentState::Stopping,
+            Self::Backoff { .. } => AgentState::Backoff,
+            Self::Ended => AgentState::Ended,
+        }
+    }
+}
+
+/// What can happen to an agent.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Happening {
+    /// The process was created (or the job began running), with a
+    /// verification window until `verify_until`, or none.
+    Started { verify_until: Option<Instant> },
+    /// The window closed with the process alive.
+    Verified,
+    /// The process could not be created, or its start not recorded.
+    StartFailed,
+    /// The main process exited and its end is on record; `leftovers` when
+    /// something of its tree still runs (stopped with `timeouts`).
+    MainExited {
+        leftovers: bool,
+        timeouts: [f64; 3],
+        now: Instant,
+        wall: SystemTime,
+    },
+    /// A stop is asked for (or joins the one under way, escalating with `force`).
+    Stop(StopRequest),
+    /// The stage's wait is over. `settle_until`: a member signalled moments
+    /// ago may still be dying; the kill stage waits for it that long.
+    StageDue {
+        now: Instant,
+        wall: SystemTime,
+        settle_until: Option<Instant>,
+    },
+    /// Nothing of the run's tree is left.
+    TreeGone,
+    /// The restart policy planned the next run.
+    RestartPlanned { until: Instant },
+    /// The planned restart's time came.
+    BackoffElapsed,
+    /// A new run of the id (a spawn of an ended agent).
+    NewRun,
+    /// Freeze the tree (`pause`, with agent teams).
+    #[allow(dead_code)]
+    Pause,
+    /// Thaw it (`resume`).
+    #[allow(dead_code)]
+    Resume,
+}
+
+impl Happening {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Started { .. } => "started",
+            Self::Verified => "verified",
+            Self::StartFailed => "start failed",
+            Self::MainExited { .. } => "main exited",
+            Self::Stop(_) => "stop",
+            Self::StageDue { .. } => "stage due",
+            Self::TreeGone => "tree gone",
+            Self::RestartPlanned { .. } => "restart planned",
+            Self::BackoffElapsed => "backoff elapsed",
+            Self::NewRun => "new run",
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+        }
+    }
+}
+
+/// A move the lifecycle refused: a bug in the owner.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("illegal move: {what} in state {from}")]
+pub(crate) struct Illegal {
+    pub from: AgentState,
+    pub what: &'static str,
+}
+
+/// What a move did, for the owner to carry out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Change {
+    pub from: AgentState,
+    pub to: AgentState,
+    /// A stop stage began with this move: its signal goes out now.
+    pub stage: Option<StopStage>,
+    /// The tree has just survived SIGKILL's wait.
+    pub unkillable: bool,
+}
+
+/// An agent's state, changed only by [`Lifecycle::apply`].
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Lifecycle {
+    state: State,
+}
+
+impl Lifecycle {
+    /// A new run on record, its process not yet created.
+    #[cfg(test)]
+    pub(crate) fn starting() -> Self {
+        Self {
+            state: State::Starting { verify_until: None },
+        }
+    }
+
+    /// The state of an agent whose owner has nothing to do.
+    pub(crate) fn ended() -> Self {
+        Self {
+            state: State::Ended,
+        }
+    }
+
+    /// The state a previous daemon left on record (`state`, `stop`), as a new
+    /// owner takes it over at `now`: a stop continues at its stage (a deadline
+    /// that passed meanwhile is due at once); a run still starting stays so
+    /// until its process is found; any other live run is `running`, and what
+    /// it really is the owner finds out next.
+    pub(crate) fn recover(
+        state: Option<AgentState>,
+        stop: Option<&StopRecord>,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Self {
+        let Some(rec) = stop else {
+            let state = match state {
+                Some(AgentState::Starting) => State::Starting { verify_until: None },
+                _ => State::Running,
+            };
+            return Self { state };
+        };
+        let parse = |t: &str| humantime::parse_rfc3339_weak(t).ok();
+        let deadline_at = parse(&rec.stage_deadline_at).unwrap_or(wall);
+        let left = deadline_at.duration_since(wall).unwrap_or_default();
+        let stage = if stages(rec.force).contains(&rec.stage) {
+            rec.stage
+        } else {
+            StopStage::Kill
+        };
+        Self {
+            state: State::Stopping(Stop {
+                cause: rec.cause,
+                asked: rec.asked,
+                reason: rec.reason.clone(),
+                timeouts: rec.timeouts,
+                force: rec.force,
+                stage,
+                began_at: parse(&rec.began_at).unwrap_or(wall),
+                deadline: later(now, left),
+                deadline_at,
+                main_exited: rec.main_exited,
+                // Watched again from the start: it may die this time.
+                unkillable: false,
+            }),
+        }
+    }
+
+    pub(crate) fn state(&self) -> &State {
+        &self.state
+    }
+
+    pub(crate) fn wire(&self) -> AgentState {
+        self.state.wire()
+    }
+
+    /// The stop under way, if any.
+    pub(crate) fn stop(&self) -> Option<&Stop> {
+        match &self.state {
+            State::Stopping(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// When the lifecycle itself needs the owner next: the end of the
+    /// verification window, of the stop stage, of the backoff.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        match &self.state {
+            State::Starting { verify_until } => *verify_until,
+            State::Stopping(s) if !s.unkillable => Some(s.deadline),
+            State::Backoff { until } => Some(*until),
+            _ => None,
+        }
+    }
+
+    /// Moves on `what`, or refuses (and stays).
+    pub(crate) fn apply(&mut self, what: Happening) -> Result<Change, Illegal> {
+        use State as S;
+        let from = self.state.wire();
+        let illegal = Illegal {
+            from,
+            what: what.name(),
+        };
+        let mut stage = None;
+        let mut unkillable = false;
+        let next = match (&mut self.state, what) {
+            (S::Starting { verify_until: None }, Happening::Started { verify_until }) => {
+                match verify_until {
+                    Some(t) => S::Starting {
+                        verify_until: Some(t),
+                    },
+                    None => S::Running,
+                }
+            }
+            (
+                S::Starting {
+                    verify_until: Some(_),
+                },
+                Happening::Verified,
+            ) => S::Running,
+            (S::Starting { .. }, Happening::StartFailed) => S::Ended,
+            (
+                S::Starting { .. } | S::Running | S::Paused,
+                Happening::MainExited {
+                    leftovers,
+                    timeouts,
+                    now,
+                    wall,
+                },
+            ) => {
+                if leftovers {
+                    let req = StopRequest {
+                        cause: StopCause::Leftovers,
+                        reason: None,
+                        timeouts,
+                        force: false,
+                        now,
+                        wall,
+                    };
+                    let stop = Stop::new(&req, true);
+                    stage = Some(stop.stage);
+                    S::Stopping(stop)
+                } else {
+                    S::Ended
+                }
+            }
+            (S::Stopping(s), Happening::MainExited { .. }) if !s.main_exited => {
+                s.main_exited = true;
+                return Ok(Change {
+                    from,
+                    to: from,
+                    stage: None,
+                    unkillable: false,
+                });
+            }
+            (S::Starting { .. } | S::Running | S::Paused, Happening::Stop(req)) => {
+                let stop = Stop::new(&req, false);
+                stage = Some(stop.stage);
+                S::Stopping(stop)
+            }
+            (S::Stopping(s), Happening::Stop(req)) => {
+                if matches!(req.cause, StopCause::User | StopCause::Parent) {
+                    s.asked = true;
+                    // The main process still runs: the stop is now the user's
+                    // (the run ends cancelled). Leftovers of a main that ended
+                    // on its own stay leftovers.
+                    if !s.main_exited && s.cause != StopCause::User {
+                        s.cause = req.cause;
+                        s.reason = None;
+                    }
+                }
+                if req.force && !s.force && s.stage != StopStage::Kill {
+                    s.force = true;
+                    s.timeouts = req.timeouts;
+                    s.enter(StopStage::Kill, req.now, req.wall);
+                    stage = Some(StopStage::Kill);
+                }
+                return Ok(Change {
+                    from,
+                    to: from,
+                    stage,
+                    unkillable: false,
+                });
+            }
+            (S::Backoff { .. }, Happening::Stop(_)) => S::Ended,
+            (
+                S::Stopping(s),
+                Happening::StageDue {
+                    now,
+                    wall,
+                    settle_until,
+                },
+            ) if !s.unkillable => {
+                match s.next_stage() {
+                    Some(next) => {
+                        s.enter(next, now, wall);
+                        stage = Some(next);
+                    }
+                    None => match settle_until.filter(|t| *t > now && *t > s.deadline) {
+                        Some(t) => {
+                            s.deadline_at = later_wall(wall, t - now);
+                            s.deadline = t;
+                        }
+                        None => {
+                            s.unkillable = true;
+                            unkillable = true;
+                        }
+                    },
+                }
+                return Ok(Change {
+                    from,
+                    to: from,
+                    stage,
+                    unkillable,
+                });
+            }
+            (S::Stopping(s), Happening::TreeGone) if s.main_exited => S::Ended,
+            (S::Ended, Happening::RestartPlanned { until }) => S::Backoff { until },
+            (S::Backoff { .. }, Happening::BackoffElapsed) | (S::Ended, Happening::NewRun) => {
+                S::Starting { verify_until: None }
+            }
+            (S::Running, Happening::Pause) => S::Paused,
+            (S::Paused, Happening::Resume) => S::Running,
+            _ => return Err(illegal),
+        };
+        self.state = next;
+        Ok(Change {
+            from,
+            to: self.state.wire(),
+            stage,
+            unkillable,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use AgentState as W;
+
+    fn t0() -> (Instant, SystemTime) {
+        (Instant::now(), SystemTime::now())
+    }
+
+    fn req(cause: StopCause, force: bool) -> StopRequest {
+        let (now, wall) = t0();
+        StopRequest {
+            cause,
+            reason: None,
+            timeouts: [10.0, 5.0, 5.0],
+            force,
+            now,
+            wall,
+        }
+    }
+
+    fn exited(leftovers: bool) -> Happening {
+        let (now, wall) = t0();
+        Happening::MainExited {
+            leftovers,
+            timeouts: [1.0, 1.0, 1.0],
+            now,
+            wall,
+        }
+    }
+
+    fn due() -> Happening {
+        let (now, wall) = t0();
+        Happening::StageDue {
+            now,
+            wall,
+            settle_until: None,
+        }
+    }
+
+    /// One state of each kind (a stopping one whose main has exited, and one
+    /// whose main still runs).
+    fn samples() -> Vec<Lifecycle> {
+        let (now, _) = t0();
+        let mut stopping = Lifecycle {
+            state: State::Running,
+        };
+        stopping
+            .apply(Happening::Stop(req(StopCause::User, false)))
+            .unwrap();
+        let mut leftovers = Lifecycle {
+            state: State::Running,
+        };
+        leftovers.apply(exited(true)).unwrap();
+        vec![
+            Lifecycle::starting(),
+            Lifecycle {
+                state: State::Starting {
+                    verify_until: Some(now),
+                },
+            },
+            Lifecycle {
+                state: State::Running,
+            },
+            Lifecycle {
+                state: State::Paused,
+            },
+            stopping,
+            leftovers,
+            Lifecycle {
+                state: State::Backoff { until: now },
+            },
+            Lifecycle::ended(),
+        ]
+    }
+
+    fn happenings() -> Vec<Happening> {
+        let (now, _) = t0();
+        vec![
+            Happening::Started { verify_until: None },
+            Happening::Started {
+                verify_until: Some(now),
+            },
+            Happening::Verified,
+            Happening::StartFailed,
+            exited(false),
+            exited(true),
+            Happening::Stop(req(StopCause::User, false)),
+            Happening::Stop(req(StopCause::Limit, false)),
+            due(),
+            Happening::TreeGone,
+            Happening::RestartPlanned { until: now },
+            Happening::BackoffElapsed,
+            Happening::NewRun,
+            Happening::Pause,
+            Happening::Resume,
+        ]
+    }
+
+    /// The contract's moves (plus paused → ended), and staying put.
+    fn allowed(from: W, to: W) -> bool {
+        from == to
+            || matches!(
+                (from, to),
+                (W::Starting, W::Running | W::Stopping | W::Ended)
+                    | (W::Running, W::Stopping | W::Paused | W::Ended)
+                    | (W::Paused, W::Running | W::Stopping | W::Ended)
+                    | (W::Stopping, W::Ended)
+                    | (W::Ended, W::Backoff | W::Starting)
+                    | (W::Backoff, W::Starting | W::Ended)
+            )
+    }
+
+    #[test]
+    fn every_move_is_one_the_contract_allows() {
+        let mut legal = 0;
+        for life in samples() {
+            for what in happenings() {
+                let mut l = life.clone();
+                match l.apply(what.clone()) {
+                    Ok(change) => {
+                        legal += 1;
+                        assert!(
+                            allowed(change.from, change.to),
+                            "{:?} + {what:?} → {:?}",
+                            life.state,
+                            change.to
+                        );
+                        assert_eq!(change.to, l.wire());
+                    }
+                    Err(e) => {
+                        assert_eq!(l, life, "a refused move changes nothing");
+                        assert_eq!(e.from, life.wire());
+                    }
+                }
+            }
+        }
+        assert!(legal >= 20, "only {legal} legal moves");
+    }
+
+    #[test]
+    fn the_table() {
+        use Happening as H;
+        let (now, _) = t0();
+        let cases: Vec<(Lifecycle, Happening, Option<W>)> = vec![
+            (
+                Lifecycle::starting(),
+                H::Started { verify_until: None },
+                Some(W::Running),
+            ),
+            (
+                Lifecycle::starting(),
+                H::Started {
+                    verify_until: Some(now),
+                },
+                Some(W::Starting),
+            ),
+            (Lifecycle::starting(), H::Verified, None),
+            (Lifecycle::starting(), H::StartFailed, Some(W::Ended)),
+            (Lifecycle::starting(), exited(false), Some(W::Ended)),
+            (Lifecycle::starting(), exited(true), Some(W::Stopping)),
+            (
+                Lifecycle::ended(),
+                H::Stop(req(StopCause::User, false)),
+                None,
+            ),
+            (Lifecycle::ended(), H::TreeGone, None),
+            (Lifecycle::ended(), H::BackoffElapsed, None),
+            (Lifecycle::ended(), H::NewRun, Some(W::Starting)),
+            (
+                Lifecycle {
+                    state: State::Backoff { until: now },
+                },
+                H::Stop(req(StopCause::User, false)),
+                Some(W::Ended),
+            ),
+            (
+                Lifecycle {
+                    state: State::Running,
+                },
+                H::TreeGone,
+                None,
+            ),
+            (
+                Lifecycle {
+                    state: State::Running,
+                },
+                H::Resume,
+                None,
+            ),
+        ];
+        for (mut life, what, want) in cases {
+            let before = life.state.clone();
+            let got = life.apply(what.clone()).ok().map(|c| c.to);
+            assert_eq!(got, want, "{before:?} + {what:?}");
+        }
+    }
+
+    #[test]
+    fn a_stop_walks_its_stages_and_a_survivor_stays_stopping() {
+        let mut life = Lifecycle {
+            state: State::Running,
+        };
+        let c = life
+            .apply(Happening::Stop(req(StopCause::Limit, false)))
+            .unwrap();
+        assert_eq!((c.to, c.stage), (W::Stopping, Some(StopStage::Term)));
+        assert_eq!(
+            life.apply(due()).unwrap().stage,
+            Some(StopStage::SecondTerm)
+        );
+        assert_eq!(life.apply(due()).unwrap().stage, Some(StopStage::Kill));
+        // Something signalled a moment ago may still be dying: wait for it.
+        let (now, wall) = t0();
+        let settle = now + Duration::from_secs(3600);
+        let c = life
+            .apply(Happening::StageDue {
+                now,
+                wall,
+                settle_until: Some(settle),
+            })
+            .unwrap();
+        assert!(!c.unkillable);
+        assert_eq!(life.deadline(), Some(settle));
+        let c = life.apply(due()).unwrap();
+        assert!(c.unkillable, "{c:?}");
+        assert_eq!(life.wire(), W::Stopping, "never back to running");
+        assert_eq!(life.deadline(), None);
+        assert!(life.apply(due()).is_err(), "no deadline after unkillable");
+        // The main process has not exited: the tree cannot be gone.
+        assert!(life.apply(Happening::TreeGone).is_err());
+        life.apply(exited(false)).unwrap();
+        assert_eq!(life.apply(Happening::TreeGone).unwrap().to, W::Ended);
+    }
+
+    #[test]
+    fn a_user_joining_takes_the_stop_over_unless_the_main_had_ended() {
+        let mut life = Lifecycle {
+            state: State::Running,
+        };
+        life.apply(Happening::Stop(req(StopCause::MaxRuntime, false)))
+            .unwrap();
+        let c = life
+            .apply(Happening::Stop(req(StopCause::User, true)))
+            .unwrap();
+        assert_eq!(c.stage, Some(StopStage::Kill), "force escalates at once");
+        let s = life.stop().unwrap();
+        assert_eq!(
+            (s.cause, s.asked, s.stage),
+            (StopCause::User, true, StopStage::Kill)
+        );
+        let mut left = Lifecycle {
+            state: State::Running,
+        };
+        left.apply(exited(true)).unwrap();
+        left.apply(Happening::Stop(req(StopCause::User, false)))
+            .unwrap();
+        let s = left.stop().unwrap();
+        assert_eq!((s.cause, s.asked), (StopCause::Leftovers, true));
+    }
+
+    #[test]
+    fn a_recovered_stop_continues_at_its_stage_and_a_passed_deadline_is_due() {
+        let mut life = Lifecycle {
+            state: State::Running,
+        };
+        life.apply(Happening::Stop(req(StopCause::User, false)))
+            .unwrap();
+        life.apply(due()).unwrap();
+        let rec = life.stop().unwrap().record();
+        let json = serde_json::to_string(&rec).unwrap();
+        let back: StopRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, rec);
+        let (now, wall) = t0();
+        let resumed = Lifecycle::recover(Some(W::Stopping), Some(&back), now, wall);
+        let s = resumed.stop().unwrap();
+        assert_eq!(
+            (s.stage, s.cause, s.asked),
+            (StopStage::SecondTerm, StopCause::User, true)
+        );
+        assert!(s.deadline > now, "its wait is not over yet");
+        // The daemon was down for an hour: the deadline is due at once.
+        let later_wall = wall + Duration::from_secs(3600);
+        let resumed = Lifecycle::recover(Some(W::Stopping), Some(&back), now, later_wall);
+        assert!(resumed.deadline().unwrap() <= now);
+        assert_eq!(Lifecycle::recover(None, None, now, wall).wire(), W::Running);
+        assert_eq!(
+            Lifecycle::recover(Some(W::Starting), None, now, wall).wire(),
+            W::Starting
+        );
+    }
+
+    #[test]
+    fn huge_waits_saturate_instead_of_panicking() {
+        assert_eq!(secs_saturating(1e300), Duration::MAX);
+        assert_eq!(secs_saturating(f64::NAN), Duration::ZERO);
+        let now = Instant::now();
+        assert!(later(now, Duration::MAX) > now);
+        let mut life = Lifecycle {
+            state: State::Running,
+        };
+        let mut r = req(StopCause::User, false);
+        r.timeouts = [1e300, f64::MAX, 1e19];
+        life.apply(Happening::Stop(r)).unwrap();
+        assert!(life.deadline().unwrap() > now);
+    }
+}

@@ -1,0 +1,340 @@
+//! The supervisor's public methods that end things: stops (one agent, a
+//! selector, every agent), kills, reaping on request, forgetting agents and
+//! pruning history. A stop goes to the agent's owner and is answered by it
+//! once nothing of the agent is left; an agent is forgotten only when its
+//! owner has nothing left to do — never while a process of it is alive.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{Error, Result};
+use crate::id::{AgentId, Selector};
+use crate::model::{CleanupOptions, KillResponse, Removal, StopReport, StopStage};
+
+use super::{Cmd, Shared, Supervisor, already_ended, blocking, lock, reaper, spec};
+use crate::store;
+
+impl Supervisor {
+    /// Stops the agents `selector` picks, all at once, each through its stages
+    /// (SIGTERM, wait, SIGTERM, wait, SIGKILL, wait; straight to SIGKILL with
+    /// `force`): the seed's `cleanup`. `None` stops every agent. An agent waiting
+    /// to restart is not restarted.
+    pub async fn cleanup(
+        &self,
+        selector: Option<&Selector>,
+        opts: CleanupOptions,
+    ) -> Result<Vec<StopReport>> {
+        self.stop_selected(selector, opts, false).await
+    }
+
+    /// [`Self::cleanup`], leaving out agents that had already ended when `live_only`.
+    pub async fn stop_selected(
+        &self,
+        selector: Option<&Selector>,
+        opts: CleanupOptions,
+        live_only: bool,
+    ) -> Result<Vec<StopReport>> {
+        self.refuse_if_failing()?;
+        let timeouts = match &opts.stop_timeouts {
+            Some(t) => Some(spec::stop_timeouts("-", t)?),
+            None => None,
+        };
+        let mut targets: Vec<AgentId> = lock(&self.sh.registry)
+            .iter()
+            .filter(|(id, _)| selector.is_none_or(|s| s.matches(id)))
+            .filter(|(_, slot)| {
+                let p = slot.published.borrow();
+                p.view.is_some() && (p.busy || !live_only)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        if let Some(Selector::One(id)) = selector
+            && targets.is_empty()
+            && !live_only
+        {
+            return Err(Error::NotFound {
+                agent_id: id.to_string(),
+            });
+        }
+        targets.sort();
+        let stops = targets.into_iter().map(|id| {
+            let sh = self.sh.clone();
+            async move { stop_one(&sh, &id, timeouts, opts.force).await }
+        });
+        Ok(futures_util::future::join_all(stops)
+            .await
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    /// Stops one agent: the seed's `kill_agent` (the staged stop, or SIGKILL at
+    /// once with `force`). True when this call ended it.
+    pub async fn kill_agent(&self, id: &AgentId, force: bool) -> Result<bool> {
+        Ok(self.kill(id, force).await?.killed)
+    }
+
+    /// [`Self::kill_agent`] with the stop's report.
+    pub async fn kill(&self, id: &AgentId, force: bool) -> Result<KillResponse> {
+        let mut reports = self
+            .cleanup(
+                Some(&Selector::One(id.clone())),
+                CleanupOptions {
+                    force,
+                    stop_timeouts: None,
+                },
+            )
+            .await?;
+        let report = reports.pop().ok_or_else(|| Error::NotFound {
+            agent_id: id.to_string(),
+        })?;
+        Ok(KillResponse {
+            agent_id: id.to_string(),
+            killed: !matches!(
+                report.stage,
+                StopStage::AlreadyEnded | StopStage::Unkillable
+            ),
+            report,
+        })
+    }
+
+    /// The seed's `reap_zombies`: records and reaps whatever has died and is
+    /// not yet: every owner whose main process has exited without its end on
+    /// record records it now (and reaps it), and every zombie child of this
+    /// process that is no agent's own (an orphan of an agent's tree) is
+    /// reaped. Returns the ids of the agents whose end this call recorded or
+    /// whose zombies it reaped, sorted — normally none, since ends are
+    /// recorded the moment they happen and orphans reaped on every SIGCHLD.
+    pub async fn reap_zombies(&self) -> Vec<String> {
+        let owners: Vec<(AgentId, mpsc::UnboundedSender<Cmd>)> = lock(&self.sh.registry)
+            .iter()
+            .filter(|(_, slot)| slot.published.borrow().busy)
+            .map(|(id, slot)| (id.clone(), slot.tx.clone()))
+            .collect();
+        let asks = owners.into_iter().map(|(id, tx)| async move {
+            let (reply, answer) = oneshot::channel();
+            let asked = tx.send(Cmd::Reap { reply }).is_ok();
+            (asked && answer.await.unwrap_or(false)).then_some(id)
+        });
+        let mut ids: Vec<String> = futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .flatten()
+            .map(|id| id.to_string())
+            .collect();
+        let leaders: std::collections::HashMap<i32, AgentId> = self
+            .views()
+            .iter()
+            .filter_map(|v| v.pid.map(|p| (p, v.id.clone())))
+            .collect();
+        let sh = self.sh.clone();
+        let orphans = blocking(move || Ok(reaper::reap_attributed(&sh, &leaders)))
+            .await
+            .unwrap_or_default();
+        tracing::info!(ends = ids.len(), orphans = orphans.len(), "reap sweep");
+        ids.extend(orphans.into_iter().flatten().map(|id| id.to_string()));
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// Forgets an agent whose current run has ended: every stored run of it, and
+    /// its logs when they are in the default place (`<state dir>/agents/<id>`).
+    /// A supervised agent is refused (stop it first).
+    pub async fn remove_agent(&self, id: &AgentId) -> Result<Removal> {
+        self.refuse_if_failing()?;
+        let view = {
+            let mut reg = lock(&self.sh.registry);
+            let slot = reg.get_mut(id).ok_or_else(|| Error::NotFound {
+                agent_id: id.to_string(),
+            })?;
+            let view = slot.published.borrow().view.clone();
+            let Some(view) = view else {
+                return Err(Error::NotFound {
+                    agent_id: id.to_string(),
+                });
+            };
+            if slot.busy() {
+                return Err(Error::Conflict {
+                    agent_id: id.to_string(),
+                    status: view.status.to_string(),
+                    pid: view.pid,
+                });
+            }
+            slot.removing = true;
+            view
+        };
+        // Finished by a task of its own: a client that goes away does not leave
+        // the registry and the store disagreeing.
+        let sh = self.sh.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            let removed = sh
+                .store
+                .commit(store::delete_agent(id.as_str(), view.run_id))
+                .await;
+            {
+                let mut reg = lock(&sh.registry);
+                match &removed {
+                    Ok(_) => {
+                        reg.remove(&id);
+                    }
+                    Err(_) => {
+                        if let Some(slot) = reg.get_mut(&id) {
+                            slot.removing = false;
+                        }
+                    }
+                }
+            }
+            let n = removed?;
+            remove_default_logs(&sh, &id).await;
+            tracing::info!(agent_id = %id, runs_removed = n, "agent removed");
+            Ok(Removal {
+                removed: vec![id.to_string()],
+                runs_removed: n as u64,
+            })
+        })
+        .await
+        .unwrap_or(Err(Error::StoreClosed))
+    }
+
+    /// Removes every ended run from the store: agents whose current run has
+    /// ended are forgotten (with their default logs); supervised agents keep
+    /// their current run.
+    pub async fn prune(&self) -> Result<Removal> {
+        self.refuse_if_failing()?;
+        let (forget, keep): (Vec<AgentId>, Vec<i64>) = {
+            let mut reg = lock(&self.sh.registry);
+            let mut forget = Vec::new();
+            let mut keep = Vec::new();
+            for (id, slot) in reg.iter_mut() {
+                let view = slot.published.borrow().view.clone();
+                if slot.busy() {
+                    keep.extend(view.map(|v| v.run_id));
+                } else {
+                    slot.removing = true;
+                    forget.push(id.clone());
+                }
+            }
+            (forget, keep)
+        };
+        let sh = self.sh.clone();
+        tokio::spawn(async move {
+            let rows = Arc::new(Mutex::new(Vec::new()));
+            let pruned = sh.store.commit(store::prune(keep, rows.clone())).await;
+            {
+                let mut reg = lock(&sh.registry);
+                for id in &forget {
+                    match pruned {
+                        Ok(_) => reg.remove(id),
+                        Err(_) => {
+                            if let Some(slot) = reg.get_mut(id) {
+                                slot.removing = false;
+                            }
+                            None
+                        }
+                    };
+                }
+            }
+            let runs_removed = pruned? as u64;
+            for id in &forget {
+                remove_default_logs(&sh, id).await;
+            }
+            // Earlier runs' logs of agents still supervised, in the default place.
+            let default_root = sh.config.state_dir.join("agents");
+            let dirs: Vec<PathBuf> = lock(&rows)
+                .iter()
+                .filter(|(id, dir)| {
+                    dir.starts_with(&default_root) && !forget.iter().any(|f| f.as_str() == id)
+                })
+                .map(|(_, dir)| dir.clone())
+                .collect();
+            let _ = blocking(move || {
+                for dir in dirs {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                Ok(())
+            })
+            .await;
+            let mut removed: Vec<String> = forget.iter().map(ToString::to_string).collect();
+            removed.sort();
+            tracing::info!(agents = removed.len(), runs_removed, "pruned ended runs");
+            Ok(Removal {
+                removed,
+                runs_removed,
+            })
+        })
+        .await
+        .unwrap_or(Err(Error::StoreClosed))
+    }
+}
+
+async fn remove_default_logs(sh: &Shared, id: &AgentId) {
+    let dir = sh.config.state_dir.join("agents").join(id.as_str());
+    let id = id.clone();
+    let _ = blocking(move || {
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(agent_id = %id, error = %e, "cannot remove the agent's logs");
+        }
+        Ok(())
+    })
+    .await;
+}
+
+/// Stops one agent through its owner and waits for the report. An owner that
+/// fails meanwhile is replaced from the record (`launch`); the stop is asked
+/// of its successor, which finds it on record if it was begun.
+async fn stop_one(
+    sh: &Arc<Shared>,
+    id: &AgentId,
+    timeouts: Option<[f64; 3]>,
+    force: bool,
+) -> Option<StopReport> {
+    let mut owners = sh.owners.subscribe();
+    for _ in 0..3 {
+        owners.borrow_and_update();
+        let (view, busy, tx) = {
+            let reg = lock(&sh.registry);
+            let slot = reg.get(id)?;
+            let p = slot.published.borrow();
+            (p.view.clone()?, p.busy, slot.tx.clone())
+        };
+        if !busy {
+            return Some(already_ended(&view));
+        }
+        let (reply, answer) = oneshot::channel();
+        let timeouts = timeouts.unwrap_or(view.spec.stop_timeouts);
+        if tx
+            .send(Cmd::Stop {
+                timeouts,
+                force,
+                reply,
+            })
+            .is_ok()
+            && let Ok(report) = answer.await
+        {
+            return Some(report);
+        }
+        // The owner went away without answering: shutting down, or it failed
+        // and a new owner is on its way.
+        if *sh.shutdown.borrow() {
+            return Some(already_ended(&view));
+        }
+        let replaced =
+            tokio::time::timeout(std::time::Duration::from_secs(10), owners.changed()).await;
+        if !matches!(replaced, Ok(Ok(()))) {
+            return Some(already_ended(&view));
+        }
+    }
+    let view = lock(&sh.registry)
+        .get(id)?
+        .published
+        .borrow()
+        .view
+        .clone()?;
+    Some(already_ended(&view))
+}
