@@ -13,12 +13,26 @@ import dataclasses
 from enum import Enum
 from typing import Any, Dict, List, Literal, Mapping, Optional, TypedDict
 
-Health = Literal["healthy", "zombie", "completed", "failed", "unknown"]
+Health = Literal["healthy", "zombie", "completed", "failed", "unknown", "cancelled"]
 PersistentStatus = Literal["spawning", "running", "completed", "failed", "cancelled"]
+#: Where an agent is in its life (``state``): the daemon's own committed state.
+State = Literal["starting", "running", "stopping", "paused", "backoff", "ended"]
 StopStage = Literal["already_ended", "term", "second_term", "kill", "unkillable"]
+StopCause = Literal["user", "max_runtime", "limit", "liveness", "leftovers", "parent"]
 #: One entry of ``GET /v1/events``: ``seq``, ``at``, ``agent_id``, ``run``, ``kind``
-#: and the kind's own fields (``status``, ``pid``, ``exit_code``, ``progress``, …).
+#: and the kind's own fields (``state``, ``status``, ``pid``, ``exit_code``,
+#: ``stop``, ``progress``, …; one shape per kind, see the API's OpenAPI document).
 Event = Dict[str, Any]
+
+
+class StopInfo(TypedDict):
+    """A stop under way (``stop`` in a status while ``state`` is ``stopping``)."""
+
+    stage: Literal["term", "second_term", "kill"]
+    cause: StopCause
+    began_at: str
+    stage_deadline_at: Optional[str]
+    unkillable: bool
 
 
 class AgentStatus(str, Enum):
@@ -166,6 +180,8 @@ class StatusDict(TypedDict):
     cmdline: str
     health: Health
     persistent_status: PersistentStatus
+    state: State
+    stop: Optional[StopInfo]
     started_at: str
     progress: Optional[int]
     progress_message: Optional[str]
@@ -201,6 +217,7 @@ class ProcessSummary(TypedDict):
     zombie: int
     total_memory_mb: float
     total_cpu_percent: float
+    states: Dict[State, int]
 
 
 class HealthReport(TypedDict):

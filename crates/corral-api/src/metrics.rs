@@ -2,7 +2,10 @@
 //!
 //! Per agent: `corral_agent_up`, `corral_agent_cpu_percent`,
 //! `corral_agent_memory_bytes`, `corral_agent_restarts_total`; for the fleet:
-//! `corral_agents{state}`, `corral_spawns_total`, `corral_stop_stage_total{stage}`;
+//! `corral_agents{state}` (the lifecycle's states: `starting`, `running`,
+//! `stopping`, `paused`, `backoff`, `ended`), `corral_agents_by_status{status}`
+//! (the stored status, and `zombie`), `corral_spawns_total`,
+//! `corral_stop_stage_total{stage}`;
 //! and the daemon's own `process_*` metrics, as Prometheus's client libraries
 //! name them. Written straight from the latest statuses — no registry to keep
 //! in step with agents that come and go — so a scrape of 1000 agents costs a
@@ -46,17 +49,37 @@ pub fn render(
         &mut out,
         "corral_agents",
         "gauge",
-        "Agents by the state of their current run.",
+        "Agents by state: starting, running, stopping, paused, backoff, ended.",
     );
-    for state in ["spawning", "running", "completed", "failed", "cancelled"] {
+    let mut states = corral_core::StateCounts::default();
+    for s in statuses {
+        states.add(s.state);
+    }
+    for state in corral_core::AgentState::ALL {
+        let _ = writeln!(
+            out,
+            "corral_agents{{state=\"{state}\"}} {}",
+            states.get(state)
+        );
+    }
+    family(
+        &mut out,
+        "corral_agents_by_status",
+        "gauge",
+        "Agents by the stored status of their current run, and zombies.",
+    );
+    for status in ["spawning", "running", "completed", "failed", "cancelled"] {
         let n = statuses
             .iter()
-            .filter(|s| s.persistent_status.as_str() == state)
+            .filter(|s| s.persistent_status.as_str() == status)
             .count();
-        let _ = writeln!(out, "corral_agents{{state=\"{state}\"}} {n}");
+        let _ = writeln!(out, "corral_agents_by_status{{status=\"{status}\"}} {n}");
     }
     let zombies = statuses.iter().filter(|s| s.is_zombie).count();
-    let _ = writeln!(out, "corral_agents{{state=\"zombie\"}} {zombies}");
+    let _ = writeln!(
+        out,
+        "corral_agents_by_status{{status=\"zombie\"}} {zombies}"
+    );
     let per_agent: [PerAgent; 4] = [
         (
             "corral_agent_up",

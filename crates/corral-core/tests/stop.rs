@@ -45,6 +45,7 @@ both_containments!(
     twenty_stubborn_agents_stop_in_about_one_grace_period,
     a_selector_stops_only_its_subtree_and_unknown_ids_are_errors,
     an_agent_that_exits_on_its_own_during_a_stop_is_cancelled_once,
+    what_a_main_process_leaves_behind_is_stopped_before_its_run_ends,
 );
 
 /// Starts a TERM-ignoring agent and waits until its trap is set.
@@ -328,4 +329,54 @@ async fn an_agent_that_exits_on_its_own_during_a_stop_is_cancelled_once(cgroups:
     let s = wait_status(&sup, "quitter", PersistentStatus::Cancelled).await;
     assert_eq!(s.exit_code, Some(0));
     wait_gone(r.pid.unwrap()).await;
+}
+
+async fn what_a_main_process_leaves_behind_is_stopped_before_its_run_ends(cgroups: bool) {
+    let (_cleanup, _dir, sup) = setup(cgroups).await;
+    // A background child, a setsid grandchild and a double-forked setsid
+    // grandchild (its parent gone at once), each printing its pid; then the
+    // main process exits 0.
+    let script = "sleep 300 & echo $!; setsid sleep 300 & echo $!; \
+                  sh -c 'setsid sleep 300 & echo $!'; exit 0";
+    let r = sup
+        .spawn_agent(request("left", &["sh", "-c", script], 0))
+        .await
+        .unwrap();
+    let pids: Vec<i32> = wait_lines(&r.stdout_log, 3)
+        .await
+        .iter()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let s = wait_status(&sup, "left", PersistentStatus::Completed).await;
+    assert_eq!(s.exit_code, Some(0), "{s:?}");
+    // The run is over only once nothing of it is left.
+    let mut ended = sup.get_agent_status(&one_id("left")).unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while ended.state != corral_core::AgentState::Ended {
+        assert!(Instant::now() < end, "never ended: {ended:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        ended = sup.get_agent_status(&one_id("left")).unwrap();
+    }
+    for pid in pids.iter().chain([&r.pid.unwrap()]) {
+        assert!(
+            proc_stat(*pid).is_none(),
+            "pid {pid} is still in /proc after the run ended"
+        );
+    }
+    let reason = ended.end_reason.unwrap_or_default();
+    assert!(
+        reason.contains("exited with code 0") && reason.contains("leftover processes stopped"),
+        "{reason}"
+    );
+    // Nothing is left to stop: a stop says so.
+    let rep = sup
+        .cleanup(Some(&one("left")), staged(1.0))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(rep.stage, StopStage::AlreadyEnded, "{rep:?}");
+}
+
+fn one_id(id: &str) -> AgentId {
+    AgentId::new(id).unwrap()
 }

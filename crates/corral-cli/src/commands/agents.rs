@@ -43,6 +43,7 @@ fn status_lines(s: &AgentStatus) -> Vec<(&'static str, String)> {
     let mut rows = vec![
         ("agent_id", s.agent_id.clone()),
         ("pid", opt(s.pid.map(|p| p.to_string()))),
+        ("state", s.state.to_string()),
         ("health", s.health.to_string()),
         ("persistent_status", s.persistent_status.to_string()),
         ("process_status", s.process_status.clone()),
@@ -67,6 +68,9 @@ fn status_lines(s: &AgentStatus) -> Vec<(&'static str, String)> {
         ("stdout_log", s.stdout_log.display().to_string()),
         ("stderr_log", s.stderr_log.display().to_string()),
     ];
+    if let Some(stop) = &s.stop {
+        rows.insert(2, ("stop", stop_words(stop)));
+    }
     if let Some(p) = &s.placement {
         rows.push(("placement", placement_words(p)));
     }
@@ -103,11 +107,29 @@ fn status_lines(s: &AgentStatus) -> Vec<(&'static str, String)> {
     rows
 }
 
+/// A stop under way, in words: `user stop, stage term until 10:31:10Z`.
+pub fn stop_words(stop: &corral_core::StopInfo) -> String {
+    match (&stop.stage_deadline_at, stop.unkillable) {
+        (_, true) => format!("{} stop; survived SIGKILL, still watched", stop.cause),
+        (Some(at), false) => format!("{} stop, stage {} until {at}", stop.cause, stop.stage),
+        (None, false) => format!("{} stop, stage {}", stop.cause, stop.stage),
+    }
+}
+
 pub fn exit_words(code: Option<i32>, signal: Option<i32>) -> String {
     match (code, signal) {
         (Some(c), _) => format!("code {c}"),
         (None, Some(s)) => format!("signal {s}"),
         _ => "-".into(),
+    }
+}
+
+pub fn state_colour(state: corral_core::AgentState) -> Option<Colour> {
+    use corral_core::AgentState as S;
+    match state {
+        S::Stopping | S::Paused | S::Backoff => Some(Colour::Yellow),
+        S::Ended => Some(Colour::Dim),
+        S::Starting | S::Running => None,
     }
 }
 
@@ -132,12 +154,14 @@ pub fn placement_words(p: &corral_core::PlacementInfo) -> String {
 /// The `ps` table for a set of statuses.
 pub fn ps_table(all: &[&AgentStatus]) -> Table {
     let mut t = Table::new(vec![
-        "ID", "PID", "STATUS", "HEALTH", "READY", "CPU%", "MEM", "RUNTIME", "↺", "EXIT", "INFO",
+        "ID", "PID", "STATE", "STATUS", "HEALTH", "READY", "CPU%", "MEM", "RUNTIME", "↺", "EXIT",
+        "INFO",
     ])
-    .shrinkable(&[0, 10])
-    .droppable(&[4, 8, 9, 3]);
+    .shrinkable(&[0, 11])
+    .droppable(&[5, 9, 3, 10, 4]);
     for s in all {
         let info = match (&s.progress, &s.progress_message, &s.end_reason) {
+            _ if s.stop.is_some() => s.stop.as_ref().map(stop_words).unwrap_or_default(),
             _ if s.persistent_status.is_live() => match (&s.progress, &s.progress_message) {
                 (Some(p), Some(m)) => format!("{p}% {m}"),
                 (Some(p), None) => format!("{p}%"),
@@ -157,6 +181,7 @@ pub fn ps_table(all: &[&AgentStatus]) -> Table {
         t.push(vec![
             s.agent_id.as_str().into(),
             s.pid.map_or("-".into(), |p| p.to_string()).into(),
+            Cell::coloured(s.state.as_str(), state_colour(s.state)),
             s.persistent_status.as_str().into(),
             Cell::coloured(s.health.as_str(), health_colour(s.health)),
             match s.ready {
@@ -187,15 +212,21 @@ fn keep(
         sel.is_none_or(|sel| AgentId::new(s.agent_id.as_str()).is_ok_and(|id| sel.matches(&id)));
     let labels_ok = labels.iter().all(|(k, v)| s.labels.get(k) == Some(v));
     let states_ok = states.is_empty()
-        || states
-            .iter()
-            .any(|w| w == s.persistent_status.as_str() || w == s.health.as_str());
+        || states.iter().any(|w| {
+            w == s.persistent_status.as_str() || w == s.health.as_str() || w == s.state.as_str()
+        });
     id_ok && labels_ok && states_ok
 }
 
-const STATE_WORDS: [&str; 8] = [
-    "spawning",
+/// What `--state` takes: a state, a stored status or a health word.
+const STATE_WORDS: [&str; 13] = [
+    "starting",
     "running",
+    "stopping",
+    "paused",
+    "backoff",
+    "ended",
+    "spawning",
     "completed",
     "failed",
     "cancelled",
@@ -603,6 +634,7 @@ mod tests {
                 serde_json::json!({
                     "pid": 77, "process_alive": false, "process_status": "dead", "exit_code": 3,
                     "health": "failed", "persistent_status": "failed", "cpu_percent": 0.0,
+                    "state": "backoff",
                     "memory_mb": 0.0, "end_reason": "exited with code 3", "run": 3, "restarts": 2,
                     "next_restart_at": "2026-11-27T10:31:00.000Z", "progress": null
                 }),
@@ -610,7 +642,7 @@ mod tests {
             status(
                 "team.typo",
                 serde_json::json!({
-                    "pid": null, "process_alive": false, "health": "failed",
+                    "pid": null, "process_alive": false, "health": "failed", "state": "ended",
                     "persistent_status": "failed", "memory_mb": 0.0, "cpu_percent": 0.0,
                     "runtime_seconds": 0.0, "progress": null,
                     "end_reason": "agent team.typo: cannot start \"/no/such/agent\": No such file or directory (os error 2)"

@@ -93,6 +93,7 @@ impl Supervisor {
             if status.is_zombie {
                 sum.zombie += 1;
             }
+            sum.states.add(status.state);
             sum.total_memory_mb += status.memory_mb;
             sum.total_cpu_percent += status.cpu_percent;
         }

@@ -76,7 +76,8 @@ mod view;
 
 pub use spec::{
     DEFAULT_STOP_TIMEOUTS, DEFAULT_VERIFY_MS, MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_LABELS,
-    MAX_LOG_KEEP, MAX_PROGRESS_MESSAGE, MAX_STOP_WAIT_S, MAX_VERIFY_MS, MIN_LOG_MAX_MB,
+    MAX_LOG_KEEP, MAX_PROGRESS_MESSAGE, MAX_RUNTIME_S, MAX_STOP_WAIT_S, MAX_VERIFY_MS,
+    MIN_LOG_MAX_MB,
 };
 use view::{Published, View};
 
@@ -256,6 +257,34 @@ fn state_tag(dir: &Path) -> String {
     format!("{h:016x}")
 }
 
+/// Opens what a supervisor keeps in its state dir (blocking): the private
+/// dirs, the store, the boot id, and its cgroup subtree (or why there is none).
+fn open_state(config: &Config) -> Result<(Store, String, std::result::Result<CgroupRoot, String>)> {
+    let dir = &config.state_dir;
+    platform::files::ensure_private_dir(dir).map_err(|source| Error::StateDir {
+        path: dir.clone(),
+        action: "use as the state dir",
+        source,
+    })?;
+    platform::files::ensure_private_dir(&dir.join("agents")).map_err(|source| Error::StateDir {
+        path: dir.join("agents"),
+        action: "use as the agents dir",
+        source,
+    })?;
+    let store = Store::open(&dir.join("corral.db"))?;
+    let boot_id = platform::boot_id().map_err(|source| Error::StateDir {
+        path: "/proc/sys/kernel/random/boot_id".into(),
+        action: "read the boot id",
+        source,
+    })?;
+    let cgroup = if config.cgroups {
+        CgroupRoot::discover(&state_tag(dir))
+    } else {
+        Err("disabled by configuration".to_owned())
+    };
+    Ok((store, boot_id, cgroup))
+}
+
 /// The cgroup leaf name of one run.
 pub(crate) fn leaf_name(agent_id: &str, run: u32) -> String {
     format!("{agent_id}.{run}")
@@ -279,33 +308,7 @@ impl Supervisor {
         };
         let (store, boot_id, cgroup) = tokio::task::spawn_blocking({
             let config = config.clone();
-            move || -> Result<_> {
-                let dir = &config.state_dir;
-                platform::files::ensure_private_dir(dir).map_err(|source| Error::StateDir {
-                    path: dir.clone(),
-                    action: "use as the state dir",
-                    source,
-                })?;
-                platform::files::ensure_private_dir(&dir.join("agents")).map_err(|source| {
-                    Error::StateDir {
-                        path: dir.join("agents"),
-                        action: "use as the agents dir",
-                        source,
-                    }
-                })?;
-                let store = Store::open(&dir.join("corral.db"))?;
-                let boot_id = platform::boot_id().map_err(|source| Error::StateDir {
-                    path: "/proc/sys/kernel/random/boot_id".into(),
-                    action: "read the boot id",
-                    source,
-                })?;
-                let cgroup = if config.cgroups {
-                    CgroupRoot::discover(&state_tag(dir))
-                } else {
-                    Err("disabled by configuration".to_owned())
-                };
-                Ok((store, boot_id, cgroup))
-            }
+            move || open_state(&config)
         })
         .await
         .map_err(|e| state_err("open")(std::io::Error::other(e)))??;

@@ -159,7 +159,7 @@ impl Supervisor {
             if slot.busy() {
                 return Err(Error::Conflict {
                     agent_id: id.to_string(),
-                    status: view.status.to_string(),
+                    status: view.state.to_string(),
                     pid: view.pid,
                 });
             }

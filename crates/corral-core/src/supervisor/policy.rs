@@ -99,10 +99,9 @@ pub(crate) fn validate(policy: &RestartPolicy) -> Result<(), String> {
             "restart.backoff_s must be [min, max] seconds with 0 <= min <= max <= 86400; got [{low}, {high}]"
         ));
     }
-    if !(policy.window_s.is_finite() && policy.window_s > 0.0 && policy.window_s <= 30.0 * 86_400.0)
-    {
+    if !(policy.window_s.is_finite() && policy.window_s > 0.0 && policy.window_s <= 86_400.0) {
         return Err(format!(
-            "restart.window_s must be more than 0 and at most 30 days; got {}",
+            "restart.window_s must be more than 0 and at most 86400 (a day); got {}",
             policy.window_s
         ));
     }

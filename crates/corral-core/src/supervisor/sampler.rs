@@ -70,8 +70,11 @@ fn sample_all(sh: &Shared, memory: &mut Memory) {
                 .map(|v| (v, slot.tx.clone()))
         })
         // Local runs are sampled here; runs on a cluster engine only have their
-        // logs rotated (the engine gives their figures).
-        .filter(|(v, _)| v.proc_.is_some() || v.job.as_ref().is_some_and(|j| j.running))
+        // logs rotated (the engine gives their figures). An ended run whose
+        // process stays a zombie of another parent has nothing to sample.
+        .filter(|(v, _)| {
+            v.state.is_busy() && (v.proc_.is_some() || v.job.as_ref().is_some_and(|j| j.running))
+        })
         .collect();
     if live.is_empty() {
         memory.prev.clear();
@@ -79,21 +82,67 @@ fn sample_all(sh: &Shared, memory: &mut Memory) {
         memory.rotate_warned = rotate::Warned::default();
         return;
     }
-    let prev = &mut memory.prev;
     let owned = lock(&sh.owned).clone();
-    let snap = stop::scan(&owned);
-    let now = platform::boottime_seconds();
-    let mut seen = HashMap::with_capacity(prev.len());
-    let mb = |pages: u64| (pages * sh.page_size) as f64 / (1024.0 * 1024.0);
-    let none = HashSet::new();
+    let pass = Pass {
+        sh,
+        snap: stop::scan(&owned),
+        now: platform::boottime_seconds(),
+    };
+    let mut seen = HashMap::with_capacity(memory.prev.len());
     let mut cpu_over = HashMap::new();
     for (view, tx) in &live {
-        let Some(proc_) = &view.proc_ else {
-            rotate::rotate(view, &mut memory.rotate_warned);
-            continue;
-        };
+        if let Some(proc_) = &view.proc_ {
+            let (tree, tasks) = pass.sample(view, proc_, &memory.prev, &mut seen);
+            if !view.limits.is_empty() {
+                let key = (view.id.clone(), view.run);
+                let mut over = memory.cpu_over.get(&key).copied().unwrap_or(0);
+                let usage = limits::Usage {
+                    memory_mb: tree.memory_mb,
+                    tasks,
+                    cpu_percent: tree.cpu_percent,
+                };
+                if let Some((reason, data)) = limits::check(&view.limits, usage, &mut over) {
+                    let _ = tx.send(Cmd::Limit {
+                        run: view.run,
+                        reason,
+                        data,
+                    });
+                }
+                cpu_over.insert(key, over);
+            }
+        }
+        rotate::rotate(view, &mut memory.rotate_warned);
+    }
+    memory.prev = seen;
+    memory.cpu_over = cpu_over;
+    let dirs = live.iter().map(|(v, _)| v.log_dir.as_path()).collect();
+    memory.rotate_warned.retain_runs(&dirs);
+}
+
+/// One sampling pass: the process table at one instant.
+struct Pass<'a> {
+    sh: &'a Shared,
+    snap: tree::Snapshot,
+    now: f64,
+}
+
+impl Pass<'_> {
+    fn mb(&self, pages: u64) -> f64 {
+        (pages * self.sh.page_size) as f64 / (1024.0 * 1024.0)
+    }
+
+    /// Samples one agent and its tree (its own figures go to its `Proc`);
+    /// the tree's sums and its task count. Every process seen goes to `seen`.
+    fn sample(
+        &self,
+        view: &View,
+        proc_: &super::view::Proc,
+        prev: &HashMap<(i32, u64), (u64, f64)>,
+        seen: &mut HashMap<(i32, u64), (u64, f64)>,
+    ) -> (TreeSummary, u64) {
+        let none = HashSet::new();
         let members = tree::members(
-            &snap,
+            &self.snap,
             &tree::Lookup {
                 leader: proc_.handle.pid(),
                 leader_start: proc_.handle.start_ticks(),
@@ -116,16 +165,12 @@ fn sample_all(sh: &Shared, memory: &mut Memory) {
         let mut own = None;
         let mut tasks = 0u64;
         for m in members.iter().filter(|m| m.state != 'Z') {
-            let cpu = cpu_percent(
-                m,
-                prev.get(&(m.pid, m.start_ticks)),
-                now,
-                sh.ticks_per_second,
-            );
-            seen.insert((m.pid, m.start_ticks), (m.cpu_ticks, now));
+            let key = (m.pid, m.start_ticks);
+            let cpu = cpu_percent(m, prev.get(&key), self.now, self.sh.ticks_per_second);
+            seen.insert(key, (m.cpu_ticks, self.now));
             tree.processes += 1;
             tree.cpu_percent += cpu;
-            tree.memory_mb += mb(m.rss_pages);
+            tree.memory_mb += self.mb(m.rss_pages);
             tasks += u64::from(m.num_threads);
             if m.pid == proc_.handle.pid() && m.start_ticks == proc_.handle.start_ticks() {
                 own = Some((m, cpu));
@@ -135,34 +180,13 @@ fn sample_all(sh: &Shared, memory: &mut Memory) {
             proc_.set_sample(Sample {
                 state: m.state,
                 cpu_percent: cpu,
-                memory_mb: mb(m.rss_pages),
+                memory_mb: self.mb(m.rss_pages),
                 num_threads: m.num_threads,
                 tree,
             });
         }
-        if !view.limits.is_empty() {
-            let key = (view.id.clone(), view.run);
-            let mut over = memory.cpu_over.get(&key).copied().unwrap_or(0);
-            let usage = limits::Usage {
-                memory_mb: tree.memory_mb,
-                tasks,
-                cpu_percent: tree.cpu_percent,
-            };
-            if let Some((reason, data)) = limits::check(&view.limits, usage, &mut over) {
-                let _ = tx.send(Cmd::Limit {
-                    run: view.run,
-                    reason,
-                    data,
-                });
-            }
-            cpu_over.insert(key, over);
-        }
-        rotate::rotate(view, &mut memory.rotate_warned);
+        (tree, tasks)
     }
-    *prev = seen;
-    memory.cpu_over = cpu_over;
-    let dirs = live.iter().map(|(v, _)| v.log_dir.as_path()).collect();
-    memory.rotate_warned.retain_runs(&dirs);
 }
 
 /// psutil's CPU%: ticks used since the last sample over the time since, as a

@@ -16,8 +16,11 @@ pub const DEFAULT_STOP_TIMEOUTS: [f64; 3] = [10.0, 5.0, 5.0];
 pub const DEFAULT_VERIFY_MS: u64 = 100;
 /// Longest verification window accepted, ms.
 pub const MAX_VERIFY_MS: u64 = 60_000;
-/// Longest single stop-stage wait accepted, seconds.
+/// Longest single stop-stage wait accepted, seconds (one day); also the
+/// longest backoff, restart window and probe setting.
 pub const MAX_STOP_WAIT_S: f64 = 86_400.0;
+/// Longest `max_runtime_s` accepted: ten years.
+pub const MAX_RUNTIME_S: f64 = 315_360_000.0;
 /// Most labels per agent.
 pub const MAX_LABELS: usize = 64;
 /// Longest label key, bytes.
@@ -265,9 +268,9 @@ fn check_probe(id: &str, which: &str, probe: &Probe) -> Result<()> {
                 crate::model::elide(addr, 100)
             ))
         }
-        Probe::ProgressStaleS(s) if !(s.is_finite() && *s > 0.0) => {
-            bad(format!("progress_stale_s must be more than 0; got {s}"))
-        }
+        Probe::ProgressStaleS(s) if !(s.is_finite() && *s > 0.0 && *s <= MAX_STOP_WAIT_S) => bad(
+            format!("progress_stale_s must be more than 0 and at most {MAX_STOP_WAIT_S}; got {s}"),
+        ),
         Probe::Log(_) if which == "liveness" => {
             bad("log is a readiness probe (a line seen once cannot tell liveness)".into())
         }
@@ -351,11 +354,13 @@ pub(crate) fn check(req: SpawnRequest, state_dir: &Path, user: Option<User>) -> 
     let restart = req.restart.clone().unwrap_or_default();
     super::policy::validate(&restart).map_err(|why| invalid(raw, why))?;
     if let Some(t) = req.max_runtime_s
-        && !(t.is_finite() && t > 0.0)
+        && !(t.is_finite() && t > 0.0 && t <= MAX_RUNTIME_S)
     {
         return Err(invalid(
             raw,
-            format!("max_runtime_s must be more than 0; got {t}"),
+            format!(
+                "max_runtime_s must be more than 0 and at most {MAX_RUNTIME_S} (ten years); got {t}"
+            ),
         ));
     }
     if let Some(probes) = &req.probes {
@@ -447,6 +452,37 @@ mod tests {
         refused(
             r#"{"agent_id": "a", "command": ["x"], "max_runtime_s": -1}"#,
             "max_runtime_s",
+        );
+        // Every duration is bounded: nothing can overflow a timer.
+        for (json, field) in [
+            (r#""max_runtime_s": 1e300"#, "max_runtime_s"),
+            (r#""max_runtime_s": 9.5e18"#, "max_runtime_s"),
+            (r#""max_runtime_s": 315360001"#, "max_runtime_s"),
+            (r#""stop_timeouts": [1, 1, 86401]"#, "stop_timeouts"),
+            (r#""restart": {"window_s": 86401}"#, "restart.window_s"),
+            (
+                r#""restart": {"backoff_s": [1, 1e300]}"#,
+                "restart.backoff_s",
+            ),
+            (r#""probes": {"interval_s": 1e300}"#, "probes.interval_s"),
+            (
+                r#""probes": {"liveness": {"progress_stale_s": 1e300}}"#,
+                "progress_stale_s",
+            ),
+        ] {
+            refused(
+                &format!(r#"{{"agent_id": "a", "command": ["x"], {json}}}"#),
+                field,
+            );
+        }
+        assert!(
+            check(
+                req(r#"{"agent_id": "a", "command": ["x"], "max_runtime_s": 315360000}"#),
+                Path::new("/s"),
+                None
+            )
+            .is_ok(),
+            "ten years is allowed"
         );
         refused(
             r#"{"agent_id": "a", "command": ["x"], "restart": {"policy": "always", "backoff_s": [9, 1]}}"#,

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use crate::platform::{self, ExitKind, ProcessHandle, Stdio, cgroup::Leaf};
+use crate::platform::cgroup::{Controllers, Leaf};
+use crate::platform::{self, ExitKind, ProcessHandle, Stdio};
 use crate::store::RunRecord;
 
 use super::super::spec::Spec;
@@ -379,16 +380,17 @@ pub(crate) fn environment(sh: &Shared, spec: &Spec, run_id: i64) -> std::io::Res
         .collect()
 }
 
-/// Resolves the program against the agent's PATH and starts it, in a new
-/// cgroup leaf where there is one. The new pid enters `owned` before the orphan
-/// sweep can look.
-fn start_process(
-    sh: &Shared,
-    spec: &Spec,
-    run_id: i64,
-    run: u32,
-    stdio: Stdio<'_>,
-) -> std::io::Result<Started> {
+/// What an exec needs, as C strings.
+struct Exec {
+    envp: Vec<CString>,
+    argv: Vec<CString>,
+    program: CString,
+    cwd: CString,
+}
+
+/// The run's environment, argv, program (resolved against the agent's
+/// `PATH`) and working directory.
+fn exec_of(sh: &Shared, spec: &Spec, run_id: i64) -> std::io::Result<Exec> {
     let envp = environment(sh, spec, run_id)?;
     let path_var = envp
         .iter()
@@ -402,14 +404,25 @@ fn start_process(
         .iter()
         .map(|a| platform::c_string("argument", a.as_bytes()))
         .collect::<std::io::Result<Vec<_>>>()?;
-    let program_c = platform::c_path(&resolved)?;
-    let cwd_c = platform::c_path(&spec.cwd)?;
-    let nofile = spec.request.limits.as_ref().and_then(|l| l.nofile);
-    // The leaf is created and the process born in it under the spawn gate: the
-    // sweep of empty leaves never sees a new run's leaf empty.
-    let _gate = sh.spawn_gate.read().unwrap_or_else(|p| p.into_inner());
+    Ok(Exec {
+        envp,
+        argv,
+        program: platform::c_path(&resolved)?,
+        cwd: platform::c_path(&spec.cwd)?,
+    })
+}
+
+/// A new cgroup leaf for the run, with the limits the kernel can enforce set
+/// on it, and its directory open for `CLONE_INTO_CGROUP`; no leaf (process-
+/// group containment) when there is no cgroup subtree or it cannot be made.
+/// Called under the spawn gate.
+fn leaf_for(
+    sh: &Shared,
+    spec: &Spec,
+    run: u32,
+    limits: &crate::model::Limits,
+) -> (Option<Leaf>, Controllers, Option<std::fs::File>) {
     let mut leaf = new_leaf(sh, spec, run);
-    let limits = spec.request.limits.clone().unwrap_or_default();
     let kernel = match (&leaf, &sh.cgroup) {
         (Some(leaf), Ok(root)) => leaf.set_limits(
             root.controllers(),
@@ -423,6 +436,31 @@ fn start_process(
     if leaf.is_some() && dir.is_none() {
         release(sh, leaf.take());
     }
+    (leaf, kernel, dir)
+}
+
+/// Resolves the program against the agent's PATH and starts it, in a new
+/// cgroup leaf where there is one. The new pid enters `owned` before the orphan
+/// sweep can look.
+fn start_process(
+    sh: &Shared,
+    spec: &Spec,
+    run_id: i64,
+    run: u32,
+    stdio: Stdio<'_>,
+) -> std::io::Result<Started> {
+    let Exec {
+        envp,
+        argv,
+        program: program_c,
+        cwd: cwd_c,
+    } = exec_of(sh, spec, run_id)?;
+    let nofile = spec.request.limits.as_ref().and_then(|l| l.nofile);
+    // The leaf is created and the process born in it under the spawn gate: the
+    // sweep of empty leaves never sees a new run's leaf empty.
+    let _gate = sh.spawn_gate.read().unwrap_or_else(|p| p.into_inner());
+    let limits = spec.request.limits.clone().unwrap_or_default();
+    let (mut leaf, kernel, dir) = leaf_for(sh, spec, run, &limits);
     let mut spawn_spec = platform::SpawnSpec {
         program: &program_c,
         argv: &argv,

@@ -131,6 +131,53 @@ impl Stop {
         self.deadline_at = later_wall(wall, wait);
     }
 
+    /// Another stop joins this one: a user (or a stopped parent) makes it
+    /// theirs — unless the main process had already ended, and what is
+    /// stopped are its leftovers — and `force` escalates to SIGKILL at once.
+    /// Returns the stage that begins, if one does.
+    fn join(&mut self, req: &StopRequest) -> Option<StopStage> {
+        if matches!(req.cause, StopCause::User | StopCause::Parent) {
+            self.asked = true;
+            if !self.main_exited && self.cause != StopCause::User {
+                self.cause = req.cause;
+                self.reason = None;
+            }
+        }
+        if req.force && !self.force && self.stage != StopStage::Kill {
+            self.force = true;
+            self.timeouts = req.timeouts;
+            self.enter(StopStage::Kill, req.now, req.wall);
+            return Some(StopStage::Kill);
+        }
+        None
+    }
+
+    /// The stage's wait is over: the next stage (returned), or after SIGKILL's
+    /// wait, a little longer for something signalled moments ago, else the
+    /// tree survived it (true).
+    fn due(
+        &mut self,
+        now: Instant,
+        wall: SystemTime,
+        settle_until: Option<Instant>,
+    ) -> (Option<StopStage>, bool) {
+        if let Some(next) = self.next_stage() {
+            self.enter(next, now, wall);
+            return (Some(next), false);
+        }
+        match settle_until.filter(|t| *t > now && *t > self.deadline) {
+            Some(t) => {
+                self.deadline_at = later_wall(wall, t - now);
+                self.deadline = t;
+                (None, false)
+            }
+            None => {
+                self.unkillable = true;
+                (None, true)
+            }
+        }
+    }
+
     /// The stage after the current one, if there is one.
     fn next_stage(&self) -> Option<StopStage> {
         let all = stages(self.force);
@@ -224,14 +271,9 @@ pub(crate) enum Happening {
     Verified,
     /// The process could not be created, or its start not recorded.
     StartFailed,
-    /// The main process exited and its end is on record; `leftovers` when
-    /// something of its tree still runs (stopped with `timeouts`).
-    MainExited {
-        leftovers: bool,
-        timeouts: [f64; 3],
-        now: Instant,
-        wall: SystemTime,
-    },
+    /// The main process exited and its end is on record; with a stop of
+    /// its `leftovers` (cause `leftovers`) when something of its tree still runs.
+    MainExited { leftovers: Option<StopRequest> },
     /// A stop is asked for (or joins the one under way, escalating with `force`).
     Stop(StopRequest),
     /// The stage's wait is over. `settle_until`: a member signalled moments
@@ -390,448 +432,90 @@ impl Lifecycle {
 
     /// Moves on `what`, or refuses (and stays).
     pub(crate) fn apply(&mut self, what: Happening) -> Result<Change, Illegal> {
+        use Happening as H;
         use State as S;
         let from = self.state.wire();
-        let illegal = Illegal {
+        let name = what.name();
+        let stay = |stage, unkillable| Change {
             from,
-            what: what.name(),
+            to: from,
+            stage,
+            unkillable,
         };
-        let mut stage = None;
-        let mut unkillable = false;
         let next = match (&mut self.state, what) {
-            (S::Starting { verify_until: None }, Happening::Started { verify_until }) => {
-                match verify_until {
-                    Some(t) => S::Starting {
-                        verify_until: Some(t),
-                    },
-                    None => S::Running,
-                }
-            }
-            (
-                S::Starting {
-                    verify_until: Some(_),
-                },
-                Happening::Verified,
-            ) => S::Running,
-            (S::Starting { .. }, Happening::StartFailed) => S::Ended,
-            (
-                S::Starting { .. } | S::Running | S::Paused,
-                Happening::MainExited {
-                    leftovers,
-                    timeouts,
-                    now,
-                    wall,
-                },
-            ) => {
-                if leftovers {
-                    let req = StopRequest {
-                        cause: StopCause::Leftovers,
-                        reason: None,
-                        timeouts,
-                        force: false,
-                        now,
-                        wall,
-                    };
-                    let stop = Stop::new(&req, true);
-                    stage = Some(stop.stage);
-                    S::Stopping(stop)
-                } else {
-                    S::Ended
-                }
-            }
-            (S::Stopping(s), Happening::MainExited { .. }) if !s.main_exited => {
+            // Moves inside a stop: its main process's end, another stop
+            // joining it, a stage's end.
+            (S::Stopping(s), H::MainExited { .. }) if !s.main_exited => {
                 s.main_exited = true;
-                return Ok(Change {
-                    from,
-                    to: from,
-                    stage: None,
-                    unkillable: false,
-                });
+                return Ok(stay(None, false));
             }
-            (S::Starting { .. } | S::Running | S::Paused, Happening::Stop(req)) => {
-                let stop = Stop::new(&req, false);
-                stage = Some(stop.stage);
-                S::Stopping(stop)
-            }
-            (S::Stopping(s), Happening::Stop(req)) => {
-                if matches!(req.cause, StopCause::User | StopCause::Parent) {
-                    s.asked = true;
-                    // The main process still runs: the stop is now the user's
-                    // (the run ends cancelled). Leftovers of a main that ended
-                    // on its own stay leftovers.
-                    if !s.main_exited && s.cause != StopCause::User {
-                        s.cause = req.cause;
-                        s.reason = None;
-                    }
-                }
-                if req.force && !s.force && s.stage != StopStage::Kill {
-                    s.force = true;
-                    s.timeouts = req.timeouts;
-                    s.enter(StopStage::Kill, req.now, req.wall);
-                    stage = Some(StopStage::Kill);
-                }
-                return Ok(Change {
-                    from,
-                    to: from,
-                    stage,
-                    unkillable: false,
-                });
-            }
-            (S::Backoff { .. }, Happening::Stop(_)) => S::Ended,
+            (S::Stopping(s), H::Stop(req)) => return Ok(stay(s.join(&req), false)),
             (
                 S::Stopping(s),
-                Happening::StageDue {
+                H::StageDue {
                     now,
                     wall,
                     settle_until,
                 },
             ) if !s.unkillable => {
-                match s.next_stage() {
-                    Some(next) => {
-                        s.enter(next, now, wall);
-                        stage = Some(next);
-                    }
-                    None => match settle_until.filter(|t| *t > now && *t > s.deadline) {
-                        Some(t) => {
-                            s.deadline_at = later_wall(wall, t - now);
-                            s.deadline = t;
-                        }
-                        None => {
-                            s.unkillable = true;
-                            unkillable = true;
-                        }
-                    },
-                }
-                return Ok(Change {
-                    from,
-                    to: from,
-                    stage,
-                    unkillable,
-                });
+                let (stage, unkillable) = s.due(now, wall, settle_until);
+                return Ok(stay(stage, unkillable));
             }
-            (S::Stopping(s), Happening::TreeGone) if s.main_exited => S::Ended,
-            (S::Ended, Happening::RestartPlanned { until }) => S::Backoff { until },
-            (S::Backoff { .. }, Happening::BackoffElapsed) | (S::Ended, Happening::NewRun) => {
+            // Moves to another state.
+            (
+                S::Starting { verify_until: None },
+                H::Started {
+                    verify_until: Some(t),
+                },
+            ) => S::Starting {
+                verify_until: Some(t),
+            },
+            (S::Starting { verify_until: None }, H::Started { verify_until: None })
+            | (
+                S::Starting {
+                    verify_until: Some(_),
+                },
+                H::Verified,
+            )
+            | (S::Paused, H::Resume) => S::Running,
+            (S::Starting { .. }, H::StartFailed)
+            | (S::Starting { .. } | S::Running | S::Paused, H::MainExited { leftovers: None })
+            | (
+                S::Stopping(Stop {
+                    main_exited: true, ..
+                }),
+                H::TreeGone,
+            )
+            | (S::Backoff { .. }, H::Stop(_)) => S::Ended,
+            (
+                S::Starting { .. } | S::Running | S::Paused,
+                H::MainExited {
+                    leftovers: Some(req),
+                },
+            ) => S::Stopping(Stop::new(&req, true)),
+            (S::Starting { .. } | S::Running | S::Paused, H::Stop(req)) => {
+                S::Stopping(Stop::new(&req, false))
+            }
+            (S::Ended, H::RestartPlanned { until }) => S::Backoff { until },
+            (S::Backoff { .. }, H::BackoffElapsed) | (S::Ended, H::NewRun) => {
                 S::Starting { verify_until: None }
             }
-            (S::Running, Happening::Pause) => S::Paused,
-            (S::Paused, Happening::Resume) => S::Running,
-            _ => return Err(illegal),
+            (S::Running, H::Pause) => S::Paused,
+            _ => return Err(Illegal { from, what: name }),
+        };
+        let stage = match &next {
+            S::Stopping(s) => Some(s.stage),
+            _ => None,
         };
         self.state = next;
         Ok(Change {
             from,
             to: self.state.wire(),
             stage,
-            unkillable,
+            unkillable: false,
         })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use AgentState as W;
-
-    fn t0() -> (Instant, SystemTime) {
-        (Instant::now(), SystemTime::now())
-    }
-
-    fn req(cause: StopCause, force: bool) -> StopRequest {
-        let (now, wall) = t0();
-        StopRequest {
-            cause,
-            reason: None,
-            timeouts: [10.0, 5.0, 5.0],
-            force,
-            now,
-            wall,
-        }
-    }
-
-    fn exited(leftovers: bool) -> Happening {
-        let (now, wall) = t0();
-        Happening::MainExited {
-            leftovers,
-            timeouts: [1.0, 1.0, 1.0],
-            now,
-            wall,
-        }
-    }
-
-    fn due() -> Happening {
-        let (now, wall) = t0();
-        Happening::StageDue {
-            now,
-            wall,
-            settle_until: None,
-        }
-    }
-
-    /// One state of each kind (a stopping one whose main has exited, and one
-    /// whose main still runs).
-    fn samples() -> Vec<Lifecycle> {
-        let (now, _) = t0();
-        let mut stopping = Lifecycle {
-            state: State::Running,
-        };
-        stopping
-            .apply(Happening::Stop(req(StopCause::User, false)))
-            .unwrap();
-        let mut leftovers = Lifecycle {
-            state: State::Running,
-        };
-        leftovers.apply(exited(true)).unwrap();
-        vec![
-            Lifecycle::starting(),
-            Lifecycle {
-                state: State::Starting {
-                    verify_until: Some(now),
-                },
-            },
-            Lifecycle {
-                state: State::Running,
-            },
-            Lifecycle {
-                state: State::Paused,
-            },
-            stopping,
-            leftovers,
-            Lifecycle {
-                state: State::Backoff { until: now },
-            },
-            Lifecycle::ended(),
-        ]
-    }
-
-    fn happenings() -> Vec<Happening> {
-        let (now, _) = t0();
-        vec![
-            Happening::Started { verify_until: None },
-            Happening::Started {
-                verify_until: Some(now),
-            },
-            Happening::Verified,
-            Happening::StartFailed,
-            exited(false),
-            exited(true),
-            Happening::Stop(req(StopCause::User, false)),
-            Happening::Stop(req(StopCause::Limit, false)),
-            due(),
-            Happening::TreeGone,
-            Happening::RestartPlanned { until: now },
-            Happening::BackoffElapsed,
-            Happening::NewRun,
-            Happening::Pause,
-            Happening::Resume,
-        ]
-    }
-
-    /// The contract's moves (plus paused → ended), and staying put.
-    fn allowed(from: W, to: W) -> bool {
-        from == to
-            || matches!(
-                (from, to),
-                (W::Starting, W::Running | W::Stopping | W::Ended)
-                    | (W::Running, W::Stopping | W::Paused | W::Ended)
-                    | (W::Paused, W::Running | W::Stopping | W::Ended)
-                    | (W::Stopping, W::Ended)
-                    | (W::Ended, W::Backoff | W::Starting)
-                    | (W::Backoff, W::Starting | W::Ended)
-            )
-    }
-
-    #[test]
-    fn every_move_is_one_the_contract_allows() {
-        let mut legal = 0;
-        for life in samples() {
-            for what in happenings() {
-                let mut l = life.clone();
-                match l.apply(what.clone()) {
-                    Ok(change) => {
-                        legal += 1;
-                        assert!(
-                            allowed(change.from, change.to),
-                            "{:?} + {what:?} → {:?}",
-                            life.state,
-                            change.to
-                        );
-                        assert_eq!(change.to, l.wire());
-                    }
-                    Err(e) => {
-                        assert_eq!(l, life, "a refused move changes nothing");
-                        assert_eq!(e.from, life.wire());
-                    }
-                }
-            }
-        }
-        assert!(legal >= 20, "only {legal} legal moves");
-    }
-
-    #[test]
-    fn the_table() {
-        use Happening as H;
-        let (now, _) = t0();
-        let cases: Vec<(Lifecycle, Happening, Option<W>)> = vec![
-            (
-                Lifecycle::starting(),
-                H::Started { verify_until: None },
-                Some(W::Running),
-            ),
-            (
-                Lifecycle::starting(),
-                H::Started {
-                    verify_until: Some(now),
-                },
-                Some(W::Starting),
-            ),
-            (Lifecycle::starting(), H::Verified, None),
-            (Lifecycle::starting(), H::StartFailed, Some(W::Ended)),
-            (Lifecycle::starting(), exited(false), Some(W::Ended)),
-            (Lifecycle::starting(), exited(true), Some(W::Stopping)),
-            (
-                Lifecycle::ended(),
-                H::Stop(req(StopCause::User, false)),
-                None,
-            ),
-            (Lifecycle::ended(), H::TreeGone, None),
-            (Lifecycle::ended(), H::BackoffElapsed, None),
-            (Lifecycle::ended(), H::NewRun, Some(W::Starting)),
-            (
-                Lifecycle {
-                    state: State::Backoff { until: now },
-                },
-                H::Stop(req(StopCause::User, false)),
-                Some(W::Ended),
-            ),
-            (
-                Lifecycle {
-                    state: State::Running,
-                },
-                H::TreeGone,
-                None,
-            ),
-            (
-                Lifecycle {
-                    state: State::Running,
-                },
-                H::Resume,
-                None,
-            ),
-        ];
-        for (mut life, what, want) in cases {
-            let before = life.state.clone();
-            let got = life.apply(what.clone()).ok().map(|c| c.to);
-            assert_eq!(got, want, "{before:?} + {what:?}");
-        }
-    }
-
-    #[test]
-    fn a_stop_walks_its_stages_and_a_survivor_stays_stopping() {
-        let mut life = Lifecycle {
-            state: State::Running,
-        };
-        let c = life
-            .apply(Happening::Stop(req(StopCause::Limit, false)))
-            .unwrap();
-        assert_eq!((c.to, c.stage), (W::Stopping, Some(StopStage::Term)));
-        assert_eq!(
-            life.apply(due()).unwrap().stage,
-            Some(StopStage::SecondTerm)
-        );
-        assert_eq!(life.apply(due()).unwrap().stage, Some(StopStage::Kill));
-        // Something signalled a moment ago may still be dying: wait for it.
-        let (now, wall) = t0();
-        let settle = now + Duration::from_secs(3600);
-        let c = life
-            .apply(Happening::StageDue {
-                now,
-                wall,
-                settle_until: Some(settle),
-            })
-            .unwrap();
-        assert!(!c.unkillable);
-        assert_eq!(life.deadline(), Some(settle));
-        let c = life.apply(due()).unwrap();
-        assert!(c.unkillable, "{c:?}");
-        assert_eq!(life.wire(), W::Stopping, "never back to running");
-        assert_eq!(life.deadline(), None);
-        assert!(life.apply(due()).is_err(), "no deadline after unkillable");
-        // The main process has not exited: the tree cannot be gone.
-        assert!(life.apply(Happening::TreeGone).is_err());
-        life.apply(exited(false)).unwrap();
-        assert_eq!(life.apply(Happening::TreeGone).unwrap().to, W::Ended);
-    }
-
-    #[test]
-    fn a_user_joining_takes_the_stop_over_unless_the_main_had_ended() {
-        let mut life = Lifecycle {
-            state: State::Running,
-        };
-        life.apply(Happening::Stop(req(StopCause::MaxRuntime, false)))
-            .unwrap();
-        let c = life
-            .apply(Happening::Stop(req(StopCause::User, true)))
-            .unwrap();
-        assert_eq!(c.stage, Some(StopStage::Kill), "force escalates at once");
-        let s = life.stop().unwrap();
-        assert_eq!(
-            (s.cause, s.asked, s.stage),
-            (StopCause::User, true, StopStage::Kill)
-        );
-        let mut left = Lifecycle {
-            state: State::Running,
-        };
-        left.apply(exited(true)).unwrap();
-        left.apply(Happening::Stop(req(StopCause::User, false)))
-            .unwrap();
-        let s = left.stop().unwrap();
-        assert_eq!((s.cause, s.asked), (StopCause::Leftovers, true));
-    }
-
-    #[test]
-    fn a_recovered_stop_continues_at_its_stage_and_a_passed_deadline_is_due() {
-        let mut life = Lifecycle {
-            state: State::Running,
-        };
-        life.apply(Happening::Stop(req(StopCause::User, false)))
-            .unwrap();
-        life.apply(due()).unwrap();
-        let rec = life.stop().unwrap().record();
-        let json = serde_json::to_string(&rec).unwrap();
-        let back: StopRecord = serde_json::from_str(&json).unwrap();
-        assert_eq!(back, rec);
-        let (now, wall) = t0();
-        let resumed = Lifecycle::recover(Some(W::Stopping), Some(&back), now, wall);
-        let s = resumed.stop().unwrap();
-        assert_eq!(
-            (s.stage, s.cause, s.asked),
-            (StopStage::SecondTerm, StopCause::User, true)
-        );
-        assert!(s.deadline > now, "its wait is not over yet");
-        // The daemon was down for an hour: the deadline is due at once.
-        let later_wall = wall + Duration::from_secs(3600);
-        let resumed = Lifecycle::recover(Some(W::Stopping), Some(&back), now, later_wall);
-        assert!(resumed.deadline().unwrap() <= now);
-        assert_eq!(Lifecycle::recover(None, None, now, wall).wire(), W::Running);
-        assert_eq!(
-            Lifecycle::recover(Some(W::Starting), None, now, wall).wire(),
-            W::Starting
-        );
-    }
-
-    #[test]
-    fn huge_waits_saturate_instead_of_panicking() {
-        assert_eq!(secs_saturating(1e300), Duration::MAX);
-        assert_eq!(secs_saturating(f64::NAN), Duration::ZERO);
-        let now = Instant::now();
-        assert!(later(now, Duration::MAX) > now);
-        let mut life = Lifecycle {
-            state: State::Running,
-        };
-        let mut r = req(StopCause::User, false);
-        r.timeouts = [1e300, f64::MAX, 1e19];
-        life.apply(Happening::Stop(r)).unwrap();
-        assert!(life.deadline().unwrap() > now);
-    }
-}
+mod tests;

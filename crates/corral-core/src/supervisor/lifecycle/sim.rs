@@ -239,13 +239,8 @@ impl Sim {
         let exit = Some(ExitKind::Code(1));
         let (status, _) = ending::of(exit, stop.as_ref(), None);
         let gone = !self.children_alive();
-        let (now, wall) = (self.now(), self.wall());
-        self.apply(Happening::MainExited {
-            leftovers: !gone,
-            timeouts: TIMEOUTS,
-            now,
-            wall,
-        });
+        let leftovers = (!gone).then(|| self.req(StopCause::Leftovers, false));
+        self.apply(Happening::MainExited { leftovers });
         if stop.is_some() && gone {
             self.apply(Happening::TreeGone);
         }

@@ -148,80 +148,100 @@ impl Owner {
             }
             return self.lost(reason.to_owned()).await;
         };
-        let handle = started.handle;
-        let pid = handle.pid();
-        // Re-opened in the process that started it (a library user): still ours to reap.
-        let ours = handle
-            .sample()
-            .is_ok_and(|s| s.ppid == std::process::id() as i32);
-        if ours {
-            lock(&self.sh.owned).insert(pid);
-        }
         let containment = if started.leaf.is_some() {
             "cgroup"
         } else {
             "process-group"
         };
-        let ticks = handle.start_ticks();
-        let proc_ = Arc::new(Proc::new(handle, started.leaf, self.sh.ticks_per_second));
-        let run = match LocalRun::new(proc_.clone(), ours) {
-            Ok(run) => run,
-            Err(e) => {
-                tracing::error!(agent_id = %record.agent_id, pid, error = %e, "cannot watch a re-adopted process");
-                return self
-                    .lost(format!("cannot watch the re-adopted process: {e}"))
-                    .await;
-            }
+        let limits = started.limits.clone();
+        let Some(proc_) = self.watch_readopted(started).await else {
+            return;
         };
-        sample_now(&proc_, self.sh.page_size);
-        self.exec = Some(Execution::Local(run));
+        let pid = proc_.handle.pid();
         let stopping = self.life().wire() == AgentState::Stopping;
         if !stopping && (recovered || record.status == PersistentStatus::Spawning) {
-            let write = store::transition(
-                record.run_id,
-                Transition {
-                    state: Some(AgentState::Running),
-                    status: Some(PersistentStatus::Running),
-                    process: Some(Process {
-                        pid,
-                        start_ticks: ticks,
-                        boot_id: self.sh.boot_id.clone(),
-                    }),
-                    ..Transition::default()
-                },
-            );
-            if let Err(e) = self.sh.store.commit_retrying(write).await {
-                tracing::error!(agent_id = %record.agent_id, error = %e, "cannot record a re-adopted process");
-            }
+            self.record_readoption(&record, &proc_).await;
         }
         if self.life().wire() == AgentState::Starting {
             self.apply(Happening::Started { verify_until: None });
         }
-        let limits = started.limits;
         let status = if stopping {
             record.status
         } else {
             PersistentStatus::Running
         };
-        self.publish(|v| {
+        let change = |v: &mut View| {
             v.status = status;
             v.pid = Some(pid);
             v.proc_ = Some(proc_.clone());
             v.containment = containment;
             v.limits = limits;
             (v.ready, v.probes) = probe_state(&v.spec);
-        });
+        };
         if proc_.handle.has_exited() {
-            // Ended while no daemon ran, but its exit status is still there to read:
-            // resolve it before anyone is shown a running agent.
+            // Ended while no daemon ran, but its exit status is still there to
+            // read: resolve it before anyone is shown a running agent.
+            let mut view = (*self.current()).clone();
+            change(&mut view);
+            self.view = Some(Arc::new(view));
             return self.on_main_exit().await;
         }
+        self.publish(change);
         if stopping {
             tracing::info!(agent_id = %record.agent_id, pid, "re-adopted an agent being stopped; finishing its stop");
             return self.resume_stop().await;
         }
         tracing::info!(agent_id = %record.agent_id, pid, "re-adopted a running agent");
         self.start_probes();
+    }
+
+    /// Watches a re-adopted process (still ours to reap when this process
+    /// started it: a library user reopening its state dir); none — and the
+    /// run recorded as lost — when it cannot be watched.
+    async fn watch_readopted(&mut self, started: local::Started) -> Option<Arc<Proc>> {
+        let handle = started.handle;
+        let pid = handle.pid();
+        let ours = handle
+            .sample()
+            .is_ok_and(|s| s.ppid == std::process::id() as i32);
+        if ours {
+            lock(&self.sh.owned).insert(pid);
+        }
+        let proc_ = Arc::new(Proc::new(handle, started.leaf, self.sh.ticks_per_second));
+        match LocalRun::new(proc_.clone(), ours) {
+            Ok(run) => {
+                sample_now(&proc_, self.sh.page_size);
+                self.exec = Some(Execution::Local(run));
+                Some(proc_)
+            }
+            Err(e) => {
+                tracing::error!(agent_id = %self.spec.id, pid, error = %e, "cannot watch a re-adopted process");
+                self.lost(format!("cannot watch the re-adopted process: {e}"))
+                    .await;
+                None
+            }
+        }
+    }
+
+    /// Records a re-adopted process as the run's, running (a start the
+    /// previous daemon could not finish recording).
+    async fn record_readoption(&self, record: &RunRecord, proc_: &Proc) {
+        let write = store::transition(
+            record.run_id,
+            Transition {
+                state: Some(AgentState::Running),
+                status: Some(PersistentStatus::Running),
+                process: Some(Process {
+                    pid: proc_.handle.pid(),
+                    start_ticks: proc_.handle.start_ticks(),
+                    boot_id: self.sh.boot_id.clone(),
+                }),
+                ..Transition::default()
+            },
+        );
+        if let Err(e) = self.sh.store.commit_retrying(write).await {
+            tracing::error!(agent_id = %record.agent_id, error = %e, "cannot record a re-adopted process");
+        }
     }
 
     /// The run's main process is gone and how it ended is not known: `reason`

@@ -13,7 +13,7 @@
 use std::time::{Instant, SystemTime};
 
 use crate::model::{
-    AgentState, CrashLoopEvent, EventBody, PersistentStatus, RestartEvent, StopStage,
+    AgentState, CrashLoopEvent, EventBody, PersistentStatus, RestartEvent, StopCause, StopStage,
 };
 use crate::platform::ExitKind;
 use crate::store::{self, Transition};
@@ -58,35 +58,22 @@ impl Owner {
         said: Option<String>,
     ) {
         let stop = self.life().stop().cloned();
-        let oom = match &stop {
-            None => self.oom_killed(),
-            Some(_) => None,
+        let said = match &stop {
+            None => self.oom_killed().or(said),
+            Some(_) => said,
         };
-        let said = oom.or(said);
-        let (status, reason) = ending::of(exit, stop.as_ref(), said.as_deref());
-        let id = self.spec.id.clone();
-        let sh = self.sh.clone();
-        let gone = match (self.exec.as_mut(), &stop) {
-            (Some(exec), Some(s)) => exec.look(&sh, id.as_str(), s.stage).await == Look::Gone,
-            (Some(exec), None) => !exec.leftovers(&sh, id.as_str()).await,
-            (None, _) => true,
-        };
-        self.apply(Happening::MainExited {
-            leftovers: !gone,
-            timeouts: self.spec.stop_timeouts,
-            now: Instant::now(),
-            wall: SystemTime::now(),
-        });
+        let (status, mut reason) = ending::of(exit, stop.as_ref(), said.as_deref());
+        let gone = self.nothing_left().await;
+        let leftovers = (!gone).then(|| self.stop_request(StopCause::Leftovers, None, None, false));
+        self.apply(Happening::MainExited { leftovers });
         if stop.is_some() && gone {
             self.apply(Happening::TreeGone);
         }
-        let mut reason = reason;
-        let main = MainEnd {
+        self.main_end = Some(MainEnd {
             status,
             reason: reason.clone(),
             ran_s,
-        };
-        self.main_end = Some(main.clone());
+        });
         let (next_restart_at, events) = if self.life().wire() == AgentState::Ended {
             let asked = stop.as_ref().is_some_and(|s| s.asked);
             self.plan_restart(status, asked, ran_s, &mut reason)
@@ -94,32 +81,21 @@ impl Owner {
             (None, Vec::new())
         };
         let ended_at = store::now_rfc3339();
-        let (exit_code, exit_signal) = split(exit);
-        let write = store::transition(
-            self.current().run_id,
-            Transition {
-                state: Some(self.life().wire()),
-                status: Some(status),
-                exit: Some((exit_code, exit_signal)),
-                ended_at: Some(ended_at.clone()),
-                end_reason: Some(reason.clone()),
-                stop: Some(self.life().stop().map(|s| s.record())),
-                next_restart_at: Some(next_restart_at.clone()),
-                stop_info: self.life().stop().map(|s| s.info()),
-                events,
-                ..Transition::default()
-            },
-        );
-        if let Err(e) = self.sh.store.commit_retrying(write).await {
-            tracing::error!(agent_id = %self.spec.id, error = %e, "cannot record the end of a run");
-        }
+        let write = Transition {
+            state: Some(self.life().wire()),
+            status: Some(status),
+            exit: Some(split(exit)),
+            ended_at: Some(ended_at.clone()),
+            end_reason: Some(reason.clone()),
+            stop: Some(self.life().stop().map(|s| s.record())),
+            next_restart_at: Some(next_restart_at.clone()),
+            stop_info: self.life().stop().map(|s| s.info()),
+            events,
+            ..Transition::default()
+        };
+        self.commit_end(write).await;
         let zombie = self.reap_main();
-        let pid = self.exec.as_ref().and_then(Execution::pid);
-        if self.life().wire() == AgentState::Stopping {
-            tracing::info!(agent_id = %self.spec.id, pid, status = %status, reason = %reason, "agent's main process ended; its tree is being stopped");
-        } else {
-            tracing::info!(agent_id = %self.spec.id, pid, status = %status, reason = %reason, state = %self.life().wire(), "agent ended");
-        }
+        self.log_main_end(status, &reason);
         self.publish(|v| {
             v.status = status;
             v.ended_at = Some(ended_at);
@@ -138,19 +114,50 @@ impl Owner {
         let error = self.failed_answer().await;
         let response = self.current().spawn_response(error);
         self.answer(Ok(response));
-        match self.life().wire() {
-            AgentState::Stopping if stop.is_none() => {
+        match (self.life().wire(), stop) {
+            (AgentState::Stopping, None) => {
                 // The stop of its leftovers begins (on record with the end above).
                 tracing::info!(agent_id = %self.spec.id, "stopping what the main process left behind");
                 self.stage_began(StopStage::Term, true).await;
             }
-            AgentState::Stopping => {}
-            _ => {
+            (AgentState::Stopping, Some(_)) => {}
+            (_, stop) => {
                 if let Some(s) = stop {
                     self.answer_stop(s.stage, s.began_at);
                 }
                 self.after_run();
             }
+        }
+    }
+
+    /// Whether nothing of the run is left but its main process (asked once
+    /// its exit is read, before it is reaped): a stop under way looks (and
+    /// signals what is new), otherwise the run is checked for leftovers.
+    async fn nothing_left(&mut self) -> bool {
+        let stage = self.life().stop().map(|s| s.stage);
+        let (sh, id) = (self.sh.clone(), self.spec.id.clone());
+        match (self.exec.as_mut(), stage) {
+            (Some(exec), Some(stage)) => exec.look(&sh, id.as_str(), stage).await == Look::Gone,
+            (Some(exec), None) => !exec.leftovers(&sh, id.as_str()).await,
+            (None, _) => true,
+        }
+    }
+
+    /// Commits how the run (or its main process) ended: an end that has
+    /// happened waits for the store rather than go unrecorded.
+    async fn commit_end(&self, t: Transition) {
+        let write = store::transition(self.current().run_id, t);
+        if let Err(e) = self.sh.store.commit_retrying(write).await {
+            tracing::error!(agent_id = %self.spec.id, error = %e, "cannot record the end of a run");
+        }
+    }
+
+    fn log_main_end(&self, status: PersistentStatus, reason: &str) {
+        let pid = self.exec.as_ref().and_then(Execution::pid);
+        if self.life().wire() == AgentState::Stopping {
+            tracing::info!(agent_id = %self.spec.id, pid, status = %status, reason, "agent's main process ended; its tree is being stopped");
+        } else {
+            tracing::info!(agent_id = %self.spec.id, pid, status = %status, reason, state = %self.life().wire(), "agent ended");
         }
     }
 
@@ -189,20 +196,15 @@ impl Owner {
         }
         let (next_restart_at, events) =
             self.plan_restart(main.status, stop.asked, main.ran_s, &mut reason);
-        let write = store::transition(
-            self.current().run_id,
-            Transition {
-                state: Some(self.life().wire()),
-                end_reason: Some(reason.clone()),
-                stop: Some(None),
-                next_restart_at: Some(next_restart_at.clone()),
-                events,
-                ..Transition::default()
-            },
-        );
-        if let Err(e) = self.sh.store.commit_retrying(write).await {
-            tracing::error!(agent_id = %self.spec.id, error = %e, "cannot record the end of a run");
-        }
+        self.commit_end(Transition {
+            state: Some(self.life().wire()),
+            end_reason: Some(reason.clone()),
+            stop: Some(None),
+            next_restart_at: Some(next_restart_at.clone()),
+            events,
+            ..Transition::default()
+        })
+        .await;
         tracing::info!(agent_id = %self.spec.id, reason = %reason, "nothing of the run is left");
         self.publish(|v| {
             v.end_reason = Some(reason);

@@ -257,45 +257,11 @@ impl Owner {
         let Some(Execution::Job(run)) = self.exec.as_mut() else {
             return;
         };
-        let info = run.take_info();
-        match info.state {
-            JobState::Running { node } => {
-                run.record.node = Some(node.clone());
-                run.running_since = Some(Instant::now());
-                run.engine.urgent(&job_id, false);
-                if record.status == PersistentStatus::Spawning && !stopping {
-                    let write = store::set_job(
-                        record.run_id,
-                        run.record.clone(),
-                        Some((PersistentStatus::Running, AgentState::Running)),
-                    );
-                    if let Err(e) = self.sh.store.commit_retrying(write).await {
-                        tracing::error!(agent_id = %record.agent_id, error = %e, "cannot record a re-adopted job");
-                    }
-                }
-                if self.life().wire() == AgentState::Starting {
-                    self.apply(Happening::Started { verify_until: None });
-                }
-                let since = humantime::parse_rfc3339_weak(&record.started_at).ok();
-                self.publish(|v| {
-                    v.status = if stopping {
-                        v.status
-                    } else {
-                        PersistentStatus::Running
-                    };
-                    if let Some(j) = v.job.as_mut() {
-                        j.info.node = Some(node.clone());
-                        j.running = true;
-                        j.since = since;
-                    }
-                    (v.ready, v.probes) = probe_state(&v.spec);
-                });
-                if stopping {
-                    self.resume_stop().await;
-                } else {
-                    self.start_probes();
-                }
-                tracing::info!(agent_id = %record.agent_id, job_id, node, "re-adopted a running job");
+        match run.take_info().state {
+            JobState::Running { node } => self.adopted_running(&record, node).await,
+            JobState::Ended { .. } | JobState::Gone => {
+                self.publish(|_| {});
+                return self.on_job().await;
             }
             JobState::Pending { reason } => {
                 tracing::info!(agent_id = %record.agent_id, job_id, reason, "re-adopted a queued job");
@@ -304,23 +270,54 @@ impl Owner {
                         j.info.pending_reason = Some(reason);
                     }
                 });
-                if stopping {
-                    self.resume_stop().await;
-                }
             }
             // Unknown: the engine did not answer; the next polls will tell.
             JobState::Unknown => {
                 tracing::warn!(agent_id = %record.agent_id, job_id, "Slurm does not answer; following the job as it is on record");
                 self.publish(|_| {});
-                if stopping {
-                    self.resume_stop().await;
-                }
-            }
-            JobState::Ended { .. } | JobState::Gone => {
-                self.publish(|_| {});
-                self.on_job().await
             }
         }
+        if stopping {
+            self.resume_stop().await;
+        }
+    }
+
+    /// A re-adopted job the engine says runs on `node`.
+    async fn adopted_running(&mut self, record: &RunRecord, node: String) {
+        let stopping = self.life().wire() == AgentState::Stopping;
+        let Some(Execution::Job(run)) = self.exec.as_mut() else {
+            return;
+        };
+        run.record.node = Some(node.clone());
+        run.running_since = Some(Instant::now());
+        run.engine.urgent(&run.record.job_id, false);
+        let job = run.record.clone();
+        if record.status == PersistentStatus::Spawning && !stopping {
+            let running = Some((PersistentStatus::Running, AgentState::Running));
+            let write = store::set_job(record.run_id, job.clone(), running);
+            if let Err(e) = self.sh.store.commit_retrying(write).await {
+                tracing::error!(agent_id = %record.agent_id, error = %e, "cannot record a re-adopted job");
+            }
+        }
+        if self.life().wire() == AgentState::Starting {
+            self.apply(Happening::Started { verify_until: None });
+        }
+        let since = humantime::parse_rfc3339_weak(&record.started_at).ok();
+        self.publish(|v| {
+            if !stopping {
+                v.status = PersistentStatus::Running;
+            }
+            if let Some(j) = v.job.as_mut() {
+                j.info.node = Some(node.clone());
+                j.running = true;
+                j.since = since;
+            }
+            (v.ready, v.probes) = probe_state(&v.spec);
+        });
+        if !stopping {
+            self.start_probes();
+        }
+        tracing::info!(agent_id = %record.agent_id, job_id = job.job_id, node, "re-adopted a running job");
     }
 
     /// The job of a run whose job id was never recorded (the daemon died

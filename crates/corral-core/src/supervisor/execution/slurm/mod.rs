@@ -34,8 +34,12 @@ use tokio::sync::{Notify, watch};
 use crate::model::SlurmPlacement;
 use crate::platform::ExitKind;
 
+mod parse;
+
 use super::super::helper::{self, Helper, Output};
 use super::super::{Shared, lock};
+pub(crate) use parse::decode_wait_status;
+use parse::{Class, Row, classify, exit_code_field, parse_exit_pair, parse_squeue, parse_sstat};
 
 /// Poll interval while any job is starting, verifying or stopping.
 const FAST: Duration = Duration::from_millis(100);
@@ -294,50 +298,8 @@ impl Slurm {
         if ids.is_empty() {
             return Ok(());
         }
-        let list = ids
-            .iter()
-            .map(|(id, _, _)| id.as_str())
-            .collect::<Vec<_>>()
-            .join(",");
-        let argv = [
-            "squeue",
-            "-h",
-            "-t",
-            "all",
-            "-j",
-            &list,
-            "-o",
-            "%i|%j|%T|%N|%r|%k",
-        ]
-        .map(String::from)
-        .to_vec();
-        let out = command(sh, argv).await?;
-        // A single unknown id is an error ("Invalid job id specified"): that job is gone.
-        if !out.success() && !out.error_text().contains("Invalid job id") {
-            return Err(format!("squeue failed: {}", out.error_text()));
-        }
-        let rows: HashMap<String, Row> = parse_squeue(&out.text());
-        let mut states: HashMap<String, JobState> = HashMap::new();
-        let (mut ended, mut missing) = (Vec::new(), Vec::new());
-        for (id, name, tag) in &ids {
-            match rows.get(id) {
-                Some(row) if row.name != *name || row.comment != *tag => {
-                    states.insert(id.clone(), JobState::Gone);
-                }
-                Some(row) => match classify(&row.state) {
-                    Class::Pending => {
-                        let reason = row.reason.clone();
-                        states.insert(id.clone(), JobState::Pending { reason });
-                    }
-                    Class::Running => {
-                        let node = row.node.clone();
-                        states.insert(id.clone(), JobState::Running { node });
-                    }
-                    Class::Ended => ended.push((id.clone(), row.clone())),
-                },
-                None => missing.push((id.clone(), name.clone())),
-            }
-        }
+        let rows = self.squeue(sh, &ids).await?;
+        let (mut states, ended, missing) = sort_rows(&ids, &rows);
         if !ended.is_empty() {
             let exits = self.exits_from_json(sh).await.unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "cannot read exit statuses from squeue --json");
@@ -373,6 +335,37 @@ impl Slurm {
         };
         self.publish(states, &samples);
         Ok(())
+    }
+
+    /// `squeue` on the followed jobs: a row per job the controller still knows.
+    async fn squeue(
+        &self,
+        sh: &Arc<Shared>,
+        ids: &[(String, String, String)],
+    ) -> Result<HashMap<String, Row>, String> {
+        let list = ids
+            .iter()
+            .map(|(id, _, _)| id.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        let argv = [
+            "squeue",
+            "-h",
+            "-t",
+            "all",
+            "-j",
+            &list,
+            "-o",
+            "%i|%j|%T|%N|%r|%k",
+        ]
+        .map(String::from)
+        .to_vec();
+        let out = command(sh, argv).await?;
+        // A single unknown id is an error ("Invalid job id specified"): that job is gone.
+        if !out.success() && !out.error_text().contains("Invalid job id") {
+            return Err(format!("squeue failed: {}", out.error_text()));
+        }
+        Ok(parse_squeue(&out.text()))
     }
 
     /// Hands each followed job its new state and figures; its owner is woken
@@ -609,6 +602,39 @@ async fn signal_loop(weak: Weak<Slurm>) {
     }
 }
 
+/// The followed jobs (id, name, tag) sorted by what `squeue` says of them:
+/// known states, ended jobs (their rows), and jobs it no longer knows (id, name).
+type Sorted = (
+    HashMap<String, JobState>,
+    Vec<(String, Row)>,
+    Vec<(String, String)>,
+);
+
+fn sort_rows(ids: &[(String, String, String)], rows: &HashMap<String, Row>) -> Sorted {
+    let mut states: HashMap<String, JobState> = HashMap::new();
+    let (mut ended, mut missing) = (Vec::new(), Vec::new());
+    for (id, name, tag) in ids {
+        match rows.get(id) {
+            Some(row) if row.name != *name || row.comment != *tag => {
+                states.insert(id.clone(), JobState::Gone);
+            }
+            Some(row) => match classify(&row.state) {
+                Class::Pending => {
+                    let reason = row.reason.clone();
+                    states.insert(id.clone(), JobState::Pending { reason });
+                }
+                Class::Running => {
+                    let node = row.node.clone();
+                    states.insert(id.clone(), JobState::Running { node });
+                }
+                Class::Ended => ended.push((id.clone(), row.clone())),
+            },
+            None => missing.push((id.clone(), name.clone())),
+        }
+    }
+    (states, ended, missing)
+}
+
 /// Live processes by (agent id, run id): identity (pid, start ticks).
 pub(crate) type LocalRuns = HashMap<(String, String), Vec<(i32, u64)>>;
 
@@ -628,188 +654,4 @@ fn scan_local_runs() -> LocalRuns {
         }
     }
     runs
-}
-
-/// One line of `squeue -o '%i|%j|%T|%N|%r|%k'`.
-#[derive(Debug, Clone, PartialEq)]
-struct Row {
-    name: String,
-    state: String,
-    node: String,
-    reason: String,
-    comment: String,
-}
-
-fn parse_squeue(text: &str) -> HashMap<String, Row> {
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.splitn(6, '|').collect();
-            let [id, name, state, node, reason, comment] = f.as_slice() else {
-                return None;
-            };
-            Some((
-                id.trim().to_owned(),
-                Row {
-                    name: (*name).to_owned(),
-                    state: state.trim().to_owned(),
-                    node: node.trim().to_owned(),
-                    reason: reason.trim().to_owned(),
-                    comment: comment.trim().to_owned(),
-                },
-            ))
-        })
-        .collect()
-}
-
-enum Class {
-    Pending,
-    Running,
-    Ended,
-}
-
-/// Slurm's job state words, as far as an agent's life goes.
-fn classify(state: &str) -> Class {
-    match state {
-        "PENDING" | "CONFIGURING" | "REQUEUED" | "REQUEUE_HOLD" | "REQUEUE_FED"
-        | "RESV_DEL_HOLD" => Class::Pending,
-        // Completing: ended, its processes being cleaned up: not over yet.
-        "RUNNING" | "COMPLETING" | "SUSPENDED" | "STOPPED" | "SIGNALING" | "STAGE_OUT"
-        | "RESIZING" => Class::Running,
-        _ => Class::Ended,
-    }
-}
-
-/// `exit_code` of `squeue --json`: a raw wait status (OpenAPI v0.0.38), or an
-/// object with `return_code`/`signal` in later versions.
-fn exit_code_field(v: &serde_json::Value) -> Option<i64> {
-    if let Some(n) = v.as_i64() {
-        return Some(n);
-    }
-    let code = v.get("return_code").and_then(|c| {
-        c.as_i64()
-            .or_else(|| c.get("number").and_then(serde_json::Value::as_i64))
-    });
-    let sig = v.get("signal").and_then(|s| {
-        s.get("id")
-            .and_then(|i| i.as_i64().or_else(|| i.get("number")?.as_i64()))
-    });
-    match (code, sig) {
-        (_, Some(s)) if s > 0 => Some(s & 0x7f),
-        (Some(c), _) => Some((c & 0xff) << 8),
-        _ => None,
-    }
-}
-
-/// A raw wait status as an exit. A launch failure puts a Slurm error number
-/// there, not a status: no exit then.
-pub(crate) fn decode_wait_status(raw: i64) -> Option<ExitKind> {
-    let signal = (raw & 0x7f) as i32;
-    let code = ((raw >> 8) & 0xff) as i32;
-    match signal {
-        0 => Some(ExitKind::Code(code)),
-        1..=31 => Some(ExitKind::Signal(signal)),
-        _ => None,
-    }
-}
-
-/// `sacct`'s `CODE:SIGNAL`. A cancelled job is logged `0:0` whatever ended it:
-/// no exit then.
-fn parse_exit_pair(text: &str, state: &str) -> Option<ExitKind> {
-    let (code, signal) = text.trim().split_once(':')?;
-    let (code, signal): (i32, i32) = (code.parse().ok()?, signal.parse().ok()?);
-    match (code, signal) {
-        (0, 0) if state == "CANCELLED" => None,
-        (_, s) if s > 0 => Some(ExitKind::Signal(s)),
-        (c, _) => Some(ExitKind::Code(c)),
-    }
-}
-
-/// `sstat -P --noconvert --format=JobID,AveCPU,MaxRSS` lines: job id →
-/// (CPU seconds, MiB).
-fn parse_sstat(text: &str) -> HashMap<String, (f64, f64)> {
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split('|').collect();
-            let [step, cpu, rss, ..] = f.as_slice() else {
-                return None;
-            };
-            let id = step.strip_suffix(".batch")?;
-            let bytes: f64 = rss.trim().trim_end_matches('K').parse().ok()?;
-            let bytes = if rss.trim().ends_with('K') {
-                bytes * 1024.0
-            } else {
-                bytes
-            };
-            Some((
-                id.to_owned(),
-                (parse_cpu_time(cpu)?, bytes / (1024.0 * 1024.0)),
-            ))
-        })
-        .collect()
-}
-
-/// `[DD-][HH:]MM:SS[.sss]` as seconds.
-fn parse_cpu_time(text: &str) -> Option<f64> {
-    let text = text.trim();
-    let (days, rest) = match text.split_once('-') {
-        Some((d, r)) => (d.parse::<f64>().ok()?, r),
-        None => (0.0, text),
-    };
-    let mut secs = 0.0;
-    for part in rest.split(':') {
-        secs = secs * 60.0 + part.parse::<f64>().ok()?;
-    }
-    Some(days * 86_400.0 + secs)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_squeue_lines() {
-        let rows = parse_squeue(
-            "1|a.b|RUNNING|vm|None|corral:x\n2|c|PENDING||Priority|corral:y\nnot a row\n",
-        );
-        assert_eq!(rows.len(), 2);
-        assert_eq!(rows["1"].node, "vm");
-        assert_eq!(rows["2"].reason, "Priority");
-        assert_eq!(rows["2"].comment, "corral:y");
-        assert!(matches!(classify("COMPLETING"), Class::Running));
-        assert!(matches!(classify("CANCELLED"), Class::Ended));
-        assert!(matches!(classify("PENDING"), Class::Pending));
-    }
-
-    #[test]
-    fn decodes_raw_wait_statuses() {
-        assert_eq!(decode_wait_status(768), Some(ExitKind::Code(3)));
-        assert_eq!(decode_wait_status(32512), Some(ExitKind::Code(127)));
-        assert_eq!(decode_wait_status(15), Some(ExitKind::Signal(15)));
-        assert_eq!(decode_wait_status(9), Some(ExitKind::Signal(9)));
-        assert_eq!(decode_wait_status(0), Some(ExitKind::Code(0)));
-        // A bad output directory: Slurm's error 53 where a status should be.
-        assert_eq!(decode_wait_status(4021), None);
-        let newer = serde_json::json!({"return_code": 3, "signal": {"id": 0}});
-        assert_eq!(exit_code_field(&newer), Some(768));
-        let killed = serde_json::json!({"return_code": 0, "signal": {"id": 15}});
-        assert_eq!(exit_code_field(&killed), Some(15));
-    }
-
-    #[test]
-    fn reads_the_completion_log_and_sstat() {
-        assert_eq!(parse_exit_pair("3:0", "FAILED"), Some(ExitKind::Code(3)));
-        assert_eq!(
-            parse_exit_pair("0:15", "FAILED"),
-            Some(ExitKind::Signal(15))
-        );
-        assert_eq!(parse_exit_pair("0:0", "CANCELLED"), None);
-        assert_eq!(parse_exit_pair("0:0", "COMPLETED"), Some(ExitKind::Code(0)));
-        assert_eq!(parse_cpu_time("00:00:11"), Some(11.0));
-        assert_eq!(parse_cpu_time("01:02.500"), Some(62.5));
-        assert_eq!(parse_cpu_time("1-00:00:01"), Some(86_401.0));
-        let s = parse_sstat("8.batch|00:00:11|223494144\n9.batch|00:00:00|3352K\nbad\n");
-        assert_eq!(s["8"].0, 11.0);
-        assert!((s["8"].1 - 213.14).abs() < 0.01, "{:?}", s["8"]);
-        assert!((s["9"].1 - 3352.0 / 1024.0).abs() < 1e-9);
-    }
 }
