@@ -215,6 +215,29 @@ def test_stop_and_kill_report_what_they_did(c: Client) -> None:
     assert again["killed"] is False and again["report"]["stage"] == "already_ended"
 
 
+def test_a_stop_is_seen_while_it_runs_and_a_users_stop_is_cancelled(c: Client) -> None:
+    import threading
+
+    r = c.spawn(SpawnRequest("vis.1", STUBBORN, stop_timeouts=[30, 0.2, 1]))
+    assert c.status("vis.1")["state"] == "running" and c.status("vis.1")["stop"] is None
+    stopper = threading.Thread(target=lambda: c.stop("vis.1"), daemon=True)
+    stopper.start()
+    deadline = time.monotonic() + 10
+    while (s := c.status("vis.1"))["state"] != "stopping":
+        assert time.monotonic() < deadline, s
+        time.sleep(0.02)
+    assert s["stop"]["cause"] == "user" and s["stop"]["stage"] == "term", s
+    assert s["stop"]["stage_deadline_at"], s
+    assert c.summary()["states"]["stopping"] >= 1
+    report = c.stop("vis.1", force=True)
+    assert report["stage"] == "kill"
+    stopper.join(10)
+    final = c.status("vis.1")
+    assert final["state"] == "ended" and final["stop"] is None
+    assert final["health"] == "cancelled" and final["persistent_status"] == "cancelled"
+    assert r.pid and not alive(r.pid)
+
+
 def test_stop_many_by_selector(c: Client) -> None:
     members = [c.spawn(SpawnRequest(f"grp.{i}", SLEEP)) for i in (1, 2)]
     outsider = c.spawn(SpawnRequest("grpx.1", SLEEP))

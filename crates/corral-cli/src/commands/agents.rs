@@ -69,7 +69,7 @@ fn status_lines(s: &AgentStatus) -> Vec<(&'static str, String)> {
         ("stderr_log", s.stderr_log.display().to_string()),
     ];
     if let Some(stop) = &s.stop {
-        rows.insert(2, ("stop", stop_words(stop)));
+        rows.insert(3, ("stop", stop_words(stop)));
     }
     if let Some(p) = &s.placement {
         rows.push(("placement", placement_words(p)));

@@ -148,6 +148,7 @@ def test_tools_are_listed_with_schemas(state_dir):
                 assert field in spawn["properties"], field
             assert tools["get_agent_status"].input_schema["required"] == ["agent_id"]
             assert "persistent_status" in tools["get_agent_status"].output_schema["properties"]
+            assert "state" in tools["get_agent_status"].output_schema["properties"]
 
     anyio.run(main)
 
@@ -173,7 +174,8 @@ def test_agent_lifecycle(state_dir):
             assert pid in processes_with_env("CORRAL_SOCKET", str(Path(state_dir) / "corral.sock"))
 
             status = await call_ok(s, "get_agent_status", {"agent_id": AGENT})
-            assert status["persistent_status"] == "running"
+            assert status["persistent_status"] == "running" and status["state"] == "running"
+            assert status["stop"] is None
             assert status["health"] == "healthy"
             assert status["pid"] == pid and status["labels"] == {"suite": "mcp"}
 
@@ -213,6 +215,7 @@ def test_agent_lifecycle(state_dir):
 
             final = await call_ok(s, "wait_agent", {"agent_id": AGENT, "timeout_s": 10})
             assert final["persistent_status"] == "cancelled" and final["process_alive"] is False
+            assert final["state"] == "ended" and final["health"] == "cancelled"
             assert wait_gone(pid, 5), f"agent pid {pid} is still there"
             assert processes_with_env("CORRAL_AGENT_ID", AGENT) == []
 

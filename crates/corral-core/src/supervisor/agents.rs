@@ -125,7 +125,7 @@ impl Supervisor {
     /// on if the caller stops waiting.
     ///
     /// An agent placed on a cluster engine (`placement`, or the supervisor's
-    /// [`Config::default_placement`]) answers once its job ran through the
+    /// [`super::Config::default_placement`]) answers once its job ran through the
     /// window, or ended, or after 5 s in the engine's queue (`spawning`, with
     /// the engine's pending reason in `placement`).
     pub async fn spawn_agent(&self, mut req: SpawnRequest) -> Result<SpawnResponse> {

@@ -104,6 +104,10 @@ pub struct Config {
     /// environment (the daemon's TCP address and token file, so an agent on
     /// another host can report progress).
     pub job_env: BTreeMap<String, String>,
+    /// Runs go to this fake platform instead of this host (the owner's
+    /// deterministic tests).
+    #[cfg(test)]
+    pub(crate) fake: Option<Arc<execution::fake::FakeWorld>>,
 }
 
 impl Config {
@@ -117,6 +121,8 @@ impl Config {
             cgroups: true,
             default_placement: None,
             job_env: BTreeMap::new(),
+            #[cfg(test)]
+            fake: None,
         }
     }
 }
@@ -271,6 +277,13 @@ fn open_state(config: &Config) -> Result<(Store, String, std::result::Result<Cgr
         action: "use as the agents dir",
         source,
     })?;
+    #[cfg(test)]
+    let store = if config.fake.is_some() {
+        Store::open_inline(&dir.join("corral.db"))?
+    } else {
+        Store::open(&dir.join("corral.db"))?
+    };
+    #[cfg(not(test))]
     let store = Store::open(&dir.join("corral.db"))?;
     let boot_id = platform::boot_id().map_err(|source| Error::StateDir {
         path: "/proc/sys/kernel/random/boot_id".into(),
@@ -534,6 +547,12 @@ pub(crate) fn already_ended(view: &View) -> StopReport {
         descendants_killed: None,
         persistent_status: view.status,
     }
+}
+
+/// Now, on the runtime's clock: the real one — or, in tests that pause
+/// tokio's clock, the paused one, so an owner's deadlines and its timers agree.
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// Runs blocking work (file system, `/proc`, SQLite reads) off the async workers.

@@ -18,6 +18,8 @@
 //! | gone | no member left in `/proc` | ended, and nothing left in `/proc` when on this host |
 //! | adopt | same pid, start time and boot | same job id, name and tag |
 
+#[cfg(test)]
+pub(crate) mod fake;
 pub(crate) mod job;
 pub(crate) mod local;
 pub(crate) mod slurm;
@@ -42,6 +44,9 @@ pub(crate) enum Execution {
     /// What is left on this host of a run whose main process is gone (found
     /// by a new daemon): stopped like leftovers.
     Remnant(Box<Remnant>),
+    /// A run of the fake platform (the owner's deterministic tests).
+    #[cfg(test)]
+    Fake(Box<fake::FakeRun>),
 }
 
 /// What woke an owner about its run.
@@ -66,6 +71,8 @@ impl Execution {
                 r.changed().await;
                 Event::Tree
             }
+            #[cfg(test)]
+            Self::Fake(f) => f.event(stopping).await,
         }
     }
 
@@ -74,6 +81,8 @@ impl Execution {
         match self {
             Self::Local(run) => Some(run.pid()),
             Self::Job(_) | Self::Remnant(_) => None,
+            #[cfg(test)]
+            Self::Fake(_) => None,
         }
     }
 
@@ -83,6 +92,8 @@ impl Execution {
             Self::Local(run) => Some(run.started),
             Self::Job(job) => job.running_since,
             Self::Remnant(_) => None,
+            #[cfg(test)]
+            Self::Fake(f) => Some(f.started),
         }
     }
 
@@ -92,6 +103,8 @@ impl Execution {
             Self::Local(run) => run.exited,
             Self::Job(job) => job.ended,
             Self::Remnant(_) => true,
+            #[cfg(test)]
+            Self::Fake(f) => f.exited,
         }
     }
 
@@ -101,6 +114,8 @@ impl Execution {
             Self::Local(run) => run.ended,
             Self::Job(job) => job.recorded,
             Self::Remnant(_) => true,
+            #[cfg(test)]
+            Self::Fake(f) => f.recorded,
         }
     }
 
@@ -109,6 +124,8 @@ impl Execution {
             Self::Local(run) => run.probes = task,
             Self::Job(job) => job.probes = task,
             Self::Remnant(_) => drop(task),
+            #[cfg(test)]
+            Self::Fake(_) => drop(task),
         }
     }
 
@@ -118,6 +135,8 @@ impl Execution {
             Self::Local(run) => run.open_stage(sh, stage),
             Self::Job(job) => job.open_stage(stage),
             Self::Remnant(r) => r.open_stage(sh, stage),
+            #[cfg(test)]
+            Self::Fake(f) => f.open_stage(stage),
         }
     }
 
@@ -132,6 +151,8 @@ impl Execution {
             Self::Local(run) => run.look(sh, agent_id, stage).await,
             Self::Job(job) => job.look(agent_id).await,
             Self::Remnant(r) => r.look(sh, agent_id, stage).await,
+            #[cfg(test)]
+            Self::Fake(f) => f.look(stage),
         }
     }
 
@@ -143,6 +164,8 @@ impl Execution {
             // The engine ends a job with its whole allocation.
             Self::Job(_) => false,
             Self::Remnant(r) => r.leftovers(sh, agent_id).await,
+            #[cfg(test)]
+            Self::Fake(f) => f.leftovers(),
         }
     }
 
@@ -152,6 +175,8 @@ impl Execution {
             Self::Local(run) => run.settle_until(),
             Self::Job(job) => job.settle_until(),
             Self::Remnant(r) => r.settle_until(),
+            #[cfg(test)]
+            Self::Fake(f) => f.settle_until(),
         }
     }
 
@@ -161,6 +186,8 @@ impl Execution {
             Self::Local(run) => Some(run.descendants()),
             Self::Job(_) => None,
             Self::Remnant(r) => Some(r.descendants()),
+            #[cfg(test)]
+            Self::Fake(f) => Some(f.descendants()),
         }
     }
 
@@ -170,6 +197,8 @@ impl Execution {
             Self::Local(run) => run.leaf(),
             Self::Job(_) => None,
             Self::Remnant(r) => r.leaf(),
+            #[cfg(test)]
+            Self::Fake(_) => None,
         }
     }
 }

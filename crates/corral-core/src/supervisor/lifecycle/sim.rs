@@ -20,18 +20,8 @@ use crate::model::{
 };
 use crate::platform::ExitKind;
 use crate::store::StopRecord;
+use crate::supervisor::execution::fake::OnTerm;
 use crate::supervisor::{ending, policy};
-
-/// How a fake process answers SIGTERM.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum OnTerm {
-    /// Exits this many ms after it.
-    Exits(u64),
-    /// Ignores it (SIGKILL still works).
-    Ignores,
-    /// Survives even SIGKILL (a process stuck in the kernel).
-    Unkillable,
-}
 
 #[derive(Debug, Clone)]
 struct Proc {
@@ -57,8 +47,8 @@ impl Proc {
         match (stage, self.on_term) {
             (_, OnTerm::Unkillable) => {}
             (StopStage::Kill, _) => self.alive = false,
-            (_, OnTerm::Exits(ms)) => {
-                let at = now + ms;
+            (_, OnTerm::Exits(after)) => {
+                let at = now + after.as_millis() as u64;
                 self.dies_at = Some(self.dies_at.map_or(at, |d| d.min(at)));
             }
             _ => {}
@@ -448,7 +438,7 @@ impl Sim {
 
 fn on_term() -> impl Strategy<Value = OnTerm> {
     prop_oneof![
-        4 => (0u64..2000).prop_map(OnTerm::Exits),
+        4 => (0u64..2000).prop_map(|ms| OnTerm::Exits(Duration::from_millis(ms))),
         2 => Just(OnTerm::Ignores),
         1 => Just(OnTerm::Unkillable),
     ]
@@ -539,7 +529,11 @@ fn a_crash_in_the_second_stage_resumes_there_and_ends_cancelled() {
 
 #[test]
 fn leftovers_are_stopped_before_a_restart() {
-    let mut sim = Sim::new(OnTerm::Exits(0), vec![OnTerm::Ignores], RestartMode::Always);
+    let mut sim = Sim::new(
+        OnTerm::Exits(Duration::ZERO),
+        vec![OnTerm::Ignores],
+        RestartMode::Always,
+    );
     sim.step(&Step::MainExits { code: 1 });
     assert_eq!(sim.life.wire(), AgentState::Stopping);
     assert_eq!(sim.life.stop().map(|s| s.cause), Some(StopCause::Leftovers));

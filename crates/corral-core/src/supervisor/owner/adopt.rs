@@ -16,7 +16,7 @@
 //!   are stopped: a new run never starts beside an old tree.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use crate::model::{AgentState, PersistentStatus, StopCause, StopStage};
 use crate::store::{self, Process, RunRecord, StopRecord, Transition};
@@ -33,7 +33,7 @@ impl Owner {
     pub(crate) async fn recover(&mut self, record: RunRecord) {
         self.view = Some(Arc::new(View::from_record(&record, self.spec.clone())));
         self.history.attempt = record.restart_attempt;
-        let (now, wall) = (Instant::now(), SystemTime::now());
+        let (now, wall) = (super::super::now(), SystemTime::now());
         let planned = record.next_restart_at.is_some()
             && matches!(
                 record.state,
@@ -57,6 +57,10 @@ impl Owner {
             }
         }
         self.begin_at(Lifecycle::recover(record.state, stop.as_ref(), now, wall));
+        #[cfg(test)]
+        if let Some(world) = self.sh.config.fake.clone() {
+            return self.adopt_fake(world, record, main_on_record).await;
+        }
         if main_on_record {
             return self.recover_remnant(record, stop).await;
         }
@@ -64,6 +68,39 @@ impl Owner {
             return Box::pin(self.adopt_job(record)).await;
         }
         self.adopt_local(record).await
+    }
+
+    /// Takes over a run of the fake platform (tests), as `adopt_local` and
+    /// `recover_remnant` do a process's.
+    #[cfg(test)]
+    async fn adopt_fake(
+        &mut self,
+        world: Arc<super::super::execution::fake::FakeWorld>,
+        record: RunRecord,
+        main_on_record: bool,
+    ) {
+        let mut run = super::super::execution::fake::FakeRun::new(world, record.run_id);
+        if main_on_record {
+            run.exited = true;
+            run.recorded = true;
+            self.main_end = Some(MainEnd {
+                status: record.status,
+                reason: record.end_reason.clone().unwrap_or_default(),
+                ran_s: self.current().runtime_at_end.unwrap_or(0.0),
+            });
+        }
+        let dead = run.main_dead();
+        self.exec = Some(Execution::Fake(Box::new(run)));
+        if self.life().wire() == AgentState::Starting && !dead {
+            self.apply(Happening::Started { verify_until: None });
+        }
+        self.publish(|_| {});
+        if !main_on_record && dead {
+            return self.on_main_exit().await;
+        }
+        if self.life().wire() == AgentState::Stopping {
+            self.resume_stop().await;
+        }
     }
 
     /// A stop of leftovers, as it would have been recorded.
@@ -291,7 +328,7 @@ impl Owner {
         let delay = at.duration_since(SystemTime::now()).unwrap_or_default();
         self.begin_at(Lifecycle::ended());
         self.apply(Happening::RestartPlanned {
-            until: lifecycle::later(Instant::now(), delay),
+            until: lifecycle::later(super::super::now(), delay),
         });
         tracing::info!(agent_id = %record.agent_id, at = record.next_restart_at.as_deref().unwrap_or("now"), "resuming a planned restart");
         self.publish(|_| {});

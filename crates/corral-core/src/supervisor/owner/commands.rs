@@ -74,6 +74,8 @@ impl Owner {
         let running = match &self.exec {
             Some(Execution::Local(run)) => !run.exited,
             Some(Execution::Job(job)) => !job.ended && job.running_since.is_some(),
+            #[cfg(test)]
+            Some(Execution::Fake(f)) => !f.exited,
             Some(Execution::Remnant(_)) | None => false,
         };
         if !running {

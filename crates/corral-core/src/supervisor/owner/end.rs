@@ -10,7 +10,7 @@
 //! stop finds the tree gone; the restart decision is taken then, so a new run
 //! never starts beside the old tree.
 
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use crate::model::{
     AgentState, CrashLoopEvent, EventBody, PersistentStatus, RestartEvent, StopCause, StopStage,
@@ -36,6 +36,15 @@ pub(crate) struct MainEnd {
 impl Owner {
     /// The main process exited (this host): read how, then record it.
     pub(crate) async fn on_main_exit(&mut self) {
+        #[cfg(test)]
+        if let Some(Execution::Fake(f)) = self.exec.as_mut() {
+            if f.exited {
+                return;
+            }
+            let exit = f.read_exit();
+            let ran_s = f.started.elapsed().as_secs_f64();
+            return self.main_ended(exit, ran_s, None).await;
+        }
         let Some(Execution::Local(run)) = self.exec.as_mut() else {
             return;
         };
@@ -173,6 +182,11 @@ impl Owner {
                 job.recorded = true;
                 None
             }
+            #[cfg(test)]
+            Some(Execution::Fake(f)) => {
+                f.recorded = true;
+                None
+            }
             Some(Execution::Remnant(_)) | None => None,
         }
     }
@@ -238,7 +252,7 @@ impl Owner {
             Decision::Restart { delay, attempt } => {
                 tracing::info!(agent_id = %self.spec.id, delay_s = delay.as_secs_f64(), attempt, "restart planned");
                 self.apply(Happening::RestartPlanned {
-                    until: lifecycle::later(Instant::now(), delay),
+                    until: lifecycle::later(super::super::now(), delay),
                 });
                 self.history.attempt = attempt;
                 let at = lifecycle::later_wall(now, delay);

@@ -8,7 +8,7 @@
 //! when it died between `sbatch` and the commit — by its tag.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use crate::model::{AgentState, PersistentStatus};
 use crate::platform::ExitKind;
@@ -153,7 +153,7 @@ impl Owner {
             return;
         };
         job.record.node = Some(node.clone());
-        job.running_since = Some(Instant::now());
+        job.running_since = Some(super::super::now());
         job.engine.urgent(&job.record.job_id, verify);
         let record = job.record.clone();
         let (status, verify_until) = self.window();
@@ -289,7 +289,7 @@ impl Owner {
             return;
         };
         run.record.node = Some(node.clone());
-        run.running_since = Some(Instant::now());
+        run.running_since = Some(super::super::now());
         run.engine.urgent(&run.record.job_id, false);
         let job = run.record.clone();
         if record.status == PersistentStatus::Spawning && !stopping {

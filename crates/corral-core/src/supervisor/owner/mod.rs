@@ -189,7 +189,7 @@ impl Owner {
     }
 
     async fn on_timer(&mut self) {
-        let now = Instant::now();
+        let now = super::now();
         if self.deadline().is_none_or(|d| d > now) {
             return;
         }

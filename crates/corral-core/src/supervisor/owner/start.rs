@@ -61,6 +61,10 @@ impl Owner {
             // Boxed: a local start does not carry the engine's larger state.
             return Box::pin(self.submit_job()).await;
         }
+        #[cfg(test)]
+        if let Some(world) = self.sh.config.fake.clone() {
+            return self.start_fake(world).await;
+        }
         match local::start(&self.sh, &self.spec, run_id, run).await {
             Ok(started) => self.started(started).await,
             Err(e) => self.start_failed(e).await,
@@ -235,13 +239,42 @@ impl Owner {
         }
     }
 
+    /// A run on the fake platform (tests): the same steps as a process's.
+    #[cfg(test)]
+    async fn start_fake(&mut self, world: Arc<super::super::execution::fake::FakeWorld>) {
+        let run_id = self.current().run_id;
+        world.start(run_id);
+        let (status, verify_until) = self.window();
+        let write = store::transition(
+            run_id,
+            Transition {
+                state: self.peek(Happening::Started { verify_until }),
+                status: Some(status),
+                ..Transition::default()
+            },
+        );
+        if let Err(e) = self.sh.store.commit(write).await {
+            return self.answer(Err(Error::Unavailable {
+                reason: e.to_string(),
+            }));
+        }
+        let run = super::super::execution::fake::FakeRun::new(world, run_id);
+        self.exec = Some(Execution::Fake(Box::new(run)));
+        self.apply(Happening::Started { verify_until });
+        self.publish(|v| v.status = status);
+        if verify_until.is_none() {
+            let response = self.current().spawn_response(None);
+            self.answer(Ok(response));
+        }
+    }
+
     /// A run that has just begun: `spawning` with a verification window until
     /// the returned instant, or `running` at once without one.
     pub(crate) fn window(&self) -> (PersistentStatus, Option<Instant>) {
         if self.spec.verify.is_zero() {
             (PersistentStatus::Running, None)
         } else {
-            let until = super::super::lifecycle::later(Instant::now(), self.spec.verify);
+            let until = super::super::lifecycle::later(super::super::now(), self.spec.verify);
             (PersistentStatus::Spawning, Some(until))
         }
     }

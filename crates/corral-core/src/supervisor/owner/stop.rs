@@ -8,7 +8,7 @@
 //! report counts every member); later stages, above all SIGKILL, go out the
 //! moment they begin.
 
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use tokio::sync::oneshot;
 
@@ -37,7 +37,7 @@ impl Owner {
             reason,
             timeouts: timeouts.unwrap_or(self.spec.stop_timeouts),
             force,
-            now: Instant::now(),
+            now: super::super::now(),
             wall: SystemTime::now(),
         }
     }
@@ -170,7 +170,7 @@ impl Owner {
     pub(crate) async fn stage_due(&mut self) {
         let settle_until = self.exec.as_ref().and_then(Execution::settle_until);
         let Some(change) = self.apply(Happening::StageDue {
-            now: Instant::now(),
+            now: super::super::now(),
             wall: SystemTime::now(),
             settle_until,
         }) else {
