@@ -45,6 +45,18 @@ fn pid_in(path: &Path) -> i32 {
     }
 }
 
+/// Waits until an agent has written `ready` to its stdout log.
+fn ready(log: &Path) {
+    let end = Instant::now() + DEADLINE;
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains("ready")
+    {
+        assert!(Instant::now() < end, "{} never said ready", log.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// `GET path` on the daemon's socket; the body.
 fn http_get(env: &Env, path: &str) -> String {
     let mut s = std::os::unix::net::UnixStream::connect(env.state.join("corral.sock")).unwrap();
@@ -68,7 +80,7 @@ fn http_get(env: &Env, path: &str) -> String {
 fn a_stop_under_way_survives_a_killed_daemon_and_ends_cancelled_never_restarted() {
     let env = Env::new();
     const N: usize = 200;
-    let script = "trap '' TERM; exec sleep 300";
+    let script = "trap '' TERM; echo ready; exec sleep 300";
     spawn_ok(
         &env,
         &[
@@ -89,8 +101,13 @@ fn a_stop_under_way_survives_a_killed_daemon_and_ends_cancelled_never_restarted(
             script,
         ],
     );
-    let pids: Vec<i32> = agent_pids(&env.json(&["ps"])).into_values().collect();
+    let all = env.json(&["ps"]);
+    let pids: Vec<i32> = agent_pids(&all).into_values().collect();
     assert_eq!(pids.len(), N);
+    // Every agent ignores SIGTERM before the stop begins.
+    for s in all.as_object().unwrap().values() {
+        ready(Path::new(s["stdout_log"].as_str().unwrap()));
+    }
     let reaper = InitReaper::new(pids.clone());
     let mut stopper = env.cmd(&["stop", "--all"]).spawn().unwrap();
     // Every stop reaches its second stage (on record before its signal).
@@ -153,9 +170,12 @@ fn leftovers_are_stopped_before_the_run_ends_and_never_forgotten() {
     let dir = env.dir.as_ref().unwrap().path().to_owned();
     // A leftover that goes at the first SIGTERM.
     let f1 = dir.join("df1.pid");
+    // The main process waits until its leftover has written its pid (a stop
+    // of leftovers begins the moment the main exits).
     let script = format!(
-        "(setsid sh -c 'echo $$ > {}; exec sleep 999' &); exit 0",
-        f1.display()
+        "(setsid sh -c 'echo $$ > {f}; exec sleep 999' &); \
+         while [ ! -s {f} ]; do sleep 0.01; done; exit 0",
+        f = f1.display()
     );
     spawn_ok(
         &env,
@@ -176,8 +196,9 @@ fn leftovers_are_stopped_before_the_run_ends_and_never_forgotten() {
     // `stopping` (cause leftovers) and cannot be forgotten until it is gone.
     let f2 = dir.join("df2.pid");
     let script = format!(
-        "(setsid sh -c 'trap \"\" TERM; echo $$ > {}; exec sleep 999' &); exit 0",
-        f2.display()
+        "(setsid sh -c 'trap \"\" TERM; echo $$ > {f}; exec sleep 999' &); \
+         while [ ! -s {f} ]; do sleep 0.01; done; exit 0",
+        f = f2.display()
     );
     spawn_ok(
         &env,
@@ -237,7 +258,7 @@ fn leftovers_are_stopped_before_the_run_ends_and_never_forgotten() {
 #[test]
 fn a_stop_is_visible_while_it_runs_and_a_users_stop_ends_cancelled() {
     let env = Env::new();
-    spawn_ok(
+    let r = spawn_ok(
         &env,
         &[
             "vis",
@@ -246,9 +267,10 @@ fn a_stop_is_visible_while_it_runs_and_a_users_stop_ends_cancelled() {
             "--",
             "sh",
             "-c",
-            "trap '' TERM; exec sleep 300",
+            "trap '' TERM; echo ready; exec sleep 300",
         ],
     );
+    ready(Path::new(r["stdout_log"].as_str().unwrap()));
     let pid = pid_of(&env.json(&["status", "vis"]));
     let mut stopper = env.cmd(&["--json", "stop", "vis"]).spawn().unwrap();
     let s = env.wait_for("vis", "stopping", |s| s["state"] == "stopping");

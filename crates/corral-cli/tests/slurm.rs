@@ -284,6 +284,49 @@ fn a_term_ignoring_job_goes_through_all_three_stages_and_leaves_nothing() {
 }
 
 #[test]
+fn a_jobs_first_stage_goes_out_at_once_and_force_kills_at_once() {
+    cluster();
+    let env = Env::new();
+    // A job that obeys SIGTERM, with a long first wait: its stop ends at the
+    // first stage, long before that wait is over.
+    let calm = id("calm");
+    let out = env.run(&["spawn", &calm, "--slurm", "--", "sleep", "300"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    wait_until("the job's process", || !procs_of(&calm).is_empty());
+    let began = Instant::now();
+    let report = env.json(&["stop", &calm, "--stop-timeouts", "30,1,1"]);
+    assert_eq!(report[0]["stage"], "term", "{report}");
+    assert!(
+        began.elapsed() < Duration::from_secs(15),
+        "the first SIGTERM waited: {:?}",
+        began.elapsed()
+    );
+    assert_nothing_left(&calm);
+    // A TERM-ignoring job killed with --force: SIGKILL at once.
+    let stubborn = id("forced");
+    let out = env.run(&[
+        "spawn",
+        &stubborn,
+        "--slurm",
+        "--stop-timeouts",
+        "30,30,5",
+        "--",
+        "sh",
+        "-c",
+        "trap '' TERM; while :; do sleep 0.2; done",
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    wait_until("the job's processes", || !procs_of(&stubborn).is_empty());
+    let began = Instant::now();
+    let killed = env.json(&["kill", &stubborn, "--force"]);
+    assert_eq!(killed["killed"], true, "{killed}");
+    assert_eq!(killed["report"]["stage"], "kill", "{killed}");
+    assert!(began.elapsed() < Duration::from_secs(15), "{:?}", began.elapsed());
+    assert_nothing_left(&stubborn);
+    env.finish();
+}
+
+#[test]
 fn a_job_tree_with_setsid_and_double_fork_leaves_nothing() {
     cluster();
     let env = Env::new();

@@ -366,7 +366,13 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
             .and_then(|s| s.parse().ok()),
         stop: row
             .get::<_, Option<String>>("stop")?
-            .and_then(|s| serde_json::from_str(&s).ok()),
+            .and_then(|s| match serde_json::from_str(&s) {
+                Ok(stop) => Some(stop),
+                Err(e) => {
+                    tracing::warn!(stop = %s, error = %e, "a stored stop does not read back; it is dropped");
+                    None
+                }
+            }),
     })
 }
 

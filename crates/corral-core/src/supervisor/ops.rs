@@ -319,8 +319,18 @@ async fn stop_one(
         {
             return Some(report);
         }
-        // The owner went away without answering: shutting down, or it failed
-        // and a new owner is on its way.
+        // The owner went away without answering: the agent ended meanwhile,
+        // or the supervisor is shutting down, or the owner failed and a new
+        // one is on its way.
+        let ended = {
+            let reg = lock(&sh.registry);
+            let slot = reg.get(id)?;
+            let p = slot.published.borrow();
+            (!p.busy).then(|| p.view.clone()).flatten()
+        };
+        if let Some(view) = ended {
+            return Some(already_ended(&view));
+        }
         if *sh.shutdown.borrow() {
             return Some(already_ended(&view));
         }

@@ -179,8 +179,9 @@ impl JobRun {
     /// What is left: the job until the engine reports its end; then, when it
     /// ran on this host, any process of it still here (killed: the engine can
     /// call a job cancelled while a late-launched copy still runs).
-    pub(crate) async fn look(&mut self, agent_id: &str) -> Look {
+    pub(crate) async fn look(&mut self, agent_id: &str, stage: StopStage) -> Look {
         if !self.ended {
+            self.open_stage(stage);
             return Look::Left;
         }
         if !self.on_this_host() {
@@ -208,9 +209,10 @@ impl JobRun {
         Look::Left
     }
 
-    /// Until when the engine gets to report the end of a job it was told to kill.
-    pub(crate) fn settle_until(&self) -> Option<Instant> {
-        self.last_signal.map(|t| t + KILL_SETTLE)
+    /// Until when the engine gets to report the end of a job it was told to
+    /// kill: a while after the kill stage's wait (its polls come at intervals).
+    pub(crate) fn settle_until(&self, deadline: Instant) -> Option<Instant> {
+        self.last_signal.map(|t| t.max(deadline) + KILL_SETTLE)
     }
 }
 

@@ -173,8 +173,8 @@ impl LocalRun {
     /// and waits (bounded) for it to exit, then reaps it. It was never
     /// acknowledged, so it must not run.
     pub(crate) async fn kill_unrecorded(&mut self, sh: &Shared, agent_id: &str) {
-        if let Some(leaf) = self.leaf() {
-            let _ = leaf.kill();
+        if let Some(leaf) = self.leaf().cloned() {
+            let _ = tokio::task::spawn_blocking(move || leaf.kill()).await;
         }
         let _ = self
             .proc_
@@ -199,17 +199,19 @@ impl LocalRun {
 /// its pidfd) with its whole tree, and reaps it on a blocking thread: our own
 /// unreaped child, so its pid cannot be reused meanwhile.
 pub(crate) async fn kill_unwatched(sh: &Arc<Shared>, proc_: Arc<Proc>) {
-    if let Some(leaf) = &proc_.leaf {
-        let _ = leaf.kill();
-    }
     let _ = proc_.handle.signal_group(rustix::process::Signal::KILL);
     let sh = sh.clone();
     let _ = tokio::task::spawn_blocking(move || {
+        if let Some(leaf) = &proc_.leaf {
+            let _ = leaf.kill();
+        }
         let pid = proc_.handle.pid();
         if let Some(pid) = rustix::process::Pid::from_raw(pid) {
             platform::kill_and_reap_child(pid);
         }
         lock(&sh.owned).remove(&pid);
+        // Removed once its last member is gone (or swept later, if not yet).
+        release(&sh, proc_.leaf.clone().filter(|l| !l.populated()));
     })
     .await;
 }

@@ -149,7 +149,7 @@ impl Execution {
     ) -> Look {
         match self {
             Self::Local(run) => run.look(sh, agent_id, stage).await,
-            Self::Job(job) => job.look(agent_id).await,
+            Self::Job(job) => job.look(agent_id, stage).await,
             Self::Remnant(r) => r.look(sh, agent_id, stage).await,
             #[cfg(test)]
             Self::Fake(f) => f.look(stage),
@@ -169,11 +169,12 @@ impl Execution {
         }
     }
 
-    /// Until when something signalled moments ago may still be dying.
-    pub(crate) fn settle_until(&self) -> Option<Instant> {
+    /// Until when something signalled moments ago may still be dying (the
+    /// kill stage's wait ends at `deadline`).
+    pub(crate) fn settle_until(&self, deadline: Instant) -> Option<Instant> {
         match self {
             Self::Local(run) => run.settle_until(),
-            Self::Job(job) => job.settle_until(),
+            Self::Job(job) => job.settle_until(deadline),
             Self::Remnant(r) => r.settle_until(),
             #[cfg(test)]
             Self::Fake(f) => f.settle_until(),

@@ -126,10 +126,8 @@ impl LocalRun {
         let leader = (self.pid(), self.proc_.handle.start_ticks());
         if stage == StopStage::Kill
             && let Some(leaf) = self.leaf()
-            && let Err(e) = leaf.kill()
-            && e.kind() != std::io::ErrorKind::NotFound
         {
-            tracing::warn!(pid = leader.0, error = %e, "cgroup.kill failed");
+            kill_leaf(leaf.clone());
         }
         let sent = (!self.exited).then(|| self.proc_.handle.signal_group(signal_of(stage)));
         let t = self.tracker(sh);
@@ -164,7 +162,8 @@ impl LocalRun {
             && self.track.as_ref().is_some_and(|t| {
                 !t.seen.is_empty() && t.watch.iter().all(|h| h.get_ref().has_exited())
             })
-            && self.leaf().is_some_and(|l| !l.populated());
+            && self.leaf().is_some()
+            && !leaf_now(self.leaf().cloned()).await.1;
         if fast {
             let seen: Vec<(i32, u64)> = self
                 .track
@@ -178,7 +177,7 @@ impl LocalRun {
         let table = sh.tables.fresh(Instant::now(), sh).await;
         let leader = (self.pid(), self.proc_.handle.start_ticks());
         let (exited, unreaped) = (self.exited, !self.ended);
-        let contained = self.leaf().map(Leaf::pids).unwrap_or_default();
+        let (contained, populated) = leaf_now(self.leaf().cloned()).await;
         let t = self.tracker(sh);
         t.reaps.borrow_and_update();
         let members = tree::members(
@@ -206,7 +205,7 @@ impl LocalRun {
             .filter(|m| m.state == 'Z' && m.ppid == me)
             .map(|m| (m.pid, m.start_ticks))
             .collect();
-        if !alive && exited && !self.leaf().is_some_and(Leaf::populated) {
+        if !alive && exited && !populated {
             if our_zombies.is_empty() || settle_zombies(sh, our_zombies).await {
                 return Look::Gone;
             }
@@ -229,27 +228,49 @@ impl LocalRun {
     /// which has exited (its exit read, not yet reaped: its group and session
     /// ids cannot have been reused).
     pub(crate) async fn leftovers(&mut self, sh: &Arc<Shared>, agent_id: &str) -> bool {
-        if let Some(leaf) = self.leaf() {
+        if let Some(leaf) = self.leaf().cloned() {
             // An exited member leaves cgroup.procs at once, zombie or not.
-            return leaf.populated();
+            return tokio::task::spawn_blocking(move || leaf.populated())
+                .await
+                .unwrap_or(true);
         }
         let table = sh.tables.fresh(Instant::now(), sh).await;
         let leader = (self.pid(), self.proc_.handle.start_ticks());
-        let none = HashSet::new();
-        tree::members(
+        let me = std::process::id() as i32;
+        let t = self.tracker(sh);
+        let members = tree::members(
             &table,
             &tree::Lookup {
                 leader: leader.0,
                 leader_start: leader.1,
-                leader_unreaped: !self.ended,
-                daemon: std::process::id() as i32,
-                known: &none,
+                // Its exit is read, it is not reaped: its group and session
+                // ids cannot have been reused.
+                leader_unreaped: true,
+                daemon: me,
+                known: &t.seen,
                 agent_id,
                 contained: &[],
             },
-        )
-        .iter()
-        .any(|m| (m.pid, m.start_ticks) != leader && m.state != 'Z')
+        );
+        // Known from now on by identity: the stop that follows finds them
+        // after the main process is reaped and its ids are free.
+        t.seen
+            .extend(members.iter().map(|m| (m.pid, m.start_ticks)));
+        let others: Vec<&ProcEntry> = members
+            .iter()
+            .filter(|m| (m.pid, m.start_ticks) != leader)
+            .collect();
+        if others.iter().any(|m| m.state != 'Z') {
+            return true;
+        }
+        // Only zombies: those that are ours are reaped now, so nothing of
+        // the run is in /proc when its end is recorded.
+        let ours: Vec<(i32, u64)> = others
+            .iter()
+            .filter(|m| m.ppid == me)
+            .map(|m| (m.pid, m.start_ticks))
+            .collect();
+        !(ours.is_empty() || settle_zombies(sh, ours).await)
     }
 
     /// Members of the tree seen by the stop, the main process left out.
@@ -291,6 +312,30 @@ pub(crate) async fn changed(track: &mut Option<Box<Tracker>>) {
             }
         } => {}
     }
+}
+
+/// The pids in a run's cgroup leaf and whether it is populated, read on a
+/// blocking thread (none and false without a leaf).
+async fn leaf_now(leaf: Option<Leaf>) -> (Vec<i32>, bool) {
+    let Some(leaf) = leaf else {
+        return (Vec::new(), false);
+    };
+    tokio::task::spawn_blocking(move || (leaf.pids(), leaf.populated()))
+        .await
+        .unwrap_or((Vec::new(), true))
+}
+
+/// Writes `cgroup.kill` on a blocking thread (it takes the kernel's cgroup
+/// lock; a thousand kill stages at once would queue on the async workers).
+/// Not waited for: the members' deaths are what the stop waits for.
+fn kill_leaf(leaf: Leaf) {
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = leaf.kill()
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(cgroup = %leaf.dir().display(), error = %e, "cgroup.kill failed");
+        }
+    });
 }
 
 /// Reaps the zombies among `members` that are this process's children (on a
@@ -456,10 +501,10 @@ impl Remnant {
     ) -> Option<Self> {
         let (id, tag) = (agent_id.to_owned(), run_id.to_string());
         let seed_leaf = leaf.clone();
-        let seen: Vec<(i32, u64)> = tokio::task::spawn_blocking(move || {
+        let (seen, populated): (Vec<(i32, u64)>, bool) = tokio::task::spawn_blocking(move || {
             let table = platform::process_table();
             let in_leaf = seed_leaf.as_ref().map(Leaf::pids);
-            table
+            let seen = table
                 .into_iter()
                 .filter(|p| p.state != 'Z' && p.pid > 1)
                 .filter(|p| match &in_leaf {
@@ -470,11 +515,12 @@ impl Remnant {
                     }
                 })
                 .map(|p| (p.pid, p.start_ticks))
-                .collect()
+                .collect();
+            (seen, seed_leaf.as_ref().is_some_and(Leaf::populated))
         })
         .await
         .unwrap_or_default();
-        if seen.is_empty() && !leaf.as_ref().is_some_and(Leaf::populated) {
+        if seen.is_empty() && !populated {
             return None;
         }
         let mut track = Tracker::new(sh);
@@ -502,10 +548,8 @@ impl Remnant {
     pub(crate) fn open_stage(&mut self, sh: &Shared, stage: StopStage) {
         if stage == StopStage::Kill
             && let Some(leaf) = &self.leaf
-            && let Err(e) = leaf.kill()
-            && e.kind() != std::io::ErrorKind::NotFound
         {
-            tracing::warn!(error = %e, "cgroup.kill failed");
+            kill_leaf(leaf.clone());
         }
         let t = self.tracker(sh);
         if t.opened != Some(stage) {
@@ -523,8 +567,7 @@ impl Remnant {
         stage: StopStage,
     ) -> Look {
         let table = sh.tables.fresh(Instant::now(), sh).await;
-        let contained = self.leaf.as_ref().map(Leaf::pids).unwrap_or_default();
-        let populated = self.leaf.as_ref().is_some_and(Leaf::populated);
+        let (contained, populated) = leaf_now(self.leaf.clone()).await;
         self.open_stage(sh, stage);
         let t = self.tracker(sh);
         t.reaps.borrow_and_update();
@@ -562,7 +605,7 @@ impl Remnant {
 
     /// Whether anything of the run still runs.
     pub(crate) async fn leftovers(&mut self, sh: &Arc<Shared>, agent_id: &str) -> bool {
-        if self.leaf.as_ref().is_some_and(Leaf::populated) {
+        if leaf_now(self.leaf.clone()).await.1 {
             return true;
         }
         let table = sh.tables.fresh(Instant::now(), sh).await;

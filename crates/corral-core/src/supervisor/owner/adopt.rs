@@ -45,7 +45,11 @@ impl Owner {
             // Ended (or waiting to restart) on record; left processes behind
             // in its cgroup (an older corral recorded such runs as ended).
             let leaf = self.leaf_of(&record);
-            if leaf.as_ref().is_some_and(|l| l.populated()) {
+            let populated =
+                super::super::blocking(move || Ok(leaf.as_ref().is_some_and(|l| l.populated())))
+                    .await
+                    .unwrap_or(false);
+            if populated {
                 stop = Some(self.leftovers_record(wall));
             } else if planned {
                 return self.resume_backoff(record).await;
@@ -56,7 +60,11 @@ impl Owner {
                 return;
             }
         }
-        self.begin_at(Lifecycle::recover(record.state, stop.as_ref(), now, wall));
+        // Rows written before states were recorded say only `spawning`/`running`.
+        let state = record.state.or_else(|| {
+            (record.status == PersistentStatus::Spawning).then_some(AgentState::Starting)
+        });
+        self.begin_at(Lifecycle::recover(state, stop.as_ref(), now, wall));
         #[cfg(test)]
         if let Some(world) = self.sh.config.fake.clone() {
             return self.adopt_fake(world, record, main_on_record).await;

@@ -142,6 +142,36 @@ impl Owner {
             }
         }
         self.publisher.send_modify(|p| p.busy = false);
+        // Commands sent before the agent ended that came too late: answered
+        // as an ended agent's (a stop that raced the end is `already_ended`).
+        self.rx.close();
+        while let Ok(cmd) = self.rx.try_recv() {
+            self.answer_ended(cmd);
+        }
+    }
+
+    /// Answers a command that reached an owner whose agent has ended.
+    fn answer_ended(&self, cmd: Cmd) {
+        match cmd {
+            Cmd::Stop { reply, .. } => {
+                let _ = reply.send(super::already_ended(&self.current()));
+            }
+            Cmd::Progress { reply, .. } => {
+                let status = self.current().status;
+                let _ = reply.send(Err(Error::invalid(
+                    &self.spec.id,
+                    format!(
+                        "progress is only taken from a live agent; this run is {status} (ended)"
+                    ),
+                )));
+            }
+            Cmd::Reap { reply } => {
+                let _ = reply.send(false);
+            }
+            Cmd::Probe { .. } | Cmd::Limit { .. } => {}
+            #[cfg(test)]
+            Cmd::Fail => {}
+        }
     }
 
     /// The one timer: whatever comes next in the current state.

@@ -34,7 +34,14 @@ impl Owner {
             attempt,
             &started_at,
         );
-        let run_id = match self.sh.store.commit(write).await {
+        // A spawn fails fast when the store refuses (503); a planned restart
+        // waits for the store instead of ending where it stands.
+        let committed = if self.spawn_reply.is_some() {
+            self.sh.store.commit(write).await
+        } else {
+            self.sh.store.commit_retrying(write).await
+        };
+        let run_id = match committed {
             Ok(id) => id,
             Err(e) => {
                 // Nothing happened: the agent stays as it was.

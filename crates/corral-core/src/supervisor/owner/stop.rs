@@ -134,6 +134,13 @@ impl Owner {
     /// A stage began: its event, its signal (at once, unless it is the first
     /// of its stop), then a look at the tree.
     pub(crate) async fn stage_began(&mut self, stage: StopStage, first: bool) {
+        self.stage_signal(stage, first);
+        self.look().await;
+    }
+
+    /// A stage's event and count, and — unless it is the first of its stop,
+    /// which looks at the tree first — its signal.
+    fn stage_signal(&mut self, stage: StopStage, first: bool) {
         let signal = if stage == StopStage::Kill {
             "SIGKILL"
         } else {
@@ -162,13 +169,16 @@ impl Owner {
         if !first && let Some(exec) = self.exec.as_mut() {
             exec.open_stage(&self.sh, stage);
         }
-        self.look().await;
     }
 
     /// The stage's wait is over: the next stage, or — after SIGKILL's wait,
     /// with nothing left that may still be dying — the tree survived it.
     pub(crate) async fn stage_due(&mut self) {
-        let settle_until = self.exec.as_ref().and_then(Execution::settle_until);
+        let deadline = self
+            .life()
+            .stop()
+            .map_or(super::super::now(), |s| s.deadline);
+        let settle_until = self.exec.as_ref().and_then(|e| e.settle_until(deadline));
         let Some(change) = self.apply(Happening::StageDue {
             now: super::super::now(),
             wall: SystemTime::now(),
@@ -179,9 +189,10 @@ impl Owner {
         let Some(stop) = self.life().stop().cloned() else {
             return;
         };
-        // The new stage on record, queued but not awaited: SIGKILL goes out at
-        // once, and a daemon that dies before the write lands resumes at the
-        // earlier stage, whose deadline has passed, so it moves on at once.
+        // The new stage's signal goes out at once (SIGKILL above all), with
+        // its record queued; it is shown once on record. A daemon that dies
+        // before the write lands resumes at the earlier stage, whose deadline
+        // has passed, so it moves on at once.
         let write = store::transition(
             self.current().run_id,
             Transition {
@@ -192,14 +203,19 @@ impl Owner {
             },
         );
         let commit = self.sh.store.submit(write);
-        self.log_failure(commit, "cannot record a stop stage");
-        self.publish(|_| {});
         if let Some(stage) = change.stage {
-            self.stage_began(stage, false).await;
+            self.stage_signal(stage, false);
         }
+        if let Err(e) = commit.await {
+            tracing::warn!(agent_id = %self.spec.id, error = %e, "cannot record a stop stage");
+        }
+        self.publish(|_| {});
         if change.unkillable {
             tracing::error!(agent_id = %self.spec.id, pid = self.current().pid, "processes survived SIGKILL; watching them until they are gone");
             self.answer_stop(StopStage::Unkillable, stop.began_at);
+        }
+        if change.stage.is_some() {
+            self.look().await;
         }
     }
 
