@@ -136,11 +136,13 @@ fn a_stop_under_way_survives_a_killed_daemon_and_ends_cancelled_never_restarted(
     let end = Instant::now() + Duration::from_secs(30);
     loop {
         let all = env.json(&["ps"]);
+        // Ended, and reaped by their parent (our reaper, standing in for
+        // init): until then each is rightly a zombie.
         let ended = all
             .as_object()
             .unwrap()
             .values()
-            .filter(|s| s["state"] == "ended")
+            .filter(|s| s["state"] == "ended" && s["is_zombie"] == false)
             .count();
         if ended == N {
             for (id, s) in all.as_object().unwrap() {

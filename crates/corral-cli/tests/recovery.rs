@@ -153,7 +153,11 @@ fn a_readopted_agent_reports_its_real_exit_code() {
         "re-adopted"
     );
     std::fs::write(&go, "").unwrap();
-    let s = env.wait_for("answer", "its end", |s| s["persistent_status"] != "running");
+    // Its end, and — once its parent (our reaper, standing in for init) has
+    // reaped it — no longer a zombie.
+    let s = env.wait_for("answer", "its end", |s| {
+        s["persistent_status"] != "running" && s["is_zombie"] == false
+    });
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     let (major, minor) = {
         let mut parts = release

@@ -321,7 +321,11 @@ fn a_jobs_first_stage_goes_out_at_once_and_force_kills_at_once() {
     let killed = env.json(&["kill", &stubborn, "--force"]);
     assert_eq!(killed["killed"], true, "{killed}");
     assert_eq!(killed["report"]["stage"], "kill", "{killed}");
-    assert!(began.elapsed() < Duration::from_secs(15), "{:?}", began.elapsed());
+    assert!(
+        began.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        began.elapsed()
+    );
     assert_nothing_left(&stubborn);
     env.finish();
 }
