@@ -242,13 +242,23 @@ pub struct Supervisor {
     _last: Arc<LastHandle>,
 }
 
-/// Shuts supervision down when the last [`Supervisor`] handle goes (actors
-/// hold the shared state too, so its own drop would never come).
-struct LastHandle(watch::Sender<bool>);
+/// Shuts supervision down when the last [`Supervisor`] handle goes (owners
+/// hold the shared state too, so its own drop would never come), and removes
+/// the cgroups of runs that have ended: their removal is queued to a blocking
+/// thread as each run ends, and a process that exits right after a stop would
+/// otherwise leave them behind (populated ones — agents that keep running —
+/// stay, for the next supervisor).
+struct LastHandle {
+    shutdown: watch::Sender<bool>,
+    sh: std::sync::Weak<Shared>,
+}
 
 impl Drop for LastHandle {
     fn drop(&mut self) {
-        self.0.send_replace(true);
+        self.shutdown.send_replace(true);
+        if let Some(sh) = self.sh.upgrade() {
+            reaper::sweep_empty_leaves(&sh, false);
+        }
     }
 }
 
@@ -364,7 +374,10 @@ impl Supervisor {
             slurm: std::sync::OnceLock::new(),
         });
         let sup = Self {
-            _last: Arc::new(LastHandle(sh.shutdown.clone())),
+            _last: Arc::new(LastHandle {
+                shutdown: sh.shutdown.clone(),
+                sh: Arc::downgrade(&sh),
+            }),
             sh,
         };
         if sup.sh.config.subreaper {

@@ -92,6 +92,8 @@ pub(crate) fn sweep_empty_leaves(sh: &Shared, warn: bool) {
             tracing::warn!(cgroup = %leaf.dir().display(), "processes of an ended run are still running in its cgroup");
         }
     }
+    // An idle subtree is not left behind (it fails while a leaf remains).
+    let _ = std::fs::remove_dir(root.dir());
 }
 
 /// Which agent process `pid` belongs to (blocking: reads `/proc`): its cgroup
