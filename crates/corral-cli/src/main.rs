@@ -11,6 +11,20 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // A client command whose reader goes away (`corral ps | head -1`,
+    // `corral completions bash | head`) ends by SIGPIPE, quietly, like any
+    // Unix tool. What serves others — the daemon, the demo and bench with
+    // their in-process daemons, the dashboard, the MCP server — keeps it
+    // ignored and handles a closed peer as an error of that one connection.
+    let serves = std::env::args_os().nth(1).is_some_and(|a| {
+        matches!(
+            a.to_str(),
+            Some("daemon" | "demo" | "bench" | "top" | "mcp")
+        )
+    });
+    if !serves {
+        corral_core::process::default_sigpipe();
+    }
     let cli = cli::Cli::parse();
     let runtime = if cli.command.needs_threads() {
         tokio::runtime::Builder::new_multi_thread()

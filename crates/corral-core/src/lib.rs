@@ -70,6 +70,13 @@ pub mod process {
         crate::platform::become_subreaper()
     }
 
+    /// Restores SIGPIPE's default action, for a command-line client: a reader
+    /// that goes away (`corral ps | head -1`) ends it quietly, as it ends any
+    /// Unix tool, instead of turning every write into an error.
+    pub fn default_sigpipe() {
+        crate::platform::default_sigpipe()
+    }
+
     /// Pids of the calling process's children.
     pub fn children() -> Vec<i32> {
         crate::platform::own_children()

@@ -957,6 +957,16 @@ pub fn become_subreaper() -> io::Result<()> {
     rustix::process::set_child_subreaper(Some(rustix::process::getpid())).map_err(Into::into)
 }
 
+/// Gives SIGPIPE its default action (end the process) back: Rust ignores it
+/// before `main`, which turns a closed pipe into write errors.
+pub fn default_sigpipe() {
+    // SAFETY: signal(2) with a constant signal and the default action; no
+    // handler runs, so nothing about it needs to be async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Pids of the calling process's children (the children of every one of its threads).
 pub fn own_children() -> Vec<i32> {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
