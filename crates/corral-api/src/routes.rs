@@ -415,7 +415,8 @@ async fn wait(
     let t = q.timeout_s.unwrap_or(30.0);
     if !(t.is_finite() && (0.0..=MAX_WAIT_S).contains(&t)) {
         return Err(ApiError::invalid(format!(
-            "timeout_s must be 0–{MAX_WAIT_S} seconds; got {t}"
+            "timeout_s must be 0–{MAX_WAIT_S} seconds; got {}",
+            corral_core::short_number(t)
         )));
     }
     Ok(Json(sup.wait(&id, Duration::from_secs_f64(t)).await?))

@@ -34,6 +34,17 @@ pub fn elide(s: &str, max_chars: usize) -> String {
     }
 }
 
+/// A number as an error message shows it: as given when short, else in
+/// scientific notation — a refusal never echoes a 300-digit number.
+pub fn short_number(v: f64) -> String {
+    let plain = format!("{v}");
+    if plain.len() <= 20 {
+        plain
+    } else {
+        format!("{v:e}")
+    }
+}
+
 /// Stored lifecycle state (`persistent_status`): `spawning → running → completed | failed | cancelled`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -1416,6 +1427,17 @@ mod tests {
             quote_argv(&argv),
             r#"python3 -c 'print("hi"); import sys' 'it'\''s' ''"#
         );
+    }
+
+    #[test]
+    fn long_numbers_are_shown_short() {
+        assert_eq!(short_number(5.0), "5");
+        assert_eq!(short_number(0.25), "0.25");
+        assert_eq!(short_number(315360001.0), "315360001");
+        assert_eq!(short_number(1e300), "1e300");
+        assert_eq!(short_number(-9.5e18), "-9500000000000000000");
+        assert_eq!(short_number(-9.5e20), "-9.5e20");
+        assert!(short_number(f64::MIN_POSITIVE).len() < 30);
     }
 
     #[test]

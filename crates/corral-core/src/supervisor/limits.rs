@@ -139,7 +139,10 @@ pub(crate) fn validate(limits: &Limits) -> Result<(), String> {
     if let Some(m) = limits.memory_mb
         && !(m.is_finite() && m > 0.0)
     {
-        return Err(format!("limits.memory_mb must be more than 0; got {m}"));
+        return Err(format!(
+            "limits.memory_mb must be more than 0; got {}",
+            crate::model::short_number(m)
+        ));
     }
     if limits.pids == Some(0) {
         return Err("limits.pids must be at least 1".into());
@@ -152,7 +155,10 @@ pub(crate) fn validate(limits: &Limits) -> Result<(), String> {
     if let Some(c) = limits.cpu_percent
         && !(c.is_finite() && c > 0.0)
     {
-        return Err(format!("limits.cpu_percent must be more than 0; got {c}"));
+        return Err(format!(
+            "limits.cpu_percent must be more than 0; got {}",
+            crate::model::short_number(c)
+        ));
     }
     Ok(())
 }

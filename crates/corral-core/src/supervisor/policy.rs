@@ -96,13 +96,15 @@ pub(crate) fn validate(policy: &RestartPolicy) -> Result<(), String> {
     let [low, high] = policy.backoff_s;
     if !(low.is_finite() && high.is_finite() && low >= 0.0 && high >= low && high <= 86_400.0) {
         return Err(format!(
-            "restart.backoff_s must be [min, max] seconds with 0 <= min <= max <= 86400; got [{low}, {high}]"
+            "restart.backoff_s must be [min, max] seconds with 0 <= min <= max <= 86400; got [{}, {}]",
+            crate::model::short_number(low),
+            crate::model::short_number(high)
         ));
     }
     if !(policy.window_s.is_finite() && policy.window_s > 0.0 && policy.window_s <= 86_400.0) {
         return Err(format!(
             "restart.window_s must be more than 0 and at most 86400 (a day); got {}",
-            policy.window_s
+            crate::model::short_number(policy.window_s)
         ));
     }
     if policy.max_restarts > 1_000_000 {

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::id::AgentId;
-use crate::model::{LogRotation, Probe, Probes, RestartPolicy, SlurmPlacement, SpawnRequest};
+use crate::model::{
+    LogRotation, Probe, Probes, RestartPolicy, SlurmPlacement, SpawnRequest, short_number,
+};
 use crate::platform::files::User;
 
 /// Staged-stop waits when none are given: SIGTERM, 10 s, SIGTERM, 5 s, SIGKILL, 5 s.
@@ -77,7 +79,11 @@ pub(crate) fn stop_timeouts(agent_id: &str, raw: &[f64]) -> Result<[f64; 3]> {
         _ => Err(invalid(
             agent_id,
             format!(
-                "stop_timeouts must be three waits in seconds (TERM, TERM, KILL), each 0–{MAX_STOP_WAIT_S}; got {raw:?}"
+                "stop_timeouts must be three waits in seconds (TERM, TERM, KILL), each 0–{MAX_STOP_WAIT_S}; got [{}]",
+                raw.iter()
+                    .map(|t| short_number(*t))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )),
     }
@@ -268,9 +274,12 @@ fn check_probe(id: &str, which: &str, probe: &Probe) -> Result<()> {
                 crate::model::elide(addr, 100)
             ))
         }
-        Probe::ProgressStaleS(s) if !(s.is_finite() && *s > 0.0 && *s <= MAX_STOP_WAIT_S) => bad(
-            format!("progress_stale_s must be more than 0 and at most {MAX_STOP_WAIT_S}; got {s}"),
-        ),
+        Probe::ProgressStaleS(s) if !(s.is_finite() && *s > 0.0 && *s <= MAX_STOP_WAIT_S) => {
+            bad(format!(
+                "progress_stale_s must be more than 0 and at most {MAX_STOP_WAIT_S}; got {}",
+                short_number(*s)
+            ))
+        }
         Probe::Log(_) if which == "liveness" => {
             bad("log is a readiness probe (a line seen once cannot tell liveness)".into())
         }
@@ -311,7 +320,10 @@ fn check_logs(id: &str, logs: &LogRotation) -> Result<()> {
     if !(mb.is_finite() && mb >= MIN_LOG_MAX_MB) {
         return Err(invalid(
             id,
-            format!("logs.max_mb must be a size in MiB of at least {MIN_LOG_MAX_MB}; got {mb}"),
+            format!(
+                "logs.max_mb must be a size in MiB of at least {MIN_LOG_MAX_MB}; got {}",
+                short_number(mb)
+            ),
         ));
     }
     if !(1..=MAX_LOG_KEEP).contains(&logs.keep) {
@@ -359,7 +371,8 @@ pub(crate) fn check(req: SpawnRequest, state_dir: &Path, user: Option<User>) -> 
         return Err(invalid(
             raw,
             format!(
-                "max_runtime_s must be more than 0 and at most {MAX_RUNTIME_S} (ten years); got {t}"
+                "max_runtime_s must be more than 0 and at most {MAX_RUNTIME_S} (ten years); got {}",
+                short_number(t)
             ),
         ));
     }
@@ -475,6 +488,17 @@ mod tests {
                 field,
             );
         }
+        let err = check(
+            req(r#"{"agent_id": "a", "command": ["x"], "max_runtime_s": 1e300}"#),
+            Path::new("/s"),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.len() < 200 && err.ends_with("got 1e300"),
+            "a refusal does not echo 300 digits: {err}"
+        );
         assert!(
             check(
                 req(r#"{"agent_id": "a", "command": ["x"], "max_runtime_s": 315360000}"#),
