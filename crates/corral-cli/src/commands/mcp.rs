@@ -86,7 +86,7 @@ longer need it.";
 pub async fn run(ctx: Ctx) -> Result<ExitCode> {
     init_stderr_logging();
     let server = CorralMcp::new(ctx);
-    let (read, write) = rmcp::transport::stdio_pipes();
+    let (read, write, writer) = framing();
     let running = server
         .serve((read, write))
         .await
@@ -96,7 +96,75 @@ pub async fn run(ctx: Ctx) -> Result<ExitCode> {
         .await
         .context("the MCP session ended abnormally")?;
     tracing::debug!(?reason, "MCP session ended");
+    // The last answers are on their way to stdout.
+    let _ = writer.await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The session's pipes, between stdin/stdout and rmcp: a line that is not
+/// JSON gets JSON-RPC's parse error (-32700, `id` null) on stdout, as the
+/// specification asks, and the session goes on; every other line passes
+/// through as it came. One task owns stdout, so an error never lands inside
+/// one of rmcp's messages.
+fn framing() -> (
+    tokio::io::DuplexStream,
+    tokio::io::DuplexStream,
+    tokio::task::JoinHandle<()>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    const PIPE: usize = 1 << 20;
+    let (mut to_rmcp, rmcp_in) = tokio::io::duplex(PIPE);
+    let (rmcp_out, from_rmcp) = tokio::io::duplex(PIPE);
+    let (errors, mut error_lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.trim().is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<serde_json::Value>(&line) {
+                Ok(_) => {
+                    let sent = to_rmcp.write_all(line.as_bytes()).await;
+                    if sent.is_err() || to_rmcp.write_all(b"\n").await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let answer = json!({
+                        "jsonrpc": "2.0",
+                        "id": null,
+                        "error": {"code": -32700, "message": format!("parse error: {e}")},
+                    });
+                    if errors.send(answer.to_string()).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        // The host closed stdin: rmcp sees the end of its input and stops.
+        let _ = to_rmcp.shutdown().await;
+    });
+    let writer = tokio::spawn(async move {
+        let mut stdout = tokio::io::stdout();
+        let mut answers = BufReader::new(from_rmcp).lines();
+        loop {
+            let line = tokio::select! {
+                line = answers.next_line() => match line {
+                    Ok(Some(line)) => line,
+                    _ => break,
+                },
+                Some(error) = error_lines.recv() => error,
+            };
+            let written = stdout.write_all(line.as_bytes()).await;
+            if written.is_err()
+                || stdout.write_all(b"\n").await.is_err()
+                || stdout.flush().await.is_err()
+            {
+                break;
+            }
+        }
+    });
+    (rmcp_in, rmcp_out, writer)
 }
 
 /// Diagnostics (ours and rmcp's) to stderr: stdout carries the protocol.

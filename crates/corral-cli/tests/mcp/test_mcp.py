@@ -315,5 +315,42 @@ def test_older_protocol_versions_are_accepted(state_dir, version):
     assert {t["name"] for t in answers[3]["result"]["tools"]} == TOOLS
 
 
+def test_a_line_that_is_not_json_gets_a_parse_error_and_the_session_goes_on(state_dir):
+    """JSON-RPC 2.0: a line that does not parse is answered -32700 with id null."""
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "0"},
+        },
+    }
+    text = (
+        json.dumps(init)
+        + "\n{not json at all\n"
+        + json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        + "\n"
+        + json.dumps({"jsonrpc": "2.0", "id": 2, "method": "ping"})
+        + "\n"
+    )
+    proc = subprocess.run(
+        [CORRAL, "--state-dir", state_dir, "mcp"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    answers = [json.loads(line) for line in proc.stdout.splitlines()]
+    errors = [a for a in answers if "error" in a]
+    assert len(errors) == 1, answers
+    assert errors[0]["error"]["code"] == -32700 and errors[0]["id"] is None, errors
+    by_id = {a["id"]: a for a in answers if a.get("id") is not None}
+    assert by_id[1]["result"]["protocolVersion"] == "2025-06-18"
+    assert by_id[2]["result"] == {}, "the session went on after the bad line"
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-v"]))
