@@ -47,6 +47,9 @@ pub enum ClientError {
     /// The daemon's answer was not what this client understands.
     #[error("unexpected answer from the corral daemon: {0}")]
     Decode(String),
+    /// This client could not put the request into JSON (a path that is not UTF-8).
+    #[error("cannot send the request: {0}")]
+    Encode(String),
     /// The socket is not one this user can trust.
     #[error("refusing to talk to {}: {reason}", socket.display())]
     Untrusted {
@@ -203,7 +206,7 @@ impl Client {
         let body = body
             .map(serde_json::to_vec)
             .transpose()
-            .map_err(|e| ClientError::Decode(e.to_string()))?;
+            .map_err(|e| ClientError::Encode(e.to_string()))?;
         let (status, bytes) = self.raw(method, path, body).await?;
         if !status.is_success() {
             return Err(api_error(status, &bytes));

@@ -32,16 +32,36 @@ pub fn parse_timeouts(raw: &str) -> Result<Vec<f64>> {
     )
 }
 
+/// A path the API can carry (its paths are UTF-8 strings), or a usage error
+/// saying which one is not.
+fn utf8_path(what: &str, path: std::path::PathBuf) -> Result<std::path::PathBuf> {
+    if path.to_str().is_some() {
+        return Ok(path);
+    }
+    Err(super::usage(format!(
+        "{what} {} is not valid UTF-8; corral's API takes paths as UTF-8 (give --cwd DIR with a UTF-8 path)",
+        path.display()
+    )))
+}
+
 /// The spawn request the flags describe (without the id).
 fn request_from_args(args: &SpawnArgs) -> Result<SpawnRequest> {
     let cwd = match &args.cwd {
-        Some(d) => Some(std::path::absolute(d).with_context(|| format!("--cwd {}", d.display()))?),
-        None => Some(std::env::current_dir().context("cannot read the current directory")?),
+        Some(d) => std::path::absolute(d).with_context(|| format!("--cwd {}", d.display()))?,
+        None => std::env::current_dir().context("cannot read the current directory")?,
     };
+    let what = if args.cwd.is_some() {
+        "--cwd"
+    } else {
+        "the current directory (the agent's default --cwd)"
+    };
+    let cwd = Some(utf8_path(what, cwd)?);
     let agent_dir = args
         .agent_dir
         .as_ref()
         .map(|d| std::path::absolute(d).with_context(|| format!("--agent-dir {}", d.display())))
+        .transpose()?
+        .map(|d| utf8_path("--agent-dir", d))
         .transpose()?;
     let restart = if args.restart.is_some()
         || args.max_restarts.is_some()
