@@ -116,9 +116,8 @@ fn tail_offset(file: &std::fs::File, n: usize) -> std::io::Result<u64> {
     let mut f = file;
     f.seek(SeekFrom::Start(len - window))?;
     f.read_exact(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf);
-    let kept = corral_core::logs::last_lines(&text, n);
-    Ok(len - kept.len() as u64)
+    let cut = corral_core::logs::tail_start(&buf, n);
+    Ok(len - window + cut as u64)
 }
 
 struct Follow {
@@ -150,8 +149,16 @@ impl Follow {
             if self.idle_after_end {
                 return None;
             }
+            // The run ends with its tree: leftovers still being stopped may
+            // still write.
             let ended = match self.sup.get_agent_status(&self.id) {
-                Ok(s) => s.run != run || !s.persistent_status.is_live(),
+                Ok(s) => {
+                    s.run != run
+                        || matches!(
+                            s.state,
+                            corral_core::AgentState::Ended | corral_core::AgentState::Backoff
+                        )
+                }
                 Err(_) => true,
             };
             if ended {

@@ -19,20 +19,24 @@ pub fn tail(path: &Path, lines: usize) -> io::Result<String> {
     file.seek(SeekFrom::Start(start))?;
     let mut buf = Vec::with_capacity((len - start) as usize);
     file.read_to_end(&mut buf)?;
-    Ok(last_lines(&String::from_utf8_lossy(&buf), lines).to_owned())
+    let cut = tail_start(&buf, lines);
+    Ok(String::from_utf8_lossy(&buf[cut..]).into_owned())
 }
 
-/// The last `n` lines of `text` (a trailing newline does not start an empty line).
-pub fn last_lines(text: &str, n: usize) -> &str {
+/// Where the last `n` lines of `bytes` begin (a trailing newline does not
+/// start an empty line). Measured on the bytes themselves: output that is not
+/// UTF-8 cannot shift the cut into the middle of an earlier line.
+pub fn tail_start(bytes: &[u8], n: usize) -> usize {
     if n == 0 {
-        return "";
+        return bytes.len();
     }
-    let body = text.strip_suffix('\n').unwrap_or(text);
-    let cut = body
-        .rmatch_indices('\n')
+    let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    body.iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, b)| **b == b'\n')
         .nth(n - 1)
-        .map_or(0, |(i, _)| i + 1);
-    &text[cut..]
+        .map_or(0, |(i, _)| i + 1)
 }
 
 #[cfg(test)]
@@ -41,11 +45,25 @@ mod tests {
 
     #[test]
     fn keeps_the_last_lines() {
-        assert_eq!(last_lines("a\nb\nc\n", 2), "b\nc\n");
-        assert_eq!(last_lines("a\nb\nc", 2), "b\nc");
-        assert_eq!(last_lines("a\nb\n", 5), "a\nb\n");
-        assert_eq!(last_lines("", 3), "");
-        assert_eq!(last_lines("x\n", 0), "");
+        let last = |t: &'static str, n| &t[tail_start(t.as_bytes(), n)..];
+        assert_eq!(last("a\nb\nc\n", 2), "b\nc\n");
+        assert_eq!(last("a\nb\nc", 2), "b\nc");
+        assert_eq!(last("a\nb\n", 5), "a\nb\n");
+        assert_eq!(last("", 3), "");
+        assert_eq!(last("x\n", 0), "");
+    }
+
+    #[test]
+    fn the_cut_is_measured_in_bytes_whatever_the_encoding() {
+        let bytes = b"first \xff\xfe line\nsecond \xc3 line\nlast\n";
+        assert_eq!(&bytes[tail_start(bytes, 1)..], b"last\n");
+        assert_eq!(&bytes[tail_start(bytes, 2)..], b"second \xc3 line\nlast\n");
+        assert_eq!(tail_start(bytes, 9), 0);
+        assert_eq!(tail_start(b"x\n", 0), 2);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        std::fs::write(&p, bytes).unwrap();
+        assert_eq!(tail(&p, 1).unwrap(), "last\n");
     }
 
     #[test]
