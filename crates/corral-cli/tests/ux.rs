@@ -390,3 +390,60 @@ depends_on = ["db"]
     );
     env.finish();
 }
+
+/// A reader that goes away (`corral ps | head -1`) ends a client command the
+/// way it ends any Unix tool — by SIGPIPE, quietly — never with a panic.
+#[test]
+fn a_reader_that_goes_away_ends_a_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let env = Env::new();
+    for i in 0..3 {
+        let out = env.run(&["spawn", &format!("pipe.{i}"), "--", "sleep", "30"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    for args in [&["ps"][..], &["completions", "bash"], &["ps", "--json"]] {
+        let mut child = env
+            .cmd(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader is gone before the first byte is written.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "corral {args:?}: {err}");
+        assert_ne!(out.status.code(), Some(101), "corral {args:?}: {err}");
+        assert!(
+            out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+            "corral {args:?} ended with {:?}: {err}",
+            out.status
+        );
+    }
+    env.finish();
+}
+
+/// A spawn from a directory whose name is not UTF-8 is the client's own
+/// refusal (a usage error naming the directory), not "an unexpected answer".
+#[test]
+fn a_non_utf8_current_directory_is_a_clear_usage_error() {
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::new();
+    let odd = env
+        .dir
+        .as_ref()
+        .unwrap()
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    std::fs::create_dir(&odd).unwrap();
+    let out = env
+        .cmd(&["spawn", "odd", "--", "true"])
+        .current_dir(&odd)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_one_error_line(&out, "is not valid UTF-8");
+    assert!(!stderr(&out).contains("unexpected answer"));
+    std::fs::remove_dir(&odd).unwrap();
+    env.finish();
+}
