@@ -59,6 +59,8 @@ pub struct DaemonOptions {
     pub header_timeout: Option<Duration>,
     /// Where agents whose request names no placement run (`None`: this host).
     pub placement: Option<corral_core::model::Placement>,
+    /// The agent socket, for agents that run as another user.
+    pub agent_socket: crate::agent_socket::AgentSocket,
 }
 
 /// Shortest bearer token accepted, bytes.
@@ -276,8 +278,24 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
                 .to_string(),
         );
     }
+    let agent_socket = opts.agent_socket.path(&opts.state_dir);
+    config.agent_socket_path = agent_socket.clone();
     let sup = Supervisor::open(config).await?;
     let listener = bind_socket(&socket)?;
+    // Without it agents of other users cannot report progress; the daemon
+    // serves everyone else all the same.
+    let agent_listener = agent_socket.as_ref().and_then(|path| {
+        match crate::agent_socket::bind(path) {
+            Ok(l) => {
+                tracing::info!(agent_socket = %path.display(), "serving agents of other users");
+                Some((l, path.clone()))
+            }
+            Err(e) => {
+                tracing::error!(agent_socket = %path.display(), error = %e, "cannot serve the agent socket; agents of other users cannot reach the daemon");
+                None
+            }
+        }
+    });
     let tcp = match (opts.listen, token) {
         (Some(addr), Some((token, _))) => {
             let l = tokio::net::TcpListener::bind(addr)
@@ -313,6 +331,11 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     };
     let app = crate::routes::router(sup.clone())
         .layer(axum::Extension(crate::routes::ShutdownTrigger(stop_tx)));
+    let agents_served = agent_listener.map(|(l, path)| {
+        let app = crate::agent_socket::router(sup.clone());
+        let served = tokio::spawn(serve::serve(l, app, limits, stopped()));
+        (served, path)
+    });
     let unix = serve::serve(listener, app.clone(), limits, stopped());
     let served = match tcp {
         Some((l, token)) => {
@@ -327,6 +350,10 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         }
         None => unix.await,
     };
+    if let Some((served, path)) = agents_served {
+        let _ = served.await;
+        let _ = std::fs::remove_file(path);
+    }
     sup.shutdown();
     let _ = std::fs::remove_file(&socket);
     tracing::info!(

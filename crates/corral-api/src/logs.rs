@@ -1,9 +1,9 @@
 //! `GET /v1/agents/{id}/logs`: a run's output, as text, streamed while following.
 //!
 //! The log files are read by the daemon (so `corral logs` works over TCP too),
-//! opened without following symlinks, on blocking threads. Following polls the
-//! files for growth every 100 ms and ends once the run has ended and nothing
-//! more was written.
+//! opened with no symlink anywhere on their path, on blocking threads.
+//! Following polls the files for growth every 100 ms and ends once the run has
+//! ended and nothing more was written.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
@@ -90,7 +90,7 @@ async fn open_all(paths: Vec<PathBuf>, tail: Option<usize>) -> Result<Vec<Open>,
         paths
             .into_iter()
             .map(|path| {
-                let file = corral_core::process::open_nofollow(&path).map_err(|e| {
+                let file = corral_core::process::open_agent_file(&path).map_err(|e| {
                     ApiError::new(
                         corral_core::ErrorCode::NotFound,
                         format!("log {}: {e}", path.display()),

@@ -202,8 +202,13 @@ fn api_router() -> OpenApiRouter<Supervisor> {
 /// Builds the `/v1` router over a supervisor.
 pub fn router(sup: Supervisor) -> Router {
     let (router, _) = api_router().split_for_parts();
+    finish(router, sup, "no such route")
+}
+
+/// A router's answers to unknown routes and methods, its body limit, its state.
+fn finish(router: Router<Supervisor>, sup: Supervisor, unknown: &'static str) -> Router {
     router
-        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such route") })
+        .fallback(move || async move { ApiError::new(ErrorCode::NotFound, unknown) })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 ErrorCode::MethodNotAllowed,
@@ -212,6 +217,24 @@ pub fn router(sup: Supervisor) -> Router {
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(sup)
+}
+
+/// The routes the agent socket serves (see [`crate::agent_socket`]); the
+/// caller check is the agent socket's layer.
+pub(crate) fn agent_routes(sup: Supervisor) -> Router {
+    let (router, _) = OpenApiRouter::<Supervisor>::new()
+        .routes(routes!(status))
+        .routes(routes!(health))
+        .routes(routes!(progress))
+        .routes(routes!(runs))
+        .routes(routes!(wait))
+        .routes(routes!(crate::logs::logs))
+        .split_for_parts();
+    finish(
+        router,
+        sup,
+        "no such route on the agent socket (it serves only agent routes)",
+    )
 }
 
 /// Readiness: the daemon answers and its store takes writes.

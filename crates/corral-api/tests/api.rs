@@ -220,7 +220,7 @@ async fn the_openapi_document_is_generated_from_the_routes_and_the_types() {
     assert_eq!(schema_fields(&doc, "ProcessSummary"), keys(&summary));
     // Every request field the type has is documented (a full request round-trips).
     let full: corral_core::SpawnRequest = serde_json::from_value(json!({
-        "agent_id": "x", "command": ["x"], "cwd": "/", "env": {"A": "1"}, "agent_dir": "/tmp",
+        "agent_id": "x", "command": ["x"], "cwd": "/", "env": {"A": "1"}, "inherit_env": false, "agent_dir": "/tmp",
         "labels": {"a": "b"}, "stop_timeouts": [1, 1, 1], "verify_ms": 1,
         "restart": {"policy": "always"}, "max_runtime_s": 1, "limits": {"memory_mb": 1},
         "probes": {"liveness": {"tcp": "127.0.0.1:1"}}, "user": "nobody",
@@ -644,35 +644,68 @@ async fn bad_agent_dirs_are_client_errors_naming_the_field() {
 #[tokio::test]
 async fn a_fifo_at_a_log_path_is_an_error_and_never_a_hang() {
     let api = Api::start().await;
-    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    for (i, dir) in dirs.iter().enumerate() {
-        let logs = dir.path().join("runs/1");
-        std::fs::create_dir_all(&logs).unwrap();
-        let fifo = std::ffi::CString::new(logs.join("stdout.log").to_str().unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mkfifo = |path: &std::path::Path| {
+        let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
         // SAFETY: a valid C string path.
-        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
-        let body =
-            json!({"agent_id": format!("j{i}"), "command": ["true"], "agent_dir": dir.path()});
-        let began = std::time::Instant::now();
-        let resp = api
-            .send(Method::POST, "/v1/agents", body.to_string().as_bytes())
-            .await;
-        assert!(
-            began.elapsed() < Duration::from_secs(2),
-            "took {:?}",
-            began.elapsed()
-        );
-        assert_eq!(resp.0.as_u16(), 422, "{}", resp.1);
-        let message = resp.1["error"]["message"].as_str().unwrap();
-        assert!(
-            message.contains("stdout.log") && message.contains("FIFO"),
-            "{message}"
-        );
-    }
-    // The daemon answers at once, and the failed starts are on record.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    };
+    // A FIFO planted where the next run's log goes is set aside with its run
+    // dir, never opened: the spawn answers at once.
+    let planted = dir.path().join("runs/1");
+    std::fs::create_dir_all(&planted).unwrap();
+    mkfifo(&planted.join("stdout.log"));
+    let body = json!({"agent_id": "j0", "command": ["true"], "agent_dir": dir.path()});
+    let began = std::time::Instant::now();
+    let resp = api
+        .send(Method::POST, "/v1/agents", body.to_string().as_bytes())
+        .await;
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        began.elapsed()
+    );
+    assert_eq!(resp.0.as_u16(), 201, "{}", resp.1);
+    let log = std::path::PathBuf::from(resp.1["stdout_log"].as_str().unwrap());
+    assert!(std::fs::symlink_metadata(&log).unwrap().is_file());
+    let aside: Vec<_> = std::fs::read_dir(dir.path().join("runs"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("1.old-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the planted run dir is set aside");
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::symlink_metadata(aside[0].path().join("stdout.log"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    // A FIFO swapped in for a log after the run started: reading it is an
+    // error at once, never a hang.
+    std::fs::remove_file(&log).unwrap();
+    mkfifo(&log);
+    let began = std::time::Instant::now();
+    let (status, body) = api
+        .client
+        .raw(Method::GET, "/v1/agents/j0/logs", None)
+        .await
+        .unwrap();
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        began.elapsed()
+    );
+    assert_eq!(status.as_u16(), 404, "{}", String::from_utf8_lossy(&body));
+    assert!(
+        String::from_utf8_lossy(&body).contains("not a regular file"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    // The daemon answers at once.
     let began = std::time::Instant::now();
     let all: Value = api.client.get("/v1/agents").await.unwrap();
     assert!(began.elapsed() < Duration::from_secs(1));
-    assert_eq!(all["j0"]["persistent_status"], "failed");
+    assert!(all.get("j0").is_some());
     api.finish().await;
 }

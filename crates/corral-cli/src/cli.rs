@@ -230,6 +230,16 @@ pub struct DaemonArgs {
     /// the Slurm cluster this host submits to (slurm).
     #[arg(long, env = "CORRAL_PLACEMENT", hide_env_values = true, value_name = "WHERE", value_parser = ["local", "slurm"])]
     pub placement: Option<String>,
+    /// The socket agents of other users reach the daemon on (only agent
+    /// routes, each caller known by its process): `none` for no such socket
+    /// [default as root: /run/corral/HASH.sock; else none].
+    #[arg(
+        long,
+        env = "CORRAL_AGENT_SOCKET",
+        hide_env_values = true,
+        value_name = "PATH|none"
+    )]
+    pub agent_socket: Option<PathBuf>,
     /// Started in the background by the CLI: leave the terminal's session.
     #[arg(long, hide = true)]
     pub detach: bool,
@@ -269,6 +279,10 @@ pub struct SpawnArgs {
     /// Extra environment variable (repeatable).
     #[arg(long = "env", value_name = "K=V")]
     pub env: Vec<String>,
+    /// Start from a clean environment (PATH, HOME, USER, LOGNAME, SHELL, LANG
+    /// and --env) instead of the daemon's. Agents of another user always do.
+    #[arg(long)]
+    pub no_inherit_env: bool,
     /// Where the run logs go [default: STATE_DIR/agents/ID].
     #[arg(long, value_name = "DIR")]
     pub agent_dir: Option<PathBuf>,

@@ -33,18 +33,6 @@ fn fd_count(pid: i32) -> usize {
         .count()
 }
 
-/// Polls `f` until it returns Some, for up to `within`.
-fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < end, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Lifts this process's soft open-file limit to its hard one (a flood needs fds).
 fn raise_nofile() {
     // SAFETY: getrlimit/setrlimit on a local struct.

@@ -81,6 +81,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The agent's user cannot be resolved when a run starts (deleted since
+    /// the spawn, or the user database unreachable): the run does not start.
+    #[error("agent {agent_id}: {reason}")]
+    User {
+        /// The agent.
+        agent_id: String,
+        /// Which user and why.
+        reason: String,
+    },
     /// The cluster engine refused or failed the agent's job submission.
     #[error("agent {agent_id}: cannot place the job on {engine}: {reason}")]
     Engine {
@@ -184,7 +193,9 @@ impl Error {
             Self::Conflict { .. } => ErrorCode::Conflict,
             Self::Forbidden { .. } => ErrorCode::Forbidden,
             Self::Timeout { .. } => ErrorCode::Timeout,
-            Self::Spawn { .. } | Self::Files { .. } | Self::Engine { .. } => ErrorCode::SpawnFailed,
+            Self::Spawn { .. } | Self::Files { .. } | Self::Engine { .. } | Self::User { .. } => {
+                ErrorCode::SpawnFailed
+            }
             Self::Store { .. }
             | Self::StoreGone { .. }
             | Self::Unavailable { .. }

@@ -64,6 +64,12 @@ pub mod process {
         crate::platform::files::open_nofollow(path)
     }
 
+    /// Opens an agent's file (a log) for reading: no symlink anywhere on its
+    /// path, never blocking, regular files only.
+    pub fn open_agent_file(path: &Path) -> std::io::Result<std::fs::File> {
+        crate::platform::agent_dir::open_for_reading(path)
+    }
+
     /// Makes the calling process a child subreaper (orphans of its descendants
     /// are reparented to it). For tools that measure or test corral.
     pub fn become_subreaper() -> std::io::Result<()> {

@@ -3,17 +3,18 @@
 //! Agents write their logs themselves (corral hands them files, never pipes), so
 //! reading a tail is a plain file read from the end; it never touches the agent.
 
-use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 
 /// Bytes read from the end of a file when looking for its last lines.
 const TAIL_WINDOW: u64 = 64 * 1024;
 
-/// The last `lines` lines of the file at `path` (fewer if it is shorter), as text.
-/// Lines longer than the 64 KiB window are cut; invalid UTF-8 is replaced.
+/// The last `lines` lines of the log at `path` (fewer if it is shorter), as
+/// text. Lines longer than the 64 KiB window are cut; invalid UTF-8 is
+/// replaced. The file is opened as every agent file is: no symlink on its
+/// path, never blocking, regular files only.
 pub fn tail(path: &Path, lines: usize) -> io::Result<String> {
-    let mut file = File::open(path)?;
+    let mut file = crate::platform::agent_dir::open_for_reading(path)?;
     let len = file.metadata()?.len();
     let start = len.saturating_sub(TAIL_WINDOW);
     file.seek(SeekFrom::Start(start))?;

@@ -195,9 +195,12 @@ async fn cpu_and_memory_agree_with_an_independent_proc_reading() {
     let resident: f64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
     let independent_mb = resident * 4096.0 / (1024.0 * 1024.0);
 
+    // The spinner's share depends on how busy the machine is (a loaded
+    // 2-core runner gives it well under a core); what it must have is enough
+    // CPU for the comparison below to mean something.
     assert!(
-        independent_cpu > 70.0,
-        "a spinning agent uses a CPU: {independent_cpu}"
+        independent_cpu > 20.0,
+        "a spinning agent uses CPU: {independent_cpu}"
     );
     assert!(
         (corral_cpu - independent_cpu).abs() < 20.0,

@@ -34,6 +34,14 @@ pub fn elide(s: &str, max_chars: usize) -> String {
     }
 }
 
+/// FNV-1a, 64 bits: a fingerprint that is stable across builds and runs
+/// (unlike the std hasher), for names that must be the same tomorrow.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// A number as an error message shows it: as given when short, else in
 /// scientific notation — a refusal never echoes a 300-digit number.
 pub fn short_number(v: f64) -> String {
@@ -619,9 +627,15 @@ pub struct SpawnRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub cwd: Option<PathBuf>,
-    /// Variables added to the daemon's environment.
+    /// Variables added to the agent's environment: the daemon's own, for an
+    /// agent of the daemon's user (unless `inherit_env` is false), or a clean
+    /// one (`PATH`, `HOME`, `USER`, `LOGNAME`, `SHELL`, `LANG`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Whether an agent of the daemon's own user starts from the daemon's
+    /// environment (default true). Agents of another user never do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inherit_env: Option<bool>,
     /// Directory holding the run logs (absolute); defaults to `<state dir>/agents/<id>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]

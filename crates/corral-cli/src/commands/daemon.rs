@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
+use corral_api::agent_socket::AgentSocket;
 use corral_api::client::Method;
 use corral_api::daemon::{DaemonError, DaemonOptions};
 use corral_core::{DaemonHealth, DaemonStopRequest, DaemonStopResponse, Placement, SlurmPlacement};
@@ -44,6 +45,11 @@ async fn serve(
         placement: (args.placement.as_deref() == Some("slurm")).then(|| Placement {
             slurm: Some(SlurmPlacement::default()),
         }),
+        agent_socket: match args.agent_socket {
+            None => AgentSocket::Default,
+            Some(p) if p.as_os_str() == "none" => AgentSocket::Off,
+            Some(p) => AgentSocket::At(std::path::absolute(&p)?),
+        },
     };
     match corral_api::daemon::run(opts).await {
         Ok(()) => Ok(ExitCode::SUCCESS),

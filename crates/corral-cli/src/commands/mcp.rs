@@ -730,10 +730,15 @@ struct SpawnParams {
     /// resolved against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cwd: Option<String>,
-    /// Environment variables added to the daemon's environment for the agent. The agent
-    /// also gets CORRAL_AGENT_ID and CORRAL_SOCKET.
+    /// Environment variables added to the agent's environment (the daemon's own for an
+    /// agent of the daemon's user, unless inherit_env is false; a clean one for another
+    /// user). The agent also gets CORRAL_AGENT_ID and CORRAL_SOCKET.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     env: BTreeMap<String, String>,
+    /// Whether an agent of the daemon's own user starts from the daemon's environment.
+    /// Default true; false gives it only PATH, HOME, USER, LOGNAME, SHELL, LANG and `env`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    inherit_env: Option<bool>,
     /// Directory for the agent's log files. Default: `<state dir>/agents/<agent_id>`; a
     /// relative path is resolved against this server's working directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -909,9 +914,21 @@ impl SpawnParams {
     /// default cwd filled in, and every other field handed to the proto type's own
     /// deserialiser (its defaults, its checks).
     fn into_request(self, base: Option<&std::path::Path>) -> Result<SpawnRequest> {
-        let resolve = |p: &str| match base {
-            Some(base) => base.join(p),
-            None => PathBuf::from(p),
+        // The daemon takes no path with a `..` part: one that exists is
+        // resolved here; a missing one is refused there, naming the field.
+        let resolve = |p: &str| {
+            let joined = match base {
+                Some(base) => base.join(p),
+                None => PathBuf::from(p),
+            };
+            if joined
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                std::fs::canonicalize(&joined).unwrap_or(joined)
+            } else {
+                joined
+            }
         };
         let cwd = match &self.cwd {
             Some(dir) => Some(resolve(dir)),

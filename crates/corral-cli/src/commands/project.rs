@@ -223,12 +223,30 @@ fn request(
     command: Vec<String>,
     d: &AgentDef,
 ) -> SpawnRequest {
-    let rel = |p: &Option<PathBuf>| p.as_ref().map(|p| base.join(p));
+    // The daemon takes no path with a `..` part: resolve one that exists
+    // (a missing one is sent as written and refused, naming the field).
+    let rel = |p: &Option<PathBuf>| {
+        p.as_ref().map(|p| {
+            let joined = base.join(p);
+            let dotted = joined.components().any(|c| {
+                matches!(
+                    c,
+                    std::path::Component::ParentDir | std::path::Component::CurDir
+                )
+            });
+            if dotted {
+                std::fs::canonicalize(&joined).unwrap_or(joined)
+            } else {
+                joined
+            }
+        })
+    };
     let mut req = SpawnRequest {
         agent_id: id,
         command,
         cwd: rel(&d.cwd).or_else(|| Some(base.to_owned())),
         env: d.env.clone().unwrap_or_default(),
+        inherit_env: None,
         agent_dir: rel(&d.agent_dir),
         labels: d.labels.clone().unwrap_or_default(),
         stop_timeouts: d.stop_timeouts.clone(),
@@ -249,12 +267,7 @@ fn request(
 
 /// FNV-1a, 64 bits, as hex: a stable fingerprint of a spawn request.
 fn fnv(text: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    format!("{:016x}", corral_core::fnv1a(text.as_bytes()))
 }
 
 /// Agent names, dependencies first; the names of a cycle when there is one.

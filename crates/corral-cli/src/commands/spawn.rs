@@ -44,10 +44,30 @@ fn utf8_path(what: &str, path: std::path::PathBuf) -> Result<std::path::PathBuf>
     )))
 }
 
+/// `path` made absolute, with no `..` or `.` part (the daemon refuses
+/// those): an existing directory is resolved by the file system, so
+/// `--cwd ../x` means what the shell would mean.
+pub(crate) fn plain_dir(what: &str, path: &std::path::Path) -> Result<std::path::PathBuf> {
+    use std::path::Component;
+    let abs = std::path::absolute(path).with_context(|| format!("{what} {}", path.display()))?;
+    if !abs
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Ok(abs);
+    }
+    std::fs::canonicalize(&abs).map_err(|e| {
+        super::usage(format!(
+            "{what} {}: cannot resolve its `..` ({e}); give the path without `..`",
+            path.display()
+        ))
+    })
+}
+
 /// The spawn request the flags describe (without the id).
 fn request_from_args(args: &SpawnArgs) -> Result<SpawnRequest> {
     let cwd = match &args.cwd {
-        Some(d) => std::path::absolute(d).with_context(|| format!("--cwd {}", d.display()))?,
+        Some(d) => plain_dir("--cwd", d)?,
         None => std::env::current_dir().context("cannot read the current directory")?,
     };
     let what = if args.cwd.is_some() {
@@ -59,7 +79,7 @@ fn request_from_args(args: &SpawnArgs) -> Result<SpawnRequest> {
     let agent_dir = args
         .agent_dir
         .as_ref()
-        .map(|d| std::path::absolute(d).with_context(|| format!("--agent-dir {}", d.display())))
+        .map(|d| plain_dir("--agent-dir", d))
         .transpose()?
         .map(|d| utf8_path("--agent-dir", d))
         .transpose()?;
@@ -100,6 +120,7 @@ fn request_from_args(args: &SpawnArgs) -> Result<SpawnRequest> {
         user: args.user.clone(),
         cwd,
         env: key_values(&args.env, "--env")?,
+        inherit_env: args.no_inherit_env.then_some(false),
         agent_dir,
         labels: key_values(&args.labels, "--label")?,
         stop_timeouts: args

@@ -22,6 +22,14 @@ pub struct Env {
     pub no_cgroups: bool,
 }
 
+/// The corral binary under test: this build's, or the one `CORRAL_TEST_BIN`
+/// names (to run a test against an older build and see it fail).
+pub fn bin() -> PathBuf {
+    std::env::var_os("CORRAL_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_corral")))
+}
+
 pub fn me() -> i32 {
     std::process::id() as i32
 }
@@ -50,6 +58,18 @@ pub fn children() -> Vec<i32> {
         }
     }
     out
+}
+
+/// Polls `f` until it returns Some, for up to `within`.
+pub fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Kills one of our children through a pidfd (no PID-reuse race) and reaps exactly it.
@@ -93,7 +113,7 @@ impl Env {
     }
 
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_corral"));
+        let mut c = Command::new(bin());
         c.arg("--state-dir").arg(&self.state).args(args);
         c.env_remove("CORRAL_AGENT_ID").env_remove("CORRAL_SOCKET");
         if self.no_cgroups {
@@ -169,6 +189,13 @@ impl Env {
             !self.state.join("corral.sock").exists(),
             "socket left behind"
         );
+        if let Some(sock) = self.agent_socket() {
+            assert!(
+                !sock.exists(),
+                "agent socket {} left behind",
+                sock.display()
+            );
+        }
         let dir = self.dir.take().unwrap();
         let path = dir.path().to_owned();
         dir.close().unwrap();
@@ -187,6 +214,12 @@ impl Env {
         for pid in children() {
             kill_and_reap(pid, libc::SIGKILL);
         }
+        // A daemon killed on purpose leaves its agent socket behind.
+        if let Some(sock) = self.agent_socket()
+            && self.daemons().is_empty()
+        {
+            let _ = std::fs::remove_file(sock);
+        }
         // A test that took the daemon's means away (its database, its disk)
         // leaves cgroups behind that no daemon could remove: remove them here.
         if let Some(subtree) = self.cgroup_subtree() {
@@ -197,6 +230,16 @@ impl Env {
             }
             let _ = std::fs::remove_dir(&subtree);
         }
+    }
+
+    /// The daemon's agent socket, as its log says.
+    pub fn agent_socket(&self) -> Option<PathBuf> {
+        let log = std::fs::read_to_string(self.state.join("daemon.log")).ok()?;
+        log.lines()
+            .filter(|l| l.contains("serving agents of other users"))
+            .find_map(|l| l.split("agent_socket=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(PathBuf::from)
     }
 
     /// The daemon's cgroup subtree, as its log says.

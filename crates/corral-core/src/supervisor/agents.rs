@@ -133,8 +133,16 @@ impl Supervisor {
         if req.placement.is_none() {
             req.placement = self.sh.config.default_placement.clone();
         }
-        let user = self.resolve_user(&req).await?;
-        let spec = spec::check(req, &self.sh.config.state_dir, user)?;
+        // The user database and the agent dir's real path are the file
+        // system's: asked on a blocking thread.
+        let state_dir = self.sh.config.state_dir.clone();
+        let spec = blocking(move || {
+            let user = resolve_user(&req)?;
+            let mut spec = spec::check(req, &state_dir, user)?;
+            spec.settle_paths()?;
+            Ok(spec)
+        })
+        .await?;
         let (reply, answer) = oneshot::channel();
         self.launch(spec, owner::Start::Fresh(Some(reply)))?;
         answer.await.unwrap_or(Err(Error::StoreClosed))
@@ -152,34 +160,6 @@ impl Supervisor {
         // work at once; give what is free back to the system (a few ms).
         let _ = tokio::task::spawn_blocking(platform::release_free_memory).await;
         results
-    }
-
-    async fn resolve_user(&self, req: &SpawnRequest) -> Result<Option<platform::files::User>> {
-        let Some(name) = req.user.clone() else {
-            return Ok(None);
-        };
-        let id = crate::model::elide(&req.agent_id, 100);
-        if !rustix::process::geteuid().is_root() {
-            return Err(Error::invalid(
-                &id,
-                format!(
-                    "user {name:?}: agents can run as another user only when the daemon runs as root (it runs as uid {})",
-                    rustix::process::geteuid().as_raw()
-                ),
-            ));
-        }
-        let looked_up = {
-            let name = name.clone();
-            blocking(move || Ok(platform::files::lookup_user(&name))).await?
-        };
-        match looked_up {
-            Ok(Some(user)) => Ok(Some(user)),
-            Ok(None) => Err(Error::invalid(&id, format!("user {name:?} does not exist"))),
-            Err(e) => Err(Error::invalid(
-                &id,
-                format!("user {name:?}: cannot look it up: {e}"),
-            )),
-        }
     }
 
     fn launch(&self, spec: spec::Spec, start: owner::Start) -> Result<()> {
@@ -253,16 +233,35 @@ impl Supervisor {
     /// The agent a process belongs to: by its cgroup leaf, else by its session or
     /// an ancestor being an agent, else by the `CORRAL_AGENT_ID` it inherited.
     pub async fn agent_of_process(&self, pid: i32) -> Option<AgentId> {
+        self.find_agent_of(pid, true).await
+    }
+
+    /// The agent a process is inside, by what the process cannot forge: its
+    /// cgroup leaf, or its session, group or an ancestor being an agent —
+    /// never its environment. For callers nobody vouches for (the agent
+    /// socket).
+    pub async fn agent_containing(&self, pid: i32) -> Option<AgentId> {
+        self.find_agent_of(pid, false).await
+    }
+
+    async fn find_agent_of(&self, pid: i32, by_environment: bool) -> Option<AgentId> {
         let live: HashMap<i32, AgentId> = self
             .views()
             .iter()
             .filter_map(|v| v.proc_.as_ref().map(|p| (p.handle.pid(), v.id.clone())))
             .collect();
         let root = self.sh.cgroup.as_ref().ok().map(|r| r.dir().to_owned());
-        blocking(move || Ok(reaper::agent_of_process(pid, &live, root.as_deref())))
-            .await
-            .ok()
-            .flatten()
+        blocking(move || {
+            Ok(reaper::agent_of_process(
+                pid,
+                &live,
+                root.as_deref(),
+                by_environment,
+            ))
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     /// Waits until the agent's current run has ended and will not be restarted;
@@ -337,6 +336,33 @@ impl Supervisor {
                 Ok((rec.log_dir.join(name), rec.status.is_live()))
             }
         }
+    }
+}
+
+/// The request's user, looked up (blocking): refused when the daemon cannot
+/// switch users or the user does not exist.
+fn resolve_user(req: &SpawnRequest) -> Result<spec::RunAs> {
+    let Some(name) = req.user.as_deref() else {
+        return Ok(spec::RunAs::Daemon);
+    };
+    let id = crate::model::elide(&req.agent_id, 100);
+    if !rustix::process::geteuid().is_root() {
+        return Err(Error::invalid(
+            &id,
+            format!(
+                "user {name:?}: agents can run as another user only when the daemon runs as root (it runs as uid {})",
+                rustix::process::geteuid().as_raw()
+            ),
+        ));
+    }
+    match spec::RunAs::lookup(Some(name)) {
+        spec::RunAs::Unresolved { why, .. } if why == "no such user" => {
+            Err(Error::invalid(&id, format!("user {name:?} does not exist")))
+        }
+        spec::RunAs::Unresolved { why, .. } => {
+            Err(Error::invalid(&id, format!("user {name:?}: {why}")))
+        }
+        found => Ok(found),
     }
 }
 

@@ -88,6 +88,10 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Exported to agents as `CORRAL_SOCKET`, when there is a daemon socket.
     pub socket_path: Option<PathBuf>,
+    /// The agent socket (reachable by every user, serving only agent routes):
+    /// exported as `CORRAL_SOCKET` to agents that run as another user, who
+    /// cannot reach the private socket.
+    pub agent_socket_path: Option<PathBuf>,
     /// How often metrics are sampled.
     pub sample_interval: Duration,
     /// Make this process a child subreaper and reap every orphan reparented to
@@ -116,6 +120,7 @@ impl Config {
         Self {
             state_dir: state_dir.into(),
             socket_path: None,
+            agent_socket_path: None,
             sample_interval: Duration::from_secs(1),
             subreaper: false,
             cgroups: true,

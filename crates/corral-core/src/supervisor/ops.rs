@@ -4,7 +4,7 @@
 //! once nothing of the agent is left; an agent is forgotten only when its
 //! owner has nothing left to do — never while a process of it is alive.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{Error, Result};
 use crate::id::{AgentId, Selector};
 use crate::model::{CleanupOptions, KillResponse, Removal, StopReport, StopStage};
+use crate::platform;
 
 use super::{Cmd, Shared, Supervisor, already_ended, blocking, lock, reaper, spec};
 use crate::store;
@@ -246,15 +247,11 @@ impl Supervisor {
             let default_root = sh.config.state_dir.join("agents");
             let dirs: Vec<PathBuf> = lock(&rows)
                 .iter()
-                .filter(|(id, dir)| {
-                    dir.starts_with(&default_root) && !forget.iter().any(|f| f.as_str() == id)
-                })
+                .filter(|(id, _)| !forget.iter().any(|f| f.as_str() == id))
                 .map(|(_, dir)| dir.clone())
                 .collect();
             let _ = blocking(move || {
-                for dir in dirs {
-                    let _ = std::fs::remove_dir_all(dir);
-                }
+                remove_below(&default_root, dirs);
                 Ok(())
             })
             .await;
@@ -275,14 +272,37 @@ async fn remove_default_logs(sh: &Shared, id: &AgentId) {
     let dir = sh.config.state_dir.join("agents").join(id.as_str());
     let id = id.clone();
     let _ = blocking(move || {
-        if let Err(e) = std::fs::remove_dir_all(&dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
+        if let Err(e) = platform::agent_dir::remove_tree(&dir) {
             tracing::warn!(agent_id = %id, error = %e, "cannot remove the agent's logs");
         }
         Ok(())
     })
     .await;
+}
+
+/// Removes the run log dirs among `dirs` that really lie below `root` (the
+/// default agent dirs), by their real paths: a stored path with a `..` part,
+/// or one that resolves elsewhere, is left alone (blocking).
+fn remove_below(root: &Path, dirs: Vec<PathBuf>) {
+    let Ok(root) = std::fs::canonicalize(root) else {
+        return;
+    };
+    for dir in dirs {
+        if platform::agent_dir::check_plain(&dir).is_err() {
+            tracing::warn!(dir = %dir.display(), "not removing a stored log dir with a `..` or `.` part");
+            continue;
+        }
+        let Ok(real) = std::fs::canonicalize(&dir) else {
+            continue;
+        };
+        if real != dir || !real.starts_with(&root) || real == root {
+            tracing::warn!(dir = %dir.display(), real = %real.display(), "not removing a log dir that is not where it was recorded, below the state dir");
+            continue;
+        }
+        if let Err(e) = platform::agent_dir::remove_tree(&real) {
+            tracing::warn!(dir = %real.display(), error = %e, "cannot remove an earlier run's logs");
+        }
+    }
 }
 
 /// Stops one agent through its owner and waits for the report. An owner that
@@ -347,4 +367,35 @@ async fn stop_one(
         .view
         .clone()?;
     Some(already_ended(&view))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_removes_only_real_dirs_below_the_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = std::fs::canonicalize(tmp.path()).unwrap();
+        let root = base.join("state/agents");
+        let outside = base.join("out");
+        for d in [root.join("a/runs/1"), outside.join("runs/1")] {
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("stdout.log"), "x").unwrap();
+        }
+        // A link below the root that leads outside it.
+        std::os::unix::fs::symlink(&outside, root.join("b")).unwrap();
+        remove_below(
+            &root,
+            vec![
+                // Passes a prefix check on its components, lands outside.
+                root.join("../../out/runs/1"),
+                root.join("b/runs/1"),
+                root.join("a/runs/1"),
+            ],
+        );
+        assert!(outside.join("runs/1/stdout.log").exists());
+        assert!(!root.join("a/runs/1").exists());
+        assert!(root.join("a").exists());
+    }
 }

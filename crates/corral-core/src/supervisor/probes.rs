@@ -242,15 +242,22 @@ async fn http(url: &str) -> (bool, String) {
 
 /// Runs `argv` as the agent would, for at most `timeout`; exit 0 passes.
 async fn exec(target: &Target, argv: &[String], timeout: Duration) -> (bool, String) {
-    let envp = match super::execution::local::environment(&target.sh, &target.spec, target.run_id) {
-        Ok(envp) => envp,
-        Err(e) => return (false, format!("cannot run {:?}: {e}", argv[0])),
+    // A user that cannot be resolved: the check does not run at all (never
+    // as the daemon's user).
+    let user = match target.spec.user.user() {
+        Ok(user) => user,
+        Err(why) => return (false, format!("cannot run {:?}: {why}", argv[0])),
     };
+    let envp =
+        match super::execution::local::environment(&target.sh, &target.spec, user, target.run_id) {
+            Ok(envp) => envp,
+            Err(e) => return (false, format!("cannot run {:?}: {e}", argv[0])),
+        };
     let helper = super::helper::Helper {
         argv: argv.to_vec(),
         envp,
         cwd: target.spec.cwd.clone(),
-        credentials: target.spec.user.as_ref().map(|u| u.credentials.clone()),
+        credentials: user.map(|u| u.credentials.clone()),
         merge_stderr: true,
     };
     let out = match super::helper::run(&target.sh, helper, timeout, OUTPUT_LIMIT).await {
@@ -329,7 +336,7 @@ fn scan_logs(
 ) -> ([u64; 2], [Vec<u8>; 2], Option<String>) {
     use std::io::{Read, Seek, SeekFrom};
     for (i, name) in ["stdout.log", "stderr.log"].iter().enumerate() {
-        let Ok(mut f) = platform::files::open_nofollow(&dir.join(name)) else {
+        let Ok(mut f) = platform::agent_dir::open_for_reading(&dir.join(name)) else {
             continue;
         };
         if f.metadata().is_ok_and(|m| m.len() < offsets[i]) {

@@ -103,6 +103,7 @@ pub(crate) fn agent_of_process(
     pid: i32,
     live: &HashMap<i32, AgentId>,
     cgroup_root: Option<&Path>,
+    by_environment: bool,
 ) -> Option<AgentId> {
     if let Some(root) = cgroup_root
         && let Some(id) = agent_by_cgroup(pid, root)
@@ -120,6 +121,9 @@ pub(crate) fn agent_of_process(
             }
         }
         cur = by_pid.get(&p.ppid).copied().filter(|q| q.pid > 1);
+    }
+    if !by_environment {
+        return None;
     }
     platform::environ_agent_id(pid).and_then(|id| AgentId::new(id).ok())
 }

@@ -22,14 +22,17 @@ use super::{Shared, Slot, blocking, launch, lock};
 
 /// The checked spec of a stored run (blocking: may look up a user). A stored
 /// request that no longer passes the checks is kept as it was, with defaults.
+/// A user that cannot be looked up now stays unresolved: its runs fail and
+/// its probes do not run until it can be, never as another uid.
 pub(crate) fn spec_of(sh: &Shared, record: &RunRecord, id: AgentId) -> Spec {
-    let user = record
-        .spec
-        .user
-        .as_deref()
-        .and_then(|u| crate::platform::files::lookup_user(u).ok().flatten());
+    let user = spec::RunAs::lookup(record.spec.user.as_deref());
+    if let spec::RunAs::Unresolved { name, why } = &user {
+        tracing::warn!(agent_id = %id, user = %name, reason = %why, "the agent's user cannot be resolved; its runs will fail until it can");
+    }
     let mut request = record.spec.clone();
     request.agent_id = id.to_string();
+    // The stored agent dir is the real path it had at spawn; it is not
+    // resolved again (a symlink planted since must not become the agent dir).
     match spec::check(request.clone(), &sh.config.state_dir, user.clone()) {
         Ok(spec) => spec,
         Err(e) => {

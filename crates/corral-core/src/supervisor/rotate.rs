@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
-use crate::platform::files;
+use crate::platform::agent_dir as files;
 
 use super::view::View;
 
@@ -79,11 +79,17 @@ pub(crate) fn rotate(view: &View, warned: &mut Warned) {
         Err(e) => return warned.report(view, view.log_dir.clone(), &e),
     };
     warned.0.remove(&view.log_dir);
-    // The logs are the agent's user's when it has one, else ours.
-    let owner = view.spec.user.as_ref().map_or_else(
-        || rustix::process::geteuid().as_raw(),
-        |u| u.credentials.uid,
-    );
+    // The logs are the agent's user's when it has one, else ours. A user that
+    // cannot be resolved now owned the run dir corral made for it (nobody
+    // but root can give a file away).
+    let owner = match view.spec.user.user() {
+        Ok(Some(u)) => u.credentials.uid,
+        Ok(None) => rustix::process::geteuid().as_raw(),
+        Err(_) => match rustix::fs::fstat(&dir) {
+            Ok(st) => st.st_uid,
+            Err(e) => return warned.report(view, view.log_dir.clone(), &e.into()),
+        },
+    };
     for (name, path) in [
         ("stdout.log", view.stdout_log()),
         ("stderr.log", view.stderr_log()),

@@ -55,8 +55,67 @@ pub(crate) struct Spec {
     pub verify: Duration,
     /// Restart policy.
     pub restart: RestartPolicy,
-    /// The user to run as, resolved.
-    pub user: Option<User>,
+    /// Who its processes run as.
+    pub user: RunAs,
+}
+
+/// Who an agent's processes (runs and exec probes) run as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RunAs {
+    /// The daemon's own user: the request names none.
+    Daemon,
+    /// The request's user, as looked up.
+    User(User),
+    /// The request names a user that could not be looked up (deleted since,
+    /// or the user database unreachable): nothing of the agent runs until it
+    /// can be, and never as another uid.
+    Unresolved {
+        /// The name (or uid) the request gave.
+        name: String,
+        /// Why it could not be looked up.
+        why: String,
+    },
+}
+
+impl RunAs {
+    /// Looks `name` up (blocking: may ask NSS).
+    pub(crate) fn lookup(name: Option<&str>) -> Self {
+        let Some(name) = name else {
+            return Self::Daemon;
+        };
+        match crate::platform::files::lookup_user(name) {
+            Ok(Some(user)) => Self::User(user),
+            Ok(None) => Self::Unresolved {
+                name: name.to_owned(),
+                why: "no such user".into(),
+            },
+            Err(e) => Self::Unresolved {
+                name: name.to_owned(),
+                why: format!("cannot look it up: {e}"),
+            },
+        }
+    }
+
+    /// The user to switch to (`None`: stay the daemon's user), or why nothing
+    /// may run.
+    pub(crate) fn user(&self) -> std::result::Result<Option<&User>, String> {
+        match self {
+            Self::Daemon => Ok(None),
+            Self::User(u) => Ok(Some(u)),
+            Self::Unresolved { name, why } => Err(format!(
+                "user {name:?} cannot be resolved ({why}); corral never runs it as another user"
+            )),
+        }
+    }
+
+    /// The name shown in the status.
+    pub(crate) fn name(&self) -> Option<&str> {
+        match self {
+            Self::Daemon => None,
+            Self::User(u) => Some(&u.name),
+            Self::Unresolved { name, .. } => Some(name),
+        }
+    }
 }
 
 fn invalid(id: &str, reason: impl Into<String>) -> Error {
@@ -99,6 +158,20 @@ fn check_path(id: &str, field: &str, path: &Path) -> Result<()> {
             id,
             format!(
                 "{field} must be an absolute path; got {:?}",
+                crate::model::elide(&path.to_string_lossy(), 200)
+            ),
+        ));
+    }
+    if path.components().any(|c| {
+        matches!(
+            c,
+            std::path::Component::ParentDir | std::path::Component::CurDir
+        )
+    }) {
+        return Err(invalid(
+            id,
+            format!(
+                "{field} must not have a `..` or `.` part; got {:?}",
                 crate::model::elide(&path.to_string_lossy(), 200)
             ),
         ));
@@ -339,9 +412,8 @@ fn check_logs(id: &str, logs: &LogRotation) -> Result<()> {
 }
 
 /// Checks `req` and fills in its defaults. `user` is the request's user,
-/// already looked up (`None` when it names none). The state dir gives the
-/// default agent dir.
-pub(crate) fn check(req: SpawnRequest, state_dir: &Path, user: Option<User>) -> Result<Spec> {
+/// already looked up. The state dir gives the default agent dir.
+pub(crate) fn check(req: SpawnRequest, state_dir: &Path, user: RunAs) -> Result<Spec> {
     let id = AgentId::new(req.agent_id.clone())?;
     let raw = id.as_str();
     check_strings(raw, &req)?;
@@ -396,9 +468,9 @@ pub(crate) fn check(req: SpawnRequest, state_dir: &Path, user: Option<User>) -> 
     // it starts in its home directory unless told otherwise.
     let cwd = match (&req.cwd, &user) {
         (Some(cwd), _) => cwd.clone(),
-        (None, Some(u)) if u.home.is_dir() => u.home.clone(),
-        (None, Some(_)) => PathBuf::from("/"),
-        (None, None) => agent_dir.clone(),
+        (None, RunAs::User(u)) if u.home.is_dir() => u.home.clone(),
+        (None, RunAs::User(_) | RunAs::Unresolved { .. }) => PathBuf::from("/"),
+        (None, RunAs::Daemon) => agent_dir.clone(),
     };
     let mut request = req;
     request.cwd = Some(cwd.clone());
@@ -418,6 +490,27 @@ pub(crate) fn check(req: SpawnRequest, state_dir: &Path, user: Option<User>) -> 
     })
 }
 
+impl Spec {
+    /// Stores the agent dir as its real path (blocking): from now on nothing
+    /// on it is followed if it is a symlink (`platform::agent_dir`), so one
+    /// that appears later is an error, never a redirect.
+    pub(crate) fn settle_paths(&mut self) -> Result<()> {
+        let real = crate::platform::agent_dir::real_path(&self.agent_dir).map_err(|e| {
+            invalid(
+                self.id.as_str(),
+                format!("agent_dir {}: {e}", self.agent_dir.display()),
+            )
+        })?;
+        if self.cwd == self.agent_dir {
+            self.cwd = real.clone();
+            self.request.cwd = Some(real.clone());
+        }
+        self.request.agent_dir = Some(real.clone());
+        self.agent_dir = real;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,7 +520,7 @@ mod tests {
     }
 
     fn refused(json: &str, needle: &str) {
-        let err = check(req(json), Path::new("/s"), None).unwrap_err();
+        let err = check(req(json), Path::new("/s"), RunAs::Daemon).unwrap_err();
         assert_eq!(err.code(), crate::error::ErrorCode::Invalid, "{err}");
         assert!(
             err.to_string().contains(needle),
@@ -491,7 +584,7 @@ mod tests {
         let err = check(
             req(r#"{"agent_id": "a", "command": ["x"], "max_runtime_s": 1e300}"#),
             Path::new("/s"),
-            None,
+            RunAs::Daemon,
         )
         .unwrap_err()
         .to_string();
@@ -503,7 +596,7 @@ mod tests {
             check(
                 req(r#"{"agent_id": "a", "command": ["x"], "max_runtime_s": 315360000}"#),
                 Path::new("/s"),
-                None
+                RunAs::Daemon
             )
             .is_ok(),
             "ten years is allowed"
@@ -552,7 +645,7 @@ mod tests {
             r#"{"max_mb": 5, "keep": 100}"#,
         ] {
             let json = format!(r#"{{"agent_id": "a", "command": ["x"], "logs": {logs}}}"#);
-            let spec = check(req(&json), Path::new("/s"), None).unwrap();
+            let spec = check(req(&json), Path::new("/s"), RunAs::Daemon).unwrap();
             assert!(spec.request.logs.is_some(), "{logs}");
         }
     }
@@ -561,7 +654,7 @@ mod tests {
     fn labels_are_capped_and_the_message_names_the_limit() {
         let big = "v".repeat(900_000);
         let json = format!(r#"{{"agent_id": "a", "command": ["x"], "labels": {{"k": "{big}"}}}}"#);
-        let err = check(req(&json), Path::new("/s"), None)
+        let err = check(req(&json), Path::new("/s"), RunAs::Daemon)
             .unwrap_err()
             .to_string();
         assert!(err.contains("at most 1024"), "{err}");
@@ -575,7 +668,7 @@ mod tests {
             r#"{{"agent_id": "a", "command": ["x"], "labels": {{{}}}}}"#,
             many.join(",")
         );
-        let err = check(req(&json), Path::new("/s"), None)
+        let err = check(req(&json), Path::new("/s"), RunAs::Daemon)
             .unwrap_err()
             .to_string();
         assert!(err.contains("at most 64 labels"), "{err}");
@@ -586,7 +679,7 @@ mod tests {
         let spec = check(
             req(r#"{"agent_id": "a.b", "command": ["x"]}"#),
             Path::new("/s"),
-            None,
+            RunAs::Daemon,
         )
         .unwrap();
         assert_eq!(spec.agent_dir, Path::new("/s/agents/a.b"));

@@ -330,7 +330,7 @@ impl View {
             stdout_log: self.stdout_log(),
             stderr_log: self.stderr_log(),
             containment: self.containment.to_owned(),
-            user: self.spec.user.as_ref().map(|u| u.name.clone()),
+            user: self.spec.user.name().map(str::to_owned),
             placement: None,
             tree: None,
         }

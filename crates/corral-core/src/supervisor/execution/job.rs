@@ -259,7 +259,7 @@ pub(crate) fn job_files(
     run: u32,
     run_id: i64,
 ) -> Result<std::path::PathBuf, StartError> {
-    platform::files::create_run_files(&spec.agent_dir, run, None).map_err(StartError::Files)?;
+    platform::agent_dir::create_run_files(&spec.agent_dir, run, None).map_err(StartError::Files)?;
     let mut env = sh.config.job_env.clone();
     env.extend(spec.request.env.clone());
     let text = batch_script(
@@ -275,7 +275,7 @@ pub(crate) fn job_files(
         .join("runs")
         .join(run.to_string())
         .join("job.sh");
-    platform::files::write_private(&path, text.as_bytes()).map_err(|source| {
+    platform::agent_dir::write_new(&path, text.as_bytes()).map_err(|source| {
         StartError::Files(platform::files::FilesError {
             path: path.clone(),
             source,

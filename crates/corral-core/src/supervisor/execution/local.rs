@@ -24,10 +24,11 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use crate::platform::cgroup::{Controllers, Leaf};
+use crate::platform::files::User;
 use crate::platform::{self, ExitKind, ProcessHandle, Stdio};
 use crate::store::RunRecord;
 
-use super::super::spec::Spec;
+use super::super::spec::{RunAs, Spec};
 use super::super::view::{Proc, Sample};
 use super::super::{Shared, leaf_name, lock};
 use super::tree::Tracker;
@@ -40,6 +41,8 @@ pub(crate) enum StartError {
     Exec(std::io::Error),
     /// The cluster engine refused the job.
     Engine(String),
+    /// The agent's user cannot be resolved now: the run does not start.
+    User(String),
 }
 
 /// A process started for a run.
@@ -340,10 +343,17 @@ pub(crate) fn sample_now(proc_: &Proc, page_size: u64) {
     });
 }
 
-/// Creates the run's files and process (blocking).
+/// Creates the run's files and process (blocking). The user is looked up
+/// again for every run: one deleted since the spawn fails the run, and a run
+/// never starts as another uid than the one asked for.
 fn create(sh: &Shared, spec: &Spec, run_id: i64, run: u32) -> Result<Started, StartError> {
-    let owner = spec.user.as_ref().map(|u| &u.credentials);
-    let files = platform::files::create_run_files(&spec.agent_dir, run, owner)
+    let run_as = match spec.request.user.as_deref() {
+        None => RunAs::Daemon,
+        Some(name) => RunAs::lookup(Some(name)),
+    };
+    let user = run_as.user().map_err(StartError::User)?;
+    let owner = user.map(|u| &u.credentials);
+    let files = platform::agent_dir::create_run_files(&spec.agent_dir, run, owner)
         .map_err(StartError::Files)?;
     let stdin = std::fs::File::open("/dev/null").map_err(StartError::Exec)?;
     let stdio = Stdio {
@@ -351,16 +361,62 @@ fn create(sh: &Shared, spec: &Spec, run_id: i64, run: u32) -> Result<Started, St
         stdout: files.stdout.as_fd(),
         stderr: files.stderr.as_fd(),
     };
-    start_process(sh, spec, run_id, run, stdio).map_err(StartError::Exec)
+    start_process(sh, spec, user, run_id, run, stdio).map_err(StartError::Exec)
 }
 
-/// The agent's environment: the daemon's, the request's, and corral's own.
-pub(crate) fn environment(sh: &Shared, spec: &Spec, run_id: i64) -> std::io::Result<Vec<CString>> {
-    let mut env: BTreeMap<OsString, OsString> = sh.base_env.iter().cloned().collect();
-    if let Some(user) = &spec.user {
+/// `PATH` of an agent that does not inherit the daemon's environment (systemd's
+/// default for services).
+const CLEAN_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The agent's environment: the daemon's (for agents of the daemon's own user
+/// that do not ask for `inherit_env: false`) or a clean one, then the
+/// request's, then corral's own variables.
+///
+/// An agent of another user never sees the daemon's environment (a root
+/// daemon's secrets stay its own): like a systemd `User=` service it gets
+/// `PATH`, `HOME`, `USER`, `LOGNAME`, `SHELL` and `LANG` (the daemon's, or
+/// `C.UTF-8`).
+pub(crate) fn environment(
+    sh: &Shared,
+    spec: &Spec,
+    user: Option<&User>,
+    run_id: i64,
+) -> std::io::Result<Vec<CString>> {
+    let another_user =
+        user.is_some_and(|u| u.credentials.uid != rustix::process::geteuid().as_raw());
+    let inherit = !another_user && spec.request.inherit_env.unwrap_or(true);
+    let mut env: BTreeMap<OsString, OsString> = if inherit {
+        sh.base_env.iter().cloned().collect()
+    } else {
+        let daemon = |k: &str| {
+            sh.base_env
+                .iter()
+                .find(|(name, _)| name == k)
+                .map(|(_, v)| v.clone())
+        };
+        let mut clean = BTreeMap::new();
+        clean.insert("PATH".into(), CLEAN_PATH.into());
+        clean.insert(
+            "LANG".into(),
+            daemon("LANG").unwrap_or_else(|| "C.UTF-8".into()),
+        );
+        if user.is_none() {
+            // The daemon's own user: its own names for itself.
+            for k in ["HOME", "USER", "LOGNAME", "SHELL"] {
+                if let Some(v) = daemon(k) {
+                    clean.insert(k.into(), v);
+                }
+            }
+        }
+        clean
+    };
+    if let Some(user) = user {
         env.insert("HOME".into(), user.home.clone().into_os_string());
         env.insert("USER".into(), user.name.clone().into());
         env.insert("LOGNAME".into(), user.name.clone().into());
+        if !user.shell.as_os_str().is_empty() {
+            env.insert("SHELL".into(), user.shell.clone().into_os_string());
+        }
     }
     for (k, v) in &spec.request.env {
         env.insert(k.into(), v.into());
@@ -369,7 +425,14 @@ pub(crate) fn environment(sh: &Shared, spec: &Spec, run_id: i64) -> std::io::Res
     // Names this run: lets a restarted daemon find a process whose spawn it
     // could not record before it died.
     env.insert("CORRAL_RUN_ID".into(), run_id.to_string().into());
-    if let Some(sock) = &sh.config.socket_path {
+    // Agents of another user cannot reach the daemon's private socket: they
+    // get the agent socket, which serves only agent routes.
+    let socket = if another_user {
+        sh.config.agent_socket_path.as_ref()
+    } else {
+        sh.config.socket_path.as_ref()
+    };
+    if let Some(sock) = socket {
         env.insert("CORRAL_SOCKET".into(), sock.clone().into_os_string());
     }
     env.iter()
@@ -392,8 +455,8 @@ struct Exec {
 
 /// The run's environment, argv, program (resolved against the agent's
 /// `PATH`) and working directory.
-fn exec_of(sh: &Shared, spec: &Spec, run_id: i64) -> std::io::Result<Exec> {
-    let envp = environment(sh, spec, run_id)?;
+fn exec_of(sh: &Shared, spec: &Spec, user: Option<&User>, run_id: i64) -> std::io::Result<Exec> {
+    let envp = environment(sh, spec, user, run_id)?;
     let path_var = envp
         .iter()
         .find_map(|kv| kv.to_bytes().strip_prefix(b"PATH="))
@@ -447,6 +510,7 @@ fn leaf_for(
 fn start_process(
     sh: &Shared,
     spec: &Spec,
+    user: Option<&User>,
     run_id: i64,
     run: u32,
     stdio: Stdio<'_>,
@@ -456,7 +520,7 @@ fn start_process(
         argv,
         program: program_c,
         cwd: cwd_c,
-    } = exec_of(sh, spec, run_id)?;
+    } = exec_of(sh, spec, user, run_id)?;
     let nofile = spec.request.limits.as_ref().and_then(|l| l.nofile);
     // The leaf is created and the process born in it under the spawn gate: the
     // sweep of empty leaves never sees a new run's leaf empty.
@@ -470,7 +534,7 @@ fn start_process(
         cwd: &cwd_c,
         stdio,
         cgroup: dir.as_ref().map(|d| d.as_fd()),
-        credentials: spec.user.as_ref().map(|u| &u.credentials),
+        credentials: user.map(|u| &u.credentials),
         nofile,
     };
     let pid = match platform::spawn(&spawn_spec) {

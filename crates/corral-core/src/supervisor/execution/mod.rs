@@ -214,14 +214,7 @@ pub(crate) fn slurm_of(placement: Option<&Placement>) -> Option<&SlurmPlacement>
 /// looked for again after a daemon restart, before the job id is on record.
 pub(crate) fn job_tag(host: &str, state_dir: &std::path::Path, run_id: i64) -> String {
     use std::os::unix::ffi::OsStrExt;
-    // FNV-1a: stable across builds and runs (unlike the std hasher).
-    let hash = state_dir
-        .as_os_str()
-        .as_bytes()
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-        });
+    let hash = corral_proto::fnv1a(state_dir.as_os_str().as_bytes());
     format!("corral:{host}:{hash:016x}:{run_id}")
 }
 

@@ -137,6 +137,10 @@ impl Owner {
                 engine: "slurm",
                 reason,
             },
+            StartError::User(reason) => Error::User {
+                agent_id: self.spec.id.to_string(),
+                reason,
+            },
         };
         let reason = error.to_string();
         tracing::warn!(agent_id = %self.spec.id, error = %reason, "spawn failed");

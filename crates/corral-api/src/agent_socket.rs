@@ -1,0 +1,213 @@
+//! The agent socket: how agents that run as another user reach the daemon.
+//!
+//! The daemon's own socket is 0600 in a 0700 state dir, so an agent running as
+//! `nobody` under a root daemon cannot reach it. A root daemon therefore also
+//! serves a second socket, 0666 in a root-owned directory every user can
+//! enter (by default `/run/corral/<hash of the state dir>.sock`), and gives its
+//! path as `CORRAL_SOCKET` to agents of other users.
+//!
+//! Anyone may connect; nobody is trusted for it. Each request's caller is
+//! known from the socket's peer credentials (`SO_PEERCRED` pid), and only a
+//! process inside an agent (its cgroup, or its process tree: an unforgeable
+//! ancestry, never the caller's environment) is served, and only on agent
+//! routes, for agents under its own id:
+//!
+//! - `PUT /v1/agents/{id}/progress` (only for itself),
+//! - `GET /v1/agents/{id}`, `/health`, `/runs`, `/wait`, `/logs`.
+//!
+//! Everything else is 404 here; a caller outside every agent, or asking about
+//! an agent outside its own subtree, gets 403 naming who it is.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use corral_core::{AgentId, ErrorCode, Supervisor};
+use tokio::net::UnixListener;
+
+use crate::error::ApiError;
+use crate::routes::Peer;
+
+/// Where a root daemon puts agent sockets unless told otherwise.
+pub const DEFAULT_DIR: &str = "/run/corral";
+
+/// Where the agent socket of a daemon goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AgentSocket {
+    /// [`default_path`] when the daemon runs as root (only a root daemon runs
+    /// agents as other users); none otherwise.
+    #[default]
+    Default,
+    /// No agent socket.
+    Off,
+    /// This path; its directory must be root's (or the daemon user's) and
+    /// not writable by others.
+    At(PathBuf),
+}
+
+impl AgentSocket {
+    /// The path to serve, if any.
+    pub fn path(&self, state_dir: &Path) -> Option<PathBuf> {
+        match self {
+            Self::Default => rustix::process::geteuid()
+                .is_root()
+                .then(|| default_path(state_dir)),
+            Self::Off => None,
+            Self::At(p) => Some(p.clone()),
+        }
+    }
+}
+
+/// `/run/corral/<16 hex digits>.sock`: a stable name per state dir (FNV-1a of
+/// its path), so agents that outlive a daemon reach the next one.
+pub fn default_path(state_dir: &Path) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let hash = corral_core::fnv1a(state_dir.as_os_str().as_bytes());
+    Path::new(DEFAULT_DIR).join(format!("{hash:016x}.sock"))
+}
+
+/// Creates the socket's directory (0755) when missing and checks it: a real
+/// directory of this user, not writable by group or others (else another
+/// user could put their own socket in the daemon's place).
+fn check_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+    {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    let me = rustix::process::geteuid().as_raw();
+    let problem = if meta.file_type().is_symlink() {
+        Some("it is a symlink".to_owned())
+    } else if !meta.is_dir() {
+        Some("it is not a directory".to_owned())
+    } else if meta.uid() != me {
+        Some(format!("it is owned by uid {}, not {me}", meta.uid()))
+    } else if meta.mode() & 0o022 != 0 {
+        Some(format!(
+            "it is writable by group or others (mode {:o})",
+            meta.mode() & 0o777
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(why) => Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{}: {why}", dir.display()),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Binds the agent socket (mode 0666), replacing a stale one. Call only while
+/// holding the state lock (the path is this state dir's).
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    check_dir(dir)?;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
+            std::fs::remove_file(path)?;
+            tracing::info!(socket = %path.display(), "replaced a stale agent socket");
+        }
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+/// The agent routes, each behind the caller check.
+pub fn router(sup: Supervisor) -> Router {
+    crate::routes::agent_routes(sup.clone())
+        .layer(axum::middleware::from_fn_with_state(sup, only_agents))
+}
+
+/// Whether `id` is `caller` or below it.
+fn within(id: &str, caller: &AgentId) -> bool {
+    id == caller.as_str()
+        || id
+            .strip_prefix(caller.as_str())
+            .is_some_and(|rest| rest.starts_with('.'))
+}
+
+async fn only_agents(State(sup): State<Supervisor>, req: Request, next: Next) -> Response {
+    let Some(pid) = req.extensions().get::<Peer>().and_then(|p| p.pid) else {
+        return ApiError::new(
+            ErrorCode::Forbidden,
+            "the agent socket serves only processes inside an agent (no peer credentials)",
+        )
+        .into_response();
+    };
+    let Some(caller) = sup.agent_containing(pid).await else {
+        return ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "pid {pid} is not inside any agent; the agent socket serves only agents (use the daemon's own socket)"
+            ),
+        )
+        .into_response();
+    };
+    // `/v1/agents/{id}` or `/v1/agents/{id}/...`; a percent-encoded id is
+    // refused rather than decoded twice.
+    let target = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/agents/")
+        .and_then(|rest| rest.split('/').next())
+        .filter(|id| !id.is_empty());
+    match target {
+        Some(id) if !id.contains('%') && within(id, &caller) => next.run(req).await,
+        Some(id) => ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "agent {caller} may reach only agents under its own id, not {}",
+                corral_core::elide(id, 100)
+            ),
+        )
+        .into_response(),
+        None => ApiError::new(
+            ErrorCode::NotFound,
+            "the agent socket serves only agent routes (/v1/agents/{id}/...)",
+        )
+        .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subtree_is_the_id_and_what_is_below_it() {
+        let me = AgentId::new("team.1").unwrap();
+        assert!(within("team.1", &me));
+        assert!(within("team.1.a", &me));
+        assert!(!within("team.10", &me));
+        assert!(!within("team", &me));
+        assert!(!within("team.2", &me));
+    }
+
+    #[test]
+    fn default_paths_are_stable_and_differ_per_state_dir() {
+        let a = default_path(Path::new("/var/lib/corral"));
+        assert_eq!(a, default_path(Path::new("/var/lib/corral")));
+        assert_ne!(a, default_path(Path::new("/var/lib/corral2")));
+        assert!(a.starts_with(DEFAULT_DIR));
+    }
+}
