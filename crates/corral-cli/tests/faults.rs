@@ -221,3 +221,138 @@ fn a_log_larger_than_the_free_space_is_truncated_anyway_and_said_so() {
     env.finish();
     drop(disk);
 }
+
+/// The daemon, our unreaped child, still runs (not even a zombie yet).
+fn alive(daemon: &mut Child) -> bool {
+    daemon.try_wait().unwrap().is_none()
+        && proc_stat(daemon.id() as i32).is_some_and(|s| s[0] != "Z")
+}
+
+/// Sends `sig` to the daemon: our child, not reaped, so its pid is its own.
+fn signal(daemon: &Child, sig: i32) {
+    // SAFETY: a plain syscall on a pid that cannot have been reused.
+    let rc = unsafe { libc::kill(daemon.id() as i32, sig) };
+    assert_eq!(rc, 0, "kill({}, {sig})", daemon.id());
+}
+
+/// Lines of a file that contain every needle.
+fn lines_with(path: &Path, needles: &[&str]) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .count()
+}
+
+#[test]
+fn the_daemon_lives_through_hup_usr1_usr2_alrm_and_pipe_reopens_its_log_and_stops_on_quit() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::ExitStatusExt;
+    let env = Env::new();
+    let mut daemon = start_foreground_daemon(&env, &env.state.with_extension("stderr"));
+    let log = env.state.join("daemon.log");
+    let answers = || env.run(&["--no-autostart", "summary"]).status.success();
+
+    for (sig, name, what, lines) in [
+        (libc::SIGHUP, "SIGHUP", "daemon log reopened", 1),
+        (libc::SIGUSR1, "SIGUSR1", "carries on", 1),
+        (libc::SIGUSR2, "SIGUSR2", "carries on", 1),
+        (libc::SIGALRM, "SIGALRM", "carries on", 1),
+        // SIGPIPE leaves no line: were it fatal, the daemon would be gone
+        // before the SIGUSR1 sent after it could be logged.
+        (libc::SIGPIPE, "SIGPIPE", "", 0),
+        (libc::SIGUSR1, "SIGUSR1", "carries on", 2),
+    ] {
+        signal(&daemon, sig);
+        eventually(
+            Duration::from_secs(10),
+            &format!("a log line about {name}"),
+            || {
+                assert!(alive(&mut daemon), "{name} ended the daemon");
+                (lines_with(&log, &[name, what]) == lines).then_some(())
+            },
+        );
+        assert!(answers(), "the daemon answers after {name}");
+    }
+
+    // logrotate's way: move the log aside, then SIGHUP; a new file takes the lines.
+    let moved = env.state.join("daemon.log.1");
+    std::fs::rename(&log, &moved).unwrap();
+    signal(&daemon, libc::SIGHUP);
+    eventually(Duration::from_secs(10), "a new daemon.log", || {
+        (lines_with(&log, &["SIGHUP", "daemon log reopened"]) == 1).then_some(())
+    });
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the new log is private");
+    assert_eq!(
+        lines_with(&moved, &["SIGHUP", "daemon log reopened"]),
+        1,
+        "the moved log keeps the first reopening only"
+    );
+    assert!(alive(&mut daemon));
+
+    // A SIGHUP in the middle of a batch spawn does not cut it.
+    let batch = env
+        .cmd(&[
+            "--no-autostart",
+            "--json",
+            "spawn",
+            "many",
+            "--count",
+            "20",
+            "--verify-ms",
+            "1500",
+            "--",
+            "sleep",
+            "300",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(10), "the batch under way", || {
+        env.state.join("agents/many.1").exists().then_some(())
+    });
+    signal(&daemon, libc::SIGHUP);
+    let out = batch.wait_with_output().unwrap();
+    assert!(out.status.success(), "the batch: {}", stderr(&out));
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pids: Vec<i32> = answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["status"], "running", "{r}");
+            r["pid"].as_i64().unwrap() as i32
+        })
+        .collect();
+    assert_eq!(pids.len(), 20);
+    for pid in &pids {
+        assert!(
+            proc_stat(*pid).is_some_and(|s| s[0] != "Z"),
+            "agent {pid} runs"
+        );
+    }
+    assert_eq!(lines_with(&log, &["SIGHUP", "daemon log reopened"]), 2);
+    assert!(alive(&mut daemon));
+    let stop = env.run(&["--no-autostart", "stop", "--all"]);
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    for pid in &pids {
+        wait_gone(*pid);
+    }
+
+    // SIGQUIT stops it gracefully: exit code 0, socket removed, said in the log.
+    signal(&daemon, libc::SIGQUIT);
+    let status = eventually(Duration::from_secs(10), "the daemon stopped", || {
+        daemon.try_wait().unwrap()
+    });
+    assert_eq!(
+        (status.code(), status.signal()),
+        (Some(0), None),
+        "SIGQUIT: {status:?}"
+    );
+    assert!(!env.state.join("corral.sock").exists(), "socket removed");
+    assert_eq!(lines_with(&log, &["SIGQUIT", "stopping the daemon"]), 1);
+    assert_eq!(lines_with(&log, &["daemon stopped"]), 1);
+    env.finish();
+}
