@@ -356,3 +356,80 @@ fn the_daemon_lives_through_hup_usr1_usr2_alrm_and_pipe_reopens_its_log_and_stop
     assert_eq!(lines_with(&log, &["daemon stopped"]), 1);
     env.finish();
 }
+
+#[test]
+fn an_emptied_database_is_refused_loudly_and_the_live_agent_left_alone() {
+    let env = Env::new();
+    let out = env.run(&["spawn", "keep", "--", "sleep", "300"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pid = env.json(&["status", "keep"])["pid"].as_i64().unwrap() as i32;
+    // Field 22 of /proc/<pid>/stat: the start time, which names the process.
+    let started = proc_stat(pid).unwrap()[19].clone();
+    env.crash_daemon();
+    let db = env.state.join("corral.db");
+    let wal = env.state.join("corral.db-wal");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&db)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let wal_before = std::fs::read(&wal).unwrap();
+    assert!(!wal_before.is_empty(), "a killed daemon leaves its WAL");
+
+    let err_path = env.state.with_extension("stderr");
+    let mut daemon = env
+        .cmd(&["daemon"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let status = eventually(Duration::from_secs(10), "the daemon refusing", || {
+        let status = daemon.try_wait().unwrap();
+        if status.is_none() && env.run(&["--no-autostart", "summary"]).status.success() {
+            let ps = env.run(&["--no-autostart", "--json", "ps"]);
+            panic!(
+                "the daemon took the emptied store for a new one; ps: {}",
+                String::from_utf8_lossy(&ps.stdout)
+            );
+        }
+        status
+    });
+    let err = std::fs::read_to_string(&err_path).unwrap();
+    assert!(!status.success(), "{status:?}: {err}");
+    assert!(status.code().is_some(), "an exit, not a signal: {status:?}");
+    assert!(
+        err.starts_with("error: ") && err.trim_end().lines().count() == 1,
+        "one error line: {err:?}"
+    );
+    assert!(
+        err.contains(&format!("{} is empty (0 bytes)", db.display())),
+        "{err}"
+    );
+    assert!(err.contains("agents/ holds 1 entry"), "{err}");
+    assert!(
+        err.contains("Restore") && err.contains("move the state dir aside"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    // The agent runs on, the same process; the files are as they were.
+    let stat = proc_stat(pid).expect("the agent still runs");
+    assert_ne!(stat[0], "Z", "the agent still runs");
+    assert_eq!(stat[19], started, "the same process");
+    assert_eq!(
+        std::fs::metadata(&db).unwrap().len(),
+        0,
+        "corral.db untouched"
+    );
+    assert_eq!(
+        std::fs::read(&wal).unwrap(),
+        wal_before,
+        "its WAL untouched"
+    );
+
+    // Clean up: the agent is our child (the daemon that started it is gone).
+    kill_and_reap(pid, libc::SIGKILL);
+    std::fs::remove_file(env.state.join("corral.sock")).unwrap();
+    env.finish();
+}
