@@ -10,6 +10,9 @@
 //!   others (`corral` refuses it otherwise); files in it are created without
 //!   following symlinks.
 //! - **Logs** go to `daemon.log` (see [`crate::logging`]).
+//! - **Signals** never end it by their default action: TERM, INT and QUIT stop
+//!   it gracefully, HUP reopens its log, the others are logged or ignored
+//!   (see [`Signals`]).
 //! - When the daemon stops it leaves its agents running: they are not tied to
 //!   it (own sessions, output to files), and the next daemon re-adopts them.
 
@@ -238,24 +241,26 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Runs a daemon until SIGTERM or SIGINT. Takes the lock first; fails with
-/// [`DaemonError::AlreadyRunning`] when another daemon holds the state dir.
+/// Runs a daemon until SIGTERM, SIGINT or SIGQUIT (see [`Signals`]). Takes
+/// the lock first; fails with [`DaemonError::AlreadyRunning`] when another
+/// daemon holds the state dir.
 pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
-    // Listen for SIGTERM/SIGINT first: one that arrives while the daemon starts
-    // stops it cleanly once it has started, instead of killing it half-way.
+    // Listen for signals first: one that arrives while the daemon starts is
+    // handled once it has started, instead of killing it half-way.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_tx = std::sync::Arc::new(stop_tx);
-    let signals = shutdown_signals()?;
-    let on_signal = stop_tx.clone();
-    tokio::spawn(async move {
-        signals.await;
-        on_signal.send_replace(true);
-    });
+    let signals = Signals::listen()?;
     // Refuse bad options before touching anything.
     let token = read_token(&opts)?;
     let lock = lock_state_dir(&opts.state_dir)?;
     let log_path = opts.state_dir.join(LOG_NAME);
     let log = crate::logging::install(&log_path).map_err(io_err("open daemon log", &log_path))?;
+    let on_signal = stop_tx.clone();
+    let reopener = log.reopener();
+    tokio::spawn(async move {
+        signals.serve(reopener).await;
+        on_signal.send_replace(true);
+    });
     if let Some((_, Some(warning))) = &token {
         tracing::warn!("{warning}");
     }
@@ -365,18 +370,92 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     served.map_err(io_err("serve", &socket))
 }
 
-/// Resolves at the first SIGTERM or SIGINT (registered now, so none is missed).
-fn shutdown_signals() -> Result<impl std::future::Future<Output = ()>, DaemonError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let listen = |kind| {
-        signal(kind).map_err(|e| DaemonError::Config(format!("cannot listen for signals: {e}")))
-    };
-    let mut term = listen(SignalKind::terminate())?;
-    let mut int = listen(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+/// The signals a service manager, logrotate or a person may send, each
+/// handled so that none ends the daemon by its default action (which would
+/// leave the socket behind and cut requests in flight):
+///
+/// - SIGTERM, SIGINT, SIGQUIT: a graceful stop (agents keep running), logged;
+/// - SIGHUP: `daemon.log` is reopened at its path (after logrotate moved it),
+///   logged — the daemon carries on;
+/// - SIGUSR1, SIGUSR2, SIGALRM (runit's `sv alarm`, s6's `s6-svc -a`):
+///   logged, otherwise ignored;
+/// - SIGPIPE: ignored (a closed peer is an error of its connection). Rust
+///   ignores it before `main`, but a caller may have restored it (`corral`
+///   does for its client commands), so the daemon says so itself;
+/// - SIGXFSZ: ignored, so that a file-size limit set by a service manager
+///   makes a write fail (the log writer counts it) instead of ending the
+///   daemon.
+///
+/// All are registered at once, before anything else is done, so that one
+/// that arrives while the daemon starts is not missed.
+pub struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+    alrm: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Registers every handled signal; ignores SIGPIPE and SIGXFSZ.
+    pub fn listen() -> Result<Self, DaemonError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        // SAFETY: signal(2) with constant signals and SIG_IGN: no handler
+        // runs. Agents get every disposition back at its default when they
+        // are spawned, so they do not inherit these.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
         }
-    })
+        let listen = |kind| {
+            signal(kind).map_err(|e| DaemonError::Config(format!("cannot listen for signals: {e}")))
+        };
+        Ok(Self {
+            term: listen(SignalKind::terminate())?,
+            int: listen(SignalKind::interrupt())?,
+            quit: listen(SignalKind::quit())?,
+            hup: listen(SignalKind::hangup())?,
+            usr1: listen(SignalKind::user_defined1())?,
+            usr2: listen(SignalKind::user_defined2())?,
+            alrm: listen(SignalKind::alarm())?,
+        })
+    }
+
+    /// Handles signals as they come; returns at the first one that stops the
+    /// daemon, once it is logged.
+    pub async fn serve(mut self, log: crate::logging::LogReopener) {
+        loop {
+            let name = tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+                _ = self.quit.recv() => "SIGQUIT",
+                _ = self.hup.recv() => {
+                    let reopen = log.clone();
+                    match tokio::task::spawn_blocking(move || reopen.reopen()).await {
+                        Ok(Ok(())) => tracing::info!(signal = "SIGHUP", log = %log.path().display(), "signal received; daemon log reopened"),
+                        Ok(Err(e)) => tracing::warn!(signal = "SIGHUP", log = %log.path().display(), error = %e, "signal received; cannot reopen the daemon log, still writing to the old one"),
+                        Err(e) => tracing::warn!(signal = "SIGHUP", error = %e, "signal received; reopening the daemon log failed"),
+                    }
+                    continue;
+                }
+                _ = self.usr1.recv() => "SIGUSR1",
+                _ = self.usr2.recv() => "SIGUSR2",
+                _ = self.alrm.recv() => "SIGALRM",
+            };
+            if matches!(name, "SIGUSR1" | "SIGUSR2" | "SIGALRM") {
+                tracing::info!(
+                    signal = name,
+                    "signal received; it has no use in corral, the daemon carries on"
+                );
+                continue;
+            }
+            tracing::info!(
+                signal = name,
+                "signal received; stopping the daemon (agents keep running)"
+            );
+            return;
+        }
+    }
 }

@@ -158,6 +158,22 @@ pub enum Error {
         /// The store's failure.
         reason: String,
     },
+    /// The database file is there but holds no record (emptied, or replaced
+    /// by an empty database) while the state dir shows earlier use: opening
+    /// it would forget every agent, some of which may still run.
+    #[error(
+        "store: {} {found}, yet the state dir has been used ({signs}); starting on an empty record would forget agents that may still be running. Restore {} from a backup, or move the state dir aside to start afresh (agents still running from it are left alone)",
+        path.display(),
+        path.display()
+    )]
+    StoreLost {
+        /// The database's path.
+        path: PathBuf,
+        /// What was found (`is empty (0 bytes)`, `holds no corral schema`).
+        found: &'static str,
+        /// The signs of earlier use, in words.
+        signs: String,
+    },
     /// The store was written by a newer corral.
     #[error(
         "store: schema version {found} is newer than this corral supports ({supported}); upgrade corral"
@@ -203,6 +219,7 @@ impl Error {
             Self::Os { .. }
             | Self::StateDir { .. }
             | Self::SchemaTooNew { .. }
+            | Self::StoreLost { .. }
             | Self::OwnerFailed { .. } => ErrorCode::Internal,
         }
     }

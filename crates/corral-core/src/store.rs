@@ -19,6 +19,10 @@
 //! refuses changes with 503, and owners retry their pending transitions
 //! ([`Store::commit_retrying`]) until the store takes writes again — a deleted
 //! database never does, and says why.
+//!
+//! A database file that was emptied (or replaced by an empty database) while
+//! no daemon ran is refused at open when the state dir shows earlier use, so
+//! that agents still running are never forgotten by a store that looks new.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -376,6 +380,70 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
     })
 }
 
+/// Refuses a database file that is there but holds no record while the state
+/// dir beside it shows earlier use, before SQLite touches it (or its WAL,
+/// which may hold what a restore needs). An emptied `corral.db` would
+/// otherwise be taken for a new store, and every agent — some still running —
+/// forgotten.
+///
+/// Signs of earlier use: an entry in `agents/` (every agent with a default
+/// agent dir has one, and it outlives the agent's run), and, beside an empty
+/// file, a non-empty `corral.db-wal` (only a store in use writes there).
+/// `corral.lock` cannot be one: the daemon writes it before it opens the store.
+/// A missing file, or an empty one in a state dir with no such sign, is a new
+/// store.
+fn refuse_lost(path: &Path) -> Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        // Missing: a new store (other failures are the open's to report).
+        return Ok(());
+    };
+    if !meta.is_file() {
+        return Ok(());
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut signs = Vec::new();
+    let agents = std::fs::read_dir(dir.join("agents")).map_or(0, Iterator::count);
+    if agents > 0 {
+        signs.push(format!(
+            "agents/ holds {agents} {}",
+            if agents == 1 { "entry" } else { "entries" }
+        ));
+    }
+    let found = if meta.len() == 0 {
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        let wal_len = std::fs::symlink_metadata(&wal).map_or(0, |m| m.len());
+        if wal_len > 0 {
+            signs.push(format!(
+                "{} holds {wal_len} bytes",
+                wal.file_name().unwrap_or_default().to_string_lossy()
+            ));
+        }
+        "is empty (0 bytes)"
+    } else if !signs.is_empty() && !has_schema(path) {
+        "holds no corral schema"
+    } else {
+        return Ok(());
+    };
+    if signs.is_empty() {
+        return Ok(());
+    }
+    Err(Error::StoreLost {
+        path: path.to_owned(),
+        found,
+        signs: signs.join(", "),
+    })
+}
+
+/// The database at `path` has a corral schema (or cannot be read: the open
+/// that follows reports that, with SQLite's reason).
+fn has_schema(path: &Path) -> bool {
+    let version = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|c| c.pragma_query_value(None, "user_version", |r| r.get::<_, i32>(0)));
+    !matches!(version, Ok(0))
+}
+
 /// (device, inode) of the database file at its path, if it is there.
 fn identity(path: &Path) -> Option<(u64, u64)> {
     std::fs::symlink_metadata(path)
@@ -483,6 +551,7 @@ impl Writer {
 impl Store {
     /// Opens (creating and migrating as needed) the store at `path` and starts its writer.
     pub(crate) fn open(path: &Path) -> Result<Self> {
+        refuse_lost(path)?;
         // Created 0600 before SQLite opens it: the -wal and -shm files take its mode.
         crate::platform::files::ensure_private_file(path).map_err(|e| Error::StateDir {
             path: path.to_owned(),
@@ -1104,6 +1173,66 @@ mod tests {
         ));
         assert_eq!(event_body("from_the_future", "{}"), EventBody::Other);
         assert_eq!(event_body("progress", "not json"), EventBody::Other);
+    }
+
+    #[test]
+    fn an_emptied_database_is_refused_when_the_state_dir_was_in_use() {
+        let state = || {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir(dir.path().join("agents")).unwrap();
+            std::fs::write(dir.path().join("corral.db"), "").unwrap();
+            let path = dir.path().join("corral.db");
+            (dir, path)
+        };
+        // A new state dir: an empty file and an empty agents/ are a new store.
+        let (new, path) = state();
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.load_latest().unwrap().len(), 0);
+        drop((store, new));
+
+        // Emptied beside an agent's dir: refused, naming the file and the sign,
+        // and left as it was.
+        let (dir, path) = state();
+        let agents = dir.path().join("agents");
+        std::fs::create_dir(agents.join("a")).unwrap();
+        let err = Store::open(&path).map(drop).unwrap_err();
+        assert!(matches!(err, Error::StoreLost { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("{} is empty (0 bytes)", path.display())),
+            "{msg}"
+        );
+        assert!(msg.contains("agents/ holds 1 entry"), "{msg}");
+        assert!(msg.contains("Restore"), "{msg}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "untouched");
+        assert!(
+            !dir.path().join("corral.db-wal").exists(),
+            "SQLite never opened it"
+        );
+
+        // Emptied beside a WAL (no agent dir): refused, the WAL left alone.
+        std::fs::remove_dir(agents.join("a")).unwrap();
+        std::fs::write(dir.path().join("corral.db-wal"), [1u8; 32]).unwrap();
+        let err = Store::open(&path).map(drop).unwrap_err();
+        assert!(
+            err.to_string().contains("corral.db-wal holds 32 bytes"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("corral.db-wal")).unwrap(),
+            [1u8; 32]
+        );
+
+        // Replaced by an empty database beside an agent's dir: refused too.
+        std::fs::remove_file(dir.path().join("corral.db-wal")).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE other (x INTEGER)")
+            .unwrap();
+        std::fs::create_dir(agents.join("a")).unwrap();
+        let err = Store::open(&path).map(drop).unwrap_err();
+        assert!(err.to_string().contains("holds no corral schema"), "{err}");
     }
 
     #[test]

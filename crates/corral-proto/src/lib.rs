@@ -1178,6 +1178,8 @@ pub enum EventBody {
     Probe(ProbeEvent),
     /// The run's cluster job was submitted, or placed on a node.
     Job(JobEvent),
+    /// A log over `logs.max_mb` could not be copied whole and was truncated anyway.
+    LogDropped(LogDroppedEvent),
     /// A kind this build does not know (written by a newer corral).
     #[serde(other)]
     Other,
@@ -1197,6 +1199,7 @@ impl EventBody {
             Self::RuntimeExceeded(_) => "runtime_exceeded",
             Self::Probe(_) => "probe",
             Self::Job(_) => "job",
+            Self::LogDropped(_) => "log_dropped",
             Self::Other => "other",
         }
     }
@@ -1325,6 +1328,23 @@ pub struct JobEvent {
     /// The stored status, when this placement was also a transition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<PersistentStatus>,
+}
+
+/// `kind: log_dropped` — a log over `logs.max_mb` could not be copied whole at
+/// rotation (no room on its file system or in its quota, or another failure
+/// to create or write the copy), so it was truncated all the same, keeping
+/// only its newest bytes in `<stream>.log.1` when they fit: a log never grows
+/// past what the rotation settings allow because a copy cannot be made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LogDroppedEvent {
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// Bytes of the log that are now in no file.
+    pub dropped_bytes: u64,
+    /// Its newest bytes, kept in `<stream>.log.1` (0 when even they did not fit).
+    pub kept_bytes: u64,
+    /// Why the whole copy could not be made.
+    pub reason: String,
 }
 
 /// Answer of `GET /v1/health`: the daemon answers and its store takes writes.

@@ -523,6 +523,10 @@ pub fn event_line(ev: &Event) -> String {
             parts.extend(j.node.as_ref().map(|n| format!("on {n}")));
             parts.join(" ")
         }
+        B::LogDropped(d) => format!(
+            "{}: {} bytes dropped, {} kept — {}",
+            d.stream, d.dropped_bytes, d.kept_bytes, d.reason
+        ),
         B::Other => String::new(),
     };
     format!(

@@ -53,7 +53,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{Error, Result};
 use crate::id::AgentId;
-use crate::model::{LimitEvent, StopReport, StopStage};
+use crate::model::{LimitEvent, LogDroppedEvent, StopReport, StopStage};
 use crate::platform::{self, cgroup::CgroupRoot};
 use crate::store::Store;
 
@@ -154,6 +154,8 @@ pub(crate) enum Cmd {
         reason: String,
         data: LimitEvent,
     },
+    /// The sampler had to truncate a log of run `run` without a whole copy.
+    LogDropped { run: u32, data: LogDroppedEvent },
     /// Record the end of a main process that has exited and is not on record
     /// yet (`reap_zombies`); answers whether this did.
     Reap { reply: oneshot::Sender<bool> },

@@ -8,6 +8,17 @@
 //! it was handed: it writes with `O_APPEND`, so its next write lands at the new
 //! end, offset 0, without a hole of zeros before it.
 //!
+//! When the copy cannot be made — a disk or quota too full to hold a second
+//! copy of the log, or any other failure to create or write it — the log is
+//! truncated all the same, or it would grow until the disk is full and stay
+//! there: the partial copy is removed, the first part of the log is punched
+//! out (`FALLOC_FL_PUNCH_HOLE`, which frees its space at once where the file
+//! system can), the newest `M` MiB are copied to `X.log.1` if they fit
+//! (nothing is kept if they do not), and the log is truncated. How much was
+//! dropped, how much kept and why go to the run's owner, which records a
+//! `log_dropped` event. The disk use of a run's logs so stays within what the
+//! rotation settings allow (plus what the agent writes in one interval).
+//!
 //! The trade-offs are those of logrotate's `copytruncate`:
 //! - whatever the agent writes between the end of the copy and the truncation
 //!   is lost (it is in neither file);
@@ -27,16 +38,18 @@
 //!
 //! A failure is logged with the agent id, the path and the cause — once, until
 //! its cause changes or the log rotates — and never stops the sampler. Nothing
-//! is written to the store here: events belong to the agent's owner.
+//! is written to the store here: events belong to the agent's owner, to which
+//! [`rotate`] hands what was dropped.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io;
+use std::io::{self, Read, Seek};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{AtFlags, FallocateFlags, FileType, Mode, OFlags};
 
+use crate::model::LogDroppedEvent;
 use crate::platform::agent_dir as files;
 
 use super::view::View;
@@ -68,15 +81,40 @@ fn max_bytes(max_mb: f64) -> u64 {
     (max_mb * 1024.0 * 1024.0) as u64
 }
 
+/// What rotating one log did.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Rotated {
+    /// The whole log was copied to `.1`, then truncated: the bytes copied.
+    Copied(u64),
+    /// The log could not be copied whole; it was truncated anyway.
+    Dropped(Dropped),
+}
+
+/// A log truncated without a whole copy.
+#[derive(Debug, PartialEq)]
+pub(crate) struct Dropped {
+    /// Its newest bytes, kept in `.1` (0 when even they did not fit).
+    pub kept: u64,
+    /// The bytes now in no file.
+    pub dropped: u64,
+    /// Why the whole copy could not be made.
+    pub cause: String,
+}
+
 /// Rotates the run's logs that have outgrown the spec's `logs.max_mb`; does
-/// nothing when the spec asks for no rotation.
-pub(crate) fn rotate(view: &View, warned: &mut Warned) {
+/// nothing when the spec asks for no rotation. Returns the logs that had to
+/// be truncated without a whole copy, for the owner to record.
+pub(crate) fn rotate(view: &View, warned: &mut Warned) -> Vec<LogDroppedEvent> {
+    let mut dropped = Vec::new();
     let Some(logs) = &view.spec.request.logs else {
-        return;
+        return dropped;
     };
     let dir = match files::open_run_dir(&view.spec.agent_dir, &view.log_dir) {
         Ok(dir) => dir,
-        Err(e) => return warned.report(view, view.log_dir.clone(), &e),
+        Err(e) => {
+            warned.report(view, view.log_dir.clone(), &e);
+            return dropped;
+        }
     };
     warned.0.remove(&view.log_dir);
     // The logs are the agent's user's when it has one, else ours. A user that
@@ -87,23 +125,37 @@ pub(crate) fn rotate(view: &View, warned: &mut Warned) {
         Ok(None) => rustix::process::geteuid().as_raw(),
         Err(_) => match rustix::fs::fstat(&dir) {
             Ok(st) => st.st_uid,
-            Err(e) => return warned.report(view, view.log_dir.clone(), &e.into()),
+            Err(e) => {
+                warned.report(view, view.log_dir.clone(), &e.into());
+                return dropped;
+            }
         },
     };
-    for (name, path) in [
-        ("stdout.log", view.stdout_log()),
-        ("stderr.log", view.stderr_log()),
-    ] {
-        match rotate_log(&dir, name, max_bytes(logs.max_mb), logs.keep, owner) {
+    for (stream, path) in [("stdout", view.stdout_log()), ("stderr", view.stderr_log())] {
+        let name = format!("{stream}.log");
+        match rotate_log(&dir, &name, max_bytes(logs.max_mb), logs.keep, owner) {
             Ok(rotated) => {
                 warned.0.remove(&path);
-                if let Some(bytes) = rotated {
-                    tracing::info!(agent_id = %view.id, run = view.run, path = %path.display(), bytes, keep = logs.keep, "log rotated");
+                match rotated {
+                    None => {}
+                    Some(Rotated::Copied(bytes)) => {
+                        tracing::info!(agent_id = %view.id, run = view.run, path = %path.display(), bytes, keep = logs.keep, "log rotated");
+                    }
+                    Some(Rotated::Dropped(d)) => {
+                        tracing::warn!(agent_id = %view.id, run = view.run, path = %path.display(), dropped_bytes = d.dropped, kept_bytes = d.kept, cause = %d.cause, "log truncated without a whole copy; its older part is lost");
+                        dropped.push(LogDroppedEvent {
+                            stream: stream.into(),
+                            dropped_bytes: d.dropped,
+                            kept_bytes: d.kept,
+                            reason: d.cause,
+                        });
+                    }
                 }
             }
             Err(e) => warned.report(view, path, &e),
         }
     }
+    dropped
 }
 
 /// Adds what was being done to an error.
@@ -120,15 +172,15 @@ fn unless_missing(r: rustix::io::Result<()>) -> rustix::io::Result<()> {
 }
 
 /// Rotates log `name` of run dir `dir` if it is larger than `limit` bytes,
-/// keeping `keep` copies; the bytes copied, when it rotated. `owner` is the
-/// uid the log must belong to.
+/// keeping `keep` copies; what it did, when it rotated. `owner` is the uid
+/// the log must belong to.
 fn rotate_log(
     dir: &OwnedFd,
     name: &str,
     limit: u64,
     keep: u32,
     owner: u32,
-) -> io::Result<Option<u64>> {
+) -> io::Result<Option<Rotated>> {
     let seen = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => st,
         Err(rustix::io::Errno::NOENT) => return Ok(None),
@@ -187,24 +239,96 @@ fn rotate_log(
     let first = format!("{name}.1");
     unless_missing(rustix::fs::unlinkat(dir, &first, AtFlags::empty()))
         .map_err(|e| doing(format!("removing {first}"))(e.into()))?;
-    let copy = rustix::fs::openat(
+    let log = File::from(log);
+    let truncate = |log: &File| {
+        rustix::fs::ftruncate(log, 0).map_err(|e| doing("truncating it".into())(e.into()))
+    };
+    let whole = room_for(&log, st.st_size as u64)
+        .and_then(|()| copy_range(dir, &first, &log, &st, 0, None));
+    let cause = match whole {
+        Ok(copied) => {
+            return match truncate(&log) {
+                Ok(()) => Ok(Some(Rotated::Copied(copied))),
+                Err(e) => {
+                    // Leave no copy of a log that stays: the next pass tries again.
+                    let _ = rustix::fs::unlinkat(dir, &first, AtFlags::empty());
+                    Err(e)
+                }
+            };
+        }
+        Err(e) => e.to_string(),
+    };
+    // No whole copy: free the older part of the log first (the agent appends,
+    // so only its end matters to it), keep the newest `limit` bytes if they
+    // fit, and truncate the log whatever happens, so that the disk use stays
+    // bounded.
+    let size = rustix::fs::fstat(&log).map_or(st.st_size as u64, |s| s.st_size as u64);
+    let from = size.saturating_sub(limit);
+    if from > 0 {
+        // Where punching holes is not supported, the tail may still fit.
+        let _ = rustix::fs::fallocate(
+            &log,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            0,
+            from,
+        );
+    }
+    let kept = copy_range(dir, &first, &log, &st, from, Some(size - from)).unwrap_or(0);
+    truncate(&log)?;
+    Ok(Some(Rotated::Dropped(Dropped {
+        kept,
+        dropped: size - kept,
+        cause,
+    })))
+}
+
+/// Fails early when the log's file system has no room for a copy of `size`
+/// bytes: writing most of a copy only to remove it would be wasted work.
+fn room_for(log: &File, size: u64) -> io::Result<()> {
+    let vfs = rustix::fs::fstatvfs(log)?;
+    let free = vfs.f_bavail.saturating_mul(vfs.f_frsize);
+    if free < size {
+        return Err(io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!("{free} bytes are free on its file system; a copy needs {size}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Creates `copy` in `dir` (exclusively) with the log's owner and mode and
+/// copies the log into it from offset `from` (`len` bytes, or to its end);
+/// the bytes copied. On failure the partial copy is removed.
+fn copy_range(
+    dir: &OwnedFd,
+    copy: &str,
+    log: &File,
+    st: &rustix::fs::Stat,
+    from: u64,
+    len: Option<u64>,
+) -> io::Result<u64> {
+    let fd = rustix::fs::openat(
         dir,
-        &first,
+        copy,
         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::from_raw_mode(0o600),
     )
-    .map_err(|e| doing(format!("creating {first}"))(e.into()))?;
-    let copied = fill_copy(File::from(log), copy, &st).map_err(|e| {
-        // Leave no partial copy behind; the next pass tries again.
-        let _ = rustix::fs::unlinkat(dir, &first, AtFlags::empty());
-        doing(format!("copying it to {first} and truncating it"))(e)
-    })?;
-    Ok(Some(copied))
+    .map_err(|e| doing(format!("creating {copy}"))(e.into()))?;
+    fill_copy(log, fd, st, from, len).map_err(|e| {
+        let _ = rustix::fs::unlinkat(dir, copy, AtFlags::empty());
+        doing(format!("copying it to {copy}"))(e)
+    })
 }
 
-/// Gives `copy` the log's owner and mode, copies the log into it, then
-/// truncates the log.
-fn fill_copy(mut log: File, copy: OwnedFd, st: &rustix::fs::Stat) -> io::Result<u64> {
+/// Gives `copy` the log's owner and mode, then copies the log into it from
+/// offset `from` (`len` bytes, or to its end).
+fn fill_copy(
+    mut log: &File,
+    copy: OwnedFd,
+    st: &rustix::fs::Stat,
+    from: u64,
+    len: Option<u64>,
+) -> io::Result<u64> {
     let created = rustix::fs::fstat(&copy)?;
     if (created.st_uid, created.st_gid) != (st.st_uid, st.st_gid) {
         rustix::fs::fchown(
@@ -214,9 +338,12 @@ fn fill_copy(mut log: File, copy: OwnedFd, st: &rustix::fs::Stat) -> io::Result<
         )?;
     }
     rustix::fs::fchmod(&copy, Mode::from_raw_mode(st.st_mode & 0o777))?;
-    let copied = io::copy(&mut log, &mut File::from(copy))?;
-    rustix::fs::ftruncate(&log, 0)?;
-    Ok(copied)
+    log.seek(io::SeekFrom::Start(from))?;
+    let mut copy = File::from(copy);
+    match len {
+        Some(len) => io::copy(&mut log.take(len), &mut copy),
+        None => io::copy(&mut log, &mut copy),
+    }
 }
 
 #[cfg(test)]
@@ -265,7 +392,10 @@ mod tests {
                 .write_all(format!("round {round} text\n").as_bytes())
                 .unwrap();
             let copied = rotate_log(&dir, "stdout.log", 10, 2, me()).unwrap();
-            assert!(copied.is_some(), "round {round}");
+            assert!(
+                matches!(copied, Some(Rotated::Copied(_))),
+                "round {round}: {copied:?}"
+            );
             assert_eq!(std::fs::metadata(&log).unwrap().len(), 0, "truncated");
             // The next write lands at the new start: no hole of zeros.
             agent.write_all(b"next\n").unwrap();
@@ -334,6 +464,86 @@ mod tests {
         std::os::unix::fs::symlink(tmp.path(), agent_dir.join("runs/2")).unwrap();
         assert!(files::open_run_dir(&agent_dir, &agent_dir.join("runs/2")).is_err());
         assert!(files::open_run_dir(&agent_dir, tmp.path()).is_err());
+    }
+
+    /// A small tmpfs, unmounted when dropped (after a failed assertion too).
+    struct SmallDisk(tempfile::TempDir);
+
+    impl SmallDisk {
+        fn new(size: &str) -> Self {
+            assert_eq!(
+                me(),
+                0,
+                "this test needs root (it mounts a small tmpfs to fill)"
+            );
+            let dir = tempfile::tempdir().unwrap();
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(ok.success(), "mount -t tmpfs failed");
+            Self(dir)
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    const MIB: u64 = 1024 * 1024;
+
+    /// `len` bytes of numbered 16-byte lines.
+    fn lines(len: u64) -> Vec<u8> {
+        (0..len / 16)
+            .flat_map(|i| format!("line {i:010}\n").into_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn a_log_larger_than_the_free_space_is_truncated_keeping_what_fits() {
+        let disk = SmallDisk::new("4m");
+        let agent_dir = disk.0.path().join("a");
+        let run = agent_dir.join("runs/1");
+        std::fs::create_dir_all(&run).unwrap();
+        let dir = files::open_run_dir(&agent_dir, &run).unwrap();
+        let log = run.join("stdout.log");
+        let copy = run.join("stdout.log.1");
+
+        // 3 MiB on a 4 MiB disk: no room for a whole copy, room for the
+        // newest 1 MiB once the older part is punched out.
+        let text = lines(3 * MIB);
+        std::fs::write(&log, &text).unwrap();
+        let Some(Rotated::Dropped(d)) = rotate_log(&dir, "stdout.log", MIB, 2, me()).unwrap()
+        else {
+            panic!("the log was not truncated without a copy")
+        };
+        assert_eq!((d.kept, d.dropped), (MIB, 2 * MIB), "{d:?}");
+        assert!(d.cause.contains("free on its file system"), "{d:?}");
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), 0, "truncated");
+        assert_eq!(std::fs::read(&copy).unwrap(), &text[(2 * MIB) as usize..]);
+
+        // A disk full to the last byte: not even the newest part fits; the
+        // partial copy is removed and the log truncated all the same.
+        std::fs::remove_file(&copy).unwrap();
+        std::fs::write(&log, lines(3 * MIB / 2)).unwrap();
+        let mut fill = std::fs::File::create(disk.0.path().join("fill")).unwrap();
+        let block = vec![b'x'; 64 * 1024];
+        while fill.write_all(&block).is_ok() {}
+        while fill.write_all(b"x").is_ok() {}
+        let Some(Rotated::Dropped(d)) = rotate_log(&dir, "stdout.log", MIB, 2, me()).unwrap()
+        else {
+            panic!("the log was not truncated without a copy")
+        };
+        assert_eq!((d.kept, d.dropped), (0, 3 * MIB / 2), "{d:?}");
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), 0, "truncated");
+        assert!(!copy.exists(), "no partial copy left");
+        assert!(!run.join("stdout.log.2").exists());
+        drop(fill);
     }
 
     #[test]

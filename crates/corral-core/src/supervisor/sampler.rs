@@ -111,7 +111,12 @@ fn sample_all(sh: &Shared, memory: &mut Memory) {
                 cpu_over.insert(key, over);
             }
         }
-        rotate::rotate(view, &mut memory.rotate_warned);
+        for data in rotate::rotate(view, &mut memory.rotate_warned) {
+            let _ = tx.send(Cmd::LogDropped {
+                run: view.run,
+                data,
+            });
+        }
     }
     memory.prev = seen;
     memory.cpu_over = cpu_over;

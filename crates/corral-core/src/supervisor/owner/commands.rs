@@ -1,6 +1,7 @@
 //! What an owner is asked to do besides living its agent's life: stop it,
-//! record its progress, take a probe's result or a limit's breach, look for
-//! an exit on request (`reap_zombies`).
+//! record its progress, take a probe's result or a limit's breach, record a
+//! log the sampler had to truncate without a copy, look for an exit on
+//! request (`reap_zombies`).
 
 use crate::error::{Error, Result};
 use crate::model::{EventBody, ProbeEvent, StopCause};
@@ -37,6 +38,12 @@ impl Owner {
                     self.note_event(EventBody::Limit(data));
                     let req = self.stop_request(StopCause::Limit, Some(reason), None, false);
                     self.request_stop(req, None).await;
+                }
+            }
+            Cmd::LogDropped { run, data } => {
+                // Still this run's: its logs are the ones that were truncated.
+                if self.view.as_ref().is_some_and(|v| v.run == run) {
+                    self.note_event(EventBody::LogDropped(data));
                 }
             }
             Cmd::Reap { reply } => {

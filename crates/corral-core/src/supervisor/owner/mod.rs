@@ -168,7 +168,7 @@ impl Owner {
             Cmd::Reap { reply } => {
                 let _ = reply.send(false);
             }
-            Cmd::Probe { .. } | Cmd::Limit { .. } => {}
+            Cmd::Probe { .. } | Cmd::Limit { .. } | Cmd::LogDropped { .. } => {}
             #[cfg(test)]
             Cmd::Fail => {}
         }
