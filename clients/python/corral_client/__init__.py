@@ -10,8 +10,10 @@ when none answers, as the ``corral`` CLI does) or to its TCP port with a token.
 
 from .client import Client, default_state_dir
 from .errors import (
+    BadAnswer,
     Conflict,
     CorralError,
+    DeadlineExceeded,
     Forbidden,
     InternalError,
     Invalid,
@@ -48,10 +50,12 @@ __version__ = "0.1.0"
 __all__ = [
     "AgentSpawner",
     "AgentStatus",
+    "BadAnswer",
     "Client",
     "Conflict",
     "CorralError",
     "DaemonHealth",
+    "DeadlineExceeded",
     "Event",
     "Forbidden",
     "HealthReport",

@@ -5,6 +5,14 @@ socket (the default) or over TCP with a bearer token. Each call uses a fresh
 connection, so one call's failure or abandoned stream never affects the next.
 Like the ``corral`` CLI, it starts a daemon for the state dir when none
 answers on its socket.
+
+It does not trust what answers either. Every call has one deadline for the
+whole exchange — connecting, sending, the answer's head and all of its body —
+so a peer dripping a byte a second cannot stretch it; an answer's body is read
+up to :data:`ANSWER_LIMIT` bytes and no further; an answer that is not HTTP,
+not JSON, or not the expected shape raises :class:`BadAnswer`. Streams (a
+followed log, the event stream) have the deadline until their answer begins,
+then last as long as what they follow.
 """
 
 from __future__ import annotations
@@ -22,7 +30,16 @@ import time
 import urllib.parse
 from typing import Any, Dict, Generator, Iterable, List, Mapping, Optional, Tuple, Union, cast
 
-from .errors import CorralError, Unreachable, UntrustedSocket, from_answer, from_detail
+from .errors import (
+    BadAnswer,
+    CorralError,
+    DeadlineExceeded,
+    Unreachable,
+    UntrustedSocket,
+    from_answer,
+    from_detail,
+    printable,
+)
 from .types import (
     DaemonHealth,
     Event,
@@ -44,6 +61,18 @@ STARTUP_DEADLINE_S = 10.0
 EXIT_ALREADY_RUNNING = 3
 #: The daemon's wait when none is asked for, seconds.
 DEFAULT_WAIT_S = 30.0
+#: The most a non-streaming answer's body may hold, bytes (64 MiB). The largest
+#: answer corral gives, the listing of every agent, takes about 0.9 KiB an agent:
+#: about 9 MiB for 10,000 agents, so this leaves room for seven times that.
+ANSWER_LIMIT = 64 << 20
+#: The most one server-sent event (or one line of the stream) may hold, bytes.
+EVENT_LIMIT = 4 << 20
+#: How long the event stream may stay silent: four of the daemon's 15 s keep-alives.
+EVENT_STALL_S = 60.0
+#: The longest stop stage the daemon accepts, seconds (a stop that names no
+#: timeouts runs with the agents' own, which it bounds so).
+_MAX_STAGE_S = 86400.0
+_STAGES = 3
 _CHUNK = 64 * 1024
 
 SpawnLike = Union[SpawnRequest, Mapping[str, Any]]
@@ -63,22 +92,86 @@ def default_state_dir() -> str:
     return os.path.abspath(os.path.join(home, ".local", "state", "corral"))
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    """HTTP over a Unix socket: only ``connect`` differs from TCP."""
+class _DeadlineSocket(socketlib.socket):
+    """A socket whose every connect, send and receive shares one deadline for
+    the whole call, instead of a timeout per operation (which a peer sending a
+    byte a second would renew forever). Without a deadline, ``stall`` (or
+    nothing) bounds each receive."""
 
-    def __init__(self, path: str, timeout: Optional[float]) -> None:
-        super().__init__("corral", timeout=timeout)
+    deadline: Optional[float] = None
+    stall: Optional[float] = None
+
+    def _arm(self) -> None:
+        if self.deadline is None:
+            self.settimeout(self.stall)
+            return
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise socketlib.timeout("the call's deadline has passed")
+        self.settimeout(left)
+
+    def connect(self, *args: Any, **kwargs: Any) -> None:
+        self._arm()
+        super().connect(*args, **kwargs)
+
+    def recv_into(self, *args: Any, **kwargs: Any) -> int:
+        self._arm()
+        return super().recv_into(*args, **kwargs)
+
+    def recv(self, *args: Any, **kwargs: Any) -> bytes:
+        self._arm()
+        return super().recv(*args, **kwargs)
+
+    def sendall(self, *args: Any, **kwargs: Any) -> None:
+        self._arm()
+        super().sendall(*args, **kwargs)
+
+    def send(self, *args: Any, **kwargs: Any) -> int:
+        self._arm()
+        return super().send(*args, **kwargs)
+
+
+class _Connection(http.client.HTTPConnection):
+    """HTTP over a Unix socket (``path``) or TCP, on a :class:`_DeadlineSocket`."""
+
+    def __init__(self, host: str, port: Optional[int], path: Optional[str], deadline: Optional[float]) -> None:
+        super().__init__(host, port, timeout=None)
         self._path = path
+        self.deadline = deadline
+        #: The socket, kept after ``close()`` hands it to a response that still reads from it.
+        self.dsock: Optional[_DeadlineSocket] = None
 
     def connect(self) -> None:
-        sock = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self._path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
+        if self._path is not None:
+            targets: List[Tuple[int, int, int, Any]] = [(socketlib.AF_UNIX, socketlib.SOCK_STREAM, 0, self._path)]
+        else:
+            targets = [
+                (family, kind, proto, addr)
+                for family, kind, proto, _, addr in socketlib.getaddrinfo(
+                    self.host, self.port, 0, socketlib.SOCK_STREAM
+                )
+            ]
+        error: Optional[OSError] = None
+        for family, kind, proto, address in targets:
+            sock = _DeadlineSocket(family, kind, proto)
+            sock.deadline = self.deadline
+            try:
+                sock.connect(address)
+            except (socketlib.timeout, TimeoutError):
+                sock.close()
+                raise
+            except OSError as e:
+                sock.close()
+                error = e
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            if family != socketlib.AF_UNIX:
+                sock.setsockopt(socketlib.IPPROTO_TCP, socketlib.TCP_NODELAY, 1)
+            self.sock = self.dsock = sock
+            return
+        raise error or OSError(f"no address for {self.host}:{self.port}")
 
 
 def _check_socket(path: str) -> None:
@@ -129,9 +222,15 @@ class Client:
     ``corral --state-dir DIR daemon --detach`` when none answers — ``corral``
     being ``corral_bin``, else ``$CORRAL_BIN``, else found on ``PATH``.
 
-    ``timeout`` bounds ordinary calls (seconds, ``None`` for no bound). Calls
-    whose length the daemon bounds — stops, kills, waits, followed streams —
-    are not cut short by it.
+    ``timeout`` is the deadline of each call (seconds, ``None`` for none):
+    connecting, sending and reading the whole answer must fit in it, or
+    :class:`DeadlineExceeded` is raised. Calls that ask the daemon to take
+    time get that time on top: a wait its ``timeout_s``, a spawn its
+    verification window, a stop or kill its stage timeouts (the agents' own,
+    at most 86,400 s a stage, when the call names none). A followed stream has
+    the deadline until its answer begins; the event stream then fails after
+    :data:`EVENT_STALL_S` without a byte (the daemon sends keep-alives). Time
+    spent starting a daemon does not count: that has its own 10 s.
     """
 
     def __init__(
@@ -178,7 +277,7 @@ class Client:
 
     # -- transport ---------------------------------------------------------
 
-    def _connect(self, conn: http.client.HTTPConnection, autostart: bool) -> None:
+    def _connect(self, conn: _Connection, autostart: bool, timeout: Optional[float]) -> None:
         """Connects, starting a daemon first when none answers and that is allowed."""
         if self._tcp is not None:
             conn.connect()
@@ -192,7 +291,30 @@ class Client:
                 raise
         self._start_daemon()
         _check_socket(self.address)
+        # The deadline is for the exchange with a daemon; starting one had its own.
+        conn.deadline = None if timeout is None else time.monotonic() + timeout
         conn.connect()
+
+    def _failure(self, e: BaseException, what: str, timeout: Optional[float]) -> CorralError:
+        """The client's error for a failure of the exchange ``what``."""
+        if isinstance(e, (socketlib.timeout, TimeoutError)):
+            return DeadlineExceeded(
+                "deadline_exceeded",
+                f"no complete answer to {what} from the corral daemon at {self.address} within {timeout:g} s",
+            )
+        if isinstance(e, http.client.HTTPException) and not isinstance(
+            e, (http.client.RemoteDisconnected, http.client.IncompleteRead)
+        ):
+            detail = printable(str(e))[:200]
+            return BadAnswer(
+                "bad_answer",
+                f"{what}: expected an HTTP/1.1 answer from the corral daemon at {self.address}: "
+                f"{type(e).__name__}: {detail}",
+            )
+        hint = "" if self._autostart or self._tcp else "; start one with `corral daemon`"
+        return Unreachable(
+            "unreachable", f"cannot talk to the corral daemon at {self.address} ({what}): {printable(str(e))}{hint}"
+        )
 
     def _send(
         self,
@@ -203,68 +325,125 @@ class Client:
         body: Optional[Any] = None,
         timeout: Optional[float],
         autostart: bool = True,
-    ) -> Tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        """Sends one request and returns its open answer; an error answer is raised."""
+    ) -> Tuple[_Connection, http.client.HTTPResponse]:
+        """Sends one request and returns its open answer; an error answer is raised.
+        ``timeout`` bounds the whole call, reading the answer's body included."""
         target = path
         if query:
             pairs = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in query.items() if v is not None}
             target += "?" + urllib.parse.urlencode(pairs)
+        what = f"{method} {path}"
         headers = {"Connection": "close", "Accept": "application/json, text/plain, text/event-stream"}
         data = None
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        conn: http.client.HTTPConnection
+        deadline = None if timeout is None else time.monotonic() + timeout
+        conn: _Connection
         if self._tcp is not None:
             host, port, token = self._tcp
-            conn = http.client.HTTPConnection(host, port, timeout=timeout)
+            conn = _Connection(host, port, None, deadline)
             headers["Authorization"] = f"Bearer {token}"
         else:
-            conn = _UnixConnection(self.address, timeout)
+            conn = _Connection("corral", None, self.address, deadline)
         try:
-            self._connect(conn, autostart)
+            self._connect(conn, autostart, timeout)
             conn.request(method, target, body=data, headers=headers)
             resp = conn.getresponse()
             if resp.status >= 400:
-                raise from_answer(resp.status, resp.read())
+                raise from_answer(resp.status, self._read_all(resp, what))
             return conn, resp
         except CorralError:
             conn.close()
             raise
         except (OSError, http.client.HTTPException) as e:
             conn.close()
-            hint = "" if self._autostart or self._tcp else "; start one with `corral daemon`"
-            raise Unreachable("unreachable", f"cannot talk to the corral daemon at {self.address}: {e}{hint}") from e
+            raise self._failure(e, what, timeout) from e
         except BaseException:
             conn.close()
             raise
 
+    def _read_all(self, resp: http.client.HTTPResponse, what: str) -> bytes:
+        """An answer's whole body, up to :data:`ANSWER_LIMIT` bytes."""
+        too_large = BadAnswer(
+            "bad_answer",
+            f"the answer to {what} from the corral daemon at {self.address} is larger than "
+            f"{ANSWER_LIMIT >> 20} MiB, more than corral ever sends; stopped reading",
+        )
+        if resp.length is not None and resp.length > ANSWER_LIMIT:
+            raise too_large
+        buf = bytearray()
+        while True:
+            chunk = resp.read(_CHUNK)
+            if not chunk:
+                return bytes(buf)
+            if len(buf) + len(chunk) > ANSWER_LIMIT:
+                raise too_large
+            buf += chunk
+
     def _body(self, method: str, path: str, *, timeout: Optional[float], **kw: Any) -> bytes:
         conn, resp = self._send(method, path, timeout=timeout, **kw)
+        what = f"{method} {path}"
         try:
-            return resp.read()
+            return self._read_all(resp, what)
         except (OSError, http.client.HTTPException) as e:
-            raise Unreachable("unreachable", f"reading the answer of {method} {path} from {self.address}: {e}") from e
+            raise self._failure(e, what, timeout) from e
         finally:
             conn.close()
 
-    def _call(self, method: str, path: str, *, timeout: Optional[float], **kw: Any) -> Any:
-        """One request with a JSON answer."""
-        return json.loads(self._body(method, path, timeout=timeout, **kw))
+    def _call(
+        self, method: str, path: str, *, timeout: Optional[float], expect: Optional[type] = None, **kw: Any
+    ) -> Any:
+        """One request with a JSON answer: a JSON ``expect`` (``dict``, ``list``) when given."""
+        raw = self._body(method, path, timeout=timeout, **kw)
+        wanted = "a JSON object" if expect is dict else "a JSON array" if expect is list else "JSON"
+        try:
+            value = json.loads(raw)
+        except ValueError as e:
+            head = printable(raw[:120].decode("utf-8", "replace"))
+            got = f"{len(raw)} bytes beginning {head!r}" if raw else "an empty body"
+            raise BadAnswer("bad_answer", f"{method} {path}: expected {wanted}, got {got} ({e})") from e
+        if expect is not None and not isinstance(value, expect):
+            raise BadAnswer("bad_answer", f"{method} {path}: expected {wanted}, got a JSON {type(value).__name__}")
+        return value
 
-    def _chunks(self, path: str, query: Query) -> Generator[bytes, None, None]:
-        """Opens a streamed GET now (so errors raise here) and yields its body as it arrives."""
-        conn, resp = self._send("GET", path, query=query, timeout=None)
+    @staticmethod
+    def _shaped(what: str, expected: str, build: Any) -> Any:
+        """``build()``, an answer of the wrong shape raising :class:`BadAnswer`."""
+        try:
+            return build()
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise BadAnswer("bad_answer", f"{what}: expected {expected}: {type(e).__name__}: {e}") from e
+
+    def _chunks(self, path: str, query: Query, stall: Optional[float] = None) -> Generator[bytes, None, None]:
+        """Opens a streamed GET now (so errors raise here) and yields its body as it arrives.
+
+        The answer's head must come within the client's timeout; the body has
+        no deadline, and with ``stall`` may not go silent that long."""
+        conn, resp = self._send("GET", path, query=query, timeout=self._timeout)
+        if conn.dsock is not None:
+            conn.dsock.deadline = None
+            conn.dsock.stall = stall
 
         def pieces() -> Generator[bytes, None, None]:
             try:
                 while True:
-                    chunk = resp.read1(_CHUNK)
+                    try:
+                        chunk = resp.read1(_CHUNK)
+                    except (socketlib.timeout, TimeoutError) as e:
+                        raise DeadlineExceeded(
+                            "deadline_exceeded",
+                            f"GET {path} from the corral daemon at {self.address} sent nothing for {stall:g} s "
+                            "(it sends a keep-alive every 15 s)",
+                        ) from e
+                    except (OSError, http.client.HTTPException) as e:
+                        raise self._failure(e, f"GET {path}", None) from e
                     if not chunk:
                         return
                     yield chunk
             finally:
                 conn.close()
+                resp.close()
 
         return pieces()
 
@@ -330,11 +509,11 @@ class Client:
 
     def health(self) -> DaemonHealth:
         """The daemon answers and its store takes writes (else :class:`Unavailable`)."""
-        return cast(DaemonHealth, self._call("GET", "/v1/health", timeout=self._timeout))
+        return cast(DaemonHealth, self._call("GET", "/v1/health", timeout=self._timeout, expect=dict))
 
     def openapi(self) -> Dict[str, Any]:
         """The daemon's OpenAPI document: every route and shape."""
-        return cast(Dict[str, Any], self._call("GET", "/v1/openapi.json", timeout=self._timeout))
+        return cast(Dict[str, Any], self._call("GET", "/v1/openapi.json", timeout=self._timeout, expect=dict))
 
     def metrics(self) -> str:
         """``GET /metrics``: Prometheus text format (bearer token required over TCP too)."""
@@ -348,6 +527,15 @@ class Client:
             return None
         return self._timeout + max((float(r.get("verify_ms") or 0) for r in requests), default=0.0) / 1000
 
+    def _stop_timeout(self, stop_timeouts: Optional[List[float]]) -> Optional[float]:
+        """The usual bound plus the stop's stages: those named, else the longest
+        the agents' own can be."""
+        if self._timeout is None:
+            return None
+        if stop_timeouts is None:
+            return self._timeout + _STAGES * _MAX_STAGE_S
+        return self._timeout + sum(min(max(float(t), 0.0), _MAX_STAGE_S) for t in stop_timeouts)
+
     def spawn(self, request: SpawnLike) -> SpawnResponse:
         """Starts an agent and answers after its verification window.
 
@@ -356,8 +544,11 @@ class Client:
         ``status`` ``COMPLETED`` or ``FAILED``. A live id raises :class:`Conflict`.
         """
         body = request.to_json() if isinstance(request, SpawnRequest) else dict(request)
-        answer = self._call("POST", "/v1/agents", body=body, timeout=self._spawn_timeout([body]))
-        return SpawnResponse.from_json(answer)
+        answer = self._call("POST", "/v1/agents", body=body, timeout=self._spawn_timeout([body]), expect=dict)
+        return cast(
+            SpawnResponse,
+            self._shaped("POST /v1/agents", "a spawn response", lambda: SpawnResponse.from_json(answer)),
+        )
 
     def spawn_batch(self, requests: Iterable[SpawnLike]) -> List[Union[SpawnResponse, CorralError]]:
         """Starts many agents in one request, all verification windows at once.
@@ -367,43 +558,57 @@ class Client:
         rather than raised so the others are not lost).
         """
         bodies = [r.to_json() if isinstance(r, SpawnRequest) else dict(r) for r in requests]
-        answer = self._call("POST", "/v1/agents/batch", body={"agents": bodies}, timeout=self._spawn_timeout(bodies))
-        results: List[Union[SpawnResponse, CorralError]] = []
-        for entry in answer["results"]:
-            error = entry.get("error")
-            if isinstance(error, dict):
-                results.append(from_detail(str(error["code"]), str(error["message"])))
-            else:
-                results.append(SpawnResponse.from_json(entry))
-        return results
+        answer = self._call(
+            "POST", "/v1/agents/batch", body={"agents": bodies}, timeout=self._spawn_timeout(bodies), expect=dict
+        )
+
+        def results() -> List[Union[SpawnResponse, CorralError]]:
+            out: List[Union[SpawnResponse, CorralError]] = []
+            for entry in answer["results"]:
+                error = entry.get("error")
+                if isinstance(error, dict):
+                    out.append(from_detail(str(error["code"]), str(error["message"])))
+                else:
+                    out.append(SpawnResponse.from_json(entry))
+            return out
+
+        return cast(
+            List[Union[SpawnResponse, CorralError]],
+            self._shaped("POST /v1/agents/batch", "a list of spawn results", results),
+        )
 
     # -- observing -----------------------------------------------------------
 
     def list_agents(self) -> Dict[str, StatusDict]:
         """Every agent's status, by id (the reference's ``monitor_all_agents``)."""
-        return cast(Dict[str, StatusDict], self._call("GET", "/v1/agents", timeout=self._timeout))
+        return cast(Dict[str, StatusDict], self._call("GET", "/v1/agents", timeout=self._timeout, expect=dict))
 
     def status(self, agent_id: str) -> StatusDict:
         """One agent's status (:class:`NotFound` for an unknown id)."""
-        return cast(StatusDict, self._call("GET", f"/v1/agents/{_id(agent_id)}", timeout=self._timeout))
+        return cast(StatusDict, self._call("GET", f"/v1/agents/{_id(agent_id)}", timeout=self._timeout, expect=dict))
 
     def agent_health(self, agent_id: str) -> HealthReport:
         """Quick health: ``healthy`` is ``health == "healthy"``."""
-        return cast(HealthReport, self._call("GET", f"/v1/agents/{_id(agent_id)}/health", timeout=self._timeout))
+        return cast(
+            HealthReport, self._call("GET", f"/v1/agents/{_id(agent_id)}/health", timeout=self._timeout, expect=dict)
+        )
 
     def summary(self) -> ProcessSummary:
         """Counts by state and totals over live agents."""
-        return cast(ProcessSummary, self._call("GET", "/v1/summary", timeout=self._timeout))
+        return cast(ProcessSummary, self._call("GET", "/v1/summary", timeout=self._timeout, expect=dict))
 
     def runs(self, agent_id: str) -> List[RunInfo]:
         """Every run of an id, oldest first."""
-        return cast(List[RunInfo], self._call("GET", f"/v1/agents/{_id(agent_id)}/runs", timeout=self._timeout))
+        return cast(
+            List[RunInfo], self._call("GET", f"/v1/agents/{_id(agent_id)}/runs", timeout=self._timeout, expect=list)
+        )
 
     def progress(self, agent_id: str, percent: int, message: Optional[str] = None) -> StatusDict:
         """Reports progress (0–100). From inside an agent, only its own (else :class:`Forbidden`)."""
         body = {"progress": percent, "message": message}
         return cast(
-            StatusDict, self._call("PUT", f"/v1/agents/{_id(agent_id)}/progress", body=body, timeout=self._timeout)
+            StatusDict,
+            self._call("PUT", f"/v1/agents/{_id(agent_id)}/progress", body=body, timeout=self._timeout, expect=dict),
         )
 
     def wait(self, agent_id: str, timeout_s: Optional[float] = None) -> StatusDict:
@@ -412,12 +617,14 @@ class Client:
         Raises :class:`~corral_client.Timeout` (a :class:`TimeoutError`) after
         ``timeout_s`` (the daemon's default: 30 s; at most 3600).
         """
+        # The call may take the wait itself on top of the usual deadline.
         socket_timeout = (
             None if self._timeout is None else self._timeout + (DEFAULT_WAIT_S if timeout_s is None else timeout_s)
         )
         query = {"timeout_s": timeout_s}
         return cast(
-            StatusDict, self._call("GET", f"/v1/agents/{_id(agent_id)}/wait", query=query, timeout=socket_timeout)
+            StatusDict,
+            self._call("GET", f"/v1/agents/{_id(agent_id)}/wait", query=query, timeout=socket_timeout, expect=dict),
         )
 
     def logs(self, agent_id: str, stream: str = "stdout", tail: Optional[int] = None, run: Optional[int] = None) -> str:
@@ -462,22 +669,44 @@ class Client:
         Resume after a disconnect with ``since=`` the last ``seq`` seen: every
         event arrives exactly once.
         """
-        chunks = self._chunks("/v1/events", {"since": since, "follow": follow})
+        chunks = self._chunks("/v1/events", {"since": since, "follow": follow}, stall=EVENT_STALL_S)
+
+        def event(data: List[str]) -> Event:
+            text = "\n".join(data)
+            try:
+                value = json.loads(text)
+            except ValueError as e:
+                head = printable(text[:120])
+                raise BadAnswer("bad_answer", f"GET /v1/events: expected an event as JSON, got {head!r} ({e})") from e
+            if not isinstance(value, dict):
+                raise BadAnswer(
+                    "bad_answer", f"GET /v1/events: expected a JSON object, got a JSON {type(value).__name__}"
+                )
+            return cast(Event, value)
 
         def parse() -> Generator[Event, None, None]:
             buf = b""
             data: List[str] = []
+            held = 0
             try:
                 for chunk in chunks:
                     *lines, buf = (buf + chunk).split(b"\n")
                     for raw in lines:
                         line = raw.rstrip(b"\r").decode("utf-8", "replace")
                         if not line and data:
-                            yield cast(Event, json.loads("\n".join(data)))
+                            yield event(data)
                             data = []
+                            held = 0
                         elif line.startswith("data:"):
                             value = line[5:]
                             data.append(value[1:] if value.startswith(" ") else value)
+                            held += len(value)
+                    if len(buf) + held > EVENT_LIMIT:
+                        raise BadAnswer(
+                            "bad_answer",
+                            f"an event of GET /v1/events from the corral daemon at {self.address} is larger than "
+                            f"{EVENT_LIMIT >> 20} MiB, more than corral ever sends; stopped reading",
+                        )
             finally:
                 chunks.close()
 
@@ -491,12 +720,28 @@ class Client:
         body: Dict[str, Any] = {"force": force}
         if stop_timeouts is not None:
             body["stop_timeouts"] = stop_timeouts
-        return cast(StopReport, self._call("POST", f"/v1/agents/{_id(agent_id)}/stop", body=body, timeout=None))
+        return cast(
+            StopReport,
+            self._call(
+                "POST",
+                f"/v1/agents/{_id(agent_id)}/stop",
+                body=body,
+                timeout=self._stop_timeout(stop_timeouts),
+                expect=dict,
+            ),
+        )
 
     def kill(self, agent_id: str, force: bool = False) -> KillResponse:
         """Stops one agent; ``killed`` is false when it had already ended."""
         return cast(
-            KillResponse, self._call("POST", f"/v1/agents/{_id(agent_id)}/kill", body={"force": force}, timeout=None)
+            KillResponse,
+            self._call(
+                "POST",
+                f"/v1/agents/{_id(agent_id)}/kill",
+                body={"force": force},
+                timeout=self._stop_timeout(None),
+                expect=dict,
+            ),
         )
 
     def stop_many(
@@ -519,17 +764,20 @@ class Client:
             body["stop_timeouts"] = stop_timeouts
         if live_only:
             body["live_only"] = True
-        return cast(List[StopReport], self._call("POST", "/v1/stop", body=body, timeout=None))
+        return cast(
+            List[StopReport],
+            self._call("POST", "/v1/stop", body=body, timeout=self._stop_timeout(stop_timeouts), expect=list),
+        )
 
     def reap(self) -> List[str]:
         """Sweeps for unreaped processes; the agents it had to reap (normally none)."""
-        return cast(List[str], self._call("POST", "/v1/reap", timeout=self._timeout))
+        return cast(List[str], self._call("POST", "/v1/reap", timeout=self._timeout, expect=list))
 
     def remove(self, agent_id: str) -> Removal:
         """Forgets an ended agent: its runs, and its logs in the default place
         (:class:`Conflict` while it is live)."""
-        return cast(Removal, self._call("DELETE", f"/v1/agents/{_id(agent_id)}", timeout=self._timeout))
+        return cast(Removal, self._call("DELETE", f"/v1/agents/{_id(agent_id)}", timeout=self._timeout, expect=dict))
 
     def prune(self) -> Removal:
         """Forgets every ended run (live agents keep their current run)."""
-        return cast(Removal, self._call("POST", "/v1/prune", timeout=self._timeout))
+        return cast(Removal, self._call("POST", "/v1/prune", timeout=self._timeout, expect=dict))

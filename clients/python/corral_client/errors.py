@@ -15,7 +15,8 @@ class CorralError(Exception):
     """An error answered by the daemon, or met while reaching it.
 
     ``code`` is the API's stable code (``not_found``, ``conflict``, …; for
-    errors on this side of the socket: ``unreachable``, ``untrusted_socket``),
+    errors on this side of the socket: ``unreachable``, ``deadline_exceeded``,
+    ``bad_answer``, ``untrusted_socket``),
     ``status`` the HTTP status (``None`` when no answer came, or for an entry
     of a batch answer, which has none of its own).
     """
@@ -95,6 +96,23 @@ class Unreachable(CorralError):
     default_code = "unreachable"
 
 
+class DeadlineExceeded(Unreachable, TimeoutError):
+    """No complete answer came within the call's deadline (the client's
+    ``timeout``, plus what the call asked the daemon to take). An
+    :class:`Unreachable`, and a builtin :class:`TimeoutError`. Also raised when
+    the event stream goes silent longer than its keep-alives allow."""
+
+    default_code = "deadline_exceeded"
+
+
+class BadAnswer(CorralError):
+    """The answer is not one this client understands: not HTTP, not JSON where
+    JSON was expected, not the expected shape, or larger than any corral answer.
+    The message names the request and what was expected."""
+
+    default_code = "bad_answer"
+
+
 class UntrustedSocket(CorralError):
     """The socket is not a socket, or is owned by someone other than this user or root.
 
@@ -122,6 +140,12 @@ _BY_STATUS: Dict[int, Type[CorralError]] = {
 }
 
 
+def printable(text: str) -> str:
+    """A peer's text fit for a message: control characters escaped, so none
+    reaches a terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def from_detail(code: str, message: str, status: Optional[int] = None) -> CorralError:
     """The error class for ``code`` (else for ``status``), as the daemon named it."""
     cls = _BY_CODE.get(code) or _BY_STATUS.get(status or 0, CorralError)
@@ -135,6 +159,6 @@ def from_answer(status: int, body: bytes) -> CorralError:
         detail = json.loads(body)["error"]
         return from_detail(str(detail["code"]), str(detail["message"]), status)
     except (ValueError, KeyError, TypeError):
-        text = body[:300].decode("utf-8", "replace").strip()
+        text = printable(body[:300].decode("utf-8", "replace").strip())
         cls = _BY_STATUS.get(status, CorralError)
         return cls(cls.default_code, f"HTTP {status}: {text or 'no body'}", status)

@@ -40,15 +40,24 @@ pub fn state_dir(flag: Option<&Path>) -> Result<PathBuf> {
 }
 
 /// Whether a daemon answers on the socket — any HTTP answer counts (a daemon
-/// whose store is failing answers 503 to readiness but still serves). A socket
-/// this user cannot trust is an error, never a reason to start another daemon.
+/// whose store is failing answers 503 to readiness but still serves), and so
+/// does an answer too large or not understood: something serves there, and
+/// the command's own call reports what is wrong with it. A socket this user
+/// cannot trust, or one that takes the request and never answers in time, is
+/// an error, never a reason to start another daemon (which would find the
+/// state dir locked).
 async fn answers(client: &Client) -> Result<bool> {
+    use corral_api::ClientError;
     match client
         .raw(corral_api::client::Method::GET, "/v1/health", None)
         .await
     {
-        Ok(_) => Ok(true),
-        Err(e @ corral_api::ClientError::Untrusted { .. }) => Err(e.into()),
+        Ok(_) | Err(ClientError::TooLarge { .. } | ClientError::Decode(_)) => Ok(true),
+        Err(
+            e @ (ClientError::Untrusted { .. }
+            | ClientError::Timeout { .. }
+            | ClientError::BadTimeout(_)),
+        ) => Err(e.into()),
         Err(_) => Ok(false),
     }
 }
