@@ -83,6 +83,10 @@ class SpawnRequest:
     ``command`` is an argv list run without a shell (``["python3", "w.py"]``,
     not ``"python3 w.py"``). Fields left ``None`` take the daemon's defaults.
     ``probes`` and ``placement`` are passed as given (see the API contract).
+    ``inherit_env=False`` starts an agent of the daemon's own user with a clean
+    environment (``PATH``, ``HOME``, ``USER``, ``LOGNAME``, ``SHELL``, ``LANG``
+    and ``env``) instead of the daemon's; agents of another ``user`` always get
+    the clean one.
     """
 
     agent_id: str
@@ -100,6 +104,7 @@ class SpawnRequest:
     user: Optional[str] = None
     logs: Optional[LogRotation] = None
     placement: Optional[Dict[str, Any]] = None
+    inherit_env: Optional[bool] = None
 
     def to_json(self) -> Dict[str, Any]:
         """The request body: unset fields left out, paths as strings.

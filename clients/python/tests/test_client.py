@@ -60,6 +60,31 @@ def test_spawn_status_list_health_and_summary(c: Client, shared_corral: Corral) 
     assert "/v1/agents/{id}/wait" in c.openapi()["paths"]
 
 
+def test_inherit_env_false_gives_a_clean_environment(c: Client, shared_corral: Corral) -> None:
+    daemon_pid = c.health()["pid"]
+    assert daemon_pid
+    clean = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG"}
+    # A variable of the daemon's own environment that a clean one leaves out.
+    daemons = [kv for kv in environ(daemon_pid) if kv.split("=", 1)[0] not in clean and not kv.startswith("CORRAL_")]
+    assert daemons, "the daemon's environment has nothing beyond the clean set"
+    inherited = c.spawn(SpawnRequest("env.inherit", SLEEP, stop_timeouts=[1, 1, 1]))
+    clean_run = c.spawn(SpawnRequest("env.clean", SLEEP, env={"MINE": "1"}, stop_timeouts=[1, 1, 1], inherit_env=False))
+    try:
+        assert inherited.pid and clean_run.pid
+        assert daemons[0] in environ(inherited.pid)
+        env = environ(clean_run.pid)
+        names = {kv.split("=", 1)[0] for kv in env}
+        assert "MINE=1" in env and "CORRAL_AGENT_ID=env.clean" in env
+        assert not [kv for kv in daemons if kv in env], env
+        assert names - clean - {"MINE"} <= {n for n in names if n.startswith("CORRAL_")}, names
+    finally:
+        for agent in ("env.inherit", "env.clean"):
+            c.stop(agent)
+            c.remove(agent)
+    for pid in (inherited.pid, clean_run.pid):
+        assert pid and not alive(pid)
+
+
 def test_spawn_request_wants_an_argv_list() -> None:
     with pytest.raises(TypeError, match="list of strings"):
         SpawnRequest("x", "sleep 60").to_json()  # type: ignore[arg-type]
