@@ -54,6 +54,7 @@ struct AgentDef {
     limits: Option<Limits>,
     probes: Option<Probes>,
     user: Option<String>,
+    inherit_env: Option<bool>,
     logs: Option<LogRotation>,
 }
 
@@ -211,6 +212,7 @@ fn merge(defaults: &AgentDef, def: &AgentDef) -> AgentDef {
         limits: def.limits.clone().or_else(|| defaults.limits.clone()),
         probes: def.probes.clone().or_else(|| defaults.probes.clone()),
         user: def.user.clone().or_else(|| defaults.user.clone()),
+        inherit_env: def.inherit_env.or(defaults.inherit_env),
         logs: def.logs.clone().or_else(|| defaults.logs.clone()),
     }
 }
@@ -246,7 +248,7 @@ fn request(
         command,
         cwd: rel(&d.cwd).or_else(|| Some(base.to_owned())),
         env: d.env.clone().unwrap_or_default(),
-        inherit_env: None,
+        inherit_env: d.inherit_env,
         agent_dir: rel(&d.agent_dir),
         labels: d.labels.clone().unwrap_or_default(),
         stop_timeouts: d.stop_timeouts.clone(),
@@ -601,6 +603,7 @@ name = "demo"
 [defaults]
 stop_timeouts = [1, 1, 1]
 env = { A = "1" }
+inherit_env = false
 [agents.web]
 command = ["python3", "-m", "http.server"]
 depends_on = ["indexer"]
@@ -621,6 +624,7 @@ env = { B = "2" }
         let r = &p.agents["indexer"].instances[0];
         assert_eq!(r.env.len(), 2, "defaults and the agent's own, merged");
         assert_eq!(r.stop_timeouts, Some(vec![1.0, 1.0, 1.0]));
+        assert_eq!(r.inherit_env, Some(false), "from the defaults");
         assert_eq!(r.labels[PROJECT_LABEL], "demo");
         assert_eq!(p.agents["web"].instances[0].agent_id, "web");
         let picked = selection(&p, &["web".into()], false).unwrap();
