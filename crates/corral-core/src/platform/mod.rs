@@ -13,6 +13,8 @@ pub use linux::*;
 #[cfg(target_os = "linux")]
 pub mod cgroup;
 #[cfg(target_os = "linux")]
+pub mod connector;
+#[cfg(target_os = "linux")]
 pub mod files;
 
 #[cfg(not(target_os = "linux"))]
