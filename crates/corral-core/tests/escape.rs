@@ -147,6 +147,28 @@ async fn kill_escaped(p: (i32, u64)) {
     }
 }
 
+/// Writes a line to the FIFO once its reader has opened it (a non-blocking
+/// open fails with `ENXIO` until then), with a deadline.
+async fn open_gate(fifo: &std::path::Path) {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        match rustix::fs::open(
+            fifo,
+            rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::NONBLOCK,
+            rustix::fs::Mode::empty(),
+        ) {
+            Ok(fd) => {
+                rustix::io::write(&fd, b"go\n").unwrap();
+                return;
+            }
+            Err(rustix::io::Errno::NXIO) => {}
+            Err(e) => panic!("open {}: {e}", fifo.display()),
+        }
+        assert!(Instant::now() < end, "nothing reads {}", fifo.display());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Starts `script` as agent `id`; returns its pid and its escaped sleep.
 async fn start(sup: &Supervisor, id: &str, script: &str) -> (i32, (i32, u64)) {
     let r = sup
@@ -240,21 +262,29 @@ async fn without_the_connector_a_setsid_child_of_a_live_parent_is_still_stopped(
 #[tokio::test]
 async fn what_an_exiting_main_leaves_in_another_session_is_stopped_before_the_run_ends() {
     require_root("the process-events connector needs CAP_NET_ADMIN");
-    let (_cleanup, _dir, sup) = setup(false, true).await;
+    let (_cleanup, dir, sup) = setup(false, true).await;
+    // The main process exits once the test has found the escapee (a line
+    // through a FIFO), so the escapee is seen before the run ends.
+    let gate = dir.path().join("gate");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &gate,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let script = format!(
+        "env -i setsid sh -c 'sleep 300' & read x < '{}'",
+        gate.display()
+    );
     let r = sup
-        .spawn_agent(request(
-            "left",
-            &[
-                "sh",
-                "-c",
-                "env -i setsid sh -c 'sleep 300' & read x < /dev/null; sleep 0.3",
-            ],
-            0,
-        ))
+        .spawn_agent(request("left", &["sh", "-c", &script], 0))
         .await
         .unwrap();
     let pid = r.pid.unwrap();
     let escaped = escaped_sleep(pid).await;
+    open_gate(&gate).await;
     let id = AgentId::new("left").unwrap();
     let end = Instant::now() + DEADLINE;
     loop {

@@ -819,8 +819,8 @@ mod tests {
         )
     }
 
-    /// Kills `p` through a pidfd (identity checked) and reaps it: it is our
-    /// child, or becomes one once `parent` is gone.
+    /// Kills `p` through a pidfd (identity checked) and reaps it once it is
+    /// our child (an orphan reparented to this subreaper), with a deadline.
     fn kill_and_reap(p: Identity) {
         let pid = rustix::process::Pid::from_raw(p.0).unwrap();
         if let Ok(fd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
@@ -828,7 +828,12 @@ mod tests {
         {
             let _ = rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::KILL);
         }
-        let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while start_of(p.0) == Some(p.1) {
+            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
+            assert!(std::time::Instant::now() < end, "{p:?} never went");
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     #[tokio::test]
@@ -909,8 +914,12 @@ mod tests {
         // reading while forks pile up.
         let ev = ProcEvents::open_with(1).unwrap();
         let (mut child, root, bg) = spawn("sleep 30 & echo $!; exec sleep 30");
+        // The machine's other forks may overflow so small a buffer already
+        // (the root is then not whole from the start): the hold must add a
+        // loss of its own.
         assert!(ev.caught_up().await);
-        assert!(ev.followed(root).unwrap().whole);
+        assert!(ev.followed(root).is_some());
+        let before = ev.losses();
         {
             let _held = ev.hold();
             for _ in 0..200 {
@@ -918,7 +927,7 @@ mod tests {
             }
         }
         assert!(ev.caught_up().await);
-        assert!(ev.losses() >= 1, "the buffer never overflowed");
+        assert!(ev.losses() > before, "the buffer never overflowed");
         let f = ev.followed(root).unwrap();
         assert!(!f.whole && !f.adopted, "{f:?}");
         assert!(f.members.contains(&bg), "the rescan kept {bg:?}: {f:?}");
