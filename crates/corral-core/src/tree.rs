@@ -14,7 +14,13 @@
 //! - and every descendant of those, through parent links.
 //!
 //! Without a cgroup, a descendant that calls `setsid`, clears its environment
-//! and loses its parent before any stop looks can escape; with one it cannot.
+//! and loses its parent before any stop looks has nothing left in `/proc`
+//! that ties it to its agent: only the forks followed as they happen
+//! (`platform::connector`, handed in as `known`) still name it. What this
+//! module can say about such processes is that they exist: the daemon's
+//! children that are neither agents nor carry an agent id are *unattributed*
+//! (with a subreaping daemon, every orphan of every tree is its child), and a
+//! stop that cannot exclude one of them being its own says so.
 //!
 //! A snapshot is indexed once (by pid, parent, group and session), so looking up
 //! one agent costs the size of its tree, not of the whole table: a thousand
@@ -33,6 +39,8 @@ pub(crate) struct Snapshot {
     by_session: HashMap<i32, Vec<usize>>,
     /// Orphans of the daemon by the agent they were started under.
     orphans: HashMap<String, Vec<usize>>,
+    /// Live children of the daemon that are not agents and carry no agent id.
+    unattributed: Vec<usize>,
 }
 
 impl Snapshot {
@@ -44,6 +52,7 @@ impl Snapshot {
             by_pgrp: HashMap::new(),
             by_session: HashMap::new(),
             orphans: HashMap::new(),
+            unattributed: Vec::new(),
             entries,
         };
         for (i, p) in s.entries.iter().enumerate() {
@@ -56,8 +65,9 @@ impl Snapshot {
     }
 
     /// Attributes the daemon's children that are not agents (orphans reparented
-    /// to it) to the agents they were started under. Done once per snapshot, so
-    /// each orphan's environment is read once however many agents are looked up.
+    /// to it) to the agents they were started under, and keeps the live ones
+    /// that name none as unattributed. Done once per snapshot, so each
+    /// orphan's environment is read once however many agents are looked up.
     pub fn attribute_orphans(
         &mut self,
         daemon: i32,
@@ -66,12 +76,21 @@ impl Snapshot {
     ) {
         for &i in self.children.get(&daemon).into_iter().flatten() {
             let pid = self.entries[i].pid;
-            if !owned.contains(&pid)
-                && let Some(agent) = agent_of(pid)
-            {
-                self.orphans.entry(agent).or_default().push(i);
+            if owned.contains(&pid) {
+                continue;
+            }
+            match agent_of(pid) {
+                Some(agent) => self.orphans.entry(agent).or_default().push(i),
+                None if self.entries[i].state != 'Z' => self.unattributed.push(i),
+                None => {}
             }
         }
+    }
+
+    /// The daemon's live children that are neither agents nor carry an agent
+    /// id: orphans that may belong to any agent's tree.
+    pub fn unattributed(&self) -> impl Iterator<Item = &ProcEntry> {
+        self.unattributed.iter().map(|&i| &self.entries[i])
     }
 
     /// The entry of `pid` if it has start time `start`.
@@ -207,6 +226,29 @@ mod tests {
             contained: &[],
         };
         assert_eq!(pids(&members(&snap, &q)), [200, 201, 202, 203, 400]);
+        assert!(snap.unattributed().next().is_none());
+    }
+
+    #[test]
+    fn orphans_without_an_agent_id_are_unattributed_unless_zombies() {
+        let daemon = 100;
+        let zombie = ProcEntry {
+            state: 'Z',
+            ..p(402, daemon, 402, 402)
+        };
+        let mut snap = Snapshot::new(vec![
+            p(daemon, 1, 100, 100),
+            p(200, daemon, 200, 200), // an agent
+            p(400, daemon, 400, 400), // env -i setsid, parent gone
+            p(401, daemon, 401, 401), // an orphan that kept its agent id
+            zombie,
+            p(403, 400, 400, 400), // a child of the unattributed one
+        ]);
+        snap.attribute_orphans(daemon, &HashSet::from([200]), |pid| {
+            (pid == 401).then(|| "a".to_owned())
+        });
+        let left: Vec<i32> = snap.unattributed().map(|p| p.pid).collect();
+        assert_eq!(left, [400]);
     }
 
     #[test]

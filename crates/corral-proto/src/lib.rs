@@ -1074,6 +1074,16 @@ pub struct StopReport {
     pub descendants_killed: Option<u32>,
     /// Final lifecycle state.
     pub persistent_status: PersistentStatus,
+    /// Whether the stop could see every process of the tree: true with a
+    /// cgroup, or when every fork was followed (the process-events connector,
+    /// or a subreaping daemon that found no unattributed orphan); false when
+    /// a process may have escaped the stop, with `incomplete_reason` saying
+    /// why. Null when nothing was stopped or the engine stops the tree.
+    #[serde(default)]
+    pub complete: Option<bool>,
+    /// Why an escaped process cannot be excluded (null unless `complete` is false).
+    #[serde(default)]
+    pub incomplete_reason: Option<String>,
 }
 
 /// Answer of `POST /v1/agents/{id}/kill`: the stop report, and whether the

@@ -24,6 +24,15 @@ fn print_reports(ctx: &Ctx, reports: &[StopReport]) -> Result<()> {
         return Ok(());
     }
     print!("{}", reports_table(reports).render(Style::stdout(false)));
+    // A stop that cannot exclude an escaped process says so, never a quiet success.
+    for r in reports {
+        if let Some(why) = r.incomplete_reason.as_deref() {
+            crate::say(&format!(
+                "warning: {}: the tree may not be whole: {why}",
+                r.agent_id
+            ));
+        }
+    }
     Ok(())
 }
 

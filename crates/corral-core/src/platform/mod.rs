@@ -15,6 +15,8 @@ pub mod agent_dir;
 #[cfg(target_os = "linux")]
 pub mod cgroup;
 #[cfg(target_os = "linux")]
+pub mod connector;
+#[cfg(target_os = "linux")]
 pub mod files;
 
 #[cfg(not(target_os = "linux"))]

@@ -102,6 +102,12 @@ pub struct Config {
     /// Contain each agent in a cgroup v2 leaf where the machine allows it
     /// (`false` forces the process-group/subreaper fallback).
     pub cgroups: bool,
+    /// Without a cgroup, follow every fork of an agent's tree through the
+    /// kernel's process-events connector where the kernel allows it (root):
+    /// descendants that leave the session and clear their environment are
+    /// still stopped with their agent. `false` keeps it off (stop reports
+    /// then say when an escape cannot be excluded).
+    pub proc_events: bool,
     /// Where agents whose request names no placement run (`None`: this host).
     pub default_placement: Option<crate::model::Placement>,
     /// Exported to agents placed on a cluster engine, besides their own
@@ -124,6 +130,7 @@ impl Config {
             sample_interval: Duration::from_secs(1),
             subreaper: false,
             cgroups: true,
+            proc_events: true,
             default_placement: None,
             job_env: BTreeMap::new(),
             #[cfg(test)]
@@ -218,6 +225,9 @@ pub(crate) struct Shared {
     pub last_write_ok: Mutex<Option<Instant>>,
     /// The Slurm engine, once an agent is placed there.
     pub slurm: std::sync::OnceLock<Arc<execution::slurm::Slurm>>,
+    /// The process-events connector, opened with the first tree without a
+    /// cgroup (none where the kernel refuses it or it is configured off).
+    pub proc_events: std::sync::OnceLock<Option<Arc<platform::connector::ProcEvents>>>,
 }
 
 /// Counters since the supervisor opened.
@@ -379,6 +389,7 @@ impl Supervisor {
             counters: Counters::default(),
             last_write_ok: Mutex::new(None),
             slurm: std::sync::OnceLock::new(),
+            proc_events: std::sync::OnceLock::new(),
         });
         let sup = Self {
             _last: Arc::new(LastHandle {
@@ -566,6 +577,8 @@ pub(crate) fn already_ended(view: &View) -> StopReport {
         exit_signal: status.exit_signal,
         descendants_killed: None,
         persistent_status: view.status,
+        complete: None,
+        incomplete_reason: None,
     }
 }
 

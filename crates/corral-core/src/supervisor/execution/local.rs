@@ -527,6 +527,10 @@ fn start_process(
     let _gate = sh.spawn_gate.read().unwrap_or_else(|p| p.into_inner());
     let limits = spec.request.limits.clone().unwrap_or_default();
     let (mut leaf, kernel, dir) = leaf_for(sh, spec, run, &limits);
+    if leaf.is_none() {
+        // Listening before the fork: every fork of the tree is seen.
+        super::tree::follow_forks(sh);
+    }
     let mut spawn_spec = platform::SpawnSpec {
         program: &program_c,
         argv: &argv,
@@ -542,6 +546,7 @@ fn start_process(
             tracing::warn!(agent_id = %spec.id, error = %e, "process-group containment only for this agent");
             spawn_spec.cgroup = None;
             release(sh, leaf.take());
+            super::tree::follow_forks(sh);
             platform::spawn(&spawn_spec)
         }
         other => other,

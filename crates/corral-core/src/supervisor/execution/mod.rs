@@ -13,7 +13,7 @@
 //! | verify | alive when the window closes (pidfd) | RUNNING in a poll begun after the window |
 //! | observe | the sampler's `/proc` scan | the engine's batched poll and `sstat` |
 //! | end | pidfd readable, exit read `WNOWAIT` | a final state, exit from the engine |
-//! | leftovers | the cgroup leaf, or group, session and orphans | the engine's (`scancel --full`) |
+//! | leftovers | the cgroup leaf, or group, session, orphans and followed forks | the engine's (`scancel --full`) |
 //! | stop stage | signal the group, members, `cgroup.kill` | `scancel --signal=TERM --full` ×2, then KILL |
 //! | gone | no member left in `/proc` | ended, and nothing left in `/proc` when on this host |
 //! | adopt | same pid, start time and boot | same job id, name and tag |
@@ -189,6 +189,18 @@ impl Execution {
             Self::Remnant(r) => Some(r.descendants()),
             #[cfg(test)]
             Self::Fake(f) => Some(f.descendants()),
+        }
+    }
+
+    /// Whether the stop could see the whole tree (`Err` says why a process
+    /// may have escaped it); none on an engine, which stops the tree itself.
+    pub(crate) fn sight(&self) -> Option<Result<(), String>> {
+        match self {
+            Self::Local(run) => run.sight(),
+            Self::Job(_) => None,
+            Self::Remnant(r) => r.sight(),
+            #[cfg(test)]
+            Self::Fake(_) => None,
         }
     }
 

@@ -16,6 +16,26 @@
 //! does not mean nothing is left in `/proc`. Zombies of other parents (a
 //! re-adopted agent whose old parent does not reap) cannot be reaped here and
 //! count as gone; their status says `zombie`.
+//!
+//! Without a cgroup, the members are the group, the session, the orphans
+//! carrying the agent's id and their descendants (`crate::tree`) — and every
+//! process the kernel's process-events connector saw forked under the run
+//! (`platform::connector`, opened with the first such run; it needs root). A
+//! look reads the connector only once it has caught up with every fork made
+//! before the look, after the table's scan began, so a process forked and
+//! orphaned just before a look is known to it.
+//!
+//! Each look also judges what it could see, for the stop report's `complete`.
+//! With a cgroup, or a tree the connector followed from its birth without
+//! losing an event, nothing can have escaped. Otherwise the daemon's
+//! subreaping is the proof: every orphan of a tree this daemon started is
+//! this daemon's child, so when no child of the daemon is left unattributed
+//! (neither an agent, nor carrying an agent id, nor followed under another
+//! run), nothing escaped. When that proof is not there — the connector
+//! unavailable and an unattributed orphan alive, the daemon not a subreaper,
+//! or the run adopted from an earlier daemon (its orphans went elsewhere) —
+//! the report says the tree may be incomplete and why, instead of claiming
+//! success.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -27,6 +47,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
 use crate::model::StopStage;
+use crate::platform::connector::{Identity, ProcEvents};
 use crate::platform::{self, ProcEntry, ProcessHandle, cgroup::Leaf};
 use crate::tree;
 
@@ -56,6 +77,8 @@ pub(crate) struct Tracker {
     recheck: Option<Instant>,
     /// When a member was last signalled.
     last_signal: Option<Instant>,
+    /// What the last look could see of the tree.
+    sight: Option<Sight>,
 }
 
 impl Tracker {
@@ -68,27 +91,31 @@ impl Tracker {
             reaps: sh.reaps.subscribe(),
             recheck: None,
             last_signal: None,
+            sight: None,
         }
     }
 }
 
-impl Tracker {
-    /// The members of a tree whose main process is gone: those known, those
-    /// `contained` in its cgroup, its orphans, and their descendants.
-    fn members(&self, table: &tree::Snapshot, agent_id: &str, contained: &[i32]) -> Vec<ProcEntry> {
-        tree::members(
-            table,
-            &tree::Lookup {
-                leader: 0,
-                leader_start: 0,
-                leader_unreaped: false,
-                daemon: std::process::id() as i32,
-                known: &self.seen,
-                agent_id,
-                contained,
-            },
-        )
-    }
+/// The members of a tree whose main process is gone: those `known`, those
+/// `contained` in its cgroup, its orphans, and their descendants.
+fn remnant_members(
+    table: &tree::Snapshot,
+    known: &HashSet<Identity>,
+    agent_id: &str,
+    contained: &[i32],
+) -> Vec<ProcEntry> {
+    tree::members(
+        table,
+        &tree::Lookup {
+            leader: 0,
+            leader_start: 0,
+            leader_unreaped: false,
+            daemon: std::process::id() as i32,
+            known,
+            agent_id,
+            contained,
+        },
+    )
 }
 
 /// What one look at a tree found.
@@ -178,8 +205,12 @@ impl LocalRun {
         let leader = (self.pid(), self.proc_.handle.start_ticks());
         let (exited, unreaped) = (self.exited, !self.ended);
         let (contained, populated) = leaf_now(self.leaf().cloned()).await;
+        // Read after the scan began: every fork before it is known.
+        let follow = Follow::read(sh, leader, self.leaf().is_some()).await;
+        let our_child = self.our_child;
         let t = self.tracker(sh);
         t.reaps.borrow_and_update();
+        let known = follow.known(&t.seen);
         let members = tree::members(
             &table,
             &tree::Lookup {
@@ -187,19 +218,22 @@ impl LocalRun {
                 leader_start: leader.1,
                 leader_unreaped: unreaped,
                 daemon: std::process::id() as i32,
-                known: &t.seen,
+                known: &known,
                 agent_id,
                 contained: &contained,
             },
         );
         t.seen
             .extend(members.iter().map(|m| (m.pid, m.start_ticks)));
+        t.sight = Some(follow.judge(sh, &table, &members, leader, our_child).0);
+        // Born after the scan began: alive, and in the next look's table.
+        let unscanned = follow.unscanned(&members, leader).await;
         let me = std::process::id() as i32;
         let others: Vec<&ProcEntry> = members
             .iter()
             .filter(|m| (m.pid, m.start_ticks) != leader)
             .collect();
-        let alive = others.iter().any(|m| m.state != 'Z');
+        let alive = unscanned || others.iter().any(|m| m.state != 'Z');
         let our_zombies: Vec<(i32, u64)> = others
             .iter()
             .filter(|m| m.state == 'Z' && m.ppid == me)
@@ -218,9 +252,9 @@ impl LocalRun {
         let t = self.tracker(sh);
         signal_members(t, &members, leader, stage);
         t.watch.retain(|h| !h.get_ref().has_exited());
-        // Only a populated cgroup, zombies or the main's own end are left: no
-        // event to wait for, look again soon.
-        t.recheck = (t.watch.is_empty() && exited).then(|| Instant::now() + RECHECK);
+        // Only a populated cgroup, zombies, processes the scan missed or the
+        // main's own end are left: no event to wait for, look again soon.
+        t.recheck = ((t.watch.is_empty() && exited) || unscanned).then(|| Instant::now() + RECHECK);
         Look::Left
     }
 
@@ -236,8 +270,11 @@ impl LocalRun {
         }
         let table = sh.tables.fresh(Instant::now(), sh).await;
         let leader = (self.pid(), self.proc_.handle.start_ticks());
+        let follow = Follow::read(sh, leader, false).await;
+        let our_child = self.our_child;
         let me = std::process::id() as i32;
         let t = self.tracker(sh);
+        let known = follow.known(&t.seen);
         let members = tree::members(
             &table,
             &tree::Lookup {
@@ -247,7 +284,7 @@ impl LocalRun {
                 // ids cannot have been reused.
                 leader_unreaped: true,
                 daemon: me,
-                known: &t.seen,
+                known: &known,
                 agent_id,
                 contained: &[],
             },
@@ -256,11 +293,24 @@ impl LocalRun {
         // after the main process is reaped and its ids are free.
         t.seen
             .extend(members.iter().map(|m| (m.pid, m.start_ticks)));
+        let (sight, orphans) = follow.judge(sh, &table, &members, leader, our_child);
+        // Said when there is something to see: an orphan that may be the
+        // run's outlives it.
+        if let Err(why) = &sight
+            && orphans > 0
+        {
+            tracing::warn!(
+                agent_id,
+                pid = leader.0,
+                "the main process exited; its tree may not be whole: {why}"
+            );
+        }
+        t.sight = Some(sight);
         let others: Vec<&ProcEntry> = members
             .iter()
             .filter(|m| (m.pid, m.start_ticks) != leader)
             .collect();
-        if others.iter().any(|m| m.state != 'Z') {
+        if follow.unscanned(&members, leader).await || others.iter().any(|m| m.state != 'Z') {
             return true;
         }
         // Only zombies: those that are ours are reaped now, so nothing of
@@ -288,6 +338,223 @@ impl LocalRun {
             .and_then(|t| t.last_signal)
             .map(|t| t + KILL_SETTLE)
     }
+
+    /// Whether the stop could see the whole tree (none before any look
+    /// without a cgroup).
+    pub(crate) fn sight(&self) -> Option<Sight> {
+        if self.leaf().is_some() {
+            return Some(Ok(()));
+        }
+        self.track.as_ref().and_then(|t| t.sight.clone())
+    }
+}
+
+/// What a look could see of a tree: `Err` says why a process of it may have
+/// escaped.
+pub(crate) type Sight = Result<(), String>;
+
+/// Why the connector cannot vouch for a whole tree.
+const NO_CONNECTOR: &str = "process-group containment without the process-events connector \
+     cannot see descendants that left the session and cleared their environment";
+const LOST_EVENTS: &str = "the process-events connector lost events, so descendants that \
+     left the session and cleared their environment may not have been seen";
+const FELL_BEHIND: &str = "the process-events connector fell behind, so descendants that left \
+     the session and cleared their environment may not have been seen";
+const NOT_FROM_BIRTH: &str = "the process-events connector did not follow this tree from its \
+     start, so descendants that left the session and cleared their environment before then \
+     cannot be seen";
+
+/// The process-events connector, opened on the first call when the
+/// configuration allows it (blocking: call it on a blocking thread); none
+/// where the kernel refuses it.
+pub(crate) fn follow_forks(sh: &Shared) -> Option<&Arc<ProcEvents>> {
+    sh.proc_events
+        .get_or_init(|| {
+            if !sh.config.proc_events {
+                return None;
+            }
+            match ProcEvents::open() {
+                Ok(ev) => {
+                    tracing::info!("trees without a cgroup are followed through the process-events connector");
+                    Some(Arc::new(ev))
+                }
+                Err(e) => {
+                    tracing::info!(reason = %e, "no process-events connector: a descendant that leaves its session and clears its environment is found only as an unattributed orphan");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// [`follow_forks`] from async code: opened on a blocking thread if need be.
+async fn connector(sh: &Arc<Shared>) -> Option<Arc<ProcEvents>> {
+    if let Some(ev) = sh.proc_events.get() {
+        return ev.clone();
+    }
+    let sh = sh.clone();
+    tokio::task::spawn_blocking(move || follow_forks(&sh).cloned())
+        .await
+        .ok()
+        .flatten()
+}
+
+/// What the process-events connector knows of one run, read once it has
+/// caught up.
+struct Follow {
+    ev: Option<Arc<ProcEvents>>,
+    root: Identity,
+    /// The live processes forked under the run.
+    members: Vec<Identity>,
+    /// Why it cannot vouch for the whole tree; none when it can.
+    gap: Option<&'static str>,
+}
+
+impl Follow {
+    /// Reads what is known under `root` (nothing with a cgroup: the leaf
+    /// holds the tree).
+    async fn read(sh: &Arc<Shared>, root: Identity, leaf: bool) -> Self {
+        let mut f = Self {
+            ev: None,
+            root,
+            members: Vec::new(),
+            gap: None,
+        };
+        if leaf {
+            return f;
+        }
+        let Some(ev) = connector(sh).await else {
+            f.gap = Some(NO_CONNECTOR);
+            return f;
+        };
+        let caught_up = ev.caught_up().await;
+        f.gap = Some(NOT_FROM_BIRTH);
+        if let Some(known) = ev.followed(root) {
+            f.members = known.members;
+            f.gap = match (caught_up, known.whole, known.adopted) {
+                (false, _, _) => Some(FELL_BEHIND),
+                (true, true, _) => None,
+                (true, false, true) => Some(NOT_FROM_BIRTH),
+                (true, false, false) => Some(LOST_EVENTS),
+            };
+        }
+        f.ev = Some(ev);
+        f
+    }
+
+    /// `seen` and the processes forked under the run.
+    fn known(&self, seen: &HashSet<Identity>) -> HashSet<Identity> {
+        let mut known = seen.clone();
+        known.extend(self.members.iter().copied());
+        known
+    }
+
+    /// Whether a live process forked under the run is missing from
+    /// `members` (found in a table whose scan began before it was born).
+    /// Checked in `/proc` on a blocking thread; one that is gone is dropped
+    /// from the connector's table (an adopted member that exited before its
+    /// adoption landed leaves no exit to read).
+    async fn unscanned(&self, members: &[ProcEntry], leader: Identity) -> bool {
+        let (Some(ev), missing) = (
+            self.ev.clone(),
+            self.members
+                .iter()
+                .copied()
+                .filter(|k| *k != leader && !members.iter().any(|m| (m.pid, m.start_ticks) == *k))
+                .collect::<Vec<Identity>>(),
+        ) else {
+            return false;
+        };
+        if missing.is_empty() {
+            return false;
+        }
+        tokio::task::spawn_blocking(move || {
+            let mut alive = false;
+            for k in missing {
+                match ProcessHandle::open_member(k.0, k.1) {
+                    Ok(Some(h)) if h.sample().is_ok_and(|s| s.state != 'Z') => alive = true,
+                    Ok(_) => ev.forget(k),
+                    Err(_) => alive = true,
+                }
+            }
+            alive
+        })
+        .await
+        .unwrap_or(true)
+    }
+
+    /// Judges what the look could see, and hands what it found to the
+    /// connector so forks under them are followed from now on (a tree it did
+    /// not see being born: adopted by this daemon, or begun before it ran).
+    /// Also says how many unattributed orphans make it doubt.
+    fn judge(
+        &self,
+        sh: &Shared,
+        table: &tree::Snapshot,
+        members: &[ProcEntry],
+        leader: Identity,
+        our_child: bool,
+    ) -> (Sight, usize) {
+        let Some(gap) = self.gap else {
+            return (Ok(()), 0);
+        };
+        if let Some(ev) = &self.ev {
+            let found: Vec<Identity> = members
+                .iter()
+                .filter(|m| m.state != 'Z')
+                .map(|m| (m.pid, m.start_ticks))
+                .collect();
+            ev.adopt(self.root, &found);
+        }
+        let orphans: Vec<i32> = table
+            .unattributed()
+            .filter(|p| (p.pid, p.start_ticks) != leader)
+            .filter(|p| !members.iter().any(|m| m.pid == p.pid))
+            .filter(|p| {
+                self.ev
+                    .as_ref()
+                    .is_none_or(|ev| !ev.attributed((p.pid, p.start_ticks)))
+            })
+            .map(|p| p.pid)
+            .collect();
+        let subreaper = sh.config.subreaper;
+        if our_child && subreaper && orphans.is_empty() {
+            // Every orphan of this tree would be our child, and none is
+            // unaccounted for.
+            return (Ok(()), 0);
+        }
+        (
+            Err(incomplete(gap, &orphans, our_child, subreaper)),
+            orphans.len(),
+        )
+    }
+}
+
+/// Why a tree may be incomplete, in words.
+fn incomplete(gap: &str, orphans: &[i32], our_child: bool, subreaper: bool) -> String {
+    let mut why = gap.to_owned();
+    if !our_child {
+        why.push_str(
+            "; the run was adopted from an earlier daemon, so its orphans are not this daemon's children",
+        );
+    } else if !subreaper {
+        why.push_str("; the daemon is not a subreaper, so the tree's orphans are not its children");
+    }
+    if !orphans.is_empty() {
+        const SHOWN: usize = 10;
+        let list: Vec<String> = orphans.iter().take(SHOWN).map(i32::to_string).collect();
+        let more = orphans
+            .len()
+            .checked_sub(SHOWN)
+            .filter(|n| *n > 0)
+            .map(|n| format!(" and {n} more"))
+            .unwrap_or_default();
+        why.push_str(&format!(
+            "; the daemon's children {}{more} carry no agent id and may be this agent's",
+            list.join(", ")
+        ));
+    }
+    why
 }
 
 /// Resolves when a stop should look at the tree again: a watched member
@@ -484,10 +751,12 @@ pub(crate) fn scan(owned: &HashSet<i32>) -> tree::Snapshot {
 /// What is left of a run whose main process is gone, as a new daemon finds
 /// it: the members of the run's cgroup leaf, or — without one — the
 /// processes carrying the run's `CORRAL_RUN_ID` and `CORRAL_AGENT_ID`, with
-/// their descendants.
+/// their descendants (and, from then on, what the connector sees them fork).
 pub(crate) struct Remnant {
     leaf: Option<Leaf>,
     track: Option<Box<Tracker>>,
+    /// The connector's root for it: no process, the run's row.
+    root: Identity,
 }
 
 impl Remnant {
@@ -528,6 +797,7 @@ impl Remnant {
         Some(Self {
             leaf,
             track: Some(Box::new(track)),
+            root: (0, run_id.unsigned_abs()),
         })
     }
 
@@ -536,6 +806,7 @@ impl Remnant {
         Self {
             leaf: None,
             track: None,
+            root: (0, 0),
         }
     }
 
@@ -568,24 +839,16 @@ impl Remnant {
     ) -> Look {
         let table = sh.tables.fresh(Instant::now(), sh).await;
         let (contained, populated) = leaf_now(self.leaf.clone()).await;
+        let follow = Follow::read(sh, self.root, self.leaf.is_some()).await;
         self.open_stage(sh, stage);
         let t = self.tracker(sh);
         t.reaps.borrow_and_update();
-        let members = tree::members(
-            &table,
-            &tree::Lookup {
-                leader: 0,
-                leader_start: 0,
-                leader_unreaped: false,
-                daemon: std::process::id() as i32,
-                known: &t.seen,
-                agent_id,
-                contained: &contained,
-            },
-        );
+        let members = remnant_members(&table, &follow.known(&t.seen), agent_id, &contained);
         t.seen
             .extend(members.iter().map(|m| (m.pid, m.start_ticks)));
-        let alive = members.iter().any(|m| m.state != 'Z');
+        t.sight = Some(follow.judge(sh, &table, &members, (0, 0), false).0);
+        let unscanned = follow.unscanned(&members, (0, 0)).await;
+        let alive = unscanned || members.iter().any(|m| m.state != 'Z');
         if !alive && !populated {
             let me = std::process::id() as i32;
             let zombies: Vec<(i32, u64)> = members
@@ -599,7 +862,7 @@ impl Remnant {
         }
         signal_members(t, &members, (0, 0), stage);
         t.watch.retain(|h| !h.get_ref().has_exited());
-        t.recheck = t.watch.is_empty().then(|| Instant::now() + RECHECK);
+        t.recheck = (t.watch.is_empty() || unscanned).then(|| Instant::now() + RECHECK);
         Look::Left
     }
 
@@ -609,10 +872,11 @@ impl Remnant {
             return true;
         }
         let table = sh.tables.fresh(Instant::now(), sh).await;
-        self.tracker(sh)
-            .members(&table, agent_id, &[])
-            .iter()
-            .any(|m| m.state != 'Z')
+        let follow = Follow::read(sh, self.root, self.leaf.is_some()).await;
+        let t = self.tracker(sh);
+        let members = remnant_members(&table, &follow.known(&t.seen), agent_id, &[]);
+        t.sight = Some(follow.judge(sh, &table, &members, (0, 0), false).0);
+        follow.unscanned(&members, (0, 0)).await || members.iter().any(|m| m.state != 'Z')
     }
 
     pub(crate) fn descendants(&self) -> u32 {
@@ -628,6 +892,14 @@ impl Remnant {
 
     pub(crate) fn leaf(&self) -> Option<&Leaf> {
         self.leaf.as_ref()
+    }
+
+    /// Whether the stop could see the whole tree.
+    pub(crate) fn sight(&self) -> Option<Sight> {
+        if self.leaf.is_some() {
+            return Some(Ok(()));
+        }
+        self.track.as_ref().and_then(|t| t.sight.clone())
     }
 
     /// Resolves when a stop should look again.

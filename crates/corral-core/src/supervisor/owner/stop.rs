@@ -245,6 +245,7 @@ impl Owner {
         }
         let view = self.current();
         let status = view.status();
+        let sight = self.exec.as_ref().and_then(Execution::sight);
         let report = StopReport {
             agent_id: self.spec.id.to_string(),
             pid: view.pid,
@@ -258,6 +259,8 @@ impl Owner {
             exit_signal: status.exit_signal,
             descendants_killed: self.exec.as_ref().and_then(Execution::descendants),
             persistent_status: view.status,
+            complete: sight.as_ref().map(|s| s.is_ok()),
+            incomplete_reason: sight.and_then(Result::err),
         };
         for w in waiters {
             let _ = w.send(report.clone());
