@@ -7,6 +7,7 @@
 //! client of these same routes.
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod client;
 pub mod daemon;
 pub mod error;
