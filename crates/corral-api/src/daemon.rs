@@ -22,13 +22,9 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use axum::extract::Request;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use corral_core::{Config, ErrorCode, Supervisor};
+use corral_core::{Config, Supervisor};
 use tokio::net::UnixListener;
 
-use crate::error::ApiError;
 use crate::serve::{self, Limits};
 
 /// File names inside the state dir.
@@ -208,39 +204,6 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
     Ok(listener)
 }
 
-/// `Authorization: Bearer <token>` on every TCP request: the scheme matched
-/// case-insensitively (RFC 9110), the token in constant time.
-pub async fn require_token(
-    axum::extract::State(token): axum::extract::State<std::sync::Arc<String>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let presented = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, rest) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-        });
-    match presented {
-        Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => next.run(req).await,
-        _ => ApiError::new(
-            ErrorCode::Unauthorized,
-            "a valid `Authorization: Bearer <token>` header is required",
-        )
-        .into_response(),
-    }
-}
-
-/// Compares without an early exit, so timing does not reveal how much of a guess was right.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Runs a daemon until SIGTERM, SIGINT or SIGQUIT (see [`Signals`]). Takes
 /// the lock first; fails with [`DaemonError::AlreadyRunning`] when another
 /// daemon holds the state dir.
@@ -346,8 +309,8 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
         Some((l, token)) => {
             tracing::info!(addr = %opts.listen.map(|a| a.to_string()).unwrap_or_default(), "serving TCP (bearer token required)");
             let app = app.layer(axum::middleware::from_fn_with_state(
-                std::sync::Arc::new(token),
-                require_token,
+                std::sync::Arc::new(crate::auth::TokenGate::new(token)),
+                crate::auth::require_token,
             ));
             let tcp = serve::serve(l, app, limits, stopped());
             let (a, b) = tokio::join!(unix, tcp);

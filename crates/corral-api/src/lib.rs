@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod agent_socket;
+pub mod auth;
 pub mod client;
 pub mod daemon;
 pub mod error;

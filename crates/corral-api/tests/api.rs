@@ -407,8 +407,8 @@ async fn tcp_serving_requires_the_bearer_token() {
     let token = "0123456789abcdef0123456789abcdef".to_owned();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let app = corral_api::router(api.sup.clone()).layer(axum::middleware::from_fn_with_state(
-        std::sync::Arc::new(token.clone()),
-        corral_api::daemon::require_token,
+        std::sync::Arc::new(corral_api::auth::TokenGate::new(token.clone())),
+        corral_api::auth::require_token,
     ));
     let server = tokio::spawn(corral_api::serve::serve(
         listener,
