@@ -53,7 +53,7 @@ pub(crate) async fn logs(
     if q.follow.unwrap_or(false) {
         run = Some(match q.run {
             Some(r) => r,
-            None => sup.get_agent_status(&id)?.run,
+            None => sup.run_state(&id)?.0,
         });
     }
     let opened = open_all(files, q.tail).await?;
@@ -151,11 +151,11 @@ impl Follow {
             }
             // The run ends with its tree: leftovers still being stopped may
             // still write.
-            let ended = match self.sup.get_agent_status(&self.id) {
-                Ok(s) => {
-                    s.run != run
+            let ended = match self.sup.run_state(&self.id) {
+                Ok((now, state)) => {
+                    now != run
                         || matches!(
-                            s.state,
+                            state,
                             corral_core::AgentState::Ended | corral_core::AgentState::Backoff
                         )
                 }

@@ -228,6 +228,7 @@ pub(crate) async fn metrics(State(sup): State<Supervisor>) -> Response {
     let process = tokio::task::spawn_blocking(move || ProcessFigures::read(uptime))
         .await
         .unwrap_or_default();
+    sup.fresh_figures().await;
     let statuses: Vec<AgentStatus> = sup.monitor_all_agents().into_values().collect();
     let body = render(&statuses, sup.counters(), &process);
     (

@@ -246,7 +246,7 @@ async fn daemon_health(State(sup): State<Supervisor>) -> Result<Json<DaemonHealt
         ok: true,
         version: env!("CARGO_PKG_VERSION").to_owned(),
         pid: std::process::id(),
-        agents: sup.get_process_summary().total,
+        agents: u32::try_from(sup.agent_count()).unwrap_or(u32::MAX),
         state_dir: sup.state_dir().display().to_string(),
         uptime_s: sup.uptime_s(),
     }))
@@ -310,6 +310,7 @@ async fn spawn(
 #[utoipa::path(get, path = "/v1/agents", tag = "agents",
     responses((status = 200, body = BTreeMap<String, AgentStatus>)))]
 async fn list(State(sup): State<Supervisor>) -> Json<BTreeMap<String, AgentStatus>> {
+    sup.fresh_figures().await;
     Json(sup.monitor_all_agents())
 }
 
@@ -351,6 +352,7 @@ async fn status(
     State(sup): State<Supervisor>,
     IdPath(id): IdPath,
 ) -> Result<Json<AgentStatus>, ApiError> {
+    sup.fresh_figures().await;
     Ok(Json(sup.get_agent_status(&id)?))
 }
 
@@ -492,5 +494,6 @@ async fn prune(State(sup): State<Supervisor>) -> Result<Json<Removal>, ApiError>
 /// Counts and totals (`get_process_summary`).
 #[utoipa::path(get, path = "/v1/summary", tag = "agents", responses((status = 200, body = ProcessSummary)))]
 async fn summary(State(sup): State<Supervisor>) -> Json<ProcessSummary> {
+    sup.fresh_figures().await;
     Json(sup.get_process_summary())
 }

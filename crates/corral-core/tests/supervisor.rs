@@ -528,3 +528,72 @@ async fn orphans_left_by_an_agent_are_reaped_when_they_exit() {
     wait_gone(orphan).await;
     wait_gone(resp.pid.unwrap()).await;
 }
+
+/// Nobody reading: the sampler scans the process table once every ten
+/// intervals instead of every interval. A reader makes it pace up at once,
+/// and a read through `fresh_figures` after the quiet spell reports what
+/// `/proc` holds now, not what it held at the last resting pass.
+#[tokio::test]
+async fn the_sampler_rests_while_nobody_reads_and_a_fresh_read_is_current() {
+    let mut h = Harness::with_sampling(Duration::from_millis(100)).await;
+    let go = h.dir.path().join("go");
+    let script = format!(
+        "import os, time\nwhile not os.path.exists({:?}): time.sleep(0.01)\nb = bytearray(64 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint('grown', flush=True)\ntime.sleep(300)\n",
+        go.display().to_string()
+    );
+    let resp = h
+        .spawn("quiet", &["python3", "-c", &script], 100)
+        .await
+        .unwrap();
+    let pid = resp.pid.unwrap();
+    let passes = || h.sup.counters().sampler_passes;
+
+    // The spawn is no read; wait out any active window, then count full
+    // passes over two seconds with nobody reading: at rest one a second
+    // (a loaded machine makes fewer, never more), at full pace twenty.
+    let quiet_from = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < quiet_from {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (t0, p0) = (Instant::now(), passes());
+    while t0.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rested = passes() - p0;
+    assert!(
+        rested <= 4,
+        "{rested} full passes in 2 s with nobody reading"
+    );
+
+    // It grows while nobody looks; the first fresh read sees it. (After
+    // three intervals without a read, the last pass is either a resting one
+    // taken after the growth, or too old, and then the read waits for a new
+    // one: either way what it reports is what `/proc` holds.)
+    std::fs::write(&go, "").unwrap();
+    common::wait_lines(&resp.stdout_log, 1).await;
+    let settled = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < settled {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.sup.fresh_figures().await;
+    let s = h.status("quiet");
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap();
+    let resident: f64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let independent_mb = resident * 4096.0 / (1024.0 * 1024.0);
+    assert!(independent_mb > 64.0, "{independent_mb}");
+    assert!(
+        (s.memory_mb - independent_mb).abs() < 2.0,
+        "corral {} vs /proc {independent_mb}",
+        s.memory_mb
+    );
+
+    // Readers keep it at full pace.
+    let (t0, p0) = (Instant::now(), passes());
+    while t0.elapsed() < Duration::from_secs(1) {
+        let _ = h.status("quiet");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let paced = passes() - p0;
+    assert!(paced >= 4, "only {paced} full passes in 1 s with a reader");
+    h.finish().await;
+}

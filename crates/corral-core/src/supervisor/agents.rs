@@ -67,11 +67,35 @@ impl Supervisor {
     /// One agent's status: the seed's `get_agent_status`. Answers from the
     /// agent's last committed state and a live check of its process.
     pub fn get_agent_status(&self, id: &AgentId) -> Result<AgentStatus> {
+        self.sh.pace.want();
         Ok(self.view(id)?.status())
+    }
+
+    /// An agent's current run and lifecycle state, without its figures (a
+    /// cheap poll that does not keep the sampler at full pace).
+    pub fn run_state(&self, id: &AgentId) -> Result<(u32, crate::model::AgentState)> {
+        let view = self.view(id)?;
+        Ok((view.run, view.state))
+    }
+
+    /// How many agents there are (no figures).
+    pub fn agent_count(&self) -> usize {
+        self.views().len()
+    }
+
+    /// Waits until the sampled figures (CPU, memory, threads, tree) are at most
+    /// about one sampling interval old. The sampler slows down while nobody
+    /// reads them (see the `sampler` module); the reading functions above
+    /// keep it at full pace but answer at once with what it has, so a reader
+    /// that comes after a quiet spell and needs fresh figures calls this first
+    /// (the daemon's API does, for every read that reports figures).
+    pub async fn fresh_figures(&self) {
+        self.sh.pace.fresh().await;
     }
 
     /// Every agent's status, by id: the seed's `monitor_all_agents`.
     pub fn monitor_all_agents(&self) -> BTreeMap<String, AgentStatus> {
+        self.sh.pace.want();
         self.views()
             .iter()
             .map(|v| (v.id.to_string(), v.status()))
@@ -80,6 +104,7 @@ impl Supervisor {
 
     /// Counts by state and summed resources: the seed's `get_process_summary`.
     pub fn get_process_summary(&self) -> ProcessSummary {
+        self.sh.pace.want();
         let mut sum = ProcessSummary::default();
         for status in self.views().iter().map(|v| v.status()) {
             sum.total += 1;

@@ -228,6 +228,8 @@ pub(crate) struct Shared {
     /// The process-events connector, opened with the first tree without a
     /// cgroup (none where the kernel refuses it or it is configured off).
     pub proc_events: std::sync::OnceLock<Option<Arc<platform::connector::ProcEvents>>>,
+    /// How often the sampler passes: readers tell it when figures are wanted.
+    pub pace: Arc<sampler::Pace>,
 }
 
 /// Counters since the supervisor opened.
@@ -246,6 +248,8 @@ pub struct DaemonCounters {
     pub spawns: u64,
     /// Stop stages begun since then: first SIGTERM, second SIGTERM, SIGKILL.
     pub stop_stages: [u64; 3],
+    /// Full sampling passes since then (each a scan of the process table).
+    pub sampler_passes: u64,
 }
 
 /// Owns the agents of one state dir. Cheap to clone; all clones share state.
@@ -338,6 +342,7 @@ impl Supervisor {
     /// state is known.
     pub async fn open(config: Config) -> Result<Self> {
         let dir = config.state_dir.clone();
+        let config_interval = config.sample_interval;
         let state_err = |action: &'static str| {
             let path = dir.clone();
             move |source| Error::StateDir {
@@ -390,6 +395,7 @@ impl Supervisor {
             last_write_ok: Mutex::new(None),
             slurm: std::sync::OnceLock::new(),
             proc_events: std::sync::OnceLock::new(),
+            pace: Arc::new(sampler::Pace::new(config_interval)),
         });
         let sup = Self {
             _last: Arc::new(LastHandle {
@@ -430,6 +436,7 @@ impl Supervisor {
         DaemonCounters {
             spawns: c.spawns.load(Relaxed),
             stop_stages: [0, 1, 2].map(|i| c.stop_stages[i].load(Relaxed)),
+            sampler_passes: self.sh.pace.passes(),
         }
     }
 

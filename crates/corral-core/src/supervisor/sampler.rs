@@ -1,19 +1,30 @@
-//! The sampler: one thread that reads `/proc` once per interval for every live
-//! agent and its whole tree.
+//! The sampler: one thread that reads `/proc` for every live agent and its
+//! whole tree, as often as somebody needs the figures.
 //!
-//! One scan of the process table per interval (each `stat` opened, read and
+//! One scan of the process table per pass (each `stat` opened, read and
 //! closed: no descriptor kept) gives every agent's own figures and its tree's
-//! sums from the same instant. CPU% is psutil's: CPU time used over the last
-//! interval, as a percentage of one CPU; a process seen for the first time is
+//! sums from the same instant. CPU% is psutil's: CPU time used since the last
+//! pass, as a percentage of one CPU; a process seen for the first time is
 //! measured from its start. Readers take the latest sample; nothing on a read
-//! path samples. The same pass rotates the logs of runs that ask for it
-//! (`rotate.rs`).
+//! path scans. The same thread rotates the logs of runs that ask for it
+//! (`rotate.rs`) once per interval.
+//!
+//! **Paced by demand.** A full scan costs a `stat` read of every process on
+//! the machine; with thousands of idle agents nobody looks at, that is most of
+//! what the daemon does at rest. So a pass runs every interval only while the
+//! figures are wanted — a reader asked within the last [`ACTIVE_INTERVALS`]
+//! intervals, or a live run has limits the sampler enforces — and otherwise
+//! once every [`REST_INTERVALS`]. A reader that finds the figures older than
+//! two intervals wakes the sampler at once, and the API's reads wait for that
+//! pass ([`Pace::fresh`]), so what they answer is never older than an
+//! interval or so, rest or not.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::id::AgentId;
 use crate::model::TreeSummary;
@@ -23,6 +34,116 @@ use crate::tree;
 use super::execution::tree as stop;
 use super::view::{Sample, View};
 use super::{Cmd, Shared, limits, lock, rotate};
+
+/// Intervals after a read during which the sampler keeps full pace.
+pub(crate) const ACTIVE_INTERVALS: u32 = 3;
+/// At rest, one full pass every this many intervals.
+pub(crate) const REST_INTERVALS: u32 = 10;
+
+/// How the sampler paces itself, shared with readers.
+pub(crate) struct Pace {
+    started: Instant,
+    interval: Duration,
+    /// When a reader last wanted figures (ms since `started`).
+    wanted_ms: AtomicU64,
+    /// When the last full pass ended (ms since `started`; `u64::MAX`: none yet).
+    sampled_ms: AtomicU64,
+    /// Set by a reader that needs a pass now.
+    woken: Mutex<bool>,
+    wake: Condvar,
+    /// Full passes so far.
+    passes: watch::Sender<u64>,
+}
+
+impl Pace {
+    pub(crate) fn new(interval: Duration) -> Self {
+        Self {
+            started: Instant::now(),
+            interval,
+            wanted_ms: AtomicU64::new(0),
+            sampled_ms: AtomicU64::new(u64::MAX),
+            woken: Mutex::new(false),
+            wake: Condvar::new(),
+            passes: watch::Sender::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn interval_ms(&self) -> u64 {
+        u64::try_from(self.interval.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// Full passes so far.
+    pub(crate) fn passes(&self) -> u64 {
+        *self.passes.borrow()
+    }
+
+    /// A reader wants the figures: keeps the sampler at full pace for a while,
+    /// and wakes it when the last pass is older than two intervals. True when
+    /// it was woken (a pass is coming).
+    pub(crate) fn want(&self) -> bool {
+        let now = self.now_ms();
+        self.wanted_ms.store(now, Ordering::Relaxed);
+        let last = self.sampled_ms.load(Ordering::Relaxed);
+        let stale = last == u64::MAX || now.saturating_sub(last) > 2 * self.interval_ms();
+        if stale {
+            *self.woken.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            self.wake.notify_one();
+        }
+        stale
+    }
+
+    /// [`Pace::want`], then waits (at most two intervals and a second) for the
+    /// pass it asked for, so that the figures read next are fresh.
+    pub(crate) async fn fresh(&self) {
+        let mut passes = self.passes.subscribe();
+        let before = *passes.borrow_and_update();
+        if self.want() {
+            let _ = tokio::time::timeout(
+                2 * self.interval + Duration::from_secs(1),
+                passes.wait_for(|n| *n > before),
+            )
+            .await;
+        }
+    }
+
+    /// True while a reader wanted figures within the last few intervals.
+    fn active(&self) -> bool {
+        let since = self
+            .now_ms()
+            .saturating_sub(self.wanted_ms.load(Ordering::Relaxed));
+        since <= u64::from(ACTIVE_INTERVALS) * self.interval_ms()
+    }
+
+    /// Sleeps until the next interval or a reader's wake-up; true when woken.
+    fn sleep(&self, until: Instant) -> bool {
+        let mut woken = self.woken.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if *woken {
+                *woken = false;
+                return true;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            woken = match self.wake.wait_timeout(woken, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
+    fn sampled(&self) {
+        self.sampled_ms.store(self.now_ms(), Ordering::Relaxed);
+        self.passes.send_modify(|n| *n += 1);
+    }
+}
 
 /// Starts the sampler thread; it ends when the supervisor is gone or shut down.
 pub(crate) fn start(sh: &Arc<Shared>) -> std::io::Result<()> {
@@ -47,19 +168,42 @@ struct Memory {
 
 fn run(weak: Weak<Shared>, interval: Duration) {
     let mut memory = Memory::default();
+    let mut next = Instant::now() + interval;
+    let mut last_full: Option<Instant> = None;
     loop {
-        std::thread::sleep(interval);
+        let woken = {
+            let Some(sh) = weak.upgrade() else { return };
+            let pace = Arc::clone(&sh.pace);
+            drop(sh);
+            pace.sleep(next)
+        };
         let Some(sh) = weak.upgrade() else { return };
         if *sh.shutdown.borrow() {
             return;
         }
-        sample_all(&sh, &mut memory);
+        let now = Instant::now();
+        if !woken {
+            next += interval;
+            if next < now {
+                // Fell behind (a long pass, a suspended machine): no burst of catch-up passes.
+                next = now + interval;
+            }
+        }
+        let resting = !woken
+            && !sh.pace.active()
+            && last_full.is_some_and(|t| now.duration_since(t) < interval * REST_INTERVALS);
+        if sample_all(&sh, &mut memory, resting) {
+            last_full = Some(now);
+            sh.pace.sampled();
+        }
     }
 }
 
 /// Takes one sample of every live agent, and tells the owner of any run over
-/// a limit the sampler enforces.
-fn sample_all(sh: &Shared, memory: &mut Memory) {
+/// a limit the sampler enforces; `resting`, only rotates logs — unless a live
+/// run has limits, which are checked every interval. True when it took a
+/// full pass (or there was nothing to sample).
+fn sample_all(sh: &Shared, memory: &mut Memory, resting: bool) -> bool {
     let live: Vec<(Arc<View>, mpsc::UnboundedSender<Cmd>)> = lock(&sh.registry)
         .values()
         .filter_map(|slot| {
@@ -80,7 +224,18 @@ fn sample_all(sh: &Shared, memory: &mut Memory) {
         memory.prev.clear();
         memory.cpu_over.clear();
         memory.rotate_warned = rotate::Warned::default();
-        return;
+        return true;
+    }
+    if resting && live.iter().all(|(v, _)| v.limits.is_empty()) {
+        for (view, tx) in &live {
+            for data in rotate::rotate(view, &mut memory.rotate_warned) {
+                let _ = tx.send(Cmd::LogDropped {
+                    run: view.run,
+                    data,
+                });
+            }
+        }
+        return false;
     }
     let owned = lock(&sh.owned).clone();
     let pass = Pass {
@@ -122,6 +277,7 @@ fn sample_all(sh: &Shared, memory: &mut Memory) {
     memory.cpu_over = cpu_over;
     let dirs = live.iter().map(|(v, _)| v.log_dir.as_path()).collect();
     memory.rotate_warned.retain_runs(&dirs);
+    true
 }
 
 /// One sampling pass: the process table at one instant.
