@@ -147,14 +147,19 @@ fn within(id: &str, caller: &AgentId) -> bool {
 }
 
 async fn only_agents(State(sup): State<Supervisor>, req: Request, next: Next) -> Response {
-    let Some(pid) = req.extensions().get::<Peer>().and_then(|p| p.pid) else {
+    let peer = req.extensions().get::<Peer>().cloned().unwrap_or_default();
+    let Some(pid) = peer.live_pid() else {
         return ApiError::new(
             ErrorCode::Forbidden,
-            "the agent socket serves only processes inside an agent (no peer credentials)",
+            "the agent socket serves only live processes inside an agent (no peer credentials, or the process that connected has exited)",
         )
         .into_response();
     };
-    let Some(caller) = sup.agent_containing(pid).await else {
+    // The pid is looked up now; the process must still be the one that
+    // connected once it has been (a pid freed meanwhile may be another's).
+    let caller = sup.agent_containing(pid).await;
+    let caller = caller.filter(|_| peer.live_pid() == Some(pid));
+    let Some(caller) = caller else {
         return ApiError::new(
             ErrorCode::Forbidden,
             format!(
@@ -209,5 +214,77 @@ mod tests {
         assert_eq!(a, default_path(Path::new("/var/lib/corral")));
         assert_ne!(a, default_path(Path::new("/var/lib/corral2")));
         assert!(a.starts_with(DEFAULT_DIR));
+    }
+
+    /// The peer's pid names the caller only while the process that connected
+    /// lives: once it has exited (its connection held on by a child), the
+    /// pid is free for another process, and the peer is nobody.
+    #[test]
+    fn a_peer_that_exited_is_nobody_though_its_connection_lives_on() {
+        use std::os::fd::AsFd;
+        use std::os::unix::net::UnixListener;
+        // Orphans of this test come back to it, to be reaped (nextest runs
+        // each test in a process of its own).
+        corral_core::process::become_subreaper().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let listener = UnixListener::bind(&path).unwrap();
+        // The child connects, hands the connection to a grandchild that
+        // holds it, prints the grandchild's pid and exits.
+        let script = "import os, socket, sys, time\n\
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n\
+pid = os.fork()\n\
+if pid == 0:\n    os.close(1); time.sleep(60); os._exit(0)\n\
+print(pid, flush=True)\n";
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(&path)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        let pidfd = corral_core::process::peer_pidfd(stream.as_fd())
+            .expect("SO_PEERPIDFD (Linux 6.5+) is needed by this test");
+        let pid = rustix::net::sockopt::socket_peercred(&stream)
+            .unwrap()
+            .pid
+            .as_raw_nonzero()
+            .get();
+        assert_eq!(pid as u32, child.id());
+        let peer = Peer {
+            pid: Some(pid),
+            pidfd: Some(std::sync::Arc::new(pidfd)),
+        };
+        let out = child.wait_with_output().unwrap();
+        let holder: i32 = String::from_utf8(out.stdout)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(peer.live_pid(), None, "the connecting process has exited");
+        assert!(std::path::Path::new(&format!("/proc/{holder}")).exists());
+        // The holder is the exited child's orphan, reparented to this
+        // (subreaping) test: end it by pid and reap it.
+        // SAFETY: a plain kill of a process this test started, not yet reaped.
+        unsafe { libc::kill(holder, libc::SIGKILL) };
+        let reaped = rustix::process::waitpid(
+            rustix::process::Pid::from_raw(holder),
+            rustix::process::WaitOptions::empty(),
+        );
+        assert!(reaped.is_ok_and(|r| r.is_some()), "holder {holder} reaped");
+        drop(stream);
+    }
+
+    #[test]
+    fn a_live_peer_is_itself() {
+        use std::os::fd::AsFd;
+        use std::os::unix::net::UnixStream;
+        let (a, _b) = UnixStream::pair().unwrap();
+        let pidfd = corral_core::process::peer_pidfd(a.as_fd()).expect("SO_PEERPIDFD");
+        let peer = Peer {
+            pid: Some(std::process::id() as i32),
+            pidfd: Some(std::sync::Arc::new(pidfd)),
+        };
+        assert_eq!(peer.live_pid(), Some(std::process::id() as i32));
     }
 }

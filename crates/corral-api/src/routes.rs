@@ -42,11 +42,29 @@ const MAX_WAIT_S: f64 = 3600.0;
 pub struct ShutdownTrigger(pub std::sync::Arc<tokio::sync::watch::Sender<bool>>);
 
 /// Who is calling, from the connection: a Unix-socket peer's pid (from
-/// `SO_PEERCRED`), or nothing for TCP.
-#[derive(Debug, Clone, Copy, Default)]
+/// `SO_PEERCRED`) and a pidfd of that very process (`SO_PEERPIDFD`, where
+/// the kernel has it), or nothing for TCP.
+#[derive(Debug, Clone, Default)]
 pub struct Peer {
     /// The peer process's pid, when the connection is a Unix socket.
     pub pid: Option<i32>,
+    /// A pidfd of the process that connected: the pid names it only while
+    /// this says it is alive (after it exits, the pid may be another's).
+    pub pidfd: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+}
+
+impl Peer {
+    /// The peer's pid, when it still names the process that connected:
+    /// always when that process is alive per its pidfd; without a pidfd
+    /// (kernels before 6.5) the pid as it was given.
+    pub fn live_pid(&self) -> Option<i32> {
+        use std::os::fd::AsFd;
+        let pid = self.pid?;
+        match &self.pidfd {
+            Some(fd) => corral_core::process::pidfd_alive(fd.as_fd()).then_some(pid),
+            None => Some(pid),
+        }
+    }
 }
 
 #[derive(OpenApi)]
@@ -387,7 +405,7 @@ async fn progress(
     IdPath(id): IdPath,
     Body(update): Body<ProgressUpdate>,
 ) -> Result<Json<AgentStatus>, ApiError> {
-    let caller = peer.and_then(|Extension(p)| p.pid);
+    let caller = peer.and_then(|Extension(p)| p.live_pid());
     Ok(Json(sup.set_progress(&id, update, caller).await?))
 }
 

@@ -138,7 +138,11 @@ impl Listener for tokio::net::UnixListener {
     async fn accept(&self) -> io::Result<(Self::Io, Peer, Option<SocketAddr>)> {
         let (stream, _) = tokio::net::UnixListener::accept(self).await?;
         let pid = stream.peer_cred().ok().and_then(|c| c.pid());
-        Ok((stream, Peer { pid }, None))
+        let pidfd = {
+            use std::os::fd::AsFd;
+            corral_core::process::peer_pidfd(stream.as_fd()).map(std::sync::Arc::new)
+        };
+        Ok((stream, Peer { pid, pidfd }, None))
     }
     fn kind(&self) -> &'static str {
         "socket"
@@ -451,7 +455,7 @@ async fn serve_connection<I>(
             // future, so no eviction can slip in between.
             let answering = Answering::start(slot.clone());
             let ext = req.extensions_mut();
-            ext.insert(peer);
+            ext.insert(peer.clone());
             ext.insert(Connection(slot.clone()));
             if let Some(addr) = addr {
                 ext.insert(ConnectInfo(addr));

@@ -99,6 +99,18 @@ pub mod process {
         crate::platform::clock_ticks_per_second()
     }
 
+    /// A pidfd of the process at the other end of a Unix socket, as it was
+    /// when it connected (`SO_PEERPIDFD`, Linux 6.5+); none on older kernels.
+    /// Unlike the peer's pid, it cannot come to name another process.
+    pub fn peer_pidfd(socket: std::os::fd::BorrowedFd<'_>) -> Option<std::os::fd::OwnedFd> {
+        crate::platform::peer_pidfd(socket)
+    }
+
+    /// True while the process a pidfd refers to has not exited.
+    pub fn pidfd_alive(pidfd: std::os::fd::BorrowedFd<'_>) -> bool {
+        crate::platform::pidfd_alive(pidfd)
+    }
+
     /// The `CORRAL_AGENT_ID` a process was started with.
     pub fn environ_agent_id(pid: i32) -> Option<String> {
         crate::platform::environ_agent_id(pid)

@@ -25,6 +25,8 @@ pub type Unavailable = String;
 #[derive(Debug, Clone)]
 pub struct CgroupRoot {
     dir: PathBuf,
+    /// The subtree as `/proc/<pid>/cgroup` names it (relative to the mount).
+    path: String,
     /// Resource controllers the leaves get (those the daemon's own cgroup
     /// delegates to its children).
     controllers: Controllers,
@@ -115,9 +117,8 @@ impl CgroupRoot {
     pub fn discover(tag: &str) -> Result<Self, Unavailable> {
         let mount = cgroup2_mount().ok_or("no cgroup2 hierarchy is mounted")?;
         let own = own_cgroup().ok_or("this process is not in a cgroup2 hierarchy")?;
-        let dir = mount
-            .join(own.trim_start_matches('/'))
-            .join(format!("corral-{tag}"));
+        let path = format!("{}/corral-{tag}", own.trim_end_matches('/'));
+        let dir = mount.join(path.trim_start_matches('/'));
         fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let has_kill = dir.join("cgroup.kill").exists();
         let controllers = fs::read_to_string(dir.join("cgroup.controllers"))
@@ -128,7 +129,11 @@ impl CgroupRoot {
         if !has_kill {
             return Err("the kernel has no cgroup.kill (needs Linux 5.14)".into());
         }
-        Ok(Self { dir, controllers })
+        Ok(Self {
+            dir,
+            path,
+            controllers,
+        })
     }
 
     /// The resource controllers leaves get.
@@ -139,6 +144,17 @@ impl CgroupRoot {
     /// The subtree's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The leaf a process is in, when it is in this subtree (or below one of
+    /// its leaves), from the `0::` line of its `/proc/<pid>/cgroup`. Only this
+    /// exact subtree counts: a lookalike `corral-<tag>` that someone created
+    /// elsewhere in the hierarchy is not ours.
+    pub fn leaf_named_in(&self, proc_cgroup: &str) -> Option<String> {
+        let own = proc_cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+        let below = own.strip_prefix(self.path.as_str())?.strip_prefix('/')?;
+        let leaf = below.split('/').next()?;
+        (!leaf.is_empty()).then(|| leaf.to_owned())
     }
 
     /// The leaf named `name` (not created).
@@ -287,6 +303,41 @@ impl Leaf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_this_exact_subtree_names_a_leaf() {
+        let root = |path: &str| CgroupRoot {
+            dir: PathBuf::from("/sys/fs/cgroup").join(path.trim_start_matches('/')),
+            path: path.to_owned(),
+            controllers: Controllers::default(),
+        };
+        let r = root("/corral-abc");
+        assert_eq!(
+            r.leaf_named_in("0::/corral-abc/a.1\n").as_deref(),
+            Some("a.1")
+        );
+        assert_eq!(
+            r.leaf_named_in("0::/corral-abc/a.1/sub").as_deref(),
+            Some("a.1")
+        );
+        // A lookalike elsewhere (a user's delegated cgroup), a longer name,
+        // the subtree itself: none is an agent's leaf.
+        assert_eq!(
+            r.leaf_named_in("0::/user.slice/user@1000.service/corral-abc/a.1"),
+            None
+        );
+        assert_eq!(r.leaf_named_in("0::/corral-abcd/a.1"), None);
+        assert_eq!(r.leaf_named_in("0::/corral-abc"), None);
+        assert_eq!(r.leaf_named_in("1:name=systemd:/corral-abc/a.1"), None);
+        let nested = root("/system.slice/corral.service/corral-abc");
+        assert_eq!(
+            nested
+                .leaf_named_in("0::/system.slice/corral.service/corral-abc/b.2")
+                .as_deref(),
+            Some("b.2")
+        );
+        assert_eq!(nested.leaf_named_in("0::/corral-abc/b.2"), None);
+    }
 
     #[test]
     fn limits_are_written_in_the_kernels_units() {

@@ -275,12 +275,12 @@ impl Supervisor {
             .iter()
             .filter_map(|v| v.proc_.as_ref().map(|p| (p.handle.pid(), v.id.clone())))
             .collect();
-        let root = self.sh.cgroup.as_ref().ok().map(|r| r.dir().to_owned());
+        let root = self.sh.cgroup.as_ref().ok().cloned();
         blocking(move || {
             Ok(reaper::agent_of_process(
                 pid,
                 &live,
-                root.as_deref(),
+                root.as_ref(),
                 by_environment,
             ))
         })

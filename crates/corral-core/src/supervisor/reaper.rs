@@ -9,7 +9,6 @@
 //! record.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use crate::id::AgentId;
@@ -102,7 +101,7 @@ pub(crate) fn sweep_empty_leaves(sh: &Shared, warn: bool) {
 pub(crate) fn agent_of_process(
     pid: i32,
     live: &HashMap<i32, AgentId>,
-    cgroup_root: Option<&Path>,
+    cgroup_root: Option<&crate::platform::cgroup::CgroupRoot>,
     by_environment: bool,
 ) -> Option<AgentId> {
     if let Some(root) = cgroup_root
@@ -128,11 +127,9 @@ pub(crate) fn agent_of_process(
     platform::environ_agent_id(pid).and_then(|id| AgentId::new(id).ok())
 }
 
-fn agent_by_cgroup(pid: i32, root: &Path) -> Option<AgentId> {
+fn agent_by_cgroup(pid: i32, root: &crate::platform::cgroup::CgroupRoot) -> Option<AgentId> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let own = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let subtree = root.file_name()?.to_str()?;
-    let leaf = own.split('/').skip_while(|seg| *seg != subtree).nth(1)?;
+    let leaf = root.leaf_named_in(&text)?;
     // Leaves are `<id>.<run>`.
     let (id, run) = leaf.rsplit_once('.')?;
     run.parse::<u32>().ok()?;
