@@ -236,7 +236,7 @@ s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n\
 pid = os.fork()\n\
 if pid == 0:\n    os.close(1); time.sleep(60); os._exit(0)\n\
 print(pid, flush=True)\n";
-        let mut child = std::process::Command::new("python3")
+        let child = std::process::Command::new("python3")
             .args(["-c", script])
             .arg(&path)
             .stdout(std::process::Stdio::piped())
