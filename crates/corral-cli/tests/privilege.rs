@@ -209,6 +209,83 @@ fn a_user_that_cannot_be_resolved_at_restart_never_runs_as_another() {
     env.finish();
 }
 
+/// A user deleted and its name given to a new account while the daemon runs:
+/// the agent's next run does not start as the new account's uid.
+#[test]
+fn a_name_that_comes_to_mean_another_account_does_not_run_the_agent() {
+    require_root("it creates, deletes and recreates a user with useradd/userdel");
+    let name = format!("crm{}", std::process::id());
+    let useradd = |extra: &[&str]| {
+        let made = std::process::Command::new("useradd")
+            .args(["-M", "-s", "/bin/sh"])
+            .args(extra)
+            .arg(&name)
+            .output()
+            .expect("useradd is needed for this test");
+        assert!(made.status.success(), "useradd: {}", stderr(&made));
+    };
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("userdel").arg(&self.0).output();
+        }
+    }
+    useradd(&[]);
+    let user = Gone(name.clone());
+
+    let env = Env::new();
+    let out = env.run(&[
+        "spawn",
+        "u",
+        "--user",
+        &name,
+        "--restart",
+        "always",
+        "--backoff",
+        "0.05,0.05",
+        "--cwd",
+        "/",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pid = running_pid(&env, "u");
+    let first = uid_of(pid);
+    assert_ne!(first, 0);
+
+    // The account goes (its process still runs: -f); a new one gets its
+    // name (and another uid).
+    let deleted = std::process::Command::new("userdel")
+        .args(["-f", &name])
+        .output()
+        .unwrap();
+    assert!(deleted.status.success(), "userdel: {}", stderr(&deleted));
+    let other = (first + 7919).to_string();
+    useradd(&["-u", &other]);
+
+    // Run 1 ends; run 2 would be the new account's.
+    kill_and_reap(pid, libc::SIGKILL);
+    let s = env.wait_for("u", "run 2 refused", |s| {
+        s["run"].as_u64() >= Some(2)
+            && s["end_reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("is now uid"))
+    });
+    assert!(s["pid"].is_null(), "{s}");
+    let theirs: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|p: &i32| environ_has(*p, "CORRAL_AGENT_ID=u"))
+        .collect();
+    assert!(theirs.is_empty(), "{theirs:?} run as the new account");
+    let stop = env.run(&["stop", "u", "--force"]);
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    drop(user);
+    env.finish();
+}
+
 fn environ_has(pid: i32, kv: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/environ"))
         .map(|b| b.split(|c| *c == 0).any(|e| e == kv.as_bytes()))

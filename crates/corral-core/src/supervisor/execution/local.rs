@@ -352,6 +352,17 @@ fn create(sh: &Shared, spec: &Spec, run_id: i64, run: u32) -> Result<Started, St
         Some(name) => RunAs::lookup(Some(name)),
     };
     let user = run_as.user().map_err(StartError::User)?;
+    // The ids the agent got when it was spawned (or when this daemon loaded
+    // it): a name that now maps to other ids is another account.
+    if let (Some(now), Ok(Some(then))) = (user, spec.user.user()) {
+        let (a, b) = (&now.credentials, &then.credentials);
+        if (a.uid, a.gid) != (b.uid, b.gid) {
+            return Err(StartError::User(format!(
+                "user {:?} is now uid {} gid {}, not uid {} gid {} as when the agent was given it; corral never runs it as another user",
+                now.name, a.uid, a.gid, b.uid, b.gid
+            )));
+        }
+    }
     let owner = user.map(|u| &u.credentials);
     let files = platform::agent_dir::create_run_files(&spec.agent_dir, run, owner)
         .map_err(StartError::Files)?;
