@@ -291,6 +291,19 @@ pub fn open_for_reading(path: &Path) -> io::Result<File> {
             path.display()
         )));
     }
+    // A hard link to a file elsewhere (a log replaced by a link to
+    // /etc/shadow where `fs.protected_hardlinks` is off): corral's own files
+    // have one name.
+    if stat.st_nlink != 1 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} has {} links (a hard link to another file?); corral reads only files it made",
+                path.display(),
+                stat.st_nlink
+            ),
+        ));
+    }
     Ok(File::from(fd))
 }
 
@@ -456,6 +469,21 @@ mod tests {
             assert!(check_plain(Path::new(bad)).is_err(), "{bad}");
             assert!(real_path(Path::new(bad)).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_hard_link_to_another_file_is_not_read() {
+        let (_tmp, root) = real_tmp();
+        let secret = root.join("secret");
+        std::fs::write(&secret, "root's").unwrap();
+        let log = root.join("stdout.log");
+        std::fs::hard_link(&secret, &log).unwrap();
+        let err = open_for_reading(&log).unwrap_err();
+        assert!(err.to_string().contains("2 links"), "{err}");
+        std::fs::remove_file(&secret).unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut open_for_reading(&log).unwrap(), &mut text).unwrap();
+        assert_eq!(text, "root's", "one name left: an ordinary file");
     }
 
     #[test]
