@@ -347,7 +347,9 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
 ///   does for its client commands), so the daemon says so itself;
 /// - SIGXFSZ: ignored, so that a file-size limit set by a service manager
 ///   makes a write fail (the log writer counts it) instead of ending the
-///   daemon.
+///   daemon;
+/// - SIGPWR, SIGIO, SIGPROF, SIGVTALRM, SIGSTKFLT and the real-time signals:
+///   ignored (their default would end the daemon; none is meant for it).
 ///
 /// All are registered at once, before anything else is done, so that one
 /// that arrives while the daemon starts is not missed.
@@ -371,6 +373,21 @@ impl Signals {
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_IGN);
             libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            // Every other signal whose default action ends a process and that
+            // nobody means for a daemon: power events (SIGPWR, sent by init),
+            // async I/O, profiling timers, the real-time signals.
+            for sig in [
+                libc::SIGPWR,
+                libc::SIGIO,
+                libc::SIGPROF,
+                libc::SIGVTALRM,
+                libc::SIGSTKFLT,
+            ]
+            .into_iter()
+            .chain(libc::SIGRTMIN()..=libc::SIGRTMAX())
+            {
+                libc::signal(sig, libc::SIG_IGN);
+            }
         }
         let listen = |kind| {
             signal(kind).map_err(|e| DaemonError::Config(format!("cannot listen for signals: {e}")))

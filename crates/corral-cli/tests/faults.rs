@@ -275,6 +275,38 @@ fn the_daemon_lives_through_hup_usr1_usr2_alrm_and_pipe_reopens_its_log_and_stop
         assert!(answers(), "the daemon answers after {name}");
     }
 
+    // Signals whose default would end it and that nobody means for it (power
+    // events, async I/O, profiling timers, real-time signals): ignored.
+    for sig in [
+        libc::SIGPWR,
+        libc::SIGIO,
+        libc::SIGPROF,
+        libc::SIGVTALRM,
+        libc::SIGSTKFLT,
+        libc::SIGRTMIN() + 3,
+        libc::SIGRTMAX(),
+    ] {
+        signal(&daemon, sig);
+        assert!(answers(), "the daemon answers after signal {sig}");
+        assert!(alive(&mut daemon), "signal {sig} ended the daemon");
+    }
+    // What the daemon ignores, its agents do not inherit.
+    let out = env.run(&["--no-autostart", "spawn", "plain", "--", "sleep", "300"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let plain = env.json(&["--no-autostart", "status", "plain"])["pid"]
+        .as_i64()
+        .unwrap() as i32;
+    let status = std::fs::read_to_string(format!("/proc/{plain}/status")).unwrap();
+    let ignored = status.lines().find(|l| l.starts_with("SigIgn:")).unwrap();
+    let mask = u64::from_str_radix(ignored.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    // Signals 32 and 33 are the C library's own (no program can set them
+    // through it); whatever this test's runner left there is not corral's.
+    let glibc_own = (1u64 << 31) | (1u64 << 32);
+    assert_eq!(mask & !glibc_own, 0, "the agent ignores signals: {ignored}");
+    let stop = env.run(&["--no-autostart", "stop", "plain", "--force"]);
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    wait_gone(plain);
+
     // logrotate's way: move the log aside, then SIGHUP; a new file takes the lines.
     let moved = env.state.join("daemon.log.1");
     std::fs::rename(&log, &moved).unwrap();

@@ -432,7 +432,7 @@ unsafe fn child_exec(ctx: &ChildCtx) -> ! {
             libc::_exit(127)
         };
         // Default dispositions first, while every signal is still blocked.
-        for sig in 1..libc::SIGRTMAX() {
+        for sig in 1..=libc::SIGRTMAX() {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
                 libc::signal(sig, libc::SIG_DFL);
             }
