@@ -72,7 +72,7 @@ EVENT_STALL_S = 60.0
 #: The longest stop stage the daemon accepts, seconds (a stop that names no
 #: timeouts runs with the agents' own, which it bounds so).
 _MAX_STAGE_S = 86400.0
-_STAGES = 3
+_UNSTATED_STOP_ALLOWANCE_S = 900.0
 _CHUNK = 64 * 1024
 
 SpawnLike = Union[SpawnRequest, Mapping[str, Any]]
@@ -528,12 +528,13 @@ class Client:
         return self._timeout + max((float(r.get("verify_ms") or 0) for r in requests), default=0.0) / 1000
 
     def _stop_timeout(self, stop_timeouts: Optional[List[float]]) -> Optional[float]:
-        """The usual bound plus the stop's stages: those named, else the longest
-        the agents' own can be."""
+        """The usual bound plus the stop's stages: those named, else 15 minutes
+        (the agents' own stages are the daemon's to know, up to three days each;
+        a stop the client gives up on goes on in the daemon)."""
         if self._timeout is None:
             return None
         if stop_timeouts is None:
-            return self._timeout + _STAGES * _MAX_STAGE_S
+            return self._timeout + _UNSTATED_STOP_ALLOWANCE_S
         return self._timeout + sum(min(max(float(t), 0.0), _MAX_STAGE_S) for t in stop_timeouts)
 
     def spawn(self, request: SpawnLike) -> SpawnResponse:

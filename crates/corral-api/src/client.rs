@@ -74,8 +74,11 @@ const DEFAULT_WAIT_S: f64 = 30.0;
 const MAX_WAIT_S: f64 = 3600.0;
 /// The longest stop stage (and verification window) the daemon accepts, seconds.
 const MAX_STAGE_S: f64 = 86_400.0;
-/// A stop's stages: SIGTERM, SIGTERM, SIGKILL.
-const STAGES: f64 = 3.0;
+/// What a stop that names no stage timeouts may take beyond the usual
+/// deadline: the agents' own stages are the daemon's to know (up to three
+/// days each), and a client must not wait that long on a peer that never
+/// answers. A stop the client gives up on goes on in the daemon.
+pub const UNSTATED_STOP_ALLOWANCE: Duration = Duration::from_secs(900);
 /// How much of an answer that is not understood is quoted in the error.
 const QUOTE_CHARS: usize = 120;
 /// How much of an error message a peer sends is kept.
@@ -645,7 +648,7 @@ fn own_seconds(method: &Method, path: &str, body: Option<&[u8]>) -> f64 {
                 .and_then(|s| s.stop_timeouts)
             {
                 Some(stages) => stages.iter().map(|s| clamp(*s, MAX_STAGE_S)).sum(),
-                None => STAGES * MAX_STAGE_S,
+                None => UNSTATED_STOP_ALLOWANCE.as_secs_f64(),
             }
         }
         _ => 0.0,
@@ -783,7 +786,8 @@ mod tests {
         );
         assert_eq!(
             s(Method::POST, "/v1/agents/a/kill", r#"{"force": true}"#),
-            3.0 * 86_400.0
+            900.0,
+            "stages not named: a bounded allowance, not the three days they may be"
         );
         assert_eq!(s(Method::POST, "/v1/prune", ""), 0.0);
     }

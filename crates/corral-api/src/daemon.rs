@@ -246,24 +246,25 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
                 .to_string(),
         );
     }
-    let agent_socket = opts.agent_socket.path(&opts.state_dir);
-    config.agent_socket_path = agent_socket.clone();
-    let sup = Supervisor::open(config).await?;
-    let listener = bind_socket(&socket)?;
     // Without it agents of other users cannot report progress; the daemon
-    // serves everyone else all the same.
-    let agent_listener = agent_socket.as_ref().and_then(|path| {
-        match crate::agent_socket::bind(path) {
+    // serves everyone else all the same. Bound first, so that agents are told
+    // of it (`CORRAL_SOCKET`) only when it is there.
+    let agent_listener = opts
+        .agent_socket
+        .path(&opts.state_dir)
+        .and_then(|path| match crate::agent_socket::bind(&path) {
             Ok(l) => {
                 tracing::info!(agent_socket = %path.display(), "serving agents of other users");
-                Some((l, path.clone()))
+                Some((l, RemovedOnDrop(path)))
             }
             Err(e) => {
                 tracing::error!(agent_socket = %path.display(), error = %e, "cannot serve the agent socket; agents of other users cannot reach the daemon");
                 None
             }
-        }
-    });
+        });
+    config.agent_socket_path = agent_listener.as_ref().map(|(_, path)| path.0.clone());
+    let sup = Supervisor::open(config).await?;
+    let listener = bind_socket(&socket)?;
     let tcp = match (opts.listen, token) {
         (Some(addr), Some((token, _))) => {
             let l = tokio::net::TcpListener::bind(addr)
@@ -320,7 +321,7 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     };
     if let Some((served, path)) = agents_served {
         let _ = served.await;
-        let _ = std::fs::remove_file(path);
+        drop(path);
     }
     sup.shutdown();
     let _ = std::fs::remove_file(&socket);
@@ -331,6 +332,16 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     drop(log);
     drop(lock);
     served.map_err(io_err("serve", &socket))
+}
+
+/// A socket file removed when the daemon is done with it (also when it
+/// fails to start after binding it).
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// The signals a service manager, logrotate or a person may send, each
