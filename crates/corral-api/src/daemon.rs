@@ -207,7 +207,7 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
 /// Runs a daemon until SIGTERM, SIGINT or SIGQUIT (see [`Signals`]). Takes
 /// the lock first; fails with [`DaemonError::AlreadyRunning`] when another
 /// daemon holds the state dir.
-pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
+pub async fn run(mut opts: DaemonOptions) -> Result<(), DaemonError> {
     // Listen for signals first: one that arrives while the daemon starts is
     // handled once it has started, instead of killing it half-way.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -216,6 +216,11 @@ pub async fn run(opts: DaemonOptions) -> Result<(), DaemonError> {
     // Refuse bad options before touching anything.
     let token = read_token(&opts)?;
     let lock = lock_state_dir(&opts.state_dir)?;
+    // From here on the state dir is its real path: agent dirs below it are
+    // reached without following symlinks, so a `$HOME` behind one (`/home` →
+    // `/var/home`) must not make every removal fail.
+    opts.state_dir = std::fs::canonicalize(&opts.state_dir)
+        .map_err(io_err("resolve state dir", &opts.state_dir))?;
     let log_path = opts.state_dir.join(LOG_NAME);
     let log = crate::logging::install(&log_path).map_err(io_err("open daemon log", &log_path))?;
     let on_signal = stop_tx.clone();

@@ -447,3 +447,24 @@ fn a_non_utf8_current_directory_is_a_clear_usage_error() {
     std::fs::remove_dir(&odd).unwrap();
     env.finish();
 }
+
+/// A state dir reached through a symlink (`$HOME` under `/home` → `/var/home`)
+/// works end to end: the daemon uses its real path, so removing an agent
+/// removes its logs (they are reached without following links).
+#[test]
+fn a_state_dir_behind_a_symlink_works_end_to_end() {
+    let mut env = Env::new();
+    let base = env.dir.as_ref().unwrap().path().to_owned();
+    std::fs::create_dir(base.join("real")).unwrap();
+    std::os::unix::fs::symlink(base.join("real"), base.join("link")).unwrap();
+    env.state = base.join("link/state");
+    let out = env.run(&["spawn", "s", "--", "true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    env.wait_for("s", "ended", |s| s["state"] == "ended");
+    let logs = base.join("real/state/agents/s");
+    assert!(logs.join("runs/1/stdout.log").exists());
+    let out = env.run(&["rm", "s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!logs.exists(), "rm left the agent's logs behind");
+    env.finish();
+}
