@@ -489,10 +489,12 @@ fn recv(sock: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
 enum Event {
     /// The answer to a subscription, with its error number.
     Ack(u32),
-    /// A process (not a thread) was forked by a thread of `parent`.
+    /// A process (not a thread) was forked by a thread of `parent`, at
+    /// `at_ns` (CLOCK_MONOTONIC).
     Fork {
         parent: i32,
         child: i32,
+        at_ns: u64,
     },
     /// A process (its main thread) exited.
     Exit {
@@ -537,7 +539,17 @@ fn messages(buf: &[u8]) -> Vec<Event> {
                     i32_at(msg, EVENT_DATA + 12),
                 ) {
                     (Some(parent), Some(pid), Some(tgid)) if pid == tgid => {
-                        Some(Event::Fork { parent, child: pid })
+                        // what, cpu, then the event's timestamp.
+                        let at = NLMSG_HDRLEN + CN_MSG_LEN + 8;
+                        let at_ns = msg
+                            .get(at..at + 8)
+                            .and_then(|b| b.try_into().ok())
+                            .map_or(0, u64::from_ne_bytes);
+                        Some(Event::Fork {
+                            parent,
+                            child: pid,
+                            at_ns,
+                        })
                     }
                     _ => Some(Event::Other),
                 }
@@ -556,7 +568,41 @@ fn messages(buf: &[u8]) -> Vec<Event> {
     out
 }
 
+/// The start time of the process now at `child`, when it is the one a fork
+/// event names: still `parent`'s child, or started no later than the event
+/// (give or take two clock ticks). Else 0, not known: the child exited and
+/// its pid went to another process before the event was read, and that
+/// process must never be taken for a member (nor signalled).
+fn child_start(child: i32, parent: i32, at_ns: u64) -> u64 {
+    let Some(s) = std::fs::read(format!("/proc/{child}/stat"))
+        .ok()
+        .and_then(|text| super::parse_stat(&text).ok())
+    else {
+        return 0;
+    };
+    if s.ppid == parent {
+        return s.start_ticks;
+    }
+    // Reparented (its parent exited first) or someone else: compare times.
+    // The event's clock is CLOCK_MONOTONIC, a start time counts from boot
+    // (CLOCK_BOOTTIME, which also counts suspended time).
+    let ns = |c| {
+        let t = rustix::time::clock_gettime(c);
+        u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(t.tv_nsec).unwrap_or(0)
+    };
+    let suspended =
+        ns(rustix::time::ClockId::Boottime).saturating_sub(ns(rustix::time::ClockId::Monotonic));
+    let tick = 1_000_000_000 / super::clock_ticks_per_second().max(1);
+    let started = s.start_ticks.saturating_mul(tick);
+    if at_ns != 0 && started <= at_ns.saturating_add(suspended).saturating_add(2 * tick) {
+        s.start_ticks
+    } else {
+        0
+    }
+}
+
 /// The start time of `pid`, none when it is gone.
+#[cfg(test)]
 fn start_of(pid: i32) -> Option<u64> {
     let text = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
     super::parse_stat(&text).ok().map(|s| s.start_ticks)
@@ -565,7 +611,11 @@ fn start_of(pid: i32) -> Option<u64> {
 impl Inner {
     fn apply(&self, ev: Event) {
         match ev {
-            Event::Fork { parent, child } => {
+            Event::Fork {
+                parent,
+                child,
+                at_ns,
+            } => {
                 let root = if parent == self.daemon {
                     None
                 } else {
@@ -581,8 +631,9 @@ impl Inner {
                     }
                 };
                 // Read outside the lock; 0 when the child is already gone
-                // (it stays known by pid, for its own children's forks).
-                let start = start_of(child).unwrap_or(0);
+                // or its pid is another's now (it stays known by pid, for
+                // its own children's forks).
+                let start = child_start(child, parent, at_ns);
                 let mut t = lock(&self.table);
                 let root = root.unwrap_or_else(|| {
                     let r = (child, start);
@@ -784,7 +835,8 @@ mod tests {
             [
                 Event::Fork {
                     parent: 10,
-                    child: 11
+                    child: 11,
+                    at_ns: 0,
                 },
                 Event::Other,
                 Event::Exit { pid: 11 },
@@ -795,6 +847,37 @@ mod tests {
         // A truncated message ends the datagram, it is never read past.
         let cut = msg(PROC_EVENT_FORK, &[1, 1, 2, 2]);
         assert!(messages(&cut[..cut.len() - 1]).is_empty());
+    }
+
+    /// A fork event's child is taken by its start time only when it is the
+    /// process the event names: the parent's child, or started by then.
+    #[test]
+    fn a_pid_reused_after_its_fork_event_is_not_taken_for_the_child() {
+        let me = std::process::id() as i32;
+        let now_ns = || {
+            let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+            t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+        };
+        let before = now_ns();
+        // Make sure the child's start tick is later than `before` by more
+        // than the two ticks of slack.
+        std::thread::sleep(Duration::from_millis(60));
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let start = start_of(pid).unwrap();
+        // Its own parent's fork: taken, whatever the time.
+        assert_eq!(child_start(pid, me, before), start);
+        // Named as another parent's child by an event from before it
+        // started: a pid reused since; not taken.
+        assert_eq!(child_start(pid, 1, before), 0);
+        // ... by an event from after it started (reparented): taken.
+        assert_eq!(child_start(pid, 1, now_ns()), start);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(child_start(pid, me, now_ns()), 0, "gone");
     }
 
     fn require_root() {
