@@ -236,7 +236,7 @@ fn a_name_that_comes_to_mean_another_account_does_not_run_the_agent() {
     let env = Env::new();
     let out = env.run(&[
         "spawn",
-        "u",
+        "renamed",
         "--user",
         &name,
         "--restart",
@@ -250,7 +250,7 @@ fn a_name_that_comes_to_mean_another_account_does_not_run_the_agent() {
         "300",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let pid = running_pid(&env, "u");
+    let pid = running_pid(&env, "renamed");
     let first = uid_of(pid);
     assert_ne!(first, 0);
 
@@ -266,7 +266,7 @@ fn a_name_that_comes_to_mean_another_account_does_not_run_the_agent() {
 
     // Run 1 ends; run 2 would be the new account's.
     kill_and_reap(pid, libc::SIGKILL);
-    let s = env.wait_for("u", "run 2 refused", |s| {
+    let s = env.wait_for("renamed", "run 2 refused", |s| {
         s["run"].as_u64() >= Some(2)
             && s["end_reason"]
                 .as_str()
@@ -277,10 +277,10 @@ fn a_name_that_comes_to_mean_another_account_does_not_run_the_agent() {
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .filter(|p: &i32| environ_has(*p, "CORRAL_AGENT_ID=u"))
+        .filter(|p: &i32| environ_has(*p, "CORRAL_AGENT_ID=renamed"))
         .collect();
     assert!(theirs.is_empty(), "{theirs:?} run as the new account");
-    let stop = env.run(&["stop", "u", "--force"]);
+    let stop = env.run(&["stop", "renamed", "--force"]);
     assert!(stop.status.success(), "{}", stderr(&stop));
     drop(user);
     env.finish();

@@ -68,29 +68,79 @@ pub fn check_plain(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// The real path of `path` (absolute, without `..`): its longest existing
-/// ancestor resolved through symlinks, with the parts that do not exist yet
-/// appended. Blocking.
+/// The real path of `path` (absolute, no `.` or `..`), as realpath(3) gives
+/// it — symlinks followed, a missing tail kept as given — except that a
+/// symlink owned by anyone but root or this process's user is refused: that
+/// is a link another user planted (an agent dir in `/tmp` swapped for a link
+/// to `/root/...`), and corral must not create or re-own files through it.
 pub fn real_path(path: &Path) -> io::Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
     check_plain(path)?;
-    let mut missing: Vec<&OsStr> = Vec::new();
-    let mut cur = path;
-    loop {
-        match std::fs::canonicalize(cur) {
-            Ok(mut real) => {
-                real.extend(missing.iter().rev());
-                return Ok(real);
-            }
+    let me = rustix::process::geteuid().as_raw();
+    let mut todo: Vec<std::ffi::OsString> = path
+        .components()
+        .rev()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(n.to_owned()),
+            _ => None,
+        })
+        .collect();
+    let mut out = PathBuf::from("/");
+    let mut missing = false;
+    let mut hops = 0;
+    while let Some(name) = todo.pop() {
+        if name == "." {
+            continue;
+        }
+        if name == ".." {
+            out.pop();
+            continue;
+        }
+        let next = out.join(&name);
+        if missing {
+            out = next;
+            continue;
+        }
+        match std::fs::symlink_metadata(&next) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let (Some(name), Some(parent)) = (cur.file_name(), cur.parent()) else {
-                    return Err(e);
-                };
-                missing.push(name);
-                cur = parent;
+                missing = true;
+                out = next;
             }
             Err(e) => return Err(e),
+            Ok(m) if m.file_type().is_symlink() => {
+                if m.uid() != 0 && m.uid() != me {
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!(
+                            "{} is a symlink of uid {}; corral follows only links of root or its own user",
+                            next.display(),
+                            m.uid()
+                        ),
+                    ));
+                }
+                hops += 1;
+                if hops > 40 {
+                    return Err(invalid(format!(
+                        "{}: too many levels of symlinks",
+                        path.display()
+                    )));
+                }
+                let target = std::fs::read_link(&next)?;
+                if target.is_absolute() {
+                    out = PathBuf::from("/");
+                }
+                for c in target.components().rev() {
+                    match c {
+                        std::path::Component::Normal(n) => todo.push(n.to_owned()),
+                        std::path::Component::ParentDir => todo.push("..".into()),
+                        _ => {}
+                    }
+                }
+            }
+            Ok(_) => out = next,
         }
     }
+    Ok(out)
 }
 
 /// Explains the errors of a no-symlink open.
@@ -484,6 +534,29 @@ mod tests {
         let mut text = String::new();
         std::io::Read::read_to_string(&mut open_for_reading(&log).unwrap(), &mut text).unwrap();
         assert_eq!(text, "root's", "one name left: an ordinary file");
+    }
+
+    #[test]
+    fn a_symlink_another_user_planted_is_not_followed() {
+        // SAFETY: a plain syscall.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "this test needs root: it chowns a symlink"
+        );
+        let (_tmp, root) = real_tmp();
+        std::fs::create_dir(root.join("target")).unwrap();
+        std::os::unix::fs::symlink(root.join("target"), root.join("planted")).unwrap();
+        std::os::unix::fs::lchown(root.join("planted"), Some(65534), Some(65534)).unwrap();
+        let err = real_path(&root.join("planted/runs/1")).unwrap_err();
+        assert!(err.to_string().contains("symlink of uid 65534"), "{err}");
+        // A relative link of root's, through `..`, is followed.
+        std::fs::create_dir(root.join("sub")).unwrap();
+        std::os::unix::fs::symlink("../target", root.join("sub/rel")).unwrap();
+        assert_eq!(
+            real_path(&root.join("sub/rel/x")).unwrap(),
+            root.join("target/x")
+        );
     }
 
     #[test]
