@@ -3,6 +3,10 @@
 //! — where the kernel does not let corral see them — its report says so. Each
 //! escaped process is found before the stop by walking `/proc` (never through
 //! corral) and checked by its identity (pid and start time) afterwards.
+//!
+//! These tests judge the test process's own children and orphans, so each
+//! needs a process of its own: run them with `cargo nextest` (as the README
+//! and CI do), not several at once under plain `cargo test`.
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 mod common;
