@@ -8,11 +8,19 @@
 //! `corral_stop_stage_total{stage}`;
 //! and the daemon's own `process_*` metrics, as Prometheus's client libraries
 //! name them. Written straight from the latest statuses — no registry to keep
-//! in step with agents that come and go — so a scrape of 1000 agents costs a
-//! millisecond or two.
+//! in step with agents that come and go.
+//!
+//! The agents' part is rendered once per sample: it is kept with what it was
+//! rendered from (the sampler's generation, the newest event, the number of
+//! agents) and rendered again only when one of those has moved or it is a
+//! sampling interval old, so scrapes between two samples cost a copy. The
+//! counters and the daemon's own figures are read at every scrape.
 
 use std::fmt::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use corral_core::{AgentStatus, Supervisor};
@@ -44,6 +52,13 @@ pub fn render(
     counters: corral_core::DaemonCounters,
     process: &ProcessFigures,
 ) -> String {
+    let mut out = render_agents(statuses);
+    render_daemon(&mut out, counters, process);
+    out
+}
+
+/// The families read off the agents' statuses.
+fn render_agents(statuses: &[AgentStatus]) -> String {
     let mut out = String::with_capacity(256 + statuses.len() * 400);
     family(
         &mut out,
@@ -117,15 +132,24 @@ pub fn render(
             );
         }
     }
+    out
+}
+
+/// The daemon's counters and its own process figures.
+fn render_daemon(
+    out: &mut String,
+    counters: corral_core::DaemonCounters,
+    process: &ProcessFigures,
+) {
     family(
-        &mut out,
+        out,
         "corral_spawns_total",
         "counter",
         "Runs started since the daemon started (spawns and restarts).",
     );
     let _ = writeln!(out, "corral_spawns_total {}", counters.spawns);
     family(
-        &mut out,
+        out,
         "corral_stop_stage_total",
         "counter",
         "Stop stages begun since the daemon started.",
@@ -136,8 +160,56 @@ pub fn render(
     {
         let _ = writeln!(out, "corral_stop_stage_total{{stage=\"{stage}\"}} {n}");
     }
-    process.write(&mut out);
-    out
+    process.write(out);
+}
+
+/// What the agents' part was rendered from: while all of it is unchanged,
+/// so is the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Source {
+    sample_generation: u64,
+    newest_event: i64,
+    agents: usize,
+}
+
+/// The agents' part of the last scrape, shared by a router's handlers.
+#[derive(Debug, Default)]
+pub struct MetricsCache {
+    last: Mutex<Option<(Source, Instant, Arc<str>)>>,
+}
+
+/// Longest a rendering is reused even when nothing it was rendered from
+/// moved: what no counter follows (a cluster engine's figures, an exit not
+/// yet on record) shows up within this.
+const MAX_AGE: Duration = Duration::from_secs(1);
+
+impl MetricsCache {
+    /// The agents' part for `sup` now: the kept text while its source is
+    /// unchanged, else a new rendering (then kept).
+    fn agents(&self, sup: &Supervisor) -> Arc<str> {
+        let source = Source {
+            sample_generation: sup.sample_generation(),
+            newest_event: *sup.subscribe_events().borrow(),
+            agents: sup.agent_count(),
+        };
+        if let Some((kept, at, text)) = &*self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            && *kept == source
+            && at.elapsed() < MAX_AGE
+        {
+            return text.clone();
+        }
+        let statuses: Vec<AgentStatus> = sup.monitor_all_agents().into_values().collect();
+        let text: Arc<str> = render_agents(&statuses).into();
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((source, Instant::now(), text.clone()));
+        text
+    }
 }
 
 /// The daemon process's own figures, from `/proc/self`.
@@ -223,13 +295,24 @@ impl ProcessFigures {
 /// Prometheus metrics of the agents and the daemon (text format 0.0.4).
 #[utoipa::path(get, path = "/metrics", tag = "daemon",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain; version=0.0.4")))]
-pub(crate) async fn metrics(State(sup): State<Supervisor>) -> Response {
+pub(crate) async fn metrics(
+    State(sup): State<Supervisor>,
+    cache: Option<Extension<Arc<MetricsCache>>>,
+) -> Response {
     let uptime = sup.uptime_s();
     let process = tokio::task::spawn_blocking(move || ProcessFigures::read(uptime))
         .await
         .unwrap_or_default();
-    let statuses: Vec<AgentStatus> = sup.monitor_all_agents().into_values().collect();
-    let body = render(&statuses, sup.counters(), &process);
+    let agents = match cache {
+        Some(Extension(cache)) => cache.agents(&sup),
+        None => {
+            let statuses: Vec<AgentStatus> = sup.monitor_all_agents().into_values().collect();
+            render_agents(&statuses).into()
+        }
+    };
+    let mut body = String::with_capacity(agents.len() + 2048);
+    body.push_str(&agents);
+    render_daemon(&mut body, sup.counters(), &process);
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -237,6 +237,8 @@ pub(crate) struct Counters {
     pub spawns: std::sync::atomic::AtomicU64,
     /// Stop stages begun, by stage: TERM, second TERM, KILL.
     pub stop_stages: [std::sync::atomic::AtomicU64; 3],
+    /// Sampling passes completed (see [`Supervisor::sample_generation`]).
+    pub samples: std::sync::atomic::AtomicU64,
 }
 
 /// What `/metrics` reports beyond the agents' statuses.
@@ -431,6 +433,21 @@ impl Supervisor {
             spawns: c.spawns.load(Relaxed),
             stop_stages: [0, 1, 2].map(|i| c.stop_stages[i].load(Relaxed)),
         }
+    }
+
+    /// How many sampling passes have completed: the agents' CPU and memory
+    /// figures change only when this does, so a reader may keep what it
+    /// derived from them until then (`/metrics` does).
+    pub fn sample_generation(&self) -> u64 {
+        self.sh
+            .counters
+            .samples
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// How many agent ids the supervisor holds (without building a status).
+    pub fn agent_count(&self) -> usize {
+        lock(&self.sh.registry).len()
     }
 
     /// Seconds since this supervisor opened.

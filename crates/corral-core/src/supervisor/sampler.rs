@@ -122,6 +122,11 @@ fn sample_all(sh: &Shared, memory: &mut Memory) {
     memory.cpu_over = cpu_over;
     let dirs = live.iter().map(|(v, _)| v.log_dir.as_path()).collect();
     memory.rotate_warned.retain_runs(&dirs);
+    // After every figure of this pass is in place: a reader that sees the new
+    // generation sees the new figures.
+    sh.counters
+        .samples
+        .fetch_add(1, std::sync::atomic::Ordering::Release);
 }
 
 /// One sampling pass: the process table at one instant.
