@@ -468,6 +468,42 @@ impl Client {
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call(Method::GET, path, None::<&()>).await
     }
+
+    /// The agents `query` picks, by id (`GET /v1/agents?…`; the daemon
+    /// filters). With `query.fields`, only those fields come over the wire
+    /// and the others are [`corral_core::AgentStatus::blank`]'s.
+    pub async fn list_agents(
+        &self,
+        query: &corral_core::ListQuery,
+    ) -> Result<std::collections::BTreeMap<String, corral_core::AgentStatus>, ClientError> {
+        if query.fields.is_none() {
+            return self.get(&query.path()).await;
+        }
+        self.list_agent_fields(query)
+            .await?
+            .into_iter()
+            .map(
+                |(id, fields)| match corral_core::AgentStatus::from_partial(&id, fields) {
+                    Ok(s) => Ok((id, s)),
+                    Err(e) => Err(ClientError::Decode(format!(
+                        "GET /v1/agents: the fields of agent {id} are not a status's ({e})"
+                    ))),
+                },
+            )
+            .collect()
+    }
+
+    /// The agents `query` picks, by id, each as the fields it asked for
+    /// (`query.fields`; all of them without it) and `agent_id`.
+    pub async fn list_agent_fields(
+        &self,
+        query: &corral_core::ListQuery,
+    ) -> Result<
+        std::collections::BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
+        ClientError,
+    > {
+        self.get(&query.path()).await
+    }
 }
 
 impl Client {

@@ -208,6 +208,27 @@ mod tests {
         q.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
     }
 
+    #[tokio::test]
+    async fn the_streamed_listing_is_byte_for_byte_the_maps_json() {
+        for n in [0, 1, CHUNK_AGENTS - 1, CHUNK_AGENTS, 3 * CHUNK_AGENTS + 5] {
+            let map: BTreeMap<String, AgentStatus> = (0..n)
+                .map(|i| {
+                    let mut s = AgentStatus::blank(format!("a.{i}"));
+                    s.cpu_percent = 0.1 * i as f64;
+                    s.labels.insert("k\"".into(), format!("v{i}"));
+                    (s.agent_id.clone(), s)
+                })
+                .collect();
+            let body = Listing::default().stream(map.clone());
+            let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+            assert_eq!(
+                String::from_utf8(bytes.to_vec()).unwrap(),
+                serde_json::to_string(&map).unwrap(),
+                "{n} agents"
+            );
+        }
+    }
+
     #[test]
     fn parameters_are_checked_and_named_when_wrong() {
         let l = Listing::parse(pairs(&[
