@@ -69,14 +69,22 @@ impl Listing {
                     }
                 }
                 "label" => {
-                    for pair in items(&value) {
-                        let (k, v) = pair.split_once('=').ok_or_else(|| {
-                            ApiError::invalid(format!(
-                                "bad query: label {:?} is not k=v",
-                                corral_core::elide(pair, 64)
-                            ))
-                        })?;
-                        out.labels.push((k.to_owned(), v.to_owned()));
+                    for piece in value.split(',') {
+                        match (piece.split_once('='), out.labels.last_mut()) {
+                            (Some((k, v)), _) => out.labels.push((k.to_owned(), v.to_owned())),
+                            // A piece without `=` continues the value before it:
+                            // `team=a,b` is the label team = "a,b".
+                            (None, Some((_, v))) if !piece.is_empty() => {
+                                v.push(',');
+                                v.push_str(piece);
+                            }
+                            _ => {
+                                return Err(ApiError::invalid(format!(
+                                    "bad query: label {:?} is not k=v",
+                                    corral_core::elide(&value, 64)
+                                )));
+                            }
+                        }
                     }
                 }
                 "fields" => {
@@ -235,19 +243,28 @@ mod tests {
             ("state", "running, paused"),
             ("label", "a=1,b=2"),
             ("label", "c=x=y"),
+            ("label", "d=1,2,e=3"),
             ("fields", "state,progress,state"),
         ]))
         .unwrap();
         assert_eq!(l.states, [AgentState::Running, AgentState::Paused]);
         assert_eq!(
             l.labels,
-            [("a", "1"), ("b", "2"), ("c", "x=y")].map(|(k, v)| (k.to_owned(), v.to_owned()))
+            [
+                ("a", "1"),
+                ("b", "2"),
+                ("c", "x=y"),
+                ("d", "1,2"),
+                ("e", "3")
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
         );
         assert_eq!(l.fields.as_deref(), Some(&["state", "progress"][..]));
         let msg = |q: &[(&str, &str)]| Listing::parse(pairs(q)).unwrap_err().message().to_owned();
         assert!(msg(&[("fields", "state,bogus")]).contains("\"bogus\""));
         assert!(msg(&[("state", "runing")]).contains("\"runing\""));
         assert!(msg(&[("label", "nokv")]).contains("\"nokv\""));
+        assert!(msg(&[("label", "a=1,,b")]).contains("\"a=1,,b\""));
         assert!(msg(&[("status", "x")]).contains("\"status\""));
         assert!(msg(&[("selector", "*")]).contains('*'));
         assert!(msg(&[("state", "ended"), ("state", "running")]).contains("twice"));

@@ -1587,7 +1587,8 @@ pub struct ListQuery {
     /// (`running,paused`; from `starting`, `running`, `stopping`, `paused`, `backoff`, `ended`).
     pub state: Option<String>,
     /// Only agents with these labels: `k=v`, comma-separated or the parameter
-    /// repeated; all must match.
+    /// repeated; all must match (a piece without `=` continues the value
+    /// before it: `team=a,b` is team = `a,b`).
     pub label: Option<String>,
     /// Only these top-level fields of each status, comma-separated (`agent_id`
     /// is always written); an unknown name is refused (400 naming it).
