@@ -446,6 +446,17 @@ impl Client {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<T, ClientError> {
+        self.call_as(method, path, body, &type_words::<T>()).await
+    }
+
+    /// [`Client::call`], naming what was expected as `expected` when the answer is not it.
+    async fn call_as<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+        expected: &str,
+    ) -> Result<T, ClientError> {
         let body = body
             .map(serde_json::to_vec)
             .transpose()
@@ -457,8 +468,7 @@ impl Client {
         }
         serde_json::from_slice(&bytes).map_err(|e| {
             ClientError::Decode(format!(
-                "{request}: expected JSON for {}, got {} ({e})",
-                type_words::<T>(),
+                "{request}: expected JSON for {expected}, got {} ({e})",
                 quote(&bytes)
             ))
         })
@@ -479,8 +489,19 @@ impl Client {
         if query.fields.is_none() {
             return self.get(&query.path()).await;
         }
-        self.list_agent_fields(query)
-            .await?
+        // Named as what it stands for: a map of (partial) statuses.
+        let partial: std::collections::BTreeMap<
+            String,
+            serde_json::Map<String, serde_json::Value>,
+        > = self
+            .call_as(
+                Method::GET,
+                &query.path(),
+                None::<&()>,
+                "BTreeMap<String, AgentStatus>",
+            )
+            .await?;
+        partial
             .into_iter()
             .map(
                 |(id, fields)| match corral_core::AgentStatus::from_partial(&id, fields) {

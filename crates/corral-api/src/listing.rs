@@ -15,7 +15,7 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use corral_core::{
-    AgentState, AgentStatus, ErrorBody, ListQuery, Selector, StatusFields, Supervisor,
+    AgentId, AgentState, AgentStatus, ErrorBody, ListQuery, Selector, StatusFields, Supervisor,
 };
 
 use crate::error::ApiError;
@@ -117,28 +117,18 @@ impl Listing {
         Ok(out)
     }
 
-    /// True when `s` passes every filter.
-    fn keeps(&self, s: &AgentStatus) -> bool {
-        let by_id = self.selector.as_ref().is_none_or(|sel| match sel {
-            Selector::All => true,
-            Selector::One(id) => s.agent_id == id.as_str(),
-            Selector::Subtree(prefix) => {
-                let (id, p) = (s.agent_id.as_str(), prefix.as_str());
-                id == p || (id.starts_with(p) && id.as_bytes().get(p.len()) == Some(&b'.'))
-            }
-        });
-        by_id
-            && (self.states.is_empty() || self.states.contains(&s.state))
+    /// True when an agent with this id, state and labels passes every filter.
+    fn keeps(&self, id: &AgentId, state: AgentState, labels: &BTreeMap<String, String>) -> bool {
+        self.selector.as_ref().is_none_or(|sel| sel.matches(id))
+            && (self.states.is_empty() || self.states.contains(&state))
             && self
                 .labels
                 .iter()
-                .all(|(k, v)| s.labels.get(k).is_some_and(|have| have == v))
+                .all(|(k, v)| labels.get(k).is_some_and(|have| have == v))
     }
 
-    /// Writes `statuses` (those this listing keeps) as one JSON object by
-    /// id, a chunk at a time.
-    fn stream(self, statuses: BTreeMap<String, AgentStatus>) -> Body {
-        let kept: Vec<AgentStatus> = statuses.into_values().filter(|s| self.keeps(s)).collect();
+    /// Writes `kept` (sorted by id) as one JSON object by id, a chunk at a time.
+    fn stream(self, kept: Vec<AgentStatus>) -> Body {
         if kept.is_empty() {
             return Body::from("{}");
         }
@@ -200,7 +190,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Listing {
         description = "Statuses by id (with `fields`: only those fields of each)"),
         (status = 400, body = ErrorBody)))]
 pub(crate) async fn list(State(sup): State<Supervisor>, listing: Listing) -> Response {
-    let body = listing.stream(sup.monitor_all_agents());
+    let kept = sup.monitor_agents(|id, state, labels| listing.keeps(id, state, labels));
+    let body = listing.stream(kept);
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         body,
@@ -227,7 +218,7 @@ mod tests {
                     (s.agent_id.clone(), s)
                 })
                 .collect();
-            let body = Listing::default().stream(map.clone());
+            let body = Listing::default().stream(map.values().cloned().collect());
             let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
             assert_eq!(
                 String::from_utf8(bytes.to_vec()).unwrap(),

@@ -13,8 +13,8 @@
 //! The agents' part is rendered once per sample: it is kept with what it was
 //! rendered from (the sampler's generation, the newest event, the number of
 //! agents) and rendered again only when one of those has moved or it is a
-//! sampling interval old, so scrapes between two samples cost a copy. The
-//! counters and the daemon's own figures are read at every scrape.
+//! second old, so scrapes between two samples cost a copy. The daemon's own
+//! figures are kept with it; its counters are read at every scrape.
 
 use std::fmt::Write;
 use std::sync::{Arc, Mutex};
@@ -172,43 +172,64 @@ struct Source {
     agents: usize,
 }
 
-/// The agents' part of the last scrape, shared by a router's handlers.
+/// The last scrape's agents' part and daemon figures, shared by a router's handlers.
 #[derive(Debug, Default)]
 pub struct MetricsCache {
-    last: Mutex<Option<(Source, Instant, Arc<str>)>>,
+    last: Mutex<Option<Rendered>>,
+}
+
+/// One rendering and what it was rendered from.
+#[derive(Debug, Clone)]
+struct Rendered {
+    source: Source,
+    at: Instant,
+    agents: Arc<str>,
+    process: ProcessFigures,
 }
 
 /// Longest a rendering is reused even when nothing it was rendered from
 /// moved: what no counter follows (a cluster engine's figures, an exit not
-/// yet on record) shows up within this.
+/// yet on record, the daemon's own CPU and descriptors) shows up within this.
 const MAX_AGE: Duration = Duration::from_secs(1);
 
-impl MetricsCache {
-    /// The agents' part for `sup` now: the kept text while its source is
-    /// unchanged, else a new rendering (then kept).
-    fn agents(&self, sup: &Supervisor) -> Arc<str> {
-        let source = Source {
+impl Source {
+    fn of(sup: &Supervisor) -> Self {
+        Self {
             sample_generation: sup.sample_generation(),
             newest_event: *sup.subscribe_events().borrow(),
             agents: sup.agent_count(),
-        };
-        if let Some((kept, at, text)) = &*self
-            .last
+        }
+    }
+}
+
+impl MetricsCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Rendered>> {
+        self.last
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            && *kept == source
-            && at.elapsed() < MAX_AGE
-        {
-            return text.clone();
-        }
-        let statuses: Vec<AgentStatus> = sup.monitor_all_agents().into_values().collect();
-        let text: Arc<str> = render_agents(&statuses).into();
-        *self
-            .last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some((source, Instant::now(), text.clone()));
-        text
+    }
+
+    /// The kept rendering, while what it was rendered from is unchanged.
+    fn fresh(&self, source: Source) -> Option<Rendered> {
+        self.lock()
+            .as_ref()
+            .filter(|r| r.source == source && r.at.elapsed() < MAX_AGE)
+            .cloned()
+    }
+}
+
+/// Renders the agents' part and reads the daemon's figures.
+async fn render_now(sup: &Supervisor, source: Source) -> Rendered {
+    let uptime = sup.uptime_s();
+    let process = tokio::task::spawn_blocking(move || ProcessFigures::read(uptime))
+        .await
+        .unwrap_or_default();
+    let statuses = sup.monitor_agents(|_, _, _| true);
+    Rendered {
+        source,
+        at: Instant::now(),
+        agents: render_agents(&statuses).into(),
+        process,
     }
 }
 
@@ -299,20 +320,21 @@ pub(crate) async fn metrics(
     State(sup): State<Supervisor>,
     cache: Option<Extension<Arc<MetricsCache>>>,
 ) -> Response {
-    let uptime = sup.uptime_s();
-    let process = tokio::task::spawn_blocking(move || ProcessFigures::read(uptime))
-        .await
-        .unwrap_or_default();
-    let agents = match cache {
-        Some(Extension(cache)) => cache.agents(&sup),
+    // Read before rendering: a change while it renders makes the next scrape render again.
+    let source = Source::of(&sup);
+    let rendered = match cache.as_ref().and_then(|c| c.fresh(source)) {
+        Some(kept) => kept,
         None => {
-            let statuses: Vec<AgentStatus> = sup.monitor_all_agents().into_values().collect();
-            render_agents(&statuses).into()
+            let new = render_now(&sup, source).await;
+            if let Some(Extension(cache)) = &cache {
+                *cache.lock() = Some(new.clone());
+            }
+            new
         }
     };
-    let mut body = String::with_capacity(agents.len() + 2048);
-    body.push_str(&agents);
-    render_daemon(&mut body, sup.counters(), &process);
+    let mut body = String::with_capacity(rendered.agents.len() + 2048);
+    body.push_str(&rendered.agents);
+    render_daemon(&mut body, sup.counters(), &rendered.process);
     (
         [(
             axum::http::header::CONTENT_TYPE,

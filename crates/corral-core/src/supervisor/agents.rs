@@ -78,6 +78,20 @@ impl Supervisor {
             .collect()
     }
 
+    /// The statuses of the agents `keep` picks by id, state and labels,
+    /// sorted by id. `keep` sees the published view, so the agents it leaves
+    /// out cost no status at all: a filtered listing of a large fleet pays
+    /// only for what it answers.
+    pub fn monitor_agents(
+        &self,
+        keep: impl Fn(&AgentId, crate::model::AgentState, &BTreeMap<String, String>) -> bool,
+    ) -> Vec<AgentStatus> {
+        let mut views = self.views();
+        views.retain(|v| keep(&v.id, v.state, &v.spec.request.labels));
+        views.sort_unstable_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+        views.iter().map(|v| v.status()).collect()
+    }
+
     /// Counts by state and summed resources: the seed's `get_process_summary`.
     pub fn get_process_summary(&self) -> ProcessSummary {
         let mut sum = ProcessSummary::default();
