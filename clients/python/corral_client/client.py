@@ -580,9 +580,42 @@ class Client:
 
     # -- observing -----------------------------------------------------------
 
-    def list_agents(self) -> Dict[str, StatusDict]:
-        """Every agent's status, by id (the reference's ``monitor_all_agents``)."""
-        return cast(Dict[str, StatusDict], self._call("GET", "/v1/agents", timeout=self._timeout, expect=dict))
+    def list_agents(
+        self,
+        selector: Optional[str] = None,
+        state: Union[str, Iterable[str], None] = None,
+        label: Union[str, Mapping[str, str], Iterable[str], None] = None,
+        fields: Union[str, Iterable[str], None] = None,
+    ) -> Dict[str, StatusDict]:
+        """Every agent's status, by id (the reference's ``monitor_all_agents``).
+
+        The daemon filters before it answers: ``selector`` (an id or
+        ``PREFIX.*``), ``state`` (lifecycle states: ``"running"`` or
+        ``["running", "paused"]``), ``label`` (``{"team": "a"}`` or
+        ``"team=a"`` or ``["team=a", "tier=1"]``: all must match). With
+        ``fields`` (``["state", "progress"]``) each status has only those
+        fields and ``agent_id``. A bad value raises :class:`Invalid` naming it.
+        """
+        query: List[Tuple[str, str]] = []
+        if selector is not None:
+            query.append(("selector", selector))
+        if state is not None:
+            query.append(("state", state if isinstance(state, str) else ",".join(state)))
+        if label is not None:
+            if isinstance(label, str):
+                pairs: List[str] = [label]
+            elif isinstance(label, Mapping):
+                pairs = [f"{k}={v}" for k, v in label.items()]
+            else:
+                pairs = list(label)
+            # One parameter per pair (the daemon also takes them comma-separated).
+            query.extend(("label", p) for p in pairs)
+        if fields is not None:
+            query.append(("fields", fields if isinstance(fields, str) else ",".join(fields)))
+        path = "/v1/agents"
+        if query:
+            path += "?" + urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
+        return cast(Dict[str, StatusDict], self._call("GET", path, timeout=self._timeout, expect=dict))
 
     def status(self, agent_id: str) -> StatusDict:
         """One agent's status (:class:`NotFound` for an unknown id)."""

@@ -263,6 +263,41 @@ def test_a_stop_is_seen_while_it_runs_and_a_users_stop_is_cancelled(c: Client) -
     assert r.pid and not alive(r.pid)
 
 
+def test_list_agents_filters_in_the_daemon_and_picks_fields(c: Client) -> None:
+    spawned = [
+        c.spawn(SpawnRequest("lst.a", SLEEP, labels={"team": "x", "tier": "1"})),
+        c.spawn(SpawnRequest("lst.a.1", SLEEP, labels={"team": "x"})),
+        c.spawn(SpawnRequest("lst.b", SLEEP, labels={"team": "y,z"})),
+        c.spawn(SpawnRequest("lstx", ["true"], verify_ms=0)),
+    ]
+    deadline = time.monotonic() + 10
+    while c.status("lstx")["state"] != "ended":
+        assert time.monotonic() < deadline, c.status("lstx")
+        time.sleep(0.01)
+    assert sorted(c.list_agents(selector="lst.*")) == ["lst.a", "lst.a.1", "lst.b"]
+    assert sorted(c.list_agents(selector="lst.a")) == ["lst.a"]
+    ended = c.list_agents(state="ended")
+    assert "lstx" in ended and all(s["state"] == "ended" for s in ended.values())
+    assert "lstx" in c.list_agents(state=["ended", "paused"]) and "lstx" not in c.list_agents(state="running")
+    assert sorted(c.list_agents(label={"team": "x"})) == ["lst.a", "lst.a.1"]
+    assert sorted(c.list_agents(label=["team=x", "tier=1"])) == ["lst.a"]
+    assert sorted(c.list_agents(label="team=y,z")) == ["lst.b"]
+    picked = c.list_agents(selector="lst.*", fields=["state", "progress"])
+    assert sorted(picked) == ["lst.a", "lst.a.1", "lst.b"]
+    for agent_id, s in picked.items():
+        assert sorted(s) == ["agent_id", "progress", "state"] and s["agent_id"] == agent_id
+        assert s["state"] == "running"
+    with pytest.raises(Invalid, match="bogus"):
+        c.list_agents(fields="state,bogus")
+    with pytest.raises(Invalid, match="runing"):
+        c.list_agents(state="runing")
+    with pytest.raises(Invalid):
+        c.list_agents(selector="*")
+    for r in spawned:
+        if r.status == AgentStatus.RUNNING:
+            c.stop(r.agent_id, force=True)
+
+
 def test_stop_many_by_selector(c: Client) -> None:
     members = [c.spawn(SpawnRequest(f"grp.{i}", SLEEP)) for i in (1, 2)]
     outsider = c.spawn(SpawnRequest("grpx.1", SLEEP))

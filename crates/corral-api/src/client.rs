@@ -449,6 +449,17 @@ impl Client {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<T, ClientError> {
+        self.call_as(method, path, body, &type_words::<T>()).await
+    }
+
+    /// [`Client::call`], naming what was expected as `expected` when the answer is not it.
+    async fn call_as<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+        expected: &str,
+    ) -> Result<T, ClientError> {
         let body = body
             .map(serde_json::to_vec)
             .transpose()
@@ -460,8 +471,7 @@ impl Client {
         }
         serde_json::from_slice(&bytes).map_err(|e| {
             ClientError::Decode(format!(
-                "{request}: expected JSON for {}, got {} ({e})",
-                type_words::<T>(),
+                "{request}: expected JSON for {expected}, got {} ({e})",
                 quote(&bytes)
             ))
         })
@@ -470,6 +480,53 @@ impl Client {
     /// `GET path`.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call(Method::GET, path, None::<&()>).await
+    }
+
+    /// The agents `query` picks, by id (`GET /v1/agents?…`; the daemon
+    /// filters). With `query.fields`, only those fields come over the wire
+    /// and the others are [`corral_core::AgentStatus::blank`]'s.
+    pub async fn list_agents(
+        &self,
+        query: &corral_core::ListQuery,
+    ) -> Result<std::collections::BTreeMap<String, corral_core::AgentStatus>, ClientError> {
+        if query.fields.is_none() {
+            return self.get(&query.path()).await;
+        }
+        // Named as what it stands for: a map of (partial) statuses.
+        let partial: std::collections::BTreeMap<
+            String,
+            serde_json::Map<String, serde_json::Value>,
+        > = self
+            .call_as(
+                Method::GET,
+                &query.path(),
+                None::<&()>,
+                "BTreeMap<String, AgentStatus>",
+            )
+            .await?;
+        partial
+            .into_iter()
+            .map(
+                |(id, fields)| match corral_core::AgentStatus::from_partial(&id, fields) {
+                    Ok(s) => Ok((id, s)),
+                    Err(e) => Err(ClientError::Decode(format!(
+                        "GET /v1/agents: the fields of agent {id} are not a status's ({e})"
+                    ))),
+                },
+            )
+            .collect()
+    }
+
+    /// The agents `query` picks, by id, each as the fields it asked for
+    /// (`query.fields`; all of them without it) and `agent_id`.
+    pub async fn list_agent_fields(
+        &self,
+        query: &corral_core::ListQuery,
+    ) -> Result<
+        std::collections::BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
+        ClientError,
+    > {
+        self.get(&query.path()).await
     }
 }
 

@@ -13,6 +13,7 @@ pub mod client;
 pub mod daemon;
 pub mod error;
 mod events;
+mod listing;
 pub mod logging;
 mod logs;
 pub mod metrics;

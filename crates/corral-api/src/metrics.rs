@@ -8,11 +8,19 @@
 //! `corral_stop_stage_total{stage}`;
 //! and the daemon's own `process_*` metrics, as Prometheus's client libraries
 //! name them. Written straight from the latest statuses — no registry to keep
-//! in step with agents that come and go — so a scrape of 1000 agents costs a
-//! millisecond or two.
+//! in step with agents that come and go.
+//!
+//! The agents' part is rendered once per sample: it is kept with what it was
+//! rendered from (the sampler's generation, the newest event, the number of
+//! agents) and rendered again only when one of those has moved or it is a
+//! second old, so scrapes between two samples cost a copy. The daemon's own
+//! figures are kept with it; its counters are read at every scrape.
 
 use std::fmt::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use corral_core::{AgentStatus, Supervisor};
@@ -44,6 +52,13 @@ pub fn render(
     counters: corral_core::DaemonCounters,
     process: &ProcessFigures,
 ) -> String {
+    let mut out = render_agents(statuses);
+    render_daemon(&mut out, counters, process);
+    out
+}
+
+/// The families read off the agents' statuses.
+fn render_agents(statuses: &[AgentStatus]) -> String {
     let mut out = String::with_capacity(256 + statuses.len() * 400);
     family(
         &mut out,
@@ -117,15 +132,24 @@ pub fn render(
             );
         }
     }
+    out
+}
+
+/// The daemon's counters and its own process figures.
+fn render_daemon(
+    out: &mut String,
+    counters: corral_core::DaemonCounters,
+    process: &ProcessFigures,
+) {
     family(
-        &mut out,
+        out,
         "corral_spawns_total",
         "counter",
         "Runs started since the daemon started (spawns and restarts).",
     );
     let _ = writeln!(out, "corral_spawns_total {}", counters.spawns);
     family(
-        &mut out,
+        out,
         "corral_stop_stage_total",
         "counter",
         "Stop stages begun since the daemon started.",
@@ -136,8 +160,77 @@ pub fn render(
     {
         let _ = writeln!(out, "corral_stop_stage_total{{stage=\"{stage}\"}} {n}");
     }
-    process.write(&mut out);
-    out
+    process.write(out);
+}
+
+/// What the agents' part was rendered from: while all of it is unchanged,
+/// so is the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Source {
+    sample_generation: u64,
+    newest_event: i64,
+    agents: usize,
+}
+
+/// The last scrape's agents' part and daemon figures, shared by a router's handlers.
+#[derive(Debug, Default)]
+pub struct MetricsCache {
+    last: Mutex<Option<Rendered>>,
+}
+
+/// One rendering and what it was rendered from.
+#[derive(Debug, Clone)]
+struct Rendered {
+    source: Source,
+    at: Instant,
+    agents: Arc<str>,
+    process: ProcessFigures,
+}
+
+/// Longest a rendering is reused even when nothing it was rendered from
+/// moved: what no counter follows (a cluster engine's figures, an exit not
+/// yet on record, the daemon's own CPU and descriptors) shows up within this.
+const MAX_AGE: Duration = Duration::from_secs(1);
+
+impl Source {
+    fn of(sup: &Supervisor) -> Self {
+        Self {
+            sample_generation: sup.sample_generation(),
+            newest_event: *sup.subscribe_events().borrow(),
+            agents: sup.agent_count(),
+        }
+    }
+}
+
+impl MetricsCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Rendered>> {
+        self.last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The kept rendering, while what it was rendered from is unchanged.
+    fn fresh(&self, source: Source) -> Option<Rendered> {
+        self.lock()
+            .as_ref()
+            .filter(|r| r.source == source && r.at.elapsed() < MAX_AGE)
+            .cloned()
+    }
+}
+
+/// Renders the agents' part and reads the daemon's figures.
+async fn render_now(sup: &Supervisor, source: Source) -> Rendered {
+    let uptime = sup.uptime_s();
+    let process = tokio::task::spawn_blocking(move || ProcessFigures::read(uptime))
+        .await
+        .unwrap_or_default();
+    let statuses = sup.monitor_agents(|_, _, _| true);
+    Rendered {
+        source,
+        at: Instant::now(),
+        agents: render_agents(&statuses).into(),
+        process,
+    }
 }
 
 /// The daemon process's own figures, from `/proc/self`.
@@ -223,14 +316,28 @@ impl ProcessFigures {
 /// Prometheus metrics of the agents and the daemon (text format 0.0.4).
 #[utoipa::path(get, path = "/metrics", tag = "daemon",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain; version=0.0.4")))]
-pub(crate) async fn metrics(State(sup): State<Supervisor>) -> Response {
-    let uptime = sup.uptime_s();
-    let process = tokio::task::spawn_blocking(move || ProcessFigures::read(uptime))
-        .await
-        .unwrap_or_default();
+pub(crate) async fn metrics(
+    State(sup): State<Supervisor>,
+    cache: Option<Extension<Arc<MetricsCache>>>,
+) -> Response {
+    // Figures at most an interval old (after a quiet spell this waits for a
+    // sampling pass), then the source they came from.
     sup.fresh_figures().await;
-    let statuses: Vec<AgentStatus> = sup.monitor_all_agents().into_values().collect();
-    let body = render(&statuses, sup.counters(), &process);
+    // Read before rendering: a change while it renders makes the next scrape render again.
+    let source = Source::of(&sup);
+    let rendered = match cache.as_ref().and_then(|c| c.fresh(source)) {
+        Some(kept) => kept,
+        None => {
+            let new = render_now(&sup, source).await;
+            if let Some(Extension(cache)) = &cache {
+                *cache.lock() = Some(new.clone());
+            }
+            new
+        }
+    };
+    let mut body = String::with_capacity(rendered.agents.len() + 2048);
+    body.push_str(&rendered.agents);
+    render_daemon(&mut body, sup.counters(), &rendered.process);
     (
         [(
             axum::http::header::CONTENT_TYPE,

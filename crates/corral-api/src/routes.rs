@@ -6,7 +6,6 @@
 //! one side only. Request bodies, paths and queries are parsed here, so every
 //! malformed input gets the one error shape with a message naming the problem.
 
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -199,7 +198,7 @@ fn api_router() -> OpenApiRouter<Supervisor> {
         .routes(routes!(daemon_health))
         .routes(routes!(daemon_stop))
         .routes(routes!(openapi))
-        .routes(routes!(spawn, list))
+        .routes(routes!(spawn, crate::listing::list))
         .routes(routes!(spawn_batch))
         .routes(routes!(status, remove))
         .routes(routes!(health))
@@ -220,7 +219,8 @@ fn api_router() -> OpenApiRouter<Supervisor> {
 /// Builds the `/v1` router over a supervisor.
 pub fn router(sup: Supervisor) -> Router {
     let (router, _) = api_router().split_for_parts();
-    finish(router, sup, "no such route")
+    let cache = std::sync::Arc::new(crate::metrics::MetricsCache::default());
+    finish(router.layer(Extension(cache)), sup, "no such route")
 }
 
 /// A router's answers to unknown routes and methods, its body limit, its state.
@@ -322,14 +322,6 @@ async fn spawn(
     Body(req): Body<SpawnRequest>,
 ) -> Result<(StatusCode, Json<SpawnResponse>), ApiError> {
     Ok((StatusCode::CREATED, Json(sup.spawn_agent(req).await?)))
-}
-
-/// Every agent's status, by id (`monitor_all_agents`).
-#[utoipa::path(get, path = "/v1/agents", tag = "agents",
-    responses((status = 200, body = BTreeMap<String, AgentStatus>)))]
-async fn list(State(sup): State<Supervisor>) -> Json<BTreeMap<String, AgentStatus>> {
-    sup.fresh_figures().await;
-    Json(sup.monitor_all_agents())
 }
 
 /// Spawn many agents in one request: all verification windows at once,

@@ -218,6 +218,18 @@ async fn the_openapi_document_is_generated_from_the_routes_and_the_types() {
     }
     let summary: Value = api.client.get("/v1/summary").await.unwrap();
     assert_eq!(schema_fields(&doc, "ProcessSummary"), keys(&summary));
+    // The listing's query parameters are documented.
+    let params: Vec<&str> = doc["paths"]["/v1/agents"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        params,
+        ["selector", "state", "label", "fields"],
+        "{params:?}"
+    );
     // Every request field the type has is documented (a full request round-trips).
     let full: corral_core::SpawnRequest = serde_json::from_value(json!({
         "agent_id": "x", "command": ["x"], "cwd": "/", "env": {"A": "1"}, "inherit_env": false, "agent_dir": "/tmp",
@@ -707,5 +719,221 @@ async fn a_fifo_at_a_log_path_is_an_error_and_never_a_hang() {
     let all: Value = api.client.get("/v1/agents").await.unwrap();
     assert!(began.elapsed() < Duration::from_secs(1));
     assert!(all.get("j0").is_some());
+    api.finish().await;
+}
+
+/// Polls `GET /v1/agents/{id}` until `state` is `want`.
+async fn wait_state(api: &Api, id: &str, want: &str) {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let s: Value = api.client.get(&format!("/v1/agents/{id}")).await.unwrap();
+        if s["state"] == want {
+            return;
+        }
+        assert!(std::time::Instant::now() < end, "{id} never {want}: {s}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The ids of a listing answer, sorted.
+async fn listed(api: &Api, query: &str) -> Vec<String> {
+    let (status, v) = api
+        .send(Method::GET, &format!("/v1/agents{query}"), b"")
+        .await;
+    assert_eq!(status.as_u16(), 200, "{query}: {v}");
+    keys(&v)
+}
+
+#[tokio::test]
+async fn the_listing_filters_in_the_daemon_and_writes_only_the_fields_asked_for() {
+    let api = Api::start().await;
+    let agent = |id: &str, labels: Value| json!({"agent_id": id, "command": ["sleep", "60"], "verify_ms": 0, "labels": labels});
+    // More agents than one chunk of the streamed listing holds.
+    let mut agents: Vec<Value> = (0..70)
+        .map(|i| agent(&format!("many.{i}"), json!({"team": "many"})))
+        .collect();
+    agents.push(agent("lt.a", json!({"team": "x", "tier": "1"})));
+    agents.push(agent("lt.a.1", json!({"team": "x"})));
+    agents.push(agent("lt.b", json!({"team": "y", "tier": "1"})));
+    agents.push(agent("other", json!({})));
+    agents.push(json!({"agent_id": "done", "command": ["true"], "verify_ms": 0}));
+    let batch: Value = api
+        .client
+        .call(
+            Method::POST,
+            "/v1/agents/batch",
+            Some(&json!({"agents": agents})),
+        )
+        .await
+        .unwrap();
+    for r in batch["results"].as_array().unwrap() {
+        assert!(r["error"].is_null(), "{r}");
+    }
+    wait_state(&api, "done", "ended").await;
+    for id in ["lt.a", "lt.a.1", "lt.b", "other"] {
+        wait_state(&api, id, "running").await;
+    }
+
+    // Without parameters: every agent, whole, in one JSON object (that it is
+    // byte for byte a map's JSON is `listing`'s unit test: serde_json reads
+    // floats back to within a unit in the last place, so not here).
+    let (status, body) = api
+        .client
+        .raw(Method::GET, "/v1/agents", None)
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 200);
+    let all: std::collections::BTreeMap<String, corral_core::AgentStatus> =
+        serde_json::from_slice(&body).unwrap();
+    assert_eq!(all.len(), 75);
+    assert!(all.contains_key("many.69") && all.contains_key("done"));
+    let whole: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        keys(&whole["lt.a"]),
+        keys(&serde_json::to_value(&all["lt.a"]).unwrap())
+    );
+    // Streamed: no Content-Length, chunked.
+    let answer = raw_exchange(
+        api.client.socket(),
+        b"GET /v1/agents HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let head = answer
+        .split_once("\r\n\r\n")
+        .unwrap()
+        .0
+        .to_ascii_lowercase();
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+
+    // Filters, alone and together.
+    assert_eq!(
+        listed(&api, "?selector=lt.*").await,
+        ["lt.a", "lt.a.1", "lt.b"]
+    );
+    assert_eq!(listed(&api, "?selector=lt.a").await, ["lt.a"]);
+    assert_eq!(listed(&api, "?selector=lt.a.*").await, ["lt.a", "lt.a.1"]);
+    assert_eq!(listed(&api, "?state=ended").await, ["done"]);
+    assert_eq!(listed(&api, "?state=running,ended").await.len(), 75);
+    assert_eq!(listed(&api, "?label=team%3Dx").await, ["lt.a", "lt.a.1"]);
+    assert_eq!(
+        listed(&api, "?label=team%3Dx&label=tier%3D1").await,
+        ["lt.a"]
+    );
+    assert_eq!(listed(&api, "?label=team%3Dx,tier%3D1").await, ["lt.a"]);
+    assert_eq!(
+        listed(&api, "?label=tier%3D1&selector=lt.*").await,
+        ["lt.a", "lt.b"]
+    );
+    assert_eq!(
+        listed(&api, "?selector=nobody.*").await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        listed(&api, "?state=paused&selector=lt.*").await,
+        Vec::<String>::new()
+    );
+
+    // Fields: only those keys (and agent_id), with the values the whole status has.
+    let (status, picked) = api
+        .send(Method::GET, "/v1/agents?fields=state,progress,labels", b"")
+        .await;
+    assert_eq!(status.as_u16(), 200, "{picked}");
+    assert_eq!(picked.as_object().unwrap().len(), 75);
+    for (id, s) in picked.as_object().unwrap() {
+        assert_eq!(keys(s), ["agent_id", "labels", "progress", "state"], "{s}");
+        assert_eq!(s["agent_id"], id.as_str());
+        assert_eq!(s["state"], all[id].state.as_str());
+        assert_eq!(s["labels"], json!(all[id].labels));
+    }
+    let (_, only_ids) = api
+        .send(Method::GET, "/v1/agents?fields=&selector=lt.b", b"")
+        .await;
+    assert_eq!(only_ids, json!({"lt.b": {"agent_id": "lt.b"}}));
+    // The client lays the fields over a blank status.
+    let q = corral_core::ListQuery {
+        selector: Some("lt.*".into()),
+        label: Some("tier=1".into()),
+        fields: Some("state,labels".into()),
+        ..Default::default()
+    };
+    let through_client = api.client.list_agents(&q).await.unwrap();
+    assert_eq!(through_client.keys().collect::<Vec<_>>(), ["lt.a", "lt.b"]);
+    assert_eq!(
+        through_client["lt.b"].state,
+        corral_core::AgentState::Running
+    );
+    assert_eq!(through_client["lt.b"].labels["team"], "y");
+
+    // Bad parameters: 400 in the one error shape, naming what is wrong.
+    let bad = api
+        .send(Method::GET, "/v1/agents?fields=state,bogus", b"")
+        .await;
+    assert_error(&bad, 400, "invalid", "\"bogus\"");
+    let bad = api.send(Method::GET, "/v1/agents?state=runing", b"").await;
+    assert_error(&bad, 400, "invalid", "\"runing\"");
+    let bad = api.send(Method::GET, "/v1/agents?label=team", b"").await;
+    assert_error(&bad, 400, "invalid", "\"team\"");
+    let bad = api
+        .send(Method::GET, "/v1/agents?status=running", b"")
+        .await;
+    assert_error(&bad, 400, "invalid", "\"status\"");
+    let bad = api.send(Method::GET, "/v1/agents?selector=*", b"").await;
+    assert_error(&bad, 400, "invalid", "selector");
+    api.finish().await;
+}
+
+#[tokio::test]
+async fn metrics_follow_spawns_and_stops_at_once_between_samples() {
+    let api = Api::start().await;
+    let count = |text: &str, state: &str| -> u32 {
+        let line = format!("corral_agents{{state=\"{state}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let scrape = || async {
+        let (status, body) = api.client.raw(Method::GET, "/metrics", None).await.unwrap();
+        assert_eq!(status.as_u16(), 200);
+        String::from_utf8(body.to_vec()).unwrap()
+    };
+    let before = scrape().await;
+    assert_eq!(count(&before, "running"), 0);
+    assert_eq!(scrape().await.lines().count(), before.lines().count());
+    let _: Value = api
+        .client
+        .call(
+            Method::POST,
+            "/v1/agents",
+            Some(&json!({"agent_id": "m", "command": ["sleep", "60"], "verify_ms": 0})),
+        )
+        .await
+        .unwrap();
+    wait_state(&api, "m", "running").await;
+    // Whatever the sampler's timing: the spawn is in the very next scrape.
+    let after = scrape().await;
+    assert_eq!(count(&after, "running"), 1, "{after}");
+    assert!(
+        after.contains("corral_agent_up{agent_id=\"m\"} 1"),
+        "{after}"
+    );
+    let _: Value = api
+        .client
+        .call(
+            Method::POST,
+            "/v1/agents/m/stop",
+            Some(&json!({"force": true})),
+        )
+        .await
+        .unwrap();
+    let stopped = scrape().await;
+    assert_eq!(count(&stopped, "running"), 0, "{stopped}");
+    assert_eq!(count(&stopped, "ended"), 1, "{stopped}");
+    assert!(
+        stopped.contains("corral_agent_up{agent_id=\"m\"} 0"),
+        "{stopped}"
+    );
     api.finish().await;
 }

@@ -884,6 +884,182 @@ pub struct AgentStatus {
     pub tree: Option<TreeSummary>,
 }
 
+impl AgentStatus {
+    /// Every top-level field's wire name, in the order a status is written:
+    /// what `GET /v1/agents?fields=` accepts.
+    pub const FIELDS: [&'static str; 37] = [
+        "agent_id",
+        "pid",
+        "process_alive",
+        "process_status",
+        "exit_code",
+        "is_zombie",
+        "cpu_percent",
+        "memory_mb",
+        "runtime_seconds",
+        "num_threads",
+        "cmdline",
+        "health",
+        "persistent_status",
+        "state",
+        "stop",
+        "started_at",
+        "progress",
+        "progress_message",
+        "progress_at",
+        "exit_signal",
+        "ended_at",
+        "end_reason",
+        "run",
+        "restarts",
+        "next_restart_at",
+        "restart_policy",
+        "stop_timeouts",
+        "ready",
+        "probe",
+        "limits",
+        "labels",
+        "stdout_log",
+        "stderr_log",
+        "containment",
+        "user",
+        "placement",
+        "tree",
+    ];
+
+    /// A status with nothing known but the id: every field empty, zero or
+    /// null. A partial status (a listing with `fields=`) is laid over it to
+    /// get a whole [`AgentStatus`] back.
+    pub fn blank(agent_id: impl Into<String>) -> Self {
+        Self {
+            agent_id: agent_id.into(),
+            pid: None,
+            process_alive: false,
+            process_status: String::new(),
+            exit_code: None,
+            is_zombie: false,
+            cpu_percent: 0.0,
+            memory_mb: 0.0,
+            runtime_seconds: 0.0,
+            num_threads: 0,
+            cmdline: String::new(),
+            health: Health::Unknown,
+            persistent_status: PersistentStatus::Spawning,
+            state: AgentState::Starting,
+            stop: None,
+            started_at: String::new(),
+            progress: None,
+            progress_message: None,
+            progress_at: None,
+            exit_signal: None,
+            ended_at: None,
+            end_reason: None,
+            run: 0,
+            restarts: 0,
+            next_restart_at: None,
+            restart_policy: String::new(),
+            stop_timeouts: Vec::new(),
+            ready: None,
+            probe: None,
+            limits: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            stdout_log: PathBuf::new(),
+            stderr_log: PathBuf::new(),
+            containment: String::new(),
+            user: None,
+            placement: None,
+            tree: None,
+        }
+    }
+
+    /// Rebuilds a status from some of its fields (a listing with `fields=`):
+    /// the fields given are taken, the others are [`AgentStatus::blank`]'s.
+    pub fn from_partial(
+        agent_id: &str,
+        fields: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Self, serde_json::Error> {
+        let mut whole = match serde_json::to_value(Self::blank(agent_id))? {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        whole.extend(fields);
+        serde_json::from_value(serde_json::Value::Object(whole))
+    }
+
+    /// Writes one field by its wire name as an entry of `map` (nothing for a
+    /// name that is not in [`AgentStatus::FIELDS`]), without writing the
+    /// others: a listing of a few fields costs a few fields.
+    pub fn serialize_field<M: serde::ser::SerializeMap>(
+        &self,
+        name: &str,
+        map: &mut M,
+    ) -> Result<(), M::Error> {
+        match name {
+            "agent_id" => map.serialize_entry(name, &self.agent_id),
+            "pid" => map.serialize_entry(name, &self.pid),
+            "process_alive" => map.serialize_entry(name, &self.process_alive),
+            "process_status" => map.serialize_entry(name, &self.process_status),
+            "exit_code" => map.serialize_entry(name, &self.exit_code),
+            "is_zombie" => map.serialize_entry(name, &self.is_zombie),
+            "cpu_percent" => map.serialize_entry(name, &self.cpu_percent),
+            "memory_mb" => map.serialize_entry(name, &self.memory_mb),
+            "runtime_seconds" => map.serialize_entry(name, &self.runtime_seconds),
+            "num_threads" => map.serialize_entry(name, &self.num_threads),
+            "cmdline" => map.serialize_entry(name, &self.cmdline),
+            "health" => map.serialize_entry(name, &self.health),
+            "persistent_status" => map.serialize_entry(name, &self.persistent_status),
+            "state" => map.serialize_entry(name, &self.state),
+            "stop" => map.serialize_entry(name, &self.stop),
+            "started_at" => map.serialize_entry(name, &self.started_at),
+            "progress" => map.serialize_entry(name, &self.progress),
+            "progress_message" => map.serialize_entry(name, &self.progress_message),
+            "progress_at" => map.serialize_entry(name, &self.progress_at),
+            "exit_signal" => map.serialize_entry(name, &self.exit_signal),
+            "ended_at" => map.serialize_entry(name, &self.ended_at),
+            "end_reason" => map.serialize_entry(name, &self.end_reason),
+            "run" => map.serialize_entry(name, &self.run),
+            "restarts" => map.serialize_entry(name, &self.restarts),
+            "next_restart_at" => map.serialize_entry(name, &self.next_restart_at),
+            "restart_policy" => map.serialize_entry(name, &self.restart_policy),
+            "stop_timeouts" => map.serialize_entry(name, &self.stop_timeouts),
+            "ready" => map.serialize_entry(name, &self.ready),
+            "probe" => map.serialize_entry(name, &self.probe),
+            "limits" => map.serialize_entry(name, &self.limits),
+            "labels" => map.serialize_entry(name, &self.labels),
+            "stdout_log" => map.serialize_entry(name, &self.stdout_log),
+            "stderr_log" => map.serialize_entry(name, &self.stderr_log),
+            "containment" => map.serialize_entry(name, &self.containment),
+            "user" => map.serialize_entry(name, &self.user),
+            "placement" => map.serialize_entry(name, &self.placement),
+            "tree" => map.serialize_entry(name, &self.tree),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Some fields of a status, by their wire names (see
+/// [`AgentStatus::serialize_field`]); `agent_id` is written first, always.
+#[derive(Debug, Clone, Copy)]
+pub struct StatusFields<'a> {
+    /// The status.
+    pub status: &'a AgentStatus,
+    /// The fields to write besides `agent_id`, names from [`AgentStatus::FIELDS`].
+    pub fields: &'a [&'static str],
+}
+
+impl Serialize for StatusFields<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let extra = self.fields.iter().filter(|f| **f != "agent_id");
+        let mut map = serializer.serialize_map(Some(1 + extra.clone().count()))?;
+        map.serialize_entry("agent_id", &self.status.agent_id)?;
+        for name in extra {
+            self.status.serialize_field(name, &mut map)?;
+        }
+        map.end()
+    }
+}
+
 /// Fleet-wide counts and sums (`get_process_summary`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ProcessSummary {
@@ -1393,6 +1569,70 @@ pub struct DaemonStopResponse {
     pub stopped: Vec<StopReport>,
 }
 
+/// Query of `GET /v1/agents`: filters the daemon applies before it writes
+/// the listing, and the fields to write. Without any, every agent with
+/// every field.
+///
+/// `label` may also be repeated (`?label=team=a&label=tier=1`); every
+/// `k=v` given must match.
+#[derive(
+    Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema, utoipa::IntoParams,
+)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only this agent (`ID`) or this subtree (`PREFIX.*`: PREFIX and every id below it).
+    pub selector: Option<String>,
+    /// Only agents in one of these lifecycle states, comma-separated
+    /// (`running,paused`; from `starting`, `running`, `stopping`, `paused`, `backoff`, `ended`).
+    pub state: Option<String>,
+    /// Only agents with these labels: `k=v`, comma-separated or the parameter
+    /// repeated; all must match (a piece without `=` continues the value
+    /// before it: `team=a,b` is team = `a,b`).
+    pub label: Option<String>,
+    /// Only these top-level fields of each status, comma-separated (`agent_id`
+    /// is always written); an unknown name is refused (400 naming it).
+    pub fields: Option<String>,
+}
+
+impl ListQuery {
+    /// The query string (without `?`; empty without parameters), percent-encoded.
+    pub fn to_query_string(&self) -> String {
+        let pairs = [
+            ("selector", &self.selector),
+            ("state", &self.state),
+            ("label", &self.label),
+            ("fields", &self.fields),
+        ];
+        pairs
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", percent_encode(v))))
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+
+    /// `/v1/agents` with this query.
+    pub fn path(&self) -> String {
+        match self.to_query_string() {
+            q if q.is_empty() => "/v1/agents".to_owned(),
+            q => format!("/v1/agents?{q}"),
+        }
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn percent_encode(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for b in raw.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Query of `GET /v1/agents/{id}/wait`.
 #[derive(
     Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema, utoipa::IntoParams,
@@ -1519,5 +1759,59 @@ mod tests {
         assert_eq!(p, Probe::ProgressStaleS(300.0));
         let p: Probe = serde_json::from_str(r#"{"exec": ["sh", "-c", "true"]}"#).unwrap();
         assert_eq!(p.kind(), "exec");
+    }
+
+    #[test]
+    fn the_field_list_is_every_field_a_status_writes_in_order() {
+        let mut s = AgentStatus::blank("a.b");
+        s.labels.insert("k".into(), "v".into());
+        s.progress = Some(40);
+        let whole = serde_json::to_value(&s).unwrap();
+        let keys: Vec<&str> = whole
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut sorted = AgentStatus::FIELDS.to_vec();
+        sorted.sort_unstable();
+        assert_eq!(keys, sorted, "serde_json's map is sorted");
+        for name in AgentStatus::FIELDS {
+            let one = serde_json::to_value(StatusFields {
+                status: &s,
+                fields: &[name],
+            })
+            .unwrap();
+            assert_eq!(one[name], whole[name], "field {name}");
+            assert_eq!(one["agent_id"], "a.b");
+        }
+        let picked = serde_json::to_string(&StatusFields {
+            status: &s,
+            fields: &["state", "agent_id", "progress"],
+        })
+        .unwrap();
+        assert_eq!(
+            picked,
+            r#"{"agent_id":"a.b","state":"starting","progress":40}"#
+        );
+        let back =
+            AgentStatus::from_partial("a.b", serde_json::from_str(&picked).unwrap()).unwrap();
+        let mut expect = AgentStatus::blank("a.b");
+        expect.progress = Some(40);
+        assert_eq!(back, expect);
+    }
+
+    #[test]
+    fn a_list_query_is_percent_encoded() {
+        assert_eq!(ListQuery::default().path(), "/v1/agents");
+        let q = ListQuery {
+            selector: Some("L2.1.*".into()),
+            label: Some("team=a b,x=y".into()),
+            ..ListQuery::default()
+        };
+        assert_eq!(
+            q.path(),
+            "/v1/agents?selector=L2.1.%2A&label=team%3Da%20b%2Cx%3Dy"
+        );
     }
 }

@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use corral_api::Client;
 use corral_api::client::Method;
 use corral_core::{
-    AgentId, AgentStatus, Event, Health, HealthReport, PersistentStatus, ProcessSummary,
+    AgentId, AgentStatus, Event, Health, HealthReport, ListQuery, PersistentStatus, ProcessSummary,
     ProgressUpdate, Removal, RunInfo, Selector,
 };
 
@@ -218,6 +218,44 @@ fn keep(
     id_ok && labels_ok && states_ok
 }
 
+/// The fields the `ps` table shows (and `keep` reads).
+const PS_FIELDS: &str = "pid,state,persistent_status,health,ready,cpu_percent,memory_mb,\
+    runtime_seconds,restarts,exit_code,exit_signal,progress,progress_message,end_reason,stop,\
+    placement,next_restart_at,labels";
+
+/// What `ps` asks the daemon for: its filters, as far as the daemon's mean
+/// the same, and only the fields its table shows (all of them for `--json`).
+fn ps_query(args: &PsArgs, labels: &BTreeMap<String, String>, json: bool) -> ListQuery {
+    // `running` is both a state and a stored status, and `ps --state` takes
+    // either (and health words): only words that are nothing but a lifecycle
+    // state can be left to the daemon.
+    let only_states = ["starting", "stopping", "paused", "backoff", "ended"];
+    let states = (!args.states.is_empty()
+        && args
+            .states
+            .iter()
+            .all(|w| only_states.contains(&w.as_str())))
+    .then(|| args.states.join(","));
+    // The daemon splits `label` on commas: a label with one is checked here only.
+    let label = (!labels.is_empty()
+        && labels
+            .iter()
+            .all(|(k, v)| !k.contains(',') && !v.contains(',')))
+    .then(|| {
+        labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    ListQuery {
+        selector: args.selector.clone(),
+        state: states,
+        label,
+        fields: (!json).then(|| PS_FIELDS.to_owned()),
+    }
+}
+
 /// What `--state` takes: a state, a stored status or a health word.
 const STATE_WORDS: [&str; 13] = [
     "starting",
@@ -249,8 +287,12 @@ pub async fn ps(ctx: &Ctx, args: &PsArgs) -> Result<ExitCode> {
         )));
     }
     let client = ctx.client().await?;
+    let query = ps_query(args, &labels, ctx.json);
+    let filtered = args.selector.is_some() || !labels.is_empty() || !args.states.is_empty();
     loop {
-        let all: BTreeMap<String, AgentStatus> = client.get("/v1/agents").await?;
+        let all = client.list_agents(&query).await?;
+        // The daemon has applied what it could; `keep` applies the rest (a
+        // stored status or health word, a label with a comma).
         let shown: Vec<&AgentStatus> = all
             .values()
             .filter(|s| keep(s, sel.as_ref(), &labels, &args.states))
@@ -260,7 +302,7 @@ pub async fn ps(ctx: &Ctx, args: &PsArgs) -> Result<ExitCode> {
                 shown.iter().map(|s| (s.agent_id.as_str(), *s)).collect();
             serde_json::to_string_pretty(&shown)? + "\n"
         } else if shown.is_empty() {
-            if all.is_empty() {
+            if !filtered {
                 "no agents\n"
             } else {
                 "no agent matches\n"
@@ -430,11 +472,15 @@ pub async fn wait(ctx: &Ctx, target: &str, timeout: Option<Duration>) -> Result<
     let ids: Vec<String> = match &sel {
         Selector::One(id) => vec![id.to_string()],
         _ => {
-            let all: BTreeMap<String, AgentStatus> = client.get("/v1/agents").await?;
-            let ids: Vec<String> = all
-                .keys()
-                .filter(|id| AgentId::new(id.as_str()).is_ok_and(|a| sel.matches(&a)))
-                .cloned()
+            let query = ListQuery {
+                selector: Some(target.to_owned()),
+                fields: Some("agent_id".to_owned()),
+                ..ListQuery::default()
+            };
+            let ids: Vec<String> = client
+                .list_agent_fields(&query)
+                .await?
+                .into_keys()
                 .collect();
             if ids.is_empty() {
                 bail!("no agent matches {target}");

@@ -506,24 +506,24 @@ impl CorralMcp {
     }
 
     async fn list(&self, params: ListParams) -> Result<CallToolResult> {
-        let selector = params
-            .selector
-            .as_deref()
-            .map(Selector::parse)
-            .transpose()
-            .context("invalid selector")?;
+        if let Some(raw) = params.selector.as_deref() {
+            Selector::parse(raw).context("invalid selector")?;
+        }
         let client = self.ctx.client().await?;
-        let all: BTreeMap<String, AgentStatus> = client.get("/v1/agents").await?;
-        let picked: BTreeMap<String, AgentStatus> = all
+        // The daemon picks the agents by id; the state filter here is on the
+        // stored status (and `live`), which the daemon's `state` is not.
+        let query = corral_core::ListQuery {
+            selector: params.selector.clone(),
+            ..Default::default()
+        };
+        let picked: BTreeMap<String, AgentStatus> = client
+            .list_agents(&query)
+            .await?
             .into_iter()
-            .filter(|(id, s)| {
-                let by_id = selector
-                    .as_ref()
-                    .is_none_or(|sel| AgentId::new(id.as_str()).is_ok_and(|id| sel.matches(&id)));
-                let by_state = params
+            .filter(|(_, s)| {
+                params
                     .state
-                    .is_none_or(|st| st.matches(s.persistent_status));
-                by_id && by_state
+                    .is_none_or(|st| st.matches(s.persistent_status))
             })
             .collect();
         let text = if picked.is_empty() {

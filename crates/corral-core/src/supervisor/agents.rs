@@ -78,11 +78,6 @@ impl Supervisor {
         Ok((view.run, view.state))
     }
 
-    /// How many agents there are (no figures).
-    pub fn agent_count(&self) -> usize {
-        self.views().len()
-    }
-
     /// Waits until the sampled figures (CPU, memory, threads, tree) are at most
     /// about one sampling interval old. The sampler slows down while nobody
     /// reads them (see the `sampler` module); the reading functions above
@@ -100,6 +95,21 @@ impl Supervisor {
             .iter()
             .map(|v| (v.id.to_string(), v.status()))
             .collect()
+    }
+
+    /// The statuses of the agents `keep` picks by id, state and labels,
+    /// sorted by id. `keep` sees the published view, so the agents it leaves
+    /// out cost no status at all: a filtered listing of a large fleet pays
+    /// only for what it answers.
+    pub fn monitor_agents(
+        &self,
+        keep: impl Fn(&AgentId, crate::model::AgentState, &BTreeMap<String, String>) -> bool,
+    ) -> Vec<AgentStatus> {
+        self.sh.pace.want();
+        let mut views = self.views();
+        views.retain(|v| keep(&v.id, v.state, &v.spec.request.labels));
+        views.sort_unstable_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+        views.iter().map(|v| v.status()).collect()
     }
 
     /// Counts by state and summed resources: the seed's `get_process_summary`.

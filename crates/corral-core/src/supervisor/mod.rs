@@ -440,6 +440,18 @@ impl Supervisor {
         }
     }
 
+    /// How many sampling passes have completed: the agents' CPU and memory
+    /// figures change only when this does, so a reader may keep what it
+    /// derived from them until then (`/metrics` does).
+    pub fn sample_generation(&self) -> u64 {
+        self.sh.pace.passes()
+    }
+
+    /// How many agent ids the supervisor holds (without building a status).
+    pub fn agent_count(&self) -> usize {
+        lock(&self.sh.registry).len()
+    }
+
     /// Seconds since this supervisor opened.
     pub fn uptime_s(&self) -> f64 {
         self.sh.started.elapsed().as_secs_f64()

@@ -312,6 +312,13 @@ pub async fn run(ctx: &Ctx, args: BenchArgs) -> Result<ExitCode> {
     )
     .await?;
     let (all_p50, all_p99) = latency(&client, "/v1/agents", args.requests.clamp(5, 50)).await?;
+    let (fields_p50, _) = latency(
+        &client,
+        "/v1/agents?fields=agent_id,state,progress",
+        args.requests.clamp(5, 50),
+    )
+    .await?;
+    let (metrics_p50, metrics_p99) = latency(&client, "/metrics", args.requests).await?;
     let (rt_p50, _) = latency(&client, "/v1/no-such-route", args.requests).await?;
     figures.push(
         Figure::new("GET /v1/agents/{id} p50", one_p50, "ms")
@@ -333,6 +340,24 @@ pub async fn run(ctx: &Ctx, args: BenchArgs) -> Result<ExitCode> {
         all_p99,
         "ms",
     ));
+    figures.push(
+        Figure::new(
+            format!("GET /v1/agents?fields=agent_id,state,progress ({n}) p50"),
+            fields_p50,
+            "ms",
+        )
+        .baseline(all_p50)
+        .note("baseline: the whole listing, same run"),
+    );
+    figures.push(Figure::new(
+        format!("GET /metrics ({n} agents) p50"),
+        metrics_p50,
+        "ms",
+    ));
+    figures.push(
+        Figure::new(format!("GET /metrics ({n} agents) p99"), metrics_p99, "ms")
+            .target("≤ 5 ms", metrics_p99 <= 5.0),
+    );
 
     // The sampler keeps full pace for a few intervals after the last read
     // (see corral-core's sampler): let that pass before measuring rest.
