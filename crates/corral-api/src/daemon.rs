@@ -307,7 +307,7 @@ pub async fn run(mut opts: DaemonOptions) -> Result<(), DaemonError> {
         .layer(axum::Extension(crate::routes::ShutdownTrigger(stop_tx)));
     let agents_served = agent_listener.map(|(l, path)| {
         let app = crate::agent_socket::router(sup.clone());
-        let served = tokio::spawn(serve::serve(l, app, limits, stopped()));
+        let served = tokio::spawn(serve::serve(serve::PinnedPeers(l), app, limits, stopped()));
         (served, path)
     });
     let unix = serve::serve(listener, app.clone(), limits, stopped());

@@ -123,7 +123,7 @@ pub trait Listener: Send + 'static {
     fn accept(
         &self,
     ) -> impl Future<Output = io::Result<(Self::Io, Peer, Option<SocketAddr>)>> + Send;
-    /// For logs: `socket` or `tcp`.
+    /// For logs: `socket`, `agent socket` or `tcp`.
     fn kind(&self) -> &'static str;
     /// Lets a burst of up to `backlog` connections wait in the kernel's accept
     /// queue (called once, before serving).
@@ -138,6 +138,25 @@ impl Listener for tokio::net::UnixListener {
     async fn accept(&self) -> io::Result<(Self::Io, Peer, Option<SocketAddr>)> {
         let (stream, _) = tokio::net::UnixListener::accept(self).await?;
         let pid = stream.peer_cred().ok().and_then(|c| c.pid());
+        Ok((stream, Peer { pid, pidfd: None }, None))
+    }
+    fn kind(&self) -> &'static str {
+        "socket"
+    }
+}
+
+/// A Unix socket whose callers are pinned when they connect: each
+/// connection also holds a pidfd of its peer (`SO_PEERPIDFD`), so that its
+/// pid names the caller only while that very process lives. Costs a
+/// descriptor per connection: for the agent socket, where who calls decides
+/// what is allowed.
+pub struct PinnedPeers(pub tokio::net::UnixListener);
+
+impl Listener for PinnedPeers {
+    type Io = tokio::net::UnixStream;
+    async fn accept(&self) -> io::Result<(Self::Io, Peer, Option<SocketAddr>)> {
+        let (stream, _) = self.0.accept().await?;
+        let pid = stream.peer_cred().ok().and_then(|c| c.pid());
         let pidfd = {
             use std::os::fd::AsFd;
             corral_core::process::peer_pidfd(stream.as_fd()).map(std::sync::Arc::new)
@@ -145,7 +164,7 @@ impl Listener for tokio::net::UnixListener {
         Ok((stream, Peer { pid, pidfd }, None))
     }
     fn kind(&self) -> &'static str {
-        "socket"
+        "agent socket"
     }
 }
 
