@@ -11,7 +11,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
@@ -20,18 +20,6 @@ fn require_root(what: &str) {
     // SAFETY: a plain syscall.
     let euid = unsafe { libc::geteuid() };
     assert_eq!(euid, 0, "this test needs root: {what}");
-}
-
-/// Polls `f` until it returns Some, for up to `within`.
-fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < end, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A small tmpfs, unmounted when dropped (after a failed assertion too).

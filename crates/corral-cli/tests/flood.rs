@@ -27,17 +27,6 @@ const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 /// old behaviour closed it at once; the header timeout is a minute here).
 const PROMPT: Duration = Duration::from_secs(3);
 
-fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < end, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Lifts this process's soft open-file limit to its hard one (a flood needs fds).
 fn raise_nofile() {
     // SAFETY: getrlimit/setrlimit on a local struct.

@@ -48,6 +48,46 @@ fn environ(pid: i32) -> Vec<String> {
         .collect()
 }
 
+/// A user made with `useradd` for one test, removed (`userdel -f`) when dropped.
+struct TempUser(String);
+
+/// `useradd -M -s /bin/sh EXTRA... NAME`.
+fn useradd(name: &str, extra: &[&str]) {
+    let made = std::process::Command::new("useradd")
+        .args(["-M", "-s", "/bin/sh"])
+        .args(extra)
+        .arg(name)
+        .output()
+        .expect("useradd is needed for this test");
+    assert!(made.status.success(), "useradd: {}", stderr(&made));
+}
+
+impl TempUser {
+    fn add(name: &str, extra: &[&str]) -> Self {
+        useradd(name, extra);
+        Self(name.to_owned())
+    }
+
+    /// Deletes the account (`userdel -f`: its processes may still run) and
+    /// makes a new one of the same name with `extra` options.
+    fn recreate(&self, extra: &[&str]) {
+        let deleted = std::process::Command::new("userdel")
+            .args(["-f", &self.0])
+            .output()
+            .unwrap();
+        assert!(deleted.status.success(), "userdel: {}", stderr(&deleted));
+        useradd(&self.0, extra);
+    }
+}
+
+impl Drop for TempUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("userdel")
+            .args(["-f", &self.0])
+            .output();
+    }
+}
+
 fn running_pid(env: &Env, id: &str) -> i32 {
     let s = env.wait_for(id, "running", |s| s["state"] == "running");
     s["pid"].as_i64().unwrap() as i32
@@ -130,18 +170,7 @@ fn an_agent_cannot_redirect_the_daemons_writes_through_its_agent_dir() {
 fn a_user_that_cannot_be_resolved_at_restart_never_runs_as_another() {
     require_root("it creates and deletes a user with useradd/userdel");
     let name = format!("crl{}", std::process::id());
-    let made = std::process::Command::new("useradd")
-        .args(["-M", "-s", "/bin/sh", &name])
-        .output()
-        .expect("useradd is needed for this test");
-    assert!(made.status.success(), "useradd: {}", stderr(&made));
-    struct Gone(String);
-    impl Drop for Gone {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("userdel").arg(&self.0).output();
-        }
-    }
-    let user = Gone(name.clone());
+    let user = TempUser::add(&name, &[]);
 
     let env = Env::new();
     let out = env.run(&[
@@ -215,23 +244,7 @@ fn a_user_that_cannot_be_resolved_at_restart_never_runs_as_another() {
 fn a_name_that_comes_to_mean_another_account_does_not_run_the_agent() {
     require_root("it creates, deletes and recreates a user with useradd/userdel");
     let name = format!("crm{}", std::process::id());
-    let useradd = |extra: &[&str]| {
-        let made = std::process::Command::new("useradd")
-            .args(["-M", "-s", "/bin/sh"])
-            .args(extra)
-            .arg(&name)
-            .output()
-            .expect("useradd is needed for this test");
-        assert!(made.status.success(), "useradd: {}", stderr(&made));
-    };
-    struct Gone(String);
-    impl Drop for Gone {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("userdel").arg(&self.0).output();
-        }
-    }
-    useradd(&[]);
-    let user = Gone(name.clone());
+    let user = TempUser::add(&name, &[]);
 
     let env = Env::new();
     let out = env.run(&[
@@ -254,15 +267,10 @@ fn a_name_that_comes_to_mean_another_account_does_not_run_the_agent() {
     let first = uid_of(pid);
     assert_ne!(first, 0);
 
-    // The account goes (its process still runs: -f); a new one gets its
-    // name (and another uid).
-    let deleted = std::process::Command::new("userdel")
-        .args(["-f", &name])
-        .output()
-        .unwrap();
-    assert!(deleted.status.success(), "userdel: {}", stderr(&deleted));
+    // The account goes (its process still runs); a new one gets its name
+    // (and another uid).
     let other = (first + 7919).to_string();
-    useradd(&["-u", &other]);
+    user.recreate(&["-u", &other]);
 
     // Run 1 ends; run 2 would be the new account's.
     kill_and_reap(pid, libc::SIGKILL);
