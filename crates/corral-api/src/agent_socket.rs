@@ -155,9 +155,14 @@ async fn only_agents(State(sup): State<Supervisor>, req: Request, next: Next) ->
         )
         .into_response();
     };
-    // The pid is looked up now; the process must still be the one that
-    // connected once it has been (a pid freed meanwhile may be another's).
-    let caller = sup.agent_containing(pid).await;
+    // Looked up once per connection (a `/proc` read, a table scan without
+    // cgroups); the process must still be the one that connected once it has
+    // been (a pid freed meanwhile may be another's).
+    let caller = peer
+        .agent
+        .get_or_init(|| sup.agent_containing(pid))
+        .await
+        .clone();
     let caller = caller.filter(|_| peer.live_pid() == Some(pid));
     let Some(caller) = caller else {
         return ApiError::new(
@@ -254,6 +259,7 @@ print(pid, flush=True)\n";
         let peer = Peer {
             pid: Some(pid),
             pidfd: Some(std::sync::Arc::new(pidfd)),
+            ..Peer::default()
         };
         let out = child.wait_with_output().unwrap();
         let holder: i32 = String::from_utf8(out.stdout)
@@ -284,6 +290,7 @@ print(pid, flush=True)\n";
         let peer = Peer {
             pid: Some(std::process::id() as i32),
             pidfd: Some(std::sync::Arc::new(pidfd)),
+            ..Peer::default()
         };
         assert_eq!(peer.live_pid(), Some(std::process::id() as i32));
     }

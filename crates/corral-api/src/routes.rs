@@ -50,6 +50,9 @@ pub struct Peer {
     /// A pidfd of the process that connected: the pid names it only while
     /// this says it is alive (after it exits, the pid may be another's).
     pub pidfd: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+    /// The agent the peer was found inside, looked up once per connection
+    /// (the agent socket's check; shared by the connection's requests).
+    pub agent: std::sync::Arc<tokio::sync::OnceCell<Option<corral_core::AgentId>>>,
 }
 
 impl Peer {

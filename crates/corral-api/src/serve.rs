@@ -138,7 +138,11 @@ impl Listener for tokio::net::UnixListener {
     async fn accept(&self) -> io::Result<(Self::Io, Peer, Option<SocketAddr>)> {
         let (stream, _) = tokio::net::UnixListener::accept(self).await?;
         let pid = stream.peer_cred().ok().and_then(|c| c.pid());
-        Ok((stream, Peer { pid, pidfd: None }, None))
+        let peer = Peer {
+            pid,
+            ..Peer::default()
+        };
+        Ok((stream, peer, None))
     }
     fn kind(&self) -> &'static str {
         "socket"
@@ -161,7 +165,12 @@ impl Listener for PinnedPeers {
             use std::os::fd::AsFd;
             corral_core::process::peer_pidfd(stream.as_fd()).map(std::sync::Arc::new)
         };
-        Ok((stream, Peer { pid, pidfd }, None))
+        let peer = Peer {
+            pid,
+            pidfd,
+            ..Peer::default()
+        };
+        Ok((stream, peer, None))
     }
     fn kind(&self) -> &'static str {
         "agent socket"
