@@ -190,8 +190,28 @@ impl<S: Send + Sync> FromRequestParts<S> for Listing {
         description = "Statuses by id (with `fields`: only those fields of each)"),
         (status = 400, body = ErrorBody)))]
 pub(crate) async fn list(State(sup): State<Supervisor>, listing: Listing) -> Response {
-    sup.fresh_figures().await;
-    let kept = sup.monitor_agents(|id, state, labels| listing.keeps(id, state, labels));
+    // The sampled figures: fresh ones are waited for only when asked for.
+    const SAMPLED: [&str; 5] = [
+        "cpu_percent",
+        "memory_mb",
+        "num_threads",
+        "tree",
+        "process_status",
+    ];
+    if listing
+        .fields
+        .as_ref()
+        .is_none_or(|fields| fields.iter().any(|f| SAMPLED.contains(f)))
+    {
+        sup.fresh_figures().await;
+    }
+    let keep =
+        |id: &AgentId, state, labels: &BTreeMap<String, String>| listing.keeps(id, state, labels);
+    let kept = match &listing.fields {
+        // Only the asked fields are built (`agent_id` is always written).
+        Some(fields) => sup.monitor_agent_fields(keep, &|f| f == "agent_id" || fields.contains(&f)),
+        None => sup.monitor_agents(keep),
+    };
     let body = listing.stream(kept);
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],

@@ -846,6 +846,30 @@ async fn the_listing_filters_in_the_daemon_and_writes_only_the_fields_asked_for(
         assert_eq!(s["state"], all[id].state.as_str());
         assert_eq!(s["labels"], json!(all[id].labels));
     }
+    // Every other field, asked for alone or with a live one (only the asked
+    // fields are built), says what the whole status says.
+    for (field, live) in [
+        ("cmdline", "health"),
+        ("stdout_log", "process_alive"),
+        ("restart_policy", "is_zombie"),
+        ("stop_timeouts", "process_status"),
+        ("containment", "health"),
+        ("run", "process_alive"),
+    ] {
+        for query in [field.to_owned(), format!("{field},{live}")] {
+            let (status, picked) = api
+                .send(Method::GET, &format!("/v1/agents?fields={query}"), b"")
+                .await;
+            assert_eq!(status.as_u16(), 200, "{picked}");
+            for (id, s) in picked.as_object().unwrap() {
+                let whole = serde_json::to_value(&all[id]).unwrap();
+                assert_eq!(s[field], whole[field], "{id} {query}");
+                if query.contains(',') {
+                    assert_eq!(s[live], whole[live], "{id} {query}");
+                }
+            }
+        }
+    }
     let (_, only_ids) = api
         .send(Method::GET, "/v1/agents?fields=&selector=lt.b", b"")
         .await;

@@ -105,11 +105,23 @@ impl Supervisor {
         &self,
         keep: impl Fn(&AgentId, crate::model::AgentState, &BTreeMap<String, String>) -> bool,
     ) -> Vec<AgentStatus> {
+        self.monitor_agent_fields(keep, &|_| true)
+    }
+
+    /// [`Supervisor::monitor_agents`] with only the fields `want` names
+    /// filled in; the others hold defaults that mean nothing (for a caller
+    /// that writes only those fields). Fields that need no live check of the
+    /// process (`agent_id`, `state`, `progress`, ...) cost no system call.
+    pub fn monitor_agent_fields(
+        &self,
+        keep: impl Fn(&AgentId, crate::model::AgentState, &BTreeMap<String, String>) -> bool,
+        want: &dyn Fn(&str) -> bool,
+    ) -> Vec<AgentStatus> {
         self.sh.pace.want();
         let mut views = self.views();
         views.retain(|v| keep(&v.id, v.state, &v.spec.request.labels));
         views.sort_unstable_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
-        views.iter().map(|v| v.status()).collect()
+        views.iter().map(|v| v.status_of(want)).collect()
     }
 
     /// Counts by state and summed resources: the seed's `get_process_summary`.

@@ -216,8 +216,30 @@ impl View {
 
     /// The status the API reports, from this view and the process as it is now.
     pub(crate) fn status(&self) -> AgentStatus {
+        self.status_of(&|_| true)
+    }
+
+    /// The status with only the fields `want` names filled in (the others
+    /// keep cheap defaults that nobody reads: a listing with `fields` writes
+    /// only those). The live check of the process is made only when a field
+    /// that depends on it is wanted.
+    pub(crate) fn status_of(&self, want: &dyn Fn(&str) -> bool) -> AgentStatus {
         if let Some(job) = &self.job {
             return self.job_status(job);
+        }
+        const LIVE: [&str; 9] = [
+            "process_alive",
+            "process_status",
+            "is_zombie",
+            "cpu_percent",
+            "memory_mb",
+            "runtime_seconds",
+            "num_threads",
+            "health",
+            "tree",
+        ];
+        if !LIVE.iter().any(|f| want(f)) {
+            return self.ended_status_of(want);
         }
         let live = self.proc_.as_ref();
         let exited = live.is_some_and(|p| p.handle.has_exited());
@@ -240,7 +262,7 @@ impl View {
             (None, None) => 0.0,
         }
         .max(0.0);
-        let mut status = self.ended_status();
+        let mut status = self.ended_status_of(want);
         status.process_alive = process_alive;
         status.process_status = process_status.to_owned();
         status.is_zombie = is_zombie;
@@ -290,6 +312,12 @@ impl View {
 
     /// The status with no process to look at: what is on record.
     fn ended_status(&self) -> AgentStatus {
+        self.ended_status_of(&|_| true)
+    }
+
+    /// [`View::ended_status`] with the costly fields (copies, quoting, path
+    /// joins) filled in only when `want` names them.
+    fn ended_status_of(&self, want: &dyn Fn(&str) -> bool) -> AgentStatus {
         let (exit_code, exit_signal) = match self.exit {
             Some(ExitKind::Code(c)) => (Some(c), None),
             Some(ExitKind::Signal(s)) => (None, Some(s)),
@@ -306,31 +334,99 @@ impl View {
             memory_mb: 0.0,
             runtime_seconds: self.runtime_at_end.unwrap_or(0.0),
             num_threads: 0,
-            cmdline: quote_argv(&self.spec.request.command),
+            cmdline: if want("cmdline") {
+                quote_argv(&self.spec.request.command)
+            } else {
+                String::new()
+            },
             health: self.health(false, false, exit_code, exit_signal),
             persistent_status: self.status,
             state: self.state,
-            stop: self.stop.clone(),
-            started_at: self.started_at.clone(),
+            stop: if want("stop") {
+                self.stop.clone()
+            } else {
+                None
+            },
+            started_at: if want("started_at") {
+                self.started_at.clone()
+            } else {
+                String::new()
+            },
             progress: self.progress,
-            progress_message: self.progress_message.clone(),
-            progress_at: self.progress_at.clone(),
+            progress_message: if want("progress_message") {
+                self.progress_message.clone()
+            } else {
+                None
+            },
+            progress_at: if want("progress_at") {
+                self.progress_at.clone()
+            } else {
+                None
+            },
             exit_signal,
-            ended_at: self.ended_at.clone(),
-            end_reason: self.end_reason.clone(),
+            ended_at: if want("ended_at") {
+                self.ended_at.clone()
+            } else {
+                None
+            },
+            end_reason: if want("end_reason") {
+                self.end_reason.clone()
+            } else {
+                None
+            },
             run: self.run,
             restarts: self.run.saturating_sub(1),
-            next_restart_at: self.next_restart_at.clone(),
-            restart_policy: self.spec.restart.policy.as_str().to_owned(),
-            stop_timeouts: self.spec.stop_timeouts.to_vec(),
+            next_restart_at: if want("next_restart_at") {
+                self.next_restart_at.clone()
+            } else {
+                None
+            },
+            restart_policy: if want("restart_policy") {
+                self.spec.restart.policy.as_str().to_owned()
+            } else {
+                String::new()
+            },
+            stop_timeouts: if want("stop_timeouts") {
+                self.spec.stop_timeouts.to_vec()
+            } else {
+                Vec::new()
+            },
             ready: self.ready,
-            probe: self.probes.clone(),
-            limits: self.limits.clone(),
-            labels: self.spec.request.labels.clone(),
-            stdout_log: self.stdout_log(),
-            stderr_log: self.stderr_log(),
-            containment: self.containment.to_owned(),
-            user: self.spec.user.name().map(str::to_owned),
+            probe: if want("probe") {
+                self.probes.clone()
+            } else {
+                None
+            },
+            limits: if want("limits") {
+                self.limits.clone()
+            } else {
+                Default::default()
+            },
+            labels: if want("labels") {
+                self.spec.request.labels.clone()
+            } else {
+                Default::default()
+            },
+            stdout_log: if want("stdout_log") {
+                self.stdout_log()
+            } else {
+                PathBuf::new()
+            },
+            stderr_log: if want("stderr_log") {
+                self.stderr_log()
+            } else {
+                PathBuf::new()
+            },
+            containment: if want("containment") {
+                self.containment.to_owned()
+            } else {
+                String::new()
+            },
+            user: if want("user") {
+                self.spec.user.name().map(str::to_owned)
+            } else {
+                None
+            },
             placement: None,
             tree: None,
         }
