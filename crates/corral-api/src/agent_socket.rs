@@ -138,12 +138,10 @@ pub fn router(sup: Supervisor) -> Router {
         .layer(axum::middleware::from_fn_with_state(sup, only_agents))
 }
 
-/// Whether `id` is `caller` or below it.
+/// Whether `id` names `caller` or an agent below it (an id that is not an
+/// agent id at all is neither).
 fn within(id: &str, caller: &AgentId) -> bool {
-    id == caller.as_str()
-        || id
-            .strip_prefix(caller.as_str())
-            .is_some_and(|rest| rest.starts_with('.'))
+    AgentId::new(id).is_ok_and(|id| id.is_within(caller))
 }
 
 async fn only_agents(State(sup): State<Supervisor>, req: Request, next: Next) -> Response {

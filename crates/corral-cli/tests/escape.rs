@@ -16,12 +16,6 @@ use serde_json::Value;
 /// The escaped process's parent (a subshell) exits at once.
 const DOUBLE_FORKED: &str = "(env -i setsid sleep 300 &) ; exec sleep 300";
 
-fn require_root(what: &str) {
-    // SAFETY: a plain syscall.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "this test needs root: {what}");
-}
-
 fn start_ticks(pid: i32) -> Option<u64> {
     proc_stat(pid).and_then(|s| s[19].parse().ok())
 }

@@ -10,83 +10,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-
-fn require_root(what: &str) {
-    // SAFETY: a plain syscall.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "this test needs root: {what}");
-}
-
-/// A small tmpfs, unmounted when dropped (after a failed assertion too).
-/// Declare it before the `Env`, so that everything in it is stopped first.
-struct SmallDisk {
-    dir: Option<tempfile::TempDir>,
-}
-
-impl SmallDisk {
-    fn new(size: &str) -> Self {
-        require_root("it mounts a small tmpfs to fill");
-        let dir = tempfile::tempdir().unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(ok.success(), "mount -t tmpfs failed");
-        Self { dir: Some(dir) }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.as_ref().unwrap().path()
-    }
-
-    /// Bytes free for an ordinary file on it.
-    fn free(&self) -> u64 {
-        let st = rustix::fs::statvfs(self.path()).unwrap();
-        st.f_bavail * st.f_frsize
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let path = self.path().to_owned();
-        let ok = Command::new("umount")
-            .arg(&path)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            // Something still holds a file there: detach it now, it goes when released.
-            let _ = Command::new("umount").arg("-l").arg(&path).status();
-        }
-        if let Some(dir) = self.dir.take() {
-            let _ = dir.close();
-        }
-    }
-}
-
-/// Starts `corral daemon` in the foreground (our child), its stderr to a file;
-/// returns once it answers.
-fn start_foreground_daemon(env: &Env, stderr_to: &Path) -> Child {
-    let err = std::fs::File::create(stderr_to).unwrap();
-    let child = env
-        .cmd(&["daemon", "--sample-ms", "200"])
-        .stdout(Stdio::null())
-        .stderr(err)
-        .spawn()
-        .unwrap();
-    eventually(Duration::from_secs(10), "the daemon answers", || {
-        env.run(&["--no-autostart", "summary"])
-            .status
-            .success()
-            .then_some(())
-    });
-    child
-}
 
 /// Every event so far, as JSON.
 fn events(env: &Env) -> Vec<Value> {

@@ -11,17 +11,11 @@ mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
-
-fn require_root(what: &str) {
-    // SAFETY: a plain syscall.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "this test needs root: {what}");
-}
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -463,64 +457,6 @@ fn readopted_agents_stop_as_fast_as_any() {
         wait_gone(pid);
     }
     env.finish();
-}
-
-/// A small tmpfs, unmounted (after everything in it is stopped) when dropped.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn new(size: &str) -> Self {
-        require_root("it mounts a small tmpfs to fill");
-        let dir = tempfile::tempdir().unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(ok.success(), "mount -t tmpfs failed");
-        Self { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// Writes until the disk is full.
-    fn fill(&self) -> PathBuf {
-        use std::io::Write;
-        let path = self.path().join("fill");
-        let mut f = std::fs::File::create(&path).unwrap();
-        let block = vec![0u8; 64 * 1024];
-        while f.write_all(&block).is_ok() {}
-        let one = [0u8; 1];
-        while f.write_all(&one).is_ok() {}
-        path
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
-
-fn start_foreground_daemon(env: &Env, stderr_to: &Path) -> Child {
-    let err = std::fs::File::create(stderr_to).unwrap();
-    let child = env
-        .cmd(&["daemon", "--sample-ms", "200"])
-        .stdout(Stdio::null())
-        .stderr(err)
-        .spawn()
-        .unwrap();
-    eventually(Duration::from_secs(10), "the daemon answers", || {
-        env.run(&["--no-autostart", "summary"])
-            .status
-            .success()
-            .then_some(())
-    });
-    child
 }
 
 #[test]

@@ -16,12 +16,6 @@ use std::path::{Path, PathBuf};
 use common::*;
 use serde_json::Value;
 
-fn require_root(what: &str) {
-    // SAFETY: a plain syscall.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "this test needs root: {what}");
-}
-
 /// A directory every user can enter, with a sticky, world-writable `pub`
 /// inside (like /tmp): where an agent of another user can rename its own dir.
 fn shared_dir() -> (tempfile::TempDir, PathBuf) {
@@ -223,13 +217,9 @@ fn a_user_that_cannot_be_resolved_at_restart_never_runs_as_another() {
             "{r}"
         );
     }
-    let root_sleepers: Vec<i32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .filter(|p: &i32| {
-            cmdline(*p).starts_with("sleep 300") && environ_has(*p, "CORRAL_AGENT_ID=u")
-        })
+    let root_sleepers: Vec<i32> = processes_of("u")
+        .into_iter()
+        .filter(|p| cmdline(*p).starts_with("sleep 300"))
         .collect();
     assert!(root_sleepers.is_empty(), "{root_sleepers:?}");
     let stop = env.run(&["stop", "u", "--force"]);
@@ -281,17 +271,23 @@ fn a_name_that_comes_to_mean_another_account_does_not_run_the_agent() {
                 .is_some_and(|r| r.contains("is now uid"))
     });
     assert!(s["pid"].is_null(), "{s}");
-    let theirs: Vec<i32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .filter(|p: &i32| environ_has(*p, "CORRAL_AGENT_ID=renamed"))
-        .collect();
+    let theirs = processes_of("renamed");
     assert!(theirs.is_empty(), "{theirs:?} run as the new account");
     let stop = env.run(&["stop", "renamed", "--force"]);
     assert!(stop.status.success(), "{}", stderr(&stop));
     drop(user);
     env.finish();
+}
+
+/// Every process in `/proc` started with `CORRAL_AGENT_ID=<id>`.
+fn processes_of(id: &str) -> Vec<i32> {
+    let kv = format!("CORRAL_AGENT_ID={id}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|p: &i32| environ_has(*p, &kv))
+        .collect()
 }
 
 fn environ_has(pid: i32, kv: &str) -> bool {

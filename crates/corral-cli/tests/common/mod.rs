@@ -384,3 +384,88 @@ pub fn wait_gone(pid: i32) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Fails the test, saying why, unless it runs as root.
+pub fn require_root(what: &str) {
+    // SAFETY: a plain syscall.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "this test needs root: {what}");
+}
+
+/// Starts `corral daemon` in the foreground (our child), its stderr to a file;
+/// returns once it answers.
+pub fn start_foreground_daemon(env: &Env, stderr_to: &std::path::Path) -> std::process::Child {
+    let err = std::fs::File::create(stderr_to).unwrap();
+    let child = env
+        .cmd(&["daemon", "--sample-ms", "200"])
+        .stdout(std::process::Stdio::null())
+        .stderr(err)
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(10), "the daemon answers", || {
+        env.run(&["--no-autostart", "summary"])
+            .status
+            .success()
+            .then_some(())
+    });
+    child
+}
+
+/// A small tmpfs, unmounted when dropped (after a failed assertion too).
+/// Declare it before the `Env`, so that everything in it is stopped first.
+pub struct SmallDisk {
+    dir: Option<tempfile::TempDir>,
+}
+
+impl SmallDisk {
+    pub fn new(size: &str) -> Self {
+        require_root("it mounts a small tmpfs to fill");
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mount -t tmpfs failed");
+        Self { dir: Some(dir) }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.as_ref().unwrap().path()
+    }
+
+    /// Bytes free for an ordinary file on it.
+    pub fn free(&self) -> u64 {
+        let st = rustix::fs::statvfs(self.path()).unwrap();
+        st.f_bavail * st.f_frsize
+    }
+
+    /// Writes until the disk is full.
+    pub fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.path().join("fill");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let one = [0u8; 1];
+        while f.write_all(&one).is_ok() {}
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let path = self.path().to_owned();
+        let ok = Command::new("umount")
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            // Something still holds a file there: detach it now, it goes when released.
+            let _ = Command::new("umount").arg("-l").arg(&path).status();
+        }
+        if let Some(dir) = self.dir.take() {
+            let _ = dir.close();
+        }
+    }
+}

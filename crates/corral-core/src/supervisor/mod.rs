@@ -286,12 +286,7 @@ impl Drop for LastHandle {
 /// A short, stable tag for a state dir (FNV-1a of its path): names its cgroup subtree.
 fn state_tag(dir: &Path) -> String {
     use std::os::unix::ffi::OsStrExt;
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in dir.as_os_str().as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    format!("{:016x}", crate::model::fnv1a(dir.as_os_str().as_bytes()))
 }
 
 /// Opens what a supervisor keeps in its state dir (blocking): the private
