@@ -508,14 +508,19 @@ impl Writer {
             });
         }
         let mut results = Vec::with_capacity(batch.len());
+        // Prepared once: parsing them per write cost as much as a small write.
+        let step = |sql: &str| {
+            self.conn
+                .prepare_cached(sql)
+                .and_then(|mut s| s.execute([]))
+                .map(|_| ())
+        };
         for job in &batch {
-            let outcome = self.conn.execute_batch("SAVEPOINT op").and_then(|()| {
-                match (job.write.op)(&self.conn) {
-                    Ok(v) => self.conn.execute_batch("RELEASE op").map(|()| v),
-                    Err(e) => {
-                        let _ = self.conn.execute_batch("ROLLBACK TO op; RELEASE op");
-                        Err(e)
-                    }
+            let outcome = step("SAVEPOINT op").and_then(|()| match (job.write.op)(&self.conn) {
+                Ok(v) => step("RELEASE op").map(|()| v),
+                Err(e) => {
+                    let _ = step("ROLLBACK TO op").and_then(|()| step("RELEASE op"));
+                    Err(e)
                 }
             });
             results.push(outcome.map_err(|e| Error::store(job.write.action, e)));

@@ -937,6 +937,22 @@ pub fn process_table() -> Vec<ProcEntry> {
     out
 }
 
+/// One process's row of the process table, read from its `/proc/<pid>/stat`.
+pub fn process_entry(pid: i32) -> io::Result<ProcEntry> {
+    let s = read_stat_of(pid)?;
+    Ok(ProcEntry {
+        pid,
+        ppid: s.ppid,
+        pgrp: s.pgrp,
+        session: s.session,
+        start_ticks: s.start_ticks,
+        state: s.state,
+        cpu_ticks: s.cpu_ticks,
+        rss_pages: s.rss_pages,
+        num_threads: s.num_threads,
+    })
+}
+
 /// A variable of the environment a process was started with (`/proc/<pid>/environ`).
 pub fn environ_var(pid: i32, key: &str) -> Option<String> {
     let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;

@@ -61,6 +61,7 @@ mod agents;
 mod ending;
 mod execution;
 mod helper;
+mod lane;
 pub(crate) mod lifecycle;
 mod limits;
 mod ops;
@@ -214,6 +215,10 @@ pub(crate) struct Shared {
     /// Bumped whenever a failed owner is replaced (a stop waiting on it asks again).
     pub owners: watch::Sender<u64>,
     pub tables: execution::tree::TableCache,
+    /// Reads and kills of cgroup leaves, for stops (see [`lane`]).
+    pub cgroup_lane: lane::Lane,
+    /// Removals of empty cgroup leaves.
+    pub release_lane: lane::Lane,
     /// Bounds process creations running at once on blocking threads.
     pub spawn_permits: tokio::sync::Semaphore,
     /// Flips to true when the supervisor shuts down: actors leave their agents running.
@@ -383,6 +388,8 @@ impl Supervisor {
             reaps: watch::Sender::new(0),
             owners: watch::Sender::new(0),
             tables: execution::tree::TableCache::new(),
+            cgroup_lane: lane::Lane::new("corral-cgroups"),
+            release_lane: lane::Lane::new("corral-rmdir"),
             spawn_permits: tokio::sync::Semaphore::new(8),
             shutdown: watch::Sender::new(false),
             started: Instant::now(),

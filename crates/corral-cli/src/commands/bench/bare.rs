@@ -41,6 +41,28 @@ pub fn term_wait(mut children: Vec<Child>) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
+/// The staged stop done by hand: SIGTERM every child, sleep through the two
+/// TERM waits (`term_s`), SIGKILL every child, then wait for each: the
+/// seconds it took.
+pub fn staged_kill(mut children: Vec<Child>, term_s: f64) -> Result<f64> {
+    use rustix::process::{Pid, Signal, kill_process};
+    let signal_all = |children: &[Child], sig: Signal| {
+        for c in children {
+            if let Some(p) = Pid::from_raw(c.id() as i32) {
+                let _ = kill_process(p, sig);
+            }
+        }
+    };
+    let t = Instant::now();
+    signal_all(&children, Signal::TERM);
+    std::thread::sleep(std::time::Duration::from_secs_f64(term_s));
+    signal_all(&children, Signal::KILL);
+    for c in &mut children {
+        c.wait()?;
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
 /// Removes the baseline's files (their cost is not part of any figure).
 pub fn clean(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);

@@ -4,10 +4,15 @@
 //! The stage and its deadline belong to the lifecycle; this module does the
 //! work on the tree. Opening a stage signals the agent's group through its
 //! still-unreaped pid (and, in the kill stage, writes `cgroup.kill`). Each look
-//! re-reads the process table (shared by concurrent stops, [`TableCache`]),
+//! finds the members — in a cgroup, the leaf's `cgroup.procs` and their
+//! `stat` files (the leaf is the tree, as in systemd's control-group kill
+//! mode: a stop of ten thousand costs small reads, not scans); without one,
+//! the whole process table (shared by concurrent stops, [`TableCache`]) —
 //! signals every member not yet signalled in the stage through a pidfd opened
 //! with its start time checked, and watches those pidfds, so a member's exit,
-//! an orphan sweep or a short recheck wakes the owner to look again.
+//! an orphan sweep or a short recheck wakes the owner to look again. The
+//! cgroup reads and writes of stops go through one lane thread
+//! ([`super::super::lane`]), not a blocking-pool thread each.
 //!
 //! The tree is gone when the main process's end is on record (and, ours, it is
 //! reaped), no member is alive, the cgroup leaf is empty, and every zombie
@@ -154,7 +159,7 @@ impl LocalRun {
         if stage == StopStage::Kill
             && let Some(leaf) = self.leaf()
         {
-            kill_leaf(leaf.clone());
+            kill_leaf(sh, leaf.clone());
         }
         let sent = (!self.exited).then(|| self.proc_.handle.signal_group(signal_of(stage)));
         let t = self.tracker(sh);
@@ -182,24 +187,8 @@ impl LocalRun {
         if !self.exited && self.proc_.handle.has_exited() {
             return Look::MainExited;
         }
-        // With a cgroup, an empty leaf after a first look means every member
-        // found has exited: only zombies can be left, and those of ours are
-        // reaped here. No second scan of the process table.
-        let fast = self.exited
-            && self.track.as_ref().is_some_and(|t| {
-                !t.seen.is_empty() && t.watch.iter().all(|h| h.get_ref().has_exited())
-            })
-            && self.leaf().is_some()
-            && !leaf_now(self.leaf().cloned()).await.1;
-        if fast {
-            let seen: Vec<(i32, u64)> = self
-                .track
-                .as_ref()
-                .map(|t| t.seen.iter().copied().collect())
-                .unwrap_or_default();
-            if settle_zombies(sh, seen).await {
-                return Look::Gone;
-            }
+        if let Some(leaf) = self.leaf().cloned() {
+            return self.look_in_leaf(sh, leaf, stage).await;
         }
         let table = sh.tables.fresh(Instant::now(), sh).await;
         let leader = (self.pid(), self.proc_.handle.start_ticks());
@@ -255,6 +244,59 @@ impl LocalRun {
         // Only a populated cgroup, zombies, processes the scan missed or the
         // main's own end are left: no event to wait for, look again soon.
         t.recheck = ((t.watch.is_empty() && exited) || unscanned).then(|| Instant::now() + RECHECK);
+        Look::Left
+    }
+
+    /// [`LocalRun::look`] for a run in a cgroup leaf: the leaf is the tree
+    /// (as systemd's control-group kill mode has it), so a look reads the
+    /// leaf and its members' `/proc/<pid>/stat`, never the whole process
+    /// table — a stop of thousands costs thousands of small reads, not
+    /// thousands of scans. Members that have exited left the leaf but may
+    /// still be zombies: every member ever seen is checked, and ours reaped,
+    /// before the tree counts as gone.
+    async fn look_in_leaf(&mut self, sh: &Arc<Shared>, leaf: Leaf, stage: StopStage) -> Look {
+        if !self.exited
+            && stage == StopStage::Kill
+            && self.track.as_ref().is_some_and(|t| t.opened == Some(stage))
+        {
+            // cgroup.kill has taken the whole leaf; the main's exit (or the
+            // kill's settle deadline) is what comes next.
+            return Look::Left;
+        }
+        let leader = (self.pid(), self.proc_.handle.start_ticks());
+        let exited = self.exited;
+        let skip = (!exited).then_some(leader.0);
+        let (members, populated) = sh
+            .cgroup_lane
+            .run(move || leaf_members(&leaf, skip), (Vec::new(), true))
+            .await;
+        let t = self.tracker(sh);
+        t.reaps.borrow_and_update();
+        if !exited {
+            t.seen.insert(leader);
+        }
+        t.seen
+            .extend(members.iter().map(|m| (m.pid, m.start_ticks)));
+        if exited && !populated {
+            // The main process is reaped with its end on record; any other
+            // member may be a zombie of ours.
+            let seen: Vec<(i32, u64)> = t.seen.iter().copied().filter(|m| *m != leader).collect();
+            if seen.is_empty() || settle_zombies(sh, seen).await {
+                return Look::Gone;
+            }
+            self.tracker(sh).recheck = Some(Instant::now() + RECHECK);
+            return Look::Left;
+        }
+        if self.track.as_ref().is_none_or(|t| t.opened != Some(stage)) {
+            self.open_stage(sh, stage);
+        }
+        let t = self.tracker(sh);
+        signal_members(t, &members, leader, stage);
+        t.watch.retain(|h| !h.get_ref().has_exited());
+        // A populated leaf whose members are not all watched (the main's own
+        // end is read elsewhere; a member in a nested cgroup is not listed in
+        // the leaf's cgroup.procs): look again soon.
+        t.recheck = (t.watch.is_empty() && exited).then(|| Instant::now() + RECHECK);
         Look::Left
     }
 
@@ -592,11 +634,45 @@ async fn leaf_now(leaf: Option<Leaf>) -> (Vec<i32>, bool) {
         .unwrap_or((Vec::new(), true))
 }
 
-/// Writes `cgroup.kill` on a blocking thread (it takes the kernel's cgroup
+/// The processes in `leaf` but `leader` (the main process while it runs,
+/// unreaped and known by identity; none once its exit is read) and whether
+/// the leaf is populated
+/// (blocking). A pid is kept only if it is in `cgroup.procs` both before and
+/// after its `stat` was read: had it been reused by a process outside the
+/// leaf in between, the second read would not list it — and a member reused
+/// into the leaf is a member. (Signals go through pidfds opened with the
+/// start time read here.) The common cases — a leaf holding only its main
+/// process, an empty leaf after the main's exit — cost one read.
+fn leaf_members(leaf: &Leaf, leader: Option<i32>) -> (Vec<ProcEntry>, bool) {
+    if leader.is_none() && !leaf.populated() {
+        // The main process has exited: an empty leaf, the usual end, is one read.
+        return (Vec::new(), false);
+    }
+    let before = leaf.pids();
+    if before.is_empty() {
+        // Members may be in nested cgroups, which cgroup.procs does not list.
+        return (Vec::new(), leaf.populated());
+    }
+    if before.iter().all(|p| Some(*p) == leader) {
+        return (Vec::new(), true);
+    }
+    let mut members: Vec<ProcEntry> = before
+        .iter()
+        .filter(|p| Some(**p) != leader)
+        .filter_map(|pid| platform::process_entry(*pid).ok())
+        .collect();
+    if !members.is_empty() {
+        let after: HashSet<i32> = leaf.pids().into_iter().collect();
+        members.retain(|m| after.contains(&m.pid));
+    }
+    (members, true)
+}
+
+/// Writes `cgroup.kill` on the cgroup lane (it takes the kernel's cgroup
 /// lock; a thousand kill stages at once would queue on the async workers).
 /// Not waited for: the members' deaths are what the stop waits for.
-fn kill_leaf(leaf: Leaf) {
-    tokio::task::spawn_blocking(move || {
+fn kill_leaf(sh: &Shared, leaf: Leaf) {
+    sh.cgroup_lane.send(move || {
         if let Err(e) = leaf.kill()
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -820,7 +896,7 @@ impl Remnant {
         if stage == StopStage::Kill
             && let Some(leaf) = &self.leaf
         {
-            kill_leaf(leaf.clone());
+            kill_leaf(sh, leaf.clone());
         }
         let t = self.tracker(sh);
         if t.opened != Some(stage) {

@@ -354,14 +354,15 @@ impl Owner {
         }
     }
 
-    /// Releases a run's cgroup once nothing is left in it, on a blocking
-    /// thread: removing a cgroup takes the kernel's cgroup lock, and a thousand
-    /// stops at once would queue on the async workers. Nothing waits for it (a
-    /// leaf still there is swept later).
+    /// Releases a run's cgroup once nothing is left in it, on the release
+    /// lane: removing a cgroup takes the kernel's cgroup lock, and a thousand
+    /// stops at once would queue on the async workers (or spin on the lock
+    /// against each other from a thousand blocking threads). Nothing waits
+    /// for it (a leaf still there is swept later).
     pub(crate) fn release_leaf(&self, leaf: Option<&crate::platform::cgroup::Leaf>) {
         let Some(leaf) = leaf.cloned() else { return };
         let sh = self.sh.clone();
-        tokio::task::spawn_blocking(move || {
+        self.sh.release_lane.send(move || {
             if let Ok(root) = &sh.cgroup
                 && !leaf.populated()
             {

@@ -134,18 +134,30 @@ impl Owner {
     /// A stage began: its event, its signal (at once, unless it is the first
     /// of its stop), then a look at the tree.
     pub(crate) async fn stage_began(&mut self, stage: StopStage, first: bool) {
+        self.note_event(self.stage_event(stage));
         self.stage_signal(stage, first);
         self.look().await;
     }
 
-    /// A stage's event and count, and — unless it is the first of its stop,
-    /// which looks at the tree first — its signal.
-    fn stage_signal(&mut self, stage: StopStage, first: bool) {
-        let signal = if stage == StopStage::Kill {
-            "SIGKILL"
-        } else {
-            "SIGTERM"
+    /// The event of a stage's signal.
+    fn stage_event(&self, stage: StopStage) -> EventBody {
+        let (pid, job_id) = match &self.exec {
+            Some(Execution::Local(run)) => (Some(run.pid()), None),
+            Some(Execution::Job(job)) => (None, Some(job.record.job_id.clone())),
+            _ => (None, None),
         };
+        EventBody::StopStage(StopStageEvent {
+            stage,
+            signal: signal_name(stage).into(),
+            pid,
+            job_id,
+            cause: self.life().stop().map(|s| s.cause),
+        })
+    }
+
+    /// A stage's count and — unless it is the first of its stop, which looks
+    /// at the tree first — its signal.
+    fn stage_signal(&mut self, stage: StopStage, first: bool) {
         let slot = match stage {
             StopStage::Term => 0,
             StopStage::SecondTerm => 1,
@@ -154,18 +166,10 @@ impl Owner {
         self.sh.counters.stop_stages[slot].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (pid, job_id) = match &self.exec {
             Some(Execution::Local(run)) => (Some(run.pid()), None),
-            Some(Execution::Job(job)) => (None, Some(job.record.job_id.clone())),
+            Some(Execution::Job(job)) => (None, Some(job.record.job_id.as_str())),
             _ => (None, None),
         };
-        let cause = self.life().stop().map(|s| s.cause);
-        tracing::info!(agent_id = %self.spec.id, pid, job_id, stage = %stage, "stop stage: sending {signal}");
-        self.note_event(EventBody::StopStage(StopStageEvent {
-            stage,
-            signal: signal.into(),
-            pid,
-            job_id,
-            cause,
-        }));
+        tracing::info!(agent_id = %self.spec.id, pid, job_id, stage = %stage, "stop stage: sending {}", signal_name(stage));
         if !first && let Some(exec) = self.exec.as_mut() {
             exec.open_stage(&self.sh, stage);
         }
@@ -193,12 +197,18 @@ impl Owner {
         // its record queued; it is shown once on record. A daemon that dies
         // before the write lands resumes at the earlier stage, whose deadline
         // has passed, so it moves on at once.
+        // The stage's event goes in the same write as the stage.
         let write = store::transition(
             self.current().run_id,
             Transition {
                 stop: Some(Some(stop.record())),
                 stop_info: Some(stop.info()),
                 quiet: change.stage.is_none(),
+                events: change
+                    .stage
+                    .map(|stage| self.stage_event(stage))
+                    .into_iter()
+                    .collect(),
                 ..Transition::default()
             },
         );
@@ -283,5 +293,14 @@ impl Owner {
             false,
         );
         self.request_stop(req, None).await;
+    }
+}
+
+/// The signal a stage sends, by name.
+fn signal_name(stage: StopStage) -> &'static str {
+    if stage == StopStage::Kill {
+        "SIGKILL"
+    } else {
+        "SIGTERM"
     }
 }
