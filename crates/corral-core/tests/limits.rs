@@ -265,6 +265,46 @@ async fn a_stuck_agent_is_restarted_and_one_that_reports_progress_is_not() {
 }
 
 #[tokio::test]
+async fn a_passing_probe_shows_every_check_and_records_only_its_change() {
+    let (_cleanup, _dir, sup) = setup().await;
+    sup.spawn_agent(SpawnRequest {
+        probes: probes(Some(Probe::ProgressStaleS(3600.0)), None),
+        ..request("calm", &["sleep", "60"], 0)
+    })
+    .await
+    .unwrap();
+    let last_at = |s: &AgentStatus| {
+        s.probe
+            .as_ref()
+            .and_then(|p| p.liveness.as_ref())
+            .and_then(|l| l.last_at.clone())
+    };
+    let first = wait_until(&sup, "calm", "a first check", |s| last_at(s).is_some()).await;
+    // Checked every 0.1 s: the status shows each check, though nothing changed.
+    let later = wait_until(&sup, "calm", "a later check", |s| {
+        last_at(s).is_some_and(|t| Some(t) != last_at(&first))
+    })
+    .await;
+    let liveness = later.probe.clone().unwrap().liveness.unwrap();
+    assert_eq!(liveness.last_result.as_deref(), Some("passed"));
+    assert_eq!(liveness.consecutive_failures, 0);
+    wait_until(&sup, "calm", "a third check", |s| {
+        last_at(s).is_some_and(|t| Some(t) != last_at(&later))
+    })
+    .await;
+    // Three checks; the store holds one probe event: the first result.
+    let probe_events = sup
+        .events_since(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.agent_id == "calm" && e.kind() == "probe")
+        .count();
+    assert_eq!(probe_events, 1, "only the change from no result to passed");
+    sup.kill_agent(&id("calm"), true).await.unwrap();
+}
+
+#[tokio::test]
 async fn exec_and_log_readiness_move_ready_from_false_to_true() {
     let (_cleanup, dir, sup) = setup().await;
     let flag = dir.path().join("ready.flag");

@@ -155,7 +155,7 @@ pub(crate) enum Cmd {
         reply: oneshot::Sender<Result<()>>,
     },
     /// A probe of run `run` was checked.
-    Probe { run: u32, outcome: probes::Outcome },
+    Probe { run: u32, report: probes::Report },
     /// The sampler saw run `run` over a limit it enforces.
     Limit {
         run: u32,
@@ -233,6 +233,8 @@ pub(crate) struct Shared {
     /// The process-events connector, opened with the first tree without a
     /// cgroup (none where the kernel refuses it or it is configured off).
     pub proc_events: std::sync::OnceLock<Option<Arc<platform::connector::ProcEvents>>>,
+    /// The one timer of every run's probes, started with the first.
+    pub probes: std::sync::OnceLock<probes::Scheduler>,
     /// How often the sampler passes: readers tell it when figures are wanted.
     pub pace: Arc<sampler::Pace>,
 }
@@ -397,6 +399,7 @@ impl Supervisor {
             last_write_ok: Mutex::new(None),
             slurm: std::sync::OnceLock::new(),
             proc_events: std::sync::OnceLock::new(),
+            probes: std::sync::OnceLock::new(),
             pace: Arc::new(sampler::Pace::new(config_interval)),
         });
         let sup = Self {

@@ -1,11 +1,21 @@
 //! Liveness and readiness probes: checks that run beside an agent's owner and
 //! report to it, never stalling it.
 //!
-//! One task per run checks the run's probes at once and then every
-//! `interval_s`, each check bounded by `timeout_s`, and sends every result to
-//! the owner as a command. The owner keeps the counts: `failures` liveness
-//! failures in a row end the run as failed (the restart policy applies);
-//! readiness sets `ready` (false until the first pass). Kinds:
+//! Every run's probes share one timer: one scheduler task keeps when each
+//! run's next round is due and starts it then — at once, and then
+//! `interval_s` after the previous round ended, each check bounded by
+//! `timeout_s` (rounds due within 20 ms of each other run on the same turn).
+//! A round of checks that need I/O runs as a task of its own;
+//! `progress_stale_s` needs none and is checked on the scheduler's turn, so a
+//! thousand stuck-agent probes cost one timer, not a thousand tasks.
+//!
+//! Each result is recorded at once in the run's [`ProbeCell`] (what every
+//! status shows: last result, output, time, failures in a row). The owner is
+//! told only what it acts on — a result that changed, or a failure — so a
+//! probe that keeps passing costs no message, no new view and no write. The
+//! owner keeps `ready` and acts on failures: `failures` liveness failures in
+//! a row end the run as failed (the restart policy applies); readiness sets
+//! `ready` (false until the first pass). Kinds:
 //! - `exec`: the argv runs as the agent would (its environment, cwd and user),
 //!   in a session of its own; exit 0 passes. A check that runs out of time is
 //!   killed with its whole group and reaped.
@@ -16,19 +26,23 @@
 //! - `log` (readiness): a line of the run's stdout or stderr matching the
 //!   regular expression passes, for good.
 
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::model::{Probe, ProbeState, Probes, ProbesState};
 use crate::platform;
+use crate::store;
 
 use super::spec::Spec;
 use super::view::Published;
-use super::{Cmd, Shared};
+use super::{Cmd, Shared, lock};
 
 /// Which probe a result is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +59,19 @@ pub(crate) struct Outcome {
     /// What the check said (exit status and output, HTTP status, the error).
     pub output: String,
 }
+
+/// What the owner is told of a check: its outcome, the failures in a row it
+/// makes, and whether the result changed from the last one.
+#[derive(Debug, Clone)]
+pub(crate) struct Report {
+    pub outcome: Outcome,
+    pub failures: u32,
+    pub changed: bool,
+}
+
+/// A run's probe results as of the last check: written by the checks,
+/// read by every status.
+pub(crate) type ProbeCell = Mutex<ProbesState>;
 
 /// Most bytes of a check's output kept.
 const OUTPUT_LIMIT: usize = 2048;
@@ -94,46 +121,217 @@ pub(crate) struct Target {
     /// The owner's published state (for the last progress report).
     pub published: watch::Receiver<Published>,
     pub tx: mpsc::UnboundedSender<Cmd>,
+    /// Where results are recorded.
+    pub cell: Arc<ProbeCell>,
 }
 
-/// Starts the run's probe task, when it has probes.
-pub(crate) fn start(target: Target) -> Option<tokio::task::JoinHandle<()>> {
-    let probes = target.spec.request.probes.clone()?;
-    if probes.liveness.is_none() && probes.readiness.is_none() {
-        return None;
-    }
-    Some(tokio::spawn(run(target, probes)))
-}
-
-async fn run(target: Target, probes: Probes) {
-    let interval = Duration::from_secs_f64(probes.interval_s);
-    let timeout = Duration::from_secs_f64(probes.timeout_s);
-    let mut log = LogScan::default();
-    loop {
-        for (which, probe) in [
-            (Which::Liveness, &probes.liveness),
-            (Which::Readiness, &probes.readiness),
-        ] {
-            let Some(probe) = probe else { continue };
-            let (passed, output) = check(&target, probe, &mut log, timeout).await;
-            let outcome = Outcome {
-                which,
-                passed,
-                output,
+impl Target {
+    /// Records a check's outcome and tells the owner when it must act;
+    /// false once the owner is gone.
+    fn deliver(&self, outcome: Outcome) -> bool {
+        let recorded = {
+            let mut state = lock(&self.cell);
+            let slot = match outcome.which {
+                Which::Liveness => &mut state.liveness,
+                Which::Readiness => &mut state.readiness,
             };
-            if target
-                .tx
-                .send(Cmd::Probe {
-                    run: target.run,
+            slot.as_mut()
+                .map(|p| record(p, &outcome, store::now_rfc3339()))
+        };
+        let Some((failures, changed)) = recorded else {
+            return true;
+        };
+        if !changed && outcome.passed {
+            return true;
+        }
+        self.tx
+            .send(Cmd::Probe {
+                run: self.run,
+                report: Report {
                     outcome,
-                })
-                .is_err()
-            {
-                return;
+                    failures,
+                    changed,
+                },
+            })
+            .is_ok()
+    }
+}
+
+/// The one timer of every run's probes (see the module docs).
+pub(crate) struct Scheduler {
+    tx: mpsc::UnboundedSender<Msg>,
+    next_id: AtomicU64,
+}
+
+enum Msg {
+    Add(u64, Box<Entry>),
+    Remove(u64),
+    /// A round of checks ended; its log position comes back.
+    Done(u64, LogScan),
+}
+
+/// A run's probes, for as long as it is held: dropping it ends them (a
+/// check in progress is killed and reaped).
+pub(crate) struct Registration {
+    id: u64,
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Msg::Remove(self.id));
+    }
+}
+
+struct Entry {
+    target: Arc<Target>,
+    probes: Arc<Probes>,
+    interval: Duration,
+    timeout: Duration,
+    /// Checked on the scheduler's turn: no check needs I/O.
+    inline: bool,
+    /// The log check's position, while no round holds it.
+    log: Option<LogScan>,
+    /// The round under way, when one is.
+    round: Option<tokio::task::AbortHandle>,
+}
+
+impl Scheduler {
+    /// Starts the scheduler's task (call from within the runtime).
+    pub(crate) fn start() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(schedule(rx, tx.downgrade()));
+        Self {
+            tx,
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    /// Starts the run's probes, when it has any.
+    pub(crate) fn add(&self, target: Target) -> Option<Registration> {
+        let probes = target.spec.request.probes.clone()?;
+        if probes.liveness.is_none() && probes.readiness.is_none() {
+            return None;
+        }
+        let inline = [&probes.liveness, &probes.readiness]
+            .into_iter()
+            .flatten()
+            .all(|p| matches!(p, Probe::ProgressStaleS(_)));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let entry = Entry {
+            target: Arc::new(target),
+            interval: Duration::from_secs_f64(probes.interval_s),
+            timeout: Duration::from_secs_f64(probes.timeout_s),
+            probes: Arc::new(probes),
+            inline,
+            log: Some(LogScan::default()),
+            round: None,
+        };
+        self.tx.send(Msg::Add(id, Box::new(entry))).ok()?;
+        Some(Registration {
+            id,
+            tx: self.tx.clone(),
+        })
+    }
+}
+
+/// How early a round may run to share the scheduler's turn with others.
+const SLACK: Duration = Duration::from_millis(20);
+
+/// The scheduler's loop: rounds as they come due, registrations as they
+/// come and go. Ends when no registration and no scheduler handle is left.
+async fn schedule(mut rx: mpsc::UnboundedReceiver<Msg>, me: mpsc::WeakUnboundedSender<Msg>) {
+    let mut entries: HashMap<u64, Entry> = HashMap::new();
+    // One item per entry not in a round (items of removed entries are skipped).
+    let mut due: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
+    loop {
+        let next = due.peek().map(|Reverse((at, _))| *at);
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                None => return,
+                Some(Msg::Add(id, entry)) => {
+                    entries.insert(id, *entry);
+                    due.push(Reverse((Instant::now(), id)));
+                }
+                Some(Msg::Remove(id)) => {
+                    if let Some(round) = entries.remove(&id).and_then(|e| e.round) {
+                        round.abort();
+                    }
+                }
+                Some(Msg::Done(id, log)) => {
+                    if let Some(e) = entries.get_mut(&id) {
+                        e.log = Some(log);
+                        e.round = None;
+                        due.push(Reverse((Instant::now() + e.interval, id)));
+                    }
+                }
+            },
+            () = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                // Rounds due within the slack run now too: rounds due close
+                // together fall into step, and a thousand runs' probes wake
+                // the scheduler a few times a second, not a thousand.
+                let now = Instant::now();
+                while let Some(Reverse((at, id))) = due.peek().copied()
+                    && at <= now + SLACK
+                {
+                    due.pop();
+                    let Some(e) = entries.get_mut(&id) else { continue };
+                    if e.inline {
+                        for (which, probe) in checks(&e.probes) {
+                            if let Probe::ProgressStaleS(limit) = probe {
+                                let (passed, output) = stale(&e.target, *limit);
+                                e.target.deliver(Outcome { which, passed, output });
+                            }
+                        }
+                        due.push(Reverse((now + e.interval, id)));
+                    } else {
+                        let (target, probes, timeout) = (e.target.clone(), e.probes.clone(), e.timeout);
+                        let log = e.log.take().unwrap_or_default();
+                        let me = me.clone();
+                        e.round = Some(
+                            tokio::spawn(async move {
+                                let log = round(&target, &probes, timeout, log).await;
+                                if let Some(tx) = me.upgrade() {
+                                    let _ = tx.send(Msg::Done(id, log));
+                                }
+                            })
+                            .abort_handle(),
+                        );
+                    }
+                }
             }
         }
-        tokio::time::sleep(interval).await;
     }
+}
+
+/// The probes a round checks, in order.
+fn checks(probes: &Probes) -> impl Iterator<Item = (Which, &Probe)> {
+    [
+        (Which::Liveness, probes.liveness.as_ref()),
+        (Which::Readiness, probes.readiness.as_ref()),
+    ]
+    .into_iter()
+    .filter_map(|(which, p)| p.map(|p| (which, p)))
+}
+
+/// One round of a run's checks, each result delivered as it comes.
+async fn round(target: &Target, probes: &Probes, timeout: Duration, mut log: LogScan) -> LogScan {
+    for (which, probe) in checks(probes) {
+        let (passed, output) = check(target, probe, &mut log, timeout).await;
+        if !target.deliver(Outcome {
+            which,
+            passed,
+            output,
+        }) {
+            break;
+        }
+    }
+    log
 }
 
 /// One check, bounded by `timeout`: whether it passed, and what it said.

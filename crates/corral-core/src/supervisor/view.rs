@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::id::AgentId;
 use crate::model::{
-    AgentState, AgentStatus, Health, LimitState, PersistentStatus, PlacementInfo, ProbesState,
-    SpawnResponse, StopInfo, TreeSummary, quote_argv,
+    AgentState, AgentStatus, Health, LimitState, PersistentStatus, PlacementInfo, SpawnResponse,
+    StopInfo, TreeSummary, quote_argv,
 };
 use crate::platform::{self, ExitKind, ProcessHandle};
 use crate::store::RunRecord;
@@ -117,7 +117,7 @@ pub(crate) struct View {
     /// `cgroup` or `process-group`.
     pub containment: &'static str,
     pub ready: Option<bool>,
-    pub probes: Option<ProbesState>,
+    pub probes: Option<Arc<super::probes::ProbeCell>>,
     pub limits: std::collections::BTreeMap<String, LimitState>,
     /// The run's job, when it is placed on a cluster engine.
     pub job: Option<JobView>,
@@ -393,7 +393,7 @@ impl View {
             },
             ready: self.ready,
             probe: if want("probe") {
-                self.probes.clone()
+                self.probes.as_ref().map(|c| super::lock(c).clone())
             } else {
                 None
             },

@@ -66,8 +66,8 @@ pub(crate) struct JobRun {
     pub answer_by: Instant,
     /// The run's row, for finding its processes on this host.
     run_id: i64,
-    /// The run's probe task, when it has probes.
-    pub probes: Option<tokio::task::JoinHandle<()>>,
+    /// The run's probes, when it has any (dropped, they end).
+    pub probes: Option<super::super::probes::Registration>,
     /// The stop stage whose `scancel` has gone out.
     opened: Option<StopStage>,
     /// When it went out.
@@ -106,9 +106,7 @@ impl JobRun {
 
     /// Ends the run's probe checks.
     pub(crate) fn stop_probes(&mut self) {
-        if let Some(task) = self.probes.take() {
-            task.abort();
-        }
+        self.probes = None;
     }
 
     pub(crate) fn running(&self) -> bool {

@@ -66,8 +66,8 @@ pub(crate) struct LocalRun {
     pub exited: bool,
     /// Its end is committed (and, for our child, it is reaped).
     pub ended: bool,
-    /// The run's probe task, when it has probes.
-    pub probes: Option<tokio::task::JoinHandle<()>>,
+    /// The run's probes, when it has any (dropped, they end).
+    pub probes: Option<super::super::probes::Registration>,
     /// What a stop has seen and signalled of the tree, while one is under way.
     pub track: Option<Box<Tracker>>,
 }
@@ -101,9 +101,7 @@ impl LocalRun {
 
     /// Ends the run's probe checks (a check in progress is killed and reaped).
     pub(crate) fn stop_probes(&mut self) {
-        if let Some(task) = self.probes.take() {
-            task.abort();
-        }
+        self.probes = None;
     }
 
     pub(crate) fn pid(&self) -> i32 {
@@ -311,11 +309,13 @@ pub(crate) async fn find(sh: &Arc<Shared>, rec: &RunRecord) -> Option<(Started, 
 }
 
 /// `ready` and `probe` of a run that has not been checked yet.
-pub(crate) fn probe_state(spec: &Spec) -> (Option<bool>, Option<crate::model::ProbesState>) {
+pub(crate) fn probe_state(
+    spec: &Spec,
+) -> (Option<bool>, Option<Arc<super::super::probes::ProbeCell>>) {
     let probes = spec.request.probes.as_ref();
     (
         probes.and_then(|p| p.readiness.as_ref()).map(|_| false),
-        probes.map(super::super::probes::initial),
+        probes.map(|p| Arc::new(std::sync::Mutex::new(super::super::probes::initial(p)))),
     )
 }
 

@@ -119,7 +119,7 @@ impl Execution {
         }
     }
 
-    pub(crate) fn set_probes(&mut self, task: Option<tokio::task::JoinHandle<()>>) {
+    pub(crate) fn set_probes(&mut self, task: Option<super::probes::Registration>) {
         match self {
             Self::Local(run) => run.probes = task,
             Self::Job(job) => job.probes = task,

@@ -10,7 +10,7 @@ use crate::store;
 use super::super::Cmd;
 use super::super::execution::Execution;
 use super::super::lifecycle::State;
-use super::super::probes::{self, Outcome, Which};
+use super::super::probes::{Report, Which};
 use super::Owner;
 
 impl Owner {
@@ -31,7 +31,7 @@ impl Owner {
             } => {
                 let _ = reply.send(self.record_progress(progress, message).await);
             }
-            Cmd::Probe { run, outcome } => self.on_probe(run, outcome).await,
+            Cmd::Probe { run, report } => self.on_probe(run, report).await,
             Cmd::Limit { run, reason, data } => {
                 if self.live_run(run) {
                     tracing::warn!(agent_id = %self.spec.id, reason = %reason, "limit exceeded; stopping the run");
@@ -115,19 +115,26 @@ impl Owner {
 
     /// A probe's result: counted, published, and — for `failures` liveness
     /// failures in a row — the end of the run.
-    async fn on_probe(&mut self, run: u32, outcome: Outcome) {
+    async fn on_probe(&mut self, run: u32, report: Report) {
         if !self.live_run(run) {
             return;
         }
-        let threshold = self.spec.request.probes.as_ref().map_or(3, |p| p.failures);
-        let mut state = self.current().probes.clone().unwrap_or_default();
-        let slot = match outcome.which {
-            Which::Liveness => &mut state.liveness,
-            Which::Readiness => &mut state.readiness,
+        let Report {
+            outcome,
+            failures,
+            changed,
+        } = report;
+        let probes = self.spec.request.probes.as_ref();
+        let threshold = probes.map_or(3, |p| p.failures);
+        let Some(kind) = probes
+            .and_then(|p| match outcome.which {
+                Which::Liveness => p.liveness.as_ref(),
+                Which::Readiness => p.readiness.as_ref(),
+            })
+            .map(|p| p.kind().to_owned())
+        else {
+            return;
         };
-        let Some(probe) = slot.as_mut() else { return };
-        let (failures, changed) = probes::record(probe, &outcome, store::now_rfc3339());
-        let kind = probe.kind.clone();
         let was_ready = self.current().ready;
         let ready = match outcome.which {
             Which::Readiness if outcome.passed => Some(true),
@@ -149,10 +156,9 @@ impl Owner {
                 ready,
             }));
         }
-        self.publish(|v| {
-            v.probes = Some(state);
-            v.ready = ready;
-        });
+        if ready != was_ready {
+            self.publish(|v| v.ready = ready);
+        }
         if outcome.which == Which::Liveness && failures >= threshold {
             let reason = format!(
                 "liveness probe ({kind}) failed {failures} times in a row; last: {}",

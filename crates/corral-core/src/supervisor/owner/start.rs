@@ -334,12 +334,19 @@ impl Owner {
     /// Starts the current run's probes, when it has any.
     pub(crate) fn start_probes(&mut self) {
         let view = self.current();
+        let Some(cell) = view.probes.clone() else {
+            return;
+        };
         if self.exec.is_none() {
             return;
         }
         let started =
             humantime::parse_rfc3339_weak(&view.started_at).unwrap_or_else(|_| SystemTime::now());
-        let probes = super::super::probes::start(super::super::probes::Target {
+        let scheduler = self
+            .sh
+            .probes
+            .get_or_init(super::super::probes::Scheduler::start);
+        let probes = scheduler.add(super::super::probes::Target {
             sh: self.sh.clone(),
             spec: self.spec.clone(),
             run: view.run,
@@ -348,6 +355,7 @@ impl Owner {
             started,
             published: self.publisher().subscribe(),
             tx: self.commands(),
+            cell,
         });
         if let Some(exec) = self.exec.as_mut() {
             exec.set_probes(probes);
