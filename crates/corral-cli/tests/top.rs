@@ -195,6 +195,24 @@ fn top_shows_agents_and_stops_the_selected_one_after_yes() {
         assert_ne!(stat[0], "Z", "pid {pid} runs");
     }
 
+    // The detail pane shows the whole status, though the table's refreshes
+    // carry only the table's fields: the tree and the start time come from
+    // the pane's own fetch.
+    tmux.keys("k");
+    tmux.wait_screen("alpha selected", |s| {
+        row(s, "alpha").is_some_and(|l| l.contains("▶"))
+    });
+    tmux.keys("Enter");
+    let field = |s: &str, name: &str, value: &str| {
+        s.lines()
+            .any(|l| l.contains(&format!("│{name} ")) && l.contains(value))
+    };
+    tmux.wait_screen("alpha's detail with its tree and start", |s| {
+        s.contains("alpha · run 1") && field(s, "tree", "1 process") && field(s, "started", "20")
+    });
+    tmux.keys("Escape");
+    tmux.wait_screen("the detail closed", |s| !s.contains("alpha · run 1"));
+
     tmux.keys("q");
     let end = Instant::now() + DEADLINE;
     while tmux.alive() {

@@ -20,12 +20,13 @@
 //! - one **key thread** blocks in crossterm's `read` and forwards what it reads;
 //!   idle, it costs nothing.
 //! - the **async side** (the command's runtime) talks to the daemon: a full
-//!   `GET /v1/agents` every `--interval` (the metrics come from the daemon's
-//!   sampler, so asking more often shows nothing new); the event stream
-//!   (`GET /v1/events?since=N`), whose state changes are applied at once and
-//!   followed by a fetch of just the agents concerned (a burst of them becomes
-//!   one full refresh); log tails while the detail pane is open; and the stop
-//!   and kill requests. Answers travel to the UI thread as raw bytes and are
+//!   `GET /v1/agents` of the table's fields only every `--interval` (the
+//!   metrics come from the daemon's sampler, so asking more often shows
+//!   nothing new; the other fields are never built for ten thousand rows);
+//!   the event stream (`GET /v1/events?since=N`), whose state changes are
+//!   applied at once and followed by a fetch of just the agents concerned (a
+//!   burst of them becomes one full refresh); the whole status and the log
+//!   tails of the agent the detail pane shows; and the stop and kill requests. Answers travel to the UI thread as raw bytes and are
 //!   decoded there, so the runtime's thread only moves bytes.
 //!
 //! The terminal is restored on every way out: a key, SIGTERM/SIGHUP/SIGINT,
@@ -250,7 +251,21 @@ fn apply(m: &mut Model, msg: Msg, now: Instant) -> Result<Option<Effect>> {
         Msg::Input(Ok(_)) => {}
         Msg::Input(Err(e)) => bail!("cannot read the keyboard: {e}"),
         Msg::Snapshot(Ok(body)) => {
-            match serde_json::from_slice::<BTreeMap<String, AgentStatus>>(&body) {
+            // The table's fields only: the rest keep blank values nobody reads.
+            let all = serde_json::from_slice::<
+                BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
+            >(&body)
+            .map_err(|e| e.to_string())
+            .and_then(|all| {
+                all.into_iter()
+                    .map(|(id, fields)| {
+                        AgentStatus::from_partial(&id, fields)
+                            .map(|s| (id, s))
+                            .map_err(|e| e.to_string())
+                    })
+                    .collect::<std::result::Result<BTreeMap<_, _>, _>>()
+            });
+            match all {
                 Ok(all) => m.set_snapshot(all),
                 Err(e) => m.set_refresh_error(format!("unexpected answer: {e}")),
             }
@@ -285,9 +300,17 @@ fn error_text(status: StatusCode, body: &[u8]) -> String {
         .unwrap_or_else(|_| format!("HTTP {status}"))
 }
 
-/// `GET /v1/agents`, as a message.
+/// The fields the table, its header, its filter and its sort read (and the
+/// events it applies update); the detail pane fetches the whole status of
+/// the one agent it shows.
+const TABLE_FIELDS: &str = "pid,state,persistent_status,health,ready,process_alive,\
+    process_status,cpu_percent,memory_mb,num_threads,runtime_seconds,restarts,progress,\
+    progress_message,progress_at,labels,run,stop,next_restart_at,exit_code,exit_signal,end_reason";
+
+/// `GET /v1/agents` with the table's fields, as a message.
 async fn snapshot(client: &Client) -> Msg {
-    Msg::Snapshot(match client.raw(Method::GET, "/v1/agents", None).await {
+    let path = format!("/v1/agents?fields={TABLE_FIELDS}");
+    Msg::Snapshot(match client.raw(Method::GET, &path, None).await {
         Ok((status, body)) if status.is_success() => Ok(Vec::from(body)),
         Ok((status, body)) => Err(error_text(status, &body)),
         Err(e) => Err(e.to_string()),
@@ -462,10 +485,13 @@ async fn carry_out(
         let tx = tx.clone();
         match fx {
             Effect::Quit => {}
-            Effect::FetchLogs(id) => {
+            Effect::FetchDetail(id) => {
                 tokio::spawn(async move {
-                    let (stdout, stderr) =
-                        tokio::join!(tail(&client, &id, "stdout"), tail(&client, &id, "stderr"));
+                    let (stdout, stderr, _) = tokio::join!(
+                        tail(&client, &id, "stdout"),
+                        tail(&client, &id, "stderr"),
+                        fetch_one(&client, &tx, id.clone())
+                    );
                     let _ = tx.send(Msg::Logs { id, stdout, stderr });
                 });
             }

@@ -185,8 +185,8 @@ pub enum Action {
 pub enum Effect {
     /// Restore the terminal and leave.
     Quit,
-    /// Fetch the tail of this agent's stdout and stderr.
-    FetchLogs(String),
+    /// Fetch this agent's whole status and the tail of its stdout and stderr.
+    FetchDetail(String),
     /// Stop or kill this agent (after the user said yes).
     Act(Action, String),
 }
@@ -231,6 +231,9 @@ pub struct Detail {
     pub stderr: LogTail,
     /// Lines the field list is scrolled down by.
     pub scroll: u16,
+    /// The agent's whole status, once fetched: the table's refreshes carry
+    /// only the fields the table shows.
+    pub full: Option<AgentStatus>,
 }
 
 /// Counts and totals for the header, over every agent (not only those shown).
@@ -446,8 +449,13 @@ impl Model {
         self.link.events_error = error;
     }
 
-    /// One agent's fresh status (`GET /v1/agents/{id}`).
+    /// One agent's fresh, whole status (`GET /v1/agents/{id}`).
     pub fn upsert(&mut self, s: AgentStatus) {
+        if let Some(d) = self.detail.as_mut()
+            && d.id == s.agent_id
+        {
+            d.full = Some(s.clone());
+        }
         match self.by_id.get(&s.agent_id) {
             Some(&i) => self.agents[i] = s,
             None => {
@@ -514,7 +522,7 @@ impl Model {
         false
     }
 
-    /// The answer to [`Effect::FetchLogs`].
+    /// The answer to [`Effect::FetchDetail`].
     pub fn set_logs(&mut self, id: &str, stdout: LogTail, stderr: LogTail) {
         if self.logs_in_flight.as_deref() == Some(id) {
             self.logs_in_flight = None;
@@ -547,7 +555,7 @@ impl Model {
             return None;
         }
         self.logs_in_flight = Some(id.clone());
-        Some(Effect::FetchLogs(id))
+        Some(Effect::FetchDetail(id))
     }
 
     /// Rebuilds the shown rows if anything they depend on changed: filters,
@@ -635,9 +643,10 @@ impl Model {
             stdout: LogTail::Loading,
             stderr: LogTail::Loading,
             scroll: 0,
+            full: None,
         };
         self.logs_in_flight = Some(id.clone());
-        Some(Effect::FetchLogs(id))
+        Some(Effect::FetchDetail(id))
     }
 
     fn select(&mut self, n: usize) -> Option<Effect> {
@@ -737,9 +746,10 @@ impl Model {
                     stdout: LogTail::Loading,
                     stderr: LogTail::Loading,
                     scroll: 0,
+                    full: None,
                 });
                 self.logs_in_flight = Some(id.clone());
-                Some(Effect::FetchLogs(id))
+                Some(Effect::FetchDetail(id))
             }
             KeyCode::Char('s') => {
                 self.sort = self.sort.next();
@@ -1108,7 +1118,7 @@ pub(crate) mod tests {
         let mut m = model_of(fleet());
         assert_eq!(
             press(&mut m, KeyCode::Enter),
-            Some(Effect::FetchLogs("a".into()))
+            Some(Effect::FetchDetail("a".into()))
         );
         // A fetch is out: the tick does not pile another on.
         assert_eq!(m.tick(Instant::now()), None);
@@ -1117,10 +1127,13 @@ pub(crate) mod tests {
             LogTail::Text("hi\n".into()),
             LogTail::Text(String::new()),
         );
-        assert_eq!(m.tick(Instant::now()), Some(Effect::FetchLogs("a".into())));
+        assert_eq!(
+            m.tick(Instant::now()),
+            Some(Effect::FetchDetail("a".into()))
+        );
         assert_eq!(
             press(&mut m, KeyCode::Down),
-            Some(Effect::FetchLogs("b".into()))
+            Some(Effect::FetchDetail("b".into()))
         );
         // The late answer for a is not shown as b's.
         m.set_logs("a", LogTail::Text("late\n".into()), LogTail::Loading);

@@ -451,7 +451,11 @@ fn render_footer(frame: &mut Frame<'_>, area: Rect, m: &Model) {
 }
 
 fn render_detail(frame: &mut Frame<'_>, area: Rect, m: &Model, d: &Detail) {
-    let Some(s) = m.agent(&d.id) else {
+    // The whole status once fetched; until then, what the table has.
+    let Some(s) = m
+        .agent(&d.id)
+        .map(|listed| d.full.as_ref().unwrap_or(listed))
+    else {
         let block = Block::bordered().title(format!(" {} ", d.id));
         frame.render_widget(
             Paragraph::new(Span::styled("no longer known to the daemon", dim())).block(block),
