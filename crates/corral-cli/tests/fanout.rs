@@ -34,7 +34,7 @@ fn a_batch_answers_in_order_and_a_bad_entry_fails_alone() {
         ["b.ok1", "b.missing", "../bad", "b.ok2", "b.ok1", "b.dies"],
         "request order"
     );
-    assert_eq!(results[0]["status"], "running");
+    assert_eq!(results[0]["status"], "running", "{answer:#}");
     assert_eq!(results[1]["error"]["code"], "spawn_failed");
     assert_eq!(results[2]["error"]["code"], "invalid");
     assert_eq!(results[3]["status"], "running");

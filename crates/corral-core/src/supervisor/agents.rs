@@ -197,10 +197,30 @@ impl Supervisor {
 
     /// Spawns many agents at once: every verification window runs at the same
     /// time, and one bad request fails alone. Results are in request order.
+    /// An id given twice is tried in request order: the later entry waits for
+    /// the earlier one's answer (and is then a conflict if it runs).
     pub async fn spawn_batch(&self, reqs: Vec<SpawnRequest>) -> Vec<Result<SpawnResponse>> {
+        let mut times: HashMap<&str, usize> = HashMap::new();
+        for r in &reqs {
+            *times.entry(r.agent_id.as_str()).or_default() += 1;
+        }
+        let turns: HashMap<String, Arc<tokio::sync::Mutex<()>>> = times
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(id, _)| (id.to_owned(), Arc::default()))
+            .collect();
         let spawns = reqs.into_iter().map(|req| {
             let sup = self.clone();
-            async move { sup.spawn_agent(req).await }
+            let turn = turns.get(&req.agent_id).cloned();
+            async move {
+                // tokio's mutex is fair, and join_all first polls in order:
+                // the turns are taken in request order.
+                let _turn = match &turn {
+                    Some(t) => Some(t.lock().await),
+                    None => None,
+                };
+                sup.spawn_agent(req).await
+            }
         });
         let results = futures_util::future::join_all(spawns).await;
         // A burst of spawns leaves the allocator holding the peak of all their
