@@ -365,8 +365,7 @@ async fn status(
     State(sup): State<Supervisor>,
     IdPath(id): IdPath,
 ) -> Result<Json<AgentStatus>, ApiError> {
-    sup.fresh_figures().await;
-    Ok(Json(sup.get_agent_status(&id)?))
+    Ok(Json(sup.agent_status(&id).await?))
 }
 
 /// Forget an ended agent: its runs, and its logs in the default place.

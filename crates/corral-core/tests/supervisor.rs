@@ -587,13 +587,80 @@ async fn the_sampler_rests_while_nobody_reads_and_a_fresh_read_is_current() {
         s.memory_mb
     );
 
-    // Readers keep it at full pace.
+    // Readers of every agent keep it at full pace.
     let (t0, p0) = (Instant::now(), passes());
     while t0.elapsed() < Duration::from_secs(1) {
-        let _ = h.status("quiet");
+        let _ = h.sup.monitor_all_agents();
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let paced = passes() - p0;
     assert!(paced >= 4, "only {paced} full passes in 1 s with a reader");
+    h.finish().await;
+}
+
+/// A reader of one agent in a cgroup has it sampled alone: its figures are
+/// fresh (they agree with `/proc` right after it grows) while the pass over
+/// every process stays at rest.
+#[tokio::test]
+async fn reading_one_agent_samples_it_alone_and_leaves_the_sampler_at_rest() {
+    let mut h = Harness::with_sampling(Duration::from_millis(100)).await;
+    let go = h.dir.path().join("go");
+    let script = format!(
+        "import os, time\nwhile not os.path.exists({:?}): time.sleep(0.01)\nb = bytearray(64 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint('grown', flush=True)\ntime.sleep(300)\n",
+        go.display().to_string()
+    );
+    let resp = h
+        .spawn("alone", &["python3", "-c", &script], 100)
+        .await
+        .unwrap();
+    let pid = resp.pid.unwrap();
+    let id = corral_core::AgentId::new("alone").unwrap();
+    let s = h.status("alone");
+    if s.containment != "cgroup" {
+        panic!(
+            "this test needs cgroup containment (a writable cgroup2 hierarchy, as root); got {}",
+            s.containment
+        );
+    }
+    // Wait out the spawn's active window, then read this one agent for two
+    // seconds: at rest the full pass runs about once a second.
+    let quiet_from = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < quiet_from {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::write(&go, "").unwrap();
+    common::wait_lines(&resp.stdout_log, 1).await;
+    // Past two intervals: the figures it has are either from after the
+    // growth or old enough to be taken again.
+    let settled = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < settled {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let passes = || h.sup.counters().sampler_passes;
+    let (t0, p0) = (Instant::now(), passes());
+    let mut fresh = None;
+    while t0.elapsed() < Duration::from_secs(2) {
+        let s = h.sup.agent_status(&id).await.unwrap();
+        fresh.get_or_insert(s);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let full = passes() - p0;
+    assert!(
+        full <= 4,
+        "{full} full passes in 2 s with one agent's reader"
+    );
+    let s = fresh.unwrap();
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap();
+    let resident: f64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let independent_mb = resident * 4096.0 / (1024.0 * 1024.0);
+    assert!(independent_mb > 64.0, "{independent_mb}");
+    assert!(
+        (s.memory_mb - independent_mb).abs() < 2.0,
+        "the first read after the growth: corral {} vs /proc {independent_mb}",
+        s.memory_mb
+    );
+    let tree = s.tree.unwrap();
+    assert_eq!(tree.processes, 1, "{tree:?}");
+    assert!((tree.memory_mb - s.memory_mb).abs() < 0.01, "{tree:?}");
     h.finish().await;
 }

@@ -66,9 +66,41 @@ impl Supervisor {
 
     /// One agent's status: the seed's `get_agent_status`. Answers from the
     /// agent's last committed state and a live check of its process.
+    /// Keeps the sampler at full pace; [`Supervisor::agent_status`] is the
+    /// read that costs only this agent.
     pub fn get_agent_status(&self, id: &AgentId) -> Result<AgentStatus> {
         self.sh.pace.want();
         Ok(self.view(id)?.status())
+    }
+
+    /// One agent's status with figures at most about two sampling intervals
+    /// old, at the cost of that agent alone: a live agent in a cgroup whose
+    /// figures are older is sampled on its own (its leaf's processes, on a
+    /// blocking thread), and the sampler's pass over every process is left
+    /// at rest; any other agent waits for a full pass as
+    /// [`Supervisor::fresh_figures`] does. The API's `GET /v1/agents/{id}`.
+    pub async fn agent_status(&self, id: &AgentId) -> Result<AgentStatus> {
+        let view = self.view(id)?;
+        match view.proc_.clone().filter(|_| view.state.is_busy()) {
+            Some(proc_) if proc_.leaf.is_some() => {
+                let old = 2.0 * self.sh.config.sample_interval.as_secs_f64();
+                let taken = proc_.sample().map_or(0.0, |s| s.taken_s);
+                if platform::boottime_seconds() - taken > old {
+                    let sh = self.sh.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        super::sampler::sample_one(&sh, &proc_)
+                    })
+                    .await;
+                }
+                Ok(self.view(id)?.status())
+            }
+            // Ended: no figures to refresh.
+            _ if !view.state.is_busy() => Ok(view.status()),
+            _ => {
+                self.fresh_figures().await;
+                self.get_agent_status(id)
+            }
+        }
     }
 
     /// An agent's current run and lifecycle state, without its figures (a

@@ -17,7 +17,10 @@
 //! once every [`REST_INTERVALS`]. A reader that finds the figures older than
 //! two intervals wakes the sampler at once, and the API's reads wait for that
 //! pass ([`Pace::fresh`]), so what they answer is never older than an
-//! interval or so, rest or not.
+//! interval or so, rest or not. A reader of one agent in a cgroup
+//! (`Supervisor::agent_status`) needs no pass at all: that agent is sampled
+//! alone ([`sample_one`]: its leaf's processes), and the pass over every
+//! process stays at rest.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -344,9 +347,53 @@ impl Pass<'_> {
                 memory_mb: self.mb(m.rss_pages),
                 num_threads: m.num_threads,
                 tree,
+                taken_s: self.now,
             });
         }
         (tree, tasks)
+    }
+}
+
+/// Samples one agent contained in a cgroup leaf on its own, for a reader of
+/// that agent alone (blocking): its leaf's processes are its tree, so this
+/// costs a few small reads, not a scan of every process on the machine —
+/// a coordinator polling one agent a second keeps the full pass at rest.
+/// CPU% is over the time since the previous such sample (from each
+/// process's start for the first).
+pub(crate) fn sample_one(sh: &Shared, proc_: &super::view::Proc) {
+    let Some(leaf) = &proc_.leaf else { return };
+    let now = platform::boottime_seconds();
+    let members = stop::leaf_members(leaf, None).0;
+    let mb = |pages: u64| (pages * sh.page_size) as f64 / (1024.0 * 1024.0);
+    let mut alone = lock(&proc_.alone);
+    let mut seen = HashMap::with_capacity(members.len());
+    let mut tree = TreeSummary {
+        processes: 0,
+        cpu_percent: 0.0,
+        memory_mb: 0.0,
+    };
+    let mut own = None;
+    for m in members.iter().filter(|m| m.state != 'Z') {
+        let key = (m.pid, m.start_ticks);
+        let cpu = cpu_percent(m, alone.get(&key), now, sh.ticks_per_second);
+        seen.insert(key, (m.cpu_ticks, now));
+        tree.processes += 1;
+        tree.cpu_percent += cpu;
+        tree.memory_mb += mb(m.rss_pages);
+        if key == (proc_.handle.pid(), proc_.handle.start_ticks()) {
+            own = Some((*m, cpu));
+        }
+    }
+    *alone = seen;
+    if let Some((m, cpu)) = own {
+        proc_.set_sample(Sample {
+            state: m.state,
+            cpu_percent: cpu,
+            memory_mb: mb(m.rss_pages),
+            num_threads: m.num_threads,
+            tree,
+            taken_s: now,
+        });
     }
 }
 

@@ -33,6 +33,8 @@ pub(crate) struct Sample {
     pub num_threads: u32,
     /// The whole tree.
     pub tree: TreeSummary,
+    /// When it was taken (boot-clock seconds).
+    pub taken_s: f64,
 }
 
 /// A live process of an agent, shared between its owner (which waits on it),
@@ -47,6 +49,9 @@ pub(crate) struct Proc {
     pub leaf: Option<crate::platform::cgroup::Leaf>,
     /// Written by the sampler.
     pub sample: Mutex<Option<Sample>>,
+    /// CPU ticks of its tree's processes at the last sample taken for a
+    /// reader of this agent alone (see `sampler::sample_one`); empty until one is.
+    pub alone: Mutex<std::collections::HashMap<(i32, u64), (u64, f64)>>,
 }
 
 impl Proc {
@@ -60,6 +65,7 @@ impl Proc {
             handle,
             leaf,
             sample: Mutex::new(None),
+            alone: Mutex::default(),
         }
     }
 

@@ -398,7 +398,7 @@ pub async fn run(ctx: &Ctx, args: BenchArgs) -> Result<ExitCode> {
             "% of a core",
         )
         .target("≤ 5 %", watched_cpu <= 5.0)
-        .note("a watcher keeps the sampler at full pace"),
+        .note("one agent in a cgroup is sampled alone for its reader; the full pass stays at rest"),
     );
     let rss_limit = if n <= 1000 {
         20.0

@@ -340,6 +340,7 @@ pub(crate) fn sample_now(proc_: &Proc, page_size: u64) {
         memory_mb,
         num_threads: s.num_threads,
         tree,
+        taken_s: age + proc_.started_s,
     });
 }
 

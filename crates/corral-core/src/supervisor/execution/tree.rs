@@ -643,7 +643,7 @@ async fn leaf_now(leaf: Option<Leaf>) -> (Vec<i32>, bool) {
 /// into the leaf is a member. (Signals go through pidfds opened with the
 /// start time read here.) The common cases — a leaf holding only its main
 /// process, an empty leaf after the main's exit — cost one read.
-fn leaf_members(leaf: &Leaf, leader: Option<i32>) -> (Vec<ProcEntry>, bool) {
+pub(crate) fn leaf_members(leaf: &Leaf, leader: Option<i32>) -> (Vec<ProcEntry>, bool) {
     if leader.is_none() && !leaf.populated() {
         // The main process has exited: an empty leaf, the usual end, is one read.
         return (Vec::new(), false);
