@@ -2,12 +2,15 @@
 """What stopping a large fleet costs a private corral daemon, measured on this machine:
 N agents that ignore SIGTERM stopped with stages 0.2/0.2/0.2 s (the kill stage
 begins at 0.4 s), and N cooperative agents (`sleep`) stopped with the defaults,
-each timed from the request until none of their pids is left in /proc. The daemon
-log's "stop stage" lines give when each agent's kill went out, as the spread
-after the deadline.
+each timed from the request until none of their pids is left in /proc, with the
+daemon's CPU time meanwhile.
 
 Usage: python3 scripts/measure_stops.py [--bin target/release/corral] [--agents 10000]
-The state dir is a temp dir; every agent is stopped and reaped by pid at the end.
+           [--perf FILE] [--keep-log FILE]
+--perf records the daemon (perf record, DWARF call graphs) during the stubborn stop;
+--keep-log keeps its daemon.log, whose "stop stage" lines say when each agent's
+stages went out. The state dir is a temp dir; every agent is stopped and reaped
+by pid at the end.
 """
 import argparse, json, os, signal, subprocess, sys, time
 
@@ -60,14 +63,14 @@ def main():
     become_subreaper()
     n = args.agents
     d = Daemon(args.bin)
+    perf = None
     try:
         pids = spawn(d, "t", n, STUBBORN, 100)
-        perf = None
         if args.perf:
             perf = subprocess.Popen(["perf", "record", "-F", "499", "--call-graph", "dwarf,16384", "-q", "-o", args.perf, "-p", str(d.proc.pid)])
             time.sleep(1)
         def end_perf():
-            if perf:
+            if perf and perf.poll() is None:
                 perf.send_signal(signal.SIGINT)
                 perf.wait()
         answered, took, reply = timed_stop(d, pids, {"all": True, "stop_timeouts": [0.2, 0.2, 0.2], "live_only": True},
@@ -84,6 +87,9 @@ def main():
         answered, took, _ = timed_stop(d, pids, {"all": True, "live_only": True})
         print(f"stop {n} cooperative: answered {answered:.3f} s, all gone {took:.3f} s")
     finally:
+        if perf and perf.poll() is None:
+            perf.send_signal(signal.SIGINT)
+            perf.wait()
         d.close()
 
 

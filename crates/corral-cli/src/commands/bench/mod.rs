@@ -393,7 +393,7 @@ pub async fn run(ctx: &Ctx, args: BenchArgs) -> Result<ExitCode> {
             * 100.0;
     figures.push(
         Figure::new(
-            format!("daemon CPU, {n} agents, one status read a second, 1 Hz sampling"),
+            format!("daemon CPU, {n} agents, one agent's status read a second"),
             watched_cpu,
             "% of a core",
         )
