@@ -191,9 +191,7 @@ async fn cpu_and_memory_agree_with_an_independent_proc_reading() {
     assert!(samples.len() >= 3, "corral sampled {} times", samples.len());
     let corral_cpu = samples.iter().sum::<f64>() / samples.len() as f64;
     let s = h.status("busy");
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap();
-    let resident: f64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let independent_mb = resident * 4096.0 / (1024.0 * 1024.0);
+    let independent_mb = resident_mb(pid);
 
     // The spinner's share depends on how busy the machine is (a loaded
     // 2-core runner gives it well under a core); what it must have is enough
@@ -529,6 +527,28 @@ async fn orphans_left_by_an_agent_are_reaped_when_they_exit() {
     wait_gone(resp.pid.unwrap()).await;
 }
 
+/// Spawns an agent that waits for the file it returns to exist, then makes
+/// 64 MiB resident and prints a line.
+async fn spawn_grower(
+    h: &mut Harness,
+    id: &str,
+) -> (std::path::PathBuf, corral_core::SpawnResponse) {
+    let go = h.dir.path().join(format!("{id}.go"));
+    let script = format!(
+        "import os, time\nwhile not os.path.exists({:?}): time.sleep(0.01)\nb = bytearray(64 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint('grown', flush=True)\ntime.sleep(300)\n",
+        go.display().to_string()
+    );
+    let resp = h.spawn(id, &["python3", "-c", &script], 100).await.unwrap();
+    (go, resp)
+}
+
+/// A process's resident memory as `/proc/<pid>/statm` says, MiB.
+fn resident_mb(pid: i32) -> f64 {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap();
+    let resident: f64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    resident * 4096.0 / (1024.0 * 1024.0)
+}
+
 /// Nobody reading: the sampler scans the process table once every ten
 /// intervals instead of every interval. A reader makes it pace up at once,
 /// and a read through `fresh_figures` after the quiet spell reports what
@@ -536,15 +556,7 @@ async fn orphans_left_by_an_agent_are_reaped_when_they_exit() {
 #[tokio::test]
 async fn the_sampler_rests_while_nobody_reads_and_a_fresh_read_is_current() {
     let mut h = Harness::with_sampling(Duration::from_millis(100)).await;
-    let go = h.dir.path().join("go");
-    let script = format!(
-        "import os, time\nwhile not os.path.exists({:?}): time.sleep(0.01)\nb = bytearray(64 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint('grown', flush=True)\ntime.sleep(300)\n",
-        go.display().to_string()
-    );
-    let resp = h
-        .spawn("quiet", &["python3", "-c", &script], 100)
-        .await
-        .unwrap();
+    let (go, resp) = spawn_grower(&mut h, "quiet").await;
     let pid = resp.pid.unwrap();
     let passes = || h.sup.counters().sampler_passes;
 
@@ -577,9 +589,7 @@ async fn the_sampler_rests_while_nobody_reads_and_a_fresh_read_is_current() {
     }
     h.sup.fresh_figures().await;
     let s = h.status("quiet");
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap();
-    let resident: f64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let independent_mb = resident * 4096.0 / (1024.0 * 1024.0);
+    let independent_mb = resident_mb(pid);
     assert!(independent_mb > 64.0, "{independent_mb}");
     assert!(
         (s.memory_mb - independent_mb).abs() < 2.0,
@@ -604,15 +614,7 @@ async fn the_sampler_rests_while_nobody_reads_and_a_fresh_read_is_current() {
 #[tokio::test]
 async fn reading_one_agent_samples_it_alone_and_leaves_the_sampler_at_rest() {
     let mut h = Harness::with_sampling(Duration::from_millis(100)).await;
-    let go = h.dir.path().join("go");
-    let script = format!(
-        "import os, time\nwhile not os.path.exists({:?}): time.sleep(0.01)\nb = bytearray(64 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint('grown', flush=True)\ntime.sleep(300)\n",
-        go.display().to_string()
-    );
-    let resp = h
-        .spawn("alone", &["python3", "-c", &script], 100)
-        .await
-        .unwrap();
+    let (go, resp) = spawn_grower(&mut h, "alone").await;
     let pid = resp.pid.unwrap();
     let id = corral_core::AgentId::new("alone").unwrap();
     let s = h.status("alone");
@@ -650,9 +652,7 @@ async fn reading_one_agent_samples_it_alone_and_leaves_the_sampler_at_rest() {
         "{full} full passes in 2 s with one agent's reader"
     );
     let s = fresh.unwrap();
-    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap();
-    let resident: f64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let independent_mb = resident * 4096.0 / (1024.0 * 1024.0);
+    let independent_mb = resident_mb(pid);
     assert!(independent_mb > 64.0, "{independent_mb}");
     assert!(
         (s.memory_mb - independent_mb).abs() < 2.0,

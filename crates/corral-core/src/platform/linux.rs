@@ -921,17 +921,7 @@ pub fn process_table() -> Vec<ProcEntry> {
             continue;
         };
         if let Ok(s) = parse_stat(&buf[..n]) {
-            out.push(ProcEntry {
-                pid,
-                ppid: s.ppid,
-                pgrp: s.pgrp,
-                session: s.session,
-                start_ticks: s.start_ticks,
-                state: s.state,
-                cpu_ticks: s.cpu_ticks,
-                rss_pages: s.rss_pages,
-                num_threads: s.num_threads,
-            });
+            out.push(ProcEntry::of(pid, s));
         }
     }
     out
@@ -939,18 +929,23 @@ pub fn process_table() -> Vec<ProcEntry> {
 
 /// One process's row of the process table, read from its `/proc/<pid>/stat`.
 pub fn process_entry(pid: i32) -> io::Result<ProcEntry> {
-    let s = read_stat_of(pid)?;
-    Ok(ProcEntry {
-        pid,
-        ppid: s.ppid,
-        pgrp: s.pgrp,
-        session: s.session,
-        start_ticks: s.start_ticks,
-        state: s.state,
-        cpu_ticks: s.cpu_ticks,
-        rss_pages: s.rss_pages,
-        num_threads: s.num_threads,
-    })
+    read_stat_of(pid).map(|s| ProcEntry::of(pid, s))
+}
+
+impl ProcEntry {
+    fn of(pid: i32, s: StatSample) -> Self {
+        Self {
+            pid,
+            ppid: s.ppid,
+            pgrp: s.pgrp,
+            session: s.session,
+            start_ticks: s.start_ticks,
+            state: s.state,
+            cpu_ticks: s.cpu_ticks,
+            rss_pages: s.rss_pages,
+            num_threads: s.num_threads,
+        }
+    }
 }
 
 /// A variable of the environment a process was started with (`/proc/<pid>/environ`).

@@ -193,9 +193,8 @@ impl LocalRun {
         let table = sh.tables.fresh(Instant::now(), sh).await;
         let leader = (self.pid(), self.proc_.handle.start_ticks());
         let (exited, unreaped) = (self.exited, !self.ended);
-        let (contained, populated) = leaf_now(self.leaf().cloned()).await;
         // Read after the scan began: every fork before it is known.
-        let follow = Follow::read(sh, leader, self.leaf().is_some()).await;
+        let follow = Follow::read(sh, leader, false).await;
         let our_child = self.our_child;
         let t = self.tracker(sh);
         t.reaps.borrow_and_update();
@@ -209,7 +208,7 @@ impl LocalRun {
                 daemon: std::process::id() as i32,
                 known: &known,
                 agent_id,
-                contained: &contained,
+                contained: &[],
             },
         );
         t.seen
@@ -228,23 +227,11 @@ impl LocalRun {
             .filter(|m| m.state == 'Z' && m.ppid == me)
             .map(|m| (m.pid, m.start_ticks))
             .collect();
-        if !alive && exited && !populated {
-            if our_zombies.is_empty() || settle_zombies(sh, our_zombies).await {
-                return Look::Gone;
-            }
-            self.tracker(sh).recheck = Some(Instant::now() + RECHECK);
-            return Look::Left;
+        if !alive && exited {
+            return self.settle(sh, our_zombies).await;
         }
-        if self.track.as_ref().is_none_or(|t| t.opened != Some(stage)) {
-            self.open_stage(sh, stage);
-        }
-        let t = self.tracker(sh);
-        signal_members(t, &members, leader, stage);
-        t.watch.retain(|h| !h.get_ref().has_exited());
-        // Only a populated cgroup, zombies, processes the scan missed or the
-        // main's own end are left: no event to wait for, look again soon.
-        t.recheck = ((t.watch.is_empty() && exited) || unscanned).then(|| Instant::now() + RECHECK);
-        Look::Left
+        // Processes the scan missed: look again soon.
+        self.signal_rest(sh, stage, &members, leader, unscanned)
     }
 
     /// [`LocalRun::look`] for a run in a cgroup leaf: the leaf is the tree
@@ -281,22 +268,43 @@ impl LocalRun {
             // The main process is reaped with its end on record; any other
             // member may be a zombie of ours.
             let seen: Vec<(i32, u64)> = t.seen.iter().copied().filter(|m| *m != leader).collect();
-            if seen.is_empty() || settle_zombies(sh, seen).await {
-                return Look::Gone;
-            }
-            self.tracker(sh).recheck = Some(Instant::now() + RECHECK);
-            return Look::Left;
+            return self.settle(sh, seen).await;
         }
+        self.signal_rest(sh, stage, &members, leader, false)
+    }
+
+    /// Nothing but zombies can be left of the tree: reaps those of `zombies`
+    /// that are ours; gone when none is left, else looks again soon.
+    async fn settle(&mut self, sh: &Arc<Shared>, zombies: Vec<(i32, u64)>) -> Look {
+        if zombies.is_empty() || settle_zombies(sh, zombies).await {
+            return Look::Gone;
+        }
+        self.tracker(sh).recheck = Some(Instant::now() + RECHECK);
+        Look::Left
+    }
+
+    /// Members are left: opens the stage if it is not, signals every member
+    /// not yet signalled in it, and watches them. When no event can wake the
+    /// stop — nothing watched while only the main's end (read elsewhere), a
+    /// populated cgroup (members in nested cgroups are not in the leaf's
+    /// `cgroup.procs`) or zombies are left, or the look may have missed a
+    /// process (`missed`) — it looks again soon.
+    fn signal_rest(
+        &mut self,
+        sh: &Shared,
+        stage: StopStage,
+        members: &[ProcEntry],
+        leader: (i32, u64),
+        missed: bool,
+    ) -> Look {
         if self.track.as_ref().is_none_or(|t| t.opened != Some(stage)) {
             self.open_stage(sh, stage);
         }
+        let exited = self.exited;
         let t = self.tracker(sh);
-        signal_members(t, &members, leader, stage);
+        signal_members(t, members, leader, stage);
         t.watch.retain(|h| !h.get_ref().has_exited());
-        // A populated leaf whose members are not all watched (the main's own
-        // end is read elsewhere; a member in a nested cgroup is not listed in
-        // the leaf's cgroup.procs): look again soon.
-        t.recheck = (t.watch.is_empty() && exited).then(|| Instant::now() + RECHECK);
+        t.recheck = ((t.watch.is_empty() && exited) || missed).then(|| Instant::now() + RECHECK);
         Look::Left
     }
 
