@@ -290,6 +290,9 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     // WAL with synchronous=FULL: commits are durable when they return.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // Room for every statement the writer uses (the savepoints and the
+    // shapes of transitions among them), so none is parsed again per write.
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 

@@ -380,3 +380,54 @@ async fn what_a_main_process_leaves_behind_is_stopped_before_its_run_ends(cgroup
 fn one_id(id: &str) -> AgentId {
     AgentId::new(id).unwrap()
 }
+
+/// A member the stop has seen in the agent's cgroup that a root agent then
+/// moves to another cgroup is still the agent's: once the leaf is empty, the
+/// stop signals it where it is (SIGKILL in the kill stage) and ends — it does
+/// not wait for it for ever.
+#[tokio::test]
+async fn a_member_moved_out_of_the_leaf_during_a_stop_is_still_stopped() {
+    let (_cleanup, _dir, sup) = setup(true).await;
+    let Some(subtree) = sup.cgroup_subtree().map(std::path::PathBuf::from) else {
+        panic!("this test needs cgroup containment (a writable cgroup2 hierarchy, as root)");
+    };
+    // The main waits; its child ignores SIGTERM and prints its pid.
+    let script = "sh -c \"trap '' TERM; echo \\$\\$; exec sleep 300\" & wait";
+    let r = sup
+        .spawn_agent(request("mover", &["sh", "-c", script], 50))
+        .await
+        .unwrap();
+    let main = r.pid.unwrap();
+    let child: i32 = wait_lines(&r.stdout_log, 1).await[0].parse().unwrap();
+    assert!(check_containment(&sup, "mover", main, true).is_some());
+    let stopper = {
+        let sup = sup.clone();
+        tokio::spawn(async move { sup.cleanup(Some(&one("mover")), staged(0.3)).await })
+    };
+    // The first stage looks at the leaf (the child is seen) before its
+    // SIGTERM ends the main; then the child leaves the leaf.
+    wait_gone(main).await;
+    let elsewhere = subtree.join(format!("elsewhere-{}", std::process::id()));
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join("cgroup.procs"), child.to_string()).unwrap();
+    assert!(cgroup_of(child).ends_with(&format!("/elsewhere-{}", std::process::id())));
+    let report = tokio::time::timeout(Duration::from_secs(10), stopper)
+        .await
+        .expect("the stop ended")
+        .unwrap()
+        .unwrap()
+        .remove(0);
+    assert_eq!(report.stage, StopStage::Kill, "{report:?}");
+    wait_gone(child).await;
+    // Removed here, or by the daemon's sweep of empty leaves in its subtree;
+    // the kernel may take a moment to let go of a cgroup just emptied.
+    let end = Instant::now() + Duration::from_secs(5);
+    loop {
+        match std::fs::remove_dir(&elsewhere) {
+            Ok(()) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+            Err(e) => assert!(Instant::now() < end, "cannot remove {elsewhere:?}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

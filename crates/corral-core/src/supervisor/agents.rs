@@ -88,7 +88,7 @@ impl Supervisor {
                 if platform::boottime_seconds() - taken > old {
                     let sh = self.sh.clone();
                     let _ = tokio::task::spawn_blocking(move || {
-                        super::sampler::sample_one(&sh, &proc_)
+                        super::sampler::sample_one(&sh, &proc_, old)
                     })
                     .await;
                 }

@@ -11,10 +11,12 @@
 //!
 //! Only jobs on kernel pseudo-files (cgroupfs, a process's `stat`) go here:
 //! they do not wait on disks or on other processes' memory, so one job cannot
-//! hold the lane for long. Removing leaves has its own lane: `rmdir` on
-//! cgroupfs takes the kernel's cgroup lock, which the other jobs need not
-//! queue behind — and one thread removing them in turn does not spin on that
-//! lock against another.
+//! hold the lane for long. Removing leaves has its own lane: a stop of
+//! thousands queues thousands of `rmdir`s, each taking the kernel's cgroup
+//! lock, and the stops' reads and kills must not wait behind that backlog
+//! (a kill still takes the same lock, but once, not after every removal);
+//! one thread removing them in turn also does not spin on that lock against
+//! another.
 
 use std::sync::mpsc;
 

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
-use crate::model::{Probe, ProbeState, Probes, ProbesState};
+use crate::model::{AgentState, Probe, ProbeState, Probes, ProbesState};
 use crate::platform;
 use crate::store;
 
@@ -129,6 +129,19 @@ impl Target {
     /// Records a check's outcome and tells the owner when it must act;
     /// false once the owner is gone.
     fn deliver(&self, outcome: Outcome) -> bool {
+        // Checks go on until the registration is dropped; what they find
+        // once the run is no longer live (stopping, ended, replaced) is not
+        // the run's health and is not recorded.
+        let live = self.published.borrow().view.as_ref().is_some_and(|v| {
+            v.run == self.run
+                && matches!(
+                    v.state,
+                    AgentState::Starting | AgentState::Running | AgentState::Paused
+                )
+        });
+        if !live {
+            return true;
+        }
         let recorded = {
             let mut state = lock(&self.cell);
             let slot = match outcome.which {

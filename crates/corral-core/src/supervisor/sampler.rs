@@ -360,12 +360,20 @@ impl Pass<'_> {
 /// a coordinator polling one agent a second keeps the full pass at rest.
 /// CPU% is over the time since the previous such sample (from each
 /// process's start for the first).
-pub(crate) fn sample_one(sh: &Shared, proc_: &super::view::Proc) {
+///
+/// One at a time per agent: a second reader that finds a sample taken
+/// within `max_age_s` meanwhile (by the first, or by a full pass) takes it
+/// as it is, so two readers never measure CPU over a few microseconds.
+pub(crate) fn sample_one(sh: &Shared, proc_: &super::view::Proc, max_age_s: f64) {
     let Some(leaf) = &proc_.leaf else { return };
-    let now = platform::boottime_seconds();
-    let members = stop::leaf_members(leaf, None).0;
-    let mb = |pages: u64| (pages * sh.page_size) as f64 / (1024.0 * 1024.0);
     let mut alone = lock(&proc_.alone);
+    let taken = proc_.sample().map_or(0.0, |s| s.taken_s);
+    if platform::boottime_seconds() - taken <= max_age_s {
+        return;
+    }
+    let members = stop::leaf_members(leaf, None).0;
+    let now = platform::boottime_seconds();
+    let mb = |pages: u64| (pages * sh.page_size) as f64 / (1024.0 * 1024.0);
     let mut seen = HashMap::with_capacity(members.len());
     let mut tree = TreeSummary {
         processes: 0,

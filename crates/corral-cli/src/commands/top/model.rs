@@ -487,36 +487,17 @@ impl Model {
         let Some(&i) = self.by_id.get(&ev.agent_id) else {
             return true;
         };
-        let s = &mut self.agents[i];
-        if ev.run < s.run {
+        if !apply_to(&mut self.agents[i], ev) {
             return false;
         }
-        match &ev.body {
-            EventBody::State(st) => {
-                s.run = ev.run;
-                if let Some(state) = st.state {
-                    s.state = state;
-                    s.stop = st.stop.clone();
-                }
-                if let Some(status) = st.status {
-                    s.persistent_status = status;
-                    if !status.is_live() {
-                        s.process_alive = false;
-                        s.exit_code = st.exit_code;
-                        s.exit_signal = st.exit_signal;
-                        s.end_reason = st.reason.clone();
-                    }
-                }
-                if let Some(pid) = st.pid {
-                    s.pid = Some(pid);
-                }
-            }
-            EventBody::Progress(p) => {
-                s.progress = Some(p.progress);
-                s.progress_message = p.message.clone();
-                s.progress_at = Some(ev.at.clone());
-            }
-            _ => return false,
+        // The detail pane's whole status says the same as the row.
+        if let Some(full) = self
+            .detail
+            .as_mut()
+            .filter(|d| d.id == ev.agent_id)
+            .and_then(|d| d.full.as_mut())
+        {
+            apply_to(full, ev);
         }
         self.stale = true;
         false
@@ -826,6 +807,42 @@ pub fn compare(
         primary
     };
     primary.then_with(|| a.agent_id.cmp(&b.agent_id))
+}
+
+/// What an event says of an agent, applied to its status; false when it
+/// says nothing the status shows, or is of an older run.
+fn apply_to(s: &mut AgentStatus, ev: &Event) -> bool {
+    if ev.run < s.run {
+        return false;
+    }
+    match &ev.body {
+        EventBody::State(st) => {
+            s.run = ev.run;
+            if let Some(state) = st.state {
+                s.state = state;
+                s.stop = st.stop.clone();
+            }
+            if let Some(status) = st.status {
+                s.persistent_status = status;
+                if !status.is_live() {
+                    s.process_alive = false;
+                    s.exit_code = st.exit_code;
+                    s.exit_signal = st.exit_signal;
+                    s.end_reason = st.reason.clone();
+                }
+            }
+            if let Some(pid) = st.pid {
+                s.pid = Some(pid);
+            }
+        }
+        EventBody::Progress(p) => {
+            s.progress = Some(p.progress);
+            s.progress_message = p.message.clone();
+            s.progress_at = Some(ev.at.clone());
+        }
+        _ => return false,
+    }
+    true
 }
 
 #[cfg(test)]
@@ -1213,5 +1230,47 @@ pub(crate) mod tests {
         m.prepare();
         assert_eq!(ids(&m), ["b", "c", "d", "e", "new"]);
         assert_eq!(m.counts().spawning, 1);
+    }
+
+    #[test]
+    fn the_detail_pane_shows_the_whole_status_and_events_change_it_with_the_row() {
+        let mut m = model_of(fleet());
+        assert_eq!(
+            press(&mut m, KeyCode::Enter),
+            Some(Effect::FetchDetail("a".into()))
+        );
+        assert_eq!(m.detail().unwrap().full, None, "not fetched yet");
+        let mut whole = agent("a");
+        whole.cmdline = "sleep 300".into();
+        m.upsert(whole);
+        assert_eq!(
+            m.detail()
+                .unwrap()
+                .full
+                .as_ref()
+                .map(|s| s.cmdline.as_str()),
+            Some("sleep 300")
+        );
+        let stopping = Event {
+            seq: 1,
+            at: "2026-11-26T10:31:00Z".into(),
+            agent_id: "a".into(),
+            run: 1,
+            body: EventBody::State(corral_core::StateEvent {
+                state: Some(AgentState::Stopping),
+                ..Default::default()
+            }),
+        };
+        assert!(!m.apply_event(&stopping));
+        let full = m.detail().unwrap().full.as_ref().unwrap();
+        assert_eq!(
+            full.state,
+            AgentState::Stopping,
+            "the pane agrees with the row"
+        );
+        assert_eq!(full.cmdline, "sleep 300", "and keeps what the row lacks");
+        // Another agent's whole status does not land in this pane.
+        m.upsert(agent("b"));
+        assert_eq!(m.detail().unwrap().full.as_ref().unwrap().agent_id, "a");
     }
 }

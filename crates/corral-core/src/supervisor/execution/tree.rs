@@ -11,8 +11,10 @@
 //! signals every member not yet signalled in the stage through a pidfd opened
 //! with its start time checked, and watches those pidfds, so a member's exit,
 //! an orphan sweep or a short recheck wakes the owner to look again. The
-//! cgroup reads and writes of stops go through one lane thread
-//! ([`super::super::lane`]), not a blocking-pool thread each.
+//! leaf reads and `cgroup.kill` writes of those looks go through one lane
+//! thread ([`super::super::lane`]), not a blocking-pool thread each (a run's
+//! leftovers check at its main's exit and a recovered remnant's look still
+//! use the pool: one each per run, not one per stage).
 //!
 //! The tree is gone when the main process's end is on record (and, ours, it is
 //! reaped), no member is alive, the cgroup leaf is empty, and every zombie
@@ -244,11 +246,21 @@ impl LocalRun {
     async fn look_in_leaf(&mut self, sh: &Arc<Shared>, leaf: Leaf, stage: StopStage) -> Look {
         if !self.exited
             && stage == StopStage::Kill
-            && self.track.as_ref().is_some_and(|t| t.opened == Some(stage))
+            && let Some(t) = self.track.as_mut().filter(|t| t.opened == Some(stage))
         {
-            // cgroup.kill has taken the whole leaf; the main's exit (or the
-            // kill's settle deadline) is what comes next.
-            return Look::Left;
+            // What woke the stop is taken in: an orphan sweep seen, members
+            // that exited watched no more (either would wake it again at once).
+            t.reaps.borrow_and_update();
+            t.watch.retain(|h| !h.get_ref().has_exited());
+            if t.watch.is_empty() {
+                // cgroup.kill has taken the whole leaf, and no member but
+                // the main is known to be left: its exit (or the kill's
+                // settle deadline) is what comes next.
+                t.recheck = None;
+                return Look::Left;
+            }
+            // Members are known to be left: look, and SIGKILL them one by
+            // one too, in case cgroup.kill could not be written.
         }
         let leader = (self.pid(), self.proc_.handle.start_ticks());
         let exited = self.exited;
@@ -266,8 +278,32 @@ impl LocalRun {
             .extend(members.iter().map(|m| (m.pid, m.start_ticks)));
         if exited && !populated {
             // The main process is reaped with its end on record; any other
-            // member may be a zombie of ours.
+            // member may be a zombie of ours — or alive outside the leaf (a
+            // root agent can move a process to another cgroup): that one is
+            // still the agent's, and gets the stage's signal like the rest.
             let seen: Vec<(i32, u64)> = t.seen.iter().copied().filter(|m| *m != leader).collect();
+            if seen.is_empty() {
+                return Look::Gone;
+            }
+            let ids = seen.clone();
+            let escaped: Vec<ProcEntry> = sh
+                .cgroup_lane
+                .run(
+                    move || {
+                        ids.iter()
+                            .filter_map(|&(pid, start)| {
+                                platform::process_entry(pid)
+                                    .ok()
+                                    .filter(|e| e.start_ticks == start && e.state != 'Z')
+                            })
+                            .collect()
+                    },
+                    Vec::new(),
+                )
+                .await;
+            if !escaped.is_empty() {
+                return self.signal_rest(sh, stage, &escaped, leader, false);
+            }
             return self.settle(sh, seen).await;
         }
         self.signal_rest(sh, stage, &members, leader, false)
