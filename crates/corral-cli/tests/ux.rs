@@ -468,3 +468,86 @@ fn a_state_dir_behind_a_symlink_works_end_to_end() {
     assert!(!logs.exists(), "rm left the agent's logs behind");
     env.finish();
 }
+
+#[test]
+fn ids_sort_naturally_ended_agents_show_no_readiness_and_status_is_one_line_a_field() {
+    let env = Env::new();
+    for i in [10, 2, 1] {
+        let id = format!("w.{i}");
+        let out = env.run(&["spawn", &id, "--", "sleep", "30"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    // A readiness probe that passes, then an end: READY was "yes", is "-".
+    let out = env.run(&[
+        "spawn",
+        "once",
+        "--readiness-exec",
+        "true",
+        "--",
+        "sh",
+        "-c",
+        "echo 'line one\nline two' >/dev/null; sleep 0.3",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env.run(&["wait", "once"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = text(&env.run(&["ps"]));
+    let rows: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(rows, ["once", "w.1", "w.2", "w.10"], "{table}");
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    let ready_at = header.iter().position(|h| *h == "READY").unwrap();
+    let once: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("once"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(once[ready_at], "-", "{table}");
+    assert_eq!(
+        env.json(&["status", "once"])["ready"],
+        false,
+        "the JSON keeps false"
+    );
+    // The multi-line script is one line of `status`, its newline escaped.
+    let status = text(&env.run(&["status", "once"]));
+    let cmdline = status.lines().find(|l| l.contains("cmdline")).unwrap();
+    assert!(cmdline.contains("line one\\nline two"), "{status}");
+    assert!(
+        !status
+            .lines()
+            .any(|l| l.trim_start().starts_with("line two")),
+        "{status}"
+    );
+    // `wait` on a subtree reports in the same order.
+    let out = env.run(&["stop", "w.*"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let waited = text(&env.run(&["wait", "w.*"]));
+    let order: Vec<&str> = waited
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(order, ["w.1", "w.2", "w.10"], "{waited}");
+    // Into a pipe, `ps --watch` writes tables, never terminal codes.
+    let mut watch = env.cmd(&["ps", "--watch", "0.2"]);
+    watch.stdout(std::process::Stdio::piped());
+    let mut child = watch.spawn().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    use std::io::Read;
+    while seen.windows(2).filter(|w| w == b"ID").count() < 2 {
+        let n = out.read(&mut buf).unwrap();
+        assert!(n > 0, "ps --watch ended");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let pid = child.id() as i32;
+    // SAFETY: signals our own unreaped child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let _ = child.wait();
+    assert!(!seen.contains(&0x1b), "no escape codes in a pipe");
+    env.finish();
+}

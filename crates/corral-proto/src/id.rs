@@ -17,6 +17,45 @@ pub const MAX_ID_LEN: usize = 128;
 /// an error must not echo a megabyte of input.
 const ECHO_LIMIT: usize = 100;
 
+/// Orders ids the way people count: runs of digits compare as numbers, so
+/// `w.2` comes before `w.10` (and `w.02` right after `w.2`); everything else
+/// compares as text. Ties fall back to plain byte order, so the order is total.
+pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let (mut x, mut y) = (a.as_bytes(), b.as_bytes());
+    loop {
+        match (x.first(), y.first()) {
+            (None, None) => return a.cmp(b),
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(c), Some(d)) if c.is_ascii_digit() && d.is_ascii_digit() => {
+                let run = |s: &[u8]| s.iter().take_while(|b| b.is_ascii_digit()).count();
+                let (n, m) = (run(x), run(y));
+                let trim = |s: &[u8]| {
+                    let zeros = s.iter().take_while(|b| **b == b'0').count();
+                    s[zeros..].to_vec()
+                };
+                let (p, q) = (trim(&x[..n]), trim(&y[..m]));
+                let by_value = p.len().cmp(&q.len()).then_with(|| p.cmp(&q));
+                if by_value != Ordering::Equal {
+                    return by_value;
+                }
+                // Same value: fewer leading zeros first.
+                if n != m {
+                    return n.cmp(&m);
+                }
+                (x, y) = (&x[n..], &y[m..]);
+            }
+            (Some(c), Some(d)) => {
+                if c != d {
+                    return c.cmp(d);
+                }
+                (x, y) = (&x[1..], &y[1..]);
+            }
+        }
+    }
+}
+
 /// An id or selector that broke the naming rules.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid agent id {shown:?}: {reason}")]
@@ -166,6 +205,29 @@ impl Selector {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn ids_sort_the_way_people_count() {
+        let mut ids = vec![
+            "w.10", "w.2", "w.1", "job.b", "w.02", "job.a10", "job.a9", "w", "w.1.3", "w.1.10",
+            "x.007", "x.7",
+        ];
+        ids.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(
+            ids,
+            [
+                "job.a9", "job.a10", "job.b", "w", "w.1", "w.1.3", "w.1.10", "w.2", "w.02", "w.10",
+                "x.7", "x.007"
+            ]
+        );
+        assert_eq!(natural_cmp("a", "a"), std::cmp::Ordering::Equal);
+        // Digit runs longer than any integer still compare by value.
+        assert_eq!(
+            natural_cmp("n.99999999999999999999999", "n.100000000000000000000000"),
+            std::cmp::Ordering::Less
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -24,7 +24,7 @@ use utoipa::ToSchema;
 
 pub mod id;
 
-pub use id::{AgentId, InvalidId, MAX_ID_LEN, Selector};
+pub use id::{AgentId, InvalidId, MAX_ID_LEN, Selector, natural_cmp};
 
 /// `s` cut to its first `max_chars` characters, with `…` where it was cut.
 pub fn elide(s: &str, max_chars: usize) -> String {

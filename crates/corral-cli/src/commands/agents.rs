@@ -38,6 +38,22 @@ pub async fn status(ctx: &Ctx, id: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `text` on one line: newlines, tabs and other control characters written
+/// as escapes (a command line may hold a multi-line script).
+fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 fn status_lines(s: &AgentStatus) -> Vec<(&'static str, String)> {
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     let mut rows = vec![
@@ -55,7 +71,7 @@ fn status_lines(s: &AgentStatus) -> Vec<(&'static str, String)> {
         ("runtime", output::duration(s.runtime_seconds)),
         ("progress", opt(s.progress.map(|p| format!("{p}%")))),
         ("progress_message", opt(s.progress_message.clone())),
-        ("cmdline", s.cmdline.clone()),
+        ("cmdline", one_line(&s.cmdline)),
         ("started_at", s.started_at.clone()),
         ("ended_at", opt(s.ended_at.clone())),
         ("exit", exit_words(s.exit_code, s.exit_signal)),
@@ -184,7 +200,9 @@ pub fn ps_table(all: &[&AgentStatus]) -> Table {
             Cell::coloured(s.state.as_str(), state_colour(s.state)),
             s.persistent_status.as_str().into(),
             Cell::coloured(s.health.as_str(), health_colour(s.health)),
+            // Readiness is a live run's: an ended one shows none.
             match s.ready {
+                _ if s.state == corral_core::AgentState::Ended => "-",
                 Some(true) => "yes",
                 Some(false) => "no",
                 None => "-",
@@ -293,10 +311,11 @@ pub async fn ps(ctx: &Ctx, args: &PsArgs) -> Result<ExitCode> {
         let all = client.list_agents(&query).await?;
         // The daemon has applied what it could; `keep` applies the rest (a
         // stored status or health word, a label with a comma).
-        let shown: Vec<&AgentStatus> = all
+        let mut shown: Vec<&AgentStatus> = all
             .values()
             .filter(|s| keep(s, sel.as_ref(), &labels, &args.states))
             .collect();
+        shown.sort_by(|a, b| corral_core::natural_cmp(&a.agent_id, &b.agent_id));
         let text = if ctx.json {
             let shown: BTreeMap<&str, &AgentStatus> =
                 shown.iter().map(|s| (s.agent_id.as_str(), *s)).collect();
@@ -315,9 +334,14 @@ pub async fn ps(ctx: &Ctx, args: &PsArgs) -> Result<ExitCode> {
             print!("{text}");
             return Ok(ExitCode::SUCCESS);
         };
-        // Clear the screen and redraw, like `watch`.
-        print!("\x1b[2J\x1b[H{text}");
-        use std::io::Write;
+        // On a terminal, clear the screen and redraw, like `watch`; into a
+        // pipe or a file, one table after another, no terminal codes.
+        use std::io::{IsTerminal, Write};
+        if std::io::stdout().is_terminal() {
+            print!("\x1b[2J\x1b[H{text}");
+        } else {
+            println!("{text}");
+        }
         std::io::stdout().flush()?;
         tokio::time::sleep(Duration::from_secs_f64(every.max(0.2))).await;
     }
@@ -477,11 +501,12 @@ pub async fn wait(ctx: &Ctx, target: &str, timeout: Option<Duration>) -> Result<
                 fields: Some("agent_id".to_owned()),
                 ..ListQuery::default()
             };
-            let ids: Vec<String> = client
+            let mut ids: Vec<String> = client
                 .list_agent_fields(&query)
                 .await?
                 .into_keys()
                 .collect();
+            ids.sort_by(|a, b| corral_core::natural_cmp(a, b));
             if ids.is_empty() {
                 bail!("no agent matches {target}");
             }

@@ -59,7 +59,7 @@ impl Supervisor {
                 agent_id: id.to_string(),
             });
         }
-        targets.sort();
+        targets.sort_by(|a, b| crate::model::natural_cmp(a.as_str(), b.as_str()));
         let stops = targets.into_iter().map(|id| {
             let sh = self.sh.clone();
             async move { stop_one(&sh, &id, timeouts, opts.force).await }

@@ -794,7 +794,7 @@ pub fn compare(
     reverse: bool,
 ) -> std::cmp::Ordering {
     let primary = match key {
-        SortKey::Id => a.agent_id.cmp(&b.agent_id),
+        SortKey::Id => corral_core::natural_cmp(&a.agent_id, &b.agent_id),
         SortKey::Cpu => a.cpu_percent.total_cmp(&b.cpu_percent),
         SortKey::Memory => a.memory_mb.total_cmp(&b.memory_mb),
         SortKey::Runtime => a.runtime_seconds.total_cmp(&b.runtime_seconds),
@@ -806,7 +806,7 @@ pub fn compare(
     } else {
         primary
     };
-    primary.then_with(|| a.agent_id.cmp(&b.agent_id))
+    primary.then_with(|| corral_core::natural_cmp(&a.agent_id, &b.agent_id))
 }
 
 /// What an event says of an agent, applied to its status; false when it

@@ -282,6 +282,7 @@ fn agent_row(s: &AgentStatus, id_width: usize, bar: usize) -> Row<'_> {
         state => Span::raw(state.as_str()),
     };
     let ready = match s.ready {
+        _ if s.state == AgentState::Ended => Span::styled("-", dim()),
         Some(true) => Span::styled("yes", Style::new().fg(Color::Green)),
         Some(false) => Span::styled("no", Style::new().fg(Color::Yellow)),
         None => Span::styled("-", dim()),
