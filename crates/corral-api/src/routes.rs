@@ -208,6 +208,8 @@ fn api_router() -> OpenApiRouter<Supervisor> {
         .routes(routes!(progress))
         .routes(routes!(stop_one))
         .routes(routes!(kill))
+        .routes(routes!(restart_one))
+        .routes(routes!(restart_many))
         .routes(routes!(runs))
         .routes(routes!(wait))
         .routes(routes!(crate::logs::logs))
@@ -488,6 +490,73 @@ async fn stop_many(
         sup.stop_selected(selector.as_ref(), opts, body.live_only)
             .await?,
     ))
+}
+
+/// Restart one agent: its staged stop (when it is live), then a new run with
+/// the request it was last spawned with.
+#[utoipa::path(post, path = "/v1/agents/{id}/restart", tag = "agents", params(("id" = String, Path)),
+    request_body(content = CleanupOptions, description = "optional: the stop's waits, or force"),
+    responses((status = 200, body = SpawnResponse), (status = 404, body = ErrorBody)))]
+async fn restart_one(
+    State(sup): State<Supervisor>,
+    IdPath(id): IdPath,
+    OptionalBody(opts): OptionalBody<CleanupOptions>,
+) -> Result<Json<SpawnResponse>, ApiError> {
+    let mut results = sup.restart(Some(&Selector::One(id.clone())), opts).await?;
+    match results.pop() {
+        Some((_, result)) => Ok(Json(result?)),
+        None => Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("agent {id} not found"),
+        )),
+    }
+}
+
+/// Restart many: `{"all": true}` or `{"selector": "L2.1.*"}`; each agent's
+/// result as in a batch (a spawn answer, or its error alone).
+#[utoipa::path(post, path = "/v1/restart", tag = "agents", request_body = StopManyRequest,
+    responses((status = 200, body = BatchResponse), (status = 400, body = ErrorBody)))]
+async fn restart_many(
+    State(sup): State<Supervisor>,
+    Body(body): Body<StopManyRequest>,
+) -> Result<Json<BatchResponse>, ApiError> {
+    let selector = match (body.all, body.selector) {
+        (true, None) => None,
+        (false, Some(s)) => Some(Selector::parse(&s)?),
+        (true, Some(_)) => {
+            return Err(ApiError::invalid(
+                "give either \"all\": true or a \"selector\", not both",
+            ));
+        }
+        (false, None) => {
+            return Err(ApiError::invalid(
+                "say which agents to restart: {\"all\": true} or {\"selector\": \"L2.1.*\"}",
+            ));
+        }
+    };
+    let opts = CleanupOptions {
+        force: body.force,
+        stop_timeouts: body.stop_timeouts,
+    };
+    let results = sup
+        .restart(selector.as_ref(), opts)
+        .await?
+        .into_iter()
+        .map(|(id, result)| match result {
+            Ok(resp) => BatchResult::Spawned(resp),
+            Err(e) => {
+                let e = ApiError::from(e);
+                BatchResult::Failed(BatchFailure {
+                    agent_id: id.to_string(),
+                    error: ErrorDetail {
+                        code: e.code().as_str().to_owned(),
+                        message: e.message().to_owned(),
+                    },
+                })
+            }
+        })
+        .collect();
+    Ok(Json(BatchResponse { results }))
 }
 
 /// Sweep for unreaped processes (`reap_zombies`): the agents it had to reap (normally none).

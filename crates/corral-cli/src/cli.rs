@@ -97,6 +97,8 @@ pub enum Command {
     Stop(StopArgs),
     /// Stop one agent: the same staged stop (prints the plan), or SIGKILL at once with --force.
     Kill(KillArgs),
+    /// Restart agents: the staged stop of each that runs, then a new run with the same request.
+    Restart(RestartArgs),
     /// Show an agent's output: the last lines, any run, following with -f.
     Logs(LogsArgs),
     /// List an agent's runs: number, pid, start, end, status, exit, reason.
@@ -405,6 +407,26 @@ pub struct StopArgs {
     #[arg(long)]
     pub all: bool,
     /// SIGKILL at once.
+    #[arg(long)]
+    pub force: bool,
+    /// Staged-stop waits in seconds for this call: after the first SIGTERM, the second, the SIGKILL.
+    #[arg(long, value_name = "T1,T2,T3")]
+    pub stop_timeouts: Option<String>,
+    #[command(flatten)]
+    pub conn: Conn,
+    #[command(flatten)]
+    pub out: Json,
+}
+
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    /// Agent id or subtree (`PREFIX.*`).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub target: Option<String>,
+    /// Restart every agent (an ended one just starts again).
+    #[arg(long)]
+    pub all: bool,
+    /// SIGKILL at once instead of the staged stop.
     #[arg(long)]
     pub force: bool,
     /// Staged-stop waits in seconds for this call: after the first SIGTERM, the second, the SIGKILL.

@@ -551,3 +551,55 @@ fn ids_sort_naturally_ended_agents_show_no_readiness_and_status_is_one_line_a_fi
     assert!(!seen.contains(&0x1b), "no escape codes in a pipe");
     env.finish();
 }
+
+#[test]
+fn restart_stops_each_agent_then_runs_it_again_with_the_same_command() {
+    let env = Env::new();
+    for id in ["w.1", "w.2"] {
+        let out = env.run(&["spawn", id, "--", "sleep", "30"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = env.run(&["spawn", "done", "--", "sh", "-c", "exit 0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(env.run(&["wait", "done"]).status.success());
+    let pid_of = |id: &str| env.json(&["status", id])["pid"].as_i64().unwrap() as i32;
+    let old = pid_of("w.1");
+
+    let out = env.run(&["restart", "w.1", "--stop-timeouts", "1,1,1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(text(&out).contains("w.1 running"), "{}", text(&out));
+    let s = env.json(&["status", "w.1"]);
+    let new = s["pid"].as_i64().unwrap() as i32;
+    assert_ne!(new, old);
+    assert_eq!(
+        (s["run"].as_u64(), s["state"].as_str()),
+        (Some(2), Some("running"))
+    );
+    assert!(proc_stat(old).is_none(), "the old run's process is gone");
+    assert!(cmdline(new).contains("sleep 30"), "the same command");
+    assert_eq!(
+        env.json(&["status", "w.2"])["run"],
+        1,
+        "the other is untouched"
+    );
+
+    // Every agent, the ended one too; in natural order, as a batch answers.
+    let out = env.run(&["--json", "restart", "--all", "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = answer["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["agent_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["done", "w.1", "w.2"]);
+    assert_eq!(env.json(&["status", "done"])["run"], 2);
+    assert_eq!(env.json(&["status", "w.1"])["run"], 3);
+    assert!(proc_stat(new).is_none(), "run 2 of w.1 is gone");
+
+    let out = env.run(&["restart", "nosuch"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nosuch"), "{}", stderr(&out));
+    env.finish();
+}

@@ -115,6 +115,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Summary(a) => agents::summary(&ctx(&a.conn, a.out)?).await,
         Command::Health(a) => agents::health(&ctx(&a.conn, a.out)?, &a.id).await,
         Command::Stop(a) => stop::stop(&ctx(&a.conn, a.out)?, &a).await,
+        Command::Restart(a) => stop::restart(&ctx(&a.conn, a.out)?, &a).await,
         Command::Kill(a) => stop::kill(&ctx(&a.conn, a.out)?, &a.id, a.force).await,
         Command::Reap(a) => agents::reap(&ctx(&a.conn, a.out)?).await,
         Command::Rm(a) => agents::remove(&ctx(&a.conn, a.out)?, &a.id).await,

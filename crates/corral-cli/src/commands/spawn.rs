@@ -285,13 +285,19 @@ async fn spawn_batch(ctx: &Ctx, args: SpawnArgs) -> Result<ExitCode> {
             Some(&BatchRequest { agents }),
         )
         .await?;
+    print_batch(ctx, &answer, "spawned")
+}
+
+/// A batch's answer (a spawn batch, a restart of many): each agent's line,
+/// a count, and success only when every agent started.
+pub fn print_batch(ctx: &Ctx, answer: &BatchResponse, done: &str) -> Result<ExitCode> {
     let failed = answer
         .results
         .iter()
         .filter(|r| !matches!(r, BatchResult::Spawned(s) if started_ok(s)))
         .count();
     if ctx.json {
-        print_json(&answer)?;
+        print_json(answer)?;
     } else {
         for r in &answer.results {
             match r {
@@ -309,7 +315,7 @@ async fn spawn_batch(ctx: &Ctx, args: SpawnArgs) -> Result<ExitCode> {
                 }
             }
         }
-        println!("{} spawned, {failed} failed", answer.results.len() - failed);
+        println!("{} {done}, {failed} failed", answer.results.len() - failed);
     }
     Ok(if failed == 0 {
         ExitCode::SUCCESS

@@ -121,6 +121,35 @@ pub async fn stop(ctx: &Ctx, args: &StopArgs) -> Result<ExitCode> {
     )
 }
 
+/// `corral restart`: each agent's staged stop (when it runs), then a new run
+/// with the request it was last spawned with.
+pub async fn restart(ctx: &Ctx, args: &crate::cli::RestartArgs) -> Result<ExitCode> {
+    let timeouts = args
+        .stop_timeouts
+        .as_deref()
+        .map(parse_timeouts)
+        .transpose()?;
+    let target = args.target.as_deref().map(checked_selector).transpose()?;
+    let client = ctx.client().await?;
+    let what = args.target.clone().unwrap_or_else(|| "every agent".into());
+    announce(ctx, &what, timeouts.as_deref(), args.force);
+    let body = StopManyRequest {
+        all: target.is_none(),
+        selector: args.target.clone(),
+        force: args.force,
+        stop_timeouts: timeouts,
+        live_only: false,
+    };
+    let answer: corral_core::BatchResponse = client
+        .call(Method::POST, "/v1/restart", Some(&body))
+        .await?;
+    if answer.results.is_empty() && !ctx.json {
+        println!("nothing to restart");
+        return Ok(ExitCode::SUCCESS);
+    }
+    super::spawn::print_batch(ctx, &answer, "restarted")
+}
+
 pub async fn kill(ctx: &Ctx, id: &str, force: bool) -> Result<ExitCode> {
     let id = checked_id(id)?;
     let client = ctx.client().await?;

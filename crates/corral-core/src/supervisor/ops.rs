@@ -30,6 +30,44 @@ impl Supervisor {
         self.stop_selected(selector, opts, false).await
     }
 
+    /// Restarts agents (pm2's and compose's `restart`): a staged stop of each
+    /// that is live (as [`Self::cleanup`], with `opts`' waits), then a new run
+    /// with the request it was last spawned with. `None` restarts every agent;
+    /// an ended agent just starts again. One that fails fails alone; the
+    /// results are in natural id order.
+    pub async fn restart(
+        &self,
+        selector: Option<&Selector>,
+        opts: CleanupOptions,
+    ) -> Result<Vec<(AgentId, Result<crate::model::SpawnResponse>)>> {
+        self.refuse_if_failing()?;
+        let mut targets: Vec<Arc<super::view::View>> = self
+            .views()
+            .into_iter()
+            .filter(|v| selector.is_none_or(|s| s.matches(&v.id)))
+            .collect();
+        if let Some(Selector::One(id)) = selector
+            && targets.is_empty()
+        {
+            return Err(Error::NotFound {
+                agent_id: id.to_string(),
+            });
+        }
+        targets.sort_by(|a, b| crate::model::natural_cmp(a.id.as_str(), b.id.as_str()));
+        let restarts = targets.into_iter().map(|view| {
+            let (sup, opts) = (self.clone(), opts.clone());
+            async move {
+                let one = Selector::One(view.id.clone());
+                let result = match sup.stop_selected(Some(&one), opts, true).await {
+                    Ok(_) => sup.spawn_agent(view.spec.request.clone()).await,
+                    Err(e) => Err(e),
+                };
+                (view.id.clone(), result)
+            }
+        });
+        Ok(futures_util::future::join_all(restarts).await)
+    }
+
     /// [`Self::cleanup`], leaving out agents that had already ended when `live_only`.
     pub async fn stop_selected(
         &self,

@@ -531,6 +531,24 @@ async fn tail(client: &Client, id: &str, stream: &str) -> LogTail {
 /// Stops (staged) or kills (SIGKILL) one agent; says how it went.
 async fn act(client: &Client, action: Action, id: &str) -> Result<String, String> {
     let report: StopReport = match action {
+        Action::Restart => {
+            let r: corral_core::SpawnResponse = client
+                .call(
+                    Method::POST,
+                    &format!("/v1/agents/{id}/restart"),
+                    None::<&()>,
+                )
+                .await
+                .map_err(|e| format!("cannot restart {id}: {e}"))?;
+            return match (r.status, r.error) {
+                (_, Some(why)) => Err(format!("{id} did not restart: {why}")),
+                (status, None) => Ok(format!(
+                    "{id} restarted: run {}, {status}{}",
+                    r.run,
+                    r.pid.map(|p| format!(", pid {p}")).unwrap_or_default()
+                )),
+            };
+        }
         Action::Stop => client
             .call(Method::POST, &format!("/v1/agents/{id}/stop"), None::<&()>)
             .await

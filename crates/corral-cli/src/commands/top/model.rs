@@ -178,6 +178,8 @@ pub enum Action {
     Stop,
     /// SIGKILL to the whole tree at once.
     Kill,
+    /// The staged stop (when it runs), then a new run with the same request.
+    Restart,
 }
 
 /// What a key press asks the loop to do.
@@ -657,6 +659,7 @@ impl Model {
                     let what = match action {
                         Action::Stop => "stopping",
                         Action::Kill => "killing",
+                        Action::Restart => "restarting",
                     };
                     self.set_note(format!("{what} {id}…"), false, now);
                     Some(Effect::Act(action, id))
@@ -756,6 +759,7 @@ impl Model {
             }
             KeyCode::Char('x') => self.confirm(Action::Stop, now),
             KeyCode::Char('K') => self.confirm(Action::Kill, now),
+            KeyCode::Char('R') => self.confirm(Action::Restart, now),
             _ => None,
         }
     }
@@ -772,7 +776,11 @@ impl Model {
     fn confirm(&mut self, action: Action, now: Instant) -> Option<Effect> {
         let s = self.selected_agent()?;
         let id = s.agent_id.clone();
-        if !s.persistent_status.is_live() && s.next_restart_at.is_none() {
+        // An ended agent can be restarted; it cannot be stopped.
+        if action != Action::Restart
+            && !s.persistent_status.is_live()
+            && s.next_restart_at.is_none()
+        {
             self.set_note(
                 format!("{id} has already ended ({})", s.persistent_status),
                 false,
@@ -1111,6 +1119,14 @@ pub(crate) mod tests {
         assert_eq!(press(&mut m, KeyCode::Char('x')), None);
         assert_eq!(m.mode(), &Mode::Normal);
         assert!(m.note().unwrap().text.contains("already ended"));
+        // ... but it can be restarted, after yes.
+        let ended = m.selected_agent().unwrap().agent_id.clone();
+        assert_eq!(press(&mut m, KeyCode::Char('R')), None);
+        assert_eq!(m.mode(), &Mode::Confirm(Action::Restart, ended.clone()));
+        assert_eq!(
+            press(&mut m, KeyCode::Char('y')),
+            Some(Effect::Act(Action::Restart, ended))
+        );
     }
 
     #[test]

@@ -722,6 +722,12 @@ fn render_confirm(frame: &mut Frame<'_>, action: Action, id: &str) {
             "SIGKILL to its whole process tree at once, no grace period.",
             "y: kill",
         ),
+        Action::Restart => (
+            " restart ",
+            format!("Restart {id}?"),
+            "Its staged stop if it runs, then a new run of the same command.",
+            "y: restart",
+        ),
     };
     let area = popup(frame, 66, 7);
     let text = vec![
@@ -767,6 +773,10 @@ fn render_help(frame: &mut Frame<'_>) {
             "stop the agent (staged: SIGTERM, then SIGKILL), after y",
         ),
         ("K", "kill the agent (SIGKILL at once), after y"),
+        (
+            "R",
+            "restart the agent (staged stop, then a new run), after y",
+        ),
         ("q  esc  ctrl-c", "quit (esc closes the details first)"),
     ];
     let area = popup(frame, 76, keys.len() as u16 + 4);
