@@ -508,9 +508,14 @@ pub struct ProgressArgs {
 
 #[derive(Debug, Args)]
 pub struct EventsArgs {
+    /// Only this agent's events, or a subtree's (`PREFIX.*`).
+    pub target: Option<String>,
     /// Keep printing new events as they happen.
     #[arg(short = 'f', long)]
     pub follow: bool,
+    /// Only the last N events (of those the target picks); with -f, then follow.
+    #[arg(long, value_name = "N")]
+    pub tail: Option<usize>,
     /// Only events after this sequence number (resume where you left off).
     #[arg(long, default_value_t = 0, value_name = "SEQ")]
     pub since: i64,

@@ -603,3 +603,47 @@ fn restart_stops_each_agent_then_runs_it_again_with_the_same_command() {
     assert!(stderr(&out).contains("nosuch"), "{}", stderr(&out));
     env.finish();
 }
+
+#[test]
+fn events_take_a_target_and_a_tail() {
+    let env = Env::new();
+    for (id, code) in [("job.a", 0), ("job.b", 3), ("other", 0)] {
+        let _ = env.run(&["spawn", id, "--", "sh", "-c", &format!("exit {code}")]);
+        let _ = env.run(&["wait", id]);
+    }
+    let lines = |args: &[&str]| -> Vec<Value> {
+        let mut all = vec!["--json", "events"];
+        all.extend_from_slice(args);
+        let out = env.run(&all);
+        assert!(out.status.success(), "{}", stderr(&out));
+        text(&out)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let every = lines(&[]);
+    let ids = |evs: &[Value]| -> std::collections::BTreeSet<String> {
+        evs.iter()
+            .map(|e| e["agent_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        ids(&every),
+        ["job.a", "job.b", "other"].map(String::from).into()
+    );
+    let jobs = lines(&["job.*"]);
+    assert_eq!(ids(&jobs), ["job.a", "job.b"].map(String::from).into());
+    assert_eq!(
+        jobs.len(),
+        every.iter().filter(|e| e["agent_id"] != "other").count()
+    );
+    let b = lines(&["job.b"]);
+    assert!(b.iter().all(|e| e["agent_id"] == "job.b"));
+    // The last two of job.*, in order: the newest two of what it picked.
+    let tail = lines(&["job.*", "--tail", "2"]);
+    assert_eq!(tail, jobs[jobs.len() - 2..]);
+    assert_eq!(lines(&["--tail", "0"]).len(), 0);
+    let out = env.run(&["events", "../bad"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    env.finish();
+}

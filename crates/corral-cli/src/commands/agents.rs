@@ -610,25 +610,62 @@ pub fn event_line(ev: &Event) -> String {
     )
 }
 
-pub async fn events(ctx: &Ctx, follow: bool, since: i64) -> Result<ExitCode> {
+pub async fn events(ctx: &Ctx, args: &crate::cli::EventsArgs) -> Result<ExitCode> {
     use std::io::Write;
-    let path = format!("/v1/events?since={since}&follow={follow}");
+    let sel = args.target.as_deref().map(checked_selector).transpose()?;
     let client = ctx.client().await?;
     // JSON lines, as the contract says, for scripts and pipes; one line of
     // text per event for a person at a terminal (`--json` forces JSON).
     let json = ctx.json || !std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let mut out = std::io::stdout().lock();
-    client
-        .sse(&path, |data| {
-            let line = if json {
+    // An event's line, when the target picks it (its seq either way).
+    let pick = |data: &str| -> (Option<i64>, Option<String>) {
+        let Ok(ev) = serde_json::from_str::<Event>(data) else {
+            return (None, sel.is_none().then(|| data.to_owned()));
+        };
+        let picked = sel
+            .as_ref()
+            .is_none_or(|s| corral_core::AgentId::new(&ev.agent_id).is_ok_and(|id| s.matches(&id)));
+        let line = picked.then(|| {
+            if json {
                 data.to_owned()
             } else {
-                match serde_json::from_str::<Event>(data) {
-                    Ok(ev) => event_line(&ev),
-                    Err(_) => data.to_owned(),
+                event_line(&ev)
+            }
+        });
+        (Some(ev.seq), line)
+    };
+    let mut since = args.since;
+    let mut out = std::io::stdout().lock();
+    if let Some(n) = args.tail {
+        // The stored log read through once, the last n picked kept; then,
+        // with -f, followed from where that read ended.
+        let mut last = std::collections::VecDeque::with_capacity(n.min(4096));
+        client
+            .sse(&format!("/v1/events?since={since}&follow=false"), |data| {
+                let (seq, line) = pick(data);
+                since = since.max(seq.unwrap_or(since));
+                if let Some(line) = line.filter(|_| n > 0) {
+                    if last.len() == n {
+                        last.pop_front();
+                    }
+                    last.push_back(line);
                 }
-            };
-            writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
+                true
+            })
+            .await?;
+        for line in last {
+            writeln!(out, "{line}")?;
+        }
+        out.flush()?;
+        if !args.follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    let path = format!("/v1/events?since={since}&follow={}", args.follow);
+    client
+        .sse(&path, |data| match pick(data).1 {
+            Some(line) => writeln!(out, "{line}").and_then(|()| out.flush()).is_ok(),
+            None => true,
         })
         .await?;
     Ok(ExitCode::SUCCESS)

@@ -124,7 +124,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Runs(a) => agents::runs(&ctx(&a.conn, a.out)?, &a.id).await,
         Command::Wait(a) => agents::wait(&ctx(&a.conn, a.out)?, &a.target, a.timeout).await,
         Command::Progress(a) => agents::progress(&ctx(&a.conn, a.out)?, &a).await,
-        Command::Events(a) => agents::events(&ctx(&a.conn, a.out)?, a.follow, a.since).await,
+        Command::Events(a) => agents::events(&ctx(&a.conn, a.out)?, &a).await,
         Command::Up(a) => project::up(&ctx(&a.conn, a.out)?, &a).await,
         Command::Down(a) => project::down(&ctx(&a.conn, a.out)?, &a).await,
         Command::Demo(args) => demo::run(args).await,
