@@ -343,21 +343,41 @@ async fn spawn_batch(
         .await
         .into_iter()
         .zip(ids)
-        .map(|(result, agent_id)| match result {
-            Ok(resp) => BatchResult::Spawned(resp),
-            Err(e) => {
-                let e = ApiError::from(e);
-                BatchResult::Failed(BatchFailure {
-                    agent_id: corral_core::elide(&agent_id, 128),
-                    error: ErrorDetail {
-                        code: e.code().as_str().to_owned(),
-                        message: e.message().to_owned(),
-                    },
-                })
-            }
-        })
+        .map(|(result, agent_id)| batch_result(&agent_id, result))
         .collect();
     Json(BatchResponse { results })
+}
+
+/// One entry of a batch answer: the spawn's answer, or the error it got alone.
+fn batch_result(agent_id: &str, result: corral_core::Result<SpawnResponse>) -> BatchResult {
+    match result {
+        Ok(resp) => BatchResult::Spawned(resp),
+        Err(e) => {
+            let e = ApiError::from(e);
+            BatchResult::Failed(BatchFailure {
+                agent_id: corral_core::elide(agent_id, 128),
+                error: ErrorDetail {
+                    code: e.code().as_str().to_owned(),
+                    message: e.message().to_owned(),
+                },
+            })
+        }
+    }
+}
+
+/// The agents a request for many names: `None` for `"all": true`, or its
+/// selector; exactly one of the two.
+fn many(all: bool, selector: Option<String>, verb: &str) -> Result<Option<Selector>, ApiError> {
+    match (all, selector) {
+        (true, None) => Ok(None),
+        (false, Some(s)) => Ok(Some(Selector::parse(&s)?)),
+        (true, Some(_)) => Err(ApiError::invalid(
+            "give either \"all\": true or a \"selector\", not both",
+        )),
+        (false, None) => Err(ApiError::invalid(format!(
+            "say which agents to {verb}: {{\"all\": true}} or {{\"selector\": \"L2.1.*\"}}"
+        ))),
+    }
 }
 
 /// One agent's status (`get_agent_status`).
@@ -468,20 +488,7 @@ async fn stop_many(
     State(sup): State<Supervisor>,
     Body(body): Body<StopManyRequest>,
 ) -> Result<Json<Vec<StopReport>>, ApiError> {
-    let selector = match (body.all, body.selector) {
-        (true, None) => None,
-        (false, Some(s)) => Some(Selector::parse(&s)?),
-        (true, Some(_)) => {
-            return Err(ApiError::invalid(
-                "give either \"all\": true or a \"selector\", not both",
-            ));
-        }
-        (false, None) => {
-            return Err(ApiError::invalid(
-                "say which agents to stop: {\"all\": true} or {\"selector\": \"L2.1.*\"}",
-            ));
-        }
-    };
+    let selector = many(body.all, body.selector, "stop")?;
     let opts = CleanupOptions {
         force: body.force,
         stop_timeouts: body.stop_timeouts,
@@ -520,20 +527,7 @@ async fn restart_many(
     State(sup): State<Supervisor>,
     Body(body): Body<StopManyRequest>,
 ) -> Result<Json<BatchResponse>, ApiError> {
-    let selector = match (body.all, body.selector) {
-        (true, None) => None,
-        (false, Some(s)) => Some(Selector::parse(&s)?),
-        (true, Some(_)) => {
-            return Err(ApiError::invalid(
-                "give either \"all\": true or a \"selector\", not both",
-            ));
-        }
-        (false, None) => {
-            return Err(ApiError::invalid(
-                "say which agents to restart: {\"all\": true} or {\"selector\": \"L2.1.*\"}",
-            ));
-        }
-    };
+    let selector = many(body.all, body.selector, "restart")?;
     let opts = CleanupOptions {
         force: body.force,
         stop_timeouts: body.stop_timeouts,
@@ -542,19 +536,7 @@ async fn restart_many(
         .restart(selector.as_ref(), opts)
         .await?
         .into_iter()
-        .map(|(id, result)| match result {
-            Ok(resp) => BatchResult::Spawned(resp),
-            Err(e) => {
-                let e = ApiError::from(e);
-                BatchResult::Failed(BatchFailure {
-                    agent_id: id.to_string(),
-                    error: ErrorDetail {
-                        code: e.code().as_str().to_owned(),
-                        message: e.message().to_owned(),
-                    },
-                })
-            }
-        })
+        .map(|(id, result)| batch_result(id.as_str(), result))
         .collect();
     Ok(Json(BatchResponse { results }))
 }
