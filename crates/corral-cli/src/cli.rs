@@ -281,6 +281,9 @@ pub struct SpawnArgs {
     /// Extra environment variable (repeatable).
     #[arg(long = "env", value_name = "K=V")]
     pub env: Vec<String>,
+    /// Environment variables from a dotenv file (KEY=VALUE lines; repeatable; --env wins).
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_files: Vec<PathBuf>,
     /// Start from a clean environment (PATH, HOME, USER, LOGNAME, SHELL, LANG
     /// and --env) instead of the daemon's. Agents of another user always do.
     #[arg(long)]

@@ -647,3 +647,51 @@ fn events_take_a_target_and_a_tail() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     env.finish();
 }
+
+#[test]
+fn env_files_reach_the_agents_environment_and_env_wins() {
+    let env = Env::new();
+    let dir = env.dir.as_ref().unwrap().path().to_owned();
+    let file = dir.join("worker.env");
+    std::fs::write(
+        &file,
+        "# for the worker\nMODE=batch\nexport WHO='the worker'\n",
+    )
+    .unwrap();
+    let out = env.run(&[
+        "spawn",
+        "envy",
+        "--env-file",
+        file.to_str().unwrap(),
+        "--env",
+        "MODE=stream",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pid = env.json(&["status", "envy"])["pid"].as_i64().unwrap();
+    // What the OS holds, not what corral says.
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let vars: Vec<String> = environ
+        .split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    assert!(
+        vars.contains(&"MODE=stream".to_owned()),
+        "--env wins: {vars:?}"
+    );
+    assert!(vars.contains(&"WHO=the worker".to_owned()), "{vars:?}");
+    let missing = dir.join("nope.env");
+    let out = env.run(&[
+        "spawn",
+        "broken",
+        "--env-file",
+        missing.to_str().unwrap(),
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nope.env"), "{}", stderr(&out));
+    env.finish();
+}

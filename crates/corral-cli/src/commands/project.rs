@@ -40,6 +40,10 @@ const DEPENDENCY_WAIT: Duration = Duration::from_secs(120);
 #[serde(deny_unknown_fields)]
 struct AgentDef {
     command: Option<Vec<String>>,
+    /// A shell command line, run by `sh -c` (instead of `command`).
+    shell: Option<String>,
+    /// A dotenv file (relative to the project file) under `env`.
+    env_file: Option<PathBuf>,
     count: Option<u32>,
     #[serde(default)]
     depends_on: Vec<String>,
@@ -135,17 +139,33 @@ fn load(file: &Path) -> Result<Project> {
                 ));
             }
         }
-        let merged = merge(&parsed.defaults, def);
-        let command = merged
-            .command
-            .clone()
-            .filter(|c| !c.is_empty())
-            .ok_or_else(|| {
-                at(
+        if def.command.is_some() && def.shell.is_some() {
+            return Err(at(
+                agent,
+                "give either command (a list) or shell (a string), not both".into(),
+            ));
+        }
+        let mut merged = merge(&parsed.defaults, def);
+        let command = match (&merged.command, &merged.shell) {
+            (Some(c), _) if !c.is_empty() => c.clone(),
+            (None, Some(line)) if !line.trim().is_empty() => {
+                vec!["sh".into(), "-c".into(), line.clone()]
+            }
+            _ => {
+                return Err(at(
                     agent,
-                    "needs a command (a list: [\"program\", \"arg\"])".into(),
-                )
-            })?;
+                    "needs a command (a list: [\"program\", \"arg\"]) or shell (\"a command line\")"
+                        .into(),
+                ));
+            }
+        };
+        if let Some(file) = &merged.env_file {
+            // Its variables under the table's own `env`, which wins.
+            let mut env = super::spawn::env_file(&base.join(file), "env_file")
+                .map_err(|e| at(agent, e.to_string()))?;
+            env.extend(merged.env.take().unwrap_or_default());
+            merged.env = (!env.is_empty()).then_some(env);
+        }
         let count = merged.count.unwrap_or(1);
         if count == 0 {
             return Err(at(agent, "count must be at least 1".into()));
@@ -195,7 +215,20 @@ fn merge(defaults: &AgentDef, def: &AgentDef) -> AgentDef {
         (!m.is_empty()).then_some(m)
     };
     AgentDef {
-        command: def.command.clone().or_else(|| defaults.command.clone()),
+        // An agent's own command, in either form, wins over the defaults'.
+        command: def.command.clone().or_else(|| {
+            def.shell
+                .is_none()
+                .then(|| defaults.command.clone())
+                .flatten()
+        }),
+        shell: def.shell.clone().or_else(|| {
+            def.command
+                .is_none()
+                .then(|| defaults.shell.clone())
+                .flatten()
+        }),
+        env_file: def.env_file.clone().or_else(|| defaults.env_file.clone()),
         count: def.count.or(defaults.count),
         depends_on: def.depends_on.clone(),
         cwd: def.cwd.clone().or_else(|| defaults.cwd.clone()),
@@ -585,6 +618,56 @@ mod tests {
         let file = dir.path().join("corral.toml");
         std::fs::write(&file, text).unwrap();
         (dir, file)
+    }
+
+    #[test]
+    fn shell_lines_and_env_files_fill_the_request() {
+        let (d, file) = write(
+            r#"
+[defaults]
+shell = "echo default"
+env_file = "common.env"
+[agents.web]
+shell = "python3 -m http.server 8000 | tee web.log"
+env = { PORT = "9000" }
+[agents.plain]
+command = ["sleep", "60"]
+[agents.inherits]
+"#,
+        );
+        std::fs::write(
+            d.path().join("common.env"),
+            "# shared\nexport PORT=8000\nGREETING=\"hello world\"\n\n",
+        )
+        .unwrap();
+        let p = load(&file).unwrap();
+        let web = &p.agents["web"].instances[0];
+        assert_eq!(
+            web.command,
+            ["sh", "-c", "python3 -m http.server 8000 | tee web.log"]
+        );
+        assert_eq!(web.env["PORT"], "9000", "the table's own env wins");
+        assert_eq!(web.env["GREETING"], "hello world");
+        let plain = &p.agents["plain"].instances[0];
+        assert_eq!(
+            plain.command,
+            ["sleep", "60"],
+            "its own command beats the default shell"
+        );
+        assert_eq!(
+            p.agents["inherits"].instances[0].command,
+            ["sh", "-c", "echo default"]
+        );
+
+        let (_d, both) = write("[agents.x]\ncommand = [\"true\"]\nshell = \"true\"\n");
+        let err = load(&both).err().unwrap().to_string();
+        assert!(err.contains("agent x") && err.contains("not both"), "{err}");
+        let (_d, missing) = write("[agents.x]\nshell = \"true\"\nenv_file = \"nope.env\"\n");
+        let err = load(&missing).err().unwrap().to_string();
+        assert!(
+            err.contains("env_file") && err.contains("nope.env"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -23,6 +23,15 @@ pub fn key_values(pairs: &[String], what: &str) -> Result<BTreeMap<String, Strin
         .collect()
 }
 
+/// The variables of a dotenv file (`KEY=VALUE` lines, `#` comments, quotes
+/// and `export ` as shells write them); `what` names where it was given.
+pub fn env_file(path: &std::path::Path, what: &str) -> Result<BTreeMap<String, String>> {
+    let iter = dotenvy::from_path_iter(path)
+        .map_err(|e| usage(format!("{what} {}: {e}", path.display())))?;
+    iter.map(|item| item.map_err(|e| usage(format!("{what} {}: {e}", path.display()))))
+        .collect()
+}
+
 /// `10,5,5` → `[10.0, 5.0, 5.0]`.
 pub fn parse_timeouts(raw: &str) -> Result<Vec<f64>> {
     parse_seconds_list(
@@ -119,7 +128,15 @@ fn request_from_args(args: &SpawnArgs) -> Result<SpawnRequest> {
         probes: probes_from_args(args),
         user: args.user.clone(),
         cwd,
-        env: key_values(&args.env, "--env")?,
+        env: {
+            // The files in order, then --env: a later value wins.
+            let mut env = BTreeMap::new();
+            for file in &args.env_files {
+                env.extend(env_file(file, "--env-file")?);
+            }
+            env.extend(key_values(&args.env, "--env")?);
+            env
+        },
         inherit_env: args.no_inherit_env.then_some(false),
         agent_dir,
         labels: key_values(&args.labels, "--label")?,
