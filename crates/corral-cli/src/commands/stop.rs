@@ -74,13 +74,19 @@ fn announce(ctx: &Ctx, what: &str, timeouts: Option<&[f64]>, force: bool) {
     crate::say(&format!("stopping {what}: {plan}"));
 }
 
+/// What `stop` and `restart` are given: the target (none: `--all`) and the
+/// stop's waits, checked.
+fn target_and_waits(
+    target: Option<&str>,
+    waits: Option<&str>,
+) -> Result<(Option<Selector>, Option<Vec<f64>>)> {
+    let waits = waits.map(parse_timeouts).transpose()?;
+    Ok((target.map(checked_selector).transpose()?, waits))
+}
+
 pub async fn stop(ctx: &Ctx, args: &StopArgs) -> Result<ExitCode> {
-    let timeouts = args
-        .stop_timeouts
-        .as_deref()
-        .map(parse_timeouts)
-        .transpose()?;
-    let target = args.target.as_deref().map(checked_selector).transpose()?;
+    let (target, timeouts) =
+        target_and_waits(args.target.as_deref(), args.stop_timeouts.as_deref())?;
     let client = ctx.client().await?;
     let reports: Vec<StopReport> = match &target {
         Some(Selector::One(id)) => {
@@ -124,12 +130,8 @@ pub async fn stop(ctx: &Ctx, args: &StopArgs) -> Result<ExitCode> {
 /// `corral restart`: each agent's staged stop (when it runs), then a new run
 /// with the request it was last spawned with.
 pub async fn restart(ctx: &Ctx, args: &crate::cli::RestartArgs) -> Result<ExitCode> {
-    let timeouts = args
-        .stop_timeouts
-        .as_deref()
-        .map(parse_timeouts)
-        .transpose()?;
-    let target = args.target.as_deref().map(checked_selector).transpose()?;
+    let (target, timeouts) =
+        target_and_waits(args.target.as_deref(), args.stop_timeouts.as_deref())?;
     let client = ctx.client().await?;
     let what = args.target.clone().unwrap_or_else(|| "every agent".into());
     announce(ctx, &what, timeouts.as_deref(), args.force);

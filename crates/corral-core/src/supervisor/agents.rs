@@ -84,8 +84,7 @@ impl Supervisor {
         match view.proc_.clone().filter(|_| view.state.is_busy()) {
             Some(proc_) if proc_.leaf.is_some() => {
                 let old = 2.0 * self.sh.config.sample_interval.as_secs_f64();
-                let taken = proc_.sample().map_or(0.0, |s| s.taken_s);
-                if platform::boottime_seconds() - taken > old {
+                if !proc_.sampled_within(old) {
                     let sh = self.sh.clone();
                     let _ = tokio::task::spawn_blocking(move || {
                         super::sampler::sample_one(&sh, &proc_, old)

@@ -367,8 +367,7 @@ impl Pass<'_> {
 pub(crate) fn sample_one(sh: &Shared, proc_: &super::view::Proc, max_age_s: f64) {
     let Some(leaf) = &proc_.leaf else { return };
     let mut alone = lock(&proc_.alone);
-    let taken = proc_.sample().map_or(0.0, |s| s.taken_s);
-    if platform::boottime_seconds() - taken <= max_age_s {
+    if proc_.sampled_within(max_age_s) {
         return;
     }
     let members = stop::leaf_members(leaf, None).0;

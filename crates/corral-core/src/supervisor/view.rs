@@ -73,6 +73,12 @@ impl Proc {
         *self.sample.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether its figures were taken within the last `max_age_s` seconds.
+    pub(crate) fn sampled_within(&self, max_age_s: f64) -> bool {
+        self.sample()
+            .is_some_and(|s| crate::platform::boottime_seconds() - s.taken_s <= max_age_s)
+    }
+
     pub(crate) fn set_sample(&self, s: Sample) {
         *self.sample.lock().unwrap_or_else(|p| p.into_inner()) = Some(s);
     }

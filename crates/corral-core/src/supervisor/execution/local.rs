@@ -323,7 +323,8 @@ pub(crate) fn probe_state(
 /// end of the window): CPU% over its whole life so far.
 pub(crate) fn sample_now(proc_: &Proc, page_size: u64) {
     let Ok(s) = proc_.handle.sample() else { return };
-    let age = (platform::boottime_seconds() - proc_.started_s).max(1e-3);
+    let now = platform::boottime_seconds();
+    let age = (now - proc_.started_s).max(1e-3);
     let cpu_percent = s.cpu_ticks as f64 / platform::clock_ticks_per_second() as f64 / age * 100.0;
     let memory_mb = (s.rss_pages * page_size) as f64 / (1024.0 * 1024.0);
     let tree = proc_
@@ -340,7 +341,7 @@ pub(crate) fn sample_now(proc_: &Proc, page_size: u64) {
         memory_mb,
         num_threads: s.num_threads,
         tree,
-        taken_s: age + proc_.started_s,
+        taken_s: now,
     });
 }
 
