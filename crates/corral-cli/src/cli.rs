@@ -422,6 +422,9 @@ pub struct StopArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Agents of a corral.toml project: `corral up --restart [NAME...]` restarts them from the file's current definition, in dependency order."
+)]
 pub struct RestartArgs {
     /// Agent id or subtree (`PREFIX.*`).
     #[arg(required_unless_present = "all", conflicts_with = "all")]
@@ -536,6 +539,9 @@ pub struct UpArgs {
     pub file: Option<PathBuf>,
     /// Only these agents (names in the file) and what they depend on.
     pub names: Vec<String>,
+    /// Restart the named agents (every one when none is named) from the file even when unchanged.
+    #[arg(long)]
+    pub restart: bool,
     #[command(flatten)]
     pub conn: Conn,
     #[command(flatten)]

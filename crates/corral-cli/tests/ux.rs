@@ -342,31 +342,51 @@ depends_on = ["db"]
     assert_eq!(
         first,
         [
-            ("db".into(), "started".into()),
-            ("worker.1".into(), "started".into()),
-            ("worker.2".into(), "started".into())
+            ("t.db".into(), "started".into()),
+            ("t.worker.1".into(), "started".into()),
+            ("t.worker.2".into(), "started".into())
         ]
     );
     // The workers started after the database was ready.
-    let db = env.json(&["status", "db"]);
+    let db = env.json(&["status", "t.db"]);
     assert_eq!(db["ready"], true);
     let again = actions(env.run(&["up", "-f", f, "--json"]));
     assert!(again.iter().all(|(_, a)| a == "unchanged"), "{again:?}");
+    // --restart NAME restarts that agent from the file, unchanged or not, and
+    // leaves what it depends on alone.
+    let pid_of = |id: &str| env.json(&["status", id])["pid"].as_i64().unwrap();
+    let db_pid = pid_of("t.db");
+    let w1_pid = pid_of("t.worker.1");
+    let restarted = actions(env.run(&["up", "-f", f, "--restart", "worker", "--json"]));
+    assert_eq!(
+        restarted,
+        [
+            ("t.db".into(), "unchanged".into()),
+            ("t.worker.1".into(), "restarted".into()),
+            ("t.worker.2".into(), "restarted".into())
+        ]
+    );
+    assert_eq!(pid_of("t.db"), db_pid);
+    assert_ne!(pid_of("t.worker.1"), w1_pid);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{w1_pid}")).exists(),
+        "the old worker.1 ({w1_pid}) is gone, reaped"
+    );
     std::fs::write(&file, project("61")).unwrap();
     let changed = actions(env.run(&["up", "-f", f, "--json"]));
     assert_eq!(
         changed,
         [
-            ("db".into(), "unchanged".into()),
-            ("worker.1".into(), "restarted".into()),
-            ("worker.2".into(), "restarted".into())
+            ("t.db".into(), "unchanged".into()),
+            ("t.worker.1".into(), "restarted".into()),
+            ("t.worker.2".into(), "restarted".into())
         ]
     );
     // Fewer workers: the extra one is stopped.
     std::fs::write(&file, project("61").replace("count = 2", "count = 1")).unwrap();
     let fewer = actions(env.run(&["up", "-f", f, "--json"]));
     assert!(
-        fewer.contains(&("worker.2".into(), "stopped".into())),
+        fewer.contains(&("t.worker.2".into(), "stopped".into())),
         "{fewer:?}"
     );
     let down = env.run(&["down", "-f", f, "--json"]);
@@ -378,7 +398,7 @@ depends_on = ["db"]
         .iter()
         .map(|r| r["agent_id"].as_str().unwrap())
         .collect();
-    assert_eq!(order, ["worker.1", "db"], "dependents first");
+    assert_eq!(order, ["t.worker.1", "t.db"], "dependents first");
     // An unknown key names file, line and key.
     std::fs::write(&file, "[agents.a]\ncommand = [\"true\"]\ncolour = 1\n").unwrap();
     let bad = env.run(&["up", "-f", f]);
@@ -388,6 +408,98 @@ depends_on = ["db"]
         "{}",
         stderr(&bad)
     );
+    env.finish();
+}
+
+/// Two projects that name their agents alike don't touch each other's: ids are
+/// scoped by project, and an id another project (or a hand spawn) holds is
+/// refused before anything changes.
+#[test]
+fn projects_do_not_collide() {
+    let env = Env::new();
+    let root = env.dir.as_ref().unwrap().path().to_owned();
+    let def =
+        "[defaults]\nstop_timeouts = [1, 1, 1]\n[agents.web]\ncommand = [\"sleep\", \"60\"]\n";
+    let project = |dir: &str, head: &str| {
+        let d = root.join(dir);
+        std::fs::create_dir_all(&d).unwrap();
+        let f = d.join("corral.toml");
+        std::fs::write(&f, format!("{head}{def}")).unwrap();
+        f.to_str().unwrap().to_owned()
+    };
+    let (pa, pb) = (project("pa", ""), project("pb", ""));
+    for f in [&pa, &pb] {
+        let out = env.run(&["up", "-f", f]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let pid_of = |id: &str| env.json(&["status", id])["pid"].as_i64();
+    let (a, b) = (pid_of("pa.web").unwrap(), pid_of("pb.web").unwrap());
+    assert_ne!(a, b);
+    assert!(std::path::Path::new(&format!("/proc/{a}")).exists());
+
+    // `up` in pb again changes nothing of pa; `down` in pa leaves pb running.
+    let again = env.json(&["up", "-f", &pb, "--json"]);
+    assert_eq!(again[0]["action"], "unchanged", "{again}");
+    assert_eq!(pid_of("pa.web"), Some(a));
+    let down = env.run(&["down", "-f", &pa]);
+    assert!(down.status.success(), "{}", stderr(&down));
+    assert!(
+        !std::path::Path::new(&format!("/proc/{a}")).exists(),
+        "pa.web stopped"
+    );
+    assert_eq!(
+        env.json(&["status", "pb.web"])["persistent_status"],
+        "running"
+    );
+    assert!(std::path::Path::new(&format!("/proc/{b}")).exists());
+
+    // Another directory that calls itself pb: refused, naming the owner, and
+    // nothing changed.
+    let twin = project("twin", "name = \"pb\"\n");
+    let out = env.run(&["up", "-f", &twin]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("pb.web is taken by project \"pb\"") && err.contains("pb/corral.toml"),
+        "{err}"
+    );
+    assert!(
+        err.contains("nothing was changed") && err.contains("prefix"),
+        "{err}"
+    );
+    assert_eq!(pid_of("pb.web"), Some(b));
+    // Its `down` leaves pb's agent alone too, and says so.
+    let out = env.run(&["down", "-f", &twin]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("left pb.web alone"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(std::path::Path::new(&format!("/proc/{b}")).exists());
+
+    // A hand-spawned agent holding a project's id.
+    let out = env.run(&["spawn", "hand.web", "--", "sleep", "60"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let hand = project("hand", "");
+    let out = env.run(&["up", "-f", &hand]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("hand.web is taken by an agent spawned without a project"),
+        "{}",
+        stderr(&out)
+    );
+    // prefix = "" gives bare ids; a prefix names them as the user likes.
+    let bare = project("bare", "prefix = \"\"\n");
+    let out = env.json(&["up", "-f", &bare, "--json"]);
+    assert_eq!(out[0]["agent_id"], "web", "{out}");
+    let custom = project("custom", "prefix = \"x.y\"\n");
+    let out = env.json(&["up", "-f", &custom, "--json"]);
+    assert_eq!(out[0]["agent_id"], "x.y.web", "{out}");
+    for f in [&pb, &bare, &custom] {
+        assert!(env.run(&["down", "-f", f]).status.success());
+    }
+    assert!(env.run(&["stop", "hand.web"]).status.success());
     env.finish();
 }
 

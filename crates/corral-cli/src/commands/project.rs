@@ -5,7 +5,18 @@
 //! restarted, missing ones started, and agents of the project that the file no
 //! longer names are stopped. Each agent carries two labels, the project's name
 //! (`corral.project`) and a hash of its full spawn request (`corral.spec`),
-//! which is how `up` tells "unchanged" from "changed". `depends_on` orders
+//! which is how `up` tells "unchanged" from "changed".
+//!
+//! Projects don't collide: an agent's id is scoped by its project
+//! (`PREFIX.NAME`, the prefix being the project's name unless `prefix =` says
+//! otherwise; `prefix = ""` gives bare names), and it carries the absolute path
+//! of its file (`corral.project_file`). `up`, `down` and `up`'s stopping of
+//! what the file no longer names act only on agents of this project — same
+//! name, same file — and `up` refuses, before changing anything, when an id it
+//! needs belongs to another project or was spawned by hand. A project whose
+//! recorded file no longer exists (the directory moved) is taken over.
+//!
+//! `depends_on` orders
 //! starts: an agent starts once every instance of what it depends on is ready
 //! (or running, when it has no readiness probe). `down` stops them, dependents
 //! first. Unknown keys and type errors name the file, the line and the key.
@@ -30,6 +41,8 @@ use crate::output::{Style, Table};
 
 /// Label naming the project an agent belongs to.
 pub const PROJECT_LABEL: &str = "corral.project";
+/// Label holding the absolute path of the project file an agent came from.
+pub const FILE_LABEL: &str = "corral.project_file";
 /// Label holding the hash of an agent's spawn request.
 pub const SPEC_LABEL: &str = "corral.spec";
 /// How long `up` waits for what an agent depends on.
@@ -67,6 +80,8 @@ struct AgentDef {
 struct ProjectFile {
     /// The project's name (default: the name of the file's directory).
     name: Option<String>,
+    /// What the project's agent ids start with (default: the name; "" for none).
+    prefix: Option<String>,
     #[serde(default)]
     defaults: AgentDef,
     #[serde(default)]
@@ -76,6 +91,8 @@ struct ProjectFile {
 /// A project file, read and checked.
 struct Project {
     name: String,
+    /// The file, absolute: with the name, what makes an agent this project's.
+    file: PathBuf,
     /// Agent names in start order (dependencies first).
     order: Vec<String>,
     agents: BTreeMap<String, Agent>,
@@ -121,6 +138,26 @@ fn load(file: &Path) -> Result<Project> {
         base.file_name()
             .map_or("project".into(), |n| n.to_string_lossy().into_owned())
     });
+    let abs_file = std::fs::canonicalize(file).unwrap_or_else(|_| base.join(file));
+    let prefix = match &parsed.prefix {
+        Some(p) if p.is_empty() => None,
+        Some(p) => Some(corral_core::AgentId::new(p.as_str()).map_err(|e| {
+            usage(format!(
+                "{}: prefix {p:?} cannot start an agent id: {e}",
+                file.display()
+            ))
+        })?),
+        None => Some(corral_core::AgentId::new(id_part(&name)).map_err(|e| {
+            usage(format!(
+                "{}: the project name {name:?} cannot start an agent id ({e}); set prefix = \"…\"",
+                file.display()
+            ))
+        })?),
+    };
+    let scoped = |agent: &str| match &prefix {
+        Some(p) => format!("{p}.{agent}"),
+        None => agent.to_owned(),
+    };
     let at = |agent: &str, msg: String| {
         usage(format!(
             "{}:{}: agent {agent}: {msg}",
@@ -173,13 +210,17 @@ fn load(file: &Path) -> Result<Project> {
         let instances = (1..=count)
             .map(|i| {
                 let id = if merged.count.is_some() {
-                    format!("{agent}.{i}")
+                    scoped(&format!("{agent}.{i}"))
                 } else {
-                    agent.clone()
+                    scoped(agent)
                 };
-                request(&name, &base, id, command.clone(), &merged)
+                corral_core::AgentId::new(id.as_str()).map_err(|e| at(agent, e.to_string()))?;
+                let mut req = request(&name, &base, id, command.clone(), &merged);
+                req.labels
+                    .insert(FILE_LABEL.into(), abs_file.to_string_lossy().into_owned());
+                Ok(req)
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         let has_readiness = merged
             .probes
             .as_ref()
@@ -202,9 +243,97 @@ fn load(file: &Path) -> Result<Project> {
     })?;
     Ok(Project {
         name,
+        file: abs_file,
         order,
         agents,
     })
+}
+
+/// A project name as the start of an id: what an id may not hold becomes `-`.
+fn id_part(name: &str) -> String {
+    let mapped: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let mut out = mapped.trim_start_matches(['.', '-']).to_owned();
+    while out.contains("..") {
+        out = out.replace("..", ".");
+    }
+    let out = out.trim_end_matches('.').to_owned();
+    if out.is_empty() {
+        "project".into()
+    } else {
+        out
+    }
+}
+
+/// Whose an agent on the daemon is, as far as this project is concerned.
+#[derive(Debug, PartialEq)]
+enum Owner {
+    /// This project's: same name, and the same file (or one that no longer exists).
+    Ours,
+    /// Spawned without a project.
+    Hand,
+    /// Another project's: its name and file.
+    Other(String, Option<String>),
+}
+
+fn owner(p: &Project, s: &AgentStatus) -> Owner {
+    let Some(name) = s.labels.get(PROJECT_LABEL) else {
+        return Owner::Hand;
+    };
+    let file = s.labels.get(FILE_LABEL);
+    let same_file = file.is_none_or(|f| Path::new(f) == p.file || !Path::new(f).exists());
+    if *name == p.name && same_file {
+        Owner::Ours
+    } else {
+        Owner::Other(name.clone(), file.cloned())
+    }
+}
+
+/// Refuses, naming each, the ids this run of `up` needs that are not the project's.
+fn check_ids(
+    p: &Project,
+    picked: &BTreeSet<String>,
+    current: &BTreeMap<String, AgentStatus>,
+) -> Result<()> {
+    let mut taken = Vec::new();
+    for name in p.order.iter().filter(|n| picked.contains(*n)) {
+        for req in &p.agents[name].instances {
+            let Some(s) = current.get(&req.agent_id) else {
+                continue;
+            };
+            match owner(p, s) {
+                Owner::Ours => {}
+                Owner::Hand => taken.push(format!(
+                    "{} is taken by an agent spawned without a project ({})",
+                    req.agent_id, s.persistent_status
+                )),
+                Owner::Other(other, file) => taken.push(format!(
+                    "{} is taken by project {other:?}{}",
+                    req.agent_id,
+                    file.map(|f| format!(" ({f})")).unwrap_or_default()
+                )),
+            }
+        }
+    }
+    if taken.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "project {:?} ({}) cannot use ids that are not its own, so nothing was changed:\n  {}\n\
+         Give this project another name or prefix (name = \"…\" or prefix = \"…\" in its file), \
+         or stop and forget the agent (corral stop ID && corral rm ID).",
+        p.name,
+        p.file.display(),
+        taken.join("\n  ")
+    )
 }
 
 /// An agent's definition with the defaults under it (maps are merged).
@@ -391,13 +520,22 @@ pub async fn up(ctx: &Ctx, args: &UpArgs) -> Result<ExitCode> {
     let picked = selection(&p, &args.names, false)?;
     let client = ctx.client().await?;
     let current: BTreeMap<String, AgentStatus> = client.get("/v1/agents").await?;
+    check_ids(&p, &picked, &current)?;
+    // With --restart, the named agents (every one when none is named) start
+    // again from the file even when unchanged; what they depend on does not.
+    let again: BTreeSet<&String> = if args.names.is_empty() {
+        picked.iter().collect()
+    } else {
+        args.names.iter().collect()
+    };
     let mut actions = Vec::new();
     for name in p.order.iter().filter(|n| picked.contains(*n)) {
         let agent = &p.agents[name];
         for dep in &agent.depends_on {
             wait_ready(&client, &p.agents[dep]).await?;
         }
-        actions.extend(bring_up(&client, &current, agent).await?);
+        let restart = args.restart && again.contains(name);
+        actions.extend(bring_up(&client, &current, agent, restart).await?);
     }
     if args.names.is_empty() {
         actions.extend(stop_strays(&client, &current, &p).await?);
@@ -431,6 +569,7 @@ async fn bring_up(
     client: &Client,
     current: &BTreeMap<String, AgentStatus>,
     agent: &Agent,
+    restart: bool,
 ) -> Result<Vec<Action>> {
     let mut actions = Vec::new();
     let mut to_spawn = Vec::new();
@@ -438,7 +577,8 @@ async fn bring_up(
         let now = current.get(&req.agent_id);
         let live =
             now.is_some_and(|s| s.persistent_status.is_live() || s.next_restart_at.is_some());
-        let same = now.is_some_and(|s| s.labels.get(SPEC_LABEL) == req.labels.get(SPEC_LABEL));
+        let same =
+            !restart && now.is_some_and(|s| s.labels.get(SPEC_LABEL) == req.labels.get(SPEC_LABEL));
         match (live, same) {
             (true, true) => {
                 let s = now.map(|s| (s.pid, s.persistent_status.to_string()));
@@ -510,7 +650,7 @@ async fn stop_strays(
         .collect();
     let mut actions = Vec::new();
     for s in current.values() {
-        let ours = s.labels.get(PROJECT_LABEL) == Some(&p.name);
+        let ours = owner(p, s) == Owner::Ours;
         if ours && s.persistent_status.is_live() && !wanted.contains(s.agent_id.as_str()) {
             let r = stop(client, &s.agent_id).await?;
             actions.push(Action {
@@ -576,18 +716,49 @@ pub async fn down(ctx: &Ctx, args: &DownArgs) -> Result<ExitCode> {
     let p = load(&file)?;
     let picked = selection(&p, &args.names, true)?;
     let client = ctx.client().await?;
-    let mut reports: Vec<StopReport> = Vec::new();
-    // Dependents first: the start order, reversed, one dependency level at a time.
+    let current: BTreeMap<String, AgentStatus> = client.get("/v1/agents").await?;
+    let mut ids = Vec::new();
+    if args.names.is_empty() {
+        // Agents of the project its file no longer names go first: nothing
+        // in the file depends on them any more.
+        let named: BTreeSet<&str> = p
+            .agents
+            .values()
+            .flat_map(|a| a.instances.iter().map(|r| r.agent_id.as_str()))
+            .collect();
+        ids.extend(
+            current
+                .values()
+                .filter(|s| owner(&p, s) == Owner::Ours && !named.contains(s.agent_id.as_str()))
+                .map(|s| s.agent_id.clone()),
+        );
+    }
+    // Dependents first: the start order, reversed.
     for name in p.order.iter().rev().filter(|n| picked.contains(*n)) {
         for req in &p.agents[name].instances {
-            let body = StopManyRequest {
-                selector: Some(req.agent_id.clone()),
-                live_only: true,
-                ..StopManyRequest::default()
-            };
-            let r: Vec<StopReport> = client.call(Method::POST, "/v1/stop", Some(&body)).await?;
-            reports.extend(r);
+            match current.get(&req.agent_id).map(|s| owner(&p, s)) {
+                None => {}
+                Some(Owner::Ours) => ids.push(req.agent_id.clone()),
+                Some(Owner::Hand) => eprintln!(
+                    "corral: left {} alone: it was spawned without a project",
+                    req.agent_id
+                ),
+                Some(Owner::Other(other, _)) => eprintln!(
+                    "corral: left {} alone: it belongs to project {other:?}",
+                    req.agent_id
+                ),
+            }
         }
+    }
+    let mut reports: Vec<StopReport> = Vec::new();
+    for id in ids {
+        let body = StopManyRequest {
+            selector: Some(id),
+            live_only: true,
+            ..StopManyRequest::default()
+        };
+        let r: Vec<StopReport> = client.call(Method::POST, "/v1/stop", Some(&body)).await?;
+        reports.extend(r);
     }
     if ctx.json {
         print_json(&reports)?;
@@ -671,6 +842,18 @@ command = ["sleep", "60"]
     }
 
     #[test]
+    fn a_directory_name_becomes_a_valid_prefix() {
+        assert_eq!(id_part("my project"), "my-project");
+        assert_eq!(id_part(".hidden"), "hidden");
+        assert_eq!(id_part("a..b."), "a.b");
+        assert_eq!(id_part("ünï"), "n-");
+        assert_eq!(id_part("--"), "project");
+        let (_d, file) = write("prefix = \"bad/one\"\n[agents.a]\ncommand = [\"true\"]\n");
+        let err = load(&file).err().unwrap().to_string();
+        assert!(err.contains("prefix \"bad/one\""), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_name_the_file_line_and_key() {
         let (_d, file) = write("[agents.web]\ncommand = [\"true\"]\ncolour = \"red\"\n");
         let err = load(&file).err().unwrap().to_string();
@@ -703,13 +886,17 @@ env = { B = "2" }
             .iter()
             .map(|r| r.agent_id.as_str())
             .collect();
-        assert_eq!(ids, ["indexer.1", "indexer.2"]);
+        assert_eq!(
+            ids,
+            ["demo.indexer.1", "demo.indexer.2"],
+            "scoped by the project"
+        );
         let r = &p.agents["indexer"].instances[0];
         assert_eq!(r.env.len(), 2, "defaults and the agent's own, merged");
         assert_eq!(r.stop_timeouts, Some(vec![1.0, 1.0, 1.0]));
         assert_eq!(r.inherit_env, Some(false), "from the defaults");
         assert_eq!(r.labels[PROJECT_LABEL], "demo");
-        assert_eq!(p.agents["web"].instances[0].agent_id, "web");
+        assert_eq!(p.agents["web"].instances[0].agent_id, "demo.web");
         let picked = selection(&p, &["web".into()], false).unwrap();
         assert_eq!(picked.len(), 2, "web and what it depends on");
         let picked = selection(&p, &["indexer".into()], true).unwrap();
