@@ -459,27 +459,50 @@ pub struct KillArgs {
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// Agent id.
-    pub id: String,
+    /// Agent id, or a team: `PREFIX.*` (every agent under PREFIX, each line prefixed with its id).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub target: Option<String>,
+    /// Every agent (each line prefixed with its id).
+    #[arg(long)]
+    pub all: bool,
     /// Show stderr instead of stdout.
     #[arg(long, conflicts_with = "both")]
     pub stderr: bool,
-    /// Show stdout and stderr.
+    /// Show stdout and stderr, each line labelled `out` or `err`.
     #[arg(long)]
     pub both: bool,
     /// An earlier run [default: the current one].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with_all = ["since", "all"])]
     pub run: Option<u32>,
-    /// Keep printing new output until the run ends.
+    /// Keep printing new output: of one agent until its run ends; of a team until interrupted, following members as they start, restart and end.
     #[arg(short = 'f', long)]
     pub follow: bool,
-    /// How many trailing lines to show first.
-    #[arg(short = 'n', long, default_value_t = 20, value_name = "LINES")]
-    pub lines: usize,
+    /// How many trailing lines of each log to show first [default: 20; every line with --since].
+    #[arg(short = 'n', long, value_name = "LINES")]
+    pub lines: Option<usize>,
+    /// Only runs live since then: a duration ago (10m, 2h) or a time (2026-12-07T09:00:00Z); every such run's output, oldest first.
+    #[arg(long, value_name = "WHEN", value_parser = parse_since)]
+    pub since: Option<std::time::SystemTime>,
+    /// Put before each line the time corral read it (UTC).
+    #[arg(short = 't', long)]
+    pub timestamps: bool,
     #[command(flatten)]
     pub conn: Conn,
     #[command(flatten)]
     pub out: Json,
+}
+
+/// `--since`: a duration ago (`10m`) or an RFC 3339 time.
+fn parse_since(raw: &str) -> Result<std::time::SystemTime, String> {
+    if let Ok(at) = humantime::parse_rfc3339_weak(raw.trim()) {
+        return Ok(at);
+    }
+    let ago = parse_duration(raw).map_err(|_| {
+        format!("{raw:?} is neither a duration (10m, 2h) nor a time (2026-12-07T09:00:00Z)")
+    })?;
+    std::time::SystemTime::now()
+        .checked_sub(ago)
+        .ok_or_else(|| format!("{raw:?} reaches back before 1970"))
 }
 
 #[derive(Debug, Args)]

@@ -716,6 +716,139 @@ fn restart_stops_each_agent_then_runs_it_again_with_the_same_command() {
     env.finish();
 }
 
+/// `corral logs` of a team: every member's lines prefixed with its id (in
+/// natural order), `--both` labels the stream, `--json` carries the run, and
+/// `-f` follows members as they restart and arrive.
+#[test]
+fn logs_of_a_team() {
+    use std::io::BufRead;
+    use std::time::{Duration, Instant};
+    let env = Env::new();
+    for i in [1, 2, 10] {
+        let script = format!("echo start {i}; echo oops {i} >&2; exec sleep 60");
+        let out = env.run(&["spawn", &format!("job.{i}"), "--", "sh", "-c", &script]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = env.run(&[
+        "spawn",
+        "other",
+        "--",
+        "sh",
+        "-c",
+        "echo other; exec sleep 60",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Output is written by the agents themselves: wait until each has written.
+    let logs = |args: &[&str]| {
+        let out = env.run(args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let end = Instant::now() + Duration::from_secs(20);
+    while logs(&["logs", "job.*", "--both"]).lines().count() < 6 {
+        assert!(Instant::now() < end, "the agents never wrote");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        logs(&["logs", "job.*"]),
+        "job.1  | start 1\njob.2  | start 2\njob.10 | start 10\n"
+    );
+    assert_eq!(
+        logs(&["logs", "job.*", "--both"]),
+        "job.1  out | start 1\njob.1  err | oops 1\njob.2  out | start 2\njob.2  err | oops 2\njob.10 out | start 10\njob.10 err | oops 10\n"
+    );
+    assert_eq!(
+        logs(&["logs", "job.2", "--both"]),
+        "out | start 2\nerr | oops 2\n"
+    );
+    let all = logs(&["logs", "--all", "--json", "--stderr"]);
+    let docs: Vec<Value> = all
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(docs.len(), 3, "{all}");
+    assert!(
+        docs.iter()
+            .all(|d| d["run"] == 1 && d["stream"] == "stderr"),
+        "{all}"
+    );
+    let stamped = logs(&["logs", "job.1", "-t"]);
+    let (at, rest) = stamped.trim_end().split_once(' ').unwrap();
+    assert!(at.ends_with('Z') && at.contains('T'), "{stamped}");
+    assert_eq!(rest, "start 1");
+    let bad = env.run(&["logs", "job.*", "--since", "yesterday-ish"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        stderr(&bad).contains("neither a duration"),
+        "{}",
+        stderr(&bad)
+    );
+
+    // -f: the current tails, then a restarted member's new run and a newcomer.
+    let mut child = env
+        .cmd(&["logs", "-f", "job.*", "-n", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut expect = |want: &str, times: usize| {
+        let end = Instant::now() + Duration::from_secs(20);
+        while seen.iter().filter(|l: &&String| *l == want).count() < times {
+            let left = end.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("never saw {want:?}; saw {seen:?}"),
+            }
+        }
+    };
+    expect("job.10 | start 10", 1);
+    expect("job.2  | start 2", 1);
+    let out = env.run(&["restart", "job.2", "--stop-timeouts", "1,1,1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env.run(&[
+        "spawn",
+        "job.3",
+        "--",
+        "sh",
+        "-c",
+        "echo newcomer; exec sleep 60",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    expect("job.3  | newcomer", 1);
+    // Run 1's tail, then run 2's first line.
+    expect("job.2  | start 2", 2);
+    assert!(!seen.iter().any(|l| l.contains("other")), "{seen:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    reader.join().unwrap();
+    // --since: every run live since then, oldest first; an agent whose runs all
+    // ended before it shows nothing.
+    assert_eq!(
+        logs(&["logs", "job.2", "--since", "1h"]),
+        "start 2\nstart 2\n"
+    );
+    let out = env.run(&["stop", "other", "--stop-timeouts", "1,1,1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(logs(&["logs", "other", "--since", "1h"]), "other\n");
+    assert_eq!(
+        logs(&["logs", "other", "--since", "2099-01-01T00:00:00Z"]),
+        ""
+    );
+    env.finish();
+}
+
 #[test]
 fn events_take_a_target_and_a_tail() {
     let env = Env::new();
