@@ -849,6 +849,42 @@ fn logs_of_a_team() {
     env.finish();
 }
 
+/// An interpreter that starts, then fails on its missing script, passes the
+/// verification window; on a terminal `spawn` watches a moment longer and says
+/// so with the stderr tail (exit 1). In a pipe the contract's answer stands.
+#[test]
+fn a_doomed_interpreter_is_reported_on_a_terminal() {
+    let env = Env::new();
+    let dir = env.dir.as_ref().unwrap().path().to_owned();
+    let bin = env!("CARGO_BIN_EXE_corral");
+    let line = format!(
+        "{bin} --state-dir {} spawn doomed --verify-ms 50 -- sh -c 'sleep 0.3; echo \"cannot open missing.py\" >&2; exit 2'",
+        env.state.display()
+    );
+    // `script` gives the command a terminal (and passes its exit code on).
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .current_dir(&dir)
+        .env_remove("CORRAL_AGENT_ID")
+        .env_remove("CORRAL_SOCKET")
+        .output()
+        .expect("util-linux `script` is needed to give spawn a terminal");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("doomed running"), "{text}");
+    assert!(
+        text.contains("agent doomed failed right after it started: exited with code 2")
+            && text.contains("cannot open missing.py")
+            && text.contains("--verify-ms"),
+        "{text}"
+    );
+    // Not on a terminal: `running`, exit 0, as the contract says.
+    let out = env.run(&["spawn", "piped", "--", "sh", "-c", "sleep 0.15; exit 2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("piped running"));
+    env.finish();
+}
+
 #[test]
 fn events_take_a_target_and_a_tail() {
     let env = Env::new();

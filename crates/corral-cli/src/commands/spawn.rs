@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use corral_api::client::Method;
@@ -255,6 +256,15 @@ pub async fn spawn(ctx: &Ctx, args: SpawnArgs) -> Result<ExitCode> {
             resp.run
         );
     }
+    let watch = ok
+        && !ctx.json
+        && resp.status == PersistentStatus::Running
+        && resp.placement.is_none()
+        && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if watch && let Some(failure) = fails_in_grace(&client, &resp).await {
+        crate::say(&format!("error: {failure}"));
+        return Ok(ExitCode::FAILURE);
+    }
     if ok {
         Ok(ExitCode::SUCCESS)
     } else {
@@ -268,6 +278,69 @@ pub async fn spawn(ctx: &Ctx, args: SpawnArgs) -> Result<ExitCode> {
         }
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// How long `spawn` on a terminal keeps watching a run it reported running.
+const GRACE: Duration = Duration::from_millis(500);
+
+/// A run that fails right after its verification window — an interpreter
+/// that starts, then finds its script missing — was reported `running`; a
+/// person at a terminal would look away. So `spawn` watches it a moment
+/// longer there (never in a pipe or with `--json`, where the contract's
+/// answer stands): what it has to say when the run fails within [`GRACE`],
+/// with the reason and its stderr's last lines.
+async fn fails_in_grace(client: &corral_api::Client, resp: &SpawnResponse) -> Option<String> {
+    let query = corral_core::ListQuery {
+        selector: Some(resp.agent_id.clone()),
+        fields: Some("run,state,persistent_status,exit_code,end_reason,next_restart_at".into()),
+        ..corral_core::ListQuery::default()
+    };
+    let end = tokio::time::Instant::now() + GRACE;
+    let ended = loop {
+        let listed = client.list_agents(&query).await.ok()?;
+        let s = listed.get(&resp.agent_id)?;
+        if s.run != resp.run {
+            return None;
+        }
+        if s.state == corral_core::AgentState::Ended || s.next_restart_at.is_some() {
+            break s.clone();
+        }
+        if tokio::time::Instant::now() >= end {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    if ended.exit_code == Some(0) && ended.next_restart_at.is_none() {
+        return None;
+    }
+    let mut tail = Vec::new();
+    let path = format!(
+        "/v1/agents/{}/logs?stream=stderr&tail=10&run={}",
+        resp.agent_id, resp.run
+    );
+    let _ = client
+        .stream(&path, |chunk| {
+            tail.extend_from_slice(chunk);
+            true
+        })
+        .await;
+    let tail = String::from_utf8_lossy(&tail);
+    let mut msg = format!(
+        "agent {} failed right after it started: {}",
+        resp.agent_id,
+        ended.end_reason.as_deref().unwrap_or("it ended")
+    );
+    if ended.next_restart_at.is_some() {
+        msg.push_str(" (its restart policy will start it again)");
+    }
+    if !tail.trim().is_empty() {
+        msg.push_str("; last stderr lines:\n");
+        msg.push_str(tail.trim_end());
+    }
+    msg.push_str(
+        "\n(with a wider verification window spawn refuses such a start itself: --verify-ms 1000)",
+    );
+    Some(msg)
 }
 
 /// `spawn PREFIX --count N` and `spawn --from FILE`: one batch request.
