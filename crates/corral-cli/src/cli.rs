@@ -132,6 +132,8 @@ pub enum Command {
     },
     /// Print the man page (roff).
     Man,
+    /// Print the HTTP API's OpenAPI document (what GET /v1/openapi.json serves; no daemon needed).
+    Openapi,
     /// Serve the Model Context Protocol on stdin/stdout, so an AI agent can spawn,
     /// watch and stop agents (starts a daemon on the first tool call when none answers).
     Mcp(McpArgs),

@@ -142,6 +142,12 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Openapi => {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", corral_api::openapi_json())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Mcp(a) => mcp::run(ctx(&a.conn, Json::default())?).await,
         Command::Top(a) => top::run(&ctx(&a.conn, Json::default())?, a).await,
     }
