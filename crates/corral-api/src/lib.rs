@@ -1,5 +1,6 @@
-//! corral's HTTP/JSON API: the daemon's server, its client, and the daemon's
-//! process-level duties (single-instance lock, socket, log file).
+//! corral's HTTP/JSON API: the daemon's server and the daemon's
+//! process-level duties (single-instance lock, socket, log file). The client
+//! is `corral-client` (re-exported here as [`client`]).
 //!
 //! Routes live under `/v1`; every error is `{"error": {"code", "message"}}`
 //! with the matching HTTP status. Request and answer bodies are the wire types
@@ -9,7 +10,6 @@
 
 pub mod agent_socket;
 pub mod auth;
-pub mod client;
 pub mod daemon;
 pub mod error;
 mod events;
@@ -20,5 +20,6 @@ pub mod metrics;
 pub mod routes;
 pub mod serve;
 
-pub use client::{Client, ClientError};
+pub use corral_client as client;
+pub use corral_client::{Client, ClientError};
 pub use routes::{openapi_json, router};

@@ -1620,8 +1620,9 @@ impl ListQuery {
     }
 }
 
-/// Percent-encodes everything but RFC 3986's unreserved characters.
-fn percent_encode(raw: &str) -> String {
+/// Percent-encodes everything but RFC 3986's unreserved characters (for a
+/// path segment or a query value).
+pub fn percent_encode(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
     for b in raw.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

@@ -32,9 +32,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use axum::body::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
+pub use hyper::body::Bytes;
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{CONTENT_TYPE, HOST};
 pub use hyper::{Method, StatusCode};
@@ -225,7 +225,7 @@ fn env_timeout() -> Result<Option<Duration>, ClientError> {
                 .filter(|s| *s > 0.0)
                 .and_then(|s| Duration::try_from_secs_f64(s).ok())
                 .map(Some)
-                .ok_or_else(|| corral_core::elide(&text, 40))
+                .ok_or_else(|| corral_proto::elide(&text, 40))
         })
         .clone()
         .map_err(ClientError::BadTimeout)
@@ -380,7 +380,7 @@ impl Client {
     }
 
     /// A `TooLarge` for `what`, at [`ANSWER_LIMIT`] unless told.
-    fn too_large(&self, what: String, limit: usize) -> ClientError {
+    pub(crate) fn too_large(&self, what: String, limit: usize) -> ClientError {
         ClientError::TooLarge {
             what,
             socket: self.socket.clone(),
@@ -484,11 +484,11 @@ impl Client {
 
     /// The agents `query` picks, by id (`GET /v1/agents?…`; the daemon
     /// filters). With `query.fields`, only those fields come over the wire
-    /// and the others are [`corral_core::AgentStatus::blank`]'s.
+    /// and the others are [`corral_proto::AgentStatus::blank`]'s.
     pub async fn list_agents(
         &self,
-        query: &corral_core::ListQuery,
-    ) -> Result<std::collections::BTreeMap<String, corral_core::AgentStatus>, ClientError> {
+        query: &corral_proto::ListQuery,
+    ) -> Result<std::collections::BTreeMap<String, corral_proto::AgentStatus>, ClientError> {
         if query.fields.is_none() {
             return self.get(&query.path()).await;
         }
@@ -507,7 +507,7 @@ impl Client {
         partial
             .into_iter()
             .map(
-                |(id, fields)| match corral_core::AgentStatus::from_partial(&id, fields) {
+                |(id, fields)| match corral_proto::AgentStatus::from_partial(&id, fields) {
                     Ok(s) => Ok((id, s)),
                     Err(e) => Err(ClientError::Decode(format!(
                         "GET /v1/agents: the fields of agent {id} are not a status's ({e})"
@@ -521,7 +521,7 @@ impl Client {
     /// (`query.fields`; all of them without it) and `agent_id`.
     pub async fn list_agent_fields(
         &self,
-        query: &corral_core::ListQuery,
+        query: &corral_proto::ListQuery,
     ) -> Result<
         std::collections::BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
         ClientError,
@@ -552,6 +552,23 @@ impl Client {
         stall: Option<Duration>,
         mut on_chunk: impl FnMut(&[u8]) -> bool,
     ) -> Result<(), ClientError> {
+        let mut body = self.open_stream(path, stall).await?;
+        while let Some(chunk) = body.next_chunk().await {
+            if !on_chunk(&chunk?) {
+                // Dropping the connection ends it: the daemon sees the reader gone.
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a GET whose answer is a stream; returns it once its head has come
+    /// (within the client's timeout), its body to be read as it arrives.
+    pub(crate) async fn open_stream(
+        &self,
+        path: &str,
+        stall: Option<Duration>,
+    ) -> Result<BodyStream, ClientError> {
         let request = describe(&Method::GET, path);
         let within = self.timeout()?;
         let head = async {
@@ -571,29 +588,13 @@ impl Client {
                     socket: self.socket.clone(),
                     after: within,
                 })??;
-        let mut body = resp.into_body();
-        loop {
-            let next = match stall {
-                Some(stall) => tokio::time::timeout(stall, body.frame())
-                    .await
-                    .map_err(|_| ClientError::Stalled {
-                        request: request.clone(),
-                        socket: self.socket.clone(),
-                        after: stall,
-                    })?,
-                None => body.frame().await,
-            };
-            let Some(frame) = next else { break };
-            let frame = frame.map_err(|e| http_error(&request, &e))?;
-            if let Some(chunk) = frame.data_ref()
-                && !on_chunk(chunk)
-            {
-                // Dropping the connection ends it: the daemon sees the reader gone.
-                return Ok(());
-            }
-        }
-        conn.finish().await;
-        Ok(())
+        Ok(BodyStream {
+            body: resp.into_body(),
+            conn: Some(conn),
+            request,
+            socket: self.socket.clone(),
+            stall,
+        })
     }
 
     /// Reads a server-sent-events stream, calling `on_event` with each event's
@@ -607,54 +608,68 @@ impl Client {
         path: &str,
         mut on_event: impl FnMut(&str) -> bool,
     ) -> Result<(), ClientError> {
-        // Lines are cut on bytes and decoded whole, so a character split
-        // between two chunks arrives intact.
-        let mut buf: Vec<u8> = Vec::new();
-        let mut scanned = 0;
-        let mut data = String::new();
-        let mut oversized = false;
-        self.stream_within(path, Some(EVENT_STALL), |chunk| {
-            buf.extend_from_slice(chunk);
-            while let Some(nl) = buf[scanned..].iter().position(|b| *b == b'\n') {
-                let end = scanned + nl;
-                let line = String::from_utf8_lossy(&buf[..end]).into_owned();
-                buf.drain(..=end);
-                scanned = 0;
-                let line = line.trim_end_matches('\r');
-                if line.is_empty() {
-                    if !data.is_empty() && !on_event(&data) {
-                        return false;
-                    }
-                    data.clear();
-                } else if let Some(d) = line.strip_prefix("data:") {
-                    if !data.is_empty() {
-                        data.push('\n');
-                    }
-                    data.push_str(d.strip_prefix(' ').unwrap_or(d));
-                }
+        let mut events =
+            crate::streams::SseReader::new(self.open_stream(path, Some(EVENT_STALL)).await?);
+        while let Some(data) = events.next_data().await {
+            if !on_event(&data?) {
+                break;
             }
-            scanned = buf.len();
-            if buf.len() + data.len() > EVENT_LIMIT {
-                oversized = true;
-                return false;
-            }
-            true
-        })
-        .await?;
-        if oversized {
-            return Err(self.too_large(
-                format!("an event of {}", describe(&Method::GET, path)),
-                EVENT_LIMIT,
-            ));
         }
         Ok(())
+    }
+}
+
+/// The body of a streamed answer, read as it arrives. Dropping it closes the
+/// connection (the daemon sees the reader gone).
+pub(crate) struct BodyStream {
+    body: Incoming,
+    conn: Option<Conn>,
+    pub(crate) request: String,
+    pub(crate) socket: PathBuf,
+    stall: Option<Duration>,
+}
+
+impl BodyStream {
+    /// The next piece of the body; `None` once it has ended.
+    pub(crate) async fn next_chunk(&mut self) -> Option<Result<Bytes, ClientError>> {
+        loop {
+            let next = match self.stall {
+                Some(stall) => match tokio::time::timeout(stall, self.body.frame()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        return Some(Err(ClientError::Stalled {
+                            request: self.request.clone(),
+                            socket: self.socket.clone(),
+                            after: stall,
+                        }));
+                    }
+                },
+                None => self.body.frame().await,
+            };
+            let Some(frame) = next else {
+                if let Some(conn) = self.conn.take() {
+                    conn.finish().await;
+                }
+                return None;
+            };
+            match frame {
+                Err(e) => return Some(Err(http_error(&self.request, &e))),
+                Ok(frame) => {
+                    if let Ok(data) = frame.into_data()
+                        && !data.is_empty()
+                    {
+                        return Some(Ok(data));
+                    }
+                }
+            }
+        }
     }
 }
 
 /// `GET /v1/agents` (the query left out), for messages.
 fn describe(method: &Method, path: &str) -> String {
     let bare = path.split_once('?').map_or(path, |(p, _)| p);
-    format!("{method} {}", corral_core::elide(bare, 200))
+    format!("{method} {}", corral_proto::elide(bare, 200))
 }
 
 /// Seconds a request asks the daemon to take, beyond answering: see [`Client::deadline`].
@@ -722,14 +737,14 @@ fn quote(bytes: &[u8]) -> String {
     format!(
         "{} bytes beginning {:?}",
         bytes.len(),
-        corral_core::elide(&String::from_utf8_lossy(head), QUOTE_CHARS)
+        corral_proto::elide(&String::from_utf8_lossy(head), QUOTE_CHARS)
     )
 }
 
 /// A peer's text as a message: cut short, control characters escaped.
 fn printable(text: &str) -> String {
     let mut out = String::new();
-    for c in corral_core::elide(text, MESSAGE_CHARS).chars() {
+    for c in corral_proto::elide(text, MESSAGE_CHARS).chars() {
         if c.is_control() {
             out.extend(c.escape_default());
         } else {
@@ -784,8 +799,8 @@ where
     })
 }
 
-fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
-    match serde_json::from_slice::<corral_core::ErrorBody>(body) {
+pub(crate) fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<corral_proto::ErrorBody>(body) {
         Ok(e) => ClientError::Api {
             status: status.as_u16(),
             code: e.error.code,
@@ -802,7 +817,7 @@ fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
                     if text.is_empty() {
                         "no body".into()
                     } else {
-                        printable(&corral_core::elide(text, 300))
+                        printable(&corral_proto::elide(text, 300))
                     }
                 ),
             }
