@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use corral_api::Client;
-use corral_api::client::Method;
 use corral_core::{
-    AgentStatus, Config, ProcessSummary, SpawnRequest, SpawnResponse, StopManyRequest, StopReport,
+    AgentStatus, Config, ListQuery, ProcessSummary, SpawnRequest, StopManyRequest, StopReport,
     Supervisor,
 };
 
@@ -93,10 +92,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         },
     ];
     for req in &team {
-        match client
-            .call::<SpawnResponse>(Method::POST, "/v1/agents", Some(req))
-            .await
-        {
+        match client.spawn(req).await {
             Ok(r) => println!(
                 "spawned {:<14} pid {:<7} {}",
                 r.agent_id,
@@ -112,7 +108,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     while began.elapsed() < Duration::from_secs(args.seconds) {
         tick.tick().await;
-        let all: BTreeMap<String, AgentStatus> = client.get("/v1/agents").await?;
+        let all: BTreeMap<String, AgentStatus> = client.list(&ListQuery::default()).await?;
         if tty {
             print!("\x1b[2J\x1b[H");
         }
@@ -126,7 +122,7 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
         stop_timeouts: Some(vec![2.0, 1.0, 1.0]),
         ..StopManyRequest::default()
     };
-    let reports: Vec<StopReport> = client.call(Method::POST, "/v1/stop", Some(&stop)).await?;
+    let reports: Vec<StopReport> = client.stop_many(&stop).await?;
     for r in &reports {
         println!(
             "  {:<14} {:<14} {:>6.0} ms",
@@ -135,10 +131,10 @@ pub async fn run(args: DemoArgs) -> Result<ExitCode> {
             r.duration_ms
         );
     }
-    let all: BTreeMap<String, AgentStatus> = client.get("/v1/agents").await?;
+    let all: BTreeMap<String, AgentStatus> = client.list(&ListQuery::default()).await?;
     println!();
     print!("{}", table(&all));
-    let summary: ProcessSummary = client.get("/v1/summary").await?;
+    let summary: ProcessSummary = client.summary().await?;
     println!(
         "\n{} agents: {} completed, {} failed, {} cancelled, {} running",
         summary.total, summary.completed, summary.failed, summary.cancelled, summary.running

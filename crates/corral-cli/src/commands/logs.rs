@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
 use corral_api::Client;
-use corral_core::{ListQuery, RunInfo, Selector};
+use corral_core::{ListQuery, LogsQuery, RunInfo, Selector};
 use futures_util::StreamExt;
 
 use super::Ctx;
@@ -83,10 +83,7 @@ pub async fn run(ctx: &Ctx, args: &LogsArgs) -> Result<ExitCode> {
     let mut followed = BTreeMap::new();
     for (id, m) in sorted(&members) {
         if let Some(since) = args.since {
-            match client
-                .get::<Vec<RunInfo>>(&format!("/v1/agents/{id}/runs"))
-                .await
-            {
+            match client.runs(id).await {
                 Ok(runs) => {
                     for r in runs.iter().filter(|r| live_since(r, since)) {
                         if !(args.follow && r.run == m.run) {
@@ -239,21 +236,19 @@ fn lock(p: &Mutex<Printer>) -> std::sync::MutexGuard<'_, Printer> {
 
 /// One agent's log, plainly: the daemon's bytes as they come.
 async fn passthrough(client: &Client, id: &str, err: bool, args: &LogsArgs) -> Result<ExitCode> {
-    let mut path = format!(
-        "/v1/agents/{id}/logs?stream={}&tail={}&follow={}",
-        if err { "stderr" } else { "stdout" },
-        args.lines.unwrap_or(DEFAULT_LINES),
-        args.follow
-    );
-    if let Some(run) = args.run {
-        path.push_str(&format!("&run={run}"));
-    }
+    let query = LogsQuery {
+        stream: Some(if err { "stderr" } else { "stdout" }.into()),
+        tail: Some(args.lines.unwrap_or(DEFAULT_LINES)),
+        follow: Some(args.follow),
+        run: args.run,
+    };
+    let mut log = client.logs(id, &query).await?;
     let mut out = std::io::stdout().lock();
-    client
-        .stream(&path, |chunk| {
-            out.write_all(chunk).and_then(|()| out.flush()).is_ok()
-        })
-        .await?;
+    while let Some(chunk) = log.next_chunk().await {
+        if out.write_all(&chunk?).and_then(|()| out.flush()).is_err() {
+            break;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -327,36 +322,17 @@ impl Read {
         err: bool,
         mut on_line: impl FnMut(Vec<u8>) -> bool,
     ) -> Result<(), corral_api::ClientError> {
-        let mut path = format!(
-            "/v1/agents/{}/logs?stream={}&follow={}",
-            self.id,
-            if err { "stderr" } else { "stdout" },
-            self.follow
-        );
-        if let Some(n) = self.tail {
-            path.push_str(&format!("&tail={n}"));
-        }
-        if let Some(run) = self.run {
-            path.push_str(&format!("&run={run}"));
-        }
-        let mut partial = Vec::new();
-        let mut open = true;
-        client
-            .stream(&path, |chunk| {
-                partial.extend_from_slice(chunk);
-                while let Some(nl) = partial.iter().position(|b| *b == b'\n') {
-                    let mut line: Vec<u8> = partial.drain(..=nl).collect();
-                    line.pop();
-                    if !on_line(line) {
-                        open = false;
-                        return false;
-                    }
-                }
-                true
-            })
-            .await?;
-        if open && !partial.is_empty() {
-            on_line(partial);
+        let query = LogsQuery {
+            stream: Some(if err { "stderr" } else { "stdout" }.into()),
+            tail: self.tail,
+            follow: Some(self.follow),
+            run: self.run,
+        };
+        let mut log = client.logs(&self.id, &query).await?;
+        while let Some(line) = log.next_line().await {
+            if !on_line(line?.into_bytes()) {
+                break;
+            }
         }
         Ok(())
     }

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use corral_api::client::Method;
 use corral_core::{
     BatchRequest, BatchResponse, BatchResult, Limits, LogRotation, PersistentStatus, Placement,
     Probe, Probes, RestartPolicy, SlurmPlacement, SpawnRequest, SpawnResponse,
@@ -243,7 +242,7 @@ pub async fn spawn(ctx: &Ctx, args: SpawnArgs) -> Result<ExitCode> {
     let mut req = request_from_args(&args)?;
     req.agent_id = args.id.clone().unwrap_or_default();
     let client = ctx.client().await?;
-    let resp: SpawnResponse = client.call(Method::POST, "/v1/agents", Some(&req)).await?;
+    let resp: SpawnResponse = client.spawn(&req).await?;
     let ok = started_ok(&resp);
     if ctx.json {
         print_json(&resp)?;
@@ -313,17 +312,18 @@ async fn fails_in_grace(client: &corral_api::Client, resp: &SpawnResponse) -> Op
     if ended.exit_code == Some(0) && ended.next_restart_at.is_none() {
         return None;
     }
+    let query = corral_core::LogsQuery {
+        stream: Some("stderr".into()),
+        tail: Some(10),
+        follow: None,
+        run: Some(resp.run),
+    };
     let mut tail = Vec::new();
-    let path = format!(
-        "/v1/agents/{}/logs?stream=stderr&tail=10&run={}",
-        resp.agent_id, resp.run
-    );
-    let _ = client
-        .stream(&path, |chunk| {
-            tail.extend_from_slice(chunk);
-            true
-        })
-        .await;
+    if let Ok(mut log) = client.logs(&resp.agent_id, &query).await {
+        while let Some(Ok(chunk)) = log.next_chunk().await {
+            tail.extend_from_slice(&chunk);
+        }
+    }
     let tail = String::from_utf8_lossy(&tail);
     let mut msg = format!(
         "agent {} failed right after it started: {}",
@@ -368,13 +368,7 @@ async fn spawn_batch(ctx: &Ctx, args: SpawnArgs) -> Result<ExitCode> {
         bail!("nothing to spawn: the batch is empty");
     }
     let client = ctx.client().await?;
-    let answer: BatchResponse = client
-        .call(
-            Method::POST,
-            "/v1/agents/batch",
-            Some(&BatchRequest { agents }),
-        )
-        .await?;
+    let answer: BatchResponse = client.spawn_batch(&BatchRequest { agents }).await?;
     print_batch(ctx, &answer, "spawned")
 }
 

@@ -26,7 +26,6 @@ use corral_core::{
     StopReport,
 };
 use serde::Serialize;
-use serde_json::Value;
 
 use super::{Ctx, print_json};
 use crate::cli::BenchArgs;
@@ -110,11 +109,11 @@ async fn spawn_singles(client: &Client, prefix: &str, n: usize, argv: &[&str]) -
             let mut pids = Vec::new();
             for i in (c..n).step_by(CLIENTS) {
                 let req = request(format!("{prefix}.{i}"), &argv, 0);
-                let v: Value = client.call(Method::POST, "/v1/agents", Some(&req)).await?;
-                if v["status"] != "running" {
-                    bail!("an agent did not start: {v}");
+                let r = client.spawn(&req).await?;
+                if r.status != corral_core::PersistentStatus::Running {
+                    bail!("an agent did not start: {r:?}");
                 }
-                pids.push(v["pid"].as_i64().unwrap_or(0) as i32);
+                pids.push(r.pid.unwrap_or(0));
             }
             Ok(pids)
         });
@@ -149,13 +148,7 @@ async fn spawn_batch(
 
 /// One batch request; its answers, or the first refusal as an error.
 async fn batch(client: &Client, agents: Vec<SpawnRequest>) -> Result<Vec<SpawnResponse>> {
-    let answer: BatchResponse = client
-        .call(
-            Method::POST,
-            "/v1/agents/batch",
-            Some(&BatchRequest { agents }),
-        )
-        .await?;
+    let answer: BatchResponse = client.spawn_batch(&BatchRequest { agents }).await?;
     answer
         .results
         .into_iter()
@@ -186,9 +179,12 @@ async fn stop_all(client: &Client, timeouts: Option<Vec<f64>>) -> Result<Vec<Sto
         live_only: true,
         ..StopManyRequest::default()
     };
-    Ok(client.call(Method::POST, "/v1/stop", Some(&body)).await?)
+    Ok(client.stop_many(&body).await?)
 }
 
+/// p50 and p99 of `n` GETs of `path`, body read, not decoded: what the
+/// daemon takes to answer a route (the one place bench names paths itself —
+/// it measures the routes, not the client's decoding).
 async fn latency(client: &Client, path: &str, n: usize) -> Result<(f64, f64)> {
     let mut times = Vec::with_capacity(n);
     for _ in 0..n {
@@ -279,7 +275,7 @@ pub async fn run(ctx: &Ctx, args: BenchArgs) -> Result<ExitCode> {
         .target("≤ 2× bare", stop_s <= 2.0 * bare_stop_s)
         .note("baseline: SIGTERM every process, then wait for each"),
     );
-    let _: Value = client.call(Method::POST, "/v1/prune", None::<&()>).await?;
+    client.prune().await?;
 
     say(&format!(
         "a batch of {n} (verify_ms 100), and the bare loop"
@@ -382,10 +378,10 @@ pub async fn run(ctx: &Ctx, args: BenchArgs) -> Result<ExitCode> {
         .target("≤ 3 %", rest_cpu <= 3.0)
         .note("sampled once every 10 s while nobody reads the figures"),
     );
-    let watched = format!("/v1/agents/{}", agents[0].0);
+    let watched = &agents[0].0;
     let (t0, c0) = (Instant::now(), platform::cpu_ticks(private.pid())?);
     while t0.elapsed() < rest {
-        let _: Value = client.get(&watched).await?;
+        client.status(watched).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let watched_cpu =
@@ -429,7 +425,7 @@ pub async fn run(ctx: &Ctx, args: BenchArgs) -> Result<ExitCode> {
     let rest: Vec<i32> = agents.iter().skip(k).map(|a| a.1).collect();
     stop_all(&client, Some(vec![1.0, 1.0, 1.0])).await?;
     wait_gone(&rest).await?;
-    let _: Value = client.call(Method::POST, "/v1/prune", None::<&()>).await?;
+    client.prune().await?;
 
     let stubborn = ["sh", "-c", "trap '' TERM; exec sleep 3600"];
     let m = n.min(100);
@@ -495,7 +491,7 @@ async fn stubborn_stop(
     {
         bail!("a stubborn agent ended in stage {:?}: {r:?}", r.stage);
     }
-    let _: Value = client.call(Method::POST, "/v1/prune", None::<&()>).await?;
+    client.prune().await?;
     Ok(took)
 }
 
@@ -505,16 +501,18 @@ async fn exit_detection(client: &Client, agents: &[(String, i32)]) -> Result<Vec
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
     let sse_client = client.clone();
     let listener = tokio::spawn(async move {
-        sse_client
-            .sse("/v1/events", |data| {
-                let ev: Value = serde_json::from_str(data).unwrap_or_default();
-                if ev["kind"] == "state" && ev["status"] == "failed" {
-                    let id = ev["agent_id"].as_str().unwrap_or_default().to_owned();
-                    return tx.send((id, Instant::now())).is_ok();
-                }
-                true
-            })
-            .await
+        let mut events = sse_client
+            .events(&corral_core::EventsQuery::default())
+            .await?;
+        while let Some(ev) = events.next().await {
+            let ev = ev?;
+            let failed = matches!(&ev.body, corral_core::EventBody::State(s)
+                if s.status == Some(corral_core::PersistentStatus::Failed));
+            if failed && tx.send((ev.agent_id, Instant::now())).is_err() {
+                break;
+            }
+        }
+        Ok::<_, corral_api::ClientError>(())
     });
     let mut detect = Vec::with_capacity(agents.len());
     for (id, pid) in agents {

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use corral_api::Client;
 use corral_core::{Placement, SlurmPlacement, SpawnRequest};
-use serde_json::Value;
 
 use super::{Figure, latency, stop_all};
 
@@ -119,11 +118,12 @@ async fn spawn(client: &Client, n: usize) -> Result<()> {
 async fn wait_all_running(client: &Client, n: usize) -> Result<()> {
     let end = Instant::now() + PHASE_LIMIT;
     loop {
-        let all: Value = client.get("/v1/agents").await?;
-        let running = all
-            .as_object()
-            .map(|m| m.values().filter(|s| s["process_alive"] == true).count())
-            .unwrap_or(0);
+        let query = corral_core::ListQuery {
+            fields: Some("process_alive".into()),
+            ..corral_core::ListQuery::default()
+        };
+        let all = client.list(&query).await?;
+        let running = all.values().filter(|s| s.process_alive).count();
         if running >= n {
             return Ok(());
         }
