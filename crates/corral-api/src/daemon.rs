@@ -13,6 +13,9 @@
 //! - **Signals** never end it by their default action: TERM, INT and QUIT stop
 //!   it gracefully, HUP reopens its log, the others are logged or ignored
 //!   (see [`Signals`]).
+//! - **A service manager** that waits for word (`$NOTIFY_SOCKET`, a systemd
+//!   `Type=notify` unit) is told `READY=1` once the daemon serves requests,
+//!   and `STOPPING=1` when it begins to stop (see [`crate::notify`]).
 //! - When the daemon stops it leaves its agents running: they are not tied to
 //!   it (own sessions, output to files), and the next daemon re-adopts them.
 
@@ -297,6 +300,24 @@ pub async fn run(mut opts: DaemonOptions) -> Result<(), DaemonError> {
         limits.header_timeout = t;
     }
     tracing::info!(pid = std::process::id(), state_dir = %opts.state_dir.display(), nofile, max_connections = limits.max_connections, "daemon started");
+    // A service manager waiting for word (a `Type=notify` unit) hears that
+    // the daemon is ready only now: its store is open and every socket
+    // listens, so a request sent from here on is answered. It hears that the
+    // daemon is stopping as soon as a stop begins (a signal, or
+    // `POST /v1/daemon/stop`).
+    tell_manager(
+        &format!(
+            "READY=1\nSTATUS=serving {}\n",
+            socket.display().to_string().replace('\n', " ")
+        ),
+        "ready",
+    );
+    let mut stopping = stop_rx.clone();
+    tokio::spawn(async move {
+        if stopping.wait_for(|s| *s).await.is_ok() {
+            tell_manager("STOPPING=1\n", "stopping");
+        }
+    });
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
@@ -337,6 +358,16 @@ pub async fn run(mut opts: DaemonOptions) -> Result<(), DaemonError> {
     drop(log);
     drop(lock);
     served.map_err(io_err("serve", &socket))
+}
+
+/// Sends `state` to the service manager, if one waits for word (see
+/// [`crate::notify`]); logs what came of it.
+fn tell_manager(state: &str, what: &'static str) {
+    match crate::notify::notify(state) {
+        Ok(true) => tracing::info!(state = what, "told the service manager (NOTIFY_SOCKET)"),
+        Ok(false) => {}
+        Err(e) => tracing::error!(state = what, error = %e, "cannot tell the service manager"),
+    }
 }
 
 /// A socket file removed when the daemon is done with it (also when it

@@ -17,6 +17,7 @@ mod listing;
 pub mod logging;
 mod logs;
 pub mod metrics;
+pub mod notify;
 pub mod routes;
 pub mod serve;
 

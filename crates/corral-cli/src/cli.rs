@@ -113,6 +113,8 @@ pub enum Command {
     Up(UpArgs),
     /// Stop the agents of a corral.toml project (dependents first).
     Down(DownArgs),
+    /// Print (or --install) a systemd unit that starts the agents of a corral.toml project at boot.
+    Startup(StartupArgs),
     /// Forget an ended agent: its runs, and its logs when they are in the default place.
     Rm(IdArgs),
     /// Forget every ended run (agents still running keep their current run).
@@ -584,6 +586,30 @@ pub struct DownArgs {
     pub conn: Conn,
     #[command(flatten)]
     pub out: Json,
+}
+
+#[derive(Debug, Args)]
+pub struct StartupArgs {
+    /// The project file [default: ./corral.toml].
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Write the unit to /etc/systemd/system (~/.config/systemd/user with
+    /// --user) and enable it where systemd runs, instead of printing it.
+    #[arg(long)]
+    pub install: bool,
+    /// A unit of your user's service manager (systemctl --user): it starts at
+    /// your login, or at boot once `loginctl enable-linger` allows it.
+    #[arg(long)]
+    pub user: bool,
+    /// The state dir whose daemon runs the agents [default: $CORRAL_STATE_DIR;
+    /// else, for a system unit, /var/lib/corral (contrib/corral.service's), and
+    /// with --user $XDG_STATE_HOME/corral or ~/.local/state/corral].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Where --install writes the unit instead of systemd's directory (nothing
+    /// is enabled then).
+    #[arg(long, value_name = "DIR", hide = true, requires = "install")]
+    pub unit_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -90,6 +90,10 @@ pub async fn client(state_dir: &Path, autostart: bool) -> Result<Client> {
         .arg("--state-dir")
         .arg(state_dir)
         .args(["daemon", "--detach"])
+        // A daemon started in the background is not the process a service
+        // manager started: it must not report readiness for the unit this
+        // CLI happens to run in (see corral_api::notify).
+        .env_remove(corral_api::notify::NOTIFY_SOCKET)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -12,6 +12,7 @@ mod logs;
 mod mcp;
 mod project;
 mod spawn;
+mod startup;
 mod stop;
 mod top;
 
@@ -127,6 +128,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Events(a) => agents::events(&ctx(&a.conn, a.out)?, &a).await,
         Command::Up(a) => project::up(&ctx(&a.conn, a.out)?, &a).await,
         Command::Down(a) => project::down(&ctx(&a.conn, a.out)?, &a).await,
+        Command::Startup(args) => {
+            let before = b.clone();
+            tokio::task::spawn_blocking(move || startup::run(&before, args)).await?
+        }
         Command::Demo(args) => demo::run(args).await,
         Command::Bench(args) => {
             let ctx = ctx(&Conn::default(), args.out)?;

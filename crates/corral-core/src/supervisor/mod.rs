@@ -193,6 +193,29 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Variables of the daemon's environment that no agent (nor a probe, nor an
+/// engine command) inherits:
+///
+/// - corral's own, which name *this* process as an agent (when the daemon
+///   itself was started from inside one); each agent gets its own values;
+/// - the service manager's messages to the daemon's own process. Through
+///   `NOTIFY_SOCKET` an agent could tell systemd that the daemon is ready,
+///   stopping or reloading, or hand it a main pid; the watchdog and socket
+///   activation variables name the daemon's pid and fds, not the agent's.
+///   The daemon keeps them in its own environment (it sends `STOPPING=1`
+///   when it stops).
+const NOT_INHERITED: &[&str] = &[
+    "CORRAL_AGENT_ID",
+    "CORRAL_SOCKET",
+    "CORRAL_RUN_ID",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_PID",
+    "WATCHDOG_USEC",
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+];
+
 /// State shared by the registry, every actor, the sampler and the reaper.
 pub(crate) struct Shared {
     pub config: Config,
@@ -371,12 +394,7 @@ impl Supervisor {
         tracing::debug!(nofile, "open-file limit");
         let sh = Arc::new(Shared {
             base_env: std::env::vars_os()
-                .filter(|(k, _)| {
-                    !matches!(
-                        k.to_str(),
-                        Some("CORRAL_AGENT_ID" | "CORRAL_SOCKET" | "CORRAL_RUN_ID")
-                    )
-                })
+                .filter(|(k, _)| !k.to_str().is_some_and(|k| NOT_INHERITED.contains(&k)))
                 .collect(),
             ticks_per_second: platform::clock_ticks_per_second() as f64,
             page_size: platform::page_size(),

@@ -26,7 +26,9 @@ impl Private {
             .args(["daemon", "--sample-ms", "1000"])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
+            .stderr(std::process::Stdio::null())
+            // Not the service's own daemon: it tells no service manager anything.
+            .env_remove(corral_api::notify::NOTIFY_SOCKET);
         if no_cgroups {
             cmd.env("CORRAL_NO_CGROUPS", "1");
         } else {
