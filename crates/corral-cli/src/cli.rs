@@ -130,8 +130,8 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff).
-    Man,
+    /// Print the man page (roff), a command's page, or write every page into a directory.
+    Man(ManArgs),
     /// Serve the Model Context Protocol on stdin/stdout, so an AI agent can spawn,
     /// watch and stop agents (starts a daemon on the first tool call when none answers).
     Mcp(McpArgs),
@@ -153,6 +153,18 @@ pub struct IdArgs {
     pub conn: Conn,
     #[command(flatten)]
     pub out: Json,
+}
+
+/// `corral man`: which page, or every page into a directory.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The command whose page to print (`spawn`, `daemon stop`) [default: corral's own page].
+    #[arg(value_name = "COMMAND")]
+    pub command: Vec<String>,
+    /// Write corral.1 and a page for every command (corral-spawn.1, …) into DIR,
+    /// making it when missing; prints the paths written.
+    #[arg(short = 'o', long, value_name = "DIR", conflicts_with = "command")]
+    pub dir: Option<PathBuf>,
 }
 
 /// `corral mcp`: where the daemon is (its answers go to the MCP host, never as text).

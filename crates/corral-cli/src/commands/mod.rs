@@ -9,6 +9,7 @@ mod bench;
 mod daemon;
 mod demo;
 mod logs;
+mod man;
 mod mcp;
 mod project;
 mod spawn;
@@ -137,11 +138,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             clap_complete::generate(shell, &mut cmd, "corral", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Man => {
-            let cmd = <Cli as clap::CommandFactory>::command();
-            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Man(a) => man::run(&a),
         Command::Mcp(a) => mcp::run(ctx(&a.conn, Json::default())?).await,
         Command::Top(a) => top::run(&ctx(&a.conn, Json::default())?, a).await,
     }
