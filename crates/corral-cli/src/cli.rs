@@ -9,6 +9,12 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use clap_complete::engine::ArgValueCompleter;
+
+/// Completes an agent id from the daemon's agents (see `crate::complete`).
+fn ids() -> ArgValueCompleter {
+    ArgValueCompleter::new(crate::complete::agent_ids)
+}
 
 /// corral: spawn, watch and stop many long-running agents, and keep their record.
 #[derive(Debug, Parser)]
@@ -148,6 +154,7 @@ impl Command {
 #[derive(Debug, Args)]
 pub struct IdArgs {
     /// Agent id.
+    #[arg(add = ids())]
     pub id: String,
     #[command(flatten)]
     pub conn: Conn,
@@ -186,6 +193,7 @@ pub struct DataArgs {
 #[derive(Debug, Args)]
 pub struct PsArgs {
     /// Only this agent or subtree (`ID` or `PREFIX.*`).
+    #[arg(add = ids())]
     pub selector: Option<String>,
     /// Only agents with this label (repeatable: all must match).
     #[arg(long = "label", value_name = "K=V")]
@@ -416,7 +424,7 @@ pub struct SpawnArgs {
 #[derive(Debug, Args)]
 pub struct StopArgs {
     /// Agent id or subtree (`PREFIX.*`).
-    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    #[arg(required_unless_present = "all", conflicts_with = "all", add = ids())]
     pub target: Option<String>,
     /// Stop every agent that is running.
     #[arg(long)]
@@ -436,7 +444,7 @@ pub struct StopArgs {
 #[derive(Debug, Args)]
 pub struct RestartArgs {
     /// Agent id or subtree (`PREFIX.*`).
-    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    #[arg(required_unless_present = "all", conflicts_with = "all", add = ids())]
     pub target: Option<String>,
     /// Restart every agent (an ended one just starts again).
     #[arg(long)]
@@ -456,6 +464,7 @@ pub struct RestartArgs {
 #[derive(Debug, Args)]
 pub struct KillArgs {
     /// Agent id.
+    #[arg(add = ids())]
     pub id: String,
     /// SIGKILL at once instead of the staged stop.
     #[arg(long)]
@@ -469,6 +478,7 @@ pub struct KillArgs {
 #[derive(Debug, Args)]
 pub struct LogsArgs {
     /// Agent id.
+    #[arg(add = ids())]
     pub id: String,
     /// Show stderr instead of stdout.
     #[arg(long, conflicts_with = "both")]
@@ -494,6 +504,7 @@ pub struct LogsArgs {
 #[derive(Debug, Args)]
 pub struct WaitArgs {
     /// Agent id or subtree (`PREFIX.*`).
+    #[arg(add = ids())]
     pub target: String,
     /// Give up after this long (30s, 5m): an error, exit 1 [default: 1h].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -513,7 +524,7 @@ pub struct ProgressArgs {
     #[arg(long)]
     pub message: Option<String>,
     /// Report for this agent instead of $CORRAL_AGENT_ID.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", add = ids())]
     pub agent: Option<String>,
     #[command(flatten)]
     pub conn: Conn,
@@ -524,6 +535,7 @@ pub struct ProgressArgs {
 #[derive(Debug, Args)]
 pub struct EventsArgs {
     /// Only this agent's events, or a subtree's (`PREFIX.*`).
+    #[arg(add = ids())]
     pub target: Option<String>,
     /// Keep printing new events as they happen.
     #[arg(short = 'f', long)]

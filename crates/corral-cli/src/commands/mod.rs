@@ -134,8 +134,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             bench::run(&ctx, args).await
         }
         Command::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "corral", &mut std::io::stdout());
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&crate::complete::script(shell)?)?;
+            out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Man(a) => man::run(&a),
