@@ -9,6 +9,12 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use clap_complete::engine::ArgValueCompleter;
+
+/// Completes an agent id from the daemon's agents (see `crate::complete`).
+fn ids() -> ArgValueCompleter {
+    ArgValueCompleter::new(crate::complete::agent_ids)
+}
 
 /// corral: spawn, watch and stop many long-running agents, and keep their record.
 #[derive(Debug, Parser)]
@@ -132,8 +138,8 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff).
-    Man,
+    /// Print the man page (roff), a command's page, or write every page into a directory.
+    Man(ManArgs),
     /// Print the HTTP API's OpenAPI document (what GET /v1/openapi.json serves; no daemon needed).
     Openapi,
     /// Serve the Model Context Protocol on stdin/stdout, so an AI agent can spawn,
@@ -152,11 +158,24 @@ impl Command {
 #[derive(Debug, Args)]
 pub struct IdArgs {
     /// Agent id.
+    #[arg(add = ids())]
     pub id: String,
     #[command(flatten)]
     pub conn: Conn,
     #[command(flatten)]
     pub out: Json,
+}
+
+/// `corral man`: which page, or every page into a directory.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The command whose page to print (`spawn`, `daemon stop`) [default: corral's own page].
+    #[arg(value_name = "COMMAND")]
+    pub command: Vec<String>,
+    /// Write corral.1 and a page for every command (corral-spawn.1, …) into DIR,
+    /// making it when missing; prints the paths written.
+    #[arg(short = 'o', long, value_name = "DIR", conflicts_with = "command")]
+    pub dir: Option<PathBuf>,
 }
 
 /// `corral mcp`: where the daemon is (its answers go to the MCP host, never as text).
@@ -178,6 +197,7 @@ pub struct DataArgs {
 #[derive(Debug, Args)]
 pub struct PsArgs {
     /// Only this agent or subtree (`ID` or `PREFIX.*`).
+    #[arg(add = ids())]
     pub selector: Option<String>,
     /// Only agents with this label (repeatable: all must match).
     #[arg(long = "label", value_name = "K=V")]
@@ -408,7 +428,7 @@ pub struct SpawnArgs {
 #[derive(Debug, Args)]
 pub struct StopArgs {
     /// Agent id or subtree (`PREFIX.*`).
-    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    #[arg(required_unless_present = "all", conflicts_with = "all", add = ids())]
     pub target: Option<String>,
     /// Stop every agent that is running.
     #[arg(long)]
@@ -431,7 +451,7 @@ pub struct StopArgs {
 )]
 pub struct RestartArgs {
     /// Agent id or subtree (`PREFIX.*`).
-    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    #[arg(required_unless_present = "all", conflicts_with = "all", add = ids())]
     pub target: Option<String>,
     /// Restart every agent (an ended one just starts again).
     #[arg(long)]
@@ -451,6 +471,7 @@ pub struct RestartArgs {
 #[derive(Debug, Args)]
 pub struct KillArgs {
     /// Agent id.
+    #[arg(add = ids())]
     pub id: String,
     /// SIGKILL at once instead of the staged stop.
     #[arg(long)]
@@ -464,7 +485,7 @@ pub struct KillArgs {
 #[derive(Debug, Args)]
 pub struct LogsArgs {
     /// Agent id, or a team: `PREFIX.*` (every agent under PREFIX, each line prefixed with its id).
-    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    #[arg(required_unless_present = "all", conflicts_with = "all", add = ids())]
     pub target: Option<String>,
     /// Every agent (each line prefixed with its id).
     #[arg(long)]
@@ -512,6 +533,7 @@ fn parse_since(raw: &str) -> Result<std::time::SystemTime, String> {
 #[derive(Debug, Args)]
 pub struct WaitArgs {
     /// Agent id or subtree (`PREFIX.*`).
+    #[arg(add = ids())]
     pub target: String,
     /// Give up after this long (30s, 5m): an error, exit 1 [default: 1h].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -531,7 +553,7 @@ pub struct ProgressArgs {
     #[arg(long)]
     pub message: Option<String>,
     /// Report for this agent instead of $CORRAL_AGENT_ID.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", add = ids())]
     pub agent: Option<String>,
     #[command(flatten)]
     pub conn: Conn,
@@ -542,6 +564,7 @@ pub struct ProgressArgs {
 #[derive(Debug, Args)]
 pub struct EventsArgs {
     /// Only this agent's events, or a subtree's (`PREFIX.*`).
+    #[arg(add = ids())]
     pub target: Option<String>,
     /// Keep printing new events as they happen.
     #[arg(short = 'f', long)]

@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod complete;
 mod connect;
 mod output;
 
@@ -11,6 +12,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // `CORRAL_COMPLETE=bash corral …` is the shell asking for completions.
+    complete::answer_if_asked();
     // A client command whose reader goes away (`corral ps | head -1`,
     // `corral completions bash | head`) ends by SIGPIPE, quietly, like any
     // Unix tool. What serves others — the daemon, the demo and bench with

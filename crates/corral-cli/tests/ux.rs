@@ -287,17 +287,159 @@ fn the_daemon_says_when_it_starts_and_can_be_asked_about_and_stopped() {
 fn completions_and_the_man_page_are_generated() {
     let env = Env::new();
     let bash = text(&env.run(&["completions", "bash"]));
-    assert!(
-        bash.contains("complete") && bash.contains("corral"),
-        "{}",
-        &bash[..200.min(bash.len())]
-    );
+    assert!(bash.contains("CORRAL_COMPLETE=bash"), "{bash}");
     let man = text(&env.run(&["man"]));
     assert!(
         man.starts_with(".ie") || man.contains(".TH"),
         "{}",
         &man[..200.min(man.len())]
     );
+    env.finish();
+}
+
+/// The text of the NAME section of a page: the line after `.SH NAME`.
+fn name_line(page: &str) -> &str {
+    page.lines()
+        .skip_while(|l| *l != ".SH NAME")
+        .nth(1)
+        .unwrap_or_default()
+}
+
+/// `corral man --dir` writes a page per command, each named for it, with its
+/// options, a NAME line that says the name once, and a way back to corral(1);
+/// groff renders every one without a warning.
+#[test]
+fn man_writes_a_page_for_every_command() {
+    let env = Env::new();
+    let dir = env.dir.as_ref().unwrap().path().join("share/man/man1");
+    let out = env.run(&["man", "--dir", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut written: Vec<String> = text(&out).lines().map(str::to_owned).collect();
+    let mut present: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    present.sort();
+    assert_eq!(written, present, "the paths printed are the pages written");
+    for page in [
+        "corral",
+        "corral-spawn",
+        "corral-ps",
+        "corral-status",
+        "corral-stop",
+        "corral-logs",
+        "corral-man",
+        "corral-completions",
+        "corral-daemon",
+        "corral-daemon-status",
+        "corral-daemon-stop",
+    ] {
+        assert!(
+            dir.join(format!("{page}.1")).is_file(),
+            "{page}.1 in {present:?}"
+        );
+    }
+    assert!(
+        !dir.join("corral-help.1").exists(),
+        "no page for clap's help"
+    );
+
+    let groff = std::process::Command::new("groff")
+        .arg("--version")
+        .output();
+    assert!(
+        groff.is_ok_and(|o| o.status.success()),
+        "this test needs groff (package groff-base) to render the pages"
+    );
+    for path in &present {
+        let page = std::fs::read_to_string(path).unwrap();
+        let stem = std::path::Path::new(path)
+            .file_stem()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let escaped = stem.replace('-', "\\-");
+        assert!(page.is_ascii(), "{stem}: not ASCII");
+        assert!(
+            page.contains(&format!(".TH {} 1 ", stem.to_uppercase())),
+            "{stem}: title"
+        );
+        let name = name_line(&page);
+        let (named, summary) = name
+            .split_once(" \\- ")
+            .unwrap_or_else(|| panic!("{stem}: NAME {name:?}"));
+        assert_eq!(named, escaped, "{stem}: NAME {name:?}");
+        assert!(!summary.is_empty(), "{stem}: NAME {name:?}");
+        assert!(
+            !summary.to_lowercase().starts_with("corral"),
+            "{stem}: NAME repeats the name: {name:?}"
+        );
+        if stem != "corral" {
+            assert!(
+                page.contains(".SH \"SEE ALSO\"\n\\fBcorral\\fR(1)"),
+                "{stem}: SEE ALSO"
+            );
+        }
+        let rendered = std::process::Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww", "-z"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(
+            rendered.status.success(),
+            "groff {stem}: {}",
+            stderr(&rendered)
+        );
+        assert_eq!(stderr(&rendered), "", "groff warns about {stem}");
+    }
+
+    let read = |page: &str| std::fs::read_to_string(dir.join(format!("{page}.1"))).unwrap();
+    let top = read("corral");
+    assert_eq!(
+        name_line(&top),
+        "corral \\- spawn, watch and stop many long\\-running agents, and keep their record"
+    );
+    for listed in ["corral\\-spawn(1)", "corral\\-daemon(1)", "corral\\-man(1)"] {
+        assert!(top.contains(listed), "the top page lists {listed}");
+    }
+    assert!(
+        top.contains(".SH \"EXIT STATUS\""),
+        "exit status on the top page"
+    );
+    let spawn = read("corral-spawn");
+    for option in [
+        "\\-\\-restart\\-window",
+        "\\-\\-readiness\\-log",
+        "\\-\\-state\\-dir",
+    ] {
+        assert!(spawn.contains(option), "corral-spawn.1 has {option}");
+    }
+    assert!(
+        spawn.contains(".SH SLURM"),
+        "spawn's Slurm options under their heading"
+    );
+    let daemon = read("corral-daemon");
+    assert!(
+        daemon.contains("corral\\-daemon\\-stop(1)"),
+        "corral-daemon.1 lists its commands"
+    );
+    assert!(
+        read("corral-daemon-stop").contains("\\fBcorral\\fR(1), \\fBcorral\\-daemon\\fR(1)"),
+        "a nested page points to its parents"
+    );
+
+    // Without --dir: one page on stdout, the same as the file.
+    assert_eq!(text(&env.run(&["man"])), top);
+    assert_eq!(
+        text(&env.run(&["man", "daemon", "stop"])),
+        read("corral-daemon-stop")
+    );
+    assert_eq!(text(&env.run(&["man", "spawn"])), spawn);
+    let unknown = env.run(&["man", "spwan"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert_one_error_line(&unknown, "spawn");
+    assert!(env.daemons().is_empty(), "man starts no daemon");
     env.finish();
 }
 

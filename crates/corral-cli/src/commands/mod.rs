@@ -9,6 +9,7 @@ mod bench;
 mod daemon;
 mod demo;
 mod logs;
+mod man;
 mod mcp;
 mod project;
 mod spawn;
@@ -138,15 +139,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             bench::run(&ctx, args).await
         }
         Command::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "corral", &mut std::io::stdout());
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&crate::complete::script(shell)?)?;
+            out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Man => {
-            let cmd = <Cli as clap::CommandFactory>::command();
-            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Man(a) => man::run(&a),
         Command::Openapi => {
             use std::io::Write;
             let mut out = std::io::stdout().lock();
