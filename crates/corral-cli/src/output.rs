@@ -3,8 +3,28 @@
 //!
 //! Widths are counted in characters of the visible text; colour codes are
 //! added after the padding, so a coloured table lines up like a plain one.
-//! When the terminal is narrower than the table, the columns marked as
-//! shrinkable (ids, messages) are cut with `…` — `--wide` never cuts.
+//!
+//! A [`Table`] wider than the terminal is fitted in three steps (`--wide`,
+//! or a pipe, skips them: nothing is ever cut there):
+//!
+//! 1. its shrinkable columns are cut, but no shorter than a comfortable
+//!    width: [`TEXT_FLOOR`] characters of a message, [`ID_FLOOR`] of an id;
+//! 2. if that is not enough, its droppable columns are left out, one by one
+//!    in the order the table gives, each time handing the room back to the
+//!    shrinkable columns;
+//! 3. only when every droppable column is gone are the shrinkable columns
+//!    cut further, down to [`HARD_FLOOR`] characters.
+//!
+//! A table lists as droppable what people look at least, least first, so
+//! a narrow terminal loses those before a message turns into `50% i…`.
+//! `corral ps` leaves out READY, then ↺ (restarts), STATUS (what HEALTH
+//! mostly repeats), CPU%, MEM, PID, RUNTIME and STATE; ID, HEALTH, EXIT
+//! and INFO stay. (`corral top` draws its own table with the same rule:
+//! THR and READY go first there.)
+//!
+//! Ids are cut in the middle ([`cut_middle`]: `research.c….17`), keeping
+//! their start and their last dotted segment, and never so that two
+//! different ids of one table read the same ([`cut_distinct`]).
 
 use std::io::IsTerminal;
 
@@ -110,19 +130,145 @@ pub fn cut(text: &str, width: usize) -> String {
     out
 }
 
-/// A table: a header row and rows; `shrink` marks the columns that may be cut
-/// (the last one first, then the others, widest first) to fit the width.
+/// `id` in at most `width` characters, cut in the middle: its start, `…`,
+/// and its last dotted segment (`research.crawler.worker.17` →
+/// `research.c….17`), so `w.1` and `w.10` stay apart however short the
+/// start gets. A last segment too long to leave the start a third of the
+/// room keeps only as much of its end as the start keeps; an id without a
+/// dot counts its last `-` or `_` piece as its segment.
+pub fn cut_middle(id: &str, width: usize) -> String {
+    let chars: Vec<char> = id.chars().collect();
+    if chars.len() <= width {
+        return id.to_owned();
+    }
+    cut_keeping(&chars, width, middle_head(&chars, width))
+}
+
+/// How many characters of its start [`cut_middle`] keeps of an id too long
+/// for `width`.
+fn middle_head(chars: &[char], width: usize) -> usize {
+    let room = width.saturating_sub(1);
+    let segment = chars
+        .iter()
+        .rposition(|&c| c == '.')
+        .or_else(|| chars.iter().rposition(|&c| c == '-' || c == '_'))
+        .map_or(0, |at| chars.len() - at);
+    let least_head = (room / 3).max(1).min(room);
+    let tail = if segment <= room - least_head {
+        segment
+    } else {
+        room / 2
+    };
+    room - tail
+}
+
+/// `chars` in `width` characters: the first `head`, `…`, then the last ones.
+fn cut_keeping(chars: &[char], width: usize, head: usize) -> String {
+    if width == 0 {
+        return String::new();
+    }
+    let room = width - 1;
+    let head = head.min(room);
+    let tail = room - head;
+    let mut out: String = chars[..head].iter().collect();
+    out.push('…');
+    out.extend(&chars[chars.len() - tail..]);
+    out
+}
+
+/// `ids` cut to `width` characters each so that different ids read
+/// differently: each in the middle ([`cut_middle`]), and where that makes
+/// two read the same, those keep more of their end instead (failing that,
+/// more of their start). `None` when `width` is too narrow for that — the
+/// ids differ only deep inside; [`distinct_width`] finds a width that works.
+/// The same id twice reads the same, of course.
+pub fn cut_distinct(ids: &[&str], width: usize) -> Option<Vec<String>> {
+    use std::collections::{HashMap, HashSet};
+
+    let chars: Vec<Vec<char>> = ids.iter().map(|id| id.chars().collect()).collect();
+    let mut shown: Vec<String> = ids.iter().map(|id| cut_middle(id, width)).collect();
+    // Groups of rows that read the same though their ids differ.
+    let clashes = |shown: &[String]| -> Vec<Vec<usize>> {
+        let mut by_text: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (row, text) in shown.iter().enumerate() {
+            by_text.entry(text.as_str()).or_default().push(row);
+        }
+        let mut groups: Vec<Vec<usize>> = by_text
+            .into_values()
+            .filter(|rows| rows.iter().any(|&r| ids[r] != ids[rows[0]]))
+            .collect();
+        groups.sort();
+        groups
+    };
+    for group in clashes(&shown) {
+        let cut: Vec<usize> = group
+            .iter()
+            .copied()
+            .filter(|&r| chars[r].len() > width)
+            .collect();
+        // Whole ids that read alike (an id with a `…` in it): nothing to move.
+        let &first = cut.first()?;
+        let others: HashSet<String> = shown
+            .iter()
+            .enumerate()
+            .filter(|(r, _)| !group.contains(r))
+            .map(|(_, text)| text.clone())
+            .collect();
+        let room = width.saturating_sub(1);
+        let head = middle_head(&chars[first], width);
+        // More of the end first, then more of the start.
+        let heads = (0..head).rev().chain(head + 1..=room);
+        let fixed = heads.into_iter().find_map(|h| {
+            let mut texts: Vec<String> = group.iter().map(|&r| shown[r].clone()).collect();
+            for (text, &r) in texts.iter_mut().zip(&group) {
+                if cut.contains(&r) {
+                    *text = cut_keeping(&chars[r], width, h);
+                }
+            }
+            let mut seen: HashMap<&str, &str> = HashMap::new();
+            let apart = group.iter().zip(&texts).all(|(&r, text)| {
+                !others.contains(text) && *seen.entry(text.as_str()).or_insert(ids[r]) == ids[r]
+            });
+            apart.then_some(texts)
+        })?;
+        for (&r, text) in group.iter().zip(fixed) {
+            shown[r] = text;
+        }
+    }
+    clashes(&shown).is_empty().then_some(shown)
+}
+
+/// The narrowest width, `least` or more, at which [`cut_distinct`] keeps
+/// `ids` apart (at the longest id's width nothing is cut at all).
+pub fn distinct_width(ids: &[&str], least: usize) -> usize {
+    let longest = ids.iter().map(|id| id.chars().count()).max().unwrap_or(0);
+    (least..longest)
+        .find(|&w| cut_distinct(ids, w).is_some())
+        .unwrap_or(longest.max(least))
+}
+
+/// A table: a header row and rows, fitted to the terminal's width as the
+/// module says: `shrink` marks the columns that may be cut (the widest
+/// first), `drop` those that may be left out (in that order), `ids` the
+/// column of agent ids (cut in the middle, and never so that two read the
+/// same).
 pub struct Table {
     pub header: Vec<&'static str>,
     pub rows: Vec<Vec<Cell>>,
     pub shrink: Vec<usize>,
-    /// Columns left out, in this order, before the first shrinkable column
-    /// (the id) would be cut below [`ID_FLOOR`] characters.
+    /// Columns left out, in this order, before a shrinkable column is cut
+    /// below its comfortable width.
     pub drop: Vec<usize>,
+    pub ids: Option<usize>,
 }
 
-/// How short an id may be cut before less important columns are left out.
+/// How short a message is cut before droppable columns are left out.
+const TEXT_FLOOR: usize = 20;
+/// How short an id is cut before droppable columns are left out.
 const ID_FLOOR: usize = 16;
+/// How short a shrinkable column gets when nothing is left to leave out
+/// (or its header's width, if that is more; ids also stay apart).
+const HARD_FLOOR: usize = 6;
 
 impl Table {
     pub fn new(header: Vec<&'static str>) -> Self {
@@ -131,6 +277,7 @@ impl Table {
             rows: Vec::new(),
             shrink: Vec::new(),
             drop: Vec::new(),
+            ids: None,
         }
     }
 
@@ -146,8 +293,26 @@ impl Table {
         self
     }
 
+    /// Marks column `i` as the agent ids: shrinkable, cut in the middle, and
+    /// never cut so that two ids read the same.
+    pub fn id_column(mut self, column: usize) -> Self {
+        if !self.shrink.contains(&column) {
+            self.shrink.push(column);
+        }
+        self.ids = Some(column);
+        self
+    }
+
     pub fn push(&mut self, row: Vec<Cell>) {
         self.rows.push(row);
+    }
+
+    /// The texts of column `c`, a row's missing cell read as empty.
+    fn column(&self, c: usize) -> Vec<&str> {
+        self.rows
+            .iter()
+            .map(|r| r.get(c).map_or("", |cell| cell.text.as_str()))
+            .collect()
     }
 
     fn widths(&self) -> Vec<usize> {
@@ -165,64 +330,95 @@ impl Table {
     }
 
     /// The column widths that fit `limit` (`None`: the column is left out),
-    /// cutting shrinkable columns and leaving out droppable ones.
+    /// cutting shrinkable columns and leaving out droppable ones as the
+    /// module says.
     fn fitted(&self, limit: Option<usize>) -> Vec<Option<usize>> {
         let natural = self.widths();
         let Some(limit) = limit else {
             return natural.into_iter().map(Some).collect();
         };
-        let mut dropped = 0;
-        loop {
+        let apart = self
+            .ids
+            .map_or(0, |c| distinct_width(&self.column(c), HARD_FLOOR));
+        let floor = |c: usize, comfortable: bool| {
+            let (soft, least) = if self.ids == Some(c) {
+                (ID_FLOOR, apart)
+            } else {
+                (TEXT_FLOOR, 0)
+            };
+            let want = if comfortable { soft } else { HARD_FLOOR };
+            want.max(self.header[c].chars().count())
+                .max(least)
+                .min(natural[c])
+        };
+        let without = |dropped: usize| {
             let mut widths: Vec<Option<usize>> = natural.iter().copied().map(Some).collect();
-            for c in &self.drop[..dropped] {
-                widths[*c] = None;
+            for &c in &self.drop[..dropped] {
+                if let Some(w) = widths.get_mut(c) {
+                    *w = None;
+                }
             }
-            self.cut_to(&mut widths, limit);
-            let id_cut = self
-                .shrink
-                .first()
-                .is_some_and(|&id| widths[id].is_some_and(|w| w < natural[id].min(ID_FLOOR)));
-            if !id_cut || dropped == self.drop.len() {
+            widths
+        };
+        for dropped in 0..=self.drop.len() {
+            let mut widths = without(dropped);
+            self.cut_to(&mut widths, limit, |c| floor(c, true));
+            if total(&widths) <= limit {
                 return widths;
             }
-            dropped += 1;
         }
+        let mut widths = without(self.drop.len());
+        self.cut_to(&mut widths, limit, |c| floor(c, false));
+        widths
     }
 
-    fn cut_to(&self, widths: &mut [Option<usize>], limit: usize) {
-        let total = |w: &[Option<usize>]| {
-            let shown: Vec<usize> = w.iter().flatten().copied().collect();
-            shown.iter().sum::<usize>() + 2 * shown.len().saturating_sub(1)
-        };
-        // The last column is cut first (a message), then the widest others.
-        let floor = |c: usize| self.header[c].chars().count().max(6);
-        let last = widths.len() - 1;
+    /// Cuts shrinkable columns, none below its `floor`, until the table fits
+    /// `limit` or cannot get narrower: always the widest of them, so that
+    /// an id and a message are cut to about the same width.
+    fn cut_to(&self, widths: &mut [Option<usize>], limit: usize, floor: impl Fn(usize) -> usize) {
         while total(widths) > limit {
-            let candidate = self
+            let mut cuttable: Vec<(usize, usize)> = self
                 .shrink
                 .iter()
                 .copied()
-                .filter_map(|c| widths[c].map(|w| (c, w)))
+                .filter_map(|c| widths.get(c).copied().flatten().map(|w| (c, w)))
                 .filter(|(c, w)| *w > floor(*c))
-                .max_by_key(|(c, w)| (*c == last, *w));
-            let Some((c, w)) = candidate else { break };
+                .collect();
+            // Widest first; of two as wide, the later column (a message).
+            cuttable.sort_by_key(|(c, w)| std::cmp::Reverse((*w, *c)));
+            let Some(&(c, w)) = cuttable.first() else {
+                break;
+            };
+            let next = cuttable.get(1).map_or(0, |(_, w)| *w);
             let excess = total(widths) - limit;
-            widths[c] = Some(w.saturating_sub(excess).max(floor(c)));
+            let to = w.saturating_sub(excess).max(floor(c)).max(next);
+            widths[c] = Some(if to < w { to } else { w - 1 });
         }
     }
 
     pub fn render(&self, style: Style) -> String {
         let widths = self.fitted(style.width);
+        // The ids as shown: cut in the middle, and apart.
+        let ids: Option<(usize, Vec<String>)> = self.ids.and_then(|c| {
+            let w = widths.get(c).copied().flatten()?;
+            let column = self.column(c);
+            let shown = cut_distinct(&column, w)
+                .unwrap_or_else(|| column.iter().map(|id| cut_middle(id, w)).collect());
+            Some((c, shown))
+        });
         let mut out = String::new();
         let header: Vec<Cell> = self.header.iter().map(|h| Cell::from(*h)).collect();
         let shown = widths.iter().rposition(Option::is_some).unwrap_or(0);
-        for row in std::iter::once(&header).chain(&self.rows) {
+        for (r, row) in std::iter::once(&header).chain(&self.rows).enumerate() {
             let mut line = String::new();
             for (c, cell) in row.iter().enumerate() {
                 let Some(w) = widths.get(c).copied().flatten() else {
                     continue;
                 };
-                let text = cut(&cell.text, w);
+                let text = match &ids {
+                    Some((idc, texts)) if *idc == c && r > 0 => texts[r - 1].clone(),
+                    _ => cut(&cell.text, w),
+                };
                 let pad = if c >= shown {
                     0
                 } else {
@@ -239,6 +435,12 @@ impl Table {
         }
         out
     }
+}
+
+/// A table's width with these columns (`None`: left out), two spaces apart.
+fn total(widths: &[Option<usize>]) -> usize {
+    let shown: Vec<usize> = widths.iter().flatten().copied().collect();
+    shown.iter().sum::<usize>() + 2 * shown.len().saturating_sub(1)
 }
 
 /// Prints `key  value` lines, aligned.
@@ -309,7 +511,7 @@ mod tests {
     }
 
     #[test]
-    fn fits_a_narrow_terminal_by_cutting_messages_then_ids() {
+    fn fits_a_narrow_terminal_by_cutting_the_widest_column_first() {
         let t = table().render(Style {
             width: Some(40),
             colour: false,
@@ -347,6 +549,159 @@ mod tests {
             colour: false,
         });
         assert!(wide.contains("some-extra-detail"), "{wide}");
+    }
+
+    #[test]
+    fn ids_are_cut_in_the_middle_keeping_the_last_segment() {
+        let id = "research.crawler.worker.17";
+        assert_eq!(cut_middle(id, 26), id);
+        assert_eq!(cut_middle(id, 14), "research.c….17");
+        assert_eq!(cut_middle(id, 8), "rese….17");
+        assert_eq!(cut_middle(id, 6), "re….17");
+        // A long last segment: as much of its end as of the start.
+        assert_eq!(
+            cut_middle("team.a-very-long-worker-name", 12),
+            "team.a…-name"
+        );
+        // No dot: the last `-` piece is the segment.
+        assert_eq!(cut_middle("crawler-worker-17", 10), "crawle…-17");
+        assert_eq!(cut_middle("abcdef", 1), "…");
+        assert_eq!(cut_middle("abcdef", 0), "");
+        for width in 0..30 {
+            assert!(cut_middle(id, width).chars().count() <= width, "{width}");
+        }
+    }
+
+    /// Whether `shown` are as many different texts as `ids` are different ids.
+    fn apart(ids: &[&str], shown: &[String]) -> bool {
+        let mut seen = std::collections::HashMap::new();
+        ids.iter()
+            .zip(shown)
+            .all(|(id, text)| seen.entry(text.clone()).or_insert(*id) == id)
+    }
+
+    #[test]
+    fn cut_ids_stay_apart() {
+        let ids = [
+            "research.crawler.worker.1",
+            "research.crawler.worker.10",
+            "research.crawler.worker.11",
+            "research.crawler.worker.2",
+        ];
+        let shown = cut_distinct(&ids, 10).unwrap();
+        assert_eq!(
+            shown,
+            ["researc….1", "resear….10", "resear….11", "researc….2"]
+        );
+        // Two that differ only before the last segment keep more of their end.
+        let ids = ["pipeline.shard-001.w.3", "pipeline.shard-002.w.3", "other"];
+        assert_eq!(cut_middle(ids[0], 12), cut_middle(ids[1], 12));
+        let shown = cut_distinct(&ids, 12).unwrap();
+        assert_eq!(shown, ["pipeli…1.w.3", "pipeli…2.w.3", "other"]);
+        // Too narrow to show where they differ: no cut is good enough…
+        let ids = [
+            "a-long-common-start-X-and-a-long-common-end",
+            "a-long-common-start-Y-and-a-long-common-end",
+        ];
+        assert_eq!(cut_distinct(&ids, 12), None);
+        // …until the width reaches the difference.
+        let w = distinct_width(&ids, 6);
+        let shown = cut_distinct(&ids, w).unwrap();
+        assert!(apart(&ids, &shown), "{shown:?}");
+        assert!(w < ids[0].len(), "{w}");
+        // The same id twice is no clash.
+        assert_eq!(
+            cut_distinct(&["same.id.1", "same.id.1"], 6).unwrap(),
+            ["sam….1", "sam….1"]
+        );
+    }
+
+    #[test]
+    fn many_similar_ids_stay_apart_at_every_width() {
+        let ids: Vec<String> = (0..40)
+            .map(|i| format!("team-{}.stage-{}.worker.{}", i % 3, i % 7, i))
+            .chain(["team-0.stage-0.worker".into(), "w.1".into(), "w.10".into()])
+            .collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let least = distinct_width(&ids, 1);
+        for width in least..30 {
+            let shown = cut_distinct(&ids, width).unwrap();
+            assert!(apart(&ids, &shown), "width {width}: {shown:?}");
+            assert!(shown.iter().all(|t| t.chars().count() <= width));
+        }
+    }
+
+    /// The header line of a table rendered `width` columns wide.
+    fn headers(t: &Table, width: usize) -> Vec<String> {
+        let out = t.render(Style {
+            width: Some(width),
+            colour: false,
+        });
+        assert!(
+            out.lines().all(|l| l.chars().count() <= width),
+            "{width}:\n{out}"
+        );
+        out.lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn low_value_columns_go_before_messages_are_cut() {
+        let mut t = Table::new(vec!["ID", "THR", "READY", "CPU", "EXIT", "INFO"])
+            .shrinkable(&[5])
+            .id_column(0)
+            .droppable(&[1, 2, 3]);
+        for n in [1, 2, 10, 11] {
+            t.push(vec![
+                format!("research.crawler.worker.{n}").into(),
+                "12".into(),
+                "yes".into(),
+                "99.5".into(),
+                "code 1".into(),
+                "indexing shard 4 of 10 of the big crawl".into(),
+            ]);
+        }
+        let all = ["ID", "THR", "READY", "CPU", "EXIT", "INFO"];
+        assert_eq!(headers(&t, 120), all);
+        // The message and the ids are cut first, but only so far…
+        assert_eq!(headers(&t, 80), all);
+        let at = |width| {
+            t.render(Style {
+                width: Some(width),
+                colour: false,
+            })
+        };
+        assert!(at(80).contains("indexing shard 4 of 10 of…"), "{}", at(80));
+        // …then THR leaves, then READY, then CPU, before the message is cut
+        // below 20 characters or the ids below 16.
+        assert_eq!(headers(&t, 62), ["ID", "READY", "CPU", "EXIT", "INFO"]);
+        assert_eq!(headers(&t, 56), ["ID", "CPU", "EXIT", "INFO"]);
+        assert_eq!(headers(&t, 48), ["ID", "EXIT", "INFO"]);
+        assert!(at(48).contains("indexing shard 4 of…"), "{}", at(48));
+        assert!(at(48).contains("research.crawl….10"), "{}", at(48));
+        // EXIT stays, and the ids stay apart, however narrow.
+        for width in [40, 30, 20] {
+            let out = t.render(Style {
+                width: Some(width),
+                colour: false,
+            });
+            let ids: Vec<&str> = out
+                .lines()
+                .skip(1)
+                .filter_map(|l| l.split_whitespace().next())
+                .collect();
+            let unique: std::collections::HashSet<&&str> = ids.iter().collect();
+            assert_eq!(unique.len(), 4, "{width}:\n{out}");
+            assert!(ids.iter().all(|id| id.starts_with('r')), "{out}");
+            assert!(out.lines().next().unwrap().contains("EXIT"), "{out}");
+        }
+        // --wide: nothing cut, nothing left out.
+        let wide = t.render(Style::plain());
+        assert!(wide.contains("research.crawler.worker.11  12"), "{wide}");
     }
 
     #[test]

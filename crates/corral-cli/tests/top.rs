@@ -137,20 +137,8 @@ fn row<'a>(screen: &'a str, id: &str) -> Option<&'a str> {
         .find(|l| l.split_whitespace().any(|w| w == id))
 }
 
-#[test]
-fn top_shows_agents_and_stops_the_selected_one_after_yes() {
-    require_tmux();
-    let env = Env::new();
-    let mut pids = Vec::new();
-    for id in ["alpha", "bravo", "charlie"] {
-        let out = env.run(&["spawn", id, "--", "sleep", "300"]);
-        assert!(out.status.success(), "spawn {id}: {}", text(&out.stderr));
-        pids.push(env.json(&["status", id])["pid"].as_i64().unwrap() as i32);
-    }
-    let [alpha, bravo, charlie] = pids[..] else {
-        unreachable!()
-    };
-
+/// `corral top` against `env`'s daemon, in a tmux window of `width` × `height`.
+fn start_top(env: &Env, width: u16, height: u16) -> Tmux {
     let dir = env.dir.as_ref().unwrap().path();
     let session = format!(
         "corral-top-{}-{}",
@@ -165,7 +153,24 @@ fn top_shows_agents_and_stops_the_selected_one_after_yes() {
         env!("CARGO_BIN_EXE_corral"),
         env.state.display()
     );
-    let tmux = Tmux::start(&dir.join("tmux.sock"), &session, 120, 30, &command);
+    Tmux::start(&dir.join("tmux.sock"), &session, width, height, &command)
+}
+
+#[test]
+fn top_shows_agents_and_stops_the_selected_one_after_yes() {
+    require_tmux();
+    let env = Env::new();
+    let mut pids = Vec::new();
+    for id in ["alpha", "bravo", "charlie"] {
+        let out = env.run(&["spawn", id, "--", "sleep", "300"]);
+        assert!(out.status.success(), "spawn {id}: {}", text(&out.stderr));
+        pids.push(env.json(&["status", id])["pid"].as_i64().unwrap() as i32);
+    }
+    let [alpha, bravo, charlie] = pids[..] else {
+        unreachable!()
+    };
+
+    let tmux = start_top(&env, 120, 30);
     let top = tmux.pane_pid();
 
     tmux.wait_screen("the three agents", |s| {
@@ -227,6 +232,55 @@ fn top_shows_agents_and_stops_the_selected_one_after_yes() {
             Instant::now() < end,
             "corral top (pid {top}) is still running"
         );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(tmux);
+    env.finish();
+}
+
+#[test]
+fn a_narrow_window_keeps_the_progress_and_tells_the_ids_apart() {
+    require_tmux();
+    let env = Env::new();
+    for n in [1, 10, 11] {
+        let id = format!("research.crawler.worker.{n}");
+        let out = env.run(&["spawn", &id, "--", "sleep", "300"]);
+        assert!(out.status.success(), "spawn {id}: {}", text(&out.stderr));
+        let message = format!("page {n}");
+        let out = env.run(&["progress", "40", "--message", &message, "--agent", &id]);
+        assert!(out.status.success(), "progress {id}: {}", text(&out.stderr));
+    }
+    let tmux = start_top(&env, 60, 20);
+    let screen = tmux.wait_screen("three rows with their progress", |s| {
+        ["page 1", "page 10", "page 11"].iter().all(|m| {
+            s.lines()
+                .any(|l| l.trim_end_matches('│').trim_end().ends_with(m))
+        })
+    });
+    let header = screen
+        .lines()
+        .find(|l| l.contains(" ID "))
+        .unwrap_or_default();
+    assert!(header.contains("PROGRESS"), "{screen}");
+    assert!(
+        !header.contains("THR") && !header.contains("READY"),
+        "{screen}"
+    );
+    // Each row's id keeps its start and its last segment.
+    for n in [1, 10, 11] {
+        let end = format!(".{n} ");
+        let page = format!("page {n}");
+        assert!(
+            screen
+                .lines()
+                .any(|l| l.contains("research.") && l.contains(&end) && l.contains(&page)),
+            "{n}: {screen}"
+        );
+    }
+    tmux.keys("q");
+    let end = Instant::now() + DEADLINE;
+    while tmux.alive() {
+        assert!(Instant::now() < end, "q did not end the dashboard");
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(tmux);

@@ -167,14 +167,17 @@ pub fn placement_words(p: &corral_core::PlacementInfo) -> String {
     }
 }
 
-/// The `ps` table for a set of statuses.
+/// The `ps` table for a set of statuses. On a narrow terminal it leaves out
+/// READY, ↺, STATUS, CPU%, MEM, PID, RUNTIME and STATE, in that order, before
+/// it cuts INFO or the ids short; ID, HEALTH, EXIT and INFO always stay.
 pub fn ps_table(all: &[&AgentStatus]) -> Table {
     let mut t = Table::new(vec![
         "ID", "PID", "STATE", "STATUS", "HEALTH", "READY", "CPU%", "MEM", "RUNTIME", "↺", "EXIT",
         "INFO",
     ])
-    .shrinkable(&[0, 11])
-    .droppable(&[5, 9, 3, 10, 4]);
+    .shrinkable(&[11])
+    .id_column(0)
+    .droppable(&[5, 9, 3, 6, 7, 1, 8, 2]);
     for s in all {
         let info = match (&s.progress, &s.progress_message, &s.end_reason) {
             _ if s.stop.is_some() => s.stop.as_ref().map(stop_words).unwrap_or_default(),
@@ -795,6 +798,76 @@ mod tests {
         assert!(coloured.contains("\x1b[32mhealthy\x1b[0m"));
         assert!(coloured.contains("\x1b[31mfailed\x1b[0m"));
         assert!(coloured.contains("\x1b[33mzombie\x1b[0m"));
+    }
+
+    /// The header of `ps` at `width` columns, and the ids as shown.
+    fn ps_at(rows: &[&AgentStatus], width: usize) -> (String, Vec<String>, Vec<String>) {
+        let out = ps_table(rows).render(Style {
+            width: Some(width),
+            colour: false,
+        });
+        assert!(
+            out.lines().all(|l| l.chars().count() <= width),
+            "{width}:\n{out}"
+        );
+        let mut lines = out.lines();
+        let header = lines
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        let ids = lines
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_owned)
+            .collect();
+        (out, header, ids)
+    }
+
+    #[test]
+    fn ps_leaves_out_low_value_columns_before_cutting_exit_and_info() {
+        let mut all = fleet();
+        for n in [1, 2, 10, 11] {
+            all.push(status(
+                &format!("research.crawler.worker.{n}"),
+                serde_json::json!({"num_threads": 12, "ready": true}),
+            ));
+        }
+        let rows: Vec<&AgentStatus> = all.iter().collect();
+        let every = [
+            "ID", "PID", "STATE", "STATUS", "HEALTH", "READY", "CPU%", "MEM", "RUNTIME", "↺",
+            "EXIT", "INFO",
+        ];
+        let cases: [(usize, &[&str]); 4] = [
+            (120, &every),
+            (
+                80,
+                &["ID", "PID", "STATE", "HEALTH", "RUNTIME", "EXIT", "INFO"],
+            ),
+            (60, &["ID", "HEALTH", "EXIT", "INFO"]),
+            (40, &["ID", "HEALTH", "EXIT", "INFO"]),
+        ];
+        for (width, want) in cases {
+            let (out, header, ids) = ps_at(&rows, width);
+            assert_eq!(header, want, "{width}:\n{out}");
+            // Every row's id reads differently, and keeps its last segment.
+            let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
+            assert_eq!(unique.len(), all.len(), "{width}:\n{out}");
+            for n in [1, 2, 10, 11] {
+                let end = format!(".{n}");
+                assert!(
+                    ids.iter()
+                        .any(|id| id.starts_with("res") && id.ends_with(&end)),
+                    "{width}: {end}\n{out}"
+                );
+            }
+            if width >= 60 {
+                // The progress message is whole, not `50% i…`.
+                assert!(out.contains("50% indexing"), "{width}:\n{out}");
+            }
+        }
+        let (narrow, _, _) = ps_at(&rows[..5], 60);
+        insta::assert_snapshot!("ps_60_columns", narrow);
     }
 
     #[test]

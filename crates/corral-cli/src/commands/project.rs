@@ -544,8 +544,9 @@ pub async fn up(ctx: &Ctx, args: &UpArgs) -> Result<ExitCode> {
     if ctx.json {
         print_json(&actions)?;
     } else {
-        let mut t =
-            Table::new(vec!["AGENT", "ACTION", "PID", "STATUS", "NOTE"]).shrinkable(&[0, 4]);
+        let mut t = Table::new(vec!["AGENT", "ACTION", "PID", "STATUS", "NOTE"])
+            .shrinkable(&[4])
+            .id_column(0);
         for a in &actions {
             t.push(vec![
                 a.agent_id.as_str().into(),
@@ -765,7 +766,7 @@ pub async fn down(ctx: &Ctx, args: &DownArgs) -> Result<ExitCode> {
     } else if reports.is_empty() {
         println!("nothing of {} was running", p.name);
     } else {
-        let mut t = Table::new(vec!["AGENT", "ACTION", "PID", "STAGE", "STATUS"]).shrinkable(&[0]);
+        let mut t = Table::new(vec!["AGENT", "ACTION", "PID", "STAGE", "STATUS"]).id_column(0);
         for r in &reports {
             t.push(vec![
                 r.agent_id.as_str().into(),

@@ -39,7 +39,7 @@ fn print_reports(ctx: &Ctx, reports: &[StopReport]) -> Result<()> {
 /// The stop reports as a table: one row per agent, how far the stop went.
 pub fn reports_table(reports: &[StopReport]) -> Table {
     let mut t =
-        Table::new(vec!["ID", "PID", "STAGE", "TOOK", "EXIT", "STATUS", "TREE"]).shrinkable(&[0]);
+        Table::new(vec!["ID", "PID", "STAGE", "TOOK", "EXIT", "STATUS", "TREE"]).id_column(0);
     for r in reports {
         t.push(vec![
             r.agent_id.as_str().into(),

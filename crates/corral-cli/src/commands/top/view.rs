@@ -9,6 +9,15 @@
 //! frame costs the same as with thirty. Everything an agent wrote itself (log
 //! lines, progress messages, reasons, labels) passes through [`clean`] first,
 //! so an escape sequence in an agent's output cannot reach the terminal.
+//!
+//! On a narrow terminal the table leaves columns out before it squeezes the
+//! two that matter most, the id and the progress: [`DROP_ORDER`] goes
+//! THR, READY, RST, PID, STATE, RUNTIME, MEM, CPU%, each left out only while
+//! the id would get fewer than [`ID_FLOOR`] cells or the progress fewer than
+//! [`MIN_PROGRESS`] (so at 80 columns PROGRESS stays, with ID, HEALTH, CPU%,
+//! MEM and RUNTIME). Ids are cut in the middle and kept apart the way `ps`
+//! cuts them ([`crate::output::cut_distinct`]); the footer leaves out the
+//! key hints that do not fit, but never `? help`.
 
 use std::borrow::Cow;
 
@@ -22,15 +31,23 @@ use ratatui::widgets::{
 };
 
 use super::model::{Action, Detail, LogTail, Mode, Model, SortKey, Tone, tone};
+use crate::output::{cut_distinct, cut_middle, distinct_width};
 
 /// Cells of the progress bar; half that when the progress column is narrow.
 const BAR: usize = 10;
 /// Below this width the progress column gets the short bar, leaving room for the message.
 const WIDE_PROGRESS: u16 = 36;
-/// The id column never grows wider than this; longer ids end in `…`.
-const MAX_ID: usize = 32;
-/// The progress column keeps at least this many cells while the id column can shrink.
+/// The id column never grows wider than this; longer ids are cut in the middle.
+const MAX_ID: u16 = 32;
+/// The progress column keeps at least this many cells while the id column
+/// can shrink or another column can be left out.
 const MIN_PROGRESS: u16 = 24;
+/// The id column keeps at least this many cells (or the longest id's) while
+/// another column can be left out.
+const ID_FLOOR: u16 = 12;
+/// How narrow the id column gets when nothing is left to leave out (wider
+/// if the ids would not stay apart).
+const ID_LEAST: u16 = 6;
 /// Width of the field list in the detail pane.
 const FIELDS_WIDTH: u16 = 52;
 
@@ -168,26 +185,75 @@ fn render_header(frame: &mut Frame<'_>, area: Rect, m: &Model) {
     );
 }
 
-/// The columns: title, width, right-aligned.
-fn columns(id_width: u16) -> [(&'static str, Constraint, bool); 11] {
-    [
-        ("ID", Constraint::Length(id_width), false),
-        ("PID", Constraint::Length(7), true),
-        ("HEALTH", Constraint::Length(9), false),
-        ("STATE", Constraint::Length(9), false),
-        ("READY", Constraint::Length(5), false),
-        ("CPU%", Constraint::Length(6), true),
-        ("MEM", Constraint::Length(8), true),
-        ("THR", Constraint::Length(4), true),
-        ("RUNTIME", Constraint::Length(7), true),
-        ("RST", Constraint::Length(3), true),
-        ("PROGRESS", Constraint::Fill(1), false),
-    ]
+/// The columns between the id and the progress: title, width, right-aligned.
+const MIDDLE: [(&str, u16, bool); 9] = [
+    ("PID", 7, true),
+    ("HEALTH", 9, false),
+    ("STATE", 9, false),
+    ("READY", 5, false),
+    ("CPU%", 6, true),
+    ("MEM", 8, true),
+    ("THR", 4, true),
+    ("RUNTIME", 7, true),
+    ("RST", 3, true),
+];
+
+/// The columns a narrow terminal loses, in this order (HEALTH, the id and
+/// the progress always stay).
+const DROP_ORDER: [&str; 8] = [
+    "THR", "READY", "RST", "PID", "STATE", "RUNTIME", "MEM", "CPU%",
+];
+
+/// The highlight symbol and the borders.
+const FRAME_WIDTH: u16 = 2 + 2;
+
+/// How the table fits a width: which of [`MIDDLE`] it shows, and how wide
+/// the id and the progress columns are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fit {
+    shown: [bool; MIDDLE.len()],
+    id: u16,
+    progress: u16,
 }
 
-/// Width of everything but the id and progress columns, with the
-/// highlight symbol, the spaces between columns and the borders.
-const FIXED_WIDTH: u16 = 7 + 9 + 9 + 5 + 6 + 8 + 4 + 7 + 3 + 10 + 2 + 2;
+/// The table's columns for a frame `width` cells wide, ids up to `longest`
+/// characters that stay apart from `apart` cells on: columns of
+/// [`DROP_ORDER`] are left out while the id column would get fewer than
+/// [`ID_FLOOR`] cells or the progress fewer than [`MIN_PROGRESS`]; then the
+/// id column takes what it wants up to [`MAX_ID`], and the progress the rest.
+fn fit_columns(width: u16, longest: u16, apart: u16) -> Fit {
+    let mut shown = [true; MIDDLE.len()];
+    // One cell between columns; the id and progress columns are always there.
+    let room = |shown: &[bool; MIDDLE.len()]| {
+        let middle: u16 = MIDDLE
+            .iter()
+            .zip(shown)
+            .filter(|(_, on)| **on)
+            .map(|((_, w, _), _)| w + 1)
+            .sum();
+        width.saturating_sub(FRAME_WIDTH + middle + 1)
+    };
+    let id_floor = longest.min(ID_FLOOR).max(apart);
+    for title in DROP_ORDER {
+        if room(&shown) >= id_floor + MIN_PROGRESS {
+            break;
+        }
+        if let Some(i) = MIDDLE.iter().position(|(t, _, _)| *t == title) {
+            shown[i] = false;
+        }
+    }
+    let room = room(&shown);
+    let id = room
+        .saturating_sub(MIN_PROGRESS)
+        .min(longest.min(MAX_ID))
+        .max(longest.min(ID_LEAST))
+        .max(apart);
+    Fit {
+        shown,
+        id,
+        progress: room.saturating_sub(id),
+    }
+}
 
 fn sort_column(key: SortKey) -> &'static str {
     match key {
@@ -215,20 +281,6 @@ fn render_table(frame: &mut Frame<'_>, area: Rect, m: &Model) {
         frame.render_widget(Paragraph::new(Span::styled(what, dim())), inner);
         return;
     }
-    // The id column is as wide as the longest id, within limits, leaving
-    // the progress column at least MIN_PROGRESS cells while it can.
-    let room = area
-        .width
-        .saturating_sub(FIXED_WIDTH + MIN_PROGRESS)
-        .max(12);
-    let id_width = (m.longest_id().max(2) as u16).min(MAX_ID as u16).min(room);
-    let progress_width = area.width.saturating_sub(FIXED_WIDTH + id_width);
-    let bar = if progress_width >= WIDE_PROGRESS {
-        BAR
-    } else {
-        BAR / 2
-    };
-
     // Scroll so the selection is visible; build only the rows that fit.
     let visible = usize::from(inner.height.saturating_sub(1)).max(1);
     let selected = m.selected();
@@ -241,21 +293,47 @@ fn render_table(frame: &mut Frame<'_>, area: Rect, m: &Model) {
     offset = offset.min(m.row_count().saturating_sub(visible));
     m.offset.set(offset);
     m.page.set(visible);
+    let agents: Vec<&AgentStatus> = (offset..(offset + visible).min(m.row_count()))
+        .filter_map(|n| m.row(n))
+        .collect();
+
+    // The ids on screen stay apart however narrow their column gets.
+    let ids: Vec<&str> = agents.iter().map(|s| s.agent_id.as_str()).collect();
+    let cells = |n: usize| u16::try_from(n).unwrap_or(u16::MAX);
+    let apart = cells(distinct_width(&ids, usize::from(ID_LEAST)));
+    let fit = fit_columns(area.width, cells(m.longest_id().max(2)), apart);
+    let id_width = usize::from(fit.id);
+    let shown_ids = cut_distinct(&ids, id_width)
+        .unwrap_or_else(|| ids.iter().map(|id| cut_middle(id, id_width)).collect());
+    let bar = if fit.progress >= WIDE_PROGRESS {
+        BAR
+    } else {
+        BAR / 2
+    };
 
     let (key, _) = m.sort();
-    let cols = columns(id_width);
-    let header = Row::new(cols.iter().map(|(title, _, right)| {
-        let style = if *title == sort_column(key) {
+    let title = |text: &'static str, right: bool| {
+        let style = if text == sort_column(key) {
             Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED)
         } else {
             Style::new().add_modifier(Modifier::BOLD)
         };
-        align(Line::styled(*title, style), *right)
-    }));
-    let rows = (offset..(offset + visible).min(m.row_count()))
-        .filter_map(|n| m.row(n))
-        .map(|s| agent_row(s, usize::from(id_width), bar));
-    let table = Table::new(rows, cols.iter().map(|(_, w, _)| *w))
+        align(Line::styled(text, style), right)
+    };
+    let middle = || MIDDLE.iter().zip(fit.shown).filter(|(_, on)| *on);
+    let header = Row::new(
+        std::iter::once(title("ID", false))
+            .chain(middle().map(|((text, _, right), _)| title(text, *right)))
+            .chain([title("PROGRESS", false)]),
+    );
+    let widths = std::iter::once(Constraint::Length(fit.id))
+        .chain(middle().map(|((_, w, _), _)| Constraint::Length(*w)))
+        .chain([Constraint::Fill(1)]);
+    let rows = agents
+        .into_iter()
+        .zip(shown_ids)
+        .map(|(s, id)| agent_row(s, id, fit.shown, bar));
+    let table = Table::new(rows, widths)
         .header(header)
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
         .highlight_symbol("▶ ")
@@ -272,7 +350,9 @@ fn align(line: Line<'_>, right: bool) -> Cell<'_> {
     })
 }
 
-fn agent_row(s: &AgentStatus, id_width: usize, bar: usize) -> Row<'_> {
+/// One agent's row: its id as shown, the cells of the [`MIDDLE`] columns
+/// that are `shown`, and its progress with a bar of `bar` cells.
+fn agent_row(s: &AgentStatus, id: String, shown: [bool; MIDDLE.len()], bar: usize) -> Row<'_> {
     let t = tone(s);
     let alive = s.process_alive;
     let live = |text: String| if alive { text } else { "-".into() };
@@ -287,8 +367,8 @@ fn agent_row(s: &AgentStatus, id_width: usize, bar: usize) -> Row<'_> {
         Some(false) => Span::styled("no", Style::new().fg(Color::Yellow)),
         None => Span::styled("-", dim()),
     };
-    let cells = [
-        align(Line::raw(fit(&s.agent_id, id_width)), false),
+    // In the order of MIDDLE.
+    let middle = [
         align(
             Line::raw(s.pid.map_or_else(|| "-".into(), |p| p.to_string())),
             true,
@@ -304,9 +384,17 @@ fn agent_row(s: &AgentStatus, id_width: usize, bar: usize) -> Row<'_> {
         align(Line::raw(live(s.num_threads.to_string())), true),
         align(Line::raw(runtime(s.runtime_seconds)), true),
         align(Line::raw(s.restarts.to_string()), true),
-        align(progress(s, bar), false),
     ];
-    Row::new(cells)
+    let middle = middle
+        .into_iter()
+        .zip(shown)
+        .filter(|(_, on)| *on)
+        .map(|(cell, _)| cell);
+    Row::new(
+        std::iter::once(align(Line::raw(id), false))
+            .chain(middle)
+            .chain([align(progress(s, bar), false)]),
+    )
 }
 
 /// `████░░░░░░  40% message` (a bar of `bar` cells), or `-` without progress.
@@ -324,15 +412,6 @@ fn progress(s: &AgentStatus, bar: usize) -> Line<'static> {
         spans.push(Span::raw(format!(" {}", clean(msg))));
     }
     Line::from(spans)
-}
-
-/// `s` in at most `width` characters, ending in `…` when cut.
-pub fn fit(s: &str, width: usize) -> String {
-    if s.chars().count() <= width {
-        s.to_owned()
-    } else {
-        corral_core::elide(s, width.saturating_sub(1))
-    }
 }
 
 /// `5s`, `3m12s`, `2h01m`, `3d04h`.
@@ -438,8 +517,21 @@ fn render_footer(frame: &mut Frame<'_>, area: Rect, m: &Model) {
                 ("?", "help"),
             ],
         };
+        // The hints that fit, and always the last one (`? help`).
+        let hint = |(k, what): &(&str, &str)| 1 + k.chars().count() + what.chars().count() + 2;
+        let (last, rest) = keys
+            .split_last()
+            .map_or((None, &keys[..0]), |(l, r)| (Some(l), r));
+        let mut room = usize::from(area.width)
+            .saturating_sub(1)
+            .saturating_sub(last.map_or(0, hint));
         let mut spans = vec![Span::raw(" ")];
-        for (k, what) in keys {
+        let taken = rest.iter().take_while(|h| {
+            let fits = hint(h) <= room;
+            room = room.saturating_sub(hint(h));
+            fits
+        });
+        for (k, what) in taken.chain(last) {
             spans.push(Span::styled(
                 *k,
                 Style::new().add_modifier(Modifier::BOLD).fg(Color::Cyan),
@@ -467,7 +559,12 @@ fn render_detail(frame: &mut Frame<'_>, area: Rect, m: &Model, d: &Detail) {
     let fields_width = FIELDS_WIDTH.min(area.width / 2);
     let [left, right] =
         Layout::horizontal([Constraint::Length(fields_width), Constraint::Fill(1)]).areas(area);
-    let title = format!(" {} · run {} ", fit(&s.agent_id, 40), s.run);
+    // The title keeps its run number: the id gives way, in the middle.
+    let run = format!(" · run {} ", s.run);
+    let id_room = usize::from(left.width)
+        .saturating_sub(2 + 1 + run.chars().count())
+        .clamp(8, 40);
+    let title = format!(" {}{run}", cut_middle(&s.agent_id, id_room));
     let width = usize::from(left.width.saturating_sub(2));
     let lines = fields(s, width);
     // Scrolled at most so far that the last field stays in view.
@@ -708,7 +805,7 @@ fn popup(frame: &mut Frame<'_>, width: u16, height: u16) -> Rect {
 }
 
 fn render_confirm(frame: &mut Frame<'_>, action: Action, id: &str) {
-    let id = fit(id, 48);
+    let id = cut_middle(id, 48);
     let (title, question, how, yes) = match action {
         Action::Stop => (
             " stop ",
@@ -992,24 +1089,169 @@ mod tests {
         let mut m = team();
         let buf = draw(&mut m, 120, 14);
         let t = text(&buf);
-        assert!(t.contains("pipeline.stage-7.worker…"), "{t}");
+        // Cut in the middle: the start and the last segment.
+        assert!(t.contains("pipeline.stage-7.wor….42"), "{t}");
         assert!(!t.contains("very-long-name.42"));
         assert!(t.contains("██░░░  40% shard 4 of"), "a short bar: {t}");
         assert!(t.contains("█████ 100%"), "{t}");
         // No pid: a dash.
         let line = t.lines().find(|l| l.contains("pipeline")).unwrap();
         assert!(line.contains(" - "), "{line}");
-        // Wider, the whole id and the whole (cleaned) message fit.
+        // Wider, the id column grows to its most and the whole (cleaned)
+        // message fits.
         let t = text(&draw(&mut m, 170, 14));
-        assert!(t.contains("pipeline.stage-7.worker-with-a-…"), "{t}");
+        assert!(t.contains("pipeline.stage-7.worker-with….42"), "{t}");
         assert!(t.contains("████░░░░░░  40% shard 4 of 10    !"), "{t}");
     }
 
+    /// The titles of the table's columns, and the ids in its rows.
+    fn table_of(t: &str) -> (Vec<&str>, Vec<&str>) {
+        let mut lines = t
+            .lines()
+            .skip(3)
+            .take_while(|l| !l.starts_with('└'))
+            .map(|l| l.trim_matches('│').trim_start_matches('▶').trim());
+        let titles = lines
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        let ids = lines.filter_map(|l| l.split_whitespace().next()).collect();
+        (titles, ids)
+    }
+
     #[test]
-    fn a_narrow_terminal_still_fits_the_ids() {
+    fn columns_are_left_out_in_order_before_the_progress_goes() {
+        let titles = |fit: &Fit| -> Vec<&str> {
+            MIDDLE
+                .iter()
+                .zip(fit.shown)
+                .filter(|(_, on)| *on)
+                .map(|((t, _, _), _)| *t)
+                .collect()
+        };
+        let mut dropped_before = DROP_ORDER.len();
+        for width in 30..=200 {
+            let fit = fit_columns(width, 48, 6);
+            // What is missing is a first part of DROP_ORDER, never more at a
+            // wider terminal.
+            let mut missing: Vec<&str> = MIDDLE
+                .iter()
+                .map(|(t, _, _)| *t)
+                .filter(|t| !titles(&fit).contains(t))
+                .collect();
+            let mut first = DROP_ORDER[..missing.len()].to_vec();
+            missing.sort_unstable();
+            first.sort_unstable();
+            assert_eq!(missing, first, "{width}");
+            assert!(missing.len() <= dropped_before, "{width}");
+            dropped_before = missing.len();
+            assert!(fit.id >= 6, "{width}: {fit:?}");
+            if width >= 60 {
+                assert!(fit.progress >= MIN_PROGRESS, "{width}: {fit:?}");
+                assert!(fit.id >= ID_FLOOR, "{width}: {fit:?}");
+            }
+        }
+        assert_eq!(titles(&fit_columns(120, 48, 6)), MIDDLE.map(|(t, _, _)| t));
+        assert_eq!(
+            titles(&fit_columns(80, 48, 6)),
+            ["HEALTH", "CPU%", "MEM", "RUNTIME"]
+        );
+        assert_eq!(titles(&fit_columns(60, 48, 6)), ["HEALTH", "CPU%"]);
+        // Short ids leave more room: at 80 columns STATE stays.
+        assert_eq!(
+            titles(&fit_columns(80, 5, 5)),
+            ["HEALTH", "STATE", "CPU%", "MEM", "RUNTIME"]
+        );
+        // Ids that stay apart only wide get that width, whatever else.
+        assert_eq!(fit_columns(40, 48, 30).id, 30);
+    }
+
+    #[test]
+    fn top_at_80_by_24_keeps_the_progress() {
         let mut m = team();
-        let t = text(&draw(&mut m, 90, 12));
-        assert!(t.contains("pipeline.st…"), "{t}");
+        let t = text(&draw(&mut m, 80, 24));
+        insta::assert_snapshot!("table_80x24", t);
+        let (titles, ids) = table_of(&t);
+        assert_eq!(
+            titles,
+            ["ID", "HEALTH", "CPU%", "MEM", "RUNTIME", "PROGRESS"],
+            "{t}"
+        );
+        assert_eq!(ids.len(), 7, "{t}");
+        assert!(t.contains("██░░░  40% shard 4 of 10"), "{t}");
+        assert!(t.contains("█████ 100%"), "{t}");
+        assert!(
+            t.lines().last().unwrap_or_default().ends_with("? help"),
+            "{t}"
+        );
+    }
+
+    /// Agents whose ids differ only at their ends, or only deep inside.
+    fn lookalikes() -> Model {
+        let mut all = Vec::new();
+        for n in [1, 2, 10, 11] {
+            let mut a = agent(&format!("research.crawler.worker.{n}"));
+            a.progress = Some(n * 9);
+            a.progress_message = Some(format!("page {n}"));
+            all.push(a);
+        }
+        for shard in ["pipeline.shard-001.w.3", "pipeline.shard-002.w.3"] {
+            all.push(agent(shard));
+        }
+        let mut m = Model::new();
+        m.set_snapshot(all.into_iter().map(|s| (s.agent_id.clone(), s)).collect());
+        m
+    }
+
+    #[test]
+    fn top_at_60_by_20_tells_the_ids_apart() {
+        let mut m = lookalikes();
+        let t = text(&draw(&mut m, 60, 20));
+        insta::assert_snapshot!("table_60x20", t);
+        let (titles, ids) = table_of(&t);
+        assert_eq!(titles, ["ID", "HEALTH", "CPU%", "PROGRESS"], "{t}");
+        let unique: std::collections::BTreeSet<&&str> = ids.iter().collect();
+        assert_eq!(unique.len(), 6, "{t}");
+        for n in [1, 2, 10, 11] {
+            assert!(
+                ids.iter()
+                    .any(|id| id.starts_with("res") && id.ends_with(&format!(".{n}"))),
+                "{n}: {t}"
+            );
+        }
+        assert!(t.contains("page 11"), "{t}");
+        // Narrower still, the ids stay apart: the column keeps the width that
+        // takes.
+        let t = text(&draw(&mut m, 40, 20));
+        let (_, ids) = table_of(&t);
+        let unique: std::collections::BTreeSet<&&str> = ids.iter().collect();
+        assert_eq!(unique.len(), 6, "{t}");
+    }
+
+    #[test]
+    fn the_detail_pane_and_footer_fit_60_by_20() {
+        let mut m = team();
+        m.prepare();
+        let now = std::time::Instant::now();
+        // The fourth row: the long id.
+        for _ in 0..3 {
+            m.on_key(KeyEvent::new(KeyCode::Char('j'), KeyModifiers::NONE), now);
+        }
+        m.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE), now);
+        m.set_logs(
+            "pipeline.stage-7.worker-with-a-very-long-name.42",
+            LogTail::Text("starting\n".into()),
+            LogTail::Text(String::new()),
+        );
+        let t = text(&draw(&mut m, 60, 20));
+        insta::assert_snapshot!("detail_60x20", t);
+        // The pane's title keeps the run number; the footer keeps `? help`.
+        assert!(t.contains("pipeline.stage….42 · run 1"), "{t}");
+        assert!(
+            t.lines().last().unwrap_or_default().ends_with("? help"),
+            "{t}"
+        );
     }
 
     #[test]
@@ -1123,8 +1365,6 @@ mod tests {
         }
         assert_eq!(memory(45.31), "45.3M");
         assert_eq!(memory(1300.0), "1.27G");
-        assert_eq!(fit("abcdef", 6), "abcdef");
-        assert_eq!(fit("abcdefg", 6), "abcde…");
         assert_eq!(clean("plain"), "plain");
         assert_eq!(
             clean("a\x1b[1;31mred\x1b[0m\tb\x1b]0;title\x07c\rd\x1b(B"),
