@@ -48,11 +48,11 @@ pub fn state_dir(flag: Option<&Path>) -> Result<PathBuf> {
 /// state dir locked).
 async fn answers(client: &Client) -> Result<bool> {
     use corral_api::ClientError;
-    match client
-        .raw(corral_api::client::Method::GET, "/v1/health", None)
-        .await
-    {
-        Ok(_) | Err(ClientError::TooLarge { .. } | ClientError::Decode(_)) => Ok(true),
+    match client.health().await {
+        Ok(_)
+        | Err(ClientError::Api { .. } | ClientError::TooLarge { .. } | ClientError::Decode(_)) => {
+            Ok(true)
+        }
         Err(
             e @ (ClientError::Untrusted { .. }
             | ClientError::Timeout { .. }

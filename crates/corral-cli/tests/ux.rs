@@ -839,12 +839,7 @@ fn restart_stops_each_agent_then_runs_it_again_with_the_same_command() {
 
     // Every agent, the ended one too; in natural order, as a batch answers.
     let out = env.run(&["--json", "restart", "--all", "--force"]);
-    assert!(
-        out.status.success(),
-        "{}{}",
-        text(&out),
-        stderr(&out)
-    );
+    assert!(out.status.success(), "{}{}", text(&out), stderr(&out));
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
     let ids: Vec<&str> = answer["results"]
         .as_array()

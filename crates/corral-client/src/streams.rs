@@ -110,6 +110,12 @@ impl EventStream {
         }))
     }
 
+    /// The next event's JSON exactly as the daemon sent it (for a tool that
+    /// passes events on: a kind newer than this client stays whole).
+    pub async fn next_raw(&mut self) -> Option<Result<String, ClientError>> {
+        self.sse.next_data().await
+    }
+
     /// The same events as a [`Stream`].
     pub fn into_stream(self) -> impl Stream<Item = Result<Event, ClientError>> + Send {
         futures_util::stream::unfold(self, |mut s| async move {

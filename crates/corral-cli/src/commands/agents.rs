@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use corral_api::Client;
-use corral_api::client::Method;
 use corral_core::{
     AgentId, AgentStatus, Event, Health, HealthReport, ListQuery, PersistentStatus, ProcessSummary,
     ProgressUpdate, Removal, RunInfo, Selector,
@@ -28,8 +27,7 @@ pub fn checked_selector(raw: &str) -> Result<Selector> {
 }
 
 pub async fn status(ctx: &Ctx, id: &str) -> Result<ExitCode> {
-    let path = format!("/v1/agents/{}", checked_id(id)?);
-    let s: AgentStatus = ctx.client().await?.get(&path).await?;
+    let s: AgentStatus = ctx.client().await?.status(&checked_id(id)?).await?;
     if ctx.json {
         print_json(&s)?;
         return Ok(ExitCode::SUCCESS);
@@ -351,7 +349,7 @@ pub async fn ps(ctx: &Ctx, args: &PsArgs) -> Result<ExitCode> {
 }
 
 pub async fn summary(ctx: &Ctx) -> Result<ExitCode> {
-    let s: ProcessSummary = ctx.client().await?.get("/v1/summary").await?;
+    let s: ProcessSummary = ctx.client().await?.summary().await?;
     if ctx.json {
         print_json(&s)?;
     } else {
@@ -372,8 +370,7 @@ pub async fn summary(ctx: &Ctx) -> Result<ExitCode> {
 }
 
 pub async fn health(ctx: &Ctx, id: &str) -> Result<ExitCode> {
-    let path = format!("/v1/agents/{}/health", checked_id(id)?);
-    let h: HealthReport = ctx.client().await?.get(&path).await?;
+    let h: HealthReport = ctx.client().await?.agent_health(&checked_id(id)?).await?;
     if ctx.json {
         print_json(&h)?;
     } else {
@@ -401,12 +398,11 @@ pub async fn progress(ctx: &Ctx, args: &ProgressArgs) -> Result<ExitCode> {
         Some(sock) if ctx.remote.is_none() => Client::new(sock),
         _ => ctx.client().await?,
     };
-    let path = format!("/v1/agents/{}/progress", checked_id(&id)?);
     let update = ProgressUpdate {
         progress: args.percent,
         message: args.message.clone(),
     };
-    let s: AgentStatus = client.call(Method::PUT, &path, Some(&update)).await?;
+    let s: AgentStatus = client.progress(&checked_id(&id)?, &update).await?;
     if ctx.json {
         print_json(&s)?;
     }
@@ -414,11 +410,7 @@ pub async fn progress(ctx: &Ctx, args: &ProgressArgs) -> Result<ExitCode> {
 }
 
 pub async fn reap(ctx: &Ctx) -> Result<ExitCode> {
-    let ids: Vec<String> = ctx
-        .client()
-        .await?
-        .call(Method::POST, "/v1/reap", None::<&()>)
-        .await?;
+    let ids: Vec<String> = ctx.client().await?.reap().await?;
     if ctx.json {
         print_json(&ids)?;
     } else if ids.is_empty() {
@@ -448,27 +440,17 @@ fn print_removal(ctx: &Ctx, r: &Removal) -> Result<ExitCode> {
 }
 
 pub async fn remove(ctx: &Ctx, id: &str) -> Result<ExitCode> {
-    let path = format!("/v1/agents/{}", checked_id(id)?);
-    let r: Removal = ctx
-        .client()
-        .await?
-        .call(Method::DELETE, &path, None::<&()>)
-        .await?;
+    let r: Removal = ctx.client().await?.remove(&checked_id(id)?).await?;
     print_removal(ctx, &r)
 }
 
 pub async fn prune(ctx: &Ctx) -> Result<ExitCode> {
-    let r: Removal = ctx
-        .client()
-        .await?
-        .call(Method::POST, "/v1/prune", None::<&()>)
-        .await?;
+    let r: Removal = ctx.client().await?.prune().await?;
     print_removal(ctx, &r)
 }
 
 pub async fn runs(ctx: &Ctx, id: &str) -> Result<ExitCode> {
-    let path = format!("/v1/agents/{}/runs", checked_id(id)?);
-    let runs: Vec<RunInfo> = ctx.client().await?.get(&path).await?;
+    let runs: Vec<RunInfo> = ctx.client().await?.runs(&checked_id(id)?).await?;
     if ctx.json {
         print_json(&runs)?;
         return Ok(ExitCode::SUCCESS);
@@ -518,8 +500,10 @@ pub async fn wait(ctx: &Ctx, target: &str, timeout: Option<Duration>) -> Result<
     };
     let waits = ids.iter().map(|id| {
         let client = client.clone();
-        let path = format!("/v1/agents/{id}/wait?timeout_s={timeout_s}");
-        async move { client.get::<AgentStatus>(&path).await }
+        let query = corral_core::WaitQuery {
+            timeout_s: Some(timeout_s),
+        };
+        async move { client.wait(id, &query).await }
     });
     let statuses = futures_util::future::join_all(waits)
         .await
@@ -643,19 +627,21 @@ pub async fn events(ctx: &Ctx, args: &crate::cli::EventsArgs) -> Result<ExitCode
         // The stored log read through once, the last n picked kept; then,
         // with -f, followed from where that read ended.
         let mut last = std::collections::VecDeque::with_capacity(n.min(4096));
-        client
-            .sse(&format!("/v1/events?since={since}&follow=false"), |data| {
-                let (seq, line) = pick(data);
-                since = since.max(seq.unwrap_or(since));
-                if let Some(line) = line.filter(|_| n > 0) {
-                    if last.len() == n {
-                        last.pop_front();
-                    }
-                    last.push_back(line);
+        let backlog = corral_core::EventsQuery {
+            since: Some(since),
+            follow: Some(false),
+        };
+        let mut events = client.events(&backlog).await?;
+        while let Some(data) = events.next_raw().await {
+            let (seq, line) = pick(&data?);
+            since = since.max(seq.unwrap_or(since));
+            if let Some(line) = line.filter(|_| n > 0) {
+                if last.len() == n {
+                    last.pop_front();
                 }
-                true
-            })
-            .await?;
+                last.push_back(line);
+            }
+        }
         for line in last {
             writeln!(out, "{line}")?;
         }
@@ -664,13 +650,18 @@ pub async fn events(ctx: &Ctx, args: &crate::cli::EventsArgs) -> Result<ExitCode
             return Ok(ExitCode::SUCCESS);
         }
     }
-    let path = format!("/v1/events?since={since}&follow={}", args.follow);
-    client
-        .sse(&path, |data| match pick(data).1 {
-            Some(line) => writeln!(out, "{line}").and_then(|()| out.flush()).is_ok(),
-            None => true,
-        })
-        .await?;
+    let query = corral_core::EventsQuery {
+        since: Some(since),
+        follow: Some(args.follow),
+    };
+    let mut events = client.events(&query).await?;
+    while let Some(data) = events.next_raw().await {
+        if let Some(line) = pick(&data?).1
+            && writeln!(out, "{line}").and_then(|()| out.flush()).is_err()
+        {
+            break;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use corral_api::agent_socket::AgentSocket;
-use corral_api::client::Method;
 use corral_api::daemon::{DaemonError, DaemonOptions};
 use corral_core::{DaemonHealth, DaemonStopRequest, DaemonStopResponse, Placement, SlurmPlacement};
 
@@ -63,16 +62,14 @@ async fn serve(
 
 async fn status(state_dir: &std::path::Path, json: bool) -> Result<ExitCode> {
     let client = connect::existing(state_dir).await?;
-    let (code, body) = client.raw(Method::GET, "/v1/health", None).await?;
-    if !code.is_success() {
-        let e: corral_core::ErrorBody = serde_json::from_slice(&body)?;
-        bail!(
-            "the daemon at {} answers but is not ready: {}",
-            state_dir.display(),
-            e.error.message
-        );
-    }
-    let h: DaemonHealth = serde_json::from_slice(&body)?;
+    let h: DaemonHealth = match client.health().await {
+        Ok(h) => h,
+        Err(corral_api::ClientError::Api { message, .. }) => bail!(
+            "the daemon at {} answers but is not ready: {message}",
+            state_dir.display()
+        ),
+        Err(e) => return Err(e.into()),
+    };
     if json {
         print_json(&h)?;
     } else {
@@ -91,11 +88,7 @@ async fn status(state_dir: &std::path::Path, json: bool) -> Result<ExitCode> {
 async fn stop(state_dir: &std::path::Path, stop_agents: bool) -> Result<ExitCode> {
     let client = connect::existing(state_dir).await?;
     let answer: DaemonStopResponse = client
-        .call(
-            Method::POST,
-            "/v1/daemon/stop",
-            Some(&DaemonStopRequest { stop_agents }),
-        )
+        .stop_daemon(&DaemonStopRequest { stop_agents })
         .await?;
     // Wait until the process is gone, so a following command finds no daemon.
     let end = std::time::Instant::now() + Duration::from_secs(10);

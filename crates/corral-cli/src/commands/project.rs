@@ -28,9 +28,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use corral_api::Client;
-use corral_api::client::Method;
 use corral_core::{
-    AgentStatus, BatchRequest, BatchResponse, BatchResult, Limits, LogRotation, Probes,
+    AgentStatus, BatchRequest, BatchResponse, BatchResult, Limits, ListQuery, LogRotation, Probes,
     RestartPolicy, SpawnRequest, StopManyRequest, StopReport,
 };
 use serde::Deserialize;
@@ -519,7 +518,7 @@ pub async fn up(ctx: &Ctx, args: &UpArgs) -> Result<ExitCode> {
     let p = load(&file)?;
     let picked = selection(&p, &args.names, false)?;
     let client = ctx.client().await?;
-    let current: BTreeMap<String, AgentStatus> = client.get("/v1/agents").await?;
+    let current: BTreeMap<String, AgentStatus> = client.list(&ListQuery::default()).await?;
     check_ids(&p, &picked, &current)?;
     // With --restart, the named agents (every one when none is named) start
     // again from the file even when unchanged; what they depend on does not.
@@ -604,9 +603,7 @@ async fn bring_up(
     let batch = BatchRequest {
         agents: to_spawn.iter().map(|(r, _)| r.clone()).collect(),
     };
-    let answer: BatchResponse = client
-        .call(Method::POST, "/v1/agents/batch", Some(&batch))
-        .await?;
+    let answer: BatchResponse = client.spawn_batch(&batch).await?;
     for ((req, action), result) in to_spawn.into_iter().zip(answer.results) {
         actions.push(match result {
             BatchResult::Spawned(s) => Action {
@@ -668,11 +665,7 @@ async fn stop_strays(
 
 async fn stop(client: &Client, id: &str) -> Result<StopReport> {
     Ok(client
-        .call(
-            Method::POST,
-            &format!("/v1/agents/{id}/stop"),
-            Some(&corral_core::CleanupOptions::default()),
-        )
+        .stop(id, &corral_core::CleanupOptions::default())
         .await?)
 }
 
@@ -681,7 +674,7 @@ async fn wait_ready(client: &Client, dep: &Agent) -> Result<()> {
     let end = Instant::now() + DEPENDENCY_WAIT;
     for req in &dep.instances {
         loop {
-            let s: AgentStatus = client.get(&format!("/v1/agents/{}", req.agent_id)).await?;
+            let s: AgentStatus = client.status(&req.agent_id).await?;
             let ok = if dep.has_readiness {
                 s.ready == Some(true)
             } else {
@@ -717,7 +710,7 @@ pub async fn down(ctx: &Ctx, args: &DownArgs) -> Result<ExitCode> {
     let p = load(&file)?;
     let picked = selection(&p, &args.names, true)?;
     let client = ctx.client().await?;
-    let current: BTreeMap<String, AgentStatus> = client.get("/v1/agents").await?;
+    let current: BTreeMap<String, AgentStatus> = client.list(&ListQuery::default()).await?;
     let mut ids = Vec::new();
     if args.names.is_empty() {
         // Agents of the project its file no longer names go first: nothing
@@ -758,7 +751,7 @@ pub async fn down(ctx: &Ctx, args: &DownArgs) -> Result<ExitCode> {
             live_only: true,
             ..StopManyRequest::default()
         };
-        let r: Vec<StopReport> = client.call(Method::POST, "/v1/stop", Some(&body)).await?;
+        let r: Vec<StopReport> = client.stop_many(&body).await?;
         reports.extend(r);
     }
     if ctx.json {

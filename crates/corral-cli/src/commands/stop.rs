@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use corral_api::client::Method;
 use corral_core::{
     AgentStatus, CleanupOptions, KillRequest, KillResponse, Selector, StopManyRequest, StopReport,
     StopStage,
@@ -95,9 +94,7 @@ pub async fn stop(ctx: &Ctx, args: &StopArgs) -> Result<ExitCode> {
                 force: args.force,
                 stop_timeouts: timeouts,
             };
-            let one: StopReport = client
-                .call(Method::POST, &format!("/v1/agents/{id}/stop"), Some(&body))
-                .await?;
+            let one: StopReport = client.stop(id.as_str(), &body).await?;
             vec![one]
         }
         _ => {
@@ -114,7 +111,7 @@ pub async fn stop(ctx: &Ctx, args: &StopArgs) -> Result<ExitCode> {
                 // `--all` means what runs; a selector also reports the ended ones it names.
                 live_only: target.is_none(),
             };
-            client.call(Method::POST, "/v1/stop", Some(&body)).await?
+            client.stop_many(&body).await?
         }
     };
     print_reports(ctx, &reports)?;
@@ -142,9 +139,7 @@ pub async fn restart(ctx: &Ctx, args: &crate::cli::RestartArgs) -> Result<ExitCo
         stop_timeouts: timeouts,
         live_only: false,
     };
-    let answer: corral_core::BatchResponse = client
-        .call(Method::POST, "/v1/restart", Some(&body))
-        .await?;
+    let answer: corral_core::BatchResponse = client.restart_many(&body).await?;
     if answer.results.is_empty() && !ctx.json {
         println!("nothing to restart");
         return Ok(ExitCode::SUCCESS);
@@ -157,18 +152,12 @@ pub async fn kill(ctx: &Ctx, id: &str, force: bool) -> Result<ExitCode> {
     let client = ctx.client().await?;
     if !force && !ctx.json && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         // The agent's own stop timeouts apply: say what they are.
-        let s: AgentStatus = client.get(&format!("/v1/agents/{id}")).await?;
+        let s: AgentStatus = client.status(&id).await?;
         if s.persistent_status.is_live() {
             announce(ctx, &id, Some(&s.stop_timeouts), false);
         }
     }
-    let answer: KillResponse = client
-        .call(
-            Method::POST,
-            &format!("/v1/agents/{id}/kill"),
-            Some(&KillRequest { force }),
-        )
-        .await?;
+    let answer: KillResponse = client.kill(&id, &KillRequest { force }).await?;
     if ctx.json {
         print_json(&answer)?;
     } else {

@@ -46,9 +46,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use corral_api::Client;
-use corral_api::client::{Method, StatusCode};
 use corral_core::{
-    AgentStatus, ErrorBody, Event, KillRequest, KillResponse, StopReport, StopStage,
+    AgentStatus, CleanupOptions, Event, EventBody, EventsQuery, KillRequest, ListQuery, LogsQuery,
+    StopReport, StopStage,
 };
 use ratatui::DefaultTerminal;
 use ratatui::crossterm::event::{self as term_event, Event as TermEvent};
@@ -78,9 +78,9 @@ enum Msg {
     /// A key, a resize, or the keyboard failing.
     Input(std::io::Result<TermEvent>),
     /// A full `GET /v1/agents` answer, or why there is none.
-    Snapshot(Result<Vec<u8>, String>),
+    Snapshot(Result<BTreeMap<String, AgentStatus>, String>),
     /// One agent's `GET /v1/agents/{id}` answer.
-    One(Vec<u8>),
+    One(Box<AgentStatus>),
     /// The daemon does not know this agent (any more).
     Gone(String),
     /// An event from the stream.
@@ -250,32 +250,10 @@ fn apply(m: &mut Model, msg: Msg, now: Instant) -> Result<Option<Effect>> {
         Msg::Input(Ok(TermEvent::Key(key))) => return Ok(m.on_key(key, now)),
         Msg::Input(Ok(_)) => {}
         Msg::Input(Err(e)) => bail!("cannot read the keyboard: {e}"),
-        Msg::Snapshot(Ok(body)) => {
-            // The table's fields only: the rest keep blank values nobody reads.
-            let all = serde_json::from_slice::<
-                BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
-            >(&body)
-            .map_err(|e| e.to_string())
-            .and_then(|all| {
-                all.into_iter()
-                    .map(|(id, fields)| {
-                        AgentStatus::from_partial(&id, fields)
-                            .map(|s| (id, s))
-                            .map_err(|e| e.to_string())
-                    })
-                    .collect::<std::result::Result<BTreeMap<_, _>, _>>()
-            });
-            match all {
-                Ok(all) => m.set_snapshot(all),
-                Err(e) => m.set_refresh_error(format!("unexpected answer: {e}")),
-            }
-        }
+        // The table's fields only: the rest keep blank values nobody reads.
+        Msg::Snapshot(Ok(all)) => m.set_snapshot(all),
         Msg::Snapshot(Err(e)) => m.set_refresh_error(e),
-        Msg::One(body) => {
-            if let Ok(s) = serde_json::from_slice::<AgentStatus>(&body) {
-                m.upsert(s);
-            }
-        }
+        Msg::One(s) => m.upsert(*s),
         Msg::Gone(id) => m.remove(&id),
         Msg::Event(ev) => {
             m.apply_event(&ev);
@@ -293,13 +271,6 @@ fn apply(m: &mut Model, msg: Msg, now: Instant) -> Result<Option<Effect>> {
 // The async side
 // ---------------------------------------------------------------------------
 
-/// The message of an error answer, or the status.
-fn error_text(status: StatusCode, body: &[u8]) -> String {
-    serde_json::from_slice::<ErrorBody>(body)
-        .map(|e| e.error.message)
-        .unwrap_or_else(|_| format!("HTTP {status}"))
-}
-
 /// The fields the table, its header, its filter and its sort read (and the
 /// events it applies update); the detail pane fetches the whole status of
 /// the one agent it shows.
@@ -309,31 +280,33 @@ const TABLE_FIELDS: &str = "pid,state,persistent_status,health,ready,process_ali
 
 /// `GET /v1/agents` with the table's fields, as a message.
 async fn snapshot(client: &Client) -> Msg {
-    let path = format!("/v1/agents?fields={TABLE_FIELDS}");
-    Msg::Snapshot(match client.raw(Method::GET, &path, None).await {
-        Ok((status, body)) if status.is_success() => Ok(Vec::from(body)),
-        Ok((status, body)) => Err(error_text(status, &body)),
-        Err(e) => Err(e.to_string()),
-    })
+    let query = ListQuery {
+        fields: Some(TABLE_FIELDS.into()),
+        ..ListQuery::default()
+    };
+    Msg::Snapshot(client.list(&query).await.map_err(|e| e.to_string()))
 }
 
 /// The sequence number of the newest stored event (0 when there is none).
 /// The API has no direct answer to this, so the stored log is read through
 /// once, without following.
 async fn newest_event(client: &Client) -> Result<i64> {
-    #[derive(serde::Deserialize)]
-    struct Seq {
-        seq: i64,
-    }
+    let backlog = EventsQuery {
+        since: Some(0),
+        follow: Some(false),
+    };
+    let mut events = client.events(&backlog).await?;
     let mut newest = 0;
-    client
-        .sse("/v1/events?since=0&follow=false", |data| {
-            if let Ok(s) = serde_json::from_str::<Seq>(data) {
-                newest = newest.max(s.seq);
-            }
-            true
-        })
-        .await?;
+    while let Some(ev) = events.next().await {
+        // One event this build cannot read does not hide the ones after it.
+        if let Ok(ev) = ev {
+            newest = newest.max(ev.seq);
+        } else if let Err(e @ corral_api::ClientError::Decode(_)) = ev {
+            tracing::debug!(error = %e, "an event top cannot read");
+        } else {
+            ev?;
+        }
+    }
     Ok(newest)
 }
 
@@ -390,12 +363,9 @@ async fn refresher(
 
 /// `GET /v1/agents/{id}`; false once the UI is gone.
 async fn fetch_one(client: &Client, tx: &mpsc::Sender<Msg>, id: String) -> bool {
-    let msg = match client
-        .raw(Method::GET, &format!("/v1/agents/{id}"), None)
-        .await
-    {
-        Ok((status, body)) if status.is_success() => Msg::One(Vec::from(body)),
-        Ok((StatusCode::NOT_FOUND, _)) => Msg::Gone(id),
+    let msg = match client.status(&id).await {
+        Ok(s) => Msg::One(Box::new(s)),
+        Err(e) if e.code() == Some("not_found") => Msg::Gone(id),
         // The next full refresh says what is wrong.
         _ => return true,
     };
@@ -422,23 +392,33 @@ async fn follow_events(
         }
     };
     loop {
-        let path = format!("/v1/events?since={since}");
         let ended = {
-            let stream = client.sse(&path, |data| {
-                let Ok(ev) = serde_json::from_str::<Event>(data) else {
-                    return true;
+            let stream = async {
+                let query = EventsQuery {
+                    since: Some(since),
+                    follow: Some(true),
                 };
-                up_again();
-                since = ev.seq;
-                // Progress is all in the event; anything else: fetch the agent.
-                if ev.kind() != "progress" {
-                    let _ = ids.send(ev.agent_id.clone());
+                let mut events = client.events(&query).await?;
+                while let Some(ev) = events.next().await {
+                    let ev = match ev {
+                        Ok(ev) => ev,
+                        // One event this build cannot read: the rest still count.
+                        Err(corral_api::ClientError::Decode(_)) => continue,
+                        Err(e) => return Err(e),
+                    };
+                    up_again();
+                    since = ev.seq;
+                    // Progress is all in the event; anything else: fetch the agent.
+                    if !matches!(ev.body, EventBody::Progress(_)) {
+                        let _ = ids.send(ev.agent_id.clone());
+                    }
+                    if tx.send(Msg::Event(Box::new(ev))).is_err() {
+                        ui_gone.store(true, Relaxed);
+                        break;
+                    }
                 }
-                if tx.send(Msg::Event(Box::new(ev))).is_err() {
-                    ui_gone.store(true, Relaxed);
-                }
-                !ui_gone.load(Relaxed)
-            });
+                Ok(())
+            };
             tokio::pin!(stream);
             if down.load(Relaxed) {
                 tokio::select! {
@@ -508,17 +488,23 @@ async fn carry_out(
 
 /// The last lines of one of an agent's logs.
 async fn tail(client: &Client, id: &str, stream: &str) -> LogTail {
-    let path = format!("/v1/agents/{id}/logs?stream={stream}&tail={LOG_LINES}");
+    let query = LogsQuery {
+        stream: Some(stream.into()),
+        tail: Some(LOG_LINES),
+        ..LogsQuery::default()
+    };
     let mut buf = Vec::new();
-    let read = client
-        .stream(&path, |chunk| {
-            buf.extend_from_slice(chunk);
+    let read = async {
+        let mut log = client.logs(id, &query).await?;
+        while let Some(chunk) = log.next_chunk().await {
+            buf.extend_from_slice(&chunk?);
             if buf.len() > 2 * LOG_BYTES {
                 buf.drain(..buf.len() - LOG_BYTES);
             }
-            true
-        })
-        .await;
+        }
+        Ok::<_, corral_api::ClientError>(())
+    }
+    .await;
     match read {
         Ok(()) => {
             let keep = buf.len().saturating_sub(LOG_BYTES);
@@ -533,11 +519,7 @@ async fn act(client: &Client, action: Action, id: &str) -> Result<String, String
     let report: StopReport = match action {
         Action::Restart => {
             let r: corral_core::SpawnResponse = client
-                .call(
-                    Method::POST,
-                    &format!("/v1/agents/{id}/restart"),
-                    None::<&()>,
-                )
+                .restart(id, &CleanupOptions::default())
                 .await
                 .map_err(|e| format!("cannot restart {id}: {e}"))?;
             return match (r.status, r.error) {
@@ -550,16 +532,12 @@ async fn act(client: &Client, action: Action, id: &str) -> Result<String, String
             };
         }
         Action::Stop => client
-            .call(Method::POST, &format!("/v1/agents/{id}/stop"), None::<&()>)
+            .stop(id, &CleanupOptions::default())
             .await
             .map_err(|e| format!("cannot stop {id}: {e}"))?,
         Action::Kill => {
             client
-                .call::<KillResponse>(
-                    Method::POST,
-                    &format!("/v1/agents/{id}/kill"),
-                    Some(&KillRequest { force: true }),
-                )
+                .kill(id, &KillRequest { force: true })
                 .await
                 .map_err(|e| format!("cannot kill {id}: {e}"))?
                 .report
