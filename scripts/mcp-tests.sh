@@ -3,9 +3,10 @@
 # MCP Python SDK (`mcp` on PyPI), installed into a throwaway venv.
 #
 # Builds the binary, makes a temp venv, installs mcp and pytest, and runs
-# crates/corral-cli/tests/mcp/test_mcp.py. The test gives the server a private
-# state dir and stops the daemon the server autostarted; this script removes
-# the venv. Exits non-zero when anything fails.
+# crates/corral-cli/tests/mcp/test_mcp.py (every tool, errors, protocol
+# versions, the size of tools/list). Each test gives the server a private state
+# dir and stops the daemon the server autostarted; this script removes the
+# venv. Exits non-zero when anything fails.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,4 +23,5 @@ python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check mcp pytest
 "$venv/bin/python" -c 'import importlib.metadata as m; print("mcp", m.version("mcp"), "pytest", m.version("pytest"))'
 
-CORRAL_BIN="$bin" "$venv/bin/python" -m pytest -v -p no:cacheprovider crates/corral-cli/tests/mcp/test_mcp.py
+CORRAL_BIN="$bin" "$venv/bin/python" -m pytest -v -rP -p no:cacheprovider \
+    crates/corral-cli/tests/mcp/test_mcp.py
