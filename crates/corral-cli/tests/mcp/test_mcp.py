@@ -8,128 +8,57 @@ binary and sets CORRAL_BIN.
 """
 
 import json
-import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
 import pytest
-from mcp import ClientSession, Client, MCPError, StdioServerParameters
-from mcp.client.stdio import stdio_client
+from jsonschema import Draft202012Validator
+from mcp import Client, MCPError
 
-CORRAL = os.environ.get("CORRAL_BIN") or str(
-    Path(__file__).resolve().parents[4] / "target" / "debug" / "corral"
+from mcp_support import (
+    CORRAL,
+    GATED_WORKER,
+    TOOLS_LIST_BUDGET,
+    agent_processes,
+    alive,
+    call_error,
+    call_ok,
+    poll,
+    private_state_dir,
+    processes_with_env,
+    release,
+    server,
+    session,
+    text_of,
+    tools_list_bytes,
+    wait_first_releasing,
+    wait_gone,
 )
+
 TOOLS = {
     "spawn_agent",
+    "spawn_agents",
     "list_agents",
     "get_agent_status",
-    "stop_agents",
+    "list_runs",
     "read_logs",
+    "read_events",
     "wait_agent",
+    "stop_agents",
+    "restart_agents",
+    "kill_agent",
     "get_process_summary",
     "report_progress",
 }
 AGENT = "mcp.worker"
 
 
-def alive(pid: int) -> bool:
-    """True while /proc has the pid and it is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def processes_with_env(var: str, value: str) -> list[int]:
-    """Pids of live processes whose environment has var=value: an agent's whole
-    tree carries CORRAL_AGENT_ID and CORRAL_SOCKET, even processes that left its
-    process group or session."""
-    needle = f"{var}={value}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            env = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if needle in env.split(b"\0") and alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
-
-
-def wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive(pid):
-            return True
-        time.sleep(0.05)
-    return not alive(pid)
-
-
 @pytest.fixture(scope="module")
 def state_dir():
-    """A private state dir; afterwards the daemon the server started is stopped
-    and nothing of the test's agents is left."""
-    root = tempfile.mkdtemp(prefix="corral-mcp-")
-    state = Path(root) / "state"
-    state.mkdir(mode=0o700)
-    try:
-        yield str(state)
-    finally:
-        try:
-            # The server started a daemon on its first tool call; stop it.
-            lock = state / "corral.lock"
-            text = lock.read_text().strip() if lock.exists() else ""
-            assert text.isdigit(), f"no daemon pid in {lock}: {text!r}"
-            daemon = int(text)
-            assert alive(daemon), f"the daemon (pid {daemon}) is not running"
-            os.kill(daemon, signal.SIGTERM)
-            if not wait_gone(daemon, 15):
-                os.kill(daemon, signal.SIGKILL)
-                pytest.fail(f"the daemon (pid {daemon}) did not stop on SIGTERM")
-            leftovers = processes_with_env("CORRAL_SOCKET", str(state / "corral.sock"))
-            assert leftovers == [], f"agent processes of the test's daemon are still running: {leftovers}"
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-
-
-def server(state_dir: str) -> StdioServerParameters:
-    return StdioServerParameters(
-        command=CORRAL,
-        args=["--state-dir", state_dir, "mcp"],
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/")},
-    )
-
-
-@asynccontextmanager
-async def session(state_dir: str):
-    async with stdio_client(server(state_dir)) as (read, write):
-        async with ClientSession(read, write) as s:
-            init = await s.initialize()
-            assert init.server_info.name == "corral"
-            yield s
-
-
-def text_of(result) -> str:
-    return "\n".join(c.text for c in result.content if c.type == "text")
-
-
-async def call_ok(s: ClientSession, tool: str, args: dict):
-    # The SDK validates structuredContent against the tool's outputSchema here.
-    result = await s.call_tool(tool, args)
-    assert not result.is_error, f"{tool} failed: {text_of(result)}"
-    assert isinstance(result.structured_content, dict), tool
-    assert text_of(result).strip(), f"{tool} has no text rendering"
-    return result.structured_content
+    with private_state_dir() as state:
+        yield state
 
 
 def test_tools_are_listed_with_schemas(state_dir):
@@ -141,7 +70,10 @@ def test_tools_are_listed_with_schemas(state_dir):
             for name, tool in tools.items():
                 assert tool.input_schema["type"] == "object", name
                 assert tool.output_schema and tool.output_schema["type"] == "object", name
-                assert len(tool.description or "") > 80, name
+                # Valid JSON Schema (2020-12, MCP's default dialect), both of them.
+                Draft202012Validator.check_schema(tool.input_schema)
+                Draft202012Validator.check_schema(tool.output_schema)
+                assert len(tool.description or "") > 40, name
             spawn = tools["spawn_agent"].input_schema
             assert set(spawn["required"]) == {"agent_id", "command"}
             for field in ("cwd", "env", "labels", "verify_ms", "restart", "max_runtime_s", "limits", "probes"):
@@ -149,8 +81,43 @@ def test_tools_are_listed_with_schemas(state_dir):
             assert tools["get_agent_status"].input_schema["required"] == ["agent_id"]
             assert "persistent_status" in tools["get_agent_status"].output_schema["properties"]
             assert "state" in tools["get_agent_status"].output_schema["properties"]
+            assert "next_offset" in tools["read_logs"].output_schema["properties"]
+            assert "next_since" in tools["read_events"].output_schema["required"]
 
     anyio.run(main)
+
+
+def test_tools_list_fits_the_budget(state_dir):
+    """The whole tools/list answer, as it goes over the wire, within 16 KiB."""
+    lines = [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "raw", "version": "0"},
+            },
+        },
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+    ]
+    proc = subprocess.run(
+        [CORRAL, "--state-dir", state_dir, "mcp"],
+        input="".join(json.dumps(line) + "\n" for line in lines),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    line = next(l for l in proc.stdout.splitlines() if json.loads(l).get("id") == 2)
+    result = json.loads(line)["result"]
+    size = tools_list_bytes(result)
+    print(f"tools/list: {size} bytes ({len(line.encode())} with the JSON-RPC envelope), budget {TOOLS_LIST_BUDGET}")
+    for tool in result["tools"]:
+        print(f"  {tool['name']:<20} {tools_list_bytes(tool):>5} bytes")
+    assert size <= TOOLS_LIST_BUDGET, f"tools/list is {size} bytes"
 
 
 def test_agent_lifecycle(state_dir):
@@ -170,7 +137,7 @@ def test_agent_lifecycle(state_dir):
             pid = spawned["pid"]
             assert isinstance(pid, int) and alive(pid)
             # The leftover checks below and at the end can see this agent's tree.
-            assert pid in processes_with_env("CORRAL_AGENT_ID", AGENT)
+            assert pid in agent_processes(state_dir, AGENT)
             assert pid in processes_with_env("CORRAL_SOCKET", str(Path(state_dir) / "corral.sock"))
 
             status = await call_ok(s, "get_agent_status", {"agent_id": AGENT})
@@ -184,13 +151,12 @@ def test_agent_lifecycle(state_dir):
             none = await call_ok(s, "list_agents", {"state": "completed"})
             assert none["count"] == 0
 
-            # The output comes from the agent's log files; give the shell a moment.
-            for _ in range(50):
+            # The output comes from the agent's log files: poll until it is there.
+            async def both_written():
                 logs = await call_ok(s, "read_logs", {"agent_id": AGENT})
-                if "hello" in logs["stdout"] and "oops" in logs["stderr"]:
-                    break
-                await anyio.sleep(0.1)
-            assert "hello" in logs["stdout"] and "oops" in logs["stderr"], logs
+                return logs if "hello" in logs["stdout"] and "oops" in logs["stderr"] else None
+
+            logs = await poll(both_written, 10, "the agent's output")
             assert logs["run"] == 1 and logs["truncated"] is False
             only_err = await call_ok(s, "read_logs", {"agent_id": AGENT, "stream": "stderr", "tail": 5})
             assert "stdout" not in only_err and "oops" in only_err["stderr"]
@@ -217,11 +183,212 @@ def test_agent_lifecycle(state_dir):
             assert final["persistent_status"] == "cancelled" and final["process_alive"] is False
             assert final["state"] == "ended" and final["health"] == "cancelled"
             assert wait_gone(pid, 5), f"agent pid {pid} is still there"
-            assert processes_with_env("CORRAL_AGENT_ID", AGENT) == []
+            assert agent_processes(state_dir, AGENT) == []
 
             # Stopping again reports that it had already ended.
             again = await call_ok(s, "stop_agents", {"selector": "mcp.*"})
             assert [r["stage"] for r in again["reports"]] == ["already_ended"]
+
+    anyio.run(main)
+
+
+def test_logs_from_an_offset_read_on_without_rereading(state_dir):
+    agent = "mcp.logs"
+
+    async def main():
+        async with session(state_dir) as s:
+            # 168,894 bytes of stdout: more than one page of 64 KiB.
+            script = "seq 1 30000; echo end; echo err-line >&2; exec sleep 60"
+            spawned = await call_ok(
+                s, "spawn_agent", {"agent_id": agent, "command": ["sh", "-c", script], "stop_timeouts": [2, 1, 1]}
+            )
+            expected = "".join(f"{i}\n" for i in range(1, 30001)) + "end\n"
+
+            text, offset, pages = "", 0, 0
+            async def read_on():
+                nonlocal text, offset, pages
+                page = await call_ok(s, "read_logs", {"agent_id": agent, "offset": offset, "run": 1})
+                assert page["offset"] == offset and page["run"] == 1 and "stderr" not in page
+                assert len(page["stdout"].encode()) <= 64 * 1024
+                assert page["next_offset"] == offset + len(page["stdout"].encode())
+                text += page["stdout"]
+                offset = page["next_offset"]
+                pages += 1
+                return text.endswith("end\n") and not page["more"]
+
+            await poll(read_on, 20, "the whole log, page by page")
+            assert text == expected, "pages left a gap or read something twice"
+            assert pages >= 3 and offset == len(expected)
+
+            # At the end: nothing new, nothing more.
+            at_end = await call_ok(s, "read_logs", {"agent_id": agent, "offset": offset})
+            assert at_end["stdout"] == "" and at_end["more"] is False and at_end["next_offset"] == offset
+
+            # stderr from an offset; an offset past the end reads from 0 and says so.
+            err = await call_ok(s, "read_logs", {"agent_id": agent, "stream": "stderr", "offset": 4})
+            assert err["stderr"] == "line\n" and "stdout" not in err
+            past = await call_ok(s, "read_logs", {"agent_id": agent, "stream": "stderr", "offset": 10**6})
+            assert past["reset"] is True and past["stderr"] == "err-line\n" and past["next_offset"] == 9
+
+            # The tail is still the tail.
+            tail = await call_ok(s, "read_logs", {"agent_id": agent, "stream": "stdout", "tail": 2})
+            assert tail["stdout"] == "30000\nend\n" and "next_offset" not in tail
+
+            await call_error(s, "read_logs", {"agent_id": agent, "offset": 0, "stream": "both"}, "one stream")
+            await call_error(s, "read_logs", {"agent_id": agent, "offset": 0, "tail": 3}, "not both")
+
+            stopped = await call_ok(s, "stop_agents", {"agent_id": agent})
+            assert stopped["reports"][0]["persistent_status"] == "cancelled"
+            assert wait_gone(spawned["pid"], 5)
+
+    anyio.run(main)
+
+
+def test_runs_events_kill_and_restart_of_one_agent(state_dir):
+    agent = "mcp.one"
+
+    async def main():
+        async with session(state_dir) as s:
+            first = await call_ok(
+                s, "spawn_agent", {"agent_id": agent, "command": ["sleep", "60"], "stop_timeouts": [2, 1, 1]}
+            )
+            restarted = await call_ok(s, "restart_agents", {"agent_id": agent})
+            assert (restarted["started"], restarted["failed"]) == (1, 0)
+            result = restarted["results"][0]
+            assert result["agent_id"] == agent and result["run"] == 2 and result["status"] == "running"
+            assert result["pid"] != first["pid"] and alive(result["pid"])
+            assert wait_gone(first["pid"], 5), "the first run's process is still there"
+
+            runs = await call_ok(s, "list_runs", {"agent_id": agent})
+            assert runs["agent_id"] == agent and runs["count"] == 2
+            assert [r["run"] for r in runs["runs"]] == [1, 2]
+            assert runs["runs"][0]["persistent_status"] == "cancelled"
+            assert runs["runs"][1]["persistent_status"] == "running"
+
+            killed = await call_ok(s, "kill_agent", {"agent_id": agent, "force": True})
+            assert killed["killed"] is True and killed["report"]["stage"] == "kill"
+            assert killed["report"]["persistent_status"] == "cancelled"
+            assert wait_gone(result["pid"], 5)
+            again = await call_ok(s, "kill_agent", {"agent_id": agent})
+            assert again["killed"] is False and again["report"]["stage"] == "already_ended"
+
+            # Its events, from the start, in one read and page by page: the same.
+            whole = await call_ok(s, "read_events", {"selector": agent, "limit": 1000})
+            assert whole["more"] is False and whole["count"] == len(whole["events"]) > 0
+            seqs = [e["seq"] for e in whole["events"]]
+            assert seqs == sorted(set(seqs)) and whole["next_since"] == seqs[-1]
+            assert {e["agent_id"] for e in whole["events"]} == {agent}
+            kinds = {e["kind"] for e in whole["events"]}
+            assert {"state", "stop_stage"} <= kinds, kinds
+            ends = [e for e in whole["events"] if e["kind"] == "state" and e.get("state") == "ended"]
+            assert [e["run"] for e in ends] == [1, 2], ends
+
+            paged, since = [], 0
+            while True:
+                page = await call_ok(s, "read_events", {"selector": agent, "since": since, "limit": 2})
+                assert page["count"] <= 2
+                paged += page["events"]
+                since = page["next_since"]
+                if not page["more"]:
+                    break
+            assert paged == whole["events"]
+            # Nothing after the last cursor.
+            after = await call_ok(s, "read_events", {"selector": agent, "since": since})
+            assert after["count"] == 0 and after["next_since"] == since and after["more"] is False
+
+    anyio.run(main)
+
+
+def test_a_team_spawned_waited_for_and_restarted_by_selector(state_dir, tmp_path):
+    gate = str(tmp_path)
+    team = "mcp.team"
+
+    async def main():
+        async with session(state_dir) as s:
+            request = {"command": ["sh", "-c", GATED_WORKER], "env": {"GATE": gate}, "stop_timeouts": [2, 1, 1]}
+            spawned = await call_ok(s, "spawn_agents", {"count": 4, "prefix": team, "request": request})
+            assert (spawned["started"], spawned["failed"]) == (4, 0), spawned
+            ids = [r["agent_id"] for r in spawned["results"]]
+            assert ids == [f"{team}.{i}" for i in range(1, 5)]
+            pids = {r["agent_id"]: r["pid"] for r in spawned["results"]}
+            assert all(alive(p) for p in pids.values())
+
+            # The same ids again: each refused on its own, all of them, so a tool error.
+            again = await s.call_tool("spawn_agents", {"count": 4, "prefix": team, "request": request})
+            assert again.is_error and "conflict" in text_of(again), text_of(again)
+
+            short = await call_ok(s, "list_agents", {"selector": f"{team}.*", "fields": ["state", "pid"]})
+            assert short["count"] == 4
+            assert all(set(a) == {"agent_id", "state", "pid"} for a in short["agents"]), short
+            live = await call_ok(s, "list_agents", {"selector": f"{team}.*", "state": "live", "fields": ["pid"]})
+            assert live["count"] == 4 and all(set(a) == {"agent_id", "pid"} for a in live["agents"])
+
+            # Nobody has ended: a short wait for the first is a timeout, and says who is pending.
+            timed_out = await call_error(
+                s, "wait_agent", {"selector": f"{team}.*", "mode": "first", "timeout_s": 0.3}, "timeout"
+            )
+            assert sorted(timed_out.structured_content["pending"]) == ids
+
+            first = await wait_first_releasing(s, f"{team}.*", gate, f"{team}.2", 3)
+            assert [e["agent_id"] for e in first["ended"]] == [f"{team}.2"], first
+            assert first["ended"][0]["persistent_status"] == "failed" and first["ended"][0]["exit_code"] == 3
+            assert sorted(first["pending"]) == [i for i in ids if i != f"{team}.2"]
+
+            # Restart the whole team (the ended one too): each a new run.
+            (Path(gate) / f"{team}.2").unlink()
+            restarted = await call_ok(s, "restart_agents", {"selector": f"{team}.*", "stop_timeouts": [2, 1, 1]})
+            assert restarted["started"] == 4 and [r["run"] for r in restarted["results"]] == [2] * 4
+            for old in pids.values():
+                assert wait_gone(old, 5), f"pid {old} of a first run is still there"
+
+            for i in ids:
+                release(gate, i, 0)
+            done = await call_ok(s, "wait_agent", {"selector": f"{team}.*", "mode": "all", "timeout_s": 30})
+            assert done["pending"] == [] and sorted(e["agent_id"] for e in done["ended"]) == ids
+            assert all(e["persistent_status"] == "completed" and e["run"] == 2 for e in done["ended"]), done
+            for i in ids:
+                assert agent_processes(state_dir, i) == []
+
+            # A batch entry that fails fails alone.
+            mixed = await call_ok(
+                s,
+                "spawn_agents",
+                {"agents": [
+                    {"agent_id": "mcp.mixed.ok", "command": ["sleep", "60"], "stop_timeouts": [2, 1, 1]},
+                    {"agent_id": "mcp.mixed.bad", "command": ["/nonexistent/program"]},
+                ]},
+            )
+            assert (mixed["started"], mixed["failed"]) == (1, 1), mixed
+            bad = mixed["results"][1]
+            assert bad["started"] is False and "/nonexistent/program" in bad["error"]
+            stopped = await call_ok(s, "stop_agents", {"selector": "mcp.mixed.*"})
+            assert {r["agent_id"]: r["stage"] for r in stopped["reports"]}["mcp.mixed.ok"] in ("term", "second_term", "kill")
+            assert wait_gone(mixed["results"][0]["pid"], 5)
+
+    anyio.run(main)
+
+
+def test_waiting_on_more_agents_than_are_waited_on_at_once(state_dir, tmp_path):
+    """wait_agent waits on 32 agents at a time; the first to end may be any of 40."""
+    gate = str(tmp_path)
+    ids = [f"mcp.many.{i}" for i in range(1, 41)]
+
+    async def main():
+        async with session(state_dir) as s:
+            request = {"command": ["sh", "-c", GATED_WORKER], "env": {"GATE": gate}, "stop_timeouts": [2, 1, 1]}
+            spawned = await call_ok(s, "spawn_agents", {"count": 40, "prefix": "mcp.many", "request": request})
+            assert spawned["started"] == 40, spawned
+            # mcp.many.7 sorts after the first 32 ids (mcp.many.1, .10 to .19, .2, ...).
+            first = await wait_first_releasing(s, "mcp.many.*", gate, "mcp.many.7")
+            assert "mcp.many.7" in [e["agent_id"] for e in first["ended"]], first
+            for i in ids:
+                if i != "mcp.many.7":
+                    release(gate, i)
+            done = await call_ok(s, "wait_agent", {"selector": "mcp.many.*", "timeout_s": 60})
+            assert done["pending"] == [] and len(done["ended"]) == 40
+            assert all(e["persistent_status"] == "completed" for e in done["ended"])
+            for r in spawned["results"]:
+                assert wait_gone(r["pid"], 5), r
 
     anyio.run(main)
 
@@ -258,6 +425,23 @@ def test_errors_are_tool_errors(state_dir):
 
             bad_progress = await s.call_tool("report_progress", {"agent_id": "mcp.fails", "progress": 101})
             assert bad_progress.is_error and "0" in text_of(bad_progress), text_of(bad_progress)
+
+            await call_error(s, "spawn_agents", {}, "either agents")
+            await call_error(
+                s, "spawn_agents", {"count": 2, "prefix": "x", "request": {"agent_id": "y", "command": ["true"]}},
+                "must not have an agent_id",
+            )
+            await call_error(s, "spawn_agents", {"agents": [{"agent_id": "x"}]}, "agents[0]", "command")
+            await call_error(s, "spawn_agent", {"agent_id": "x", "command": ["true"], "bogus": 1}, "bogus")
+            await call_error(s, "read_logs", {"agent_id": "no.such.agent"}, "not found")
+            await call_error(s, "wait_agent", {}, "exactly one of agent_id or selector")
+            await call_error(s, "wait_agent", {"selector": "nobody.*"}, "no agent matches")
+            await call_error(s, "read_events", {"selector": "*"}, "selector")
+            await call_error(s, "read_events", {"limit": 0}, "limit")
+            await call_error(s, "kill_agent", {"agent_id": "no.such.agent"}, "not found")
+            await call_error(s, "list_runs", {"agent_id": "no.such.agent"}, "not found")
+            await call_error(s, "restart_agents", {}, "exactly one")
+            await call_error(s, "list_agents", {"fields": ["nope"]}, "nope")
 
             with pytest.raises(MCPError):
                 await s.call_tool("no_such_tool", {})
