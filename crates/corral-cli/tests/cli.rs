@@ -453,7 +453,15 @@ fn the_daemon_log_has_a_line_per_transition_and_stop_stage_with_id_and_pid() {
     );
     let pid = env.json(&["status", "logged"])["pid"].as_i64().unwrap();
     assert!(env.run(&["stop", "logged"]).status.success());
-    let log = std::fs::read_to_string(env.state.join("daemon.log")).unwrap();
+    // The log is written by a background writer: poll until its last line is in.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let log = loop {
+        let log = std::fs::read_to_string(env.state.join("daemon.log")).unwrap();
+        if log.contains("agent ended") || std::time::Instant::now() > end {
+            break log;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     for what in [
         "agent started",
         "agent running",

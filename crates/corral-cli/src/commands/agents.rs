@@ -498,16 +498,32 @@ pub async fn wait(ctx: &Ctx, target: &str, timeout: Option<Duration>) -> Result<
             ids
         }
     };
-    let waits = ids.iter().map(|id| {
+    // At most WAITS_IN_FLIGHT waits hold a connection at once: a wait holds
+    // one until its agent ends, and the daemon caps connections (a team of
+    // thousands must not lock out every other client). Each wait asks for
+    // what is left of the one deadline.
+    const WAITS_IN_FLIGHT: usize = 32;
+    let deadline = std::time::Instant::now() + Duration::from_secs_f64(timeout_s);
+    let waits = ids.iter().enumerate().map(|(i, id)| {
         let client = client.clone();
-        let query = corral_core::WaitQuery {
-            timeout_s: Some(timeout_s),
-        };
-        async move { client.wait(id, &query).await }
+        async move {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let query = corral_core::WaitQuery {
+                timeout_s: Some(left.as_secs_f64().max(0.001)),
+            };
+            (i, client.wait(id, &query).await)
+        }
     });
-    let statuses = futures_util::future::join_all(waits)
-        .await
+    let mut done: Vec<_> =
+        futures_util::StreamExt::collect(futures_util::StreamExt::buffer_unordered(
+            futures_util::stream::iter(waits),
+            WAITS_IN_FLIGHT,
+        ))
+        .await;
+    done.sort_by_key(|(i, _)| *i);
+    let statuses = done
         .into_iter()
+        .map(|(_, r)| r)
         .collect::<Result<Vec<_>, _>>()?;
     if ctx.json {
         print_json(&statuses)?;
