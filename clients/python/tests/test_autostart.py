@@ -32,8 +32,8 @@ def daemons_of(corral: Corral) -> List[int]:
 def test_a_client_starts_a_daemon_when_none_answers(corral: Corral) -> None:
     assert not os.path.exists(corral.socket)
     health = Client().health()  # state dir and binary from CORRAL_STATE_DIR and CORRAL_BIN
-    assert health["state_dir"] == corral.state_dir and health["pid"] == corral.daemon_pid()
-    assert daemons_of(corral) == [health["pid"]]
+    assert health.state_dir == corral.state_dir and health.pid == corral.daemon_pid()
+    assert daemons_of(corral) == [health.pid]
     assert os.stat(corral.socket).st_mode & 0o777 == 0o600
 
 
@@ -44,7 +44,7 @@ def test_clients_starting_at_once_end_up_with_one_daemon(corral: Corral) -> None
     def start() -> None:
         client = corral.client()
         barrier.wait()
-        pids.append(client.health()["pid"])
+        pids.append(client.health().pid)
 
     threads = [threading.Thread(target=start) for _ in range(4)]
     for t in threads:
@@ -57,11 +57,11 @@ def test_clients_starting_at_once_end_up_with_one_daemon(corral: Corral) -> None
 
 def test_a_dead_daemon_is_replaced_on_the_next_call(corral: Corral) -> None:
     client = corral.client()
-    first = client.health()["pid"]
+    first = client.health().pid
     os.kill(first, signal.SIGKILL)  # leaves its socket behind: connecting is refused
     poll(lambda: not alive(first), what="the daemon dying")
     assert os.path.exists(corral.socket)
-    second = client.health()["pid"]
+    second = client.health().pid
     assert second != first and corral.daemon_pid() == second
 
 
