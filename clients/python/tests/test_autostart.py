@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -12,7 +13,7 @@ from typing import List
 import pytest
 from helpers import Corral, alive, cmdline, poll
 
-from corral_client import Client, SpawnRequest, Unreachable, UntrustedSocket
+from corral_client import AsyncClient, Client, SpawnRequest, Unreachable, UntrustedSocket
 
 
 def daemons_of(corral: Corral) -> List[int]:
@@ -35,6 +36,18 @@ def test_a_client_starts_a_daemon_when_none_answers(corral: Corral) -> None:
     assert health.state_dir == corral.state_dir and health.pid == corral.daemon_pid()
     assert daemons_of(corral) == [health.pid]
     assert os.stat(corral.socket).st_mode & 0o777 == 0o600
+
+
+def test_an_async_client_starts_a_daemon_too(corral: Corral) -> None:
+    async def health() -> List[int]:
+        async with AsyncClient() as c:  # state dir and binary from the environment
+            # Many tasks at once find no daemon; they end up with one.
+            answers = await asyncio.gather(*(c.health() for _ in range(4)))
+            return [h.pid for h in answers]
+
+    pids = asyncio.run(health())
+    assert len(set(pids)) == 1 and pids[0] == corral.daemon_pid()
+    assert poll(lambda: daemons_of(corral) == pids[:1], what="the losing daemons exiting")
 
 
 def test_clients_starting_at_once_end_up_with_one_daemon(corral: Corral) -> None:
