@@ -260,6 +260,19 @@ class Target:
             threading.Thread(target=proc.wait, name="corral-daemon-reaper", daemon=True).start()
 
 
+#: Methods a request of which may be sent again when its connection was closed before any answer.
+IDEMPOTENT = frozenset({"GET", "PUT", "DELETE"})
+
+
+def closed_unanswered(e: BaseException) -> bool:
+    """The connection was closed before any of the answer came: on a kept
+    connection, the daemon closed it as idle just as the request went out (it
+    may, to make room), so the request was not served."""
+    return isinstance(
+        e, (httpcore.RemoteProtocolError, httpx.RemoteProtocolError)
+    ) and "without sending a response" in str(e)
+
+
 def _disconnected(e: BaseException) -> bool:
     """A peer that hung up (rather than one that said something other than HTTP)."""
     text = str(e).lower()

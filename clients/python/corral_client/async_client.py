@@ -36,10 +36,12 @@ from ._core import (
     ANSWER_LIMIT,
     EVENT_LIMIT,
     EVENT_STALL_S,
+    IDEMPOTENT,
     Call,
     Routes,
     SpawnLike,
     Target,
+    closed_unanswered,
     decode_event,
     list_query,
     utf8_decoder,
@@ -189,7 +191,7 @@ class AsyncClient:
             headers={"Content-Type": "application/json"} if call.body is not None else None,
             timeout=httpx.Timeout(None, read=stall),
         )
-        started = False
+        started = resent = False
         while True:
             at = None if timeout is None else time.monotonic() + timeout
             try:
@@ -208,6 +210,9 @@ class AsyncClient:
             except CorralError:
                 raise
             except Exception as e:
+                if not resent and call.method in IDEMPOTENT and closed_unanswered(e):
+                    resent = True  # a kept connection closed under the request: once more, on a new one
+                    continue
                 if not started and self._target.autostart and self._target.no_daemon(e):
                     started = True
                     await anyio.to_thread.run_sync(self._target.start_daemon)

@@ -27,11 +27,13 @@ from ._core import (
     DEFAULT_WAIT_S,
     EVENT_LIMIT,
     EVENT_STALL_S,
+    IDEMPOTENT,
     STARTUP_DEADLINE_S,
     Call,
     Routes,
     SpawnLike,
     Target,
+    closed_unanswered,
     decode_event,
     default_state_dir,
     list_query,
@@ -154,7 +156,7 @@ class Client:
             headers={"Content-Type": "application/json"} if call.body is not None else None,
             timeout=httpx.Timeout(None, read=stall),
         )
-        started = False
+        started = resent = False
         while True:
             at = None if timeout is None else time.monotonic() + timeout
             try:
@@ -173,6 +175,9 @@ class Client:
             except CorralError:
                 raise
             except Exception as e:
+                if not resent and call.method in IDEMPOTENT and closed_unanswered(e):
+                    resent = True  # a kept connection closed under the request: once more, on a new one
+                    continue
                 if not started and self._target.autostart and self._target.no_daemon(e):
                     started = True
                     self._target.start_daemon()

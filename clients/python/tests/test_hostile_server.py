@@ -218,6 +218,37 @@ def test_a_followed_log_outlasts_the_deadline_async(sock_dir: str) -> None:
     assert took > 1.0, took
 
 
+def test_a_kept_connection_closed_under_a_request_is_retried_once_if_idempotent(sock_dir: str) -> None:
+    with serve(sock_dir, "dropsecond") as server:
+        c = Client(socket=server.path, timeout=5)
+        assert c.health().pid == 1
+        assert c.health().pid == 1  # its kept connection is dropped: sent again on a new one
+        assert server.requests == [
+            "GET /v1/health HTTP/1.1",
+            "GET /v1/health HTTP/1.1 (dropped)",
+            "GET /v1/health HTTP/1.1",
+        ]
+        del server.requests[:]
+        with Client(socket=server.path, timeout=5) as fresh:
+            assert fresh.reap() == []
+            with pytest.raises(corral_client.Unreachable, match="without sending a response"):
+                fresh.reap()  # a POST is not sent twice
+        assert server.requests == ["POST /v1/reap HTTP/1.1", "POST /v1/reap HTTP/1.1 (dropped)"]
+        del server.requests[:]
+
+        async def twice() -> None:
+            async with corral_client.AsyncClient(socket=server.path, timeout=5) as a:
+                assert (await a.health()).pid == 1
+                assert (await a.health()).pid == 1
+
+        asyncio.run(twice())
+        assert server.requests == [
+            "GET /v1/health HTTP/1.1",
+            "GET /v1/health HTTP/1.1 (dropped)",
+            "GET /v1/health HTTP/1.1",
+        ]
+
+
 def test_the_error_classes_are_the_clients_own() -> None:
     assert issubclass(BadAnswer, CorralError)
     assert issubclass(DeadlineExceeded, CorralError) and issubclass(DeadlineExceeded, TimeoutError)
