@@ -1,13 +1,20 @@
 """Python client for corral, the agent process supervisor.
 
-- :class:`Client`: a typed client for every route of the daemon's API.
+- :class:`Client` and :class:`AsyncClient`: typed clients for every route of
+  the daemon's API, the same methods blocking or awaited. Answers are
+  dataclasses (:class:`AgentInfo` for an agent's status, :class:`SpawnResponse`,
+  :class:`StopReport`, …), words are enums (:class:`PersistentStatus`,
+  :class:`AgentState`, …), events one class per kind (:class:`StateEvent`, …).
 - :class:`AgentSpawner`, :class:`SpawnRequest`, :class:`AgentStatus`: a
-  drop-in for the reference Python spawner, backed by the daemon.
+  drop-in for the reference Python spawner, backed by the daemon. Its
+  ``AgentStatus`` is the reference's status word (:class:`PersistentStatus`);
+  its statuses are dicts, with ``exit_code`` ``-N`` for a death by signal N.
 
-Standard library only; talks to the daemon's Unix socket (starting a daemon
-when none answers, as the ``corral`` CLI does) or to its TCP port with a token.
+Built on httpx; talks to the daemon's Unix socket (starting a daemon when none
+answers, as the ``corral`` CLI does) or to its TCP port with a token.
 """
 
+from .async_client import AsyncClient, AsyncStream
 from .client import Client, default_state_dir
 from .errors import (
     BadAnswer,
@@ -25,60 +32,122 @@ from .errors import (
     Unreachable,
     UntrustedSocket,
 )
-from .spawner import AgentSpawner
+from .spawner import AgentSpawner, AgentStatus, StatusDict, StopReportDict, SummaryDict
 from .types import (
-    AgentStatus,
+    AgentInfo,
+    AgentState,
+    CrashLoopEvent,
     DaemonHealth,
+    DaemonStopResponse,
     Event,
+    Health,
     HealthReport,
+    JobEvent,
     KillResponse,
+    LimitEvent,
     Limits,
+    LimitState,
+    LogDroppedEvent,
     LogRotation,
+    PersistentStatus,
+    Placement,
+    PlacementInfo,
+    ProbeEvent,
+    Probes,
+    ProbesState,
+    ProbeState,
     ProcessSummary,
+    ProgressEvent,
     Removal,
+    RestartCancelledEvent,
+    RestartEvent,
+    RestartMode,
     RestartPolicy,
     RunInfo,
+    RuntimeExceededEvent,
+    SlurmPlacement,
     SpawnRequest,
     SpawnResponse,
-    StatusDict,
+    StateCounts,
+    StateEvent,
+    StopCause,
+    StopInfo,
     StopReport,
+    StopStage,
+    StopStageEvent,
     TreeSummary,
+    UnknownEvent,
+    parse_timestamp,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
+    "AgentInfo",
     "AgentSpawner",
+    "AgentState",
     "AgentStatus",
+    "AsyncClient",
+    "AsyncStream",
     "BadAnswer",
     "Client",
     "Conflict",
     "CorralError",
+    "CrashLoopEvent",
     "DaemonHealth",
+    "DaemonStopResponse",
     "DeadlineExceeded",
     "Event",
     "Forbidden",
+    "Health",
     "HealthReport",
     "InternalError",
     "Invalid",
+    "JobEvent",
     "KillResponse",
+    "LimitEvent",
+    "LimitState",
     "Limits",
+    "LogDroppedEvent",
     "LogRotation",
     "NotFound",
+    "PersistentStatus",
+    "Placement",
+    "PlacementInfo",
+    "ProbeEvent",
+    "ProbeState",
+    "Probes",
+    "ProbesState",
     "ProcessSummary",
+    "ProgressEvent",
     "Removal",
+    "RestartCancelledEvent",
+    "RestartEvent",
+    "RestartMode",
     "RestartPolicy",
     "RunInfo",
+    "RuntimeExceededEvent",
+    "SlurmPlacement",
     "SpawnFailed",
     "SpawnRequest",
     "SpawnResponse",
+    "StateCounts",
+    "StateEvent",
     "StatusDict",
+    "StopCause",
+    "StopInfo",
     "StopReport",
+    "StopReportDict",
+    "StopStage",
+    "StopStageEvent",
+    "SummaryDict",
     "Timeout",
     "TreeSummary",
     "Unauthorized",
     "Unavailable",
+    "UnknownEvent",
     "Unreachable",
     "UntrustedSocket",
     "default_state_dir",
+    "parse_timestamp",
 ]

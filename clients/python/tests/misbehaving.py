@@ -14,6 +14,11 @@ Behaviours (one per server):
 - ``endlessevent``: an event stream whose one line never ends.
 - ``slowstream``: a 200 whose body is one byte every ``interval`` seconds,
   ``stream_bytes`` of them, then ends (a followed log of a slow agent).
+- ``dropsecond``: the first request of each connection gets a proper answer
+  (``GET /v1/health``: a health object; anything else: ``[]``) and the
+  connection is kept; the next request on it is read and the connection
+  closed without an answer — what a daemon closing an idle kept connection
+  just as a request goes out looks like.
 
 With ``health_ok``, ``GET /v1/health`` gets a proper answer, so a client that
 checks for a daemon first goes on to the request that misbehaves.
@@ -34,7 +39,8 @@ from typing import Any, List, Set
 
 HEALTH = b'{"ok":true}'
 NOT_JSON = b"<html>corral? never heard of it</html>\n"
-MODES = ("endless", "drip", "silent", "notjson", "wrongshape", "badstatus", "endlessevent", "slowstream")
+MODES = ("endless", "drip", "silent", "notjson", "wrongshape", "badstatus", "endlessevent", "slowstream", "dropsecond")
+FULL_HEALTH = b'{"ok":true,"version":"0","pid":1,"agents":0,"state_dir":"/nowhere","uptime_s":1.0}'
 
 
 def _answer(status: str, body: bytes, extra: str = "") -> bytes:
@@ -111,6 +117,12 @@ class _Handler(socketserver.BaseRequestHandler):
                     if self.server.stopping.wait(self.server.interval):
                         return
                     sock.sendall(b"x")
+            elif mode == "dropsecond":
+                body = FULL_HEALTH if head.startswith(b"GET /v1/health ") else b"[]"
+                sock.sendall(_answer("200 OK", body))
+                second = self._read_request()
+                if second:
+                    self.server.requests.append(second.split(b"\r\n", 1)[0].decode("latin-1") + " (dropped)")
             elif mode == "badstatus":
                 sock.sendall(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
         except OSError:

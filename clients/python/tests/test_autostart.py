@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -12,7 +13,7 @@ from typing import List
 import pytest
 from helpers import Corral, alive, cmdline, poll
 
-from corral_client import Client, SpawnRequest, Unreachable, UntrustedSocket
+from corral_client import AsyncClient, Client, SpawnRequest, Unreachable, UntrustedSocket
 
 
 def daemons_of(corral: Corral) -> List[int]:
@@ -32,9 +33,21 @@ def daemons_of(corral: Corral) -> List[int]:
 def test_a_client_starts_a_daemon_when_none_answers(corral: Corral) -> None:
     assert not os.path.exists(corral.socket)
     health = Client().health()  # state dir and binary from CORRAL_STATE_DIR and CORRAL_BIN
-    assert health["state_dir"] == corral.state_dir and health["pid"] == corral.daemon_pid()
-    assert daemons_of(corral) == [health["pid"]]
+    assert health.state_dir == corral.state_dir and health.pid == corral.daemon_pid()
+    assert daemons_of(corral) == [health.pid]
     assert os.stat(corral.socket).st_mode & 0o777 == 0o600
+
+
+def test_an_async_client_starts_a_daemon_too(corral: Corral) -> None:
+    async def health() -> List[int]:
+        async with AsyncClient() as c:  # state dir and binary from the environment
+            # Many tasks at once find no daemon; they end up with one.
+            answers = await asyncio.gather(*(c.health() for _ in range(4)))
+            return [h.pid for h in answers]
+
+    pids = asyncio.run(health())
+    assert len(set(pids)) == 1 and pids[0] == corral.daemon_pid()
+    assert poll(lambda: daemons_of(corral) == pids[:1], what="the losing daemons exiting")
 
 
 def test_clients_starting_at_once_end_up_with_one_daemon(corral: Corral) -> None:
@@ -44,7 +57,7 @@ def test_clients_starting_at_once_end_up_with_one_daemon(corral: Corral) -> None
     def start() -> None:
         client = corral.client()
         barrier.wait()
-        pids.append(client.health()["pid"])
+        pids.append(client.health().pid)
 
     threads = [threading.Thread(target=start) for _ in range(4)]
     for t in threads:
@@ -57,11 +70,11 @@ def test_clients_starting_at_once_end_up_with_one_daemon(corral: Corral) -> None
 
 def test_a_dead_daemon_is_replaced_on_the_next_call(corral: Corral) -> None:
     client = corral.client()
-    first = client.health()["pid"]
+    first = client.health().pid
     os.kill(first, signal.SIGKILL)  # leaves its socket behind: connecting is refused
     poll(lambda: not alive(first), what="the daemon dying")
     assert os.path.exists(corral.socket)
-    second = client.health()["pid"]
+    second = client.health().pid
     assert second != first and corral.daemon_pid() == second
 
 

@@ -6,6 +6,7 @@ import os
 import secrets
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import List
 
@@ -14,17 +15,25 @@ from helpers import Corral, alive, environ, free_port, within
 
 import corral_client
 from corral_client import (
-    AgentStatus,
+    AgentInfo,
+    AgentState,
     Client,
     Conflict,
     CorralError,
     Event,
     Forbidden,
+    Health,
+    HealthReport,
     Invalid,
     NotFound,
+    PersistentStatus,
+    Removal,
     SpawnFailed,
     SpawnRequest,
     SpawnResponse,
+    StateEvent,
+    StopCause,
+    StopStage,
     Timeout,
     Unauthorized,
 )
@@ -41,27 +50,29 @@ def c(shared_corral: Corral) -> Client:
 
 def test_spawn_status_list_health_and_summary(c: Client, shared_corral: Corral) -> None:
     daemon = c.health()
-    assert daemon["ok"] and daemon["state_dir"] == shared_corral.state_dir
-    assert daemon["pid"] == shared_corral.daemon_pid()
+    assert daemon.ok and daemon.state_dir == shared_corral.state_dir
+    assert daemon.pid == shared_corral.daemon_pid()
 
     r = c.spawn(SpawnRequest("obs.1", SLEEP, env={"OBS": "yes"}, labels={"team": "a"}, stop_timeouts=[1, 1, 1]))
-    assert isinstance(r, SpawnResponse) and r.status == AgentStatus.RUNNING and isinstance(r.status, str)
+    assert isinstance(r, SpawnResponse) and r.status == PersistentStatus.RUNNING and isinstance(r.status, str)
     assert r.run == 1 and r.pid and alive(r.pid) and r.error is None
     assert r.stdout_log and os.path.isfile(r.stdout_log)
     env = environ(r.pid)
     assert "OBS=yes" in env and "CORRAL_AGENT_ID=obs.1" in env
 
     status = c.status("obs.1")
-    assert status["pid"] == r.pid and status["labels"] == {"team": "a"} and status["cmdline"] == "sleep 60"
-    assert status["persistent_status"] == "running" and status["run"] == 1
-    assert c.list_agents()["obs.1"]["pid"] == r.pid
-    assert c.agent_health("obs.1") == {"agent_id": "obs.1", "healthy": True, "health": "healthy"}
-    assert c.summary()["running"] >= 1
+    assert status.pid == r.pid and status.labels == {"team": "a"} and status.cmdline == "sleep 60"
+    assert status.persistent_status == PersistentStatus.RUNNING and status.run == 1
+    assert isinstance(status, AgentInfo) and isinstance(status.started_at, datetime)
+    assert status.started_at.tzinfo is not None and status.state == AgentState.RUNNING
+    assert c.list_agents()["obs.1"].pid == r.pid
+    assert c.agent_health("obs.1") == HealthReport(agent_id="obs.1", healthy=True, health=Health.HEALTHY)
+    assert c.summary().running >= 1
     assert "/v1/agents/{id}/wait" in c.openapi()["paths"]
 
 
 def test_inherit_env_false_gives_a_clean_environment(c: Client, shared_corral: Corral) -> None:
-    daemon_pid = c.health()["pid"]
+    daemon_pid = c.health().pid
     assert daemon_pid
     clean = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG"}
     # A variable of the daemon's own environment that a clean one leaves out.
@@ -104,18 +115,18 @@ def test_batch_answers_each_entry_in_order(c: Client) -> None:
     assert [type(r) for r in results] == [SpawnResponse, SpawnFailed, Invalid, SpawnResponse, Conflict]
     ok1, missing, bad, ok4, taken = results
     assert isinstance(ok1, SpawnResponse) and ok1.agent_id == "batch.1" and ok1.pid and alive(ok1.pid)
-    assert isinstance(ok4, SpawnResponse) and ok4.agent_id == "batch.4" and ok4.status == AgentStatus.RUNNING
+    assert isinstance(ok4, SpawnResponse) and ok4.agent_id == "batch.4" and ok4.status == PersistentStatus.RUNNING
     assert isinstance(missing, CorralError) and "/nonexistent/program" in missing.message
     assert isinstance(bad, CorralError) and bad.code == "invalid"
     assert isinstance(taken, CorralError) and taken.code == "conflict"
     stopped = c.stop_many(selector="batch.*", force=True)  # the refused spawn is on record too, as failed
-    assert sorted(r["agent_id"] for r in stopped) == ["batch.0", "batch.1", "batch.2", "batch.4"]
+    assert sorted(r.agent_id for r in stopped) == ["batch.0", "batch.1", "batch.2", "batch.4"]
 
 
 def test_progress_from_outside_and_from_inside_an_agent(c: Client) -> None:
     c.spawn(SpawnRequest("prog.other", SLEEP))
     status = c.progress("prog.other", 25, "a quarter")
-    assert status["progress"] == 25 and status["progress_message"] == "a quarter"
+    assert status.progress == 25 and status.progress_message == "a quarter"
 
     # An agent reports its own progress through CORRAL_SOCKET, and may not report another's.
     inside = (
@@ -133,7 +144,7 @@ def test_progress_from_outside_and_from_inside_an_agent(c: Client) -> None:
     c.spawn(SpawnRequest("prog.self", [sys.executable, "-c", inside], env={"PYTHONPATH": package_root}))
     within(10, lambda: next(c.follow_logs("prog.self")))
     assert c.logs("prog.self") == "forbidden: 403\n"
-    assert c.status("prog.self")["progress"] == 42 and c.status("prog.other")["progress"] == 25
+    assert c.status("prog.self").progress == 42 and c.status("prog.other").progress == 25
 
     with pytest.raises(Invalid):
         c.progress("prog.other", 101)
@@ -145,7 +156,7 @@ def test_progress_from_outside_and_from_inside_an_agent(c: Client) -> None:
 def test_wait_answers_the_exit_code_or_times_out(c: Client) -> None:
     c.spawn(SpawnRequest("wait.1", ["sh", "-c", "exit 3"]))
     final = c.wait("wait.1", timeout_s=10)
-    assert final["exit_code"] == 3 and final["persistent_status"] == "failed"
+    assert final.exit_code == 3 and final.persistent_status == "failed"
 
     c.spawn(SpawnRequest("wait.2", SLEEP))
     started = time.monotonic()
@@ -173,7 +184,7 @@ def test_logs_tail_streams_and_runs(c: Client) -> None:
     assert c.logs("logs.1", stream="stderr") == ""
 
     runs = c.runs("logs.1")
-    assert [(r["run"], r["exit_code"], r["persistent_status"]) for r in runs] == [(1, 0, "completed"), (2, 4, "failed")]
+    assert [(r.run, r.exit_code, r.persistent_status) for r in runs] == [(1, 0, "completed"), (2, 4, "failed")]
     with pytest.raises(NotFound, match="no run"):
         c.logs("logs.1", run=9)
     with pytest.raises(Invalid):
@@ -198,7 +209,7 @@ def test_follow_logs_streams_what_comes_and_ends_with_the_run(c: Client, tmp_pat
 
 def test_events_resume_after_since_and_follow(c: Client) -> None:
     backlog = list(c.events(follow=False))
-    last = backlog[-1]["seq"] if backlog else 0
+    last = backlog[-1].seq if backlog else 0
 
     stream = c.events(since=last)  # follows; opened now
     c.spawn(SpawnRequest("ev.1", ["sh", "-c", "exit 0"]))
@@ -207,59 +218,60 @@ def test_events_resume_after_since_and_follow(c: Client) -> None:
         seen = []
         for event in stream:
             seen.append(event)
-            if event["agent_id"] == "ev.1" and event.get("status") == "completed":
+            if isinstance(event, StateEvent) and event.agent_id == "ev.1" and event.status == "completed":
                 return seen
         return seen
 
     seen = within(10, until_completed)
     stream.close()
-    assert [e["seq"] for e in seen] == sorted(e["seq"] for e in seen) and seen[0]["seq"] > last
-    assert [e["status"] for e in seen if e["kind"] == "state"][0] == "spawning"
+    assert [e.seq for e in seen] == sorted(e.seq for e in seen) and seen[0].seq > last
+    assert [e.status for e in seen if isinstance(e, StateEvent)][0] == PersistentStatus.SPAWNING
+    assert all(isinstance(e, StateEvent) == (e.kind == "state") for e in seen)
 
     replay = list(c.events(since=last, follow=False))
     assert replay[: len(seen)] == seen
-    assert all(e["seq"] > seen[-1]["seq"] for e in c.events(since=seen[-1]["seq"], follow=False))
+    assert all(e.seq > seen[-1].seq for e in c.events(since=seen[-1].seq, follow=False))
 
 
 def test_stop_and_kill_report_what_they_did(c: Client) -> None:
     plain = c.spawn(SpawnRequest("stop.1", SLEEP))
     report = c.stop("stop.1")
-    assert report["stage"] == "term" and report["persistent_status"] == "cancelled"
-    assert report["pid"] == plain.pid and plain.pid and not alive(plain.pid)
+    assert report.stage == StopStage.TERM and report.persistent_status == PersistentStatus.CANCELLED
+    assert report.pid == plain.pid and plain.pid and not alive(plain.pid)
 
     stubborn = c.spawn(SpawnRequest("stop.2", STUBBORN))
     report = c.stop("stop.2", stop_timeouts=[0.1, 0.1, 2])
-    assert report["stage"] == "kill" and report["exit_signal"] == 9
+    assert report.stage == "kill" and report.exit_signal == 9 and report.exit_code is None
     assert stubborn.pid and not alive(stubborn.pid)
 
     victim = c.spawn(SpawnRequest("stop.3", STUBBORN))
     killed = c.kill("stop.3", force=True)
-    assert killed["killed"] is True and killed["report"]["stage"] == "kill"
+    assert killed.killed is True and killed.report.stage == "kill"
     assert victim.pid and not alive(victim.pid)
     again = c.kill("stop.3")
-    assert again["killed"] is False and again["report"]["stage"] == "already_ended"
+    assert again.killed is False and again.report.stage == "already_ended"
 
 
 def test_a_stop_is_seen_while_it_runs_and_a_users_stop_is_cancelled(c: Client) -> None:
     import threading
 
     r = c.spawn(SpawnRequest("vis.1", STUBBORN, stop_timeouts=[30, 0.2, 1]))
-    assert c.status("vis.1")["state"] == "running" and c.status("vis.1")["stop"] is None
+    assert c.status("vis.1").state == "running" and c.status("vis.1").stop is None
     stopper = threading.Thread(target=lambda: c.stop("vis.1"), daemon=True)
     stopper.start()
     deadline = time.monotonic() + 10
-    while (s := c.status("vis.1"))["state"] != "stopping":
+    while (s := c.status("vis.1")).state != "stopping":
         assert time.monotonic() < deadline, s
         time.sleep(0.02)
-    assert s["stop"]["cause"] == "user" and s["stop"]["stage"] == "term", s
-    assert s["stop"]["stage_deadline_at"], s
-    assert c.summary()["states"]["stopping"] >= 1
+    assert s.stop is not None and s.stop.cause == StopCause.USER and s.stop.stage == "term", s
+    assert isinstance(s.stop.stage_deadline_at, datetime) and s.stop.stage_deadline_at > s.stop.began_at, s
+    assert c.summary().states.stopping >= 1
     report = c.stop("vis.1", force=True)
-    assert report["stage"] == "kill"
+    assert report.stage == "kill"
     stopper.join(10)
     final = c.status("vis.1")
-    assert final["state"] == "ended" and final["stop"] is None
-    assert final["health"] == "cancelled" and final["persistent_status"] == "cancelled"
+    assert final.state == "ended" and final.stop is None
+    assert final.health == Health.CANCELLED and final.persistent_status == "cancelled"
     assert r.pid and not alive(r.pid)
 
 
@@ -271,13 +283,13 @@ def test_list_agents_filters_in_the_daemon_and_picks_fields(c: Client) -> None:
         c.spawn(SpawnRequest("lstx", ["true"], verify_ms=0)),
     ]
     deadline = time.monotonic() + 10
-    while c.status("lstx")["state"] != "ended":
+    while c.status("lstx").state != "ended":
         assert time.monotonic() < deadline, c.status("lstx")
         time.sleep(0.01)
     assert sorted(c.list_agents(selector="lst.*")) == ["lst.a", "lst.a.1", "lst.b"]
     assert sorted(c.list_agents(selector="lst.a")) == ["lst.a"]
     ended = c.list_agents(state="ended")
-    assert "lstx" in ended and all(s["state"] == "ended" for s in ended.values())
+    assert "lstx" in ended and all(s.state == "ended" for s in ended.values())
     assert "lstx" in c.list_agents(state=["ended", "paused"]) and "lstx" not in c.list_agents(state="running")
     assert sorted(c.list_agents(label={"team": "x"})) == ["lst.a", "lst.a.1"]
     assert sorted(c.list_agents(label=["team=x", "tier=1"])) == ["lst.a"]
@@ -294,7 +306,7 @@ def test_list_agents_filters_in_the_daemon_and_picks_fields(c: Client) -> None:
     with pytest.raises(Invalid):
         c.list_agents(selector="*")
     for r in spawned:
-        if r.status == AgentStatus.RUNNING:
+        if r.status == PersistentStatus.RUNNING:
             c.stop(r.agent_id, force=True)
 
 
@@ -302,11 +314,11 @@ def test_stop_many_by_selector(c: Client) -> None:
     members = [c.spawn(SpawnRequest(f"grp.{i}", SLEEP)) for i in (1, 2)]
     outsider = c.spawn(SpawnRequest("grpx.1", SLEEP))
     reports = c.stop_many(selector="grp.*", force=True)
-    assert sorted(r["agent_id"] for r in reports) == ["grp.1", "grp.2"]
+    assert sorted(r.agent_id for r in reports) == ["grp.1", "grp.2"]
     assert all(m.pid and not alive(m.pid) for m in members)
     assert outsider.pid and alive(outsider.pid)
     assert c.stop_many(selector="grp.*", live_only=True) == []
-    assert {r["stage"] for r in c.stop_many(selector="grp.*")} == {"already_ended"}
+    assert {r.stage for r in c.stop_many(selector="grp.*")} == {"already_ended"}
     with pytest.raises(Invalid, match="which agents"):
         c.stop_many()
     with pytest.raises(Invalid):
@@ -317,7 +329,7 @@ def test_stop_many_by_selector(c: Client) -> None:
 def test_remove_and_prune_forget_ended_agents(c: Client) -> None:
     c.spawn(SpawnRequest("rm.1", ["true"]))
     c.wait("rm.1", timeout_s=10)
-    assert c.remove("rm.1") == {"removed": ["rm.1"], "runs_removed": 1}
+    assert c.remove("rm.1") == Removal(removed=["rm.1"], runs_removed=1)
     with pytest.raises(NotFound):
         c.status("rm.1")
 
@@ -327,8 +339,8 @@ def test_remove_and_prune_forget_ended_agents(c: Client) -> None:
     with pytest.raises(Conflict):
         c.remove("rm.3")
     removal = c.prune()
-    assert "rm.2" in removal["removed"] and "rm.3" not in removal["removed"]
-    assert c.status("rm.3")["persistent_status"] == "running"
+    assert "rm.2" in removal.removed and "rm.3" not in removal.removed
+    assert c.status("rm.3").persistent_status == "running"
     c.stop("rm.3", force=True)
 
 
@@ -398,11 +410,11 @@ def test_tcp_with_a_bearer_token(corral: Corral, tmp_path: Path) -> None:
     corral.start_daemon("--listen", f"127.0.0.1:{port}", "--token-file", str(token_file))
 
     c = Client(url=f"127.0.0.1:{port}", token_file=str(token_file))
-    assert c.health()["pid"] == corral.daemon_pid()
+    assert c.health().pid == corral.daemon_pid()
     r = c.spawn(SpawnRequest("tcp.1", ["sh", "-c", "echo over tcp; exec sleep 60"]))
     assert r.pid and alive(r.pid)
     assert within(10, lambda: next(c.follow_logs("tcp.1"))) == "over tcp\n"
-    assert Client(url=f"http://127.0.0.1:{port}/", token=token).status("tcp.1")["pid"] == r.pid
+    assert Client(url=f"http://127.0.0.1:{port}/", token=token).status("tcp.1").pid == r.pid
 
     with pytest.raises(Unauthorized) as refused:
         Client(url=f"127.0.0.1:{port}", token="not-the-token-at-all").summary()
@@ -412,7 +424,7 @@ def test_tcp_with_a_bearer_token(corral: Corral, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="HOST:PORT"):
         Client(url="127.0.0.1", token=token)
 
-    assert c.stop("tcp.1", force=True)["stage"] == "kill"
+    assert c.stop("tcp.1", force=True).stage == "kill"
     assert not alive(r.pid)
 
 
