@@ -10,13 +10,13 @@
 //! known from the socket's peer credentials (`SO_PEERCRED` pid), and only a
 //! process inside an agent (its cgroup, or its process tree: an unforgeable
 //! ancestry, never the caller's environment) is served, and only on agent
-//! routes, for agents under its own id:
+//! routes, for agents under its own id — what delegation (`delegation.rs`) lets an
+//! agent do with its own team: spawn below itself (as its own user), list,
+//! read, wait for, stop, kill, restart and remove its team's agents, report
+//! its own progress.
 //!
-//! - `PUT /v1/agents/{id}/progress` (only for itself),
-//! - `GET /v1/agents/{id}`, `/health`, `/runs`, `/wait`, `/logs`.
-//!
-//! Everything else is 404 here; a caller outside every agent, or asking about
-//! an agent outside its own subtree, gets 403 naming who it is.
+//! Everything else is 404 or 403 here; a caller outside every agent, or asking
+//! about an agent outside its own subtree, gets 403 naming who it is.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -25,7 +25,7 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use corral_core::{AgentId, ErrorCode, Supervisor};
+use corral_core::{ErrorCode, Supervisor};
 use tokio::net::UnixListener;
 
 use crate::error::ApiError;
@@ -140,8 +140,9 @@ pub fn router(sup: Supervisor) -> Router {
 
 /// Whether `id` names `caller` or an agent below it (an id that is not an
 /// agent id at all is neither).
-fn within(id: &str, caller: &AgentId) -> bool {
-    AgentId::new(id).is_ok_and(|id| id.is_within(caller))
+#[cfg(test)]
+fn within(id: &str, caller: &corral_core::AgentId) -> bool {
+    corral_core::AgentId::new(id).is_ok_and(|id| id.is_within(caller))
 }
 
 async fn only_agents(State(sup): State<Supervisor>, req: Request, next: Next) -> Response {
@@ -171,30 +172,8 @@ async fn only_agents(State(sup): State<Supervisor>, req: Request, next: Next) ->
         )
         .into_response();
     };
-    // `/v1/agents/{id}` or `/v1/agents/{id}/...`; a percent-encoded id is
-    // refused rather than decoded twice.
-    let target = req
-        .uri()
-        .path()
-        .strip_prefix("/v1/agents/")
-        .and_then(|rest| rest.split('/').next())
-        .filter(|id| !id.is_empty());
-    match target {
-        Some(id) if !id.contains('%') && within(id, &caller) => next.run(req).await,
-        Some(id) => ApiError::new(
-            ErrorCode::Forbidden,
-            format!(
-                "agent {caller} may reach only agents under its own id, not {}",
-                corral_core::elide(id, 100)
-            ),
-        )
-        .into_response(),
-        None => ApiError::new(
-            ErrorCode::NotFound,
-            "the agent socket serves only agent routes (/v1/agents/{id}/...)",
-        )
-        .into_response(),
-    }
+    // What an agent may do with its team, as on the daemon's own socket.
+    crate::delegation::scope(&sup, caller, req, next).await
 }
 
 #[cfg(test)]
@@ -203,7 +182,7 @@ mod tests {
 
     #[test]
     fn a_subtree_is_the_id_and_what_is_below_it() {
-        let me = AgentId::new("team.1").unwrap();
+        let me = corral_core::AgentId::new("team.1").unwrap();
         assert!(within("team.1", &me));
         assert!(within("team.1.a", &me));
         assert!(!within("team.10", &me));

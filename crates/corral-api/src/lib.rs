@@ -11,6 +11,7 @@
 pub mod agent_socket;
 pub mod auth;
 pub mod daemon;
+mod delegation;
 pub mod error;
 mod events;
 mod listing;

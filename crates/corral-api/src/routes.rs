@@ -225,7 +225,13 @@ fn api_router() -> OpenApiRouter<Supervisor> {
 pub fn router(sup: Supervisor) -> Router {
     let (router, _) = api_router().split_for_parts();
     let cache = std::sync::Arc::new(crate::metrics::MetricsCache::default());
-    finish(router.layer(Extension(cache)), sup, "no such route")
+    let router = router
+        .layer(Extension(cache))
+        .layer(axum::middleware::from_fn_with_state(
+            sup.clone(),
+            crate::delegation::delegate,
+        ));
+    finish(router, sup, "no such route")
 }
 
 /// A router's answers to unknown routes and methods, its body limit, its state.
@@ -246,12 +252,20 @@ fn finish(router: Router<Supervisor>, sup: Supervisor, unknown: &'static str) ->
 /// caller check is the agent socket's layer.
 pub(crate) fn agent_routes(sup: Supervisor) -> Router {
     let (router, _) = OpenApiRouter::<Supervisor>::new()
-        .routes(routes!(status))
+        .routes(routes!(daemon_health))
+        .routes(routes!(spawn, crate::listing::list))
+        .routes(routes!(spawn_batch))
+        .routes(routes!(status, remove))
         .routes(routes!(health))
         .routes(routes!(progress))
+        .routes(routes!(stop_one))
+        .routes(routes!(kill))
+        .routes(routes!(restart_one))
+        .routes(routes!(restart_many))
         .routes(routes!(runs))
         .routes(routes!(wait))
         .routes(routes!(crate::logs::logs))
+        .routes(routes!(stop_many))
         .split_for_parts();
     finish(
         router,

@@ -67,6 +67,10 @@ pub struct Ctx {
     pub json: bool,
     /// A TCP daemon to use instead of the socket: address and token.
     pub remote: Option<(std::net::SocketAddr, String)>,
+    /// Inside an agent: the socket its daemon gave it (`CORRAL_SOCKET`),
+    /// used unless `--url` or `--state-dir` names another daemon. That daemon
+    /// runs already (it started this agent), so nothing is started for it.
+    pub agent_socket: Option<PathBuf>,
 }
 
 impl Ctx {
@@ -81,18 +85,23 @@ impl Ctx {
             None => None,
         };
         let state_dir = conn.state_dir.clone().or_else(|| before.state_dir.clone());
+        let agent_socket = std::env::var_os("CORRAL_SOCKET")
+            .filter(|s| !s.is_empty() && url.is_none() && state_dir.is_none())
+            .map(PathBuf::from);
         Ok(Self {
             state_dir: connect::state_dir(state_dir.as_deref())?,
             autostart: !(conn.no_autostart || before.no_autostart),
             json: out.json || before.json,
             remote,
+            agent_socket,
         })
     }
 
     pub async fn client(&self) -> Result<Client> {
-        match &self.remote {
-            Some((addr, token)) => Ok(Client::tcp(*addr, token.clone())),
-            None => connect::client(&self.state_dir, self.autostart).await,
+        match (&self.remote, &self.agent_socket) {
+            (Some((addr, token)), _) => Ok(Client::tcp(*addr, token.clone())),
+            (None, Some(socket)) => Ok(Client::new(socket)),
+            (None, None) => connect::client(&self.state_dir, self.autostart).await,
         }
     }
 }

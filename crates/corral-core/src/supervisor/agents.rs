@@ -342,6 +342,31 @@ impl Supervisor {
         self.find_agent_of(pid, false).await
     }
 
+    /// The agent a caller on the daemon's own socket works inside, if any:
+    /// its cgroup leaf, else — only when it carries `CORRAL_AGENT_ID`, so a
+    /// caller outside every agent costs one or two small `/proc` reads, never
+    /// a walk of the process table — its ancestry, as
+    /// [`Supervisor::agent_containing`]. A caller of the daemon's own user
+    /// could drop the variable: on that socket this scopes what an agent does
+    /// by mistake, not what it could do on purpose (it can read the state dir
+    /// itself); the agent socket, for other users, is checked unforgeably.
+    pub async fn agent_of_caller(&self, pid: i32) -> Option<AgentId> {
+        let root = self.sh.cgroup.as_ref().ok().cloned();
+        let (by_cgroup, marked) = blocking(move || {
+            Ok((
+                root.as_ref().and_then(|r| reaper::agent_by_cgroup(pid, r)),
+                crate::platform::environ_agent_id(pid).is_some(),
+            ))
+        })
+        .await
+        .ok()?;
+        match (by_cgroup, marked) {
+            (Some(id), _) => Some(id),
+            (None, true) => self.agent_containing(pid).await,
+            (None, false) => None,
+        }
+    }
+
     async fn find_agent_of(&self, pid: i32, by_environment: bool) -> Option<AgentId> {
         let live: HashMap<i32, AgentId> = self
             .views()

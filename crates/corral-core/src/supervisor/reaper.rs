@@ -127,7 +127,11 @@ pub(crate) fn agent_of_process(
     platform::environ_agent_id(pid).and_then(|id| AgentId::new(id).ok())
 }
 
-fn agent_by_cgroup(pid: i32, root: &crate::platform::cgroup::CgroupRoot) -> Option<AgentId> {
+/// The agent whose cgroup leaf holds `pid`, by the leaf's name.
+pub(crate) fn agent_by_cgroup(
+    pid: i32,
+    root: &crate::platform::cgroup::CgroupRoot,
+) -> Option<AgentId> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     let leaf = root.leaf_named_in(&text)?;
     // Leaves are `<id>.<run>`.

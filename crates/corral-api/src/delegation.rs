@@ -1,0 +1,269 @@
+//! Delegation: an agent works on its own team, and only on it.
+//!
+//! Agents form teams by their ids (`L2.1.3` is under `L2.1`). A request from
+//! a process inside agent `X` — known from the socket's peer credentials, by
+//! [`Supervisor::agent_of_caller`] on the daemon's own socket and by
+//! [`Supervisor::agent_containing`] (nothing the caller can forge) on the
+//! agent socket — is served only for `X`'s subtree:
+//!
+//! - `/v1/agents/{id}` and everything under it (status, health, runs, wait,
+//!   logs, stop, kill, restart, rm, progress): `id` is `X` or below it
+//!   (progress stays the caller's own, as the route checks);
+//! - `POST /v1/agents` and `/v1/agents/batch`: every new id strictly below
+//!   `X` (`X.…`), and its `user` unset or `X`'s own — unset becomes `X`'s, so
+//!   a child never runs as another user than its parent, a more privileged
+//!   one least of all;
+//! - `GET /v1/agents`: a `selector` within the subtree, or none, which
+//!   becomes `X.*`;
+//! - `POST /v1/stop` and `/v1/restart`: a `selector` within the subtree;
+//!   `all` becomes `X.*`;
+//! - `GET /v1/health` and `/v1/openapi.json`, as for anyone;
+//! - everything else (events, summary, metrics, reap, prune, stopping the
+//!   daemon) is the owner's: 403 `forbidden`, naming the allowed prefix.
+//!
+//! A request over TCP (it carries the token) or from a process outside every
+//! agent is the owner's, and is not scoped.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use corral_core::{AgentId, ErrorCode, Selector, Supervisor};
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::routes::Peer;
+
+/// The daemon's own socket: scopes callers inside an agent to their team.
+pub(crate) async fn delegate(State(sup): State<Supervisor>, req: Request, next: Next) -> Response {
+    let Some(peer) = req.extensions().get::<Peer>().cloned() else {
+        return next.run(req).await;
+    };
+    let Some(pid) = peer.live_pid() else {
+        return next.run(req).await;
+    };
+    let caller = peer
+        .agent
+        .get_or_init(|| sup.agent_of_caller(pid))
+        .await
+        .clone()
+        .filter(|_| peer.live_pid() == Some(pid));
+    match caller {
+        None => next.run(req).await,
+        Some(me) => scope(&sup, me, req, next).await,
+    }
+}
+
+/// Serves `req` from inside agent `me` only as far as its team reaches.
+pub(crate) async fn scope(sup: &Supervisor, me: AgentId, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let forbid = |what: String| {
+        ApiError::new(
+            ErrorCode::Forbidden,
+            format!("agent {me} may work only on agents under its own id ({me}.*): {what}"),
+        )
+        .into_response()
+    };
+    if let Some(rest) = path.strip_prefix("/v1/agents/") {
+        if rest == "batch" && method == Method::POST {
+            return spawn_within(sup, &me, req, next, true).await;
+        }
+        let id = rest.split('/').next().unwrap_or_default();
+        // A percent-encoded id is refused rather than decoded twice.
+        let ok = !id.contains('%') && AgentId::new(id).is_ok_and(|id| id.is_within(&me));
+        return if ok {
+            next.run(req).await
+        } else {
+            forbid(format!("not {}", corral_core::elide(id, 100)))
+        };
+    }
+    match (method.clone(), path.as_str()) {
+        (Method::GET, "/v1/health" | "/v1/openapi.json") => next.run(req).await,
+        (Method::POST, "/v1/agents") => spawn_within(sup, &me, req, next, false).await,
+        (Method::GET, "/v1/agents") => list_within(&me, req, next).await,
+        (Method::POST, "/v1/stop" | "/v1/restart") => many_within(&me, req, next).await,
+        _ => forbid(format!("{method} {path} is the owner's")),
+    }
+}
+
+/// Whether a selector picks only agents of `me`'s team.
+fn selector_within(raw: &str, me: &AgentId) -> bool {
+    match Selector::parse(raw) {
+        Ok(Selector::One(id) | Selector::Subtree(id)) => id.is_within(me),
+        _ => false,
+    }
+}
+
+/// The request with its JSON body changed by `change` (which may refuse it,
+/// with a message). A body that is not JSON goes on as it was: the route
+/// says what is wrong with it, as it would to anyone.
+async fn with_json(
+    req: Request,
+    change: impl FnOnce(&mut Value) -> Result<(), String>,
+) -> Result<Request, Result<String, Response>> {
+    let (mut parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, crate::routes::MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return Err(Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "request body is larger than {} bytes",
+                    crate::routes::MAX_BODY
+                ),
+            )
+            .into_response()));
+        }
+    };
+    let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
+        return Ok(Request::from_parts(parts, Body::from(bytes)));
+    };
+    change(&mut v).map_err(Ok)?;
+    let out = serde_json::to_vec(&v).unwrap_or_default();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Ok(Request::from_parts(parts, Body::from(out)))
+}
+
+async fn spawn_within(
+    sup: &Supervisor,
+    me: &AgentId,
+    req: Request,
+    next: Next,
+    batch: bool,
+) -> Response {
+    // The parent's user: its children run as it, or not at all.
+    let parent_user = sup.get_agent_status(me).ok().and_then(|s| s.user);
+    let check = |r: &mut Value| -> Result<(), String> {
+        let id = r
+            .get("agent_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let below = AgentId::new(id).is_ok_and(|id| id.is_within(me) && id != *me);
+        if !below {
+            return Err(format!(
+                "it may spawn only below itself ({me}.…), not {}",
+                corral_core::elide(id, 100)
+            ));
+        }
+        let asked = r.get("user").and_then(Value::as_str);
+        match (asked, &parent_user) {
+            (None, Some(u)) => {
+                if let Some(obj) = r.as_object_mut() {
+                    obj.insert("user".into(), Value::from(u.clone()));
+                }
+                Ok(())
+            }
+            (None, None) => Ok(()),
+            (Some(a), Some(u)) if a == u => Ok(()),
+            (Some(a), _) => Err(format!(
+                "{id} would run as {a:?}; a child runs as its parent's user ({})",
+                parent_user.as_deref().unwrap_or("the daemon's")
+            )),
+        }
+    };
+    let changed = with_json(req, |v| {
+        if batch {
+            match v.get_mut("agents").and_then(Value::as_array_mut) {
+                Some(agents) => agents.iter_mut().try_for_each(check),
+                None => Ok(()),
+            }
+        } else {
+            check(v)
+        }
+    })
+    .await;
+    finish(me, changed, next).await
+}
+
+async fn many_within(me: &AgentId, req: Request, next: Next) -> Response {
+    let changed = with_json(req, |v| {
+        let all = v.get("all").and_then(Value::as_bool).unwrap_or(false);
+        let selector = v.get("selector").and_then(Value::as_str).map(str::to_owned);
+        let Some(obj) = v.as_object_mut() else {
+            return Ok(());
+        };
+        match selector {
+            Some(s) if !selector_within(&s, me) => {
+                Err(format!("not {}", corral_core::elide(&s, 100)))
+            }
+            Some(_) => Ok(()),
+            None if all => {
+                obj.insert("all".into(), Value::from(false));
+                obj.insert("selector".into(), Value::from(format!("{me}.*")));
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    })
+    .await;
+    finish(me, changed, next).await
+}
+
+async fn finish(
+    me: &AgentId,
+    changed: Result<Request, Result<String, Response>>,
+    next: Next,
+) -> Response {
+    match changed {
+        Ok(req) => next.run(req).await,
+        Err(Ok(why)) => ApiError::new(
+            ErrorCode::Forbidden,
+            format!("agent {me} may work only on agents under its own id ({me}.*): {why}"),
+        )
+        .into_response(),
+        Err(Err(response)) => response,
+    }
+}
+
+async fn list_within(me: &AgentId, mut req: Request, next: Next) -> Response {
+    let forbid = |what: String| {
+        ApiError::new(
+            ErrorCode::Forbidden,
+            format!("agent {me} may work only on agents under its own id ({me}.*): {what}"),
+        )
+        .into_response()
+    };
+    let raw = req.uri().query().unwrap_or_default();
+    // Pairs, so a repeated parameter is seen (and a selector is never missed).
+    let Ok(mut pairs) = serde_urlencoded::from_str::<Vec<(String, String)>>(raw) else {
+        return ApiError::invalid("the query string is not form-encoded").into_response();
+    };
+    let selectors: Vec<&String> = pairs
+        .iter()
+        .filter(|(k, _)| k == "selector")
+        .map(|(_, v)| v)
+        .collect();
+    match selectors.as_slice() {
+        [] => pairs.push(("selector".into(), format!("{me}.*"))),
+        [one] if selector_within(one, me) => {}
+        [one] => return forbid(format!("not {}", corral_core::elide(one, 100))),
+        _ => return forbid("one selector at most".into()),
+    }
+    let query = serde_urlencoded::to_string(&pairs).unwrap_or_default();
+    match format!("/v1/agents?{query}").parse() {
+        Ok(uri) => {
+            *req.uri_mut() = uri;
+            next.run(req).await
+        }
+        Err(_) => ApiError::invalid("cannot scope the listing's query").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_within_a_team() {
+        let me = AgentId::new("L2.1").unwrap();
+        assert!(selector_within("L2.1", &me));
+        assert!(selector_within("L2.1.*", &me));
+        assert!(selector_within("L2.1.3", &me));
+        assert!(!selector_within("L2.*", &me));
+        assert!(!selector_within("L2.10", &me));
+        assert!(!selector_within("L3", &me));
+        assert!(!selector_within("*", &me));
+    }
+}

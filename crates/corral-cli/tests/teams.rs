@@ -1,0 +1,135 @@
+//! Delegation: an agent runs its own helpers through the socket corral gave it
+//! (`CORRAL_SOCKET`), and works on its own team (`ID.*`) and nothing else —
+//! on the daemon's own socket, and on the agent socket as another user, where
+//! its children run as that user too. Checked against the OS: the helpers'
+//! processes, their uids, and what is left in `/proc`.
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+
+/// What an agent's script wrote to its stdout, once it wrote `finished`
+/// (written `fin""ished` in the script, so its command line, which its
+/// `ps` output may quote, does not count).
+fn script_output(env: &Env, id: &str) -> String {
+    let s = env.json(&["status", id]);
+    let log = PathBuf::from(s["stdout_log"].as_str().unwrap());
+    eventually(
+        Duration::from_secs(30),
+        "the agent's script to finish",
+        || {
+            let t = std::fs::read_to_string(&log).unwrap_or_default();
+            t.contains("finished").then_some(t)
+        },
+    )
+}
+
+fn pid_of(env: &Env, id: &str) -> i32 {
+    env.json(&["status", id])["pid"].as_i64().unwrap() as i32
+}
+
+fn uid_of(pid: i32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The script of a coordinator agent `me` that tries what it may and may not do.
+fn coordinator(me: &str) -> String {
+    let c = bin();
+    let c = c.to_str().unwrap();
+    format!(
+        "{c} spawn {me}.helper -- sleep 300; echo spawn_own=$?; \
+         {c} spawn L2.2.x -- sleep 300 2>&1; echo spawn_other=$?; \
+         {c} spawn L3 -- sleep 300 2>&1; echo spawn_top=$?; \
+         {c} --json ps | tr -d '\\n '; echo; \
+         {c} stop L2.2 --stop-timeouts 1,1,1 2>&1; echo stop_other=$?; \
+         {c} summary 2>&1; echo summary=$?; \
+         {c} stop {me}.helper --stop-timeouts 1,1,1; echo stop_own=$?; \
+         {c} spawn {me}.second -- sleep 300; echo spawn_second=$?; \
+         echo fin\"\"ished; exec sleep 300"
+    )
+}
+
+#[test]
+fn an_agent_works_on_its_own_team_and_nothing_else() {
+    let env = Env::new();
+    let out = env.run(&["spawn", "L2.2", "--", "sleep", "300"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sibling = pid_of(&env, "L2.2");
+    let out = env.run(&["spawn", "L2.1", "--", "sh", "-c", &coordinator("L2.1")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = script_output(&env, "L2.1");
+
+    assert!(text.contains("spawn_own=0"), "{text}");
+    for refused in ["spawn_other", "spawn_top", "stop_other", "summary"] {
+        assert!(
+            !text.contains(&format!("{refused}=0")),
+            "{refused} must be refused: {text}"
+        );
+    }
+    assert!(
+        text.contains("may work only on agents under its own id (L2.1.*)"),
+        "the refusal names the allowed prefix: {text}"
+    );
+    // Its `ps` saw its team only.
+    assert!(text.contains("\"L2.1.helper\""), "{text}");
+    assert!(!text.contains("\"L2.2\""), "{text}");
+    assert!(
+        text.contains("stop_own=0") && text.contains("spawn_second=0"),
+        "{text}"
+    );
+
+    // The OS agrees: the sibling runs untouched, nothing was spawned outside.
+    assert!(proc_stat(sibling).is_some_and(|s| s[0] != "Z"));
+    let all = env.json(&["ps"]);
+    let ids: Vec<&String> = all.as_object().unwrap().keys().collect();
+    assert_eq!(ids, ["L2.1", "L2.1.helper", "L2.1.second", "L2.2"]);
+    let second = pid_of(&env, "L2.1.second");
+    assert!(proc_stat(second).is_some());
+    assert_eq!(
+        env.json(&["status", "L2.1.helper"])["persistent_status"],
+        "cancelled"
+    );
+    env.finish();
+    assert!(proc_stat(second).is_none());
+}
+
+#[test]
+fn an_agent_of_another_user_delegates_as_that_user() {
+    require_root("the coordinator runs as nobody through the agent socket");
+    let env = Env::new();
+    let out = env.run(&["spawn", "L2.2", "--", "sleep", "300"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let c = bin();
+    let c = c.to_str().unwrap();
+    let script = format!(
+        "{c} spawn L2.1.helper -- sleep 300; echo spawn_own=$?; \
+         {c} spawn L2.1.root --user root -- sleep 300 2>&1; echo spawn_root=$?; \
+         {c} stop L2.2 2>&1; echo stop_other=$?; \
+         echo fin\"\"ished; exec sleep 300"
+    );
+    let out = env.run(&[
+        "spawn", "L2.1", "--user", "nobody", "--cwd", "/", "--", "sh", "-c", &script,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = script_output(&env, "L2.1");
+    assert!(text.contains("spawn_own=0"), "{text}");
+    assert!(!text.contains("spawn_root=0"), "{text}");
+    assert!(text.contains("its parent's user"), "{text}");
+    assert!(!text.contains("stop_other=0"), "{text}");
+    // Its helper runs as nobody, like its parent: never as root.
+    let helper = pid_of(&env, "L2.1.helper");
+    assert_eq!(uid_of(helper), 65534);
+    assert_eq!(uid_of(pid_of(&env, "L2.1")), 65534);
+    assert_eq!(
+        env.json(&["status", "L2.2"])["persistent_status"],
+        "running"
+    );
+    env.finish();
+    assert!(proc_stat(helper).is_none());
+}
