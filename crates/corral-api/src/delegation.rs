@@ -12,11 +12,14 @@
 //! - `POST /v1/agents` and `/v1/agents/batch`: every new id strictly below
 //!   `X` (`X.…`), and its `user` unset or `X`'s own — unset becomes `X`'s, so
 //!   a child never runs as another user than its parent, a more privileged
-//!   one least of all;
+//!   one least of all; no `agent_dir` (the daemon makes that dir, as its own
+//!   user), and no cluster placement for a parent of another user (jobs run
+//!   as the daemon's user). Bodies are read as the route reads them and sent
+//!   on re-encoded: what is checked is what is served;
 //! - `GET /v1/agents`: a `selector` within the subtree, or none, which
 //!   becomes `X.*`;
-//! - `POST /v1/stop` and `/v1/restart`: a `selector` within the subtree;
-//!   `all` becomes `X.*`;
+//! - `POST /v1/stop` and `/v1/restart`: a `selector` within the subtree
+//!   (`all` is refused: it would take `X` itself along);
 //! - `GET /v1/health` and `/v1/openapi.json`, as for anyone;
 //! - everything else (events, summary, metrics, reap, prune, stopping the
 //!   daemon) is the owner's: 403 `forbidden`, naming the allowed prefix.
@@ -29,8 +32,9 @@ use axum::extract::{Request, State};
 use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use corral_core::{AgentId, ErrorCode, Selector, Supervisor};
-use serde_json::Value;
+use corral_core::{
+    AgentId, BatchRequest, ErrorCode, Selector, SpawnRequest, StopManyRequest, Supervisor,
+};
 
 use crate::error::ApiError;
 use crate::routes::Peer;
@@ -40,8 +44,17 @@ pub(crate) async fn delegate(State(sup): State<Supervisor>, req: Request, next: 
     let Some(peer) = req.extensions().get::<Peer>().cloned() else {
         return next.run(req).await;
     };
-    let Some(pid) = peer.live_pid() else {
+    let Some(connected) = peer.pid else {
         return next.run(req).await;
+    };
+    // The process that connected has exited and something else holds its
+    // connection: nobody can say whose team that is.
+    let Some(pid) = peer.live_pid() else {
+        return ApiError::new(
+            ErrorCode::Forbidden,
+            format!("pid {connected}, which opened this connection, has exited"),
+        )
+        .into_response();
     };
     let caller = peer
         .agent
@@ -96,17 +109,23 @@ fn selector_within(raw: &str, me: &AgentId) -> bool {
     }
 }
 
-/// The request with its JSON body changed by `change` (which may refuse it,
-/// with a message). A body that is not JSON goes on as it was: the route
-/// says what is wrong with it, as it would to anyone.
-async fn with_json(
+/// The request's body as `T` (what the route itself would read), changed
+/// by `change` — which may refuse it, with a message — and sent on as JSON.
+/// A body that is not a `T` is refused here, in the route's words, never
+/// passed on unread: serde would take the same fields as an array too.
+async fn with_body<T: serde::de::DeserializeOwned + serde::Serialize>(
     req: Request,
-    change: impl FnOnce(&mut Value) -> Result<(), String>,
+    change: impl FnOnce(&mut T) -> Result<(), String>,
 ) -> Result<Request, Result<String, Response>> {
     let (mut parts, body) = req.into_parts();
-    let bytes = match axum::body::to_bytes(body, crate::routes::MAX_BODY).await {
-        Ok(b) => b,
-        Err(_) => {
+    let read = tokio::time::timeout(
+        crate::routes::BODY_TIMEOUT,
+        axum::body::to_bytes(body, crate::routes::MAX_BODY),
+    )
+    .await;
+    let bytes = match read {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
             return Err(Err(ApiError::new(
                 ErrorCode::PayloadTooLarge,
                 format!(
@@ -116,13 +135,38 @@ async fn with_json(
             )
             .into_response()));
         }
+        Err(_) => {
+            return Err(Err(ApiError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "the request body did not arrive within {} s",
+                    crate::routes::BODY_TIMEOUT.as_secs()
+                ),
+            )
+            .into_response()));
+        }
     };
-    let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
-        return Ok(Request::from_parts(parts, Body::from(bytes)));
+    let is_object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let parsed = if is_object {
+        serde_json::from_slice::<T>(&bytes).map_err(|e| e.to_string())
+    } else {
+        Err("the body must be a JSON object".to_owned())
     };
-    change(&mut v).map_err(Ok)?;
-    let out = serde_json::to_vec(&v).unwrap_or_default();
+    let mut value = match parsed {
+        Ok(v) => v,
+        Err(e) => {
+            return Err(Err(
+                ApiError::invalid(format!("invalid request body: {e}")).into_response()
+            ));
+        }
+    };
+    change(&mut value).map_err(Ok)?;
+    let out = serde_json::to_vec(&value).unwrap_or_default();
     parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     Ok(Request::from_parts(parts, Body::from(out)))
 }
 
@@ -133,13 +177,20 @@ async fn spawn_within(
     next: Next,
     batch: bool,
 ) -> Response {
-    // The parent's user: its children run as it, or not at all.
-    let parent_user = sup.get_agent_status(me).ok().and_then(|s| s.user);
-    let check = |r: &mut Value| -> Result<(), String> {
-        let id = r
-            .get("agent_id")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+    // The parent's user: its children run as it, or not at all. A parent
+    // that cannot be looked up has no children.
+    let parent_user = match sup.get_agent_status(me) {
+        Ok(s) => s.user,
+        Err(e) => {
+            return ApiError::new(
+                ErrorCode::Forbidden,
+                format!("agent {me} cannot spawn: {e}"),
+            )
+            .into_response();
+        }
+    };
+    let check = |r: &mut SpawnRequest| -> Result<(), String> {
+        let id = r.agent_id.as_str();
         let below = AgentId::new(id).is_ok_and(|id| id.is_within(me) && id != *me);
         if !below {
             return Err(format!(
@@ -147,12 +198,22 @@ async fn spawn_within(
                 corral_core::elide(id, 100)
             ));
         }
-        let asked = r.get("user").and_then(Value::as_str);
-        match (asked, &parent_user) {
+        // The daemon makes an agent's dir itself (as its own user): a
+        // child's is corral's default, under the state dir.
+        if r.agent_dir.is_some() {
+            return Err(format!(
+                "{id}: agent_dir is the owner's to choose; a child's is corral's default"
+            ));
+        }
+        // Jobs on a cluster engine run as the daemon's user.
+        if r.placement.is_some() && parent_user.is_some() {
+            return Err(format!(
+                "{id}: an agent of another user cannot place a child on a cluster engine (its jobs run as the daemon's user)"
+            ));
+        }
+        match (&r.user, &parent_user) {
             (None, Some(u)) => {
-                if let Some(obj) = r.as_object_mut() {
-                    obj.insert("user".into(), Value::from(u.clone()));
-                }
+                r.user = Some(u.clone());
                 Ok(())
             }
             (None, None) => Ok(()),
@@ -163,39 +224,26 @@ async fn spawn_within(
             )),
         }
     };
-    let changed = with_json(req, |v| {
-        if batch {
-            match v.get_mut("agents").and_then(Value::as_array_mut) {
-                Some(agents) => agents.iter_mut().try_for_each(check),
-                None => Ok(()),
-            }
-        } else {
-            check(v)
-        }
-    })
-    .await;
+    let changed = if batch {
+        with_body(req, |b: &mut BatchRequest| {
+            b.agents.iter_mut().try_for_each(check)
+        })
+        .await
+    } else {
+        with_body(req, check).await
+    };
     finish(me, changed, next).await
 }
 
 async fn many_within(me: &AgentId, req: Request, next: Next) -> Response {
-    let changed = with_json(req, |v| {
-        let all = v.get("all").and_then(Value::as_bool).unwrap_or(false);
-        let selector = v.get("selector").and_then(Value::as_str).map(str::to_owned);
-        let Some(obj) = v.as_object_mut() else {
-            return Ok(());
-        };
-        match selector {
-            Some(s) if !selector_within(&s, me) => {
-                Err(format!("not {}", corral_core::elide(&s, 100)))
-            }
-            Some(_) => Ok(()),
-            None if all => {
-                obj.insert("all".into(), Value::from(false));
-                obj.insert("selector".into(), Value::from(format!("{me}.*")));
-                Ok(())
-            }
-            None => Ok(()),
-        }
+    let changed = with_body(req, |r: &mut StopManyRequest| match &r.selector {
+        Some(s) if !selector_within(s, me) => Err(format!("not {}", corral_core::elide(s, 100))),
+        Some(_) => Ok(()),
+        // `--all` from inside an agent would take the agent itself along.
+        None if r.all => Err(format!(
+            "--all is the owner's; name agents of its team ({me}.* includes {me} itself)"
+        )),
+        None => Ok(()),
     })
     .await;
     finish(me, changed, next).await

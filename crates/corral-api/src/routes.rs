@@ -31,7 +31,7 @@ use crate::error::ApiError;
 /// Largest request body accepted, bytes.
 pub const MAX_BODY: usize = 1 << 20;
 /// Longest a client may take to send a request body.
-const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait a `wait` request may ask for, seconds.
 const MAX_WAIT_S: f64 = 3600.0;
 

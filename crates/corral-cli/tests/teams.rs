@@ -72,10 +72,14 @@ fn an_agent_works_on_its_own_team_and_nothing_else() {
             "{refused} must be refused: {text}"
         );
     }
-    assert!(
-        text.contains("may work only on agents under its own id (L2.1.*)"),
-        "the refusal names the allowed prefix: {text}"
-    );
+    for refusal in [
+        "it may spawn only below itself (L2.1.…), not L2.2.x",
+        "it may spawn only below itself (L2.1.…), not L3",
+        "may work only on agents under its own id (L2.1.*): not L2.2",
+        "GET /v1/summary is the owner's",
+    ] {
+        assert!(text.contains(refusal), "missing {refusal:?}: {text}");
+    }
     // Its `ps` saw its team only.
     assert!(text.contains("\"L2.1.helper\""), "{text}");
     assert!(!text.contains("\"L2.2\""), "{text}");
@@ -132,4 +136,65 @@ fn an_agent_of_another_user_delegates_as_that_user() {
     );
     env.finish();
     assert!(proc_stat(helper).is_none());
+}
+
+/// What a caller inside an agent sends is read as the route reads it: a body
+/// in another shape (serde takes a struct's fields as an array too), an
+/// `agent_dir`, or `all` never slips past the team's bounds.
+#[test]
+fn bodies_in_any_shape_stay_within_the_team() {
+    let env = Env::new();
+    let out = env.run(&["spawn", "victim", "--", "sleep", "300"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let victim = pid_of(&env, "victim");
+    let outside = env.dir.as_ref().unwrap().path().join("outside");
+    let script = format!(
+        r#"
+import json, os, socket
+def call(method, path, body):
+    s = socket.socket(socket.AF_UNIX); s.connect(os.environ["CORRAL_SOCKET"])
+    data = json.dumps(body).encode()
+    s.sendall(f"{{method}} {{path}} HTTP/1.1\r\nHost: corral\r\nContent-Type: application/json\r\nContent-Length: {{len(data)}}\r\nConnection: close\r\n\r\n".encode() + data)
+    answer = b""
+    while chunk := s.recv(65536):
+        answer += chunk
+    return answer.split(b" ")[1].decode()
+cmd = ["sleep", "300"]
+print("batch_array", call("POST", "/v1/agents/batch", [[{{"agent_id": "evil", "command": cmd}}]]))
+print("spawn_array", call("POST", "/v1/agents", ["team.x", cmd]))
+print("restart_array", call("POST", "/v1/restart", [False, "victim"]))
+print("stop_array", call("POST", "/v1/stop", [True]))
+print("stop_all", call("POST", "/v1/stop", {{"all": True}}))
+print("agent_dir", call("POST", "/v1/agents", {{"agent_id": "team.d", "command": cmd, "agent_dir": "{outside}"}}))
+print("own", call("POST", "/v1/agents", {{"agent_id": "team.ok", "command": cmd}}))
+print("fin" + "ished", flush=True)
+os.execvp("sleep", ["sleep", "300"])
+"#,
+        outside = outside.display()
+    );
+    let out = env.run(&["spawn", "team", "--", "python3", "-c", &script]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = script_output(&env, "team");
+    for (what, code) in [
+        ("batch_array", "400"),
+        ("spawn_array", "400"),
+        ("restart_array", "400"),
+        ("stop_array", "400"),
+        ("stop_all", "403"),
+        ("agent_dir", "403"),
+        ("own", "201"),
+    ] {
+        assert!(
+            text.contains(&format!("{what} {code}")),
+            "{what} should answer {code}: {text}"
+        );
+    }
+    // The OS agrees: the victim runs as it did, nothing was made outside.
+    assert_eq!(pid_of(&env, "victim"), victim);
+    assert!(proc_stat(victim).is_some_and(|s| s[0] != "Z"));
+    assert!(!outside.exists());
+    let all = env.json(&["ps"]);
+    let ids: Vec<&String> = all.as_object().unwrap().keys().collect();
+    assert_eq!(ids, ["team", "team.ok", "victim"]);
+    env.finish();
 }

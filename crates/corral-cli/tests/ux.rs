@@ -971,6 +971,23 @@ fn logs_of_a_team() {
     expect("job.3  | newcomer", 1);
     // Run 1's tail, then run 2's first line.
     expect("job.2  | start 2", 2);
+    // An agent removed and spawned anew starts again at run 1: followed too.
+    for args in [
+        &["stop", "job.3", "--stop-timeouts", "1,1,1"][..],
+        &["rm", "job.3"],
+        &[
+            "spawn",
+            "job.3",
+            "--",
+            "sh",
+            "-c",
+            "echo reborn; exec sleep 60",
+        ],
+    ] {
+        let out = env.run(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
+    expect("job.3  | reborn", 1);
     assert!(!seen.iter().any(|l| l.contains("other")), "{seen:?}");
     child.kill().unwrap();
     child.wait().unwrap();

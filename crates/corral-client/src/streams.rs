@@ -36,6 +36,9 @@ impl SseReader {
 
     /// The next event's `data`; `None` when the stream has ended.
     pub(crate) async fn next_data(&mut self) -> Option<Result<String, ClientError>> {
+        if self.ended && self.buf.is_empty() {
+            return None;
+        }
         loop {
             while let Some(nl) = self.buf[self.scanned..].iter().position(|b| *b == b'\n') {
                 let end = self.scanned + nl;
@@ -56,7 +59,11 @@ impl SseReader {
             }
             self.scanned = self.buf.len();
             if self.buf.len() + self.data.len() > EVENT_LIMIT {
+                // Said once; the stream is over.
                 self.ended = true;
+                self.buf.clear();
+                self.data.clear();
+                self.scanned = 0;
                 return Some(Err(ClientError::TooLarge {
                     what: format!("an event of {}", self.body.request),
                     socket: self.body.socket.clone(),

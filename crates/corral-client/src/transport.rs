@@ -712,8 +712,14 @@ fn own_seconds(method: &Method, path: &str, body: Option<&[u8]>) -> f64 {
         "/v1/agents" => serde_json::from_slice::<Spawn>(body).map_or(0.0, |s| verify(&s)),
         "/v1/agents/batch" => serde_json::from_slice::<Batch>(body)
             .map_or(0.0, |b| b.agents.iter().map(verify).fold(0.0, f64::max)),
+        // A restart is a stop, then a spawn of the same request (its window is
+        // the daemon's to know: within the allowance below when unnamed).
         _ if bare == "/v1/stop"
-            || (under_agents && (bare.ends_with("/stop") || bare.ends_with("/kill"))) =>
+            || bare == "/v1/restart"
+            || (under_agents
+                && (bare.ends_with("/stop")
+                    || bare.ends_with("/kill")
+                    || bare.ends_with("/restart"))) =>
         {
             match serde_json::from_slice::<Stop>(body)
                 .ok()

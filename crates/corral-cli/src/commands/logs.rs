@@ -35,6 +35,8 @@ const DEFAULT_LINES: usize = 20;
 const WATCH: Duration = Duration::from_millis(500);
 /// Reads in flight at once when a team's logs are read without `-f`.
 const PARALLEL: usize = 16;
+/// Logs followed at once at most (each holds a connection to the daemon).
+const MAX_FOLLOWED: usize = 128;
 /// Colours of ids on a terminal (none red: red is `err`).
 const PALETTE: [&str; 6] = ["36", "33", "32", "35", "34", "96"];
 
@@ -164,6 +166,14 @@ pub async fn run(ctx: &Ctx, args: &LogsArgs) -> Result<ExitCode> {
         return Ok(exit(failed));
     }
 
+    // Each followed log holds a connection until its run ends; the daemon
+    // caps connections, and other clients need theirs.
+    if followed.len() * streams.len() > MAX_FOLLOWED {
+        return Err(super::usage(format!(
+            "{} logs to follow is more than {MAX_FOLLOWED} at once: name a smaller team (PREFIX.*), or read them without -f",
+            followed.len() * streams.len()
+        )));
+    }
     // Following: the current runs, from their tail; then, for a team, every
     // run that starts after, from its first line.
     let mut tasks = tokio::task::JoinSet::new();
@@ -185,8 +195,10 @@ pub async fn run(ctx: &Ctx, args: &LogsArgs) -> Result<ExitCode> {
         }
         return Ok(exit(failed));
     }
-    let mut seen: BTreeMap<String, u32> =
-        members.iter().map(|(id, m)| (id.clone(), m.run)).collect();
+    let mut seen: BTreeMap<String, (u32, String)> = members
+        .iter()
+        .map(|(id, m)| (id.clone(), (m.run, m.started_at.clone())))
+        .collect();
     let mut tick = tokio::time::interval(WATCH);
     loop {
         tick.tick().await;
@@ -203,7 +215,13 @@ pub async fn run(ctx: &Ctx, args: &LogsArgs) -> Result<ExitCode> {
             continue;
         };
         for (id, m) in sorted(&now) {
-            let from = seen.get(id).map_or(1, |r| r + 1);
+            // Run numbers start again at 1 for an agent removed and spawned
+            // anew: a run lower than the last one seen is a new agent.
+            // (Its current run then has another start than the one seen.)
+            let from = seen
+                .get(id)
+                .filter(|(r, at)| *r < m.run || (*r == m.run && *at == m.started_at))
+                .map_or(1, |(r, _)| r + 1);
             for run in from..=m.run {
                 // A run that came and went between two looks is read whole.
                 follow(
@@ -214,7 +232,7 @@ pub async fn run(ctx: &Ctx, args: &LogsArgs) -> Result<ExitCode> {
                     Read::new(id, Some(run), None, true),
                 );
             }
-            seen.insert(id.clone(), m.run.max(from.saturating_sub(1)));
+            seen.insert(id.clone(), (m.run, m.started_at.clone()));
         }
         let widest = now.keys().map(String::len).max().unwrap_or(0);
         let mut p = lock(&printer);
@@ -255,6 +273,8 @@ async fn passthrough(client: &Client, id: &str, err: bool, args: &LogsArgs) -> R
 /// What the listing says of a member.
 struct Member {
     run: u32,
+    /// When the current run started: tells a new agent of the same id from the old.
+    started_at: String,
     live: bool,
     ended_at: Option<String>,
 }
@@ -266,7 +286,7 @@ async fn list_members(client: &Client, selector: &Selector) -> Result<BTreeMap<S
             Selector::One(id) => Some(id.to_string()),
             Selector::Subtree(prefix) => Some(format!("{prefix}.*")),
         },
-        fields: Some("run,state,ended_at".into()),
+        fields: Some("run,state,ended_at,started_at".into()),
         ..ListQuery::default()
     };
     let listed = client.list_agents(&query).await?;
@@ -275,6 +295,7 @@ async fn list_members(client: &Client, selector: &Selector) -> Result<BTreeMap<S
         .map(|(id, s)| {
             let m = Member {
                 run: s.run,
+                started_at: s.started_at,
                 live: s.state != corral_core::AgentState::Ended,
                 ended_at: s.ended_at,
             };

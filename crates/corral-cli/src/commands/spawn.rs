@@ -309,7 +309,8 @@ async fn fails_in_grace(client: &corral_api::Client, resp: &SpawnResponse) -> Op
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     };
-    if ended.exit_code == Some(0) && ended.next_restart_at.is_none() {
+    // A clean exit is no failure, whether or not a policy starts it again.
+    if ended.exit_code == Some(0) {
         return None;
     }
     let query = corral_core::LogsQuery {
