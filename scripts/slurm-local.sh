@@ -488,8 +488,11 @@ multi_stop() {
   for ns in $(our_netns); do ip netns del "$ns" || true; done
   for p in $(our_links); do ip link del "$p" 2>/dev/null || true; done
   # The nodes' (empty) cgroups: proctrack/cgroup makes one per node, slurm_nI.
-  find /sys/fs/cgroup/*/ -maxdepth 1 -type d -regex '.*/slurm_n[0-9]+' -print0 2>/dev/null |
-    xargs -0 -r -I{} find {} -depth -type d -exec rmdir {} + 2>/dev/null || true
+  local cg
+  for cg in /sys/fs/cgroup/*/slurm_n*; do
+    [[ -d $cg && $cg =~ /slurm_n[0-9]+$ ]] || continue
+    find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null || say "warning: cgroup $cg not removed"
+  done
 
   if ! nothing_of_multi; then
     echo "left: slurmctld '$(ctld_pids)', munged '$(mmunged_pids)', netns '$(our_netns)', links '$(our_links)'" >&2
