@@ -1389,6 +1389,12 @@ export interface operations {
                  *     before it: `team=a,b` is team = `a,b`).
                  */
                 label?: string;
+                /**
+                 * @description Only agents placed on one of these nodes, comma-separated (`n1,n2`):
+                 *     their status's `placement.node` (an agent on the daemon's host, or a
+                 *     job still queued, is on none).
+                 */
+                node?: string;
                 /** @description Only this agent (`ID`) or this subtree (`PREFIX.*`: PREFIX and every id below it). */
                 selector?: string;
                 /**

@@ -1,21 +1,19 @@
 //! `GET /v1/agents`: the listing, its filters and its field selection.
 //!
 //! A fleet of thousands of agents makes the listing the API's largest
-//! answer, so the daemon filters it (`selector`, `state`, `label`) before
+//! answer, so the daemon filters it (`selector`, `state`, `label`, `node`) before
 //! writing anything, writes only the fields asked for (`fields`), and streams
 //! what it writes: the JSON object is written a slice of agents at a time, so
 //! no buffer of the whole answer is ever built and the first bytes leave at
 //! once. Without parameters the answer is byte for byte what a
 //! `Json<BTreeMap<String, AgentStatus>>` would write.
 
-use std::collections::BTreeMap;
-
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use corral_core::{
-    AgentId, AgentState, AgentStatus, ErrorBody, ListQuery, Selector, StatusFields, Supervisor,
+    AgentState, AgentStatus, ErrorBody, ListQuery, Listed, Selector, StatusFields, Supervisor,
 };
 
 use crate::error::ApiError;
@@ -30,6 +28,8 @@ pub(crate) struct Listing {
     selector: Option<Selector>,
     states: Vec<AgentState>,
     labels: Vec<(String, String)>,
+    /// Nodes an agent must be placed on one of (none: no filter).
+    nodes: Vec<String>,
     /// The fields to write; `None`: all of them (the whole status).
     fields: Option<Vec<&'static str>>,
 }
@@ -87,6 +87,15 @@ impl Listing {
                         }
                     }
                 }
+                "node" => {
+                    once("node")?;
+                    out.nodes = items(&value).map(str::to_owned).collect();
+                    if out.nodes.is_empty() {
+                        return Err(ApiError::invalid(
+                            "bad query: node names no node (give node=NAME[,NAME...])",
+                        ));
+                    }
+                }
                 "fields" => {
                     once("fields")?;
                     let mut fields = Vec::new();
@@ -108,7 +117,7 @@ impl Listing {
                 }
                 other => {
                     return Err(ApiError::invalid(format!(
-                        "bad query: unknown parameter {:?}; expected selector, state, label or fields",
+                        "bad query: unknown parameter {:?}; expected selector, state, label, node or fields",
                         corral_core::elide(other, 64)
                     )));
                 }
@@ -117,14 +126,17 @@ impl Listing {
         Ok(out)
     }
 
-    /// True when an agent with this id, state and labels passes every filter.
-    fn keeps(&self, id: &AgentId, state: AgentState, labels: &BTreeMap<String, String>) -> bool {
-        self.selector.as_ref().is_none_or(|sel| sel.matches(id))
-            && (self.states.is_empty() || self.states.contains(&state))
+    /// True when an agent passes every filter.
+    fn keeps(&self, a: &Listed<'_>) -> bool {
+        self.selector.as_ref().is_none_or(|sel| sel.matches(a.id))
+            && (self.states.is_empty() || self.states.contains(&a.state))
             && self
                 .labels
                 .iter()
-                .all(|(k, v)| labels.get(k).is_some_and(|have| have == v))
+                .all(|(k, v)| a.labels.get(k).is_some_and(|have| have == v))
+            && (self.nodes.is_empty()
+                || a.node
+                    .is_some_and(|node| self.nodes.iter().any(|n| n == node)))
     }
 
     /// Writes `kept` (sorted by id) as one JSON object by id, a chunk at a time.
@@ -205,8 +217,7 @@ pub(crate) async fn list(State(sup): State<Supervisor>, listing: Listing) -> Res
     {
         sup.fresh_figures().await;
     }
-    let keep =
-        |id: &AgentId, state, labels: &BTreeMap<String, String>| listing.keeps(id, state, labels);
+    let keep = |a: &Listed<'_>| listing.keeps(a);
     let kept = match &listing.fields {
         // Only the asked fields are built (`agent_id` is always written).
         Some(fields) => sup.monitor_agent_fields(keep, &|f| f == "agent_id" || fields.contains(&f)),
@@ -222,6 +233,10 @@ pub(crate) async fn list(State(sup): State<Supervisor>, listing: Listing) -> Res
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use corral_core::AgentId;
+
     use super::*;
 
     fn pairs(q: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -280,5 +295,27 @@ mod tests {
         assert!(msg(&[("status", "x")]).contains("\"status\""));
         assert!(msg(&[("selector", "*")]).contains('*'));
         assert!(msg(&[("state", "ended"), ("state", "running")]).contains("twice"));
+        assert!(msg(&[("node", "n1"), ("node", "n2")]).contains("twice"));
+        assert!(msg(&[("node", " , ")]).contains("no node"));
+    }
+
+    #[test]
+    fn node_keeps_only_agents_placed_on_those_nodes() {
+        let l = Listing::parse(pairs(&[("node", "n1, n3")])).unwrap();
+        assert_eq!(l.nodes, ["n1", "n3"]);
+        let id = AgentId::new("a").unwrap();
+        let labels = BTreeMap::new();
+        let on = |node: Option<&'static str>| Listed {
+            id: &id,
+            state: AgentState::Running,
+            labels: &labels,
+            node,
+        };
+        assert!(l.keeps(&on(Some("n1"))));
+        assert!(l.keeps(&on(Some("n3"))));
+        assert!(!l.keeps(&on(Some("n2"))));
+        assert!(!l.keeps(&on(Some("n10"))), "names match whole");
+        assert!(!l.keeps(&on(None)), "on this host, or queued: on no node");
+        assert!(Listing::default().keeps(&on(None)));
     }
 }

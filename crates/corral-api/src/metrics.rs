@@ -224,7 +224,7 @@ async fn render_now(sup: &Supervisor, source: Source) -> Rendered {
     let process = tokio::task::spawn_blocking(move || ProcessFigures::read(uptime))
         .await
         .unwrap_or_default();
-    let statuses = sup.monitor_agents(|_, _, _| true);
+    let statuses = sup.monitor_agents(|_| true);
     Rendered {
         source,
         at: Instant::now(),

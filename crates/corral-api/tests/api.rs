@@ -227,7 +227,7 @@ async fn the_openapi_document_is_generated_from_the_routes_and_the_types() {
         .collect();
     assert_eq!(
         params,
-        ["selector", "state", "label", "fields"],
+        ["selector", "state", "label", "node", "fields"],
         "{params:?}"
     );
     // Every request field the type has is documented (a full request round-trips).

@@ -206,6 +206,9 @@ pub struct PsArgs {
     /// or a health word (healthy, zombie, unknown); repeatable.
     #[arg(long = "state", value_name = "STATE")]
     pub states: Vec<String>,
+    /// Only agents placed on this node (a Slurm node, as INFO names it); repeatable: any of them.
+    #[arg(long = "node", value_name = "NAME")]
+    pub nodes: Vec<String>,
     /// Never cut ids or messages to fit the terminal.
     #[arg(long)]
     pub wide: bool,

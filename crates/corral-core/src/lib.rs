@@ -31,7 +31,7 @@ pub use corral_proto::id;
 pub use corral_proto::*;
 pub use error::{Error, Result};
 pub use supervisor::{
-    Config, DEFAULT_STOP_TIMEOUTS, DEFAULT_VERIFY_MS, DaemonCounters, MAX_LABEL_KEY,
+    Config, DEFAULT_STOP_TIMEOUTS, DEFAULT_VERIFY_MS, DaemonCounters, Listed, MAX_LABEL_KEY,
     MAX_LABEL_VALUE, MAX_LABELS, MAX_LOG_KEEP, MAX_PROGRESS_MESSAGE, MAX_RUNTIME_S,
     MAX_STOP_WAIT_S, MAX_VERIFY_MS, MIN_LOG_MAX_MB, Supervisor,
 };

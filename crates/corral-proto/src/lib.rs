@@ -1590,6 +1590,10 @@ pub struct ListQuery {
     /// repeated; all must match (a piece without `=` continues the value
     /// before it: `team=a,b` is team = `a,b`).
     pub label: Option<String>,
+    /// Only agents placed on one of these nodes, comma-separated (`n1,n2`):
+    /// their status's `placement.node` (an agent on the daemon's host, or a
+    /// job still queued, is on none).
+    pub node: Option<String>,
     /// Only these top-level fields of each status, comma-separated (`agent_id`
     /// is always written); an unknown name is refused (400 naming it).
     pub fields: Option<String>,
@@ -1602,6 +1606,7 @@ impl ListQuery {
             ("selector", &self.selector),
             ("state", &self.state),
             ("label", &self.label),
+            ("node", &self.node),
             ("fields", &self.fields),
         ];
         pairs
@@ -1808,11 +1813,12 @@ mod tests {
         let q = ListQuery {
             selector: Some("L2.1.*".into()),
             label: Some("team=a b,x=y".into()),
+            node: Some("n1,n2".into()),
             ..ListQuery::default()
         };
         assert_eq!(
             q.path(),
-            "/v1/agents?selector=L2.1.%2A&label=team%3Da%20b%2Cx%3Dy"
+            "/v1/agents?selector=L2.1.%2A&label=team%3Da%20b%2Cx%3Dy&node=n1%2Cn2"
         );
     }
 }

@@ -226,6 +226,7 @@ fn keep(
     sel: Option<&Selector>,
     labels: &BTreeMap<String, String>,
     states: &[String],
+    nodes: &[String],
 ) -> bool {
     let id_ok =
         sel.is_none_or(|sel| AgentId::new(s.agent_id.as_str()).is_ok_and(|id| sel.matches(&id)));
@@ -234,7 +235,12 @@ fn keep(
         || states.iter().any(|w| {
             w == s.persistent_status.as_str() || w == s.health.as_str() || w == s.state.as_str()
         });
-    id_ok && labels_ok && states_ok
+    let nodes_ok = nodes.is_empty()
+        || s.placement
+            .as_ref()
+            .and_then(|p| p.node.as_ref())
+            .is_some_and(|node| nodes.contains(node));
+    id_ok && labels_ok && states_ok && nodes_ok
 }
 
 /// The fields the `ps` table shows (and `keep` reads).
@@ -271,6 +277,7 @@ fn ps_query(args: &PsArgs, labels: &BTreeMap<String, String>, json: bool) -> Lis
         selector: args.selector.clone(),
         state: states,
         label,
+        node: (!args.nodes.is_empty()).then(|| args.nodes.join(",")),
         fields: (!json).then(|| PS_FIELDS.to_owned()),
     }
 }
@@ -307,14 +314,26 @@ pub async fn ps(ctx: &Ctx, args: &PsArgs) -> Result<ExitCode> {
     }
     let client = ctx.client().await?;
     let query = ps_query(args, &labels, ctx.json);
-    let filtered = args.selector.is_some() || !labels.is_empty() || !args.states.is_empty();
+    if let Some(bad) = args
+        .nodes
+        .iter()
+        .find(|n| n.is_empty() || n.contains(',') || n.chars().any(char::is_whitespace))
+    {
+        return Err(usage(format!(
+            "--node {bad:?}: give one node name per --node"
+        )));
+    }
+    let filtered = args.selector.is_some()
+        || !labels.is_empty()
+        || !args.states.is_empty()
+        || !args.nodes.is_empty();
     loop {
         let all = client.list_agents(&query).await?;
         // The daemon has applied what it could; `keep` applies the rest (a
         // stored status or health word, a label with a comma).
         let mut shown: Vec<&AgentStatus> = all
             .values()
-            .filter(|s| keep(s, sel.as_ref(), &labels, &args.states))
+            .filter(|s| keep(s, sel.as_ref(), &labels, &args.states, &args.nodes))
             .collect();
         shown.sort_by(|a, b| corral_core::natural_cmp(&a.agent_id, &b.agent_id));
         let text = if ctx.json {
@@ -781,6 +800,42 @@ mod tests {
                 serde_json::json!({"health": "zombie", "process_alive": false, "is_zombie": true}),
             ),
         ]
+    }
+
+    #[test]
+    fn ps_node_asks_the_daemon_and_checks_the_answer() {
+        let on = |id: &str, node: Option<&str>| {
+            status(
+                id,
+                serde_json::json!({"pid": null, "placement": {"engine": "slurm", "job_id": "9",
+                    "node": node}}),
+            )
+        };
+        let (n1, n2, queued, local) = (
+            on("a", Some("n1")),
+            on("b", Some("n2")),
+            on("c", None),
+            status("d", serde_json::json!({})),
+        );
+        let nodes = ["n2".to_owned(), "n3".to_owned()];
+        let keeps = |s: &AgentStatus| keep(s, None, &BTreeMap::new(), &[], &nodes);
+        assert!(keeps(&n2));
+        assert!(!keeps(&n1) && !keeps(&queued) && !keeps(&local));
+        assert!(keep(&local, None, &BTreeMap::new(), &[], &[]));
+        let args = PsArgs {
+            selector: None,
+            labels: vec![],
+            states: vec![],
+            nodes: nodes.to_vec(),
+            wide: false,
+            watch: None,
+            conn: Default::default(),
+            out: Default::default(),
+        };
+        assert_eq!(
+            ps_query(&args, &BTreeMap::new(), true).node.as_deref(),
+            Some("n2,n3")
+        );
     }
 
     #[test]

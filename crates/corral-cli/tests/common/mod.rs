@@ -20,6 +20,8 @@ pub struct Env {
     pub state: PathBuf,
     /// Force the daemon's process-group fallback (no cgroups).
     pub no_cgroups: bool,
+    /// Environment every command gets (and so the daemon a command starts).
+    pub vars: Vec<(String, String)>,
 }
 
 /// The corral binary under test: this build's, or the one `CORRAL_TEST_BIN`
@@ -103,7 +105,14 @@ impl Env {
             dir: Some(dir),
             state,
             no_cgroups: false,
+            vars: Vec::new(),
         }
+    }
+
+    /// This env, with `key=value` in every command's environment.
+    pub fn with_var(mut self, key: &str, value: &str) -> Self {
+        self.vars.push((key.to_owned(), value.to_owned()));
+        self
     }
 
     pub fn without_cgroups() -> Self {
@@ -121,6 +130,7 @@ impl Env {
         } else {
             c.env_remove("CORRAL_NO_CGROUPS");
         }
+        c.envs(self.vars.iter().map(|(k, v)| (k, v)));
         c
     }
 

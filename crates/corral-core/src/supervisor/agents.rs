@@ -23,6 +23,21 @@ use super::view::{Published, View};
 use super::{Cmd, MAX_PROGRESS_MESSAGE, Supervisor, blocking, lock, owner, reaper, spec};
 use crate::store;
 
+/// What a listing's filter sees of an agent, before any status is built
+/// (see [`Supervisor::monitor_agents`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Listed<'a> {
+    /// The agent's id.
+    pub id: &'a AgentId,
+    /// Its lifecycle state.
+    pub state: crate::model::AgentState,
+    /// Its labels.
+    pub labels: &'a BTreeMap<String, String>,
+    /// The node its run was placed on (its status's `placement.node`): none
+    /// for an agent on this host, or a job the engine has not placed yet.
+    pub node: Option<&'a str>,
+}
+
 impl Supervisor {
     /// Stored events after `seq` (oldest first, at most `limit`).
     pub async fn events_since(&self, seq: i64, limit: usize) -> Result<Vec<crate::model::Event>> {
@@ -128,14 +143,11 @@ impl Supervisor {
             .collect()
     }
 
-    /// The statuses of the agents `keep` picks by id, state and labels,
-    /// sorted by id. `keep` sees the published view, so the agents it leaves
-    /// out cost no status at all: a filtered listing of a large fleet pays
-    /// only for what it answers.
-    pub fn monitor_agents(
-        &self,
-        keep: impl Fn(&AgentId, crate::model::AgentState, &BTreeMap<String, String>) -> bool,
-    ) -> Vec<AgentStatus> {
+    /// The statuses of the agents `keep` picks by id, state, labels and
+    /// node, sorted by id. `keep` sees the published view, so the agents it
+    /// leaves out cost no status at all: a filtered listing of a large fleet
+    /// pays only for what it answers.
+    pub fn monitor_agents(&self, keep: impl Fn(&Listed<'_>) -> bool) -> Vec<AgentStatus> {
         self.monitor_agent_fields(keep, &|_| true)
     }
 
@@ -145,12 +157,19 @@ impl Supervisor {
     /// process (`agent_id`, `state`, `progress`, ...) cost no system call.
     pub fn monitor_agent_fields(
         &self,
-        keep: impl Fn(&AgentId, crate::model::AgentState, &BTreeMap<String, String>) -> bool,
+        keep: impl Fn(&Listed<'_>) -> bool,
         want: &dyn Fn(&str) -> bool,
     ) -> Vec<AgentStatus> {
         self.sh.pace.want();
         let mut views = self.views();
-        views.retain(|v| keep(&v.id, v.state, &v.spec.request.labels));
+        views.retain(|v| {
+            keep(&Listed {
+                id: &v.id,
+                state: v.state,
+                labels: &v.spec.request.labels,
+                node: v.job.as_ref().and_then(|j| j.info.node.as_deref()),
+            })
+        });
         views.sort_unstable_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
         views.iter().map(|v| v.status_of(want)).collect()
     }

@@ -75,6 +75,7 @@ mod sampler;
 pub(crate) mod spec;
 mod view;
 
+pub use agents::Listed;
 pub use spec::{
     DEFAULT_STOP_TIMEOUTS, DEFAULT_VERIFY_MS, MAX_LABEL_KEY, MAX_LABEL_VALUE, MAX_LABELS,
     MAX_LOG_KEEP, MAX_PROGRESS_MESSAGE, MAX_RUNTIME_S, MAX_STOP_WAIT_S, MAX_VERIFY_MS,

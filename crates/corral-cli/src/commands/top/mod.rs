@@ -276,7 +276,8 @@ fn apply(m: &mut Model, msg: Msg, now: Instant) -> Result<Option<Effect>> {
 /// the one agent it shows.
 const TABLE_FIELDS: &str = "pid,state,persistent_status,health,ready,process_alive,\
     process_status,cpu_percent,memory_mb,num_threads,runtime_seconds,restarts,progress,\
-    progress_message,progress_at,labels,run,stop,next_restart_at,exit_code,exit_signal,end_reason";
+    progress_message,progress_at,labels,run,stop,next_restart_at,exit_code,exit_signal,end_reason,\
+    placement";
 
 /// `GET /v1/agents` with the table's fields, as a message.
 async fn snapshot(client: &Client) -> Msg {

@@ -298,6 +298,9 @@ pub struct Model {
     stale: bool,
     counts: Counts,
     longest_id: usize,
+    /// Length of the longest node name of an agent placed on an engine (0
+    /// for a job not placed yet); `None` when no agent is.
+    longest_node: Option<usize>,
     sort: SortKey,
     reverse: bool,
     filter: Filter,
@@ -331,6 +334,7 @@ impl Model {
             stale: false,
             counts: Counts::default(),
             longest_id: 0,
+            longest_node: None,
             sort: SortKey::Id,
             reverse: false,
             filter: Filter::default(),
@@ -388,6 +392,12 @@ impl Model {
     /// Length of the longest id known (for the id column's width).
     pub fn longest_id(&self) -> usize {
         self.longest_id
+    }
+
+    /// Length of the longest node name agents are placed on, `None` when no
+    /// agent is placed on an engine (then the table has no NODE column).
+    pub fn longest_node(&self) -> Option<usize> {
+        self.longest_node
     }
 
     /// The sort column and whether it is reversed.
@@ -569,8 +579,13 @@ impl Model {
             ..Counts::default()
         };
         let mut longest = 0;
+        let mut longest_node = None;
         for s in &self.agents {
             longest = longest.max(s.agent_id.chars().count());
+            if let Some(p) = &s.placement {
+                let n = p.node.as_deref().map_or(0, |n| n.chars().count());
+                longest_node = Some(longest_node.unwrap_or(0).max(n));
+            }
             match s.persistent_status {
                 PersistentStatus::Spawning => c.spawning += 1,
                 PersistentStatus::Running => c.running += 1,
@@ -594,6 +609,7 @@ impl Model {
         }
         self.counts = c;
         self.longest_id = longest;
+        self.longest_node = longest_node;
 
         // Keep the selected agent selected wherever it moved; if it is gone,
         // keep the position.
@@ -847,6 +863,17 @@ fn apply_to(s: &mut AgentStatus, ev: &Event) -> bool {
             s.progress = Some(p.progress);
             s.progress_message = p.message.clone();
             s.progress_at = Some(ev.at.clone());
+        }
+        // Placed (or re-placed) on an engine: the node it runs on.
+        EventBody::Job(j) => {
+            s.run = ev.run;
+            s.placement = Some(corral_core::PlacementInfo {
+                engine: j.engine.clone(),
+                job_id: j.job_id.clone(),
+                node: j.node.clone(),
+                pending_reason: None,
+            });
+            // (A status that came with it comes as a state event too.)
         }
         _ => return false,
     }
@@ -1246,6 +1273,39 @@ pub(crate) mod tests {
         m.prepare();
         assert_eq!(ids(&m), ["b", "c", "d", "e", "new"]);
         assert_eq!(m.counts().spawning, 1);
+    }
+
+    #[test]
+    fn a_job_event_places_the_agent_and_the_node_column_follows() {
+        let mut m = model_of(fleet());
+        assert_eq!(m.longest_node(), None, "no agent placed: no NODE column");
+        let placed = |node: Option<&str>| Event {
+            seq: 1,
+            at: "2026-11-26T10:31:00Z".into(),
+            agent_id: "b".into(),
+            run: 1,
+            body: EventBody::Job(corral_core::JobEvent {
+                engine: "slurm".into(),
+                job_id: "1000004".into(),
+                node: node.map(str::to_owned),
+                status: None,
+            }),
+        };
+        // Queued: placed, on no node yet.
+        assert!(!m.apply_event(&placed(None)));
+        m.prepare();
+        assert_eq!(m.longest_node(), Some(0));
+        assert!(!m.apply_event(&placed(Some("gpu-node-7"))));
+        m.prepare();
+        let p = m.agent("b").unwrap().placement.clone().unwrap();
+        assert_eq!(
+            (p.job_id.as_str(), p.node.as_deref()),
+            ("1000004", Some("gpu-node-7"))
+        );
+        assert_eq!(m.longest_node(), Some(10));
+        m.remove("b");
+        m.prepare();
+        assert_eq!(m.longest_node(), None);
     }
 
     #[test]

@@ -10,9 +10,13 @@
 //! lines, progress messages, reasons, labels) passes through [`clean`] first,
 //! so an escape sequence in an agent's output cannot reach the terminal.
 //!
+//! A NODE column (where an agent's job runs: its placement's node) is there
+//! only while some agent is placed on an engine such as Slurm, as wide as the
+//! longest node name (at most [`MAX_NODE`] cells).
+//!
 //! On a narrow terminal the table leaves columns out before it squeezes the
 //! two that matter most, the id and the progress: [`DROP_ORDER`] goes
-//! THR, READY, RST, PID, STATE, RUNTIME, MEM, CPU%, each left out only while
+//! THR, READY, RST, PID, STATE, NODE, RUNTIME, MEM, CPU%, each left out only while
 //! the id would get fewer than [`ID_FLOOR`] cells or the progress fewer than
 //! [`MIN_PROGRESS`] (so at 80 columns PROGRESS stays, with ID, HEALTH, CPU%,
 //! MEM and RUNTIME). Ids are cut in the middle and kept apart the way `ps`
@@ -48,6 +52,8 @@ const ID_FLOOR: u16 = 12;
 /// How narrow the id column gets when nothing is left to leave out (wider
 /// if the ids would not stay apart).
 const ID_LEAST: u16 = 6;
+/// The NODE column is never wider than this; longer names are cut in the middle.
+const MAX_NODE: u16 = 16;
 /// Width of the field list in the detail pane.
 const FIELDS_WIDTH: u16 = 52;
 
@@ -186,8 +192,10 @@ fn render_header(frame: &mut Frame<'_>, area: Rect, m: &Model) {
 }
 
 /// The columns between the id and the progress: title, width, right-aligned.
-const MIDDLE: [(&str, u16, bool); 9] = [
+/// NODE's width is the longest node name's (see [`fit_columns`]).
+const MIDDLE: [(&str, u16, bool); 10] = [
     ("PID", 7, true),
+    ("NODE", 4, false),
     ("HEALTH", 9, false),
     ("STATE", 9, false),
     ("READY", 5, false),
@@ -200,9 +208,12 @@ const MIDDLE: [(&str, u16, bool); 9] = [
 
 /// The columns a narrow terminal loses, in this order (HEALTH, the id and
 /// the progress always stay).
-const DROP_ORDER: [&str; 8] = [
-    "THR", "READY", "RST", "PID", "STATE", "RUNTIME", "MEM", "CPU%",
+const DROP_ORDER: [&str; 9] = [
+    "THR", "READY", "RST", "PID", "STATE", "NODE", "RUNTIME", "MEM", "CPU%",
 ];
+
+/// NODE's place in [`MIDDLE`].
+const NODE: usize = 1;
 
 /// The highlight symbol and the borders.
 const FRAME_WIDTH: u16 = 2 + 2;
@@ -212,24 +223,33 @@ const FRAME_WIDTH: u16 = 2 + 2;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Fit {
     shown: [bool; MIDDLE.len()],
+    /// Width of each of [`MIDDLE`].
+    widths: [u16; MIDDLE.len()],
     id: u16,
     progress: u16,
 }
 
 /// The table's columns for a frame `width` cells wide, ids up to `longest`
-/// characters that stay apart from `apart` cells on: columns of
-/// [`DROP_ORDER`] are left out while the id column would get fewer than
-/// [`ID_FLOOR`] cells or the progress fewer than [`MIN_PROGRESS`]; then the
-/// id column takes what it wants up to [`MAX_ID`], and the progress the rest.
-fn fit_columns(width: u16, longest: u16, apart: u16) -> Fit {
+/// characters that stay apart from `apart` cells on, and node names up to
+/// `node` characters (`None`: no agent is placed on a node, no NODE column):
+/// columns of [`DROP_ORDER`] are left out while the id column would get
+/// fewer than [`ID_FLOOR`] cells or the progress fewer than
+/// [`MIN_PROGRESS`]; then the id column takes what it wants up to
+/// [`MAX_ID`], and the progress the rest.
+fn fit_columns(width: u16, longest: u16, apart: u16, node: Option<u16>) -> Fit {
     let mut shown = [true; MIDDLE.len()];
+    let mut widths = MIDDLE.map(|(_, w, _)| w);
+    match node {
+        Some(n) => widths[NODE] = n.clamp(MIDDLE[NODE].1, MAX_NODE),
+        None => shown[NODE] = false,
+    }
     // One cell between columns; the id and progress columns are always there.
     let room = |shown: &[bool; MIDDLE.len()]| {
-        let middle: u16 = MIDDLE
+        let middle: u16 = widths
             .iter()
             .zip(shown)
             .filter(|(_, on)| **on)
-            .map(|((_, w, _), _)| w + 1)
+            .map(|(w, _)| w + 1)
             .sum();
         width.saturating_sub(FRAME_WIDTH + middle + 1)
     };
@@ -250,6 +270,7 @@ fn fit_columns(width: u16, longest: u16, apart: u16) -> Fit {
         .max(apart);
     Fit {
         shown,
+        widths,
         id,
         progress: room.saturating_sub(id),
     }
@@ -301,7 +322,12 @@ fn render_table(frame: &mut Frame<'_>, area: Rect, m: &Model) {
     let ids: Vec<&str> = agents.iter().map(|s| s.agent_id.as_str()).collect();
     let cells = |n: usize| u16::try_from(n).unwrap_or(u16::MAX);
     let apart = cells(distinct_width(&ids, usize::from(ID_LEAST)));
-    let fit = fit_columns(area.width, cells(m.longest_id().max(2)), apart);
+    let fit = fit_columns(
+        area.width,
+        cells(m.longest_id().max(2)),
+        apart,
+        m.longest_node().map(cells),
+    );
     let id_width = usize::from(fit.id);
     let shown_ids = cut_distinct(&ids, id_width)
         .unwrap_or_else(|| ids.iter().map(|id| cut_middle(id, id_width)).collect());
@@ -320,19 +346,27 @@ fn render_table(frame: &mut Frame<'_>, area: Rect, m: &Model) {
         };
         align(Line::styled(text, style), right)
     };
-    let middle = || MIDDLE.iter().zip(fit.shown).filter(|(_, on)| *on);
+    let middle = || {
+        MIDDLE
+            .iter()
+            .zip(fit.widths)
+            .zip(fit.shown)
+            .filter(|(_, on)| *on)
+            .map(|(column, _)| column)
+    };
     let header = Row::new(
         std::iter::once(title("ID", false))
             .chain(middle().map(|((text, _, right), _)| title(text, *right)))
             .chain([title("PROGRESS", false)]),
     );
     let widths = std::iter::once(Constraint::Length(fit.id))
-        .chain(middle().map(|((_, w, _), _)| Constraint::Length(*w)))
+        .chain(middle().map(|(_, w)| Constraint::Length(w)))
         .chain([Constraint::Fill(1)]);
+    let node_width = usize::from(fit.widths[NODE]);
     let rows = agents
         .into_iter()
         .zip(shown_ids)
-        .map(|(s, id)| agent_row(s, id, fit.shown, bar));
+        .map(|(s, id)| agent_row(s, id, fit.shown, bar, node_width));
     let table = Table::new(rows, widths)
         .header(header)
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
@@ -351,8 +385,15 @@ fn align(line: Line<'_>, right: bool) -> Cell<'_> {
 }
 
 /// One agent's row: its id as shown, the cells of the [`MIDDLE`] columns
-/// that are `shown`, and its progress with a bar of `bar` cells.
-fn agent_row(s: &AgentStatus, id: String, shown: [bool; MIDDLE.len()], bar: usize) -> Row<'_> {
+/// that are `shown` (its node cut to `node_width`), and its progress with a
+/// bar of `bar` cells.
+fn agent_row(
+    s: &AgentStatus,
+    id: String,
+    shown: [bool; MIDDLE.len()],
+    bar: usize,
+    node_width: usize,
+) -> Row<'_> {
     let t = tone(s);
     let alive = s.process_alive;
     let live = |text: String| if alive { text } else { "-".into() };
@@ -367,12 +408,18 @@ fn agent_row(s: &AgentStatus, id: String, shown: [bool; MIDDLE.len()], bar: usiz
         Some(false) => Span::styled("no", Style::new().fg(Color::Yellow)),
         None => Span::styled("-", dim()),
     };
+    // Where its job runs; `-` on this host or while the job is queued.
+    let node = match s.placement.as_ref().and_then(|p| p.node.as_deref()) {
+        Some(node) => Line::raw(cut_middle(&clean(node), node_width)),
+        None => Line::styled("-", dim()),
+    };
     // In the order of MIDDLE.
     let middle = [
         align(
             Line::raw(s.pid.map_or_else(|| "-".into(), |p| p.to_string())),
             true,
         ),
+        align(node, false),
         align(
             Line::styled(s.health.as_str(), Style::new().fg(tone_color(t))),
             false,
@@ -1132,7 +1179,7 @@ mod tests {
         };
         let mut dropped_before = DROP_ORDER.len();
         for width in 30..=200 {
-            let fit = fit_columns(width, 48, 6);
+            let fit = fit_columns(width, 48, 6, Some(4));
             // What is missing is a first part of DROP_ORDER, never more at a
             // wider terminal.
             let mut missing: Vec<&str> = MIDDLE
@@ -1152,19 +1199,36 @@ mod tests {
                 assert!(fit.id >= ID_FLOOR, "{width}: {fit:?}");
             }
         }
-        assert_eq!(titles(&fit_columns(120, 48, 6)), MIDDLE.map(|(t, _, _)| t));
         assert_eq!(
-            titles(&fit_columns(80, 48, 6)),
+            titles(&fit_columns(120, 48, 6, Some(4))),
+            MIDDLE.map(|(t, _, _)| t)
+        );
+        // Without agents on nodes, no NODE column; the rest as before.
+        let no_node: Vec<&str> = MIDDLE
+            .iter()
+            .map(|(t, _, _)| *t)
+            .filter(|t| *t != "NODE")
+            .collect();
+        assert_eq!(titles(&fit_columns(120, 48, 6, None)), no_node);
+        assert_eq!(
+            titles(&fit_columns(80, 48, 6, None)),
             ["HEALTH", "CPU%", "MEM", "RUNTIME"]
         );
-        assert_eq!(titles(&fit_columns(60, 48, 6)), ["HEALTH", "CPU%"]);
+        assert_eq!(
+            titles(&fit_columns(80, 48, 6, Some(2))),
+            ["NODE", "HEALTH", "CPU%", "MEM", "RUNTIME"]
+        );
+        assert_eq!(titles(&fit_columns(60, 48, 6, None)), ["HEALTH", "CPU%"]);
+        assert_eq!(titles(&fit_columns(60, 48, 6, Some(4))), ["HEALTH", "CPU%"]);
         // Short ids leave more room: at 80 columns STATE stays.
         assert_eq!(
-            titles(&fit_columns(80, 5, 5)),
+            titles(&fit_columns(80, 5, 5, None)),
             ["HEALTH", "STATE", "CPU%", "MEM", "RUNTIME"]
         );
+        // Long node names are cut to MAX_NODE.
+        assert_eq!(fit_columns(200, 48, 6, Some(40)).widths[NODE], MAX_NODE);
         // Ids that stay apart only wide get that width, whatever else.
-        assert_eq!(fit_columns(40, 48, 30).id, 30);
+        assert_eq!(fit_columns(40, 48, 30, None).id, 30);
     }
 
     #[test]
@@ -1185,6 +1249,62 @@ mod tests {
             t.lines().last().unwrap_or_default().ends_with("? help"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn a_node_column_only_while_agents_are_placed_on_nodes() {
+        let mut m = team();
+        let t = text(&draw(&mut m, 120, 14));
+        let (titles, _) = table_of(&t);
+        assert!(!titles.contains(&"NODE"), "{t}");
+        let placed = |id: &str, node: Option<&str>| {
+            let mut a = agent(id);
+            a.pid = None;
+            a.placement = Some(corral_core::PlacementInfo {
+                engine: "slurm".into(),
+                job_id: "7".into(),
+                node: node.map(str::to_owned),
+                pending_reason: node.is_none().then(|| "Resources".to_owned()),
+            });
+            a
+        };
+        let mut m = Model::new();
+        m.set_snapshot(
+            [
+                placed("train.1", Some("n1")),
+                placed("train.2", Some("a-rather-long-node-name-17")),
+                placed("train.3", None),
+                agent("local"),
+            ]
+            .into_iter()
+            .map(|s| (s.agent_id.clone(), s))
+            .collect(),
+        );
+        let t = text(&draw(&mut m, 120, 10));
+        insta::assert_snapshot!("table_nodes", t);
+        let (titles, _) = table_of(&t);
+        assert_eq!(
+            titles,
+            [
+                "ID", "PID", "NODE", "HEALTH", "STATE", "READY", "CPU%", "MEM", "THR", "RUNTIME",
+                "RST", "PROGRESS"
+            ],
+            "{t}"
+        );
+        let row = |id: &str| {
+            t.lines()
+                .find(|l| l.contains(id))
+                .unwrap_or_else(|| panic!("{id}: {t}"))
+                .split_whitespace()
+                .skip_while(|w| !w.ends_with(id))
+                .nth(2)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert_eq!(row("train.1"), "n1");
+        assert_eq!(row("train.2"), "a-rather-lon…-17", "cut to MAX_NODE");
+        assert_eq!(row("train.3"), "-", "queued: no node yet");
+        assert_eq!(row("local"), "-", "on this host");
     }
 
     /// Agents whose ids differ only at their ends, or only deep inside.
