@@ -494,7 +494,8 @@ export interface components {
             run: number;
             /**
              * Format: double
-             * @description Seconds since it started (until it ended, once it has).
+             * @description Seconds since it started (until it ended, once it has), time spent
+             *     paused included (`max_runtime_s` counts only the time not paused).
              */
             runtime_seconds: number;
             /** @description Start time of the current run, RFC 3339 UTC. */
@@ -678,7 +679,7 @@ export interface components {
          * @description Live health (`health`), derived from the process and the stored state.
          * @enum {string}
          */
-        Health: "healthy" | "zombie" | "completed" | "failed" | "unknown" | "cancelled";
+        Health: "healthy" | "zombie" | "completed" | "failed" | "unknown" | "cancelled" | "paused";
         /** @description Answer of `GET /v1/agents/{id}/health`. */
         HealthReport: {
             /** @description The agent's id. */

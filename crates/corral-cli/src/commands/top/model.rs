@@ -83,7 +83,7 @@ impl SortKey {
 pub enum Tone {
     /// Failed on its own (red).
     Bad,
-    /// Zombie or unknown (yellow).
+    /// Zombie, unknown or paused (yellow).
     Warn,
     /// Alive and well (green).
     Good,
@@ -95,7 +95,7 @@ pub enum Tone {
 pub fn tone(s: &AgentStatus) -> Tone {
     match s.health {
         Health::Healthy => Tone::Good,
-        Health::Zombie | Health::Unknown => Tone::Warn,
+        Health::Zombie | Health::Unknown | Health::Paused => Tone::Warn,
         Health::Completed | Health::Cancelled => Tone::Done,
         Health::Failed => Tone::Bad,
     }

@@ -31,6 +31,8 @@ pub(crate) struct MainEnd {
     pub reason: String,
     /// Seconds it ran.
     pub ran_s: f64,
+    /// It ended while the run was paused (killed from outside): no restart follows.
+    pub paused: bool,
 }
 
 impl Owner {
@@ -72,6 +74,13 @@ impl Owner {
             Some(_) => said,
         };
         let (status, mut reason) = ending::of(exit, stop.as_ref(), said.as_deref());
+        // Killed from outside while paused: what is left of its tree is
+        // thawed, so it can be stopped; no restart follows a pause.
+        let paused = self.paused();
+        let left_pause = self.leave_pause().await;
+        if paused {
+            reason.push_str(" while paused");
+        }
         let gone = self.nothing_left().await;
         let leftovers = (!gone).then(|| self.stop_request(StopCause::Leftovers, None, None, false));
         self.apply(Happening::MainExited { leftovers });
@@ -82,9 +91,10 @@ impl Owner {
             status,
             reason: reason.clone(),
             ran_s,
+            paused,
         });
         let (next_restart_at, events) = if self.life().wire() == AgentState::Ended {
-            let asked = stop.as_ref().is_some_and(|s| s.asked);
+            let asked = paused || stop.as_ref().is_some_and(|s| s.asked);
             self.plan_restart(status, asked, ran_s, &mut reason)
         } else {
             (None, Vec::new())
@@ -99,6 +109,7 @@ impl Owner {
             stop: Some(self.life().stop().map(|s| s.record())),
             next_restart_at: Some(next_restart_at.clone()),
             stop_info: self.life().stop().map(|s| s.info()),
+            paused: left_pause,
             events,
             ..Transition::default()
         };
@@ -208,8 +219,12 @@ impl Owner {
             let count = self.exec.as_ref().and_then(Execution::descendants);
             reason.push_str(&ending::leftovers_words(count));
         }
-        let (next_restart_at, events) =
-            self.plan_restart(main.status, stop.asked, main.ran_s, &mut reason);
+        let (next_restart_at, events) = self.plan_restart(
+            main.status,
+            stop.asked || main.paused,
+            main.ran_s,
+            &mut reason,
+        );
         self.commit_end(Transition {
             state: Some(self.life().wire()),
             end_reason: Some(reason.clone()),

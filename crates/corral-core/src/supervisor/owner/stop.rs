@@ -69,6 +69,8 @@ impl Owner {
         }
         let first = !matches!(self.life().state(), State::Stopping(_));
         let before = self.life().stop().cloned();
+        // A paused tree is thawed first: its signals are then delivered.
+        let left_pause = self.leave_pause().await;
         let Some(change) = self.apply(Happening::Stop(req)) else {
             return;
         };
@@ -85,6 +87,7 @@ impl Owner {
                     state: Some(AgentState::Stopping),
                     stop: Some(Some(s.record())),
                     stop_info: Some(s.info()),
+                    paused: left_pause,
                     ..Transition::default()
                 },
             );
