@@ -325,6 +325,37 @@ mod paused {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_run_killed_while_paused_is_not_restarted_even_across_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        // The child ignores SIGTERM: the stop of the leftovers takes its stages.
+        let w = world(OnTerm::Exits(Duration::ZERO), vec![OnTerm::Ignores], None);
+        let sup = open(dir.path(), &w).await;
+        sup.spawn_agent(request("a", [10.0, 5.0, 5.0], RestartMode::Always))
+            .await
+            .unwrap();
+        sup.pause_agent(&id("a")).await.unwrap();
+        let (run_id, _) = w.trees().into_iter().next().unwrap();
+        w.kill_main(run_id, 9);
+        until(&sup, "a", |s| s.state == AgentState::Stopping).await;
+        let s = sup.get_agent_status(&id("a")).unwrap();
+        assert_eq!(s.stop.unwrap().cause, crate::StopCause::Leftovers);
+        assert!(!w.tree(run_id).unwrap().frozen, "thawed to be stopped");
+        // The daemon dies while the leftovers are being stopped.
+        sup.shutdown();
+        drop(sup);
+        let sup = open(dir.path(), &w).await;
+        until(&sup, "a", |s| s.state == AgentState::Ended).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let s = sup.get_agent_status(&id("a")).unwrap();
+        assert_eq!((s.run, s.next_restart_at.as_deref()), (1, None), "{s:?}");
+        assert!(
+            s.end_reason.as_deref().unwrap().contains("while paused"),
+            "{s:?}"
+        );
+        assert_eq!(w.tree(run_id).unwrap().alive(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn leftovers_are_stopped_before_the_next_run_starts() {
         let dir = tempfile::tempdir().unwrap();
         // The main exits 1 by itself after 5 s; its child ignores SIGTERM.

@@ -111,7 +111,7 @@ impl Stop {
         let wait = stage_wait(stage, req.timeouts, req.force);
         Self {
             cause: req.cause,
-            asked: matches!(req.cause, StopCause::User | StopCause::Parent),
+            asked: matches!(req.cause, StopCause::User | StopCause::Parent) || req.no_restart,
             reason: req.reason.clone(),
             timeouts: req.timeouts,
             force: req.force,
@@ -226,6 +226,9 @@ pub(crate) struct StopRequest {
     pub force: bool,
     pub now: Instant,
     pub wall: SystemTime,
+    /// Never followed by a restart, whatever its cause: a stop of what is
+    /// left of a run killed while it was paused.
+    pub no_restart: bool,
 }
 
 /// The owner's state, with what each state needs.

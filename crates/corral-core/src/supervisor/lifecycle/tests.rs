@@ -15,6 +15,7 @@ fn req(cause: StopCause, force: bool) -> StopRequest {
         force,
         now,
         wall,
+        no_restart: false,
     }
 }
 

@@ -100,7 +100,6 @@ impl Owner {
                 status: record.status,
                 reason: record.end_reason.clone().unwrap_or_default(),
                 ran_s: self.current().runtime_at_end.unwrap_or(0.0),
-                paused: false,
             });
         }
         let dead = run.main_dead();
@@ -152,7 +151,6 @@ impl Owner {
             status: record.status,
             reason: record.end_reason.clone().unwrap_or_default(),
             ran_s,
-            paused: false,
         });
         let leaf = self.leaf_of(&record);
         let remnant = Remnant::find(&self.sh, &record.agent_id, record.run_id, leaf).await;

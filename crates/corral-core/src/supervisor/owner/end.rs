@@ -20,7 +20,7 @@ use crate::store::{self, Transition};
 
 use super::super::ending;
 use super::super::execution::{Execution, Look};
-use super::super::lifecycle::{self, Happening};
+use super::super::lifecycle::{self, Happening, StopRequest};
 use super::super::policy::{self, Decision};
 use super::Owner;
 
@@ -31,8 +31,6 @@ pub(crate) struct MainEnd {
     pub reason: String,
     /// Seconds it ran.
     pub ran_s: f64,
-    /// It ended while the run was paused (killed from outside): no restart follows.
-    pub paused: bool,
 }
 
 impl Owner {
@@ -75,14 +73,18 @@ impl Owner {
         };
         let (status, mut reason) = ending::of(exit, stop.as_ref(), said.as_deref());
         // Killed from outside while paused: what is left of its tree is
-        // thawed, so it can be stopped; no restart follows a pause.
+        // thawed, so it can be stopped; no restart follows a pause (the stop
+        // of its leftovers says so on record).
         let paused = self.paused();
         let left_pause = self.leave_pause().await;
         if paused {
             reason.push_str(" while paused");
         }
         let gone = self.nothing_left().await;
-        let leftovers = (!gone).then(|| self.stop_request(StopCause::Leftovers, None, None, false));
+        let leftovers = (!gone).then(|| StopRequest {
+            no_restart: paused,
+            ..self.stop_request(StopCause::Leftovers, None, None, false)
+        });
         self.apply(Happening::MainExited { leftovers });
         if stop.is_some() && gone {
             self.apply(Happening::TreeGone);
@@ -91,7 +93,6 @@ impl Owner {
             status,
             reason: reason.clone(),
             ran_s,
-            paused,
         });
         let (next_restart_at, events) = if self.life().wire() == AgentState::Ended {
             let asked = paused || stop.as_ref().is_some_and(|s| s.asked);
@@ -219,12 +220,8 @@ impl Owner {
             let count = self.exec.as_ref().and_then(Execution::descendants);
             reason.push_str(&ending::leftovers_words(count));
         }
-        let (next_restart_at, events) = self.plan_restart(
-            main.status,
-            stop.asked || main.paused,
-            main.ran_s,
-            &mut reason,
-        );
+        let (next_restart_at, events) =
+            self.plan_restart(main.status, stop.asked, main.ran_s, &mut reason);
         self.commit_end(Transition {
             state: Some(self.life().wire()),
             end_reason: Some(reason.clone()),

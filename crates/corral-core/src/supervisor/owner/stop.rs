@@ -39,6 +39,7 @@ impl Owner {
             force,
             now: super::super::now(),
             wall: SystemTime::now(),
+            no_restart: false,
         }
     }
 
