@@ -28,6 +28,8 @@ import type {
   HealthReport,
   KillResponse,
   LogStream,
+  PauseReport,
+  PauseRequest,
   ProcessSummary,
   Removal,
   RunInfo,
@@ -111,6 +113,14 @@ export type ManyOptions = StopOptions & {
   /** Leave out agents whose run had already ended (a stop would report `already_ended`). */
   liveOnly?: boolean;
 } & ({ all: true; selector?: undefined } | { selector: string; all?: false });
+
+/** Which agents {@link CorralClient.pause} and {@link CorralClient.resume} take: one `agentId` (a 409 `conflict` when it cannot be paused or resumed), a `selector`, or `all` (those that cannot are `skipped`). */
+export type PauseTarget = CallOptions &
+  (
+    | { agentId: string; selector?: undefined; all?: undefined }
+    | { selector: string; agentId?: undefined; all?: undefined }
+    | { all: true; agentId?: undefined; selector?: undefined }
+  );
 
 /** Which log to read. */
 export interface LogOptions extends CallOptions {
@@ -819,6 +829,25 @@ export class CorralClient {
       signal: o.signal,
     });
     return batchResults(answer, "POST /v1/restart");
+  }
+
+  /** `POST /v1/pause`: freezes the whole tree of each agent picked (it is `paused` until resumed, across daemon restarts); one report each. */
+  pause(o: PauseTarget): Promise<PauseReport[]> {
+    return this.json({ method: "POST", path: "/v1/pause", body: CorralClient.pauseBody(o), signal: o.signal }, "array");
+  }
+
+  /** `POST /v1/resume`: thaws the whole tree of each paused agent picked; one report each. */
+  resume(o: PauseTarget): Promise<PauseReport[]> {
+    return this.json(
+      { method: "POST", path: "/v1/resume", body: CorralClient.pauseBody(o), signal: o.signal },
+      "array",
+    );
+  }
+
+  private static pauseBody(o: PauseTarget): PauseRequest {
+    if (o.agentId !== undefined) return { agent_id: o.agentId };
+    if (o.selector !== undefined) return { selector: o.selector };
+    return { all: true };
   }
 
   /** `POST /v1/reap`: sweeps for unreaped processes; the agents whose end it recorded (normally none). */

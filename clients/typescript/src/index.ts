@@ -8,7 +8,15 @@ export {
   SOCKET_NAME,
   defaultStateDir,
 } from "./client.js";
-export type { CallOptions, CorralClientOptions, ListOptions, LogOptions, ManyOptions, StopOptions } from "./client.js";
+export type {
+  CallOptions,
+  CorralClientOptions,
+  ListOptions,
+  LogOptions,
+  ManyOptions,
+  PauseTarget,
+  StopOptions,
+} from "./client.js";
 export { CorralError } from "./errors.js";
 export type { ClientErrorCode, CorralErrorCode, DaemonErrorCode } from "./errors.js";
 export type * from "./types.js";

@@ -300,6 +300,31 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/pause": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Pause agents: freeze their whole trees (the cgroup leaf's `cgroup.freeze`,
+         *     else SIGSTOP to every member); each is `paused` until resumed, across
+         *     daemon restarts too, its `max_runtime_s` and `progress_stale_s` clocks
+         *     stopped and its probes off. `{"agent_id"}`: one agent (409 `conflict`
+         *     naming its state when it is not running, or runs on a cluster engine);
+         *     `{"selector"}` or `{"all": true}`: every agent picked that has not ended,
+         *     those that cannot be paused `skipped` with the reason.
+         */
+        post: operations["pause"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/prune": {
         parameters: {
             query?: never;
@@ -348,6 +373,28 @@ export interface paths {
          *     result as in a batch (a spawn answer, or its error alone).
          */
         post: operations["restart_many"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/resume": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Resume paused agents: thaw their whole trees; each is `running` again.
+         *     `{"agent_id"}`: one agent (409 `conflict` naming its state when it is
+         *     neither paused nor running); `{"selector"}` or `{"all": true}`: every
+         *     agent picked that has not ended, those that cannot be resumed `skipped`.
+         */
+        post: operations["resume"];
         delete?: never;
         options?: never;
         head?: never;
@@ -494,7 +541,8 @@ export interface components {
             run: number;
             /**
              * Format: double
-             * @description Seconds since it started (until it ended, once it has).
+             * @description Seconds since it started (until it ended, once it has), time spent
+             *     paused included (`max_runtime_s` counts only the time not paused).
              */
             runtime_seconds: number;
             /** @description Start time of the current run, RFC 3339 UTC. */
@@ -678,7 +726,7 @@ export interface components {
          * @description Live health (`health`), derived from the process and the stored state.
          * @enum {string}
          */
-        Health: "healthy" | "zombie" | "completed" | "failed" | "unknown" | "cancelled";
+        Health: "healthy" | "zombie" | "completed" | "failed" | "unknown" | "cancelled" | "paused";
         /** @description Answer of `GET /v1/agents/{id}/health`. */
         HealthReport: {
             /** @description The agent's id. */
@@ -813,6 +861,56 @@ export interface components {
              * @description Rotate a log once it is larger than this, MiB (at least 0.001).
              */
             max_mb: number;
+        };
+        /**
+         * @description What a pause or a resume did to one agent (`outcome` in a [`PauseReport`]).
+         * @enum {string}
+         */
+        PauseOutcome: "paused" | "resumed" | "already_paused" | "not_paused" | "skipped";
+        /** @description One agent's entry in the answer of `POST /v1/pause` or `POST /v1/resume`. */
+        PauseReport: {
+            /** @description The agent. */
+            agent_id: string;
+            /**
+             * @description How its tree was frozen or thawed: `cgroup` (`cgroup.freeze` of its
+             *     leaf) or `signals` (SIGSTOP / SIGCONT to every member found); null
+             *     when nothing was done.
+             */
+            method?: string | null;
+            /** @description What was done. */
+            outcome: components["schemas"]["PauseOutcome"];
+            /**
+             * Format: int32
+             * @description Its pid (null when it has none).
+             */
+            pid?: number | null;
+            /**
+             * Format: int32
+             * @description Processes of its tree frozen or thawed (null when nothing was done).
+             */
+            processes?: number | null;
+            /**
+             * @description Why it was skipped, or what is worth knowing about how it went (a
+             *     tree the kernel had not finished freezing when the answer was sent).
+             */
+            reason?: string | null;
+            /** @description Its `state` after the call. */
+            state: components["schemas"]["AgentState"];
+        };
+        /**
+         * @description Body of `POST /v1/pause` and `POST /v1/resume`: exactly one of
+         *     `{"agent_id": "L2.1"}` (one agent: an agent that cannot be paused or
+         *     resumed is a 409 `conflict` naming its state), `{"selector": "L2.1.*"}`
+         *     or `{"all": true}` (every agent picked that has not ended gets an entry;
+         *     one that cannot be paused or resumed is `skipped`, with the reason).
+         */
+        PauseRequest: {
+            /** @description One agent. */
+            agent_id?: string | null;
+            /** @description Every agent. */
+            all?: boolean;
+            /** @description An id or a `PREFIX.*` subtree. */
+            selector?: string | null;
         };
         /**
          * @description Stored lifecycle state (`persistent_status`): `spawning → running → completed | failed | cancelled`.
@@ -1990,6 +2088,61 @@ export interface operations {
             };
         };
     };
+    pause: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PauseRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PauseReport"][];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     prune: {
         parameters: {
             query?: never;
@@ -2058,6 +2211,61 @@ export interface operations {
                 };
             };
             400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    resume: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PauseRequest"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PauseReport"][];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -31,6 +31,8 @@ const METHOD_OF: Record<string, keyof CorralClient> = {
   events: "events",
   daemon_health: "health",
   openapi: "openapi",
+  pause: "pause",
+  resume: "resume",
   prune: "prune",
   reap: "reap",
   restart_many: "restartMany",
@@ -139,6 +141,36 @@ describe("routes", () => {
     await rejection(corral.status("s.a")).then((e) => assert.equal(e.code, "not_found"));
     const pruned = await corral.prune();
     assert.ok(pruned.removed.includes("s.b") && pruned.removed.includes("s.c"), JSON.stringify(pruned));
+  });
+
+  test("pause and resume: one agent, a selector, all", async () => {
+    const a = await corral.spawn(sleeper("p.a"));
+    await corral.spawn(sleeper("p.b"));
+    const [paused] = await corral.pause({ agentId: "p.a" });
+    assert.equal(paused!.outcome, "paused");
+    assert.equal(paused!.state, "paused");
+    assert.equal(paused!.pid, a.pid);
+    const status = await corral.status("p.a");
+    assert.equal(status.state, "paused");
+    assert.equal(status.health, "paused");
+    const many = await corral.pause({ selector: "p.*" });
+    assert.deepEqual(
+      many.map((r) => [r.agent_id, r.outcome]),
+      [
+        ["p.a", "already_paused"],
+        ["p.b", "paused"],
+      ],
+    );
+    const all = await corral.resume({ all: true });
+    assert.ok(
+      all.filter((r) => r.agent_id.startsWith("p.")).every((r) => r.outcome === "resumed"),
+      JSON.stringify(all),
+    );
+    assert.equal((await corral.status("p.b")).state, "running");
+    await corral.stopMany({ selector: "p.*", force: true, liveOnly: true });
+    const ended = await rejection(corral.pause({ agentId: "p.a" }));
+    assert.equal(ended.code, "conflict");
+    assert.equal(ended.status, 409);
   });
 
   test("spawn batch: one result per request, a bad entry fails alone", async () => {

@@ -18,8 +18,8 @@ use axum::{Extension, Json, Router};
 use corral_core::{
     AgentId, AgentStatus, BatchFailure, BatchRequest, BatchResponse, BatchResult, CleanupOptions,
     DaemonHealth, ErrorBody, ErrorCode, ErrorDetail, Event, HealthReport, KillRequest,
-    KillResponse, ProcessSummary, ProgressUpdate, Removal, RunInfo, Selector, SpawnRequest,
-    SpawnResponse, StopManyRequest, StopReport, Supervisor, WaitQuery,
+    KillResponse, PauseReport, PauseRequest, ProcessSummary, ProgressUpdate, Removal, RunInfo,
+    Selector, SpawnRequest, SpawnResponse, StopManyRequest, StopReport, Supervisor, WaitQuery,
 };
 use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
@@ -214,6 +214,8 @@ fn api_router() -> OpenApiRouter<Supervisor> {
         .routes(routes!(wait))
         .routes(routes!(crate::logs::logs))
         .routes(routes!(stop_many))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
         .routes(routes!(reap))
         .routes(routes!(prune))
         .routes(routes!(summary))
@@ -511,6 +513,77 @@ async fn stop_many(
         sup.stop_selected(selector.as_ref(), opts, body.live_only)
             .await?,
     ))
+}
+
+/// Pause agents: freeze their whole trees (the cgroup leaf's `cgroup.freeze`,
+/// else SIGSTOP to every member); each is `paused` until resumed, across
+/// daemon restarts too, its `max_runtime_s` and `progress_stale_s` clocks
+/// stopped and its probes off. `{"agent_id"}`: one agent (409 `conflict`
+/// naming its state when it is not running, or runs on a cluster engine);
+/// `{"selector"}` or `{"all": true}`: every agent picked that has not ended,
+/// those that cannot be paused `skipped` with the reason.
+#[utoipa::path(post, path = "/v1/pause", tag = "agents", request_body = PauseRequest,
+    responses((status = 200, body = Vec<PauseReport>), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn pause(
+    State(sup): State<Supervisor>,
+    Body(body): Body<PauseRequest>,
+) -> Result<Json<Vec<PauseReport>>, ApiError> {
+    pause_or_resume(&sup, body, false).await.map(Json)
+}
+
+/// Resume paused agents: thaw their whole trees; each is `running` again.
+/// `{"agent_id"}`: one agent (409 `conflict` naming its state when it is
+/// neither paused nor running); `{"selector"}` or `{"all": true}`: every
+/// agent picked that has not ended, those that cannot be resumed `skipped`.
+#[utoipa::path(post, path = "/v1/resume", tag = "agents", request_body = PauseRequest,
+    responses((status = 200, body = Vec<PauseReport>), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn resume(
+    State(sup): State<Supervisor>,
+    Body(body): Body<PauseRequest>,
+) -> Result<Json<Vec<PauseReport>>, ApiError> {
+    pause_or_resume(&sup, body, true).await.map(Json)
+}
+
+/// A pause (or resume) of what `body` names: exactly one of `agent_id`,
+/// `selector` and `all`.
+async fn pause_or_resume(
+    sup: &Supervisor,
+    body: PauseRequest,
+    resume: bool,
+) -> Result<Vec<PauseReport>, ApiError> {
+    let verb = if resume { "resume" } else { "pause" };
+    match (body.agent_id, body.selector, body.all) {
+        (Some(id), None, false) => {
+            let id = AgentId::new(id)?;
+            let report = if resume {
+                sup.resume_agent(&id).await?
+            } else {
+                sup.pause_agent(&id).await?
+            };
+            Ok(vec![report])
+        }
+        (None, Some(selector), false) => {
+            let selector = Selector::parse(&selector)?;
+            Ok(if resume {
+                sup.resume_selected(Some(&selector)).await?
+            } else {
+                sup.pause_selected(Some(&selector)).await?
+            })
+        }
+        (None, None, true) => Ok(if resume {
+            sup.resume_selected(None).await?
+        } else {
+            sup.pause_selected(None).await?
+        }),
+        (None, None, false) => Err(ApiError::invalid(format!(
+            "say which agents to {verb}: {{\"agent_id\": \"L2.1\"}}, {{\"selector\": \"L2.1.*\"}} or {{\"all\": true}}"
+        ))),
+        _ => Err(ApiError::invalid(
+            "give one of \"agent_id\", \"selector\" and \"all\": true, not several",
+        )),
+    }
 }
 
 /// Restart one agent: its staged stop (when it is live), then a new run with

@@ -961,3 +961,96 @@ async fn metrics_follow_spawns_and_stops_at_once_between_samples() {
     );
     api.finish().await;
 }
+
+#[tokio::test]
+async fn pause_and_resume_take_one_of_agent_id_selector_or_all() {
+    let api = Api::start().await;
+    for id in ["pz.a", "pz.b"] {
+        let body = json!({"agent_id": id, "command": ["sleep", "60"], "verify_ms": 0});
+        let (status, v) = api
+            .send(Method::POST, "/v1/agents", body.to_string().as_bytes())
+            .await;
+        assert_eq!(status.as_u16(), 201, "{v}");
+    }
+    let pause = |body: &'static [u8]| api.send(Method::POST, "/v1/pause", body);
+    assert_error(&pause(b"").await, 400, "invalid", "expected a JSON object");
+    assert_error(
+        &pause(b"{}").await,
+        400,
+        "invalid",
+        "say which agents to pause",
+    );
+    assert_error(
+        &pause(br#"{"agent_id": "pz.a", "all": true}"#).await,
+        400,
+        "invalid",
+        "not several",
+    );
+    assert_error(
+        &pause(br#"{"agent": "pz.a"}"#).await,
+        400,
+        "invalid",
+        "unknown field",
+    );
+    assert_error(
+        &pause(br#"{"agent_id": "pz.none"}"#).await,
+        404,
+        "not_found",
+        "pz.none",
+    );
+    assert_error(
+        &pause(br#"{"selector": "pz"}"#).await,
+        404,
+        "not_found",
+        "pz",
+    );
+
+    let (status, one) = pause(br#"{"agent_id": "pz.a"}"#).await;
+    assert_eq!(status.as_u16(), 200, "{one}");
+    assert_eq!(one[0]["outcome"], "paused", "{one}");
+    assert_eq!(one[0]["state"], "paused", "{one}");
+    let s: Value = api.client.get("/v1/agents/pz.a").await.unwrap();
+    assert_eq!(
+        (&s["state"], &s["health"]),
+        (&json!("paused"), &json!("paused"))
+    );
+    let h: Value = api.client.get("/v1/agents/pz.a/health").await.unwrap();
+    assert_eq!(h["healthy"], false, "{h}");
+    assert_eq!(listed(&api, "?state=paused").await, ["pz.a"]);
+
+    let (status, many) = pause(br#"{"selector": "pz.*"}"#).await;
+    assert_eq!(status.as_u16(), 200, "{many}");
+    let outcomes: Vec<&str> = many
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["already_paused", "paused"], "{many}");
+
+    let (status, all) = api
+        .send(Method::POST, "/v1/resume", br#"{"all": true}"#)
+        .await;
+    assert_eq!(status.as_u16(), 200, "{all}");
+    assert_eq!(all.as_array().unwrap().len(), 2, "{all}");
+    assert!(
+        all.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["outcome"] == "resumed")
+    );
+    wait_state(&api, "pz.b", "running").await;
+
+    // An agent that has ended: a conflict naming its state.
+    api.sup
+        .kill_agent(&corral_core::AgentId::new("pz.b").unwrap(), true)
+        .await
+        .unwrap();
+    assert_error(
+        &pause(br#"{"agent_id": "pz.b"}"#).await,
+        409,
+        "conflict",
+        "agent pz.b is ended: only a running agent can be paused",
+    );
+    api.finish().await;
+}

@@ -105,6 +105,10 @@ pub enum Command {
     Kill(KillArgs),
     /// Restart agents: the staged stop of each that runs, then a new run with the same request.
     Restart(RestartArgs),
+    /// Pause agents: freeze their whole process trees (their runtime clocks stop) until resumed.
+    Pause(PauseArgs),
+    /// Resume paused agents: thaw their whole process trees.
+    Resume(PauseArgs),
     /// Show an agent's output: the last lines, any run, following with -f.
     Logs(LogsArgs),
     /// List an agent's runs: number, pid, start, end, status, exit, reason.
@@ -465,6 +469,23 @@ pub struct RestartArgs {
     /// Staged-stop waits in seconds for this call: after the first SIGTERM, the second, the SIGKILL.
     #[arg(long, value_name = "T1,T2,T3")]
     pub stop_timeouts: Option<String>,
+    #[command(flatten)]
+    pub conn: Conn,
+    #[command(flatten)]
+    pub out: Json,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "A paused agent stays paused across daemon restarts; `max_runtime_s` and `progress_stale_s` do not count the time it is paused, and its probes do not run. Only a running agent can be paused (409 for one id otherwise; a selector skips it, saying why). Stopping a paused agent thaws it first."
+)]
+pub struct PauseArgs {
+    /// Agent id or subtree (`PREFIX.*`).
+    #[arg(required_unless_present = "all", conflicts_with = "all", add = ids())]
+    pub target: Option<String>,
+    /// Every agent that has not ended.
+    #[arg(long)]
+    pub all: bool,
     #[command(flatten)]
     pub conn: Conn,
     #[command(flatten)]

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use corral_proto::{
     AgentStatus, BatchRequest, BatchResponse, CleanupOptions, DaemonHealth, DaemonStopRequest,
     DaemonStopResponse, EventsQuery, HealthReport, KillRequest, KillResponse, ListQuery, LogsQuery,
-    ProcessSummary, ProgressUpdate, Removal, RunInfo, SpawnRequest, SpawnResponse, StopManyRequest,
-    StopReport, WaitQuery, percent_encode,
+    PauseReport, PauseRequest, ProcessSummary, ProgressUpdate, Removal, RunInfo, SpawnRequest,
+    SpawnResponse, StopManyRequest, StopReport, WaitQuery, percent_encode,
 };
 use serde::Serialize;
 
@@ -149,6 +149,17 @@ impl Client {
     /// `POST /v1/restart`: restart every agent a selector picks.
     pub async fn restart_many(&self, req: &StopManyRequest) -> Result<BatchResponse, ClientError> {
         self.call(Method::POST, "/v1/restart", Some(req)).await
+    }
+
+    /// `POST /v1/pause`: freeze the whole tree of one agent (`agent_id`), or
+    /// of every agent a selector (or `all`) picks; one report each.
+    pub async fn pause(&self, req: &PauseRequest) -> Result<Vec<PauseReport>, ClientError> {
+        self.call(Method::POST, "/v1/pause", Some(req)).await
+    }
+
+    /// `POST /v1/resume`: thaw paused agents, picked as [`Client::pause`] picks them.
+    pub async fn resume(&self, req: &PauseRequest) -> Result<Vec<PauseReport>, ClientError> {
+        self.call(Method::POST, "/v1/resume", Some(req)).await
     }
 
     /// `POST /v1/reap` (`reap_zombies`): the agents whose exits had to be reaped.

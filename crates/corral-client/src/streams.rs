@@ -5,8 +5,9 @@
 //!
 //! The limits of the transport hold here too: no event (nor SSE line) over
 //! [`EVENT_LIMIT`], no silence on the event stream longer than
-//! [`EVENT_STALL`](crate::EVENT_STALL) (the daemon sends a keep-alive every 15 s); a followed log
-//! has neither (a quiet agent writes nothing for hours).
+//! [`EVENT_STALL`](crate::transport::EVENT_STALL) (the daemon sends a
+//! keep-alive every 15 s); a followed log has neither (a quiet agent writes
+//! nothing for hours).
 
 use corral_proto::Event;
 use futures_util::Stream;

@@ -54,6 +54,17 @@ pub enum Error {
         /// Its pid, when it has one.
         pid: Option<i32>,
     },
+    /// The agent cannot do this in its state (a pause of an agent that is
+    /// not running, a resume of one that is not paused).
+    #[error("agent {agent_id} is {state}: {reason}")]
+    State {
+        /// The agent.
+        agent_id: String,
+        /// Its state, in words.
+        state: String,
+        /// What cannot be done, and why.
+        reason: String,
+    },
     /// The caller may not do this.
     #[error("agent {agent_id}: {reason}")]
     Forbidden {
@@ -206,7 +217,7 @@ impl Error {
         match self {
             Self::InvalidId(_) | Self::Invalid { .. } => ErrorCode::Invalid,
             Self::NotFound { .. } | Self::RunNotFound { .. } => ErrorCode::NotFound,
-            Self::Conflict { .. } => ErrorCode::Conflict,
+            Self::Conflict { .. } | Self::State { .. } => ErrorCode::Conflict,
             Self::Forbidden { .. } => ErrorCode::Forbidden,
             Self::Timeout { .. } => ErrorCode::Timeout,
             Self::Spawn { .. } | Self::Files { .. } | Self::Engine { .. } | Self::User { .. } => {

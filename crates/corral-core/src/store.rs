@@ -41,7 +41,7 @@ use crate::model::{
 };
 
 /// Schema version this build writes (`PRAGMA user_version`).
-pub(crate) const SCHEMA_VERSION: i32 = 5;
+pub(crate) const SCHEMA_VERSION: i32 = 6;
 
 /// Most writes applied in one transaction.
 const MAX_BATCH: usize = 512;
@@ -104,6 +104,10 @@ const MIGRATIONS: &[&str] = &[
     // under way (cause, stage, timeouts, deadlines) so a new daemon finishes it.
     "ALTER TABLE runs ADD COLUMN state TEXT;
     ALTER TABLE runs ADD COLUMN stop TEXT;",
+    // v6: pauses: since when the run is paused (while it is), and the seconds
+    // its earlier pauses took (`max_runtime_s` does not count them).
+    "ALTER TABLE runs ADD COLUMN paused_at TEXT;
+    ALTER TABLE runs ADD COLUMN paused_s REAL NOT NULL DEFAULT 0;",
 ];
 
 /// A run's job on a cluster engine, as stored.
@@ -168,6 +172,21 @@ pub(crate) struct RunRecord {
     pub state: Option<AgentState>,
     /// The stop under way, when one is.
     pub stop: Option<StopRecord>,
+    /// Since when the run is paused (RFC 3339), while it is.
+    pub paused_at: Option<String>,
+    /// Seconds the run's earlier pauses took (the current one not included).
+    pub paused_s: f64,
+}
+
+/// A run's pauses as the store keeps them (the `paused_at` and `paused_s`
+/// columns): a new daemon keeps a paused run paused, and its runtime limit
+/// leaves out the time it was.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct PauseRecord {
+    /// Since when it is paused (RFC 3339); none while it is not.
+    pub paused_at: Option<String>,
+    /// Seconds its finished pauses took.
+    pub paused_s: f64,
 }
 
 /// A stop as the store keeps it (JSON in the run's `stop` column): everything
@@ -380,6 +399,12 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
                     None
                 }
             }),
+        paused_at: row.get("paused_at")?,
+        paused_s: row
+            .get::<_, Option<f64>>("paused_s")?
+            .filter(|s| s.is_finite())
+            .unwrap_or(0.0)
+            .max(0.0),
     })
 }
 
@@ -856,6 +881,8 @@ pub(crate) struct Transition {
     pub stop: Option<Option<StopRecord>>,
     /// `Some(None)` clears a planned restart.
     pub next_restart_at: Option<Option<String>>,
+    /// The run's pauses (`paused_at` and `paused_s`).
+    pub paused: Option<PauseRecord>,
     /// What the `state` event says of the stop (the status's `stop` object).
     pub stop_info: Option<crate::model::StopInfo>,
     /// Events after the `state` event.
@@ -913,6 +940,10 @@ pub(crate) fn transition(run_id: i64, t: Transition) -> Write {
         }
         if let Some(at) = &t.next_restart_at {
             set("next_restart_at", text(at));
+        }
+        if let Some(p) = &t.paused {
+            set("paused_at", text(&p.paused_at));
+            set("paused_s", Value::Real(p.paused_s));
         }
         if !sets.is_empty() {
             let assignments: Vec<String> = sets

@@ -126,6 +126,9 @@ pub enum Health {
     /// Ended because someone stopped it (`stop`, `kill`, `down`, a stopped
     /// parent), whatever signal ended it.
     Cancelled,
+    /// Alive with its whole tree frozen by a pause (`state` is `paused`):
+    /// its probes do not run until it is resumed.
+    Paused,
 }
 
 impl Health {
@@ -138,6 +141,7 @@ impl Health {
             Self::Failed => "failed",
             Self::Unknown => "unknown",
             Self::Cancelled => "cancelled",
+            Self::Paused => "paused",
         }
     }
 }
@@ -819,7 +823,8 @@ pub struct AgentStatus {
     pub cpu_percent: f64,
     /// Resident set size of the agent's own process in MiB.
     pub memory_mb: f64,
-    /// Seconds since it started (until it ended, once it has).
+    /// Seconds since it started (until it ended, once it has), time spent
+    /// paused included (`max_runtime_s` counts only the time not paused).
     pub runtime_seconds: f64,
     /// Thread count.
     pub num_threads: u32,
@@ -1272,6 +1277,87 @@ pub struct KillResponse {
     pub killed: bool,
     /// The stop's report.
     pub report: StopReport,
+}
+
+// ---------------------------------------------------------------------------
+// Pausing
+// ---------------------------------------------------------------------------
+
+/// Body of `POST /v1/pause` and `POST /v1/resume`: exactly one of
+/// `{"agent_id": "L2.1"}` (one agent: an agent that cannot be paused or
+/// resumed is a 409 `conflict` naming its state), `{"selector": "L2.1.*"}`
+/// or `{"all": true}` (every agent picked that has not ended gets an entry;
+/// one that cannot be paused or resumed is `skipped`, with the reason).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PauseRequest {
+    /// One agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// An id or a `PREFIX.*` subtree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Every agent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+}
+
+/// What a pause or a resume did to one agent (`outcome` in a [`PauseReport`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseOutcome {
+    /// Its tree is frozen now, and it is `paused`.
+    Paused,
+    /// Its tree is thawed now, and it is `running` again.
+    Resumed,
+    /// A pause found it paused already: nothing was done.
+    AlreadyPaused,
+    /// A resume found it running (not paused): nothing was done.
+    NotPaused,
+    /// It cannot be paused or resumed in its state (`reason` says why);
+    /// only in answers for a selector or `all`.
+    Skipped,
+}
+
+impl PauseOutcome {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Paused => "paused",
+            Self::Resumed => "resumed",
+            Self::AlreadyPaused => "already_paused",
+            Self::NotPaused => "not_paused",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
+impl fmt::Display for PauseOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One agent's entry in the answer of `POST /v1/pause` or `POST /v1/resume`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PauseReport {
+    /// The agent.
+    pub agent_id: String,
+    /// Its pid (null when it has none).
+    pub pid: Option<i32>,
+    /// What was done.
+    pub outcome: PauseOutcome,
+    /// Its `state` after the call.
+    pub state: AgentState,
+    /// How its tree was frozen or thawed: `cgroup` (`cgroup.freeze` of its
+    /// leaf) or `signals` (SIGSTOP / SIGCONT to every member found); null
+    /// when nothing was done.
+    pub method: Option<String>,
+    /// Processes of its tree frozen or thawed (null when nothing was done).
+    pub processes: Option<u32>,
+    /// Why it was skipped, or what is worth knowing about how it went (a
+    /// tree the kernel had not finished freezing when the answer was sent).
+    pub reason: Option<String>,
 }
 
 /// What `remove_agent` / `prune` took out of the record.

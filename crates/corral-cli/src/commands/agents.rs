@@ -151,7 +151,7 @@ pub fn health_colour(h: Health) -> Option<Colour> {
     Some(match h {
         Health::Healthy => Colour::Green,
         Health::Failed => Colour::Red,
-        Health::Zombie | Health::Unknown => Colour::Yellow,
+        Health::Zombie | Health::Unknown | Health::Paused => Colour::Yellow,
         Health::Completed | Health::Cancelled => Colour::Dim,
     })
 }

@@ -11,6 +11,7 @@ mod demo;
 mod logs;
 mod man;
 mod mcp;
+mod pause;
 mod project;
 mod spawn;
 mod startup;
@@ -128,6 +129,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Stop(a) => stop::stop(&ctx(&a.conn, a.out)?, &a).await,
         Command::Restart(a) => stop::restart(&ctx(&a.conn, a.out)?, &a).await,
         Command::Kill(a) => stop::kill(&ctx(&a.conn, a.out)?, &a.id, a.force).await,
+        Command::Pause(a) => pause::run(&ctx(&a.conn, a.out)?, &a, false).await,
+        Command::Resume(a) => pause::run(&ctx(&a.conn, a.out)?, &a, true).await,
         Command::Reap(a) => agents::reap(&ctx(&a.conn, a.out)?).await,
         Command::Rm(a) => agents::remove(&ctx(&a.conn, a.out)?, &a.id).await,
         Command::Prune(a) => agents::prune(&ctx(&a.conn, a.out)?).await,

@@ -248,6 +248,25 @@ impl Leaf {
         write_file(&self.dir.join("cgroup.kill"), "1")
     }
 
+    /// Asks the kernel to freeze (`true`) or thaw every process in the leaf
+    /// (`cgroup.freeze`, Linux ≥ 5.2). Freezing takes effect asynchronously:
+    /// [`Leaf::frozen`] says when it is complete. A frozen process can still
+    /// be killed with SIGKILL; other signals wait until it is thawed.
+    pub fn set_frozen(&self, frozen: bool) -> io::Result<()> {
+        write_file(
+            &self.dir.join("cgroup.freeze"),
+            if frozen { "1" } else { "0" },
+        )
+    }
+
+    /// True once every process in the leaf is frozen (`frozen 1` in
+    /// `cgroup.events`).
+    pub fn frozen(&self) -> bool {
+        fs::read_to_string(self.dir.join("cgroup.events"))
+            .map(|t| t.lines().any(|l| l.trim() == "frozen 1"))
+            .unwrap_or(false)
+    }
+
     /// Sets the kernel-enforced limits this leaf's controllers allow; returns
     /// which were set (memory MiB → `memory.max` with no swap, pids →
     /// `pids.max`, CPU percent of one CPU → `cpu.max`).

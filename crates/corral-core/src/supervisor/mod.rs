@@ -16,6 +16,9 @@
 //!   `ended` only when nothing of it is left in `/proc`.
 //! - **Stops are durable.** A stop is on record before its first signal; a
 //!   new daemon finishes it at its stored stage (`owner/adopt.rs`).
+//! - **Pauses are durable.** A pause is on record before its tree is frozen,
+//!   a resume after it is thawed; a new daemon freezes a paused run again
+//!   and keeps it paused (`owner/pause.rs`, `execution/pause.rs`).
 //! - **No agent without an owner.** An owner that fails is noticed at once:
 //!   the failure is logged and a new owner takes the agent over from its
 //!   record ([`launch`]).
@@ -41,7 +44,7 @@
 //!   answer is already true.
 //!
 //! The public methods are in `agents.rs` (spawning and reading) and `ops.rs`
-//! (stopping, reaping, forgetting).
+//! (stopping, pausing, reaping, forgetting).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
@@ -168,6 +171,11 @@ pub(crate) enum Cmd {
     /// Record the end of a main process that has exited and is not on record
     /// yet (`reap_zombies`); answers whether this did.
     Reap { reply: oneshot::Sender<bool> },
+    /// Freeze the run's whole tree (or, with `resume`, thaw it).
+    Pause {
+        resume: bool,
+        reply: oneshot::Sender<Result<crate::model::PauseReport>>,
+    },
     /// Fail (panic) on purpose: how tests make sure a failed owner is replaced.
     #[cfg(test)]
     Fail,

@@ -1,6 +1,6 @@
 //! The supervisor's public methods that end things: stops (one agent, a
-//! selector, every agent), kills, reaping on request, forgetting agents and
-//! pruning history. A stop goes to the agent's owner and is answered by it
+//! selector, every agent), kills, pauses and resumes, reaping on request,
+//! forgetting agents and pruning history. A stop goes to the agent's owner and is answered by it
 //! once nothing of the agent is left; an agent is forgotten only when its
 //! owner has nothing left to do — never while a process of it is alive.
 
@@ -11,7 +11,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
 use crate::id::{AgentId, Selector};
-use crate::model::{CleanupOptions, KillResponse, Removal, StopReport, StopStage};
+use crate::model::{
+    CleanupOptions, KillResponse, PauseOutcome, PauseReport, Removal, StopReport, StopStage,
+};
 use crate::platform;
 
 use super::{Cmd, Shared, Supervisor, already_ended, blocking, lock, reaper, spec};
@@ -137,6 +139,82 @@ impl Supervisor {
             ),
             report,
         })
+    }
+
+    /// Pauses one agent: its whole tree is frozen (its cgroup leaf's
+    /// `cgroup.freeze`, or SIGSTOP to every member without one) and it is
+    /// `paused` until resumed — across daemon restarts too. Its
+    /// `max_runtime_s` and `progress_stale_s` clocks stop, its probes do not
+    /// run, and a stop thaws it first. Pausing a paused agent does nothing
+    /// (`already_paused`); one that is not running (starting, stopping,
+    /// waiting to restart, ended) or that runs on a cluster engine is refused
+    /// with [`Error::State`] (409 `conflict`) naming its state.
+    pub async fn pause_agent(&self, id: &AgentId) -> Result<PauseReport> {
+        self.refuse_if_failing()?;
+        pause_one(&self.sh, id, false).await
+    }
+
+    /// Resumes one paused agent: its tree is thawed and it is `running`
+    /// again. Resuming a running agent does nothing (`not_paused`); one in
+    /// another state is refused with [`Error::State`].
+    pub async fn resume_agent(&self, id: &AgentId) -> Result<PauseReport> {
+        self.refuse_if_failing()?;
+        pause_one(&self.sh, id, true).await
+    }
+
+    /// Pauses the agents `selector` picks (`None`: every agent), all at once:
+    /// one report each, in natural id order. Agents that have ended are left
+    /// out (unless the selector names one id); one that cannot be paused now
+    /// is `skipped`, with the reason.
+    pub async fn pause_selected(&self, selector: Option<&Selector>) -> Result<Vec<PauseReport>> {
+        self.pause_many(selector, false).await
+    }
+
+    /// Resumes the agents `selector` picks (`None`: every agent), as
+    /// [`Self::pause_selected`] pauses them.
+    pub async fn resume_selected(&self, selector: Option<&Selector>) -> Result<Vec<PauseReport>> {
+        self.pause_many(selector, true).await
+    }
+
+    async fn pause_many(
+        &self,
+        selector: Option<&Selector>,
+        resume: bool,
+    ) -> Result<Vec<PauseReport>> {
+        self.refuse_if_failing()?;
+        let one = matches!(selector, Some(Selector::One(_)));
+        let mut targets: Vec<AgentId> = lock(&self.sh.registry)
+            .iter()
+            .filter(|(id, _)| selector.is_none_or(|s| s.matches(id)))
+            .filter(|(_, slot)| {
+                let p = slot.published.borrow();
+                p.view.is_some() && (p.busy || one)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        if let Some(Selector::One(id)) = selector
+            && targets.is_empty()
+        {
+            return Err(Error::NotFound {
+                agent_id: id.to_string(),
+            });
+        }
+        targets.sort_by(|a, b| crate::model::natural_cmp(a.as_str(), b.as_str()));
+        let calls = targets.into_iter().map(|id| {
+            let sh = self.sh.clone();
+            async move {
+                match pause_one(&sh, &id, resume).await {
+                    Ok(report) => Some(report),
+                    Err(Error::NotFound { .. }) => None,
+                    Err(e) => Some(skipped(&sh, &id, e)),
+                }
+            }
+        });
+        Ok(futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .flatten()
+            .collect())
     }
 
     /// The seed's `reap_zombies`: records and reaps whatever has died and is
@@ -405,6 +483,95 @@ async fn stop_one(
         .view
         .clone()?;
     Some(already_ended(&view))
+}
+
+/// Pauses (or resumes) one agent through its owner and waits for its
+/// answer. An owner that fails meanwhile is replaced from the record; the
+/// call is made again of its successor.
+async fn pause_one(sh: &Arc<Shared>, id: &AgentId, resume: bool) -> Result<PauseReport> {
+    let not_found = || Error::NotFound {
+        agent_id: id.to_string(),
+    };
+    let mut owners = sh.owners.subscribe();
+    for _ in 0..3 {
+        owners.borrow_and_update();
+        let (view, busy, tx) = {
+            let reg = lock(&sh.registry);
+            let slot = reg.get(id).ok_or_else(not_found)?;
+            let p = slot.published.borrow();
+            (
+                p.view.clone().ok_or_else(not_found)?,
+                p.busy,
+                slot.tx.clone(),
+            )
+        };
+        if !busy {
+            return Err(ended_refusal(&view, resume));
+        }
+        let (reply, answer) = oneshot::channel();
+        if tx.send(Cmd::Pause { resume, reply }).is_ok()
+            && let Ok(answer) = answer.await
+        {
+            return answer;
+        }
+        // The owner went away without answering: the agent ended meanwhile,
+        // or the supervisor is shutting down, or the owner failed and a new
+        // one is on its way.
+        let ended = {
+            let reg = lock(&sh.registry);
+            let slot = reg.get(id).ok_or_else(not_found)?;
+            let p = slot.published.borrow();
+            (!p.busy).then(|| p.view.clone()).flatten()
+        };
+        if let Some(view) = ended {
+            return Err(ended_refusal(&view, resume));
+        }
+        if *sh.shutdown.borrow() {
+            return Err(Error::StoreClosed);
+        }
+        let replaced =
+            tokio::time::timeout(std::time::Duration::from_secs(10), owners.changed()).await;
+        if !matches!(replaced, Ok(Ok(()))) {
+            break;
+        }
+    }
+    Err(Error::OwnerFailed {
+        agent_id: id.to_string(),
+        reason: "its owner went away while pausing or resuming it".into(),
+    })
+}
+
+/// The refusal of a pause or resume of an agent that has ended.
+fn ended_refusal(view: &super::view::View, resume: bool) -> Error {
+    Error::State {
+        agent_id: view.id.to_string(),
+        state: view.state.to_string(),
+        reason: if resume {
+            "only a paused agent can be resumed; this one has ended".into()
+        } else {
+            "only a running agent can be paused; this one has ended".into()
+        },
+    }
+}
+
+/// The report of an agent a selector's pause or resume could not act on.
+fn skipped(sh: &Shared, id: &AgentId, e: Error) -> PauseReport {
+    let view = lock(&sh.registry)
+        .get(id)
+        .and_then(|slot| slot.published.borrow().view.clone());
+    let reason = match e {
+        Error::State { reason, .. } => reason,
+        other => other.to_string(),
+    };
+    PauseReport {
+        agent_id: id.to_string(),
+        pid: view.as_ref().and_then(|v| v.pid),
+        outcome: PauseOutcome::Skipped,
+        state: view.map_or(crate::model::AgentState::Ended, |v| v.state),
+        method: None,
+        processes: None,
+        reason: Some(reason),
+    }
 }
 
 #[cfg(test)]

@@ -22,9 +22,13 @@
 //! - `http`: a GET of an `http://` URL; a 2xx or 3xx answer passes.
 //! - `tcp`: a connection to `HOST:PORT` passes.
 //! - `progress_stale_s`: a progress report within that many seconds (or the
-//!   run being younger than that) passes — a stuck agent fails.
+//!   run being younger than that) passes — a stuck agent fails. Time the run
+//!   spent paused does not count.
 //! - `log` (readiness): a line of the run's stdout or stderr matching the
 //!   regular expression passes, for good.
+//!
+//! No probe runs while the run is paused: its owner ends them when it
+//! pauses it and starts them again when it resumes it.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -130,14 +134,10 @@ impl Target {
     /// false once the owner is gone.
     fn deliver(&self, outcome: Outcome) -> bool {
         // Checks go on until the registration is dropped; what they find
-        // once the run is no longer live (stopping, ended, replaced) is not
-        // the run's health and is not recorded.
+        // once the run is no longer live (paused, stopping, ended, replaced)
+        // is not the run's health and is not recorded.
         let live = self.published.borrow().view.as_ref().is_some_and(|v| {
-            v.run == self.run
-                && matches!(
-                    v.state,
-                    AgentState::Starting | AgentState::Running | AgentState::Paused
-                )
+            v.run == self.run && matches!(v.state, AgentState::Starting | AgentState::Running)
         });
         if !live {
             return true;
@@ -383,6 +383,8 @@ async fn bounded(timeout: Duration, check: impl Future<Output = (bool, String)>)
         })
 }
 
+/// `progress_stale_s`: the time since the last report (or the run's start)
+/// counts only while the run is not paused.
 fn stale(target: &Target, limit: f64) -> (bool, String) {
     let published = target.published.borrow().view.clone();
     let last = published
@@ -390,10 +392,20 @@ fn stale(target: &Target, limit: f64) -> (bool, String) {
         .and_then(|v| v.progress_at.as_deref())
         .and_then(|t| humantime::parse_rfc3339_weak(t).ok());
     let since = last.unwrap_or(target.started);
-    let age = SystemTime::now()
+    let paused = published.as_ref().map_or(0.0, |v| {
+        let before = if last.is_some() {
+            v.progress_paused_s
+        } else {
+            0.0
+        };
+        (v.paused_total_s() - before).max(0.0)
+    });
+    let age = (SystemTime::now()
         .duration_since(since)
         .unwrap_or_default()
-        .as_secs_f64();
+        .as_secs_f64()
+        - paused)
+        .max(0.0);
     if age <= limit {
         (true, format!("progress {age:.0} s ago"))
     } else if last.is_some() {

@@ -251,6 +251,111 @@ mod paused {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn max_runtime_counts_only_the_time_not_paused() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = world(OnTerm::Exits(Duration::ZERO), vec![], None);
+        let sup = open(dir.path(), &w).await;
+        sup.spawn_agent(SpawnRequest {
+            max_runtime_s: Some(10.0),
+            ..request("a", [1.0, 1.0, 1.0], RestartMode::Never)
+        })
+        .await
+        .unwrap();
+        let t0 = Instant::now();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let r = sup.pause_agent(&id("a")).await.unwrap();
+        assert_eq!(r.outcome, crate::PauseOutcome::Paused);
+        let (run_id, tree) = w.trees().into_iter().next().unwrap();
+        assert!(tree.frozen);
+        // Paused far longer than the limit: nothing happens.
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        let s = sup.get_agent_status(&id("a")).unwrap();
+        assert_eq!(s.state, AgentState::Paused);
+        assert!(stages(&w, run_id).is_empty(), "no stop while paused");
+        let r = sup.resume_agent(&id("a")).await.unwrap();
+        assert_eq!(r.outcome, crate::PauseOutcome::Resumed);
+        assert!(!w.tree(run_id).unwrap().frozen);
+        until(&sup, "a", |s| s.state == AgentState::Ended).await;
+        // The limit's 10 s: 2 before the pause, 8 after it.
+        let (stage, at) = stages(&w, run_id)[0];
+        assert_eq!(stage, StopStage::Term);
+        let after = at - t0;
+        assert!(
+            after >= Duration::from_secs(110) && after < Duration::from_millis(110_500),
+            "stopped {after:?} after the start"
+        );
+        let s = sup.get_agent_status(&id("a")).unwrap();
+        assert!(s.end_reason.unwrap().contains("max_runtime_s 10"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_outlives_a_daemon_crash_and_a_stop_thaws_the_tree_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = world(OnTerm::Exits(Duration::ZERO), vec![OnTerm::Ignores], None);
+        let sup = open(dir.path(), &w).await;
+        sup.spawn_agent(request("a", [10.0, 5.0, 5.0], RestartMode::Always))
+            .await
+            .unwrap();
+        sup.pause_agent(&id("a")).await.unwrap();
+        sup.shutdown();
+        drop(sup);
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let sup = open(dir.path(), &w).await;
+        let s = sup.get_agent_status(&id("a")).unwrap();
+        assert_eq!(s.state, AgentState::Paused, "{s:?}");
+        let (run_id, tree) = w.trees().into_iter().next().unwrap();
+        assert!(tree.frozen);
+        let froze: Vec<bool> = tree.pauses.iter().map(|(f, _)| *f).collect();
+        assert_eq!(froze, [true, true], "frozen again by the new daemon");
+        let rep = sup
+            .cleanup(Some(&Selector::One(id("a"))), CleanupOptions::default())
+            .await
+            .unwrap()
+            .remove(0);
+        // The main obeys SIGTERM; the child ignores it and is killed.
+        assert_eq!(rep.stage, StopStage::Kill, "{rep:?}");
+        assert_eq!(rep.persistent_status, PersistentStatus::Cancelled);
+        let tree = w.tree(run_id).unwrap();
+        assert!(!tree.frozen);
+        let (thawed, at) = *tree.pauses.last().unwrap();
+        assert!(!thawed);
+        assert!(at <= tree.signals[0].1, "thawed before the first SIGTERM");
+        let s = sup.get_agent_status(&id("a")).unwrap();
+        assert_eq!((s.run, s.next_restart_at), (1, None), "never restarted");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_killed_while_paused_is_not_restarted_even_across_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        // The child ignores SIGTERM: the stop of the leftovers takes its stages.
+        let w = world(OnTerm::Exits(Duration::ZERO), vec![OnTerm::Ignores], None);
+        let sup = open(dir.path(), &w).await;
+        sup.spawn_agent(request("a", [10.0, 5.0, 5.0], RestartMode::Always))
+            .await
+            .unwrap();
+        sup.pause_agent(&id("a")).await.unwrap();
+        let (run_id, _) = w.trees().into_iter().next().unwrap();
+        w.kill_main(run_id, 9);
+        until(&sup, "a", |s| s.state == AgentState::Stopping).await;
+        let s = sup.get_agent_status(&id("a")).unwrap();
+        assert_eq!(s.stop.unwrap().cause, crate::StopCause::Leftovers);
+        assert!(!w.tree(run_id).unwrap().frozen, "thawed to be stopped");
+        // The daemon dies while the leftovers are being stopped.
+        sup.shutdown();
+        drop(sup);
+        let sup = open(dir.path(), &w).await;
+        until(&sup, "a", |s| s.state == AgentState::Ended).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let s = sup.get_agent_status(&id("a")).unwrap();
+        assert_eq!((s.run, s.next_restart_at.as_deref()), (1, None), "{s:?}");
+        assert!(
+            s.end_reason.as_deref().unwrap().contains("while paused"),
+            "{s:?}"
+        );
+        assert_eq!(w.tree(run_id).unwrap().alive(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn leftovers_are_stopped_before_the_next_run_starts() {
         let dir = tempfile::tempdir().unwrap();
         // The main exits 1 by itself after 5 s; its child ignores SIGTERM.
@@ -294,10 +399,12 @@ mod paused {
 }
 
 /// Random lives of one agent at the owner level — stops by a user and by a
-/// limit, exits, time passing, daemon crashes — on the fake platform and the
-/// paused clock: the owner never shows a state it has not stored, never
-/// restarts what a user stopped, never ends with a process left, and every
-/// stop ends unless something cannot be killed.
+/// limit, pauses and resumes, exits, time passing, daemon crashes — on the
+/// fake platform and the paused clock: the owner never shows a state it has
+/// not stored, never restarts what a user stopped (or what was killed while
+/// paused), never ends with a process left, its tree is frozen exactly while
+/// it is paused on record, and every stop ends unless something cannot be
+/// killed.
 mod random {
     use std::sync::Arc;
     use std::time::Duration;
@@ -314,6 +421,8 @@ mod random {
     #[derive(Debug, Clone)]
     enum Op {
         Stop { force: bool },
+        Pause,
+        Resume,
         Limit,
         Exit { signal: Option<i32> },
         Advance(u64),
@@ -323,6 +432,8 @@ mod random {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             2 => any::<bool>().prop_map(|force| Op::Stop { force }),
+            2 => Just(Op::Pause),
+            1 => Just(Op::Resume),
             1 => Just(Op::Limit),
             1 => prop_oneof![Just(None), Just(Some(9)), Just(Some(11))]
                 .prop_map(|signal| Op::Exit { signal }),
@@ -351,7 +462,8 @@ mod random {
         dir: tempfile::TempDir,
         world: Arc<FakeWorld>,
         sup: Supervisor,
-        /// Runs a user asked to stop while their main process ran.
+        /// Runs a user asked to stop while their main process ran, and runs
+        /// killed from outside while paused: none is followed by another.
         user_stopped: Vec<i64>,
     }
 
@@ -410,7 +522,23 @@ mod random {
                         });
                     }
                 }
+                Op::Pause | Op::Resume => {
+                    let sup = self.sup.clone();
+                    let resume = matches!(op, Op::Resume);
+                    // Not awaited: the owner may be busy with a stop.
+                    tokio::spawn(async move {
+                        let _ = if resume {
+                            sup.resume_agent(&id()).await
+                        } else {
+                            sup.pause_agent(&id()).await
+                        };
+                    });
+                }
                 Op::Exit { signal } => {
+                    let main_alive = self.world.tree(rec.run_id).is_some_and(|t| t.main.alive);
+                    if main_alive && rec.state == Some(AgentState::Paused) {
+                        self.user_stopped.push(rec.run_id);
+                    }
                     self.world.kill_main(rec.run_id, signal.unwrap_or(0));
                 }
                 Op::Advance(ms) => tokio::time::sleep(Duration::from_millis(*ms)).await,
@@ -440,6 +568,12 @@ mod random {
                 "{shown:?} / {rec:?}"
             );
             let trees = self.world.trees();
+            let frozen = trees.get(&rec.run_id).is_some_and(|t| t.frozen);
+            assert_eq!(
+                frozen,
+                rec.state == Some(AgentState::Paused),
+                "frozen exactly while paused: {rec:?}"
+            );
             if rec.state == Some(AgentState::Ended) {
                 let left = trees.get(&rec.run_id).map_or(0, |t| t.alive());
                 assert_eq!(left, 0, "ended with {left} processes of run {}", rec.run);

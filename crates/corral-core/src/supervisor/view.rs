@@ -133,6 +133,14 @@ pub(crate) struct View {
     pub limits: std::collections::BTreeMap<String, LimitState>,
     /// The run's job, when it is placed on a cluster engine.
     pub job: Option<JobView>,
+    /// Seconds the run's finished pauses took.
+    pub paused_s: f64,
+    /// Since when it is paused, while it is (wall clock).
+    pub paused_since: Option<std::time::SystemTime>,
+    /// `paused_s` when progress was last reported: the pauses since then are
+    /// left out of `progress_stale_s`'s clock (0 when not known: a report
+    /// recovered from the store counts every pause of the run as later).
+    pub progress_paused_s: f64,
 }
 
 /// What readers see of a run's job on a cluster engine.
@@ -215,7 +223,24 @@ impl View {
             probes: None,
             limits: Default::default(),
             job: rec.job.as_ref().map(JobView::of),
+            paused_s: rec.paused_s,
+            paused_since: rec
+                .paused_at
+                .as_deref()
+                .filter(|_| rec.state == Some(AgentState::Paused))
+                .and_then(|t| humantime::parse_rfc3339_weak(t).ok()),
+            progress_paused_s: 0.0,
         }
+    }
+
+    /// Seconds the run has spent paused, the pause under way included.
+    pub(crate) fn paused_total_s(&self) -> f64 {
+        let now = self.paused_since.map_or(0.0, |since| {
+            std::time::SystemTime::now()
+                .duration_since(since)
+                .map_or(0.0, |d| d.as_secs_f64())
+        });
+        self.paused_s + now
     }
 
     pub(crate) fn stdout_log(&self) -> PathBuf {
@@ -451,6 +476,9 @@ impl View {
         exit_code: Option<i32>,
         exit_signal: Option<i32>,
     ) -> Health {
+        if alive && self.state == AgentState::Paused {
+            return Health::Paused;
+        }
         if alive {
             return Health::Healthy;
         }

@@ -515,9 +515,25 @@ async fn tail(client: &Client, id: &str, stream: &str) -> LogTail {
     }
 }
 
-/// Stops (staged) or kills (SIGKILL) one agent; says how it went.
+/// Stops (staged), kills (SIGKILL), restarts, pauses or resumes one agent;
+/// says how it went.
 async fn act(client: &Client, action: Action, id: &str) -> Result<String, String> {
     let report: StopReport = match action {
+        Action::Pause | Action::Resume => {
+            let body = corral_core::PauseRequest {
+                agent_id: Some(id.to_owned()),
+                ..Default::default()
+            };
+            let (verb, answer) = if action == Action::Pause {
+                ("pause", client.pause(&body).await)
+            } else {
+                ("resume", client.resume(&body).await)
+            };
+            let reports = answer.map_err(|e| format!("cannot {verb} {id}: {e}"))?;
+            return Ok(reports
+                .first()
+                .map_or_else(|| format!("{id}: nothing to {verb}"), super::pause::line));
+        }
         Action::Restart => {
             let r: corral_core::SpawnResponse = client
                 .restart(id, &CleanupOptions::default())

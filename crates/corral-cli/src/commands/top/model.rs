@@ -83,7 +83,7 @@ impl SortKey {
 pub enum Tone {
     /// Failed on its own (red).
     Bad,
-    /// Zombie or unknown (yellow).
+    /// Zombie, unknown or paused (yellow).
     Warn,
     /// Alive and well (green).
     Good,
@@ -95,7 +95,7 @@ pub enum Tone {
 pub fn tone(s: &AgentStatus) -> Tone {
     match s.health {
         Health::Healthy => Tone::Good,
-        Health::Zombie | Health::Unknown => Tone::Warn,
+        Health::Zombie | Health::Unknown | Health::Paused => Tone::Warn,
         Health::Completed | Health::Cancelled => Tone::Done,
         Health::Failed => Tone::Bad,
     }
@@ -171,7 +171,7 @@ impl Filter {
     }
 }
 
-/// Stop (staged) or kill (SIGKILL at once).
+/// Stop (staged), kill (SIGKILL at once), restart, pause or resume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     /// The agent's staged stop: SIGTERM, then SIGKILL after its timeouts.
@@ -180,6 +180,10 @@ pub enum Action {
     Kill,
     /// The staged stop (when it runs), then a new run with the same request.
     Restart,
+    /// Freeze the whole tree (no question asked: a resume undoes it).
+    Pause,
+    /// Thaw a paused tree.
+    Resume,
 }
 
 /// What a key press asks the loop to do.
@@ -676,6 +680,8 @@ impl Model {
                         Action::Stop => "stopping",
                         Action::Kill => "killing",
                         Action::Restart => "restarting",
+                        Action::Pause => "pausing",
+                        Action::Resume => "resuming",
                     };
                     self.set_note(format!("{what} {id}…"), false, now);
                     Some(Effect::Act(action, id))
@@ -776,8 +782,30 @@ impl Model {
             KeyCode::Char('x') => self.confirm(Action::Stop, now),
             KeyCode::Char('K') => self.confirm(Action::Kill, now),
             KeyCode::Char('R') => self.confirm(Action::Restart, now),
+            KeyCode::Char('p') => self.toggle_pause(now),
             _ => None,
         }
+    }
+
+    /// `p`: pauses the selected agent when it runs, resumes it when it is
+    /// paused (at once: nothing is lost either way).
+    fn toggle_pause(&mut self, now: Instant) -> Option<Effect> {
+        let s = self.selected_agent()?;
+        let id = s.agent_id.clone();
+        let (action, what) = match s.state {
+            AgentState::Running => (Action::Pause, "pausing"),
+            AgentState::Paused => (Action::Resume, "resuming"),
+            other => {
+                self.set_note(
+                    format!("{id} is {other}: only a running agent can be paused"),
+                    false,
+                    now,
+                );
+                return None;
+            }
+        };
+        self.set_note(format!("{what} {id}…"), false, now);
+        Some(Effect::Act(action, id))
     }
 
     fn scroll_detail(&mut self, by: i32) {
@@ -1119,6 +1147,33 @@ pub(crate) mod tests {
         press(&mut m, KeyCode::Home);
         press(&mut m, KeyCode::Up);
         assert_eq!(m.selected(), 0);
+    }
+
+    #[test]
+    fn p_pauses_a_running_agent_and_resumes_a_paused_one_at_once() {
+        let mut fleet = fleet();
+        fleet[1].state = AgentState::Paused;
+        fleet[1].health = Health::Paused;
+        let mut m = model_of(fleet);
+        assert_eq!(
+            press(&mut m, KeyCode::Char('p')),
+            Some(Effect::Act(Action::Pause, "a".into()))
+        );
+        assert_eq!(m.mode(), &Mode::Normal, "no question asked");
+        press(&mut m, KeyCode::Char('j'));
+        assert_eq!(
+            press(&mut m, KeyCode::Char('p')),
+            Some(Effect::Act(Action::Resume, "b".into()))
+        );
+        // An ended agent gets a note.
+        press(&mut m, KeyCode::Char('j'));
+        assert_eq!(press(&mut m, KeyCode::Char('p')), None);
+        assert!(
+            m.note()
+                .unwrap()
+                .text
+                .contains("only a running agent can be paused")
+        );
     }
 
     #[test]

@@ -872,6 +872,19 @@ fn render_confirm(frame: &mut Frame<'_>, action: Action, id: &str) {
             "Its staged stop if it runs, then a new run of the same command.",
             "y: restart",
         ),
+        // Not asked (`p` acts at once); shown the same way if ever asked.
+        Action::Pause => (
+            " pause ",
+            format!("Pause {id}?"),
+            "Freezes its whole process tree until it is resumed.",
+            "y: pause",
+        ),
+        Action::Resume => (
+            " resume ",
+            format!("Resume {id}?"),
+            "Thaws its whole process tree.",
+            "y: resume",
+        ),
     };
     let area = popup(frame, 66, 7);
     let text = vec![
@@ -921,6 +934,7 @@ fn render_help(frame: &mut Frame<'_>) {
             "R",
             "restart the agent (staged stop, then a new run), after y",
         ),
+        ("p", "pause the agent (freeze its whole tree), or resume it"),
         ("q  esc  ctrl-c", "quit (esc closes the details first)"),
     ];
     let area = popup(frame, 76, keys.len() as u16 + 4);

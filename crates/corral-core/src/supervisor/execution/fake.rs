@@ -95,6 +95,10 @@ pub(crate) struct FakeTree {
     pub signals: Vec<(StopStage, Instant)>,
     /// When the run's processes were created.
     pub born: Instant,
+    /// Frozen by a pause.
+    pub frozen: bool,
+    /// Freezes (true) and thaws (false) in the order they came, with when.
+    pub pauses: Vec<(bool, Instant)>,
 }
 
 impl FakeTree {
@@ -161,6 +165,8 @@ impl FakeWorld {
             children: children.into_iter().map(FakeProc::new).collect(),
             signals: Vec::new(),
             born: Instant::now(),
+            frozen: false,
+            pauses: Vec::new(),
         };
         if let Some((after, code)) = natural {
             tree.main.dies_at = Some(Instant::now() + after);
@@ -314,5 +320,21 @@ impl FakeRun {
 
     pub(crate) fn descendants(&self) -> u32 {
         self.seen
+    }
+
+    /// Freezes (or thaws) the fake tree.
+    pub(crate) fn set_frozen(&mut self, frozen: bool) -> super::pause::Frozen {
+        let processes = self
+            .with(|t, now| {
+                t.frozen = frozen;
+                t.pauses.push((frozen, now));
+                t.alive() as u32
+            })
+            .unwrap_or(0);
+        super::pause::Frozen {
+            method: "fake",
+            processes,
+            note: None,
+        }
     }
 }

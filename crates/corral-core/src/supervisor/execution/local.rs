@@ -70,6 +70,9 @@ pub(crate) struct LocalRun {
     pub probes: Option<super::super::probes::Registration>,
     /// What a stop has seen and signalled of the tree, while one is under way.
     pub track: Option<Box<Tracker>>,
+    /// Members a pause without a cgroup stopped (SIGSTOP), by identity: the
+    /// resume continues them.
+    pub stopped: std::collections::HashSet<(i32, u64)>,
 }
 
 impl Drop for LocalRun {
@@ -96,6 +99,7 @@ impl LocalRun {
             ended: false,
             probes: None,
             track: None,
+            stopped: Default::default(),
         })
     }
 

@@ -17,11 +17,13 @@
 //! | stop stage | signal the group, members, `cgroup.kill` | `scancel --signal=TERM --full` ×2, then KILL |
 //! | gone | no member left in `/proc` | ended, and nothing left in `/proc` when on this host |
 //! | adopt | same pid, start time and boot | same job id, name and tag |
+//! | pause | `cgroup.freeze` of the leaf, or SIGSTOP to every member (`pause.rs`) | refused |
 
 #[cfg(test)]
 pub(crate) mod fake;
 pub(crate) mod job;
 pub(crate) mod local;
+pub(crate) mod pause;
 pub(crate) mod slurm;
 pub(crate) mod tree;
 
@@ -201,6 +203,54 @@ impl Execution {
             Self::Remnant(r) => r.sight(),
             #[cfg(test)]
             Self::Fake(_) => None,
+        }
+    }
+
+    /// Why the run cannot be paused, when it cannot.
+    pub(crate) fn unpausable(&self) -> Option<String> {
+        match self {
+            Self::Local(_) => None,
+            Self::Job(job) => Some(format!(
+                "it runs as {} job {}; pausing a job on a cluster engine is not supported \
+                 (`scontrol suspend` needs the cluster's operator rights)",
+                job.record.engine, job.record.job_id
+            )),
+            Self::Remnant(_) => Some("its main process has ended".to_owned()),
+            #[cfg(test)]
+            Self::Fake(_) => None,
+        }
+    }
+
+    /// Freezes the run's whole tree (see `pause.rs`).
+    pub(crate) async fn freeze(
+        &mut self,
+        sh: &std::sync::Arc<Shared>,
+        agent_id: &str,
+    ) -> Result<pause::Frozen, String> {
+        match self {
+            Self::Local(run) => run.freeze(sh, agent_id).await,
+            #[cfg(test)]
+            Self::Fake(f) => Ok(f.set_frozen(true)),
+            _ => Err(self
+                .unpausable()
+                .unwrap_or_else(|| "it cannot be paused".to_owned())),
+        }
+    }
+
+    /// Thaws the run's whole tree (see `pause.rs`).
+    pub(crate) async fn thaw(
+        &mut self,
+        sh: &std::sync::Arc<Shared>,
+        agent_id: &str,
+    ) -> Result<pause::Frozen, String> {
+        match self {
+            Self::Local(run) => run.thaw(sh, agent_id).await,
+            Self::Remnant(r) => r.thaw(sh).await,
+            Self::Job(_) => Err(self
+                .unpausable()
+                .unwrap_or_else(|| "it cannot be thawed".to_owned())),
+            #[cfg(test)]
+            Self::Fake(f) => Ok(f.set_frozen(false)),
         }
     }
 

@@ -409,6 +409,39 @@ impl LocalRun {
         !(ours.is_empty() || settle_zombies(sh, ours).await)
     }
 
+    /// Every member of the tree in a process table whose scan begins now, the
+    /// main process included, found as a stop finds them without a cgroup
+    /// (the group, the session, the orphans carrying the agent's id, what the
+    /// connector saw forked under the run, and their descendants); signals
+    /// nothing. Zombies are among them.
+    pub(crate) async fn members_now(&mut self, sh: &Arc<Shared>, agent_id: &str) -> Vec<ProcEntry> {
+        let table = sh.tables.fresh(Instant::now(), sh).await;
+        let leader = (self.pid(), self.proc_.handle.start_ticks());
+        let follow = Follow::read(sh, leader, self.leaf().is_some()).await;
+        let seen = self
+            .track
+            .as_ref()
+            .map(|t| t.seen.clone())
+            .unwrap_or_default();
+        let known = follow.known(&seen);
+        let contained: Vec<i32> = match self.leaf().cloned() {
+            Some(leaf) => sh.cgroup_lane.run(move || leaf.pids(), Vec::new()).await,
+            None => Vec::new(),
+        };
+        tree::members(
+            &table,
+            &tree::Lookup {
+                leader: leader.0,
+                leader_start: leader.1,
+                leader_unreaped: !self.ended,
+                daemon: std::process::id() as i32,
+                known: &known,
+                agent_id,
+                contained: &contained,
+            },
+        )
+    }
+
     /// Members of the tree seen by the stop, the main process left out.
     pub(crate) fn descendants(&self) -> u32 {
         let leader = (self.pid(), self.proc_.handle.start_ticks());
@@ -1001,6 +1034,14 @@ impl Remnant {
 
     pub(crate) fn descendants(&self) -> u32 {
         self.track.as_ref().map_or(0, |t| t.seen.len() as u32)
+    }
+
+    /// Every member seen so far, by identity.
+    pub(crate) fn seen(&self) -> Vec<(i32, u64)> {
+        self.track
+            .as_ref()
+            .map(|t| t.seen.iter().copied().collect())
+            .unwrap_or_default()
     }
 
     pub(crate) fn settle_until(&self) -> Option<Instant> {

@@ -111,7 +111,7 @@ impl Stop {
         let wait = stage_wait(stage, req.timeouts, req.force);
         Self {
             cause: req.cause,
-            asked: matches!(req.cause, StopCause::User | StopCause::Parent),
+            asked: matches!(req.cause, StopCause::User | StopCause::Parent) || req.no_restart,
             reason: req.reason.clone(),
             timeouts: req.timeouts,
             force: req.force,
@@ -226,6 +226,9 @@ pub(crate) struct StopRequest {
     pub force: bool,
     pub now: Instant,
     pub wall: SystemTime,
+    /// Never followed by a restart, whatever its cause: a stop of what is
+    /// left of a run killed while it was paused.
+    pub no_restart: bool,
 }
 
 /// The owner's state, with what each state needs.
@@ -291,11 +294,9 @@ pub(crate) enum Happening {
     BackoffElapsed,
     /// A new run of the id (a spawn of an ended agent).
     NewRun,
-    /// Freeze the tree (`pause`, with agent teams).
-    #[allow(dead_code)]
+    /// The tree is frozen (`pause`): committed before the freeze.
     Pause,
-    /// Thaw it (`resume`).
-    #[allow(dead_code)]
+    /// The tree is thawed (`resume`): committed after the thaw.
     Resume,
 }
 
@@ -362,8 +363,10 @@ impl Lifecycle {
     /// The state a previous daemon left on record (`state`, `stop`), as a new
     /// owner takes it over at `now`: a stop continues at its stage (a deadline
     /// that passed meanwhile is due at once); a run still starting stays so
-    /// until its process is found; any other live run is `running`, and what
-    /// it really is the owner finds out next.
+    /// until its process is found; a paused run stays paused (its owner
+    /// freezes its tree again: the pause was on record before the freeze);
+    /// any other live run is `running`, and what it really is the owner
+    /// finds out next.
     pub(crate) fn recover(
         state: Option<AgentState>,
         stop: Option<&StopRecord>,
@@ -373,6 +376,7 @@ impl Lifecycle {
         let Some(rec) = stop else {
             let state = match state {
                 Some(AgentState::Starting) => State::Starting { verify_until: None },
+                Some(AgentState::Paused) => State::Paused,
                 _ => State::Running,
             };
             return Self { state };

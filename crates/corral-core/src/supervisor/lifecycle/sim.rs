@@ -220,6 +220,7 @@ impl Sim {
             force,
             now: self.now(),
             wall: self.wall(),
+            no_restart: false,
         }
     }
 

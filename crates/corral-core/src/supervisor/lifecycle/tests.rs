@@ -15,6 +15,7 @@ fn req(cause: StopCause, force: bool) -> StopRequest {
         force,
         now,
         wall,
+        no_restart: false,
     }
 }
 
@@ -283,6 +284,18 @@ fn a_recovered_stop_continues_at_its_stage_and_a_passed_deadline_is_due() {
         Lifecycle::recover(Some(W::Starting), None, now, wall).wire(),
         W::Starting
     );
+}
+
+#[test]
+fn a_paused_run_stays_paused_across_a_daemon_restart() {
+    let (now, wall) = t0();
+    let mut life = Lifecycle::recover(Some(W::Paused), None, now, wall);
+    assert_eq!(life.wire(), W::Paused);
+    assert_eq!(life.deadline(), None, "no clock runs while paused");
+    // Only a resume, a stop or an end moves it.
+    assert!(life.clone().apply(Happening::Pause).is_err());
+    assert!(life.clone().apply(Happening::Verified).is_err());
+    assert_eq!(life.apply(Happening::Resume).unwrap().to, W::Running);
 }
 
 #[test]

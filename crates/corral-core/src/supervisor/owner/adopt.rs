@@ -34,6 +34,11 @@ impl Owner {
         self.view = Some(Arc::new(View::from_record(&record, self.spec.clone())));
         self.history.attempt = record.restart_attempt;
         let (now, wall) = (super::super::now(), SystemTime::now());
+        let paused_at = record
+            .paused_at
+            .as_deref()
+            .filter(|_| record.state == Some(AgentState::Paused));
+        self.pause = super::pause::PauseClock::recover(paused_at, record.paused_s, now, wall);
         let planned = record.next_restart_at.is_some()
             && matches!(
                 record.state,
@@ -108,6 +113,9 @@ impl Owner {
         }
         if self.life().wire() == AgentState::Stopping {
             self.resume_stop().await;
+        }
+        if self.paused() {
+            self.refreeze().await;
         }
     }
 
@@ -204,7 +212,8 @@ impl Owner {
         };
         let pid = proc_.handle.pid();
         let stopping = self.life().wire() == AgentState::Stopping;
-        if !stopping && (recovered || record.status == PersistentStatus::Spawning) {
+        if !stopping && !self.paused() && (recovered || record.status == PersistentStatus::Spawning)
+        {
             self.record_readoption(&record, &proc_).await;
         }
         if self.life().wire() == AgentState::Starting {
@@ -235,6 +244,11 @@ impl Owner {
         if stopping {
             tracing::info!(agent_id = %record.agent_id, pid, "re-adopted an agent being stopped; finishing its stop");
             return self.resume_stop().await;
+        }
+        if self.paused() {
+            // The pause was on record before its freeze: freeze again, in
+            // case the previous daemon died in between. No probe runs.
+            return self.refreeze().await;
         }
         tracing::info!(agent_id = %record.agent_id, pid, "re-adopted a running agent");
         self.start_probes();

@@ -49,6 +49,9 @@ impl Owner {
             Cmd::Reap { reply } => {
                 let _ = reply.send(self.reap_now().await);
             }
+            Cmd::Pause { resume, reply } => {
+                let _ = reply.send(self.on_pause(resume).await);
+            }
             #[cfg(test)]
             Cmd::Fail => panic!("an owner failing on purpose (test)"),
         }
@@ -96,6 +99,7 @@ impl Owner {
             ));
         }
         let at = store::now_rfc3339();
+        let paused_s = self.pause.total.as_secs_f64();
         self.sh
             .store
             .commit(store::set_progress(
@@ -109,6 +113,7 @@ impl Owner {
             v.progress = Some(progress);
             v.progress_message = message;
             v.progress_at = Some(at);
+            v.progress_paused_s = paused_s;
         });
         Ok(())
     }
@@ -116,7 +121,8 @@ impl Owner {
     /// A probe's result: counted, published, and — for `failures` liveness
     /// failures in a row — the end of the run.
     async fn on_probe(&mut self, run: u32, report: Report) {
-        if !self.live_run(run) {
+        // A check that ended as the run was paused says nothing of it.
+        if !self.live_run(run) || self.paused() {
             return;
         }
         let Report {

@@ -20,7 +20,7 @@ use crate::store::{self, Transition};
 
 use super::super::ending;
 use super::super::execution::{Execution, Look};
-use super::super::lifecycle::{self, Happening};
+use super::super::lifecycle::{self, Happening, StopRequest};
 use super::super::policy::{self, Decision};
 use super::Owner;
 
@@ -72,8 +72,19 @@ impl Owner {
             Some(_) => said,
         };
         let (status, mut reason) = ending::of(exit, stop.as_ref(), said.as_deref());
+        // Killed from outside while paused: what is left of its tree is
+        // thawed, so it can be stopped; no restart follows a pause (the stop
+        // of its leftovers says so on record).
+        let paused = self.paused();
+        let left_pause = self.leave_pause().await;
+        if paused {
+            reason.push_str(" while paused");
+        }
         let gone = self.nothing_left().await;
-        let leftovers = (!gone).then(|| self.stop_request(StopCause::Leftovers, None, None, false));
+        let leftovers = (!gone).then(|| StopRequest {
+            no_restart: paused,
+            ..self.stop_request(StopCause::Leftovers, None, None, false)
+        });
         self.apply(Happening::MainExited { leftovers });
         if stop.is_some() && gone {
             self.apply(Happening::TreeGone);
@@ -84,7 +95,7 @@ impl Owner {
             ran_s,
         });
         let (next_restart_at, events) = if self.life().wire() == AgentState::Ended {
-            let asked = stop.as_ref().is_some_and(|s| s.asked);
+            let asked = paused || stop.as_ref().is_some_and(|s| s.asked);
             self.plan_restart(status, asked, ran_s, &mut reason)
         } else {
             (None, Vec::new())
@@ -99,6 +110,7 @@ impl Owner {
             stop: Some(self.life().stop().map(|s| s.record())),
             next_restart_at: Some(next_restart_at.clone()),
             stop_info: self.life().stop().map(|s| s.info()),
+            paused: left_pause,
             events,
             ..Transition::default()
         };

@@ -14,7 +14,8 @@
 //! - `end.rs`: the main process's end, the tree's end, restarts;
 //! - `stop.rs`: stops and their stages;
 //! - `commands.rs`: progress, probes, limits, reaping on request;
-//! - `adopt.rs`: taking over what an earlier daemon left (stops included);
+//! - `pause.rs`: pauses and resumes (freezing and thawing the tree);
+//! - `adopt.rs`: taking over what an earlier daemon left (stops and pauses included);
 //! - `job.rs`: the same steps for a run on a cluster engine.
 //!
 //! Blocking work (process and file creation, `/proc` scans, reading a log's
@@ -25,6 +26,7 @@ mod adopt;
 mod commands;
 mod end;
 mod job;
+mod pause;
 mod start;
 mod stop;
 
@@ -88,6 +90,8 @@ pub(crate) struct Owner {
     pub history: History,
     /// How the current run's main process ended, once it has.
     pub main_end: Option<MainEnd>,
+    /// The current run's pauses.
+    pub pause: pause::PauseClock,
 }
 
 impl Owner {
@@ -114,6 +118,7 @@ impl Owner {
             stop_waiters: Vec::new(),
             history: History::default(),
             main_end: None,
+            pause: pause::PauseClock::default(),
         }
     }
 
@@ -168,6 +173,13 @@ impl Owner {
             Cmd::Reap { reply } => {
                 let _ = reply.send(false);
             }
+            Cmd::Pause { reply, .. } => {
+                let _ = reply.send(Err(Error::State {
+                    agent_id: self.spec.id.to_string(),
+                    state: self.life.wire().to_string(),
+                    reason: "only a running agent can be paused, and only a paused one resumed; this one has ended".into(),
+                }));
+            }
             Cmd::Probe { .. } | Cmd::Limit { .. } | Cmd::LogDropped { .. } => {}
             #[cfg(test)]
             Cmd::Fail => {}
@@ -187,14 +199,14 @@ impl Owner {
         }
     }
 
-    /// When the run outlives `max_runtime_s` (never past a far future).
+    /// When the run outlives `max_runtime_s` (never past a far future): the
+    /// time it spent paused does not count (while it is paused, the owner
+    /// sets no timer for it).
     fn runtime_deadline(&self) -> Option<Instant> {
         let limit = self.spec.request.max_runtime_s?;
         let since = self.exec.as_ref()?.running_since()?;
-        Some(super::lifecycle::later(
-            since,
-            super::lifecycle::secs_saturating(limit),
-        ))
+        let limit = super::lifecycle::secs_saturating(limit).saturating_add(self.pause.total);
+        Some(super::lifecycle::later(since, limit))
     }
 
     async fn wait(&mut self) -> Wake {
@@ -315,6 +327,8 @@ impl Owner {
         change(&mut view);
         view.state = self.life.wire();
         view.stop = self.life.stop().map(|s| s.info());
+        view.paused_s = self.pause.total.as_secs_f64();
+        view.paused_since = self.pause.since.map(|(_, wall)| wall);
         let view = Arc::new(view);
         self.view = Some(view.clone());
         self.publisher.send_modify(|p| p.view = Some(view));

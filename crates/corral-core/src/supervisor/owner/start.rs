@@ -60,6 +60,7 @@ impl Owner {
         let record = self.new_record(run_id, run, started_at, attempt);
         self.exec = None;
         self.main_end = None;
+        self.pause = super::pause::PauseClock::default();
         self.view = Some(Arc::new(View::from_record(&record, self.spec.clone())));
         // Registered before its process exists: an agent that reports progress
         // in its first instruction finds itself.
@@ -109,6 +110,8 @@ impl Owner {
             job: None,
             state: Some(AgentState::Starting),
             stop: None,
+            paused_at: None,
+            paused_s: 0.0,
         }
     }
 

@@ -39,6 +39,7 @@ impl Owner {
             force,
             now: super::super::now(),
             wall: SystemTime::now(),
+            no_restart: false,
         }
     }
 
@@ -69,6 +70,8 @@ impl Owner {
         }
         let first = !matches!(self.life().state(), State::Stopping(_));
         let before = self.life().stop().cloned();
+        // A paused tree is thawed first: its signals are then delivered.
+        let left_pause = self.leave_pause().await;
         let Some(change) = self.apply(Happening::Stop(req)) else {
             return;
         };
@@ -85,6 +88,7 @@ impl Owner {
                     state: Some(AgentState::Stopping),
                     stop: Some(Some(s.record())),
                     stop_info: Some(s.info()),
+                    paused: left_pause,
                     ..Transition::default()
                 },
             );
