@@ -48,6 +48,7 @@ from .types import (
     Event,
     HealthReport,
     KillResponse,
+    PauseReport,
     ProcessSummary,
     Removal,
     RunInfo,
@@ -580,6 +581,24 @@ class Routes:
             "a list of spawn results",
             body=_many_body(all, selector, force, stop_timeouts, False),
             extra_s=_stop_extra(stop_timeouts),
+        )
+
+    @staticmethod
+    def pause(resume: bool, agent_id: Optional[str], selector: Optional[str], all: bool) -> Call[List[PauseReport]]:
+        body: Dict[str, Any] = {}
+        if agent_id is not None:
+            body["agent_id"] = agent_id
+        if selector is not None:
+            body["selector"] = selector
+        if all:
+            body["all"] = True
+        return Call(
+            "POST",
+            "/v1/resume" if resume else "/v1/pause",
+            _model(List[PauseReport]),
+            "a list of pause reports",
+            body=body,
+            expect=list,
         )
 
     @staticmethod

@@ -56,6 +56,7 @@ from .types import (
     Event,
     HealthReport,
     KillResponse,
+    PauseReport,
     ProcessSummary,
     Removal,
     RunInfo,
@@ -316,6 +317,18 @@ class AsyncClient:
     ) -> List[Union[SpawnResponse, CorralError]]:
         """Restarts every agent (``all=True``) or a selector's; one result each, as :meth:`spawn_batch`."""
         return await self._run(Routes.restart_many(all, selector, force, stop_timeouts))
+
+    async def pause(
+        self, agent_id: Optional[str] = None, *, selector: Optional[str] = None, all: bool = False
+    ) -> List[PauseReport]:
+        """Freezes an agent's whole tree (or a selector's, or every agent's): state ``paused``."""
+        return await self._run(Routes.pause(False, agent_id, selector, all))
+
+    async def resume(
+        self, agent_id: Optional[str] = None, *, selector: Optional[str] = None, all: bool = False
+    ) -> List[PauseReport]:
+        """Thaws what :meth:`pause` froze: state ``running`` again."""
+        return await self._run(Routes.pause(True, agent_id, selector, all))
 
     # -- observing -----------------------------------------------------------
 

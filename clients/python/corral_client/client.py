@@ -49,6 +49,7 @@ from .types import (
     Event,
     HealthReport,
     KillResponse,
+    PauseReport,
     ProcessSummary,
     Removal,
     RunInfo,
@@ -280,6 +281,18 @@ class Client:
     ) -> List[Union[SpawnResponse, CorralError]]:
         """Restarts every agent (``all=True``) or a selector's; one result each, as :meth:`spawn_batch`."""
         return self._run(Routes.restart_many(all, selector, force, stop_timeouts))
+
+    def pause(
+        self, agent_id: Optional[str] = None, *, selector: Optional[str] = None, all: bool = False
+    ) -> List[PauseReport]:
+        """Freezes an agent's whole tree (or a selector's, or every agent's): state ``paused``."""
+        return self._run(Routes.pause(False, agent_id, selector, all))
+
+    def resume(
+        self, agent_id: Optional[str] = None, *, selector: Optional[str] = None, all: bool = False
+    ) -> List[PauseReport]:
+        """Thaws what :meth:`pause` froze: state ``running`` again."""
+        return self._run(Routes.pause(True, agent_id, selector, all))
 
     # -- observing -----------------------------------------------------------
 

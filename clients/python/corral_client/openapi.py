@@ -44,6 +44,9 @@ from .types import (
     Limits,
     LimitState,
     LogRotation,
+    PauseOutcome,
+    PauseReport,
+    PauseRequest,
     PersistentStatus,
     Placement,
     PlacementInfo,
@@ -88,6 +91,7 @@ ANSWERS: Mapping[str, type] = {
     "HealthReport": HealthReport,
     "DaemonHealth": DaemonHealth,
     "DaemonStopResponse": DaemonStopResponse,
+    "PauseReport": PauseReport,
 }
 
 #: Request models (what the caller or the client writes) by the name of their component schema.
@@ -105,6 +109,7 @@ REQUESTS: Mapping[str, type] = {
     "ProgressUpdate": ProgressUpdate,
     "DaemonStopRequest": DaemonStopRequest,
     "BatchRequest": BatchRequest,
+    "PauseRequest": PauseRequest,
 }
 
 #: Enums by the name of their component schema.
@@ -115,6 +120,7 @@ ENUMS: Mapping[str, Type[Enum]] = {
     "StopStage": StopStage,
     "StopCause": StopCause,
     "RestartMode": RestartMode,
+    "PauseOutcome": PauseOutcome,
 }
 
 #: Component schemas with no model of their own, and why.

@@ -112,6 +112,17 @@ class Health(_Word):
     FAILED = "failed"
     UNKNOWN = "unknown"
     CANCELLED = "cancelled"
+    PAUSED = "paused"
+
+
+class PauseOutcome(_Word):
+    """What a pause or a resume did to one agent (``outcome`` of a :class:`PauseReport`)."""
+
+    PAUSED = "paused"
+    RESUMED = "resumed"
+    ALREADY_PAUSED = "already_paused"
+    NOT_PAUSED = "not_paused"
+    SKIPPED = "skipped"
 
 
 class StopStage(_Word):
@@ -277,6 +288,14 @@ class StopManyRequest(TypedDict, total=False):
     force: bool
     stop_timeouts: Optional[List[float]]
     live_only: bool
+
+
+class PauseRequest(TypedDict, total=False):
+    """Body of ``POST /v1/pause`` and ``POST /v1/resume``: one of the three."""
+
+    agent_id: Optional[str]
+    selector: Optional[str]
+    all: bool
 
 
 class _ProgressUpdateRequired(TypedDict):
@@ -526,6 +545,19 @@ class HealthReport:
     agent_id: str
     healthy: bool
     health: Health
+
+
+@dataclasses.dataclass
+class PauseReport:
+    """What a pause or a resume did to one agent, and how its tree was frozen or thawed."""
+
+    agent_id: str
+    outcome: PauseOutcome
+    state: AgentState
+    pid: Optional[int] = None
+    method: Optional[str] = None
+    processes: Optional[int] = None
+    reason: Optional[str] = None
 
 
 @dataclasses.dataclass

@@ -430,3 +430,33 @@ def test_tcp_with_a_bearer_token(corral: Corral, tmp_path: Path) -> None:
 
 def test_forbidden_is_its_own_class() -> None:
     assert issubclass(Forbidden, CorralError) and not issubclass(Forbidden, Invalid)
+
+
+def _proc_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_pause_and_resume_freeze_and_thaw_the_tree(c: Client) -> None:
+    r = c.spawn(SpawnRequest("paused.1", SLEEP, stop_timeouts=[1, 1, 1]))
+    assert r.pid
+    [report] = c.pause("paused.1")
+    assert isinstance(report, corral_client.PauseReport)
+    assert report.outcome == corral_client.PauseOutcome.PAUSED and report.state == AgentState.PAUSED
+    # Frozen by its cgroup, or stopped by SIGSTOP: either way the OS says so.
+    frozen = report.method == "signals" and _proc_state(r.pid) == "T"
+    if report.method == "cgroup":
+        with open(f"/proc/{r.pid}/cgroup") as f:
+            leaf = f.read().strip().split("::", 1)[1]
+        root = next(p for p in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup") if os.path.isdir(p + leaf))
+        with open(f"{root}{leaf}/cgroup.events") as f:
+            frozen = "frozen 1" in f.read()
+    assert frozen, report
+    assert c.status("paused.1").health == Health.PAUSED
+    [again] = c.pause("paused.1")
+    assert again.outcome == corral_client.PauseOutcome.ALREADY_PAUSED
+    [resumed] = c.resume(selector="paused.*")
+    assert resumed.outcome == corral_client.PauseOutcome.RESUMED and resumed.state == AgentState.RUNNING
+    assert _proc_state(r.pid) != "T"
+    c.stop("paused.1")
+    assert not alive(r.pid)
