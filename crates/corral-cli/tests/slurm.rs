@@ -49,38 +49,13 @@ fn hostname() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// Live (non-zombie) processes whose environment names agent `id`.
 fn procs_of(id: &str) -> Vec<i32> {
-    let needle = format!("CORRAL_AGENT_ID={id}");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
-        .filter(|pid| common::proc_stat(*pid).is_some_and(|s| s[0] != "Z"))
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
-        })
-        .collect()
+    common::agent_processes(id)
 }
 
 /// Waits until no process of agent `id` is left on this host.
 fn assert_nothing_left(id: &str) {
-    let end = Instant::now() + SLURM_DEADLINE;
-    loop {
-        let left = procs_of(id);
-        if left.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < end,
-            "processes of {id} left behind: {:?}",
-            left.iter()
-                .map(|p| format!("{p} {}", common::cmdline(*p)))
-                .collect::<Vec<_>>()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::assert_nothing_left(id, SLURM_DEADLINE);
 }
 
 /// The engine's state word for a job (`None` once it has forgotten the job).

@@ -84,25 +84,14 @@ fn id(name: &str) -> String {
     format!("t{}.{name}", std::process::id())
 }
 
-/// Live (non-zombie) processes whose environment names agent `id`. The
-/// nodes share this host's process table: a job's processes are here too.
+/// The nodes share this host's process table: a job's processes are here too.
 fn procs_of(id: &str) -> Vec<i32> {
-    let needle = format!("CORRAL_AGENT_ID={id}");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
-        .filter(|pid| common::proc_stat(*pid).is_some_and(|s| s[0] != "Z"))
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
-        })
-        .collect()
+    common::agent_processes(id)
 }
 
 /// Waits until no process of agent `id` is left on any node.
 fn assert_nothing_left(id: &str) {
-    wait_until(&format!("no process of {id}"), || procs_of(id).is_empty());
+    common::assert_nothing_left(id, SLURM_DEADLINE);
 }
 
 fn wait_until(what: &str, mut check: impl FnMut() -> bool) {

@@ -4,6 +4,7 @@
 //! count the time paused.
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
+#[macro_use]
 mod common;
 
 use std::time::{Duration, Instant};
@@ -31,25 +32,6 @@ const BUSY_PARENT_TRAP: &[&str] = &[
     "-c",
     "trap 'exit 3' TERM; sh -c 'while :; do :; done' & while :; do :; done",
 ];
-
-/// Every test runs twice: with cgroup containment and with the
-/// process-group fallback (SIGSTOP / SIGCONT).
-macro_rules! both_containments {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test]
-                async fn cgroup() {
-                    super::$name(true).await
-                }
-                #[tokio::test]
-                async fn process_group() {
-                    super::$name(false).await
-                }
-            }
-        )*
-    };
-}
 
 both_containments!(
     a_paused_tree_stops_using_cpu_and_a_resumed_one_runs_again,

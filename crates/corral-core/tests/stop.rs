@@ -2,6 +2,7 @@
 //! agent started survives its stop, and no zombie is left.
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
+#[macro_use]
 mod common;
 
 use std::time::{Duration, Instant};
@@ -17,25 +18,6 @@ const STUBBORN: &[&str] = &[
     "-c",
     "trap '' TERM; echo ready; while :; do sleep 0.05; done",
 ];
-
-/// Every test runs twice: with cgroup containment (where the machine offers a
-/// writable cgroup2 hierarchy) and with the process-group/subreaper fallback.
-macro_rules! both_containments {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[tokio::test]
-                async fn cgroup() {
-                    super::$name(true).await
-                }
-                #[tokio::test]
-                async fn process_group() {
-                    super::$name(false).await
-                }
-            }
-        )*
-    };
-}
 
 both_containments!(
     a_cooperative_agent_stops_at_the_first_term_in_well_under_a_second,

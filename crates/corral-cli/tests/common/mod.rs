@@ -479,3 +479,39 @@ impl Drop for SmallDisk {
         }
     }
 }
+
+/// Live (non-zombie) processes whose environment names agent `id`: what the
+/// OS holds of an agent, whoever started it (a cluster node's too: the test
+/// nodes share this host's process table).
+pub fn agent_processes(id: &str) -> Vec<i32> {
+    let needle = format!("CORRAL_AGENT_ID={id}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|pid| proc_stat(*pid).is_some_and(|s| s[0] != "Z"))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
+        })
+        .collect()
+}
+
+/// Waits (up to `within`) until no process of agent `id` is left.
+pub fn assert_nothing_left(id: &str, within: Duration) {
+    let end = Instant::now() + within;
+    loop {
+        let left = agent_processes(id);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "processes of {id} left behind: {:?}",
+            left.iter()
+                .map(|p| format!("{p} {}", cmdline(*p)))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

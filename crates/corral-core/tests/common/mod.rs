@@ -1,8 +1,28 @@
 //! Helpers shared by the library's integration tests: reading `/proc` directly
 //! (never through corral) and waiting with a deadline.
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code, unused_macros, clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
+
+/// Runs each named `async fn NAME(cgroups: bool)` twice, as two tests: with
+/// cgroup containment (where the machine offers a writable cgroup2
+/// hierarchy) and with the process-group/subreaper fallback.
+macro_rules! both_containments {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn cgroup() {
+                    super::$name(true).await
+                }
+                #[tokio::test]
+                async fn process_group() {
+                    super::$name(false).await
+                }
+            }
+        )*
+    };
+}
 
 use corral_core::{AgentId, AgentStatus, PersistentStatus, SpawnRequest, Supervisor};
 
