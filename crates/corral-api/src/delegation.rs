@@ -68,17 +68,20 @@ pub(crate) async fn delegate(State(sup): State<Supervisor>, req: Request, next: 
     }
 }
 
+/// The 403 of a request outside `me`'s team, saying what was asked.
+fn forbidden(me: &AgentId, what: &str) -> Response {
+    ApiError::new(
+        ErrorCode::Forbidden,
+        format!("agent {me} may work only on agents under its own id ({me}.*): {what}"),
+    )
+    .into_response()
+}
+
 /// Serves `req` from inside agent `me` only as far as its team reaches.
 pub(crate) async fn scope(sup: &Supervisor, me: AgentId, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let forbid = |what: String| {
-        ApiError::new(
-            ErrorCode::Forbidden,
-            format!("agent {me} may work only on agents under its own id ({me}.*): {what}"),
-        )
-        .into_response()
-    };
+    let forbid = |what: String| forbidden(&me, &what);
     if let Some(rest) = path.strip_prefix("/v1/agents/") {
         if rest == "batch" && method == Method::POST {
             return spawn_within(sup, &me, req, next, true).await;
@@ -116,36 +119,13 @@ fn selector_within(raw: &str, me: &AgentId) -> bool {
 async fn with_body<T: serde::de::DeserializeOwned + serde::Serialize>(
     req: Request,
     change: impl FnOnce(&mut T) -> Result<(), String>,
-) -> Result<Request, Result<String, Response>> {
+) -> Result<Request, Result<String, ApiError>> {
     let (mut parts, body) = req.into_parts();
-    let read = tokio::time::timeout(
-        crate::routes::BODY_TIMEOUT,
-        axum::body::to_bytes(body, crate::routes::MAX_BODY),
-    )
-    .await;
-    let bytes = match read {
-        Ok(Ok(b)) => b,
-        Ok(Err(_)) => {
-            return Err(Err(ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!(
-                    "request body is larger than {} bytes",
-                    crate::routes::MAX_BODY
-                ),
-            )
-            .into_response()));
-        }
-        Err(_) => {
-            return Err(Err(ApiError::new(
-                ErrorCode::Timeout,
-                format!(
-                    "the request body did not arrive within {} s",
-                    crate::routes::BODY_TIMEOUT.as_secs()
-                ),
-            )
-            .into_response()));
-        }
-    };
+    // Read as every route reads a body: bounded in time and size, with the
+    // same errors (the body limit travels in the request's extensions).
+    let mut whole = Request::new(body);
+    *whole.extensions_mut() = parts.extensions.clone();
+    let bytes = crate::routes::read_body(whole, &()).await.map_err(Err)?;
     let is_object = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
     let parsed = if is_object {
         serde_json::from_slice::<T>(&bytes).map_err(|e| e.to_string())
@@ -155,9 +135,7 @@ async fn with_body<T: serde::de::DeserializeOwned + serde::Serialize>(
     let mut value = match parsed {
         Ok(v) => v,
         Err(e) => {
-            return Err(Err(
-                ApiError::invalid(format!("invalid request body: {e}")).into_response()
-            ));
+            return Err(Err(ApiError::invalid(format!("invalid request body: {e}"))));
         }
     };
     change(&mut value).map_err(Ok)?;
@@ -251,28 +229,18 @@ async fn many_within(me: &AgentId, req: Request, next: Next) -> Response {
 
 async fn finish(
     me: &AgentId,
-    changed: Result<Request, Result<String, Response>>,
+    changed: Result<Request, Result<String, ApiError>>,
     next: Next,
 ) -> Response {
     match changed {
         Ok(req) => next.run(req).await,
-        Err(Ok(why)) => ApiError::new(
-            ErrorCode::Forbidden,
-            format!("agent {me} may work only on agents under its own id ({me}.*): {why}"),
-        )
-        .into_response(),
-        Err(Err(response)) => response,
+        Err(Ok(why)) => forbidden(me, &why),
+        Err(Err(e)) => e.into_response(),
     }
 }
 
 async fn list_within(me: &AgentId, mut req: Request, next: Next) -> Response {
-    let forbid = |what: String| {
-        ApiError::new(
-            ErrorCode::Forbidden,
-            format!("agent {me} may work only on agents under its own id ({me}.*): {what}"),
-        )
-        .into_response()
-    };
+    let forbid = |what: String| forbidden(me, &what);
     let raw = req.uri().query().unwrap_or_default();
     // Pairs, so a repeated parameter is seen (and a selector is never missed).
     let Ok(mut pairs) = serde_urlencoded::from_str::<Vec<(String, String)>>(raw) else {

@@ -31,7 +31,7 @@ use crate::error::ApiError;
 /// Largest request body accepted, bytes.
 pub const MAX_BODY: usize = 1 << 20;
 /// Longest a client may take to send a request body.
-pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait a `wait` request may ask for, seconds.
 const MAX_WAIT_S: f64 = 3600.0;
 
@@ -84,7 +84,8 @@ struct ApiDoc;
 /// A JSON body parsed with corral's error shape.
 pub struct Body<T>(pub T);
 
-async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+/// A request's body, within [`BODY_TIMEOUT`] and the body limit.
+pub(crate) async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
     let read = Bytes::from_request(req, state);
     let bytes = tokio::time::timeout(BODY_TIMEOUT, read)
         .await
