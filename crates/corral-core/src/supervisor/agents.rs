@@ -350,7 +350,7 @@ impl Supervisor {
     /// The agent a process belongs to: by its cgroup leaf, else by its session or
     /// an ancestor being an agent, else by the `CORRAL_AGENT_ID` it inherited.
     pub async fn agent_of_process(&self, pid: i32) -> Option<AgentId> {
-        self.find_agent_of(pid, true).await
+        self.find_agent_of(pid, true, true).await
     }
 
     /// The agent a process is inside, by what the process cannot forge: its
@@ -358,7 +358,7 @@ impl Supervisor {
     /// never its environment. For callers nobody vouches for (the agent
     /// socket).
     pub async fn agent_containing(&self, pid: i32) -> Option<AgentId> {
-        self.find_agent_of(pid, false).await
+        self.find_agent_of(pid, false, true).await
     }
 
     /// The agent a caller on the daemon's own socket works inside, if any:
@@ -381,18 +381,25 @@ impl Supervisor {
         .ok()?;
         match (by_cgroup, marked) {
             (Some(id), _) => Some(id),
-            (None, true) => self.agent_containing(pid).await,
+            // Its cgroup was read already: only its ancestry is left to look at.
+            (None, true) => self.find_agent_of(pid, false, false).await,
             (None, false) => None,
         }
     }
 
-    async fn find_agent_of(&self, pid: i32, by_environment: bool) -> Option<AgentId> {
+    /// `by_cgroup`: look at the process's cgroup leaf first.
+    async fn find_agent_of(
+        &self,
+        pid: i32,
+        by_environment: bool,
+        by_cgroup: bool,
+    ) -> Option<AgentId> {
         let live: HashMap<i32, AgentId> = self
             .views()
             .iter()
             .filter_map(|v| v.proc_.as_ref().map(|p| (p.handle.pid(), v.id.clone())))
             .collect();
-        let root = self.sh.cgroup.as_ref().ok().cloned();
+        let root = self.sh.cgroup.as_ref().ok().filter(|_| by_cgroup).cloned();
         blocking(move || {
             Ok(reaper::agent_of_process(
                 pid,
