@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
 use corral_api::Client;
-use corral_core::{ListQuery, LogsQuery, RunInfo, Selector};
+use corral_core::{ListQuery, LogsQuery, Selector};
 use futures_util::StreamExt;
 
 use super::Ctx;
@@ -87,7 +87,10 @@ pub async fn run(ctx: &Ctx, args: &LogsArgs) -> Result<ExitCode> {
         if let Some(since) = args.since {
             match client.runs(id).await {
                 Ok(runs) => {
-                    for r in runs.iter().filter(|r| live_since(r, since)) {
+                    for r in runs
+                        .iter()
+                        .filter(|r| live_since(r.ended_at.as_deref(), since))
+                    {
                         if !(args.follow && r.run == m.run) {
                             reads.push(Read::new(id, Some(r.run), tail, false));
                         }
@@ -100,11 +103,7 @@ pub async fn run(ctx: &Ctx, args: &LogsArgs) -> Result<ExitCode> {
                 }
                 Err(e) => return Err(e.into()),
             }
-            let current_live = m
-                .ended_at
-                .as_deref()
-                .is_none_or(|at| humantime::parse_rfc3339_weak(at).map_or(true, |at| at >= since));
-            if args.follow && (current_live || m.live) {
+            if args.follow && (live_since(m.ended_at.as_deref(), since) || m.live) {
                 followed.insert(id.clone(), m.run);
             }
         } else if args.follow {
@@ -311,10 +310,10 @@ fn sorted(members: &BTreeMap<String, Member>) -> Vec<(&String, &Member)> {
 }
 
 /// True when a run was live at or after `since`.
-fn live_since(r: &RunInfo, since: SystemTime) -> bool {
-    r.ended_at
-        .as_deref()
-        .is_none_or(|at| humantime::parse_rfc3339_weak(at).map_or(true, |at| at >= since))
+/// True when a run that ended at `ended_at` (`None`: still going) was live
+/// at or after `since` (an end that does not parse counts as live).
+fn live_since(ended_at: Option<&str>, since: SystemTime) -> bool {
+    ended_at.is_none_or(|at| humantime::parse_rfc3339_weak(at).map_or(true, |at| at >= since))
 }
 
 /// One read of one run's log (both streams, when asked, one request each).
@@ -466,6 +465,7 @@ impl Printer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use corral_core::RunInfo;
 
     /// A writer the test reads back.
     #[derive(Clone, Default)]
@@ -547,8 +547,9 @@ mod tests {
             stderr_log: "/y".into(),
         };
         let since = humantime::parse_rfc3339_weak("2026-12-07T09:00:00Z").unwrap();
-        assert!(live_since(&run(None), since), "still running");
-        assert!(live_since(&run(Some("2026-12-07T09:30:00.000Z")), since));
-        assert!(!live_since(&run(Some("2026-12-07T08:30:00.000Z")), since));
+        let live = |r: RunInfo| live_since(r.ended_at.as_deref(), since);
+        assert!(live(run(None)), "still running");
+        assert!(live(run(Some("2026-12-07T09:30:00.000Z"))));
+        assert!(!live(run(Some("2026-12-07T08:30:00.000Z"))));
     }
 }
