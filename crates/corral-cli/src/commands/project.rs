@@ -518,7 +518,7 @@ pub async fn up(ctx: &Ctx, args: &UpArgs) -> Result<ExitCode> {
     let p = load(&file)?;
     let picked = selection(&p, &args.names, false)?;
     let client = ctx.client().await?;
-    let current: BTreeMap<String, AgentStatus> = client.list(&ListQuery::default()).await?;
+    let current = agents_now(&client).await?;
     check_ids(&p, &picked, &current)?;
     // With --restart, the named agents (every one when none is named) start
     // again from the file even when unchanged; what they depend on does not.
@@ -663,6 +663,16 @@ async fn stop_strays(
     Ok(actions)
 }
 
+/// Every agent, with what `up` and `down` read of each: whose it is, whether
+/// it lives, its spec's hash, its pid.
+async fn agents_now(client: &Client) -> Result<BTreeMap<String, AgentStatus>> {
+    let query = ListQuery {
+        fields: Some("labels,persistent_status,next_restart_at,pid".into()),
+        ..ListQuery::default()
+    };
+    Ok(client.list(&query).await?)
+}
+
 async fn stop(client: &Client, id: &str) -> Result<StopReport> {
     Ok(client
         .stop(id, &corral_core::CleanupOptions::default())
@@ -710,7 +720,7 @@ pub async fn down(ctx: &Ctx, args: &DownArgs) -> Result<ExitCode> {
     let p = load(&file)?;
     let picked = selection(&p, &args.names, true)?;
     let client = ctx.client().await?;
-    let current: BTreeMap<String, AgentStatus> = client.list(&ListQuery::default()).await?;
+    let current = agents_now(&client).await?;
     let mut ids = Vec::new();
     if args.names.is_empty() {
         // Agents of the project its file no longer names go first: nothing
