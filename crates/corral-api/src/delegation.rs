@@ -20,6 +20,8 @@
 //!   becomes `X.*`;
 //! - `POST /v1/stop` and `/v1/restart`: a `selector` within the subtree
 //!   (`all` is refused: it would take `X` itself along);
+//! - `POST /v1/pause` and `/v1/resume`: an `agent_id` or `selector` strictly
+//!   below `X` (`X.…`): a caller that froze its own agent could not thaw it;
 //! - `GET /v1/health` and `/v1/openapi.json`, as for anyone;
 //! - everything else (events, summary, metrics, reap, prune, stopping the
 //!   daemon) is the owner's: 403 `forbidden`, naming the allowed prefix.
@@ -33,7 +35,8 @@ use axum::http::{Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use corral_core::{
-    AgentId, BatchRequest, ErrorCode, Selector, SpawnRequest, StopManyRequest, Supervisor,
+    AgentId, BatchRequest, ErrorCode, PauseRequest, Selector, SpawnRequest, StopManyRequest,
+    Supervisor,
 };
 
 use crate::error::ApiError;
@@ -100,6 +103,7 @@ pub(crate) async fn scope(sup: &Supervisor, me: AgentId, req: Request, next: Nex
         (Method::POST, "/v1/agents") => spawn_within(sup, &me, req, next, false).await,
         (Method::GET, "/v1/agents") => list_within(&me, req, next).await,
         (Method::POST, "/v1/stop" | "/v1/restart") => many_within(&me, req, next).await,
+        (Method::POST, "/v1/pause" | "/v1/resume") => pause_below(&me, req, next).await,
         _ => forbid(format!("{method} {path} is the owner's")),
     }
 }
@@ -222,6 +226,28 @@ async fn many_within(me: &AgentId, req: Request, next: Next) -> Response {
             "--all is the owner's; name agents of its team ({me}.* includes {me} itself)"
         )),
         None => Ok(()),
+    })
+    .await;
+    finish(me, changed, next).await
+}
+
+async fn pause_below(me: &AgentId, req: Request, next: Next) -> Response {
+    let below = |raw: &str| match Selector::parse(raw) {
+        Ok(Selector::One(id) | Selector::Subtree(id)) => id.is_within(me) && id != *me,
+        _ => false,
+    };
+    let changed = with_body(req, |r: &mut PauseRequest| {
+        let named = r.agent_id.iter().chain(&r.selector);
+        match named.clone().find(|s| !below(s)) {
+            Some(s) => Err(format!(
+                "it may pause and resume only agents below itself ({me}.…), not {}",
+                corral_core::elide(s, 100)
+            )),
+            None if r.all || named.count() == 0 => Err(format!(
+                "pausing every agent is the owner's; name agents below it ({me}.…)"
+            )),
+            None => Ok(()),
+        }
     })
     .await;
     finish(me, changed, next).await

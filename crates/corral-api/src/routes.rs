@@ -269,6 +269,8 @@ pub(crate) fn agent_routes(sup: Supervisor) -> Router {
         .routes(routes!(wait))
         .routes(routes!(crate::logs::logs))
         .routes(routes!(stop_many))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
         .split_for_parts();
     finish(
         router,

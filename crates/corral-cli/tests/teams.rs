@@ -198,3 +198,111 @@ os.execvp("sleep", ["sleep", "300"])
     assert_eq!(ids, ["team", "team.ok", "victim"]);
     env.finish();
 }
+
+/// A coordinator (as nobody, through the agent socket) starts three helpers,
+/// one of which starts a helper of its own; stopping the coordinator stops
+/// its whole team first — nothing of it is left in `/proc` — and each helper
+/// ends `cancelled`, stopped with its parent.
+#[test]
+fn stopping_a_coordinator_stops_its_whole_team_first() {
+    require_root("the coordinator runs as nobody through the agent socket");
+    let env = Env::new();
+    let c = bin();
+    let c = c.to_str().unwrap();
+    let script = format!(
+        "{c} spawn L2.h1 -- sleep 300 && {c} spawn L2.h2 -- sleep 300 && \
+         {c} spawn L2.h3 -- sh -c '{c} spawn L2.h3.sub -- sleep 300 && exec sleep 300' && \
+         echo fin\"\"ished; exec sleep 300"
+    );
+    let out = env.run(&[
+        "spawn", "L2", "--user", "nobody", "--cwd", "/", "--", "sh", "-c", &script,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    script_output(&env, "L2");
+    let team = ["L2.h1", "L2.h2", "L2.h3", "L2.h3.sub"];
+    eventually(Duration::from_secs(30), "the helper's own helper", || {
+        env.json(&["ps"]).get("L2.h3.sub").map(|_| ())
+    });
+    let pids: Vec<i32> = std::iter::once("L2")
+        .chain(team)
+        .map(|id| pid_of(&env, id))
+        .collect();
+    for pid in &pids {
+        assert_eq!(uid_of(*pid), 65534, "pid {pid} of the team is not nobody's");
+    }
+
+    let out = env.run(&["stop", "L2", "--stop-timeouts", "2,2,2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for pid in &pids {
+        assert!(proc_stat(*pid).is_none(), "pid {pid} of the team is left");
+    }
+    for id in team {
+        let s = env.json(&["status", id]);
+        assert_eq!(s["persistent_status"], "cancelled", "{id}: {s}");
+        let reason = s["end_reason"].as_str().unwrap();
+        assert!(reason.contains("with its parent agent"), "{id}: {reason}");
+    }
+    let s = env.json(&["status", "L2"]);
+    assert_eq!(s["persistent_status"], "cancelled", "{s}");
+    env.finish();
+}
+
+/// A coordinator pauses and resumes its own helper (its CPU time stops, then
+/// moves again, read in `/proc`), and may pause neither itself nor another
+/// team's agent.
+#[test]
+fn a_coordinator_pauses_and_resumes_its_helpers_only() {
+    let env = Env::new();
+    let out = env.run(&["spawn", "other", "--", "sleep", "300"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let go = env.dir.as_ref().unwrap().path().join("go");
+    let c = bin();
+    let c = c.to_str().unwrap();
+    let script = format!(
+        "{c} spawn C.busy -- sh -c 'while :; do :; done' >/dev/null; \
+         {c} pause C.busy >/dev/null; echo pause_own=$?; \
+         {c} pause C 2>&1; echo pause_self=$?; \
+         {c} pause other 2>&1; echo pause_other=$?; \
+         {c} pause --all 2>&1; echo pause_all=$?; \
+         echo paus\"\"ed; while [ ! -e {go} ]; do sleep 0.05; done; \
+         {c} resume C.busy >/dev/null; echo resume_own=$?; \
+         echo fin\"\"ished; exec sleep 300",
+        go = go.display()
+    );
+    let out = env.run(&["spawn", "C", "--", "sh", "-c", &script]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = PathBuf::from(
+        env.json(&["status", "C"])["stdout_log"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
+    let text = eventually(Duration::from_secs(30), "the pauses", || {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        t.contains("paused\n").then_some(t)
+    });
+    assert!(text.contains("pause_own=0"), "{text}");
+    for refused in ["pause_self", "pause_other", "pause_all"] {
+        assert!(!text.contains(&format!("{refused}=0")), "{refused}: {text}");
+    }
+    assert!(
+        text.contains("only agents below itself (C.…), not C"),
+        "{text}"
+    );
+    let busy = pid_of(&env, "C.busy");
+    let utime = || proc_stat(busy).unwrap()[11].parse::<u64>().unwrap();
+    assert_eq!(env.json(&["status", "C.busy"])["state"], "paused");
+    let before = utime();
+    std::thread::sleep(Duration::from_millis(300)); // a window in which a running loop would use CPU
+    assert_eq!(utime(), before, "the paused helper used CPU");
+    assert_eq!(env.json(&["status", "other"])["state"], "running");
+
+    std::fs::write(&go, "").unwrap();
+    let text = script_output(&env, "C");
+    assert!(text.contains("resume_own=0"), "{text}");
+    eventually(DEADLINE, "the resumed helper to use CPU", || {
+        (utime() > before).then_some(())
+    });
+    env.finish();
+    assert!(proc_stat(busy).is_none());
+}

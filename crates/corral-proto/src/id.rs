@@ -156,6 +156,15 @@ impl AsRef<str> for AgentId {
     }
 }
 
+// Equality, hashing and order are the string's (derived on the one field), so
+// maps keyed by ids can be searched by `&str` — a team's members are a range of
+// an ordered map (every id starting `TEAM.`).
+impl std::borrow::Borrow<str> for AgentId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 /// Which agents a command addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selector {

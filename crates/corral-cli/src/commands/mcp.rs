@@ -5,7 +5,7 @@
 //! What this module owns: the tools (the contract's eight, `spawn_agent`,
 //! `list_agents`, `get_agent_status`, `stop_agents`, `read_logs`, `wait_agent`,
 //! `get_process_summary`, `report_progress`, and `spawn_agents`, `list_runs`,
-//! `read_events`, `restart_agents`, `kill_agent`), their input and output
+//! `read_events`, `restart_agents`, `kill_agent`, `pause_agents`), their input and output
 //! schemas, their text renderings, and the mapping of the daemon's errors to
 //! tool errors. It owns nothing about processes: like every other command it is
 //! a client of the daemon's HTTP API (a typed method of
@@ -66,9 +66,9 @@ use corral_api::ClientError;
 use corral_api::client::{EventStream, LogStream};
 use corral_core::{
     AgentId, AgentState, AgentStatus, BatchRequest, BatchResponse, BatchResult, CleanupOptions,
-    Event, EventsQuery, KillRequest, KillResponse, ListQuery, LogsQuery, PersistentStatus,
-    ProcessSummary, ProgressUpdate, RunInfo, Selector, SpawnRequest, SpawnResponse,
-    StopManyRequest, StopReport, WaitQuery,
+    Event, EventsQuery, KillRequest, KillResponse, ListQuery, LogsQuery, PauseRequest,
+    PersistentStatus, ProcessSummary, ProgressUpdate, RunInfo, Selector, SpawnRequest,
+    SpawnResponse, StopManyRequest, StopReport, WaitQuery,
 };
 use futures_util::StreamExt as _;
 use rmcp::model::{
@@ -303,10 +303,11 @@ enum ToolName {
     Kill,
     Summary,
     Progress,
+    Pause,
 }
 
 impl ToolName {
-    const ALL: [Self; 13] = [
+    const ALL: [Self; 14] = [
         Self::Spawn,
         Self::SpawnMany,
         Self::List,
@@ -320,6 +321,7 @@ impl ToolName {
         Self::Kill,
         Self::Summary,
         Self::Progress,
+        Self::Pause,
     ];
 
     fn name(self) -> &'static str {
@@ -337,6 +339,7 @@ impl ToolName {
             Self::Kill => "kill_agent",
             Self::Summary => "get_process_summary",
             Self::Progress => "report_progress",
+            Self::Pause => "pause_agents",
         }
     }
 
@@ -359,6 +362,7 @@ impl ToolName {
             Self::Kill => "Kill an agent",
             Self::Summary => "Fleet summary",
             Self::Progress => "Report progress",
+            Self::Pause => "Pause or resume agents",
         }
     }
 
@@ -366,10 +370,9 @@ impl ToolName {
         match self {
             Self::Spawn => {
                 "Start a long-running process (an agent) and prove it started. `command` is an \
-                 argv, no shell (for a shell line: [\"sh\",\"-c\",LINE]); output goes to log files \
-                 (read_logs); it outlives this server. Failing to start, or exiting non-zero \
-                 within verify_ms, is a tool error with the reason and stderr tail. A running id \
-                 is refused; an ended one can be spawned again (a new run)."
+                 argv, no shell; output goes to log files (read_logs); it outlives this server. \
+                 Failing to start, or exiting non-zero within verify_ms, is a tool error with the \
+                 reason and stderr tail. A running id is refused; an ended one starts a new run."
             }
             Self::SpawnMany => {
                 "Spawn a team in one call: `agents` (a list of spawn_agent arguments), or `count` \
@@ -379,8 +382,7 @@ impl ToolName {
             }
             Self::List => {
                 "List agents (the latest run of each id), optionally only a `selector` and/or a \
-                 `state`. Each entry has get_agent_status's fields, or only `fields` (a short \
-                 answer for a team)."
+                 `state`. Each entry has get_agent_status's fields, or only `fields`."
             }
             Self::Status => {
                 "One agent's status: state, health, pid, exit_code / exit_signal / end_reason, \
@@ -428,6 +430,10 @@ impl ToolName {
                 "Record an agent's progress (0-100) and a short message; statuses show it and a \
                  progress_stale_s liveness probe counts it. agent_id defaults to \
                  $CORRAL_AGENT_ID when this server runs as an agent. Returns the status."
+            }
+            Self::Pause => {
+                "Freeze agents' whole trees (state paused; their clocks stop), or thaw them with \
+                 `resume`. Exactly one of agent_id, selector, all. One report each."
             }
         }
     }
@@ -504,6 +510,15 @@ impl ToolName {
                 &["agent_id"][..],
             ),
             Self::Summary => (json!({}), &[][..]),
+            Self::Pause => (
+                json!({
+                    "agent_id": id,
+                    "selector": selector,
+                    "all": {"type": "boolean", "description": "Every agent."},
+                    "resume": {"type": "boolean", "description": "Thaw instead."},
+                }),
+                &[][..],
+            ),
             Self::Progress => (
                 json!({
                     "agent_id": {"type": "string", "description": "Default: $CORRAL_AGENT_ID."},
@@ -582,6 +597,18 @@ impl ToolName {
                 schema
             }
             Self::Stop => list("reports", stop_report_schema()),
+            Self::Pause => list(
+                "reports",
+                object_schema(
+                    json!({
+                        "agent_id": {"type": "string"},
+                        "outcome": {"type": "string"},
+                        "state": {"type": "string"},
+                    }),
+                    &["agent_id", "outcome", "state"],
+                    false,
+                ),
+            ),
             Self::Kill => object_schema(
                 json!({
                     "agent_id": {"type": "string"},
@@ -626,6 +653,7 @@ impl ToolName {
             Self::Spawn | Self::SpawnMany => base.read_only(false).destructive(false),
             Self::Stop | Self::Kill => base.read_only(false).destructive(true).idempotent(true),
             Self::Restart => base.read_only(false).destructive(true),
+            Self::Pause => base.read_only(false).destructive(false).idempotent(true),
             Self::Progress => base.read_only(false).destructive(false).idempotent(true),
         }
     }
@@ -815,6 +843,7 @@ impl CorralMcp {
                 self.summary().await
             }
             ToolName::Progress => self.progress(parse_args(tool, args)?).await,
+            ToolName::Pause => self.pause(parse_args(tool, args)?).await,
         }
     }
 
@@ -966,6 +995,46 @@ impl CorralMcp {
             Target::Many(req) => client.restart_many(&req).await?,
         };
         outcomes_result(&answer, "restarted")
+    }
+
+    async fn pause(&self, params: PauseParams) -> Result<CallToolResult> {
+        let req = match (&params.agent_id, &params.selector, params.all) {
+            (Some(id), None, false) => PauseRequest {
+                agent_id: Some(checked_id(id)?),
+                ..PauseRequest::default()
+            },
+            (None, Some(raw), false) => {
+                Selector::parse(raw).context("invalid selector")?;
+                PauseRequest {
+                    selector: Some(raw.clone()),
+                    ..PauseRequest::default()
+                }
+            }
+            (None, None, true) => PauseRequest {
+                all: true,
+                ..PauseRequest::default()
+            },
+            _ => bail!(
+                "say which agents to {} with exactly one of agent_id, selector (PREFIX.*) or all: true",
+                if params.resume { "resume" } else { "pause" }
+            ),
+        };
+        let client = self.ctx.client().await?;
+        let reports = if params.resume {
+            client.resume(&req).await?
+        } else {
+            client.pause(&req).await?
+        };
+        let text = if reports.is_empty() {
+            "no agents matched\n".to_owned()
+        } else {
+            reports
+                .iter()
+                .map(|r| super::pause::line(r) + "\n")
+                .collect()
+        };
+        let answer = json!({"count": reports.len(), "reports": reports});
+        structured(&answer, |_| text, false)
     }
 
     async fn kill(&self, params: KillParams) -> Result<CallToolResult> {
@@ -1790,6 +1859,20 @@ impl TargetParams {
     }
 }
 
+/// `pause_agents`' arguments.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct PauseParams {
+    #[serde(default)]
+    agent_id: Option<String>,
+    #[serde(default)]
+    selector: Option<String>,
+    #[serde(default)]
+    all: bool,
+    #[serde(default)]
+    resume: bool,
+}
+
 /// `kill_agent`'s arguments.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -2335,7 +2418,8 @@ mod tests {
                 "restart_agents",
                 "kill_agent",
                 "get_process_summary",
-                "report_progress"
+                "report_progress",
+                "pause_agents",
             ]
         );
         for t in &tools {
@@ -2395,6 +2479,7 @@ mod tests {
                 ToolName::Kill => fields::<KillParams>(),
                 ToolName::Summary => fields::<NoParams>(),
                 ToolName::Progress => fields::<ProgressParams>(),
+                ToolName::Pause => fields::<PauseParams>(),
             };
             let required = strings(&ours["required"]);
             assert_eq!(

@@ -51,6 +51,7 @@ TOOLS = {
     "kill_agent",
     "get_process_summary",
     "report_progress",
+    "pause_agents",
 }
 AGENT = "mcp.worker"
 
@@ -295,6 +296,44 @@ def test_runs_events_kill_and_restart_of_one_agent(state_dir):
             # Nothing after the last cursor.
             after = await call_ok(s, "read_events", {"selector": agent, "since": since})
             assert after["count"] == 0 and after["next_since"] == since and after["more"] is False
+
+    anyio.run(main)
+
+
+def _utime(pid):
+    """User CPU ticks of pid, from /proc (field 14 of stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat[stat.rindex(")") + 2 :].split()[11])
+
+
+def test_a_team_paused_and_resumed(state_dir):
+    async def main():
+        async with session(state_dir) as s:
+            busy = ["sh", "-c", "while :; do :; done"]
+            pids = []
+            for n in (1, 2):
+                r = await call_ok(s, "spawn_agent", {"agent_id": f"mcp.frozen.{n}", "command": busy})
+                pids.append(r["pid"])
+            paused = await call_ok(s, "pause_agents", {"selector": "mcp.frozen.*"})
+            assert paused["count"] == 2
+            assert {r["outcome"] for r in paused["reports"]} == {"paused"}, paused
+            before = [_utime(p) for p in pids]
+            # A window in which a running busy loop would use CPU.
+            await anyio.sleep(0.3)
+            assert [_utime(p) for p in pids] == before, "a paused agent used CPU"
+            status = await call_ok(s, "get_agent_status", {"agent_id": "mcp.frozen.1"})
+            assert status["state"] == "paused"
+
+            resumed = await call_ok(s, "pause_agents", {"selector": "mcp.frozen.*", "resume": True})
+            assert {r["outcome"] for r in resumed["reports"]} == {"resumed"}, resumed
+            async def running_again():
+                return all(_utime(p) > b for p, b in zip(pids, before))
+
+            await poll(running_again, 10, "CPU use after the resume")
+            await call_error(s, "pause_agents", {"agent_id": "mcp.frozen.1", "all": True}, "exactly one of agent_id")
+            await call_ok(s, "stop_agents", {"selector": "mcp.frozen.*", "force": True})
+            for p in pids:
+                assert wait_gone(p, 5)
 
     anyio.run(main)
 

@@ -46,7 +46,7 @@
 //! The public methods are in `agents.rs` (spawning and reading) and `ops.rs`
 //! (stopping, pausing, reaping, forgetting).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -76,6 +76,7 @@ mod recover;
 mod rotate;
 mod sampler;
 pub(crate) mod spec;
+mod team;
 mod view;
 
 pub use agents::Listed;
@@ -148,6 +149,8 @@ impl Config {
 pub(crate) enum Cmd {
     /// Stop the run's whole tree in stages (or at once with `force`).
     Stop {
+        /// `User`, or `Parent` for an agent whose parent agent is being stopped.
+        cause: crate::model::StopCause,
         timeouts: [f64; 3],
         force: bool,
         reply: oneshot::Sender<StopReport>,
@@ -235,7 +238,11 @@ pub(crate) struct Shared {
     /// corral's cgroup subtree, or why there is none.
     pub cgroup: std::result::Result<CgroupRoot, String>,
     pub base_env: Vec<(OsString, OsString)>,
-    pub registry: Mutex<HashMap<AgentId, Slot>>,
+    /// Ordered by id: the members of a team (`TEAM.…`) are one range of it.
+    pub registry: Mutex<BTreeMap<AgentId, Slot>>,
+    /// Parents whose team is being stopped (once per stop under way): no
+    /// agent is spawned below them meanwhile (see [`team`]).
+    pub teams_stopping: Mutex<Vec<AgentId>>,
     /// Spawns hold it shared from process creation until the new pid is in
     /// `owned`; the orphan sweep holds it exclusively, so it never takes an
     /// agent's exit status.
@@ -411,7 +418,8 @@ impl Supervisor {
             store,
             boot_id,
             cgroup,
-            registry: Mutex::new(HashMap::new()),
+            registry: Mutex::new(BTreeMap::new()),
+            teams_stopping: Mutex::new(Vec::new()),
             spawn_gate: RwLock::new(()),
             owned: Mutex::new(HashSet::new()),
             reaps: watch::Sender::new(0),
@@ -545,6 +553,9 @@ pub(crate) fn launch(
         Some(slot) => slot.published.borrow().view.clone(),
         None => None,
     };
+    if !replace && matches!(start, owner::Start::Fresh(_)) {
+        team::refuse_spawn(sh, &id)?;
+    }
     let (publish, published) = watch::channel(Published {
         view: previous.clone(),
         busy: true,

@@ -12,11 +12,12 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{Error, Result};
 use crate::id::{AgentId, Selector};
 use crate::model::{
-    CleanupOptions, KillResponse, PauseOutcome, PauseReport, Removal, StopReport, StopStage,
+    CleanupOptions, KillResponse, PauseOutcome, PauseReport, Removal, StopCause, StopReport,
+    StopStage,
 };
 use crate::platform;
 
-use super::{Cmd, Shared, Supervisor, already_ended, blocking, lock, reaper, spec};
+use super::{Cmd, Shared, Supervisor, already_ended, blocking, lock, reaper, spec, team};
 use crate::store;
 
 impl Supervisor {
@@ -421,14 +422,29 @@ fn remove_below(root: &Path, dirs: Vec<PathBuf>) {
     }
 }
 
-/// Stops one agent through its owner and waits for the report. An owner that
-/// fails meanwhile is replaced from the record (`launch`); the stop is asked
-/// of its successor, which finds it on record if it was begun.
+/// Stops one agent asked for by a user: first the agents of its team (the
+/// ids below it, see [`team`]), then the agent itself.
 async fn stop_one(
     sh: &Arc<Shared>,
     id: &AgentId,
     timeouts: Option<[f64; 3]>,
     force: bool,
+) -> Option<StopReport> {
+    if !team::live_below(sh, id).is_empty() {
+        team::stop_team(sh, id, timeouts, force).await;
+    }
+    stop_alone(sh, id, timeouts, force, StopCause::User).await
+}
+
+/// Stops one agent through its owner and waits for the report. An owner that
+/// fails meanwhile is replaced from the record (`launch`); the stop is asked
+/// of its successor, which finds it on record if it was begun.
+pub(crate) async fn stop_alone(
+    sh: &Arc<Shared>,
+    id: &AgentId,
+    timeouts: Option<[f64; 3]>,
+    force: bool,
+    cause: StopCause,
 ) -> Option<StopReport> {
     let mut owners = sh.owners.subscribe();
     for _ in 0..3 {
@@ -446,6 +462,7 @@ async fn stop_one(
         let timeouts = timeouts.unwrap_or(view.spec.stop_timeouts);
         if tx
             .send(Cmd::Stop {
+                cause,
                 timeouts,
                 force,
                 reply,

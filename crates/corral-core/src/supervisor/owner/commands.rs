@@ -17,11 +17,12 @@ impl Owner {
     pub(crate) async fn on_command(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Stop {
+                cause,
                 timeouts,
                 force,
                 reply,
             } => {
-                let req = self.stop_request(StopCause::User, None, Some(timeouts), force);
+                let req = self.stop_request(cause, None, Some(timeouts), force);
                 self.request_stop(req, Some(reply)).await;
             }
             Cmd::Progress {

@@ -135,6 +135,7 @@ impl Owner {
         let error = self.failed_answer().await;
         let response = self.current().spawn_response(error);
         self.answer(Ok(response));
+        self.stop_team();
         match (self.life().wire(), stop) {
             (AgentState::Stopping, None) => {
                 // The stop of its leftovers begins (on record with the end above).

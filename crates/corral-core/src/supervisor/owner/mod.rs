@@ -92,6 +92,9 @@ pub(crate) struct Owner {
     pub main_end: Option<MainEnd>,
     /// The current run's pauses.
     pub pause: pause::PauseClock,
+    /// The stop of the agents below this one that its run's end began: a
+    /// restart waits for it.
+    team_stop: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Owner {
@@ -119,6 +122,7 @@ impl Owner {
             history: History::default(),
             main_end: None,
             pause: pause::PauseClock::default(),
+            team_stop: None,
         }
     }
 
@@ -153,6 +157,20 @@ impl Owner {
         while let Ok(cmd) = self.rx.try_recv() {
             self.answer_ended(cmd);
         }
+    }
+
+    /// The run's main process has ended: the agents below this one are
+    /// stopped with it, as its leftovers are (cause `parent`), unless a stop
+    /// asked of this agent already did (see `team.rs`).
+    fn stop_team(&mut self) {
+        if super::team::live_below(&self.sh, &self.spec.id).is_empty() {
+            return;
+        }
+        let (sh, id) = (self.sh.clone(), self.spec.id.clone());
+        tracing::info!(agent_id = %id, "the run ended with agents below it: stopping them");
+        self.team_stop = Some(tokio::spawn(async move {
+            super::team::stop_team(&sh, &id, None, false).await;
+        }));
     }
 
     /// Answers a command that reached an owner whose agent has ended.
@@ -246,6 +264,11 @@ impl Owner {
             State::Running => self.runtime_exceeded().await,
             State::Stopping(_) => self.stage_due().await,
             State::Backoff { .. } => {
+                // The old run's team is gone before the new run starts (its
+                // helpers would otherwise meet their successors' ids taken).
+                if let Some(team) = self.team_stop.take() {
+                    let _ = team.await;
+                }
                 self.apply(Happening::BackoffElapsed);
                 self.history
                     .restarts_at

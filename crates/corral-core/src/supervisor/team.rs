@@ -1,0 +1,138 @@
+//! A parent agent's team in a stop: the agents below it by id (`L2.1.3` is
+//! below `L2.1` and `L2`) are its descendants, as its own processes are.
+//!
+//! - **A stop someone asks for** (`stop`, `kill`, `restart`, `down`, a
+//!   daemon stop that stops agents) stops the team first: the deepest level
+//!   first, each level at once, every member with cause `parent` (or as a
+//!   stop under way already has it), with the parent's timeouts and `force`;
+//!   then the parent itself. The coordinator goes last: none of its helpers
+//!   outlives it, and it is not left running while its helpers vanish after it
+//!   had already been told to stop.
+//! - **The parent's own end** (its main process exits, or a limit, the runtime
+//!   limit or a probe stops it) stops the team as part of its leftovers: the
+//!   owner begins the team's stop when the main process's end is on record,
+//!   and a restart of the parent waits until the team is gone, so a new run
+//!   never starts beside the helpers of the old one and none is orphaned.
+//! - **Nothing is spawned into a team being stopped**: while a stop of `X`'s
+//!   team is under way, a spawn of an id below `X` (a helper the coordinator
+//!   starts in its last moments, or anybody else's) is refused (`launch`).
+//!
+//! Each member's stop is its own owner's, committed before its first signal
+//! like any other: a daemon that dies meanwhile finishes each on its next
+//! start. The mark that refuses spawns is this daemon's memory only.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::id::AgentId;
+use crate::model::{StopCause, StopReport};
+
+use super::{Shared, lock};
+
+/// The live agents below `parent` (every id starting `parent.`), from the
+/// registry's ordered range: no scan of the other agents.
+pub(crate) fn live_below(sh: &Shared, parent: &AgentId) -> Vec<AgentId> {
+    let prefix = format!("{parent}.");
+    let reg = lock(&sh.registry);
+    reg.range::<str, _>((
+        std::ops::Bound::Excluded(prefix.as_str()),
+        std::ops::Bound::Unbounded,
+    ))
+    .take_while(|(id, _)| id.as_str().starts_with(&prefix))
+    .filter(|(_, slot)| slot.busy())
+    .map(|(id, _)| id.clone())
+    .collect()
+}
+
+/// Whether a spawn of `id` must wait: a parent of it (an id it starts with,
+/// up to a `.`) has its team stopped now. Called under the registry's lock.
+pub(crate) fn refuse_spawn(sh: &Shared, id: &AgentId) -> Result<()> {
+    let stopping = lock(&sh.teams_stopping);
+    let below = |p: &&AgentId| {
+        id.as_str()
+            .strip_prefix(p.as_str())
+            .is_some_and(|rest| rest.starts_with('.'))
+    };
+    match stopping.iter().find(below) {
+        Some(parent) => Err(Error::State {
+            agent_id: id.to_string(),
+            state: "refused".into(),
+            reason: format!(
+                "its parent agent {parent} is being stopped, with every agent below it"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Holds `parent`'s team as being stopped while it lives.
+struct Mark<'a> {
+    sh: &'a Shared,
+    parent: AgentId,
+}
+
+impl<'a> Mark<'a> {
+    fn new(sh: &'a Shared, parent: &AgentId) -> Self {
+        lock(&sh.teams_stopping).push(parent.clone());
+        Self {
+            sh,
+            parent: parent.clone(),
+        }
+    }
+}
+
+impl Drop for Mark<'_> {
+    fn drop(&mut self) {
+        let mut stopping = lock(&self.sh.teams_stopping);
+        if let Some(i) = stopping.iter().position(|p| *p == self.parent) {
+            stopping.swap_remove(i);
+        }
+    }
+}
+
+/// Stops every live agent below `parent`, deepest level first, each level at
+/// once, with cause `parent`; answers once each member's stop is answered
+/// (its tree gone, or reported unkillable). Agents spawned below `parent`
+/// meanwhile are refused. `timeouts` `None`: each member's own.
+pub(crate) async fn stop_team(
+    sh: &Arc<Shared>,
+    parent: &AgentId,
+    timeouts: Option<[f64; 3]>,
+    force: bool,
+) -> Vec<StopReport> {
+    let _mark = Mark::new(sh, parent);
+    let mut asked: HashSet<AgentId> = HashSet::new();
+    let mut reports = Vec::new();
+    loop {
+        // Looked at again after every level: a member that was starting when
+        // the mark went up is live now, and one unkillable is asked once.
+        let below: Vec<AgentId> = live_below(sh, parent)
+            .into_iter()
+            .filter(|id| !asked.contains(id))
+            .collect();
+        let Some(deepest) = below.iter().map(depth).max() else {
+            break;
+        };
+        let level: Vec<AgentId> = below
+            .into_iter()
+            .filter(|id| depth(id) == deepest)
+            .collect();
+        tracing::info!(agent_id = %parent, members = level.len(), "stopping agents of a team before their parent");
+        let stops = level
+            .iter()
+            .map(|id| super::ops::stop_alone(sh, id, timeouts, force, StopCause::Parent));
+        reports.extend(
+            futures_util::future::join_all(stops)
+                .await
+                .into_iter()
+                .flatten(),
+        );
+        asked.extend(level);
+    }
+    reports
+}
+
+fn depth(id: &AgentId) -> usize {
+    id.as_str().bytes().filter(|b| *b == b'.').count()
+}
