@@ -151,6 +151,10 @@ class Target:
         else:
             if token is not None or token_file is not None:
                 raise ValueError("token and token_file are for url=; the Unix socket needs none")
+            if socket is None and state_dir is None:
+                # Inside an agent: the socket its daemon gave it (its team's
+                # door; that daemon runs already), as the CLI does.
+                socket = os.environ.get("CORRAL_SOCKET") or None
             if socket is None:
                 self.state_dir = os.path.abspath(state_dir) if state_dir is not None else default_state_dir()
                 socket = os.path.join(self.state_dir, SOCKET_NAME)

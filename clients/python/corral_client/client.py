@@ -77,7 +77,9 @@ class Client:
     Exactly one of: ``state_dir`` (its socket, ``<state_dir>/corral.sock``),
     ``socket`` (that socket; no daemon is started for it) or ``url``
     (``HOST:PORT`` of ``corral daemon --listen``, with ``token`` or
-    ``token_file``). With none, the state dir is found as the CLI finds it.
+    ``token_file``). With none: inside an agent, the socket its daemon gave
+    it (``$CORRAL_SOCKET``, which serves the agent's own team); elsewhere the
+    state dir, found as the CLI finds it.
     For a state dir with ``autostart`` (the default), a daemon is started with
     ``corral --state-dir DIR daemon --detach`` when none answers — ``corral``
     being ``corral_bin``, else ``$CORRAL_BIN``, else found on ``PATH``.

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import List
 
 import pytest
-from helpers import Corral, alive, environ, free_port, within
+from helpers import Corral, alive, environ, free_port, poll, within
 
 import corral_client
 from corral_client import (
@@ -460,3 +460,47 @@ def test_pause_and_resume_freeze_and_thaw_the_tree(c: Client) -> None:
     assert _proc_state(r.pid) != "T"
     c.stop("paused.1")
     assert not alive(r.pid)
+
+
+def test_inside_an_agent_a_bare_client_works_on_its_own_team(c: Client) -> None:
+    """``Client()`` with no arguments, inside an agent, talks through
+    ``$CORRAL_SOCKET``: it spawns helpers below its agent, is refused outside
+    it, and lists only its team; stopping the agent stops its helpers."""
+    c.spawn(SpawnRequest("pyteam.other", SLEEP))
+    inside = (
+        "import os, sys\n"
+        "from corral_client import Client, Forbidden, SpawnRequest\n"
+        "c = Client()\n"
+        "r = c.spawn(SpawnRequest('pyteam.lead.h1', ['sleep', '60']))\n"
+        "print('helper', r.pid)\n"
+        "try:\n"
+        "    c.spawn(SpawnRequest('pyteam.other2', ['sleep', '60']))\n"
+        "except Forbidden as e:\n"
+        "    print('forbidden', e.status)\n"
+        "print('sees', ','.join(sorted(c.list_agents())))\n"
+        "sys.stdout.flush()\n"
+        "import time; time.sleep(60)\n"
+    )
+    package_root = os.path.dirname(os.path.dirname(corral_client.__file__))
+    c.spawn(SpawnRequest("pyteam.lead", [sys.executable, "-c", inside], env={"PYTHONPATH": package_root}))
+
+    def report() -> str:
+        text = c.logs("pyteam.lead")
+        return text if "sees" in text else ""
+
+    text = poll(report, 10, "the agent's report")
+    lines = {k: v for k, _, v in (line.partition(" ") for line in text.splitlines())}
+    helper = int(lines["helper"])
+    assert alive(helper) and c.status("pyteam.lead.h1").pid == helper
+    assert lines["forbidden"] == "403"
+    assert lines["sees"] == "pyteam.lead,pyteam.lead.h1"
+    with pytest.raises(NotFound):
+        c.status("pyteam.other2")
+
+    reports = c.stop("pyteam.lead", stop_timeouts=[2, 1, 1])
+    assert reports.agent_id == "pyteam.lead"
+    assert not alive(helper), "the helper outlived its stopped parent"
+    helper_status = c.status("pyteam.lead.h1")
+    assert helper_status.persistent_status == PersistentStatus.CANCELLED
+    assert "with its parent agent" in (helper_status.end_reason or "")
+    c.stop_many(selector="pyteam.*", force=True)

@@ -65,7 +65,11 @@ const MAX_STAGE_S = 86_400;
  */
 const IDLE_SOCKET_MS = 4_000;
 
-/** Where the daemon is. With none of `socket`, `stateDir` and `url`, the state dir is found as the CLI finds it. */
+/**
+ * Where the daemon is. With none of `socket`, `stateDir` and `url`: inside an agent, the socket its
+ * daemon gave it (`$CORRAL_SOCKET`, which serves the agent's own team); elsewhere the state dir,
+ * found as the CLI finds it.
+ */
 export interface CorralClientOptions {
   /** The daemon's socket. */
   socket?: string;
@@ -311,9 +315,14 @@ export class CorralClient {
       if (token !== undefined || tokenFile !== undefined) {
         throw new Error("token and tokenFile are for url; the Unix socket needs none");
       }
+      // Inside an agent, with neither named: the socket its daemon gave it
+      // (its team's door; that daemon runs already), as the CLI does.
+      const inAgent =
+        socket === undefined && stateDir === undefined ? process.env.CORRAL_SOCKET || undefined : undefined;
+      const chosen = socket ?? inAgent;
       const socketPath =
-        socket !== undefined
-          ? path.resolve(socket)
+        chosen !== undefined
+          ? path.resolve(chosen)
           : path.join(stateDir !== undefined ? path.resolve(stateDir) : defaultStateDir(), SOCKET_NAME);
       this.target = { socketPath };
       this.address = socketPath;

@@ -6,10 +6,11 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import * as path from "node:path";
+import { pathToFileURL } from "node:url";
 import { after, before, describe, test } from "node:test";
 
 import { CorralClient, CorralError } from "../src/index.js";
-import { alive, poll, rejection, startTime, TestDaemon } from "./helpers.js";
+import { alive, PACKAGE_DIR, poll, rejection, startTime, TestDaemon } from "./helpers.js";
 
 /** The client's method for each operationId of the OpenAPI document. */
 const METHOD_OF: Record<string, keyof CorralClient> = {
@@ -171,6 +172,42 @@ describe("routes", () => {
     const ended = await rejection(corral.pause({ agentId: "p.a" }));
     assert.equal(ended.code, "conflict");
     assert.equal(ended.status, 409);
+  });
+
+  test("inside an agent, a client with no options works on the agent's own team", async () => {
+    await corral.spawn(sleeper("ts.other"));
+    const entry = pathToFileURL(path.join(PACKAGE_DIR, "dist", "src", "index.js")).href;
+    const script = `
+      import { CorralClient } from ${JSON.stringify(entry)};
+      const c = new CorralClient();
+      const h = await c.spawn({ agent_id: "ts.lead.h1", command: ["sleep", "300"] });
+      console.log("helper", h.pid);
+      try { await c.spawn({ agent_id: "ts.other2", command: ["sleep", "300"] }); }
+      catch (e) { console.log("refused", e.status); }
+      console.log("sees", Object.keys(await c.list()).sort().join(","));
+      c.close();
+      setInterval(() => {}, 1000);
+    `;
+    await corral.spawn({ agent_id: "ts.lead", command: [process.execPath, "--input-type=module", "-e", script] });
+    const text = await poll(async () => {
+      const lines: string[] = [];
+      for await (const line of corral.logs("ts.lead")) lines.push(line);
+      return lines.some((l) => l.startsWith("sees")) ? lines : undefined;
+    }, "the agent's report");
+    const said = Object.fromEntries(text.map((l) => l.split(" ", 2) as [string, string]));
+    const helper = Number(said.helper);
+    assert.ok(alive(helper), "the helper runs");
+    assert.equal(said.refused, "403");
+    assert.equal(said.sees, "ts.lead,ts.lead.h1");
+    await rejection(corral.status("ts.other2"));
+
+    const report = await corral.stop("ts.lead", { stopTimeouts: [2, 1, 1] });
+    assert.equal(report.agent_id, "ts.lead");
+    assert.ok(!alive(helper), "the helper outlived its stopped parent");
+    const h1 = await corral.status("ts.lead.h1");
+    assert.equal(h1.persistent_status, "cancelled");
+    assert.match(h1.end_reason ?? "", /with its parent agent/);
+    await corral.stopMany({ selector: "ts.*", force: true, liveOnly: true });
   });
 
   test("spawn batch: one result per request, a bad entry fails alone", async () => {
