@@ -306,3 +306,45 @@ fn a_coordinator_pauses_and_resumes_its_helpers_only() {
     env.finish();
     assert!(proc_stat(busy).is_none());
 }
+
+/// A coordinator that ends while no daemon runs: the next daemon records its
+/// end and stops the helpers it left (cause `parent`); nothing of the team
+/// is left in `/proc`.
+#[test]
+fn a_coordinator_that_ended_while_no_daemon_ran_takes_its_team_along() {
+    let env = Env::new();
+    let go = env.dir.as_ref().unwrap().path().join("go");
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.05; done; exit 0",
+        go.display()
+    );
+    let out = env.run(&["spawn", "lead", "--", "sh", "-c", &script]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for h in ["lead.a", "lead.b.c"] {
+        let out = env.run(&["spawn", h, "--", "sleep", "300"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let pids: Vec<i32> = ["lead", "lead.a", "lead.b.c"]
+        .iter()
+        .map(|id| pid_of(&env, id))
+        .collect();
+    env.crash_daemon();
+    let reaper = InitReaper::new(pids.clone());
+    std::fs::write(&go, "").unwrap();
+    wait_gone(pids[0]);
+
+    // The next command starts a daemon, which finds the coordinator ended.
+    let s = env.json(&["status", "lead"]);
+    assert_eq!(s["state"], "ended", "{s}");
+    for pid in &pids[1..] {
+        wait_gone(*pid);
+    }
+    for id in ["lead.a", "lead.b.c"] {
+        let s = env.wait_for(id, "ended", |s| s["state"] == "ended");
+        assert_eq!(s["persistent_status"], "cancelled", "{id}: {s}");
+        let reason = s["end_reason"].as_str().unwrap();
+        assert!(reason.contains("with its parent agent"), "{id}: {reason}");
+    }
+    drop(reaper);
+    env.finish();
+}

@@ -92,6 +92,13 @@ pub(crate) async fn load(sh: &Arc<Shared>) -> Result<()> {
         Ok(out)
     })
     .await?;
+    // The agents below a parent are in the registry before the parent's owner
+    // runs: a parent that ended while no daemon ran stops its team, and must
+    // find every member of it (`team.rs`).
+    let mut loaded = loaded;
+    loaded.sort_by_key(|(record, _, _)| {
+        std::cmp::Reverse(record.agent_id.bytes().filter(|b| *b == b'.').count())
+    });
     let mut first_states = Vec::new();
     for (record, spec, owned) in loaded {
         if !owned {
