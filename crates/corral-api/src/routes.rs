@@ -222,6 +222,12 @@ fn api_router() -> OpenApiRouter<Supervisor> {
         .routes(routes!(summary))
         .routes(routes!(crate::events::events))
         .routes(routes!(crate::metrics::metrics))
+        .routes(routes!(crate::teams::teams))
+        .routes(routes!(
+            crate::teams::team,
+            crate::teams::set_team,
+            crate::teams::remove_team
+        ))
 }
 
 /// Builds the `/v1` router over a supervisor.
@@ -269,6 +275,7 @@ pub(crate) fn agent_routes(sup: Supervisor) -> Router {
         .routes(routes!(wait))
         .routes(routes!(crate::logs::logs))
         .routes(routes!(stop_many))
+        .routes(routes!(crate::teams::team))
         .split_for_parts();
     finish(
         router,

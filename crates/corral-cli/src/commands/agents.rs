@@ -620,6 +620,15 @@ pub fn event_line(ev: &Event) -> String {
             "{}: {} bytes dropped, {} kept — {}",
             d.stream, d.dropped_bytes, d.kept_bytes, d.reason
         ),
+        B::Budget(b) => format!(
+            "team {} over {} {} (team used {:.0}, this agent {:.0}){}",
+            b.team,
+            b.budget,
+            corral_core::short_number(b.limit),
+            b.usage,
+            b.agent_usage,
+            if b.action == "stop" { " — stopped" } else { "" }
+        ),
         B::Other => String::new(),
     };
     format!(

@@ -60,8 +60,11 @@ impl Supervisor {
             let (sup, opts) = (self.clone(), opts.clone());
             async move {
                 let one = Selector::One(view.id.clone());
+                // A live member that is restarted keeps its place in its
+                // teams; an ended one comes back as a new agent.
+                let admit = !view.state.is_busy();
                 let result = match sup.stop_selected(Some(&one), opts, true).await {
-                    Ok(_) => sup.spawn_agent(view.spec.request.clone()).await,
+                    Ok(_) => sup.spawn_admitted(view.spec.request.clone(), admit).await,
                     Err(e) => Err(e),
                 };
                 (view.id.clone(), result)

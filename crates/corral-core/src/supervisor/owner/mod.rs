@@ -180,7 +180,7 @@ impl Owner {
                     reason: "only a running agent can be paused, and only a paused one resumed; this one has ended".into(),
                 }));
             }
-            Cmd::Probe { .. } | Cmd::Limit { .. } | Cmd::LogDropped { .. } => {}
+            Cmd::Probe { .. } | Cmd::Limit { .. } | Cmd::Note { .. } => {}
             #[cfg(test)]
             Cmd::Fail => {}
         }
