@@ -108,7 +108,11 @@ mod tests {
 
     #[test]
     fn a_wrong_type_is_refused_naming_its_field() {
-        assert!(parse(r#"{"pids": -1}"#).unwrap_err().starts_with("pids must be"));
+        assert!(
+            parse(r#"{"pids": -1}"#)
+                .unwrap_err()
+                .starts_with("pids must be")
+        );
         assert!(
             parse(r#"{"memory_mb": "lots"}"#)
                 .unwrap_err()
@@ -119,7 +123,11 @@ mod tests {
                 .unwrap_err()
                 .starts_with("max_agents must be")
         );
-        assert!(parse(r#"{"colour": 1}"#).unwrap_err().contains("unknown field"));
+        assert!(
+            parse(r#"{"colour": 1}"#)
+                .unwrap_err()
+                .contains("unknown field")
+        );
         assert_eq!(
             parse(r#"{"memory_mb": 200, "max_agents": 3, "pids": null}"#).unwrap(),
             TeamBudget {

@@ -139,7 +139,10 @@ fn a_spawn_over_max_agents_is_refused_and_leaves_nothing() {
         assert!(out.status.success(), "{}", stderr(&out));
     }
     let out = env.run(&["spawn", "M.2", "--", "sleep", "300"]);
-    assert_one_error_line(&out, "team M is at its budget of 2 live agents (2 live now)");
+    assert_one_error_line(
+        &out,
+        "team M is at its budget of 2 live agents (2 live now)",
+    );
     assert_eq!(out.status.code(), Some(1));
     // Nothing of it: no record, no process, no dir.
     let out = env.run(&["status", "M.2"]);
@@ -147,7 +150,9 @@ fn a_spawn_over_max_agents_is_refused_and_leaves_nothing() {
     assert!(agent_processes("M.2").is_empty());
     assert!(!env.state.join("agents").join("M.2").exists());
     // A batch: each entry refused alone, with the code.
-    let out = env.run(&["--json", "spawn", "M.b", "--count", "2", "--", "sleep", "300"]);
+    let out = env.run(&[
+        "--json", "spawn", "M.b", "--count", "2", "--", "sleep", "300",
+    ]);
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
     let codes: Vec<&str> = answer["results"]
         .as_array()
@@ -225,7 +230,17 @@ fn concurrent_spawns_never_take_the_last_place_twice() {
 fn budgets_outlive_a_daemon_killed_with_sigkill() {
     let env = Env::new();
     let out = env.run(&[
-        "team", "set", "K", "--memory", "512", "--cpu", "150", "--pids", "64", "--max-agents", "1",
+        "team",
+        "set",
+        "K",
+        "--memory",
+        "512",
+        "--cpu",
+        "150",
+        "--pids",
+        "64",
+        "--max-agents",
+        "1",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = env.run(&["spawn", "K.1", "--", "sleep", "300"]);
@@ -266,7 +281,10 @@ fn the_team_commands_say_what_they_did() {
     assert!(text.starts_with("team      W\n"), "{text}");
     assert!(text.contains("memory    -/256.0M"), "{text}");
     assert!(text.contains("agents    0/4"), "{text}");
-    assert!(text.contains("enforced  sampler (max_agents: at spawn)"), "{text}");
+    assert!(
+        text.contains("enforced  sampler (max_agents: at spawn)"),
+        "{text}"
+    );
     assert!(text.contains("no members"), "{text}");
     let out = env.run(&["spawn", "W.1", "--", "sleep", "300"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -280,7 +298,9 @@ fn the_team_commands_say_what_they_did() {
     let header: Vec<&str> = lines[0].split_whitespace().collect();
     assert_eq!(
         header,
-        ["TEAM", "MEMORY", "CPU", "PIDS", "AGENTS", "OVER", "ENFORCED"]
+        [
+            "TEAM", "MEMORY", "CPU", "PIDS", "AGENTS", "OVER", "ENFORCED"
+        ]
     );
     let row: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(row[0], "W");
@@ -289,11 +309,30 @@ fn the_team_commands_say_what_they_did() {
     assert_eq!(row[5], "-");
     assert_eq!(row[6], "sampler");
 
+    // `ps` keeps its table, and shows the teams' under it.
+    let out = env.run(&["ps"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (agents, teams) = text
+        .split_once("\n\n")
+        .expect("a teams table under the agents'");
+    assert!(agents.starts_with("ID "), "{text}");
+    assert_eq!(agents.lines().count(), 2, "{text}");
+    assert!(teams.starts_with("TEAM "), "{text}");
+    assert!(teams.lines().nth(1).unwrap().starts_with("W "), "{text}");
+    // A selector elsewhere leaves the team out; --json is the agents alone.
+    let out = env.run(&["ps", "X.*"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("TEAM"));
+    assert!(env.json(&["ps"]).get("W.1").is_some());
+
     let show = env.json(&["team", "show", "W"]);
     assert_eq!(show["members"][0]["agent_id"], "W.1");
     // The member's figures are its tree's, as /proc has them.
     let mem = show["members"][0]["memory_mb"].as_f64().unwrap();
-    assert!((mem - rss_mib(pid)).abs() < 2.0, "{mem} vs {}", rss_mib(pid));
+    assert!(
+        (mem - rss_mib(pid)).abs() < 2.0,
+        "{mem} vs {}",
+        rss_mib(pid)
+    );
     let text = String::from_utf8_lossy(&env.run(&["team", "show", "W"]).stdout).into_owned();
     assert!(text.contains("MEMBER"), "{text}");
     assert!(text.contains("W.1"), "{text}");
@@ -313,11 +352,16 @@ fn the_team_commands_say_what_they_did() {
 
     let out = env.run(&["team", "rm", "W"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "team W: budgets removed\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "team W: budgets removed\n"
+    );
     let out = env.run(&["team", "rm", "W"]);
     assert_eq!(out.status.code(), Some(4));
     let out = env.run(&["team", "ls"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "no team budgets\n");
+    let out = env.run(&["ps"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("TEAM"));
     env.finish();
     assert!(proc_stat(pid).is_none());
 }

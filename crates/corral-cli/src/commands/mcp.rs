@@ -5,7 +5,7 @@
 //! What this module owns: the tools (the contract's eight, `spawn_agent`,
 //! `list_agents`, `get_agent_status`, `stop_agents`, `read_logs`, `wait_agent`,
 //! `get_process_summary`, `report_progress`, and `spawn_agents`, `list_runs`,
-//! `read_events`, `restart_agents`, `kill_agent`), their input and output
+//! `read_events`, `restart_agents`, `kill_agent`, `team_budget`), their input and output
 //! schemas, their text renderings, and the mapping of the daemon's errors to
 //! tool errors. It owns nothing about processes: like every other command it is
 //! a client of the daemon's HTTP API (a typed method of
@@ -303,10 +303,11 @@ enum ToolName {
     Kill,
     Summary,
     Progress,
+    Team,
 }
 
 impl ToolName {
-    const ALL: [Self; 13] = [
+    const ALL: [Self; 14] = [
         Self::Spawn,
         Self::SpawnMany,
         Self::List,
@@ -320,6 +321,7 @@ impl ToolName {
         Self::Kill,
         Self::Summary,
         Self::Progress,
+        Self::Team,
     ];
 
     fn name(self) -> &'static str {
@@ -337,6 +339,7 @@ impl ToolName {
             Self::Kill => "kill_agent",
             Self::Summary => "get_process_summary",
             Self::Progress => "report_progress",
+            Self::Team => "team_budget",
         }
     }
 
@@ -359,6 +362,7 @@ impl ToolName {
             Self::Kill => "Kill an agent",
             Self::Summary => "Fleet summary",
             Self::Progress => "Report progress",
+            Self::Team => "Team budget",
         }
     }
 
@@ -428,6 +432,11 @@ impl ToolName {
                 "Record an agent's progress (0-100) and a short message; statuses show it and a \
                  progress_stale_s liveness probe counts it. agent_id defaults to \
                  $CORRAL_AGENT_ID when this server runs as an agent. Returns the status."
+            }
+            Self::Team => {
+                "Get, or set (any budget given; replaces), the budgets of `team`: agent id team \
+                 and all under it. Over memory_mb (MiB) or pids: its largest agent is stopped; \
+                 cpu_percent: an event; max_agents: spawns refused. Returns budget and usage."
             }
         }
     }
@@ -511,6 +520,11 @@ impl ToolName {
                     "message": {"type": "string", "description": "A few words (at most 1 KiB)."},
                 }),
                 &["progress"][..],
+            ),
+            Self::Team => (
+                json!({"team": id, "memory_mb": {"type": "number"}, "cpu_percent": {"type": "number"},
+                    "pids": {"type": "integer"}, "max_agents": {"type": "integer"}}),
+                &["team"][..],
             ),
         };
         object_schema(props, required, true)
@@ -610,6 +624,11 @@ impl ToolName {
                 props.insert("states".into(), json!({"type": "object"}));
                 object_schema(Value::Object(props), &["total", "running"], false)
             }
+            Self::Team => object_schema(
+                json!({"team": {"type": "string"}, "budget": {"type": "object"}, "usage": {"type": "object"}}),
+                &["team", "budget", "usage"],
+                false,
+            ),
         }
     }
 
@@ -626,7 +645,9 @@ impl ToolName {
             Self::Spawn | Self::SpawnMany => base.read_only(false).destructive(false),
             Self::Stop | Self::Kill => base.read_only(false).destructive(true).idempotent(true),
             Self::Restart => base.read_only(false).destructive(true),
-            Self::Progress => base.read_only(false).destructive(false).idempotent(true),
+            Self::Progress | Self::Team => {
+                base.read_only(false).destructive(false).idempotent(true)
+            }
         }
     }
 
@@ -815,6 +836,7 @@ impl CorralMcp {
                 self.summary().await
             }
             ToolName::Progress => self.progress(parse_args(tool, args)?).await,
+            ToolName::Team => self.team(parse_args(tool, args)?).await,
         }
     }
 
@@ -927,6 +949,24 @@ impl CorralMcp {
         };
         let answer = json!({"count": picked.len(), "agents": picked});
         structured(&answer, |_| text, false)
+    }
+
+    async fn team(&self, params: TeamParams) -> Result<CallToolResult> {
+        let id = checked_id(&params.team)?;
+        let budget = corral_core::TeamBudget {
+            memory_mb: params.memory_mb,
+            cpu_percent: params.cpu_percent,
+            pids: params.pids,
+            max_agents: params.max_agents,
+        };
+        let client = self.ctx.client().await?;
+        let team = if budget.is_empty() {
+            client.team(&id).await?
+        } else {
+            client.set_team(&id, &budget).await?
+        };
+        let text = super::team::show_text(&team);
+        structured(&team, |_| text, false)
     }
 
     async fn status(&self, params: AgentParams) -> Result<CallToolResult> {
@@ -1790,6 +1830,17 @@ impl TargetParams {
     }
 }
 
+/// `team_budget`'s arguments: no budget given reads them.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct TeamParams {
+    team: String,
+    memory_mb: Option<f64>,
+    cpu_percent: Option<f64>,
+    pids: Option<u64>,
+    max_agents: Option<u32>,
+}
+
 /// `kill_agent`'s arguments.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -2335,7 +2386,8 @@ mod tests {
                 "restart_agents",
                 "kill_agent",
                 "get_process_summary",
-                "report_progress"
+                "report_progress",
+                "team_budget"
             ]
         );
         for t in &tools {
@@ -2395,6 +2447,7 @@ mod tests {
                 ToolName::Kill => fields::<KillParams>(),
                 ToolName::Summary => fields::<NoParams>(),
                 ToolName::Progress => fields::<ProgressParams>(),
+                ToolName::Team => fields::<TeamParams>(),
             };
             let required = strings(&ours["required"]);
             assert_eq!(

@@ -16,7 +16,7 @@ mod project;
 mod spawn;
 mod startup;
 mod stop;
-mod team;
+pub(crate) mod team;
 mod top;
 
 use std::path::PathBuf;

@@ -40,13 +40,7 @@ pub fn cells(t: &TeamStatus) -> [String; 4] {
 /// `corral team ls`'s table.
 pub fn table(teams: &[TeamStatus]) -> Table {
     let mut t = Table::new(vec![
-        "TEAM",
-        "MEMORY",
-        "CPU",
-        "PIDS",
-        "AGENTS",
-        "OVER",
-        "ENFORCED",
+        "TEAM", "MEMORY", "CPU", "PIDS", "AGENTS", "OVER", "ENFORCED",
     ])
     .id_column(0)
     .droppable(&[6]);
@@ -107,12 +101,7 @@ pub fn show_text(t: &TeamStatus) -> String {
                 }
                 .into(),
                 size_mb(m.memory_mb).into(),
-                if live {
-                    m.pids.to_string()
-                } else {
-                    "-".into()
-                }
-                .into(),
+                if live { m.pids.to_string() } else { "-".into() }.into(),
             ]);
         }
         out.push('\n');

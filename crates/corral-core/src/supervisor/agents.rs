@@ -254,7 +254,13 @@ impl Supervisor {
         })
         .await?;
         let (reply, answer) = oneshot::channel();
-        super::launch(&self.sh, spec, owner::Start::Fresh(Some(reply)), false, admit)?;
+        super::launch(
+            &self.sh,
+            spec,
+            owner::Start::Fresh(Some(reply)),
+            false,
+            admit,
+        )?;
         answer.await.unwrap_or(Err(Error::StoreClosed))
     }
 

@@ -626,7 +626,13 @@ async fn relaunch(sh: &Arc<Shared>, id: &AgentId) {
     .await;
     match found {
         Ok(Some((record, spec))) => {
-            match launch(sh, spec, owner::Start::Recover(Box::new(record)), true, false) {
+            match launch(
+                sh,
+                spec,
+                owner::Start::Recover(Box::new(record)),
+                true,
+                false,
+            ) {
                 Ok(_) => {
                     sh.owners.send_modify(|n| *n += 1);
                 }

@@ -111,7 +111,13 @@ pub(crate) async fn load(sh: &Arc<Shared>) -> Result<()> {
             );
             continue;
         }
-        first_states.push(launch(sh, spec, Start::Recover(Box::new(record)), false, false)?);
+        first_states.push(launch(
+            sh,
+            spec,
+            Start::Recover(Box::new(record)),
+            false,
+            false,
+        )?);
     }
     for mut published in first_states {
         let _ = published.wait_for(|p| p.view.is_some()).await;

@@ -214,7 +214,9 @@ impl Check {
         // is gone from the pass: its memory still counts, and stopping a
         // second member for it would stop one too many.
         if let Some((id, run)) = self.stopping.get(team)
-            && !members.iter().any(|m| m.view.id == *id && m.view.run == *run)
+            && !members
+                .iter()
+                .any(|m| m.view.id == *id && m.view.run == *run)
         {
             self.stopping.remove(team);
         }
