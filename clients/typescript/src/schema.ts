@@ -1580,7 +1580,10 @@ export interface components {
              *     listings.
              */
             members?: components["schemas"]["TeamMember"][] | null;
-            /** @description The budgets it is over now (`memory_mb`, `cpu_percent`, `pids`). */
+            /**
+             * @description The budgets it is over now (`memory_mb`, `cpu_percent`, `pids`; and
+             *     `max_agents` after it was lowered below the count).
+             */
             over?: string[];
             /** @description The team's id: the team is this agent id and every id under it. */
             team: string;

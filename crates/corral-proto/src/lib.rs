@@ -1450,7 +1450,8 @@ pub struct TeamStatus {
     pub enforcement: String,
     /// What it uses now.
     pub usage: TeamUsage,
-    /// The budgets it is over now (`memory_mb`, `cpu_percent`, `pids`).
+    /// The budgets it is over now (`memory_mb`, `cpu_percent`, `pids`; and
+    /// `max_agents` after it was lowered below the count).
     #[serde(default)]
     pub over: Vec<String>,
     /// Every supervised agent of the team (ended ones too), by id; absent in
