@@ -31,10 +31,13 @@ fn holder(mib: u32) -> String {
     )
 }
 
-fn spawn_holder(env: &Env, id: &str, mib: u32) -> i32 {
+/// Spawns a helper holding `mib` MiB; its pid. With `over`, the helper is
+/// the one that takes its team over a budget: the sampler may stop it
+/// inside its verification window already, so its spawn may answer failed.
+fn spawn_holder(env: &Env, id: &str, mib: u32, over: bool) -> i32 {
     let code = holder(mib);
     let out = env.run(&["spawn", id, "--", python(), "-c", &code]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(over || out.status.success(), "{}", stderr(&out));
     env.json(&["status", id])["pid"].as_i64().unwrap() as i32
 }
 
@@ -60,10 +63,10 @@ fn a_team_over_its_memory_budget_loses_its_largest_agent_and_keeps_the_others() 
     // third, holding 80, takes the team over it — and is then its largest.
     let out = env.run(&["team", "set", "T", "--memory", "100"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let small = spawn_holder(&env, "T.1", 10);
-    let middle = spawn_holder(&env, "T.2", 20);
+    let small = spawn_holder(&env, "T.1", 10, false);
+    let middle = spawn_holder(&env, "T.2", 20, false);
     // Outside the team: never counted, never stopped.
-    let outsider = spawn_holder(&env, "U", 60);
+    let outsider = spawn_holder(&env, "U", 60, false);
     eventually(DEADLINE, "the helpers hold their memory", || {
         (rss_mib(small) >= 10.0 && rss_mib(middle) >= 20.0).then_some(())
     });
@@ -71,7 +74,7 @@ fn a_team_over_its_memory_budget_loses_its_largest_agent_and_keeps_the_others() 
     assert_eq!(team["over"], serde_json::json!([]), "{team}");
     assert_eq!(team["enforcement"], "sampler");
 
-    let large = spawn_holder(&env, "T.3", 80);
+    let large = spawn_holder(&env, "T.3", 80, true);
     // The OS: the largest helper goes, the others stay.
     eventually(Duration::from_secs(20), "T.3's process to be gone", || {
         proc_stat(large).is_none().then_some(())
@@ -364,4 +367,58 @@ fn the_team_commands_say_what_they_did() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("TEAM"));
     env.finish();
     assert!(proc_stat(pid).is_none());
+}
+
+/// Threads of one process, from `/proc/<pid>/status`.
+fn threads(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("Threads:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A helper that starts `n` sleeping threads, then sleeps (`over`: as for
+/// [`spawn_holder`]).
+fn threaded(env: &Env, id: &str, n: u32, over: bool) -> i32 {
+    let code = format!(
+        "import threading, time\nfor _ in range({n}):\n    threading.Thread(target=time.sleep, args=(300,), daemon=True).start()\ntime.sleep(300)\n"
+    );
+    let out = env.run(&["spawn", id, "--", python(), "-c", &code]);
+    assert!(over || out.status.success(), "{}", stderr(&out));
+    env.json(&["status", id])["pid"].as_i64().unwrap() as i32
+}
+
+#[test]
+fn a_team_over_its_pids_budget_loses_the_agent_with_the_most_tasks() {
+    let env = Env::new();
+    let out = env.run(&["team", "set", "P", "--pids", "20"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let few = threaded(&env, "P.1", 4, false);
+    eventually(DEADLINE, "P.1's threads", || {
+        (threads(few) == 5).then_some(())
+    });
+    // 5 tasks, then 31 more: over 20 once the second has 16, when it has the most.
+    let many = threaded(&env, "P.2", 30, true);
+    eventually(Duration::from_secs(20), "P.2's process to be gone", || {
+        proc_stat(many).is_none().then_some(())
+    });
+    let s = env.wait_for("P.2", "its end", |s| s["state"] == "ended");
+    let reason = s["end_reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("team P over its pids budget: ")
+            && reason.contains("its agent with the most tasks, P.2"),
+        "{reason}"
+    );
+    assert!(live(few));
+    assert_eq!(threads(few), 5);
+    let team = eventually(DEADLINE, "the team back under", || {
+        let t = env.json(&["team", "show", "P"]);
+        (t["usage"]["agents"] == 1 && t["over"] == serde_json::json!([])).then_some(t)
+    });
+    assert_eq!(team["usage"]["pids"], 5, "{team}");
+    env.finish();
+    assert!(proc_stat(few).is_none());
 }

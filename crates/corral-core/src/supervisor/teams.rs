@@ -530,6 +530,170 @@ mod tests {
         );
     }
 
+    /// One live run of `id` as a pass measured it, and its owner's end of the channel.
+    fn measured(
+        id: &str,
+        state: crate::model::AgentState,
+        memory_mb: f64,
+        cpu_percent: f64,
+        tasks: u64,
+    ) -> (Measured, mpsc::UnboundedReceiver<Cmd>) {
+        let req = crate::model::SpawnRequest {
+            agent_id: id.into(),
+            command: vec!["true".into()],
+            ..Default::default()
+        };
+        let spec = super::super::spec::check(
+            req,
+            std::path::Path::new("/s"),
+            super::super::spec::RunAs::Daemon,
+        )
+        .unwrap();
+        let rec = store::RunRecord {
+            run_id: 1,
+            run: 1,
+            agent_id: id.into(),
+            status: crate::model::PersistentStatus::Running,
+            spec: spec.request.clone(),
+            log_dir: "/s/l".into(),
+            pid: None,
+            start_ticks: None,
+            boot_id: None,
+            started_at: "t".into(),
+            ended_at: None,
+            exit_code: None,
+            exit_signal: None,
+            end_reason: None,
+            progress: None,
+            progress_message: None,
+            progress_at: None,
+            next_restart_at: None,
+            restart_attempt: 0,
+            job: None,
+            state: Some(state),
+            stop: None,
+            paused_at: None,
+            paused_s: 0.0,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let view = Arc::new(View::from_record(&rec, Arc::new(spec)));
+        (
+            Measured {
+                view,
+                tx,
+                memory_mb,
+                cpu_percent,
+                tasks,
+            },
+            rx,
+        )
+    }
+
+    /// What the check told an owner: the reason of a stop, or `note` for an event alone.
+    fn told(rx: &mut mpsc::UnboundedReceiver<Cmd>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(cmd) = rx.try_recv() {
+            match cmd {
+                Cmd::Limit { reason, event, .. } => {
+                    assert!(matches!(event, EventBody::Budget(ref b) if b.action == "stop"));
+                    out.push(reason);
+                }
+                Cmd::Note { event, .. } => {
+                    assert!(matches!(event, EventBody::Budget(ref b) if b.action == "none"));
+                    out.push("note".into());
+                }
+                _ => out.push("other".into()),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn one_member_is_stopped_at_a_time_the_largest() {
+        use crate::model::AgentState::{Running, Stopping};
+        let budget = TeamBudget {
+            memory_mb: Some(100.0),
+            ..TeamBudget::default()
+        };
+        let (small, mut small_rx) = measured("T.1", Running, 30.0, 1.0, 1);
+        let (large, mut large_rx) = measured("T.2", Running, 90.0, 1.0, 1);
+        let mut check = Check::default();
+        check.team("T", &budget, &[&small, &large]);
+        assert_eq!(
+            told(&mut large_rx),
+            [
+                "team T over its memory budget: 120 MiB of 100 MiB; its largest agent, T.2 (90 MiB), is stopped"
+            ]
+        );
+        assert!(told(&mut small_rx).is_empty());
+        // Its run is still in the pass (stopping, or not yet): nobody else goes.
+        check.team("T", &budget, &[&small, &large]);
+        let (stopping, mut stopping_rx) = measured("T.2", Stopping, 90.0, 1.0, 1);
+        check.team("T", &budget, &[&small, &stopping]);
+        assert!(told(&mut small_rx).is_empty() && told(&mut stopping_rx).is_empty());
+        // Gone from the pass: the team is under, nothing more happens.
+        check.team("T", &budget, &[&small]);
+        assert!(told(&mut small_rx).is_empty());
+        // A member stopping for another reason holds the team's stops back too.
+        let (other, mut other_rx) = measured("T.3", Stopping, 80.0, 1.0, 1);
+        check.team("T", &budget, &[&small, &other]);
+        assert!(told(&mut small_rx).is_empty() && told(&mut other_rx).is_empty());
+    }
+
+    #[test]
+    fn pids_stop_the_member_with_the_most_tasks() {
+        use crate::model::AgentState::Running;
+        let budget = TeamBudget {
+            pids: Some(20),
+            ..TeamBudget::default()
+        };
+        let (few, mut few_rx) = measured("T.1", Running, 500.0, 1.0, 5);
+        let (many, mut many_rx) = measured("T.2", Running, 10.0, 1.0, 30);
+        Check::default().team("T", &budget, &[&few, &many]);
+        assert_eq!(
+            told(&mut many_rx),
+            [
+                "team T over its pids budget: 35 tasks of 20; its agent with the most tasks, T.2 (30), is stopped"
+            ]
+        );
+        assert!(told(&mut few_rx).is_empty());
+    }
+
+    #[test]
+    fn cpu_over_its_budget_is_told_once_per_crossing() {
+        use crate::model::AgentState::Running;
+        let budget = TeamBudget {
+            cpu_percent: Some(100.0),
+            ..TeamBudget::default()
+        };
+        let (busy, mut busy_rx) = measured("T.1", Running, 1.0, 90.0, 1);
+        let (idle, mut idle_rx) = measured("T.2", Running, 1.0, 20.0, 1);
+        let (quiet, _quiet_rx) = measured("T.1", Running, 1.0, 10.0, 1);
+        let mut check = Check::default();
+        for _ in 0..CPU_SAMPLES - 1 {
+            check.team("T", &budget, &[&busy, &idle]);
+        }
+        assert!(
+            told(&mut busy_rx).is_empty(),
+            "not before {CPU_SAMPLES} samples"
+        );
+        for _ in 0..5 {
+            check.team("T", &budget, &[&busy, &idle]);
+        }
+        assert_eq!(
+            told(&mut busy_rx),
+            ["note"],
+            "once, on the member that used most"
+        );
+        assert!(told(&mut idle_rx).is_empty());
+        // Under, then over again: a new crossing.
+        check.team("T", &budget, &[&quiet, &idle]);
+        for _ in 0..CPU_SAMPLES {
+            check.team("T", &budget, &[&busy, &idle]);
+        }
+        assert_eq!(told(&mut busy_rx), ["note"]);
+    }
+
     #[test]
     fn over_names_each_budget_the_usage_passes() {
         let b = TeamBudget {
