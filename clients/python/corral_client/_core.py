@@ -55,6 +55,8 @@ from .types import (
     SpawnRequest,
     SpawnResponse,
     StopReport,
+    TeamRemoval,
+    TeamStatus,
 )
 
 T = TypeVar("T")
@@ -604,6 +606,30 @@ class Routes:
             body=body,
             expect=list,
         )
+
+    @staticmethod
+    def teams() -> Call[List[TeamStatus]]:
+        return Call("GET", "/v1/teams", _model(List[TeamStatus]), "a list of teams", expect=list)
+
+    @staticmethod
+    def team(team: str) -> Call[TeamStatus]:
+        return Call("GET", f"/v1/teams/{_id(team)}", _model(TeamStatus), "a team")
+
+    @staticmethod
+    def set_team(
+        team: str,
+        memory_mb: Optional[float],
+        cpu_percent: Optional[float],
+        pids: Optional[int],
+        max_agents: Optional[int],
+    ) -> Call[TeamStatus]:
+        given = {"memory_mb": memory_mb, "cpu_percent": cpu_percent, "pids": pids, "max_agents": max_agents}
+        body = {k: v for k, v in given.items() if v is not None}
+        return Call("PUT", f"/v1/teams/{_id(team)}", _model(TeamStatus), "a team", body=body)
+
+    @staticmethod
+    def remove_team(team: str) -> Call[TeamRemoval]:
+        return Call("DELETE", f"/v1/teams/{_id(team)}", _model(TeamRemoval), "a team removal")
 
     @staticmethod
     def reap() -> Call[List[str]]:

@@ -62,6 +62,8 @@ from .types import (
     RunInfo,
     SpawnResponse,
     StopReport,
+    TeamRemoval,
+    TeamStatus,
 )
 
 __all__ = ["AsyncClient", "AsyncStream"]
@@ -494,6 +496,34 @@ class AsyncClient:
         """Stops every agent (``all=True``) or a selector's (``"L2.1.*"`` or one id), in
         parallel. Ended agents report ``already_ended`` unless ``live_only``."""
         return await self._run(Routes.stop_many(all, selector, force, stop_timeouts, live_only))
+
+    # -- teams ---------------------------------------------------------------
+
+    async def teams(self) -> List[TeamStatus]:
+        """Every team with budgets, with what each uses."""
+        return await self._run(Routes.teams())
+
+    async def team(self, team: str) -> TeamStatus:
+        """One team: its budgets, usage and members (:class:`~corral_client.NotFound` for a
+        team with no budget and no agent)."""
+        return await self._run(Routes.team(team))
+
+    async def set_team(
+        self,
+        team: str,
+        *,
+        memory_mb: Optional[float] = None,
+        cpu_percent: Optional[float] = None,
+        pids: Optional[int] = None,
+        max_agents: Optional[int] = None,
+    ) -> TeamStatus:
+        """Sets (replaces) the budgets of ``team``: the agent ``team`` and every agent under it.
+        A spawn over ``max_agents`` then raises :class:`~corral_client.OverBudget`."""
+        return await self._run(Routes.set_team(team, memory_mb, cpu_percent, pids, max_agents))
+
+    async def remove_team(self, team: str) -> TeamRemoval:
+        """Removes the budgets of ``team``; answers what they were."""
+        return await self._run(Routes.remove_team(team))
 
     async def reap(self) -> List[str]:
         """Sweeps for unreaped processes; the agents it had to reap (normally none)."""

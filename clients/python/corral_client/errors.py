@@ -72,6 +72,13 @@ class Conflict(CorralError):
     default_code = "conflict"
 
 
+class OverBudget(Conflict):
+    """409 ``budget``: the spawn would put a team over its ``max_agents`` (the message names the
+    team, its budget and its count). A :class:`Conflict`."""
+
+    default_code = "budget"
+
+
 class SpawnFailed(CorralError):
     """422: the agent's program or files could not be set up (the OS's reason is in the message)."""
 
@@ -125,7 +132,18 @@ class UntrustedSocket(CorralError):
 
 _BY_CODE: Dict[str, Type[CorralError]] = {
     cls.default_code: cls
-    for cls in (Invalid, Unauthorized, Forbidden, NotFound, Timeout, Conflict, SpawnFailed, InternalError, Unavailable)
+    for cls in (
+        Invalid,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Timeout,
+        Conflict,
+        OverBudget,
+        SpawnFailed,
+        InternalError,
+        Unavailable,
+    )
 }
 _BY_STATUS: Dict[int, Type[CorralError]] = {
     400: Invalid,

@@ -68,6 +68,11 @@ from .types import (
     StopManyRequest,
     StopReport,
     StopStage,
+    TeamBudget,
+    TeamMember,
+    TeamRemoval,
+    TeamStatus,
+    TeamUsage,
     TreeSummary,
     UnknownEvent,
 )
@@ -92,6 +97,11 @@ ANSWERS: Mapping[str, type] = {
     "DaemonHealth": DaemonHealth,
     "DaemonStopResponse": DaemonStopResponse,
     "PauseReport": PauseReport,
+    "TeamBudget": TeamBudget,
+    "TeamUsage": TeamUsage,
+    "TeamMember": TeamMember,
+    "TeamStatus": TeamStatus,
+    "TeamRemoval": TeamRemoval,
 }
 
 #: Request models (what the caller or the client writes) by the name of their component schema.

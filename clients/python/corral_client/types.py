@@ -561,6 +561,57 @@ class PauseReport:
 
 
 @dataclasses.dataclass
+class TeamBudget:
+    """A team's budgets: caps on the sum over the agent ``team`` and every agent under it."""
+
+    memory_mb: Optional[float] = None
+    cpu_percent: Optional[float] = None
+    pids: Optional[int] = None
+    max_agents: Optional[int] = None
+
+
+@dataclasses.dataclass
+class TeamUsage:
+    """What a team uses now: sums over its live agents' trees."""
+
+    memory_mb: float
+    cpu_percent: float
+    pids: int
+    agents: int
+
+
+@dataclasses.dataclass
+class TeamMember:
+    """One agent of a team and its tree's figures."""
+
+    agent_id: str
+    state: AgentState
+    memory_mb: float
+    cpu_percent: float
+    pids: int
+
+
+@dataclasses.dataclass
+class TeamStatus:
+    """A team: its budgets, how they are enforced (``sampler`` or ``cgroup``), its usage, its members."""
+
+    team: str
+    budget: TeamBudget
+    enforcement: str
+    usage: TeamUsage
+    over: List[str] = dataclasses.field(default_factory=list)
+    members: Optional[List[TeamMember]] = None
+
+
+@dataclasses.dataclass
+class TeamRemoval:
+    """The budgets a ``DELETE /v1/teams/{id}`` removed."""
+
+    team: str
+    budget: TeamBudget
+
+
+@dataclasses.dataclass
 class DaemonHealth:
     """The daemon answers and its store takes writes."""
 
@@ -703,6 +754,18 @@ class LogDroppedEvent(Event):
 
 
 @dataclasses.dataclass
+class BudgetEvent(Event):
+    """``budget``: the agent's team went over one of its budgets (``action``: ``stop`` or ``none``)."""
+
+    team: str
+    budget: str
+    limit: float
+    usage: float
+    action: str
+    agent_usage: float
+
+
+@dataclasses.dataclass
 class UnknownEvent(Event):
     """A kind this client does not know (from a newer daemon): its fields as JSON."""
 
@@ -722,4 +785,5 @@ EVENT_CLASSES: Mapping[str, Type[Event]] = {
     "probe": ProbeEvent,
     "job": JobEvent,
     "log_dropped": LogDroppedEvent,
+    "budget": BudgetEvent,
 }

@@ -375,6 +375,32 @@ def test_errors_map_to_their_classes(c: Client) -> None:
     c.stop("err.live", force=True)
 
 
+def test_team_budgets_cap_spawns_and_show_usage(c: Client) -> None:
+    team = c.set_team("tb", memory_mb=4096, max_agents=1)
+    assert team.budget == corral_client.TeamBudget(memory_mb=4096.0, max_agents=1)
+    assert team.enforcement == "sampler" and team.usage.agents == 0
+    c.spawn(SpawnRequest("tb.1", SLEEP))
+    with pytest.raises(corral_client.OverBudget) as over:
+        c.spawn(SpawnRequest("tb.2", SLEEP))
+    assert isinstance(over.value, Conflict) and (over.value.status, over.value.code) == (409, "budget")
+    assert "team tb is at its budget of 1 live agent" in over.value.message
+    with pytest.raises(NotFound):
+        c.status("tb.2")
+    shown = c.team("tb")
+    assert shown.usage.agents == 1 and shown.members is not None
+    assert [m.agent_id for m in shown.members] == ["tb.1"] and shown.members[0].state == AgentState.RUNNING
+    assert shown.members[0].pids >= 1 and shown.members[0].memory_mb > 0
+    assert [t.team for t in c.teams()] == ["tb"]
+    with pytest.raises(Invalid, match="max_agents"):
+        c.set_team("tb", max_agents=0)
+    removed = c.remove_team("tb")
+    assert removed.budget.max_agents == 1
+    assert c.teams() == []
+    with pytest.raises(NotFound):
+        c.remove_team("tb")
+    c.stop("tb.1", force=True)
+
+
 def test_metrics_parse_as_prometheus_text(c: Client) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 

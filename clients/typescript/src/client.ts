@@ -38,6 +38,9 @@ import type {
   StatusField,
   StopManyRequest,
   StopReport,
+  TeamBudget,
+  TeamRemoval,
+  TeamStatus,
 } from "./types.js";
 
 /** The socket's name in a state dir. */
@@ -857,6 +860,26 @@ export class CorralClient {
     if (o.agentId !== undefined) return { agent_id: o.agentId };
     if (o.selector !== undefined) return { selector: o.selector };
     return { all: true };
+  }
+
+  /** `GET /v1/teams`: every team with budgets, with what each uses. */
+  teams(o: CallOptions = {}): Promise<TeamStatus[]> {
+    return this.json({ method: "GET", path: "/v1/teams", signal: o.signal }, "array");
+  }
+
+  /** `GET /v1/teams/{id}`: one team's budgets, usage and members (`not_found` for a team with no budget and no agent). */
+  team(team: string, o: CallOptions = {}): Promise<TeamStatus> {
+    return this.json({ method: "GET", path: `/v1/teams/${seg(team)}`, signal: o.signal });
+  }
+
+  /** `PUT /v1/teams/{id}`: sets (replaces) the budgets of the agent `team` and every agent under it; a spawn over `max_agents` is then a 409 `budget`. */
+  setTeam(team: string, budget: TeamBudget, o: CallOptions = {}): Promise<TeamStatus> {
+    return this.json({ method: "PUT", path: `/v1/teams/${seg(team)}`, body: budget, signal: o.signal });
+  }
+
+  /** `DELETE /v1/teams/{id}`: removes a team's budgets; answers what they were. */
+  removeTeam(team: string, o: CallOptions = {}): Promise<TeamRemoval> {
+    return this.json({ method: "DELETE", path: `/v1/teams/${seg(team)}`, signal: o.signal });
   }
 
   /** `POST /v1/reap`: sweeps for unreaped processes; the agents whose end it recorded (normally none). */

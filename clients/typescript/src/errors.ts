@@ -16,6 +16,7 @@ export type DaemonErrorCode =
   | "uri_too_long"
   | "headers_too_large"
   | "spawn_failed"
+  | "budget"
   | "unavailable"
   | "internal";
 
@@ -46,6 +47,7 @@ const STATUS_OF: Record<string, number> = {
   uri_too_long: 414,
   headers_too_large: 431,
   spawn_failed: 422,
+  budget: 409,
   internal: 500,
   unavailable: 503,
 };

@@ -435,6 +435,53 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/teams": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Every team with budgets, with what each uses (no member lists). */
+        get: operations["teams"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/teams/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * One team: its budgets, what it uses (summed over its live agents) and
+         *     every member. 404 for a team with no budget and no agent.
+         */
+        get: operations["team"];
+        /**
+         * Set a team's budgets (replacing those it had): caps on the sum over the
+         *     agent `id` and every agent under it. `memory_mb` (MiB of the trees' RSS:
+         *     over it, the team's largest agent is stopped, cause `limit`), `pids`
+         *     (tasks: over it, the agent with the most is stopped), `cpu_percent`
+         *     (over it for three samples in a row: a `budget` event), `max_agents`
+         *     (live agents: a spawn that would go over is refused, 409 `budget`).
+         *     `enforcement` says who enforces them.
+         */
+        put: operations["set_team"];
+        post?: never;
+        /** Remove a team's budgets; answers what they were. */
+        delete: operations["remove_team"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -582,6 +629,34 @@ export interface components {
         };
         /** @description One entry of a batch answer. */
         BatchResult: components["schemas"]["BatchFailure"] | components["schemas"]["SpawnResponse"];
+        /**
+         * @description `kind: budget` — the agent's team went over one of its budgets. Recorded
+         *     on the agent that was stopped for it, or (when nothing is stopped: CPU)
+         *     on the team's member that used the most.
+         */
+        BudgetEvent: {
+            /** @description `stop` (this agent was stopped, cause `limit`) or `none` (recorded only). */
+            action: string;
+            /**
+             * Format: double
+             * @description What this agent used of it.
+             */
+            agent_usage: number;
+            /** @description The budget: `memory_mb`, `pids` or `cpu_percent`. */
+            budget: string;
+            /**
+             * Format: double
+             * @description Its value.
+             */
+            limit: number;
+            /** @description The team (an agent id: the team is it and every agent under it). */
+            team: string;
+            /**
+             * Format: double
+             * @description What the whole team used.
+             */
+            usage: number;
+        };
         /** @description How `cleanup` should stop agents; body of `POST /v1/agents/{id}/stop`. */
         CleanupOptions: {
             /** @description Skip the TERM stages: SIGKILL at once. */
@@ -653,8 +728,8 @@ export interface components {
         ErrorDetail: {
             /**
              * @description `invalid`, `unauthorized`, `forbidden`, `not_found`, `timeout`, `conflict`,
-             *     `payload_too_large`, `uri_too_long`, `headers_too_large`, `spawn_failed`,
-             *     `unavailable`, `internal`.
+             *     `budget`, `payload_too_large`, `uri_too_long`, `headers_too_large`,
+             *     `spawn_failed`, `unavailable`, `internal`.
              */
             code: string;
             /** @description What is wrong, naming the field, agent or path concerned. */
@@ -718,6 +793,9 @@ export interface components {
         }) | (components["schemas"]["LogDroppedEvent"] & {
             /** @enum {string} */
             kind: "log_dropped";
+        }) | (components["schemas"]["BudgetEvent"] & {
+            /** @enum {string} */
+            kind: "budget";
         }) | {
             /** @enum {string} */
             kind: "other";
@@ -1425,6 +1503,115 @@ export interface components {
             signal: string;
             /** @description `term`, `second_term` or `kill`. */
             stage: components["schemas"]["StopStage"];
+        };
+        /**
+         * @description A team's budgets (`PUT /v1/teams/{id}`): caps on the sum over every agent
+         *     of the team — the agent whose id is the team's and every agent under it
+         *     (`L2` and `L2.*`). Each is optional; a `PUT` replaces the team's budgets
+         *     with the ones it gives.
+         */
+        TeamBudget: {
+            /**
+             * Format: double
+             * @description Most CPU of all the team's trees together, percent of one CPU; over it
+             *     for three samples in a row, a `budget` event is recorded (once per crossing).
+             */
+            cpu_percent?: number | null;
+            /**
+             * Format: int32
+             * @description Most live agents in the team: a spawn that would go over is refused
+             *     (409 `budget`).
+             */
+            max_agents?: number | null;
+            /**
+             * Format: double
+             * @description Most resident memory of all the team's trees together, MiB; over it,
+             *     the team's largest agent is stopped (cause `limit`).
+             */
+            memory_mb?: number | null;
+            /**
+             * Format: int64
+             * @description Most tasks (processes and threads) of all the team's trees together;
+             *     over it, the team's agent with the most tasks is stopped (cause `limit`).
+             */
+            pids?: number | null;
+        };
+        /** @description One agent of a team, as `GET /v1/teams/{id}` shows it. */
+        TeamMember: {
+            /** @description The agent. */
+            agent_id: string;
+            /**
+             * Format: double
+             * @description Its tree's CPU, percent of one CPU (0 once ended).
+             */
+            cpu_percent: number;
+            /**
+             * Format: double
+             * @description Its tree's resident memory, MiB (0 once ended).
+             */
+            memory_mb: number;
+            /**
+             * Format: int64
+             * @description Its tree's tasks (0 once ended).
+             */
+            pids: number;
+            /** @description Its lifecycle state. */
+            state: components["schemas"]["AgentState"];
+        };
+        /** @description `DELETE /v1/teams/{id}`: the budgets that were removed. */
+        TeamRemoval: {
+            /** @description Its budgets before the removal. */
+            budget: components["schemas"]["TeamBudget"];
+            /** @description The team. */
+            team: string;
+        };
+        /** @description A team: its budgets, what it uses, who is in it. */
+        TeamStatus: {
+            /** @description Its budgets (none set: every field absent). */
+            budget: components["schemas"]["TeamBudget"];
+            /**
+             * @description How `memory_mb`, `cpu_percent` and `pids` are enforced: `sampler` (the
+             *     sampler sums the members' trees every interval) or `cgroup` (the
+             *     kernel). `max_agents` is always checked at spawn.
+             */
+            enforcement: string;
+            /**
+             * @description Every supervised agent of the team (ended ones too), by id; absent in
+             *     listings.
+             */
+            members?: components["schemas"]["TeamMember"][] | null;
+            /**
+             * @description The budgets it is over now (`memory_mb`, `cpu_percent`, `pids`; and
+             *     `max_agents` after it was lowered below the count).
+             */
+            over?: string[];
+            /** @description The team's id: the team is this agent id and every id under it. */
+            team: string;
+            /** @description What it uses now. */
+            usage: components["schemas"]["TeamUsage"];
+        };
+        /** @description What a team uses now: the sums over its live agents' trees. */
+        TeamUsage: {
+            /**
+             * Format: int32
+             * @description Live members (not ended).
+             */
+            agents: number;
+            /**
+             * Format: double
+             * @description CPU of every live member's tree, percent of one CPU.
+             */
+            cpu_percent: number;
+            /**
+             * Format: double
+             * @description Resident memory of every live member's tree, MiB.
+             */
+            memory_mb: number;
+            /**
+             * Format: int64
+             * @description Tasks (processes and threads) of every live member's tree.
+             */
+            pids: number;
         };
         /** @description Sums over an agent's whole process tree, from the same sample as the agent's own fields. */
         TreeSummary: {
@@ -2321,6 +2508,164 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ProcessSummary"];
+                };
+            };
+        };
+    };
+    teams: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TeamStatus"][];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    team: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TeamStatus"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    set_team: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TeamBudget"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TeamStatus"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    remove_team: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TeamRemoval"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };

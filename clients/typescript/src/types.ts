@@ -43,6 +43,11 @@ export type SpawnRequest = Schemas["SpawnRequest"];
 export type SpawnResponse = Schemas["SpawnResponse"];
 export type StopManyRequest = Schemas["StopManyRequest"];
 export type StopReport = Schemas["StopReport"];
+export type TeamBudget = Schemas["TeamBudget"];
+export type TeamMember = Schemas["TeamMember"];
+export type TeamRemoval = Schemas["TeamRemoval"];
+export type TeamStatus = Schemas["TeamStatus"];
+export type TeamUsage = Schemas["TeamUsage"];
 
 /** A field `GET /v1/agents?fields=` can pick. */
 export type StatusField = keyof AgentStatus;

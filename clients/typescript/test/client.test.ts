@@ -39,6 +39,10 @@ const METHOD_OF: Record<string, keyof CorralClient> = {
   restart_many: "restartMany",
   stop_many: "stopMany",
   summary: "summary",
+  teams: "teams",
+  team: "team",
+  set_team: "setTeam",
+  remove_team: "removeTeam",
 };
 
 const sleeper = (id: string, extra: object = {}) => ({ agent_id: id, command: ["sleep", "300"], ...extra });
@@ -106,6 +110,33 @@ describe("routes", () => {
     assert.equal(runs.length, 1);
     assert.equal(runs[0]!.run, 1);
     assert.equal(runs[0]!.pid, spawned.pid);
+  });
+
+  test("team budgets: set, show, list, a spawn over max_agents, remove", async () => {
+    const set = await corral.setTeam("tb", { max_agents: 1, memory_mb: 4096 });
+    assert.deepEqual(set.budget, { max_agents: 1, memory_mb: 4096 });
+    assert.equal(set.enforcement, "sampler");
+    const one = await corral.spawn(sleeper("tb.1"));
+    const over = await rejection(corral.spawn(sleeper("tb.2")));
+    assert.equal(over.code, "budget");
+    assert.equal(over.status, 409);
+    assert.match(over.message, /team tb is at its budget of 1 live agent/);
+    assert.equal((await rejection(corral.status("tb.2"))).code, "not_found");
+    const shown = await corral.team("tb");
+    assert.equal(shown.usage.agents, 1);
+    assert.deepEqual(
+      shown.members?.map((m) => [m.agent_id, m.state]),
+      [["tb.1", "running"]],
+    );
+    assert.deepEqual(
+      (await corral.teams()).map((t) => t.team),
+      ["tb"],
+    );
+    assert.equal((await rejection(corral.setTeam("tb", { pids: 0 }))).code, "invalid");
+    assert.deepEqual(await corral.removeTeam("tb"), { team: "tb", budget: { max_agents: 1, memory_mb: 4096 } });
+    assert.deepEqual(await corral.teams(), []);
+    await corral.stop("tb.1", { stopTimeouts: [2, 1, 1] });
+    assert.ok(!alive(one.pid!, startTime(one.pid!)));
   });
 
   test("stop, kill, restart, restart many, rm, prune", async () => {

@@ -22,6 +22,10 @@
 //!   (`all` is refused: it would take `X` itself along);
 //! - `POST /v1/pause` and `/v1/resume`: an `agent_id` or `selector` strictly
 //!   below `X` (`X.…`): a caller that froze its own agent could not thaw it;
+//! - `GET /v1/teams/{id}`: the budgets and usage of a team `X` belongs to
+//!   (`X` itself or one above it: its spawns count against them) or of one
+//!   within `X`'s subtree; setting and removing budgets, and the list of
+//!   every team, are the owner's — an agent cannot raise its own cap;
 //! - `GET /v1/health` and `/v1/openapi.json`, as for anyone;
 //! - everything else (events, summary, metrics, reap, prune, stopping the
 //!   daemon) is the owner's: 403 `forbidden`, naming the allowed prefix.
@@ -96,6 +100,20 @@ pub(crate) async fn scope(sup: &Supervisor, me: AgentId, req: Request, next: Nex
             next.run(req).await
         } else {
             forbid(format!("not {}", corral_core::elide(id, 100)))
+        };
+    }
+    if let Some(team) = path.strip_prefix("/v1/teams/") {
+        let related = !team.contains('%')
+            && AgentId::new(team).is_ok_and(|t| t.is_within(&me) || me.is_within(&t));
+        return match method {
+            Method::GET if related => next.run(req).await,
+            Method::GET => forbid(format!(
+                "team {} is neither one it belongs to nor within its own",
+                corral_core::elide(team, 100)
+            )),
+            _ => forbid(format!(
+                "{method} {path}: a team's budgets are the owner's to set"
+            )),
         };
     }
     match (method.clone(), path.as_str()) {

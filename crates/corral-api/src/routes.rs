@@ -222,6 +222,12 @@ fn api_router() -> OpenApiRouter<Supervisor> {
         .routes(routes!(summary))
         .routes(routes!(crate::events::events))
         .routes(routes!(crate::metrics::metrics))
+        .routes(routes!(crate::teams::teams))
+        .routes(routes!(
+            crate::teams::team,
+            crate::teams::set_team,
+            crate::teams::remove_team
+        ))
 }
 
 /// Builds the `/v1` router over a supervisor.
@@ -271,6 +277,7 @@ pub(crate) fn agent_routes(sup: Supervisor) -> Router {
         .routes(routes!(stop_many))
         .routes(routes!(pause))
         .routes(routes!(resume))
+        .routes(routes!(crate::teams::team))
         .split_for_parts();
     finish(
         router,

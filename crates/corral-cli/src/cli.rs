@@ -109,6 +109,8 @@ pub enum Command {
     Pause(PauseArgs),
     /// Resume paused agents: thaw their whole process trees.
     Resume(PauseArgs),
+    /// Budgets per agent team (an id and every id under it): set, list, show, remove.
+    Team(TeamArgs),
     /// Show an agent's output: the last lines, any run, following with -f.
     Logs(LogsArgs),
     /// List an agent's runs: number, pid, start, end, status, exit, reason.
@@ -156,6 +158,81 @@ impl Command {
     pub fn needs_threads(&self) -> bool {
         matches!(self, Self::Daemon(_) | Self::Demo(_) | Self::Bench(_))
     }
+}
+
+/// `corral team`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "A team is an agent id and every agent under it: team L2 is L2 itself and every L2.…. Its budgets cap the sum over its live agents. --memory (MiB of the trees' resident memory) and --pids (tasks): over them, the team's largest agent is stopped (cause limit; its restart policy applies). --cpu (percent of one CPU): over it for three samples in a row, a budget event is recorded. --max-agents: a spawn that would go over is refused (409 budget). The sampler enforces the first three (\"enforcement\": \"sampler\")."
+)]
+pub struct TeamArgs {
+    #[command(subcommand)]
+    pub action: TeamAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TeamAction {
+    /// Set a team's budgets (replacing those it had).
+    Set(TeamSetArgs),
+    /// List every team with budgets: budgets, usage, live agents, enforcement.
+    Ls(TeamLsArgs),
+    /// Show one team: its budgets, usage and members.
+    Show(TeamIdArgs),
+    /// Remove a team's budgets.
+    Rm(TeamIdArgs),
+}
+
+impl TeamAction {
+    /// The connection and output options of the action.
+    pub fn conn_out(&self) -> (&Conn, Json) {
+        match self {
+            Self::Set(a) => (&a.conn, a.out),
+            Self::Ls(a) => (&a.conn, a.out),
+            Self::Show(a) | Self::Rm(a) => (&a.conn, a.out),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TeamSetArgs {
+    /// Team id: the agent id whose subtree (it included) the budgets cap.
+    #[arg(add = ids())]
+    pub id: String,
+    /// Most resident memory of the team's trees together, MiB.
+    #[arg(long, value_name = "MB")]
+    pub memory: Option<f64>,
+    /// Most CPU of the team's trees together, percent of one CPU.
+    #[arg(long, value_name = "PCT")]
+    pub cpu: Option<f64>,
+    /// Most tasks (processes and threads) of the team's trees together.
+    #[arg(long, value_name = "N")]
+    pub pids: Option<u64>,
+    /// Most live agents in the team.
+    #[arg(long, value_name = "N")]
+    pub max_agents: Option<u32>,
+    #[command(flatten)]
+    pub conn: Conn,
+    #[command(flatten)]
+    pub out: Json,
+}
+
+#[derive(Debug, Args)]
+pub struct TeamLsArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    #[command(flatten)]
+    pub out: Json,
+}
+
+#[derive(Debug, Args)]
+pub struct TeamIdArgs {
+    /// Team id.
+    #[arg(add = ids())]
+    pub id: String,
+    #[command(flatten)]
+    pub conn: Conn,
+    #[command(flatten)]
+    pub out: Json,
 }
 
 /// One agent.

@@ -348,3 +348,55 @@ fn a_coordinator_that_ended_while_no_daemon_ran_takes_its_team_along() {
     drop(reaper);
     env.finish();
 }
+
+/// An agent may read its own team's budgets (they cap its spawns), not set
+/// or remove them — nor read another team's; its spawns count against its
+/// team's `max_agents`.
+#[test]
+fn an_agent_reads_its_teams_budgets_and_cannot_change_them() {
+    let env = Env::new();
+    for (team, max) in [("L7", "2"), ("L8", "5")] {
+        let out = env.run(&["team", "set", team, "--max-agents", max, "--memory", "4096"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let c = bin();
+    let c = c.to_str().unwrap();
+    let script = format!(
+        "{c} --json team show L7 | tr -d '\\n '; echo; echo show_own=$?; \
+         {c} team show L8 2>&1; echo show_other=$?; \
+         {c} team set L7 --max-agents 10 2>&1; echo set_own=$?; \
+         {c} team rm L7 2>&1; echo rm_own=$?; \
+         {c} team ls 2>&1; echo ls=$?; \
+         {c} spawn L7.a -- sleep 300; echo spawn_a=$?; \
+         {c} spawn L7.b -- sleep 300 2>&1; echo spawn_b=$?; \
+         echo fin\"\"ished; exec sleep 300"
+    );
+    let out = env.run(&["spawn", "L7", "--", "sh", "-c", &script]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = script_output(&env, "L7");
+    assert!(text.contains("show_own=0"), "{text}");
+    assert!(text.contains("\"max_agents\":2"), "{text}");
+    for refused in ["show_other", "set_own", "rm_own", "ls"] {
+        assert!(
+            !text.contains(&format!("{refused}=0")),
+            "{refused} must be refused: {text}"
+        );
+    }
+    for refusal in [
+        "team L8 is neither one it belongs to nor within its own",
+        "PUT /v1/teams/L7: a team's budgets are the owner's to set",
+        "DELETE /v1/teams/L7: a team's budgets are the owner's to set",
+        "GET /v1/teams is the owner's",
+        "team L7 is at its budget of 2 live agents (2 live now)",
+    ] {
+        assert!(text.contains(refusal), "missing {refusal:?}: {text}");
+    }
+    assert!(text.contains("spawn_a=0"), "{text}");
+    // The budgets are as the owner set them; the OS runs L7 and L7.a only.
+    let team = env.json(&["team", "show", "L7"]);
+    assert_eq!(team["budget"]["max_agents"], 2, "{team}");
+    assert_eq!(team["usage"]["agents"], 2, "{team}");
+    assert_eq!(agent_processes("L7.a").len(), 1);
+    assert!(agent_processes("L7.b").is_empty());
+    env.finish();
+}

@@ -8,7 +8,8 @@ use corral_proto::{
     AgentStatus, BatchRequest, BatchResponse, CleanupOptions, DaemonHealth, DaemonStopRequest,
     DaemonStopResponse, EventsQuery, HealthReport, KillRequest, KillResponse, ListQuery, LogsQuery,
     PauseReport, PauseRequest, ProcessSummary, ProgressUpdate, Removal, RunInfo, SpawnRequest,
-    SpawnResponse, StopManyRequest, StopReport, WaitQuery, percent_encode,
+    SpawnResponse, StopManyRequest, StopReport, TeamBudget, TeamRemoval, TeamStatus, WaitQuery,
+    percent_encode,
 };
 use serde::Serialize;
 
@@ -45,6 +46,28 @@ fn with_query(path: &str, query: &impl Serialize) -> String {
 }
 
 impl Client {
+    /// `GET /v1/teams`: every team with budgets, with what each uses.
+    pub async fn teams(&self) -> Result<Vec<TeamStatus>, ClientError> {
+        self.get("/v1/teams").await
+    }
+
+    /// `GET /v1/teams/{id}`: one team's budgets, usage and members.
+    pub async fn team(&self, id: &str) -> Result<TeamStatus, ClientError> {
+        self.get(&format!("/v1/teams/{}", percent_encode(id))).await
+    }
+
+    /// `PUT /v1/teams/{id}`: set (replace) a team's budgets.
+    pub async fn set_team(&self, id: &str, budget: &TeamBudget) -> Result<TeamStatus, ClientError> {
+        let path = format!("/v1/teams/{}", percent_encode(id));
+        self.call(Method::PUT, &path, Some(budget)).await
+    }
+
+    /// `DELETE /v1/teams/{id}`: remove a team's budgets.
+    pub async fn remove_team(&self, id: &str) -> Result<TeamRemoval, ClientError> {
+        let path = format!("/v1/teams/{}", percent_encode(id));
+        self.call(Method::DELETE, &path, None::<&()>).await
+    }
+
     /// `GET /v1/health`: the daemon answers and its store takes writes.
     pub async fn health(&self) -> Result<DaemonHealth, ClientError> {
         self.get("/v1/health").await

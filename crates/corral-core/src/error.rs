@@ -34,6 +34,20 @@ pub enum Error {
         /// The id asked for.
         agent_id: String,
     },
+    /// A team's budgets were malformed.
+    #[error("invalid budget for team {team}: {reason}")]
+    InvalidBudget {
+        /// The team.
+        team: String,
+        /// What is wrong, naming the field.
+        reason: String,
+    },
+    /// No budget is set for this team, and it has no member.
+    #[error("team {team} has no budget set and no agent")]
+    TeamNotFound {
+        /// The team asked for.
+        team: String,
+    },
     /// The agent has no run with this number on record.
     #[error("agent {agent_id} has no run {run} on record (its runs are 1–{last})")]
     RunNotFound {
@@ -53,6 +67,18 @@ pub enum Error {
         status: String,
         /// Its pid, when it has one.
         pid: Option<i32>,
+    },
+    /// A spawn would put a team over its `max_agents` budget.
+    #[error("agent {agent_id} cannot start: team {team} is at its budget of {max_agents} live agent{} ({count} live now)", if *max_agents == 1 { "" } else { "s" })]
+    Budget {
+        /// The agent that was to start.
+        agent_id: String,
+        /// The team whose budget it would break.
+        team: String,
+        /// The team's `max_agents`.
+        max_agents: u32,
+        /// Its live agents now.
+        count: u32,
     },
     /// The agent cannot do this in its state (a pause of an agent that is
     /// not running, a resume of one that is not paused).
@@ -215,10 +241,15 @@ impl Error {
     /// The stable code for this error.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::InvalidId(_) | Self::Invalid { .. } => ErrorCode::Invalid,
-            Self::NotFound { .. } | Self::RunNotFound { .. } => ErrorCode::NotFound,
+            Self::InvalidId(_) | Self::Invalid { .. } | Self::InvalidBudget { .. } => {
+                ErrorCode::Invalid
+            }
+            Self::NotFound { .. } | Self::RunNotFound { .. } | Self::TeamNotFound { .. } => {
+                ErrorCode::NotFound
+            }
             Self::Conflict { .. } | Self::State { .. } => ErrorCode::Conflict,
             Self::Forbidden { .. } => ErrorCode::Forbidden,
+            Self::Budget { .. } => ErrorCode::Budget,
             Self::Timeout { .. } => ErrorCode::Timeout,
             Self::Spawn { .. } | Self::Files { .. } | Self::Engine { .. } | Self::User { .. } => {
                 ErrorCode::SpawnFailed

@@ -33,7 +33,8 @@ pub use error::{Error, Result};
 pub use supervisor::{
     Config, DEFAULT_STOP_TIMEOUTS, DEFAULT_VERIFY_MS, DaemonCounters, Listed, MAX_LABEL_KEY,
     MAX_LABEL_VALUE, MAX_LABELS, MAX_LOG_KEEP, MAX_PROGRESS_MESSAGE, MAX_RUNTIME_S,
-    MAX_STOP_WAIT_S, MAX_VERIFY_MS, MIN_LOG_MAX_MB, Supervisor,
+    MAX_STOP_WAIT_S, MAX_TEAM_AGENTS, MAX_TEAM_CPU_PERCENT, MAX_TEAM_MEMORY_MB, MAX_TEAM_PIDS,
+    MAX_VERIFY_MS, MIN_LOG_MAX_MB, Supervisor,
 };
 
 /// Process- and file-level helpers for programs built on corral (the daemon).

@@ -41,7 +41,7 @@ use crate::model::{
 };
 
 /// Schema version this build writes (`PRAGMA user_version`).
-pub(crate) const SCHEMA_VERSION: i32 = 6;
+pub(crate) const SCHEMA_VERSION: i32 = 7;
 
 /// Most writes applied in one transaction.
 const MAX_BATCH: usize = 512;
@@ -108,6 +108,12 @@ const MIGRATIONS: &[&str] = &[
     // its earlier pauses took (`max_runtime_s` does not count them).
     "ALTER TABLE runs ADD COLUMN paused_at TEXT;
     ALTER TABLE runs ADD COLUMN paused_s REAL NOT NULL DEFAULT 0;",
+    // v7: team budgets (`PUT /v1/teams/{id}`): the budget as JSON, by team id.
+    "CREATE TABLE teams (
+        team TEXT PRIMARY KEY,
+        budget TEXT NOT NULL,
+        set_at TEXT NOT NULL
+    ) STRICT;",
 ];
 
 /// A run's job on a cluster engine, as stored.
@@ -1079,7 +1085,54 @@ pub(crate) fn prune(keep: Vec<i64>, removed: Arc<Mutex<Vec<(String, PathBuf)>>>)
     })
 }
 
+/// Sets (replacing) a team's budgets.
+pub(crate) fn set_team(team: &str, budget: &crate::model::TeamBudget) -> Write {
+    let team = team.to_owned();
+    let budget = json(budget);
+    Write::new("record a team's budgets", move |c| {
+        c.prepare_cached(
+            "INSERT INTO teams (team, budget, set_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT(team) DO UPDATE SET budget = excluded.budget, set_at = excluded.set_at",
+        )?
+        .execute(params![team, budget, now_rfc3339()])
+        .map(|n| n as i64)
+    })
+}
+
+/// Removes a team's budgets; returns how many rows went (0 or 1).
+pub(crate) fn delete_team(team: &str) -> Write {
+    let team = team.to_owned();
+    Write::new("remove a team's budgets", move |c| {
+        c.execute("DELETE FROM teams WHERE team = ?1", [&team])
+            .map(|n| n as i64)
+    })
+}
+
 impl Store {
+    /// Every team's budgets, by team id. A row this build cannot read (written
+    /// by a newer corral with budgets it does not know) is left out, and said.
+    pub(crate) fn teams(&self) -> Result<Vec<(String, crate::model::TeamBudget)>> {
+        let conn = lock_reader(&self.reader);
+        let mut stmt = conn
+            .prepare("SELECT team, budget FROM teams ORDER BY team")
+            .map_err(|e| Error::store("load team budgets", e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(|e| Error::store("load team budgets", e))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(|e| Error::store("load team budgets", e))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(team, text)| match serde_json::from_str(&text) {
+                Ok(budget) => Some((team, budget)),
+                Err(e) => {
+                    tracing::warn!(team = %team, error = %e, "a stored team budget cannot be read; left out");
+                    None
+                }
+            })
+            .collect())
+    }
+
     /// Start times (RFC 3339) of the agent's recent restarts, newest first.
     pub(crate) fn recent_restarts(&self, agent_id: &str, limit: u32) -> Result<Vec<String>> {
         let conn = lock_reader(&self.reader);
@@ -1343,5 +1396,53 @@ mod tests {
         assert_eq!(runs[1].log_dir, Path::new("/tmp/old"));
         assert_eq!(runs[1].spec.command, ["true"]);
         assert_eq!(runs[1].spec.stop_timeouts, Some(vec![1.0, 1.0, 1.0]));
+    }
+
+    #[tokio::test]
+    async fn a_version_six_store_gains_team_budgets_and_keeps_its_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("corral.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            for sql in &MIGRATIONS[..6] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 6).unwrap();
+            tx.execute(
+                "INSERT INTO runs (agent_id, run, status, command, cwd, agent_dir, env, labels,
+                    stop_timeouts, verify_ms, started_at, log_dir, state)
+                 VALUES ('L2.1', 1, 'completed', '[\"true\"]', '/', '/tmp/l', '{}', '{}', '[1,1,1]', 100, 'x', '/tmp/l', 'ended')",
+                [],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let version: i32 = lock_reader(&store.reader)
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 7);
+        assert_eq!(store.runs("L2.1").unwrap().len(), 1);
+        assert!(store.teams().unwrap().is_empty());
+        let budget = crate::model::TeamBudget {
+            memory_mb: Some(200.0),
+            max_agents: Some(3),
+            ..Default::default()
+        };
+        store.commit(set_team("L2", &budget)).await.unwrap();
+        let again = crate::model::TeamBudget {
+            pids: Some(50),
+            ..budget.clone()
+        };
+        store.commit(set_team("L2", &again)).await.unwrap();
+        store.commit(set_team("L3", &budget)).await.unwrap();
+        assert_eq!(
+            store.teams().unwrap(),
+            [("L2".to_owned(), again), ("L3".to_owned(), budget)]
+        );
+        assert_eq!(store.commit(delete_team("L3")).await.unwrap(), 1);
+        assert_eq!(store.commit(delete_team("L3")).await.unwrap(), 0);
+        assert_eq!(store.teams().unwrap().len(), 1);
     }
 }

@@ -309,6 +309,8 @@ pub enum ErrorCode {
     HeadersTooLarge,
     /// The agent's program or files could not be set up (422).
     SpawnFailed,
+    /// A spawn would put a team over its `max_agents` budget (409).
+    Budget,
     /// corral cannot take changes now: its store is failing (503).
     Unavailable,
     /// corral itself failed (500).
@@ -330,6 +332,7 @@ impl ErrorCode {
             Self::UriTooLong => "uri_too_long",
             Self::HeadersTooLarge => "headers_too_large",
             Self::SpawnFailed => "spawn_failed",
+            Self::Budget => "budget",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }
@@ -349,6 +352,7 @@ impl ErrorCode {
             Self::UriTooLong => 414,
             Self::HeadersTooLarge => 431,
             Self::SpawnFailed => 422,
+            Self::Budget => 409,
             Self::Unavailable => 503,
             Self::Internal => 500,
         }
@@ -372,8 +376,8 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
     /// `invalid`, `unauthorized`, `forbidden`, `not_found`, `timeout`, `conflict`,
-    /// `payload_too_large`, `uri_too_long`, `headers_too_large`, `spawn_failed`,
-    /// `unavailable`, `internal`.
+    /// `budget`, `payload_too_large`, `uri_too_long`, `headers_too_large`,
+    /// `spawn_failed`, `unavailable`, `internal`.
     pub code: String,
     /// What is wrong, naming the field, agent or path concerned.
     pub message: String,
@@ -1370,6 +1374,102 @@ pub struct Removal {
 }
 
 // ---------------------------------------------------------------------------
+// Teams
+// ---------------------------------------------------------------------------
+
+/// A team's budgets (`PUT /v1/teams/{id}`): caps on the sum over every agent
+/// of the team — the agent whose id is the team's and every agent under it
+/// (`L2` and `L2.*`). Each is optional; a `PUT` replaces the team's budgets
+/// with the ones it gives.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TeamBudget {
+    /// Most resident memory of all the team's trees together, MiB; over it,
+    /// the team's largest agent is stopped (cause `limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<f64>,
+    /// Most CPU of all the team's trees together, percent of one CPU; over it
+    /// for three samples in a row, a `budget` event is recorded (once per crossing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f64>,
+    /// Most tasks (processes and threads) of all the team's trees together;
+    /// over it, the team's agent with the most tasks is stopped (cause `limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+    /// Most live agents in the team: a spawn that would go over is refused
+    /// (409 `budget`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_agents: Option<u32>,
+}
+
+impl TeamBudget {
+    /// True when no budget is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// What a team uses now: the sums over its live agents' trees.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TeamUsage {
+    /// Resident memory of every live member's tree, MiB.
+    pub memory_mb: f64,
+    /// CPU of every live member's tree, percent of one CPU.
+    pub cpu_percent: f64,
+    /// Tasks (processes and threads) of every live member's tree.
+    pub pids: u64,
+    /// Live members (not ended).
+    pub agents: u32,
+}
+
+/// One agent of a team, as `GET /v1/teams/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TeamMember {
+    /// The agent.
+    pub agent_id: String,
+    /// Its lifecycle state.
+    pub state: AgentState,
+    /// Its tree's resident memory, MiB (0 once ended).
+    pub memory_mb: f64,
+    /// Its tree's CPU, percent of one CPU (0 once ended).
+    pub cpu_percent: f64,
+    /// Its tree's tasks (0 once ended).
+    pub pids: u64,
+}
+
+/// A team: its budgets, what it uses, who is in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TeamStatus {
+    /// The team's id: the team is this agent id and every id under it.
+    pub team: String,
+    /// Its budgets (none set: every field absent).
+    pub budget: TeamBudget,
+    /// How `memory_mb`, `cpu_percent` and `pids` are enforced: `sampler` (the
+    /// sampler sums the members' trees every interval) or `cgroup` (the
+    /// kernel). `max_agents` is always checked at spawn.
+    pub enforcement: String,
+    /// What it uses now.
+    pub usage: TeamUsage,
+    /// The budgets it is over now (`memory_mb`, `cpu_percent`, `pids`; and
+    /// `max_agents` after it was lowered below the count).
+    #[serde(default)]
+    pub over: Vec<String>,
+    /// Every supervised agent of the team (ended ones too), by id; absent in
+    /// listings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<TeamMember>>,
+}
+
+/// `DELETE /v1/teams/{id}`: the budgets that were removed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TeamRemoval {
+    /// The team.
+    pub team: String,
+    /// Its budgets before the removal.
+    pub budget: TeamBudget,
+}
+
+// ---------------------------------------------------------------------------
 // History, events, the daemon
 // ---------------------------------------------------------------------------
 
@@ -1452,6 +1552,8 @@ pub enum EventBody {
     Job(JobEvent),
     /// A log over `logs.max_mb` could not be copied whole and was truncated anyway.
     LogDropped(LogDroppedEvent),
+    /// The agent's team went over one of its budgets (`PUT /v1/teams/{id}`).
+    Budget(BudgetEvent),
     /// A kind this build does not know (written by a newer corral).
     #[serde(other)]
     Other,
@@ -1472,6 +1574,7 @@ impl EventBody {
             Self::Probe(_) => "probe",
             Self::Job(_) => "job",
             Self::LogDropped(_) => "log_dropped",
+            Self::Budget(_) => "budget",
             Self::Other => "other",
         }
     }
@@ -1600,6 +1703,25 @@ pub struct JobEvent {
     /// The stored status, when this placement was also a transition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<PersistentStatus>,
+}
+
+/// `kind: budget` — the agent's team went over one of its budgets. Recorded
+/// on the agent that was stopped for it, or (when nothing is stopped: CPU)
+/// on the team's member that used the most.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BudgetEvent {
+    /// The team (an agent id: the team is it and every agent under it).
+    pub team: String,
+    /// The budget: `memory_mb`, `pids` or `cpu_percent`.
+    pub budget: String,
+    /// Its value.
+    pub limit: f64,
+    /// What the whole team used.
+    pub usage: f64,
+    /// `stop` (this agent was stopped, cause `limit`) or `none` (recorded only).
+    pub action: String,
+    /// What this agent used of it.
+    pub agent_usage: f64,
 }
 
 /// `kind: log_dropped` — a log over `logs.max_mb` could not be copied whole at

@@ -348,7 +348,9 @@ pub async fn ps(ctx: &Ctx, args: &PsArgs) -> Result<ExitCode> {
             }
             .to_owned()
         } else {
-            ps_table(&shown).render(Style::stdout(args.wide))
+            let mut text = ps_table(&shown).render(Style::stdout(args.wide));
+            text.push_str(&teams_footer(&client, sel.as_ref()).await);
+            text
         };
         let Some(every) = args.watch else {
             print!("{text}");
@@ -365,6 +367,29 @@ pub async fn ps(ctx: &Ctx, args: &PsArgs) -> Result<ExitCode> {
         std::io::stdout().flush()?;
         tokio::time::sleep(Duration::from_secs_f64(every.max(0.2))).await;
     }
+}
+
+/// Under `ps`'s table, when teams have budgets: a blank line, then the
+/// teams' table (as `corral team ls` prints it) — those the selector's
+/// agents belong to or that lie within it, or every one without a
+/// selector. Nothing when no budget is set (or the daemon has no teams),
+/// so the agents' table reads as it always did.
+async fn teams_footer(client: &Client, sel: Option<&Selector>) -> String {
+    let Ok(mut teams) = client.teams().await else {
+        return String::new();
+    };
+    if let Some(Selector::One(id) | Selector::Subtree(id)) = sel {
+        teams.retain(|t| {
+            corral_core::AgentId::new(&t.team).is_ok_and(|t| t.is_within(id) || id.is_within(&t))
+        });
+    }
+    if teams.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\n{}",
+        super::team::table(&teams).render(Style::stdout(false))
+    )
 }
 
 pub async fn summary(ctx: &Ctx) -> Result<ExitCode> {
@@ -619,6 +644,19 @@ pub fn event_line(ev: &Event) -> String {
         B::LogDropped(d) => format!(
             "{}: {} bytes dropped, {} kept — {}",
             d.stream, d.dropped_bytes, d.kept_bytes, d.reason
+        ),
+        B::Budget(b) => format!(
+            "team {} over {} {} (team used {:.0}, this agent {:.0}){}",
+            b.team,
+            b.budget,
+            corral_core::short_number(b.limit),
+            b.usage,
+            b.agent_usage,
+            if b.action == "stop" {
+                " — stopped"
+            } else {
+                ""
+            }
         ),
         B::Other => String::new(),
     };

@@ -5,7 +5,8 @@
 //! What this module owns: the tools (the contract's eight, `spawn_agent`,
 //! `list_agents`, `get_agent_status`, `stop_agents`, `read_logs`, `wait_agent`,
 //! `get_process_summary`, `report_progress`, and `spawn_agents`, `list_runs`,
-//! `read_events`, `restart_agents`, `kill_agent`, `pause_agents`), their input and output
+//! `read_events`, `restart_agents`, `kill_agent`, `pause_agents`, `team_budget`),
+//! their input and output
 //! schemas, their text renderings, and the mapping of the daemon's errors to
 //! tool errors. It owns nothing about processes: like every other command it is
 //! a client of the daemon's HTTP API (a typed method of
@@ -304,10 +305,11 @@ enum ToolName {
     Summary,
     Progress,
     Pause,
+    Team,
 }
 
 impl ToolName {
-    const ALL: [Self; 14] = [
+    const ALL: [Self; 15] = [
         Self::Spawn,
         Self::SpawnMany,
         Self::List,
@@ -322,6 +324,7 @@ impl ToolName {
         Self::Summary,
         Self::Progress,
         Self::Pause,
+        Self::Team,
     ];
 
     fn name(self) -> &'static str {
@@ -340,6 +343,7 @@ impl ToolName {
             Self::Summary => "get_process_summary",
             Self::Progress => "report_progress",
             Self::Pause => "pause_agents",
+            Self::Team => "team_budget",
         }
     }
 
@@ -363,6 +367,7 @@ impl ToolName {
             Self::Summary => "Fleet summary",
             Self::Progress => "Report progress",
             Self::Pause => "Pause or resume agents",
+            Self::Team => "Team budget",
         }
     }
 
@@ -375,32 +380,28 @@ impl ToolName {
                  reason and stderr tail. A running id is refused; an ended one starts a new run."
             }
             Self::SpawnMany => {
-                "Spawn a team in one call: `agents` (a list of spawn_agent arguments), or `count` \
-                 agents with ids PREFIX.1..PREFIX.count from one `request` (spawn_agent's \
-                 arguments without agent_id; each agent finds its id in $CORRAL_AGENT_ID). One \
-                 result each, in order; one failing does not stop the others."
+                "Spawn a team in one call: `agents` (spawn_agent arguments), or `count` agents \
+                 PREFIX.1..PREFIX.count from one `request` (no agent_id; each finds its id in \
+                 $CORRAL_AGENT_ID). One result each, in order."
             }
             Self::List => {
                 "List agents (the latest run of each id), optionally only a `selector` and/or a \
                  `state`. Each entry has get_agent_status's fields, or only `fields`."
             }
             Self::Status => {
-                "One agent's status: state, health, pid, exit_code / exit_signal / end_reason, \
-                 cpu_percent (of one CPU), memory_mb (MiB; `tree`: its whole tree), progress, \
-                 run, restarts, times (RFC 3339), log paths."
+                "One agent's status: state, health, pid, exit, end_reason, cpu_percent (of one \
+                 CPU), memory_mb (MiB; `tree`: whole tree), progress, run, times, log paths."
             }
             Self::Runs => "Every run of an agent, oldest first: pid, times, status, exit, reason.",
             Self::Logs => {
-                "Read an agent's output (one run: the current one unless `run`). Without \
-                 `offset`: the last `tail` lines (default 100) of stdout, stderr or both. With \
-                 `offset` (bytes into one stream, stdout unless `stream`): the text from there \
-                 and `next_offset` to read on (pass `run` too). At most 64 KiB a stream; no \
-                 waiting for new output."
+                "Read an agent's output (the current run unless `run`): the last `tail` lines \
+                 (default 100) of `stream`, or with `offset` (bytes into one stream) the text \
+                 from there and `next_offset` to read on. At most 64 KiB a stream; no waiting."
             }
             Self::Events => {
-                "Events after the cursor `since` (0: from the start), oldest first: state \
-                 changes, progress, stop stages, restarts, limits, probes. Returns at most `limit` \
-                 and `next_since` (pass it next time); `more` when more are stored. Does not wait."
+                "Events after the cursor `since` (0: from the start), oldest first: states, \
+                 progress, stops, restarts, limits, probes, budgets. At most `limit`; pass \
+                 `next_since` next time. Does not wait."
             }
             Self::Wait => {
                 "Wait until agents have ended (and will not be restarted). `agent_id`: returns \
@@ -434,6 +435,11 @@ impl ToolName {
             Self::Pause => {
                 "Freeze agents' whole trees (state paused; their clocks stop), or thaw them with \
                  `resume`. Exactly one of agent_id, selector, all. One report each."
+            }
+            Self::Team => {
+                "Read, or set (replacing), the budgets of `team` (that id and all below). Over \
+                 memory_mb (MiB) or pids: its largest agent is stopped; max_agents: spawns \
+                 refused. Returns budget and usage."
             }
         }
     }
@@ -527,6 +533,11 @@ impl ToolName {
                 }),
                 &["progress"][..],
             ),
+            Self::Team => (
+                json!({"team": id, "memory_mb": {"type": "number"}, "cpu_percent": {"type": "number"},
+                    "pids": {"type": "integer"}, "max_agents": {"type": "integer"}}),
+                &["team"][..],
+            ),
         };
         object_schema(props, required, true)
     }
@@ -550,7 +561,13 @@ impl ToolName {
                     false,
                 ),
             ),
-            Self::Status | Self::Progress => status_schema(),
+            Self::Status => status_schema(),
+            // The status comes back whole; the schema names what a report changed.
+            Self::Progress => object_schema(
+                json!({"agent_id": {"type": "string"}, "progress": {"type": ["integer", "null"]}}),
+                &["agent_id"],
+                false,
+            ),
             Self::Runs => {
                 let mut schema = list("runs", run_schema());
                 schema["properties"]["agent_id"] = json!({"type": "string"});
@@ -637,6 +654,11 @@ impl ToolName {
                 props.insert("states".into(), json!({"type": "object"}));
                 object_schema(Value::Object(props), &["total", "running"], false)
             }
+            Self::Team => object_schema(
+                json!({"team": {"type": "string"}, "budget": {"type": "object"}, "usage": {"type": "object"}}),
+                &["team", "budget", "usage"],
+                false,
+            ),
         }
     }
 
@@ -653,8 +675,9 @@ impl ToolName {
             Self::Spawn | Self::SpawnMany => base.read_only(false).destructive(false),
             Self::Stop | Self::Kill => base.read_only(false).destructive(true).idempotent(true),
             Self::Restart => base.read_only(false).destructive(true),
-            Self::Pause => base.read_only(false).destructive(false).idempotent(true),
-            Self::Progress => base.read_only(false).destructive(false).idempotent(true),
+            Self::Progress | Self::Pause | Self::Team => {
+                base.read_only(false).destructive(false).idempotent(true)
+            }
         }
     }
 
@@ -844,6 +867,7 @@ impl CorralMcp {
             }
             ToolName::Progress => self.progress(parse_args(tool, args)?).await,
             ToolName::Pause => self.pause(parse_args(tool, args)?).await,
+            ToolName::Team => self.team(parse_args(tool, args)?).await,
         }
     }
 
@@ -956,6 +980,24 @@ impl CorralMcp {
         };
         let answer = json!({"count": picked.len(), "agents": picked});
         structured(&answer, |_| text, false)
+    }
+
+    async fn team(&self, params: TeamParams) -> Result<CallToolResult> {
+        let id = checked_id(&params.team)?;
+        let budget = corral_core::TeamBudget {
+            memory_mb: params.memory_mb,
+            cpu_percent: params.cpu_percent,
+            pids: params.pids,
+            max_agents: params.max_agents,
+        };
+        let client = self.ctx.client().await?;
+        let team = if budget.is_empty() {
+            client.team(&id).await?
+        } else {
+            client.set_team(&id, &budget).await?
+        };
+        let text = super::team::show_text(&team);
+        structured(&team, |_| text, false)
     }
 
     async fn status(&self, params: AgentParams) -> Result<CallToolResult> {
@@ -1873,6 +1915,17 @@ struct PauseParams {
     resume: bool,
 }
 
+/// `team_budget`'s arguments: no budget given reads them.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct TeamParams {
+    team: String,
+    memory_mb: Option<f64>,
+    cpu_percent: Option<f64>,
+    pids: Option<u64>,
+    max_agents: Option<u32>,
+}
+
 /// `kill_agent`'s arguments.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -2420,6 +2473,7 @@ mod tests {
                 "get_process_summary",
                 "report_progress",
                 "pause_agents",
+                "team_budget"
             ]
         );
         for t in &tools {
@@ -2480,6 +2534,7 @@ mod tests {
                 ToolName::Summary => fields::<NoParams>(),
                 ToolName::Progress => fields::<ProgressParams>(),
                 ToolName::Pause => fields::<PauseParams>(),
+                ToolName::Team => fields::<TeamParams>(),
             };
             let required = strings(&ours["required"]);
             assert_eq!(

@@ -16,6 +16,7 @@ mod project;
 mod spawn;
 mod startup;
 mod stop;
+pub(crate) mod team;
 mod top;
 
 use std::path::PathBuf;
@@ -131,6 +132,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Kill(a) => stop::kill(&ctx(&a.conn, a.out)?, &a.id, a.force).await,
         Command::Pause(a) => pause::run(&ctx(&a.conn, a.out)?, &a, false).await,
         Command::Resume(a) => pause::run(&ctx(&a.conn, a.out)?, &a, true).await,
+        Command::Team(a) => {
+            let (conn, out) = a.action.conn_out();
+            team::run(&ctx(conn, out)?, &a).await
+        }
         Command::Reap(a) => agents::reap(&ctx(&a.conn, a.out)?).await,
         Command::Rm(a) => agents::remove(&ctx(&a.conn, a.out)?, &a.id).await,
         Command::Prune(a) => agents::prune(&ctx(&a.conn, a.out)?).await,

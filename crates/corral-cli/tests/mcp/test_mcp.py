@@ -52,6 +52,7 @@ TOOLS = {
     "get_process_summary",
     "report_progress",
     "pause_agents",
+    "team_budget",
 }
 AGENT = "mcp.worker"
 
@@ -403,6 +404,29 @@ def test_a_team_spawned_waited_for_and_restarted_by_selector(state_dir, tmp_path
             stopped = await call_ok(s, "stop_agents", {"selector": "mcp.mixed.*"})
             assert {r["agent_id"]: r["stage"] for r in stopped["reports"]}["mcp.mixed.ok"] in ("term", "second_term", "kill")
             assert wait_gone(mixed["results"][0]["pid"], 5)
+
+    anyio.run(main)
+
+
+def test_a_team_budget_is_set_read_and_caps_spawns(state_dir):
+    team = "mcp.capped"
+
+    async def main():
+        async with session(state_dir) as s:
+            budget = await call_ok(s, "team_budget", {"team": team, "max_agents": 1, "memory_mb": 4096})
+            assert budget["budget"] == {"max_agents": 1, "memory_mb": 4096.0}, budget
+            assert budget["enforcement"] == "sampler" and budget["usage"]["agents"] == 0
+            one = await call_ok(
+                s, "spawn_agent", {"agent_id": f"{team}.1", "command": ["sleep", "300"], "stop_timeouts": [2, 1, 1]}
+            )
+            assert alive(one["pid"])
+            refused = await s.call_tool("spawn_agent", {"agent_id": f"{team}.2", "command": ["sleep", "300"]})
+            assert refused.is_error and "budget of 1 live agent" in text_of(refused), text_of(refused)
+            assert agent_processes(state_dir, f"{team}.2") == []
+            read = await call_ok(s, "team_budget", {"team": team})
+            assert read["usage"]["agents"] == 1 and [m["agent_id"] for m in read["members"]] == [f"{team}.1"]
+            await call_ok(s, "stop_agents", {"agent_id": f"{team}.1"})
+            assert not alive(one["pid"])
 
     anyio.run(main)
 

@@ -225,7 +225,20 @@ impl Supervisor {
     /// [`super::Config::default_placement`]) answers once its job ran through the
     /// window, or ended, or after 5 s in the engine's queue (`spawning`, with
     /// the engine's pending reason in `placement`).
-    pub async fn spawn_agent(&self, mut req: SpawnRequest) -> Result<SpawnResponse> {
+    ///
+    /// A spawn that would put one of the agent's teams over its `max_agents`
+    /// budget is refused ([`Error::Budget`]) before anything is recorded.
+    pub async fn spawn_agent(&self, req: SpawnRequest) -> Result<SpawnResponse> {
+        self.spawn_admitted(req, true).await
+    }
+
+    /// [`Supervisor::spawn_agent`]; `admit`: counted against the teams'
+    /// `max_agents` (a restart of a live member on request is not a new agent).
+    pub(super) async fn spawn_admitted(
+        &self,
+        mut req: SpawnRequest,
+        admit: bool,
+    ) -> Result<SpawnResponse> {
         self.refuse_if_failing()?;
         if req.placement.is_none() {
             req.placement = self.sh.config.default_placement.clone();
@@ -241,7 +254,13 @@ impl Supervisor {
         })
         .await?;
         let (reply, answer) = oneshot::channel();
-        self.launch(spec, owner::Start::Fresh(Some(reply)))?;
+        super::launch(
+            &self.sh,
+            spec,
+            owner::Start::Fresh(Some(reply)),
+            false,
+            admit,
+        )?;
         answer.await.unwrap_or(Err(Error::StoreClosed))
     }
 
@@ -277,10 +296,6 @@ impl Supervisor {
         // work at once; give what is free back to the system (a few ms).
         let _ = tokio::task::spawn_blocking(platform::release_free_memory).await;
         results
-    }
-
-    fn launch(&self, spec: spec::Spec, start: owner::Start) -> Result<()> {
-        super::launch(&self.sh, spec, start, false).map(drop)
     }
 
     /// Records progress reported by (or for) a live agent: 0–100 and an optional

@@ -56,7 +56,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{Error, Result};
 use crate::id::AgentId;
-use crate::model::{LimitEvent, LogDroppedEvent, StopReport, StopStage};
+use crate::model::{StopReport, StopStage};
 use crate::platform::{self, cgroup::CgroupRoot};
 use crate::store::Store;
 
@@ -76,7 +76,8 @@ mod recover;
 mod rotate;
 mod sampler;
 pub(crate) mod spec;
-mod team;
+mod team_stop;
+mod teams;
 mod view;
 
 pub use agents::Listed;
@@ -85,6 +86,7 @@ pub use spec::{
     MAX_LOG_KEEP, MAX_PROGRESS_MESSAGE, MAX_RUNTIME_S, MAX_STOP_WAIT_S, MAX_VERIFY_MS,
     MIN_LOG_MAX_MB,
 };
+pub use teams::{MAX_TEAM_AGENTS, MAX_TEAM_CPU_PERCENT, MAX_TEAM_MEMORY_MB, MAX_TEAM_PIDS};
 use view::{Published, View};
 
 /// How a [`Supervisor`] is set up.
@@ -163,14 +165,19 @@ pub(crate) enum Cmd {
     },
     /// A probe of run `run` was checked.
     Probe { run: u32, report: probes::Report },
-    /// The sampler saw run `run` over a limit it enforces.
+    /// The sampler saw run `run` over a limit it enforces, or its team over
+    /// a budget: `event` is recorded and the run stopped (cause `limit`).
     Limit {
         run: u32,
         reason: String,
-        data: LimitEvent,
+        event: crate::model::EventBody,
     },
-    /// The sampler had to truncate a log of run `run` without a whole copy.
-    LogDropped { run: u32, data: LogDroppedEvent },
+    /// Record `event` on run `run` while it is the current one (a log the
+    /// sampler had to truncate without a whole copy, a team's CPU crossing).
+    Note {
+        run: u32,
+        event: crate::model::EventBody,
+    },
     /// Record the end of a main process that has exited and is not on record
     /// yet (`reap_zombies`); answers whether this did.
     Reap { reply: oneshot::Sender<bool> },
@@ -276,6 +283,11 @@ pub(crate) struct Shared {
     pub probes: std::sync::OnceLock<probes::Scheduler>,
     /// How often the sampler passes: readers tell it when figures are wanted.
     pub pace: Arc<sampler::Pace>,
+    /// Team budgets by team id, as committed (`teams.rs`). Taken after the
+    /// registry's lock where both are held (a spawn's admission).
+    pub teams: Mutex<BTreeMap<String, crate::model::TeamBudget>>,
+    /// Changes of team budgets, one at a time (record, then map).
+    pub team_writes: tokio::sync::Mutex<()>,
 }
 
 /// Counters since the supervisor opened.
@@ -335,9 +347,17 @@ fn state_tag(dir: &Path) -> String {
     format!("{:016x}", crate::model::fnv1a(dir.as_os_str().as_bytes()))
 }
 
+type Opened = (
+    Store,
+    String,
+    std::result::Result<CgroupRoot, String>,
+    BTreeMap<String, crate::model::TeamBudget>,
+);
+
 /// Opens what a supervisor keeps in its state dir (blocking): the private
-/// dirs, the store, the boot id, and its cgroup subtree (or why there is none).
-fn open_state(config: &Config) -> Result<(Store, String, std::result::Result<CgroupRoot, String>)> {
+/// dirs, the store and its team budgets, the boot id, and its cgroup subtree
+/// (or why there is none).
+fn open_state(config: &Config) -> Result<Opened> {
     let dir = &config.state_dir;
     platform::files::ensure_private_dir(dir).map_err(|source| Error::StateDir {
         path: dir.clone(),
@@ -367,7 +387,8 @@ fn open_state(config: &Config) -> Result<(Store, String, std::result::Result<Cgr
     } else {
         Err("disabled by configuration".to_owned())
     };
-    Ok((store, boot_id, cgroup))
+    let teams = store.teams()?.into_iter().collect();
+    Ok((store, boot_id, cgroup, teams))
 }
 
 /// The cgroup leaf name of one run.
@@ -392,7 +413,7 @@ impl Supervisor {
                 source,
             }
         };
-        let (store, boot_id, cgroup) = tokio::task::spawn_blocking({
+        let (store, boot_id, cgroup, teams) = tokio::task::spawn_blocking({
             let config = config.clone();
             move || open_state(&config)
         })
@@ -436,6 +457,8 @@ impl Supervisor {
             proc_events: std::sync::OnceLock::new(),
             probes: std::sync::OnceLock::new(),
             pace: Arc::new(sampler::Pace::new(config_interval)),
+            teams: Mutex::new(teams),
+            team_writes: tokio::sync::Mutex::new(()),
         });
         let sup = Self {
             _last: Arc::new(LastHandle {
@@ -526,13 +549,15 @@ impl Supervisor {
 }
 
 /// Takes the id for a new owner and starts it; refused while an owner is at
-/// work (unless `replace`: a failed owner's successor). Returns what the
-/// owner publishes.
+/// work (unless `replace`: a failed owner's successor), and — for a new
+/// agent (`admit`) — when it would put a team over `max_agents`. Returns what
+/// the owner publishes.
 pub(crate) fn launch(
     sh: &Arc<Shared>,
     spec: spec::Spec,
     start: owner::Start,
     replace: bool,
+    admit: bool,
 ) -> Result<watch::Receiver<Published>> {
     let id = spec.id.clone();
     let mut reg = lock(&sh.registry);
@@ -554,7 +579,10 @@ pub(crate) fn launch(
         None => None,
     };
     if !replace && matches!(start, owner::Start::Fresh(_)) {
-        team::refuse_spawn(sh, &id)?;
+        team_stop::refuse_spawn(sh, &id)?;
+    }
+    if admit {
+        teams::admit(sh, &reg, &id)?;
     }
     let (publish, published) = watch::channel(Published {
         view: previous.clone(),
@@ -609,7 +637,13 @@ async fn relaunch(sh: &Arc<Shared>, id: &AgentId) {
     .await;
     match found {
         Ok(Some((record, spec))) => {
-            match launch(sh, spec, owner::Start::Recover(Box::new(record)), true) {
+            match launch(
+                sh,
+                spec,
+                owner::Start::Recover(Box::new(record)),
+                true,
+                false,
+            ) {
                 Ok(_) => {
                     sh.owners.send_modify(|n| *n += 1);
                 }

@@ -17,7 +17,7 @@ use crate::model::{
 };
 use crate::platform;
 
-use super::{Cmd, Shared, Supervisor, already_ended, blocking, lock, reaper, spec, team};
+use super::{Cmd, Shared, Supervisor, already_ended, blocking, lock, reaper, spec, team_stop};
 use crate::store;
 
 impl Supervisor {
@@ -61,8 +61,11 @@ impl Supervisor {
             let (sup, opts) = (self.clone(), opts.clone());
             async move {
                 let one = Selector::One(view.id.clone());
+                // A live member that is restarted keeps its place in its
+                // teams; an ended one comes back as a new agent.
+                let admit = !view.state.is_busy();
                 let result = match sup.stop_selected(Some(&one), opts, true).await {
-                    Ok(_) => sup.spawn_agent(view.spec.request.clone()).await,
+                    Ok(_) => sup.spawn_admitted(view.spec.request.clone(), admit).await,
                     Err(e) => Err(e),
                 };
                 (view.id.clone(), result)
@@ -423,15 +426,15 @@ fn remove_below(root: &Path, dirs: Vec<PathBuf>) {
 }
 
 /// Stops one agent asked for by a user: first the agents of its team (the
-/// ids below it, see [`team`]), then the agent itself.
+/// ids below it, see [`team_stop`]), then the agent itself.
 async fn stop_one(
     sh: &Arc<Shared>,
     id: &AgentId,
     timeouts: Option<[f64; 3]>,
     force: bool,
 ) -> Option<StopReport> {
-    if !team::live_below(sh, id).is_empty() {
-        team::stop_team(sh, id, timeouts, force).await;
+    if !team_stop::live_below(sh, id).is_empty() {
+        team_stop::stop_team(sh, id, timeouts, force).await;
     }
     stop_alone(sh, id, timeouts, force, StopCause::User).await
 }

@@ -94,7 +94,7 @@ pub(crate) async fn load(sh: &Arc<Shared>) -> Result<()> {
     .await?;
     // The agents below a parent are in the registry before the parent's owner
     // runs: a parent that ended while no daemon ran stops its team, and must
-    // find every member of it (`team.rs`).
+    // find every member of it (`team_stop.rs`).
     let mut loaded = loaded;
     loaded.sort_by_key(|(record, _, _)| {
         std::cmp::Reverse(record.agent_id.bytes().filter(|b| *b == b'.').count())
@@ -118,7 +118,13 @@ pub(crate) async fn load(sh: &Arc<Shared>) -> Result<()> {
             );
             continue;
         }
-        first_states.push(launch(sh, spec, Start::Recover(Box::new(record)), false)?);
+        first_states.push(launch(
+            sh,
+            spec,
+            Start::Recover(Box::new(record)),
+            false,
+            false,
+        )?);
     }
     for mut published in first_states {
         let _ = published.wait_for(|p| p.view.is_some()).await;

@@ -7,13 +7,16 @@
 //! pass, as a percentage of one CPU; a process seen for the first time is
 //! measured from its start. Readers take the latest sample; nothing on a read
 //! path scans. The same thread rotates the logs of runs that ask for it
-//! (`rotate.rs`) once per interval.
+//! (`rotate.rs`) once per interval. After each full pass, the teams' budgets
+//! are checked against the sums of their members' trees from that same pass
+//! (`teams.rs`).
 //!
 //! **Paced by demand.** A full scan costs a `stat` read of every process on
 //! the machine; with thousands of idle agents nobody looks at, that is most of
 //! what the daemon does at rest. So a pass runs every interval only while the
 //! figures are wanted — a reader asked within the last [`ACTIVE_INTERVALS`]
-//! intervals, or a live run has limits the sampler enforces — and otherwise
+//! intervals, a live run has limits the sampler enforces, or a live run is in
+//! a team with a budget the sampler enforces (`teams.rs`) — and otherwise
 //! once every [`REST_INTERVALS`]. A reader that finds the figures older than
 //! two intervals wakes the sampler at once, and the API's reads wait for that
 //! pass ([`Pace::fresh`]), so what they answer is never older than an
@@ -36,7 +39,8 @@ use crate::tree;
 
 use super::execution::tree as stop;
 use super::view::{Sample, View};
-use super::{Cmd, Shared, limits, lock, rotate};
+use super::{Cmd, Shared, limits, lock, rotate, teams};
+use crate::model::EventBody;
 
 /// Intervals after a read during which the sampler keeps full pace.
 pub(crate) const ACTIVE_INTERVALS: u32 = 3;
@@ -167,6 +171,8 @@ struct Memory {
     cpu_over: HashMap<(AgentId, u32), u32>,
     /// Log rotation failures already logged.
     rotate_warned: rotate::Warned,
+    /// The teams' stops under way and CPU crossings.
+    teams: teams::Check,
 }
 
 fn run(weak: Weak<Shared>, interval: Duration) {
@@ -227,14 +233,18 @@ fn sample_all(sh: &Shared, memory: &mut Memory, resting: bool) -> bool {
         memory.prev.clear();
         memory.cpu_over.clear();
         memory.rotate_warned = rotate::Warned::default();
+        memory.teams = teams::Check::default();
         return true;
     }
-    if resting && live.iter().all(|(v, _)| v.limits.is_empty()) {
+    if resting
+        && live.iter().all(|(v, _)| v.limits.is_empty())
+        && !teams::sampler_enforces(sh, &live.iter().map(|(v, _)| v.clone()).collect::<Vec<_>>())
+    {
         for (view, tx) in &live {
             for data in rotate::rotate(view, &mut memory.rotate_warned) {
-                let _ = tx.send(Cmd::LogDropped {
+                let _ = tx.send(Cmd::Note {
                     run: view.run,
-                    data,
+                    event: EventBody::LogDropped(data),
                 });
             }
         }
@@ -248,9 +258,17 @@ fn sample_all(sh: &Shared, memory: &mut Memory, resting: bool) -> bool {
     };
     let mut seen = HashMap::with_capacity(memory.prev.len());
     let mut cpu_over = HashMap::new();
+    let mut measured = Vec::with_capacity(live.len());
     for (view, tx) in &live {
         if let Some(proc_) = &view.proc_ {
             let (tree, tasks) = pass.sample(view, proc_, &memory.prev, &mut seen);
+            measured.push(teams::Measured {
+                view: view.clone(),
+                tx: tx.clone(),
+                memory_mb: tree.memory_mb,
+                cpu_percent: tree.cpu_percent,
+                tasks,
+            });
             if !view.limits.is_empty() {
                 let key = (view.id.clone(), view.run);
                 let mut over = memory.cpu_over.get(&key).copied().unwrap_or(0);
@@ -263,19 +281,20 @@ fn sample_all(sh: &Shared, memory: &mut Memory, resting: bool) -> bool {
                     let _ = tx.send(Cmd::Limit {
                         run: view.run,
                         reason,
-                        data,
+                        event: EventBody::Limit(data),
                     });
                 }
                 cpu_over.insert(key, over);
             }
         }
         for data in rotate::rotate(view, &mut memory.rotate_warned) {
-            let _ = tx.send(Cmd::LogDropped {
+            let _ = tx.send(Cmd::Note {
                 run: view.run,
-                data,
+                event: EventBody::LogDropped(data),
             });
         }
     }
+    memory.teams.pass(sh, &measured);
     memory.prev = seen;
     memory.cpu_over = cpu_over;
     let dirs = live.iter().map(|(v, _)| v.log_dir.as_path()).collect();
@@ -347,6 +366,7 @@ impl Pass<'_> {
                 memory_mb: self.mb(m.rss_pages),
                 num_threads: m.num_threads,
                 tree,
+                tree_tasks: tasks,
                 taken_s: self.now,
             });
         }
@@ -380,10 +400,12 @@ pub(crate) fn sample_one(sh: &Shared, proc_: &super::view::Proc, max_age_s: f64)
         memory_mb: 0.0,
     };
     let mut own = None;
+    let mut tasks = 0u64;
     for m in members.iter().filter(|m| m.state != 'Z') {
         let key = (m.pid, m.start_ticks);
         let cpu = cpu_percent(m, alone.get(&key), now, sh.ticks_per_second);
         seen.insert(key, (m.cpu_ticks, now));
+        tasks += u64::from(m.num_threads);
         tree.processes += 1;
         tree.cpu_percent += cpu;
         tree.memory_mb += mb(m.rss_pages);
@@ -399,6 +421,7 @@ pub(crate) fn sample_one(sh: &Shared, proc_: &super::view::Proc, max_age_s: f64)
             memory_mb: mb(m.rss_pages),
             num_threads: m.num_threads,
             tree,
+            tree_tasks: tasks,
             taken_s: now,
         });
     }

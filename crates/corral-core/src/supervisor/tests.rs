@@ -414,7 +414,7 @@ mod random {
     use super::super::execution::fake::{FakeWorld, OnTerm};
     use super::super::{Cmd, Config, Supervisor, lock};
     use crate::model::{
-        AgentState, CleanupOptions, LimitEvent, RestartMode, RestartPolicy, SpawnRequest,
+        AgentState, CleanupOptions, EventBody, LimitEvent, RestartMode, RestartPolicy, SpawnRequest,
     };
     use crate::{AgentId, Selector};
 
@@ -514,11 +514,11 @@ mod random {
                         let _ = slot.tx.send(Cmd::Limit {
                             run: rec.run,
                             reason: "memory limit 1 MB exceeded".into(),
-                            data: LimitEvent {
+                            event: EventBody::Limit(LimitEvent {
                                 limit: "memory_mb".into(),
                                 value: 1.0,
                                 usage: Some(2.0),
-                            },
+                            }),
                         });
                     }
                 }

@@ -33,6 +33,8 @@ pub(crate) struct Sample {
     pub num_threads: u32,
     /// The whole tree.
     pub tree: TreeSummary,
+    /// Tasks (threads) of the whole tree.
+    pub tree_tasks: u64,
     /// When it was taken (boot-clock seconds).
     pub taken_s: f64,
 }

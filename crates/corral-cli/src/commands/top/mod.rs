@@ -79,6 +79,8 @@ enum Msg {
     Input(std::io::Result<TermEvent>),
     /// A full `GET /v1/agents` answer, or why there is none.
     Snapshot(Result<BTreeMap<String, AgentStatus>, String>),
+    /// `GET /v1/teams`: the teams with budgets.
+    Teams(Vec<corral_core::TeamStatus>),
     /// One agent's `GET /v1/agents/{id}` answer.
     One(Box<AgentStatus>),
     /// The daemon does not know this agent (any more).
@@ -120,9 +122,13 @@ pub async fn run(ctx: &Ctx, args: TopArgs) -> Result<ExitCode> {
         .await
         .context("cannot read the daemon's event log")?;
     let first = snapshot(&client).await;
+    let first_teams = teams(&client).await;
 
     let (tx, rx) = mpsc::channel::<Msg>();
     let _ = tx.send(first);
+    if let Some(t) = first_teams {
+        let _ = tx.send(t);
+    }
     let (fx_tx, fx_rx) = async_mpsc::unbounded_channel::<Effect>();
     let (ids_tx, ids_rx) = async_mpsc::unbounded_channel::<String>();
     let refresh = Arc::new(Notify::new());
@@ -253,6 +259,7 @@ fn apply(m: &mut Model, msg: Msg, now: Instant) -> Result<Option<Effect>> {
         // The table's fields only: the rest keep blank values nobody reads.
         Msg::Snapshot(Ok(all)) => m.set_snapshot(all),
         Msg::Snapshot(Err(e)) => m.set_refresh_error(e),
+        Msg::Teams(teams) => m.set_teams(teams),
         Msg::One(s) => m.upsert(*s),
         Msg::Gone(id) => m.remove(&id),
         Msg::Event(ev) => {
@@ -286,6 +293,13 @@ async fn snapshot(client: &Client) -> Msg {
         ..ListQuery::default()
     };
     Msg::Snapshot(client.list(&query).await.map_err(|e| e.to_string()))
+}
+
+/// `GET /v1/teams`, once per full refresh; `None` when it fails (a daemon
+/// without teams: the dashboard shows none, the agents' refresh says what
+/// is wrong with the daemon).
+async fn teams(client: &Client) -> Option<Msg> {
+    client.teams().await.ok().map(Msg::Teams)
 }
 
 /// The sequence number of the newest stored event (0 when there is none).
@@ -355,6 +369,11 @@ async fn refresher(
         };
         if full {
             if tx.send(snapshot(&client).await).is_err() {
+                return;
+            }
+            if let Some(teams) = teams(&client).await
+                && tx.send(teams).is_err()
+            {
                 return;
             }
             tick.reset();

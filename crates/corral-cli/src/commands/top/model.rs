@@ -320,6 +320,8 @@ pub struct Model {
     note: Option<Note>,
     link: Link,
     loaded: bool,
+    /// Every team with budgets, as the last refresh had them.
+    teams: Vec<corral_core::TeamStatus>,
 }
 
 impl Default for Model {
@@ -352,7 +354,18 @@ impl Model {
             note: None,
             link: Link::default(),
             loaded: false,
+            teams: Vec::new(),
         }
+    }
+
+    /// The teams with budgets (shown as a row under the header when there are any).
+    pub fn teams(&self) -> &[corral_core::TeamStatus] {
+        &self.teams
+    }
+
+    /// The teams with budgets, from a refresh.
+    pub fn set_teams(&mut self, teams: Vec<corral_core::TeamStatus>) {
+        self.teams = teams;
     }
 
     // -- what the view reads -------------------------------------------------

@@ -10,6 +10,9 @@
 //! lines, progress messages, reasons, labels) passes through [`clean`] first,
 //! so an escape sequence in an agent's output cannot reach the terminal.
 //!
+//! While any team has budgets (`corral team set`), a third header line shows
+//! each: its budgets as `used/budget`, in red when it is over one.
+//!
 //! A NODE column (where an agent's job runs: its placement's node) is there
 //! only while some agent is placed on an engine such as Slurm, as wide as the
 //! longest node name (at most [`MAX_NODE`] cells).
@@ -59,8 +62,9 @@ const FIELDS_WIDTH: u16 = 52;
 
 /// Draws the whole dashboard. Call [`Model::prepare`] first.
 pub fn render(frame: &mut Frame<'_>, m: &Model) {
+    let header_height = if m.teams().is_empty() { 2 } else { 3 };
     let [header, body, footer] = Layout::vertical([
-        Constraint::Length(2),
+        Constraint::Length(header_height),
         Constraint::Fill(1),
         Constraint::Length(1),
     ])
@@ -185,10 +189,44 @@ fn render_header(frame: &mut Frame<'_>, area: Rect, m: &Model) {
             Style::new().fg(Color::Yellow),
         ));
     }
-    frame.render_widget(
-        Paragraph::new(vec![Line::from(first), Line::from(second)]),
-        area,
-    );
+    let mut lines = vec![Line::from(first), Line::from(second)];
+    if !m.teams().is_empty() {
+        lines.push(teams_line(m.teams()));
+    }
+    frame.render_widget(Paragraph::new(lines), area);
+}
+
+/// The teams with budgets, in one line: ` teams  L2 mem 212.0M/200.0M cpu 3%
+/// pids 9 agents 3/5 · L3 …`, a team over a budget in red.
+fn teams_line(teams: &[corral_core::TeamStatus]) -> Line<'static> {
+    let mut spans = vec![Span::styled(
+        " teams ",
+        Style::new().add_modifier(Modifier::BOLD),
+    )];
+    for (i, t) in teams.iter().enumerate() {
+        if i > 0 {
+            spans.push(Span::styled(" ·", dim()));
+        }
+        let [mem, cpu, pids, agents] = crate::commands::team::cells(t);
+        let style = if t.over.is_empty() {
+            Style::new()
+        } else {
+            Style::new().fg(Color::Red)
+        };
+        let over = if t.over.is_empty() {
+            String::new()
+        } else {
+            format!(" over {}", t.over.join(","))
+        };
+        spans.push(Span::styled(
+            format!(
+                " {} mem {mem} cpu {cpu} pids {pids} agents {agents}{over}",
+                clean(&t.team)
+            ),
+            style,
+        ));
+    }
+    Line::from(spans)
 }
 
 /// The columns between the id and the progress: title, width, right-aligned.
@@ -1098,6 +1136,43 @@ mod tests {
         let mut m = team();
         let buf = draw(&mut m, 120, 14);
         insta::assert_snapshot!("table", text(&buf));
+    }
+
+    #[test]
+    fn a_team_row_while_teams_have_budgets() {
+        let mut m = team();
+        let team = |id: &str, memory: f64, over: &[&str]| corral_core::TeamStatus {
+            team: id.into(),
+            budget: corral_core::TeamBudget {
+                memory_mb: Some(200.0),
+                max_agents: Some(5),
+                ..corral_core::TeamBudget::default()
+            },
+            enforcement: "sampler".into(),
+            usage: corral_core::TeamUsage {
+                memory_mb: memory,
+                cpu_percent: 12.0,
+                pids: 9,
+                agents: 3,
+            },
+            over: over.iter().map(|s| (*s).to_owned()).collect(),
+            members: None,
+        };
+        m.set_teams(vec![
+            team("indexer", 212.0, &["memory_mb"]),
+            team("web", 60.1, &[]),
+        ]);
+        let buf = draw(&mut m, 120, 14);
+        insta::assert_snapshot!("table_teams", text(&buf));
+        let (x, y) = find(&buf, "indexer mem")[0];
+        assert_eq!(y, 2);
+        assert_eq!(buf[(x, y)].fg, Color::Red, "a team over its budget is red");
+        let (x, y) = find(&buf, "web mem")[0];
+        assert_ne!(buf[(x, y)].fg, Color::Red);
+        // Without budgets, no row: the table starts where it always did.
+        m.set_teams(Vec::new());
+        let plain = draw(&mut m, 120, 14);
+        assert!(find(&plain, " teams ").is_empty());
     }
 
     #[test]

@@ -331,20 +331,24 @@ pub(crate) fn sample_now(proc_: &Proc, page_size: u64) {
     let age = (now - proc_.started_s).max(1e-3);
     let cpu_percent = s.cpu_ticks as f64 / platform::clock_ticks_per_second() as f64 / age * 100.0;
     let memory_mb = (s.rss_pages * page_size) as f64 / (1024.0 * 1024.0);
-    let tree = proc_
-        .sample()
-        .map(|old| old.tree)
-        .unwrap_or(crate::model::TreeSummary {
-            processes: 1,
-            cpu_percent,
-            memory_mb,
-        });
+    let (tree, tree_tasks) = proc_.sample().map_or(
+        (
+            crate::model::TreeSummary {
+                processes: 1,
+                cpu_percent,
+                memory_mb,
+            },
+            u64::from(s.num_threads),
+        ),
+        |old| (old.tree, old.tree_tasks),
+    );
     proc_.set_sample(Sample {
         state: s.state,
         cpu_percent,
         memory_mb,
         num_threads: s.num_threads,
         tree,
+        tree_tasks,
         taken_s: now,
     });
 }

@@ -33,18 +33,18 @@ impl Owner {
                 let _ = reply.send(self.record_progress(progress, message).await);
             }
             Cmd::Probe { run, report } => self.on_probe(run, report).await,
-            Cmd::Limit { run, reason, data } => {
+            Cmd::Limit { run, reason, event } => {
                 if self.live_run(run) {
                     tracing::warn!(agent_id = %self.spec.id, reason = %reason, "limit exceeded; stopping the run");
-                    self.note_event(EventBody::Limit(data));
+                    self.note_event(event);
                     let req = self.stop_request(StopCause::Limit, Some(reason), None, false);
                     self.request_stop(req, None).await;
                 }
             }
-            Cmd::LogDropped { run, data } => {
-                // Still this run's: its logs are the ones that were truncated.
+            Cmd::Note { run, event } => {
+                // Still this run's: what it says is of this run.
                 if self.view.as_ref().is_some_and(|v| v.run == run) {
-                    self.note_event(EventBody::LogDropped(data));
+                    self.note_event(event);
                 }
             }
             Cmd::Reap { reply } => {

@@ -161,15 +161,15 @@ impl Owner {
 
     /// The run's main process has ended: the agents below this one are
     /// stopped with it, as its leftovers are (cause `parent`), unless a stop
-    /// asked of this agent already did (see `team.rs`).
+    /// asked of this agent already did (see `team_stop.rs`).
     fn stop_team(&mut self) {
-        if super::team::live_below(&self.sh, &self.spec.id).is_empty() {
+        if super::team_stop::live_below(&self.sh, &self.spec.id).is_empty() {
             return;
         }
         let (sh, id) = (self.sh.clone(), self.spec.id.clone());
         tracing::info!(agent_id = %id, "the run ended with agents below it: stopping them");
         self.team_stop = Some(tokio::spawn(async move {
-            super::team::stop_team(&sh, &id, None, false).await;
+            super::team_stop::stop_team(&sh, &id, None, false).await;
         }));
     }
 
@@ -198,7 +198,7 @@ impl Owner {
                     reason: "only a running agent can be paused, and only a paused one resumed; this one has ended".into(),
                 }));
             }
-            Cmd::Probe { .. } | Cmd::Limit { .. } | Cmd::LogDropped { .. } => {}
+            Cmd::Probe { .. } | Cmd::Limit { .. } | Cmd::Note { .. } => {}
             #[cfg(test)]
             Cmd::Fail => {}
         }
