@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod notify;
 pub mod routes;
 pub mod serve;
+pub mod ui;
 
 pub use corral_client as client;
 pub use corral_client::{Client, ClientError};

@@ -17,6 +17,7 @@ mod spawn;
 mod startup;
 mod stop;
 mod top;
+mod ui;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -166,5 +167,6 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Mcp(a) => mcp::run(ctx(&a.conn, Json::default())?).await,
         Command::Top(a) => top::run(&ctx(&a.conn, Json::default())?, a).await,
+        Command::Ui(a) => ui::run(&ctx(&a.conn, Json::default())?, a.no_open).await,
     }
 }

@@ -64,6 +64,7 @@ mod agents;
 mod ending;
 mod execution;
 mod helper;
+pub(crate) mod history;
 mod lane;
 pub(crate) mod lifecycle;
 mod limits;
@@ -269,6 +270,8 @@ pub(crate) struct Shared {
     pub probes: std::sync::OnceLock<probes::Scheduler>,
     /// How often the sampler passes: readers tell it when figures are wanted.
     pub pace: Arc<sampler::Pace>,
+    /// Each agent's recent figures, written by the sampler (see [`history`]).
+    pub history: Mutex<history::History>,
 }
 
 /// Counters since the supervisor opened.
@@ -428,6 +431,7 @@ impl Supervisor {
             proc_events: std::sync::OnceLock::new(),
             probes: std::sync::OnceLock::new(),
             pace: Arc::new(sampler::Pace::new(config_interval)),
+            history: Mutex::new(history::History::new()),
         });
         let sup = Self {
             _last: Arc::new(LastHandle {

@@ -21,6 +21,10 @@
 //! (`Supervisor::agent_status`) needs no pass at all: that agent is sampled
 //! alone ([`sample_one`]: its leaf's processes), and the pass over every
 //! process stays at rest.
+//!
+//! Every full pass also adds one point per sampled agent to its history
+//! (`history.rs`: bounded rings, for the dashboard's plots); history never
+//! asks for a pass of its own.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -224,6 +228,10 @@ fn sample_all(sh: &Shared, memory: &mut Memory, resting: bool) -> bool {
         })
         .collect();
     if live.is_empty() {
+        let mut history = lock(&sh.history);
+        let registry = lock(&sh.registry);
+        history.retain(|id| registry.contains_key(id));
+        drop((registry, history));
         memory.prev.clear();
         memory.cpu_over.clear();
         memory.rotate_warned = rotate::Warned::default();
@@ -248,9 +256,11 @@ fn sample_all(sh: &Shared, memory: &mut Memory, resting: bool) -> bool {
     };
     let mut seen = HashMap::with_capacity(memory.prev.len());
     let mut cpu_over = HashMap::new();
+    let mut points = Vec::with_capacity(live.len());
     for (view, tx) in &live {
         if let Some(proc_) = &view.proc_ {
             let (tree, tasks) = pass.sample(view, proc_, &memory.prev, &mut seen);
+            points.push((&view.id, tree.cpu_percent, tree.memory_mb));
             if !view.limits.is_empty() {
                 let key = (view.id.clone(), view.run);
                 let mut over = memory.cpu_over.get(&key).copied().unwrap_or(0);
@@ -278,6 +288,15 @@ fn sample_all(sh: &Shared, memory: &mut Memory, resting: bool) -> bool {
     }
     memory.prev = seen;
     memory.cpu_over = cpu_over;
+    {
+        let mut history = lock(&sh.history);
+        for (id, cpu, mem) in points {
+            history.record(id, cpu, mem);
+        }
+        // Lock order: history, then the registry (readers of history take it alone).
+        let registry = lock(&sh.registry);
+        history.retain(|id| registry.contains_key(id));
+    }
     let dirs = live.iter().map(|(v, _)| v.log_dir.as_path()).collect();
     memory.rotate_warned.retain_runs(&dirs);
     true
