@@ -34,6 +34,7 @@ from .errors import (
 )
 from .spawner import AgentSpawner, AgentStatus, StatusDict, StopReportDict, SummaryDict
 from .types import (
+    AgentHistory,
     AgentInfo,
     AgentState,
     CrashLoopEvent,
@@ -42,6 +43,7 @@ from .types import (
     Event,
     Health,
     HealthReport,
+    HistoryPoint,
     JobEvent,
     KillResponse,
     LimitEvent,
@@ -79,6 +81,7 @@ from .types import (
     StopStage,
     StopStageEvent,
     TreeSummary,
+    UiLogin,
     UnknownEvent,
     parse_timestamp,
 )
@@ -86,6 +89,7 @@ from .types import (
 __version__ = "0.2.0"
 
 __all__ = [
+    "AgentHistory",
     "AgentInfo",
     "AgentSpawner",
     "AgentState",
@@ -104,6 +108,7 @@ __all__ = [
     "Forbidden",
     "Health",
     "HealthReport",
+    "HistoryPoint",
     "InternalError",
     "Invalid",
     "JobEvent",
@@ -149,6 +154,7 @@ __all__ = [
     "SummaryDict",
     "Timeout",
     "TreeSummary",
+    "UiLogin",
     "Unauthorized",
     "Unavailable",
     "UnknownEvent",

@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Type
 from . import spawner
 from .types import (
     EVENT_CLASSES,
+    AgentHistory,
     AgentInfo,
     AgentState,
     BatchRequest,
@@ -39,6 +40,7 @@ from .types import (
     Event,
     Health,
     HealthReport,
+    HistoryPoint,
     KillRequest,
     KillResponse,
     Limits,
@@ -69,6 +71,7 @@ from .types import (
     StopReport,
     StopStage,
     TreeSummary,
+    UiLogin,
     UnknownEvent,
 )
 
@@ -92,6 +95,9 @@ ANSWERS: Mapping[str, type] = {
     "DaemonHealth": DaemonHealth,
     "DaemonStopResponse": DaemonStopResponse,
     "PauseReport": PauseReport,
+    "AgentHistory": AgentHistory,
+    "HistoryPoint": HistoryPoint,
+    "UiLogin": UiLogin,
 }
 
 #: Request models (what the caller or the client writes) by the name of their component schema.

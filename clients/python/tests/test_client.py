@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import List
 
 import pytest
-from helpers import Corral, alive, environ, free_port, within
+from helpers import Corral, alive, environ, free_port, poll, within
 
 import corral_client
 from corral_client import (
@@ -460,3 +460,24 @@ def test_pause_and_resume_freeze_and_thaw_the_tree(c: Client) -> None:
     assert _proc_state(r.pid) != "T"
     c.stop("paused.1")
     assert not alive(r.pid)
+
+
+def test_history_and_a_dashboard_login(c: Client) -> None:
+    r = c.spawn(SpawnRequest("hist.1", SLEEP))
+    assert r.pid
+
+    def points() -> int:
+        return len(c.history("hist.1").points)
+
+    poll(lambda: points() >= 2, timeout=20, what="two history points")
+    h = c.history("hist.1")
+    assert h.agent_id == "hist.1" and h.interval_s > 0
+    assert all(a.t < b.t for a, b in zip(h.points, h.points[1:]))
+    assert all(p.memory_mb > 0 for p in h.points)
+    assert c.history("hist.1", since=h.points[-1].t).points == []
+    with pytest.raises(NotFound):
+        c.history("hist.nobody")
+    login = c.ui_login()
+    assert login.url.startswith("http://127.0.0.1:") and login.url.endswith(login.path)
+    assert login.path.startswith("/ui/login?code=") and login.expires_s > 0
+    c.stop("hist.1")

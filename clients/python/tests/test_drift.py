@@ -33,6 +33,7 @@ ROUTES: Dict[Tuple[str, str], str] = {
     ("PUT", "/v1/agents/{id}/progress"): "progress",
     ("POST", "/v1/agents/{id}/restart"): "restart",
     ("GET", "/v1/agents/{id}/runs"): "runs",
+    ("GET", "/v1/agents/{id}/history"): "history",
     ("POST", "/v1/agents/{id}/stop"): "stop",
     ("GET", "/v1/agents/{id}/wait"): "wait",
     ("GET", "/v1/events"): "events",
@@ -43,6 +44,7 @@ ROUTES: Dict[Tuple[str, str], str] = {
     ("POST", "/v1/restart"): "restart_many",
     ("POST", "/v1/stop"): "stop_many",
     ("GET", "/v1/summary"): "summary",
+    ("POST", "/v1/ui/login"): "ui_login",
 }
 
 

@@ -36,7 +36,9 @@ def badge(driver: WebDriver, agent_id: str) -> str:
 
 def open_page(driver: WebDriver, url: str) -> None:
     driver.get(url)
-    wait_for("the page to load its agents", lambda: driver.execute_script("return window.corral && window.corral.ready"))
+    wait_for(
+        "the page to load its agents", lambda: driver.execute_script("return window.corral && window.corral.ready")
+    )
 
 
 def act(driver: WebDriver, agent_id: str, action: str) -> None:
@@ -182,7 +184,9 @@ def test_the_login_is_good_once_and_a_cookie_alone_cannot_change_anything(daemon
     assert first.execute_async_script(fetch, "/v1/pause", {"Content-Type": "application/json"}) == 403
     pid, ticks = daemon.agents["keep"]
     assert not frozen(pid), "a refused pause froze the agent"
-    assert first.execute_async_script(fetch, "/v1/pause", {"Content-Type": "application/json", "X-Corral-UI": "1"}) == 200
+    assert (
+        first.execute_async_script(fetch, "/v1/pause", {"Content-Type": "application/json", "X-Corral-UI": "1"}) == 200
+    )
     wait_for("the pause to show", lambda: badge(first, "keep") == "paused")
 
 
@@ -205,7 +209,10 @@ def test_a_thousand_agents_stay_within_the_budget(daemon: Daemon, browsers: Brow
         timeout=60,
     )
     t_page = time.monotonic() - t0 - t_spawn
-    driver.execute_script("const p = window.corral.perf; p.batches = 0; p.maxMs = 0; p.totalMs = 0; p.recent = []; p.events = 0;")
+    driver.execute_script(
+        "const p = window.corral.perf; p.batches = 0; p.maxMs = 0; p.totalMs = 0; p.recent = []; p.events = 0;"
+    )
+
     # Progress for every third agent from two clients at once: events
     # through the stream, some to a batch.
     def report(part: int) -> None:
@@ -225,9 +232,12 @@ def test_a_thousand_agents_stay_within_the_budget(daemon: Daemon, browsers: Brow
     t_reports = time.monotonic() - t1
     wait_for(
         "every row to show its progress",
-        lambda: driver.execute_script(
-            "return [...document.querySelectorAll('[data-agent-id] .msg')].filter(m => m.textContent.startsWith('90%')).length"
-        ) == reports,
+        lambda: (
+            driver.execute_script(
+                "return [...document.querySelectorAll('[data-agent-id] .msg')].filter(m => m.textContent.startsWith('90%')).length"
+            )
+            == reports
+        ),
         timeout=60,
         every=0.5,
     )
