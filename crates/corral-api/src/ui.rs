@@ -7,7 +7,7 @@
 //!   routes the CLI uses, under the same authorisation.
 //! - **A login** is a one-time code minted on request (`POST /v1/ui/login`,
 //!   over the socket or over TCP with the token; not from inside an agent,
-//!   see [`crate::delegation`]): a URL such as a notebook server prints.
+//!   see `delegation.rs`): a URL such as a notebook server prints.
 //!   Visiting `/ui/login?code=…` within [`CODE_TTL`] consumes the code and
 //!   sets a session cookie (`HttpOnly`, `SameSite=Strict`, named after the
 //!   listener's port, since browsers share cookies between the ports of one
@@ -154,7 +154,7 @@ impl Ui {
     }
 
     /// How to serve a listener started at a login: `app` (the daemon's router,
-    /// without the TCP checks: [`Ui::start_listener`] adds them), until `stop` is true.
+    /// without the TCP checks: [`tcp_app`] adds them), until `stop` is true.
     pub fn serve_with(
         &self,
         app: Router,
@@ -396,14 +396,13 @@ pub async fn tcp_auth(State(auth): State<Arc<TcpAuth>>, req: Request, next: Next
         return next.run(req).await;
     }
     let session = cookie(req.headers(), &auth.cookie).map(str::to_owned);
-    if let Some(id) = session.filter(|id| auth.ui.session(id)) {
-        if !safe(req.method()) {
-            if let Err(why) = same_origin(req.headers()) {
-                tracing::warn!(method = %req.method(), path, "refused a dashboard request: {why}");
-                return ApiError::new(ErrorCode::Forbidden, why).into_response();
-            }
+    if session.is_some_and(|id| auth.ui.session(&id)) {
+        if !safe(req.method())
+            && let Err(why) = same_origin(req.headers())
+        {
+            tracing::warn!(method = %req.method(), path, "refused a dashboard request: {why}");
+            return ApiError::new(ErrorCode::Forbidden, why).into_response();
         }
-        let _ = id;
         return next.run(req).await;
     }
     match &auth.gate {
