@@ -253,3 +253,43 @@ def test_a_thousand_agents_stay_within_the_budget(daemon: Daemon, browsers: Brow
     daemon.call("POST", "/v1/pause", {"agent_id": "fleet.g3.w345"})
     wait_for("the pause among 1000", lambda: badge(driver, "fleet.g3.w345") == "paused")
     assert driver.execute_script("return window.corral.perf.maxMs") < 100
+
+
+def test_the_spawn_form_and_actions_on_a_selection(daemon: Daemon, browsers: Browsers) -> None:
+    daemon.spawn("crew.1", IDLE)
+    daemon.spawn("crew.2", IDLE)
+    driver = browsers.new()
+    open_page(driver, daemon.login_url())
+    wait_for("the rows", lambda: badge(driver, "crew.2") == "running")
+    # Spawn from the form.
+    driver.find_element(By.ID, "spawn-open").click()
+    form = driver.find_element(By.ID, "spawn-form")
+    form.find_element(By.NAME, "agent_id").send_keys("crew.3")
+    form.find_element(By.NAME, "command").send_keys("sleep 600")
+    form.find_element(By.NAME, "labels").send_keys("made=by-form")
+    form.find_element(By.CSS_SELECTOR, '[data-action="spawn"]').click()
+    wait_for("the new agent's row", lambda: badge(driver, "crew.3") == "running")
+    status, body = daemon.call("GET", "/v1/agents/crew.3")
+    assert status == 200 and body["labels"] == {"made": "by-form"}, body
+    daemon.remember("crew.3", body["pid"])
+    assert open(f"/proc/{body['pid']}/cmdline").read().split("\0")[:2] == ["sleep", "600"]
+    # Tick two, restart them: each gets a new run, a new process, the old one gone.
+    old = {a: daemon.agents[a] for a in ("crew.1", "crew.3")}
+    for a in old:
+        row(driver, a).find_element(By.CSS_SELECTOR, "input[type=checkbox]").click()
+    wait_for("the selection", lambda: driver.find_element(By.ID, "selection-count").text == "2 selected")
+    driver.find_element(By.CSS_SELECTOR, '#bulk-actions [data-action="restart"]').click()
+    wait_for("the confirmation", lambda: driver.find_element(By.CSS_SELECTOR, '[data-action="confirm"]').is_displayed())
+    assert "2 agents" in driver.find_element(By.ID, "confirm-text").text
+    driver.find_element(By.CSS_SELECTOR, '[data-action="confirm"]').click()
+    for a, (pid, ticks) in old.items():
+        wait_for(f"{a}'s first process gone", lambda p=pid, t=ticks: process_gone(p, t))
+        new = wait_for(
+            f"{a}'s second run",
+            lambda a=a: (lambda s: s if s["run"] == 2 and s["pid"] else None)(daemon.call("GET", f"/v1/agents/{a}")[1]),
+        )
+        daemon.remember(a, new["pid"])
+        wait_for(f"{a}'s row to count the restart", lambda a=a: "↻1" in row(driver, a).text)
+    # The one not ticked is untouched.
+    status, body = daemon.call("GET", "/v1/agents/crew.2")
+    assert body["run"] == 1 and not process_gone(*daemon.agents["crew.2"])
