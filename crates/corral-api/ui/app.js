@@ -592,7 +592,7 @@ let detailDirty = false;
 let detailTimer = 0;
 let detailSeq = 0;
 let logAbort = null;
-let history = new Map(); // id → points
+let histories = new Map(); // id → points
 
 function select(key) {
   const prev = selected;
@@ -603,7 +603,7 @@ function select(key) {
   $("#detail-pane").hidden = false;
   $("main").classList.remove("no-detail");
   $("#d-title").textContent = key;
-  history = new Map();
+  histories = new Map();
   drawPlots([], []);
   const n = nodes.get(key);
   const isAgent = agents.has(key);
@@ -693,13 +693,13 @@ async function plotHistory(key, ids) {
   const now = Date.now() / 1000;
   const list = ids.slice(0, TEAM_PLOT_MAX);
   await Promise.all(list.map(async (id) => {
-    const had = history.get(id) || [];
+    const had = histories.get(id) || [];
     const since = had.length ? had[had.length - 1].t : now - HOUR_S;
     try {
       const { data } = await api("GET", `/v1/agents/${enc(id)}/history?since=${since}`);
       // A thinned point may stand before the newest recent one: keep order.
       const merged = had.concat(data.points.filter((p) => !had.length || p.t > had[had.length - 1].t));
-      history.set(id, merged.filter((p) => p.t >= now - HOUR_S));
+      histories.set(id, merged.filter((p) => p.t >= now - HOUR_S));
     } catch (e) {
       if (e instanceof Unauthorized) throw e;
     }
@@ -707,11 +707,11 @@ async function plotHistory(key, ids) {
   if (selected !== key) return;
   let cpu, mem;
   if (list.length === 1 && list[0] === key) {
-    const pts = history.get(key) || [];
+    const pts = histories.get(key) || [];
     cpu = pts.map((p) => [p.t, p.cpu_percent]);
     mem = pts.map((p) => [p.t, p.memory_mb]);
   } else {
-    [cpu, mem] = sumSeries(list.map((id) => history.get(id) || []));
+    [cpu, mem] = sumSeries(list.map((id) => histories.get(id) || []));
   }
   const members = ids.length > 1 ? ` (sum of ${list.length}${ids.length > list.length ? ` of ${ids.length}` : ""})` : "";
   $("#cap-cpu").textContent = members;
