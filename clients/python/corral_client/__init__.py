@@ -35,6 +35,7 @@ from .errors import (
 )
 from .spawner import AgentSpawner, AgentStatus, StatusDict, StopReportDict, SummaryDict
 from .types import (
+    AgentHistory,
     AgentInfo,
     AgentState,
     BudgetEvent,
@@ -44,6 +45,7 @@ from .types import (
     Event,
     Health,
     HealthReport,
+    HistoryPoint,
     JobEvent,
     KillResponse,
     LimitEvent,
@@ -86,6 +88,7 @@ from .types import (
     TeamStatus,
     TeamUsage,
     TreeSummary,
+    UiLogin,
     UnknownEvent,
     parse_timestamp,
 )
@@ -93,6 +96,7 @@ from .types import (
 __version__ = "0.2.0"
 
 __all__ = [
+    "AgentHistory",
     "AgentInfo",
     "AgentSpawner",
     "AgentState",
@@ -112,6 +116,7 @@ __all__ = [
     "Forbidden",
     "Health",
     "HealthReport",
+    "HistoryPoint",
     "InternalError",
     "Invalid",
     "JobEvent",
@@ -163,6 +168,7 @@ __all__ = [
     "TeamUsage",
     "Timeout",
     "TreeSummary",
+    "UiLogin",
     "Unauthorized",
     "Unavailable",
     "UnknownEvent",

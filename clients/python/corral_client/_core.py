@@ -42,6 +42,7 @@ from ._convert import Mismatch, build, build_event
 from ._transport import check_socket
 from .errors import BadAnswer, CorralError, DeadlineExceeded, Unreachable, from_detail, printable
 from .types import (
+    AgentHistory,
     AgentInfo,
     DaemonHealth,
     DaemonStopResponse,
@@ -57,6 +58,7 @@ from .types import (
     StopReport,
     TeamRemoval,
     TeamStatus,
+    UiLogin,
 )
 
 T = TypeVar("T")
@@ -496,6 +498,20 @@ class Routes:
     @staticmethod
     def runs(agent_id: str) -> Call[List[RunInfo]]:
         return Call("GET", f"/v1/agents/{_id(agent_id)}/runs", _model(List[RunInfo]), "a list of runs", expect=list)
+
+    @staticmethod
+    def history(agent_id: str, since: Optional[float]) -> Call[AgentHistory]:
+        return Call(
+            "GET",
+            f"/v1/agents/{_id(agent_id)}/history",
+            _model(AgentHistory),
+            "an agent history",
+            query=_pairs({"since": since}),
+        )
+
+    @staticmethod
+    def ui_login() -> Call[UiLogin]:
+        return Call("POST", "/v1/ui/login", _model(UiLogin), "a dashboard login")
 
     @staticmethod
     def progress(agent_id: str, percent: int, message: Optional[str]) -> Call[AgentInfo]:

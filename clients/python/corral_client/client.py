@@ -43,6 +43,7 @@ from ._sse import EventTooLarge, SSEDecoder
 from ._transport import Transport, deadline
 from .errors import CorralError, from_answer
 from .types import (
+    AgentHistory,
     AgentInfo,
     DaemonHealth,
     DaemonStopResponse,
@@ -57,6 +58,7 @@ from .types import (
     StopReport,
     TeamRemoval,
     TeamStatus,
+    UiLogin,
 )
 
 __all__ = [
@@ -353,6 +355,15 @@ class Client:
     def runs(self, agent_id: str) -> List[RunInfo]:
         """Every run of an id, oldest first."""
         return self._run(Routes.runs(agent_id))
+
+    def history(self, agent_id: str, since: Optional[float] = None) -> AgentHistory:
+        """The agent's recent CPU and memory (its whole tree), oldest first; only
+        points after ``since`` (Unix seconds) when given."""
+        return self._run(Routes.history(agent_id, since))
+
+    def ui_login(self) -> UiLogin:
+        """A one-time login URL for the web dashboard (refused from inside an agent)."""
+        return self._run(Routes.ui_login())
 
     def progress(self, agent_id: str, percent: int, message: Optional[str] = None) -> AgentInfo:
         """Reports progress (0–100). From inside an agent, only its own (else :class:`~corral_client.Forbidden`)."""

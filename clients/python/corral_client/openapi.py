@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Type
 from . import spawner
 from .types import (
     EVENT_CLASSES,
+    AgentHistory,
     AgentInfo,
     AgentState,
     BatchRequest,
@@ -39,6 +40,7 @@ from .types import (
     Event,
     Health,
     HealthReport,
+    HistoryPoint,
     KillRequest,
     KillResponse,
     Limits,
@@ -74,6 +76,7 @@ from .types import (
     TeamStatus,
     TeamUsage,
     TreeSummary,
+    UiLogin,
     UnknownEvent,
 )
 
@@ -102,6 +105,9 @@ ANSWERS: Mapping[str, type] = {
     "TeamMember": TeamMember,
     "TeamStatus": TeamStatus,
     "TeamRemoval": TeamRemoval,
+    "AgentHistory": AgentHistory,
+    "HistoryPoint": HistoryPoint,
+    "UiLogin": UiLogin,
 }
 
 #: Request models (what the caller or the client writes) by the name of their component schema.

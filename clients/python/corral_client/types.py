@@ -612,6 +612,34 @@ class TeamRemoval:
 
 
 @dataclasses.dataclass
+class HistoryPoint:
+    """One point of an agent's figures over time: its whole process tree's (a thinned point: the mean)."""
+
+    t: float
+    cpu_percent: float
+    memory_mb: float
+
+
+@dataclasses.dataclass
+class AgentHistory:
+    """An agent's recent CPU and memory, oldest first: every sample of about the
+    last minute, then one point a minute back to an hour."""
+
+    agent_id: str
+    interval_s: float
+    points: List[HistoryPoint]
+
+
+@dataclasses.dataclass
+class UiLogin:
+    """A one-time login to the web dashboard: ``url`` to open within ``expires_s``, once."""
+
+    url: str
+    path: str
+    expires_s: int
+
+
+@dataclasses.dataclass
 class DaemonHealth:
     """The daemon answers and its store takes writes."""
 

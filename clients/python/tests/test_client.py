@@ -530,3 +530,24 @@ def test_inside_an_agent_a_bare_client_works_on_its_own_team(c: Client) -> None:
     assert helper_status.persistent_status == PersistentStatus.CANCELLED
     assert "with its parent agent" in (helper_status.end_reason or "")
     c.stop_many(selector="pyteam.*", force=True)
+
+
+def test_history_and_a_dashboard_login(c: Client) -> None:
+    r = c.spawn(SpawnRequest("hist.1", SLEEP))
+    assert r.pid
+
+    def points() -> int:
+        return len(c.history("hist.1").points)
+
+    poll(lambda: points() >= 2, timeout=20, what="two history points")
+    h = c.history("hist.1")
+    assert h.agent_id == "hist.1" and h.interval_s > 0
+    assert all(a.t < b.t for a, b in zip(h.points, h.points[1:]))
+    assert all(p.memory_mb > 0 for p in h.points)
+    assert c.history("hist.1", since=h.points[-1].t).points == []
+    with pytest.raises(NotFound):
+        c.history("hist.nobody")
+    login = c.ui_login()
+    assert login.url.startswith("http://127.0.0.1:") and login.url.endswith(login.path)
+    assert login.path.startswith("/ui/login?code=") and login.expires_s > 0
+    c.stop("hist.1")

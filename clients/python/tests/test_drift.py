@@ -33,6 +33,7 @@ ROUTES: Dict[Tuple[str, str], str] = {
     ("PUT", "/v1/agents/{id}/progress"): "progress",
     ("POST", "/v1/agents/{id}/restart"): "restart",
     ("GET", "/v1/agents/{id}/runs"): "runs",
+    ("GET", "/v1/agents/{id}/history"): "history",
     ("POST", "/v1/agents/{id}/stop"): "stop",
     ("GET", "/v1/agents/{id}/wait"): "wait",
     ("GET", "/v1/events"): "events",
@@ -47,6 +48,7 @@ ROUTES: Dict[Tuple[str, str], str] = {
     ("GET", "/v1/teams/{id}"): "team",
     ("PUT", "/v1/teams/{id}"): "set_team",
     ("DELETE", "/v1/teams/{id}"): "remove_team",
+    ("POST", "/v1/ui/login"): "ui_login",
 }
 
 

@@ -20,6 +20,7 @@ import type { Duplex } from "node:stream";
 import { CorralError, printable } from "./errors.js";
 import { parseLines, parseSse } from "./streams.js";
 import type {
+  AgentHistory,
   AgentStatus,
   CleanupOptions,
   DaemonHealth,
@@ -41,6 +42,7 @@ import type {
   TeamBudget,
   TeamRemoval,
   TeamStatus,
+  UiLogin,
 } from "./types.js";
 
 /** The socket's name in a state dir. */
@@ -691,6 +693,21 @@ export class CorralClient {
   /** `GET /v1/agents/{id}/runs`: every run of the agent, oldest first. */
   runs(agentId: string, o: CallOptions = {}): Promise<RunInfo[]> {
     return this.json({ method: "GET", path: `/v1/agents/${seg(agentId)}/runs`, signal: o.signal }, "array");
+  }
+
+  /** `GET /v1/agents/{id}/history`: its tree's recent CPU and memory, oldest first (after `since`, Unix seconds). */
+  history(agentId: string, o: CallOptions & { since?: number } = {}): Promise<AgentHistory> {
+    return this.json({
+      method: "GET",
+      path: `/v1/agents/${seg(agentId)}/history`,
+      query: { since: o.since },
+      signal: o.signal,
+    });
+  }
+
+  /** `POST /v1/ui/login`: a one-time login URL for the web dashboard (refused from inside an agent). */
+  uiLogin(o: CallOptions = {}): Promise<UiLogin> {
+    return this.json({ method: "POST", path: "/v1/ui/login", signal: o.signal });
   }
 
   /** `PUT /v1/agents/{id}/progress`: reports progress (0–100); from inside an agent, only its own (else `forbidden`). */

@@ -28,7 +28,9 @@ export interface paths {
         /**
          * Every agent's status, by id (`monitor_all_agents`); the parameters filter
          *     the agents and pick the fields (each status then has only those, and
-         *     `agent_id`).
+         *     `agent_id`). The header `X-Corral-Event-Seq` is the newest event stored
+         *     before the statuses were read: following `GET /v1/events?since=` it
+         *     misses no change after this answer, and replays none before it.
          */
         get: operations["list"];
         put?: never;
@@ -70,6 +72,27 @@ export interface paths {
         };
         /** Quick health (`check_process_health`). */
         get: operations["health"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/agents/{id}/history": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The agent's recent CPU and memory (its whole tree), oldest first: every
+         *     sample of about the last minute, then one point a minute back to an hour
+         *     (kept in memory, a fixed size per agent; empty until its first sample).
+         */
+        get: operations["history"];
         put?: never;
         post?: never;
         delete?: never;
@@ -482,10 +505,48 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/ui/login": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * A one-time login to the web dashboard: a URL whose code, visited within
+         *     `expires_s`, becomes a session cookie (once). Starts the dashboard's
+         *     loopback listener when the daemon serves no TCP. Not from inside an agent.
+         */
+        post: operations["ui_login"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /**
+         * @description Answer of `GET /v1/agents/{id}/history`: the agent's recent figures,
+         *     oldest first — every sample of the last minute or so, then one point per
+         *     minute back to an hour (see the README for the bounds).
+         */
+        AgentHistory: {
+            /** @description The agent's id. */
+            agent_id: string;
+            /**
+             * Format: double
+             * @description The daemon's sampling interval, seconds (the spacing of recent points
+             *     while figures are wanted; ten times it at rest).
+             */
+            interval_s: number;
+            /** @description Points, oldest first. */
+            points: components["schemas"]["HistoryPoint"][];
+        };
         /**
          * @description Where an agent is in its life (`state`): its owner's own state, published
          *     only after it is committed to the store.
@@ -813,6 +874,24 @@ export interface components {
             health: components["schemas"]["Health"];
             /** @description `health == healthy`. */
             healthy: boolean;
+        };
+        /** @description One point of an agent's figures over time: its whole process tree's. */
+        HistoryPoint: {
+            /**
+             * Format: double
+             * @description The tree's CPU, percent of one CPU (a thinned point: the mean).
+             */
+            cpu_percent: number;
+            /**
+             * Format: double
+             * @description The tree's resident memory, MiB (a thinned point: the mean).
+             */
+            memory_mb: number;
+            /**
+             * Format: double
+             * @description When it was taken (Unix seconds; a thinned point: the middle of what it sums up).
+             */
+            t: number;
         };
         /** @description `kind: job`. */
         JobEvent: {
@@ -1631,6 +1710,24 @@ export interface components {
              */
             processes: number;
         };
+        /** @description Answer of `POST /v1/ui/login`: a one-time login to the web dashboard. */
+        UiLogin: {
+            /**
+             * Format: int32
+             * @description Seconds the code stays valid; it is good for one use.
+             */
+            expires_s: number;
+            /**
+             * @description The login's path and one-time code (`/ui/login?code=…`), for a client
+             *     that reaches the daemon at another address.
+             */
+            path: string;
+            /**
+             * @description The URL to open: the daemon's TCP listener (started on 127.0.0.1 when
+             *     it had none), `path` on it.
+             */
+            url: string;
+        };
     };
     responses: never;
     parameters: never;
@@ -1697,6 +1794,8 @@ export interface operations {
             /** @description Statuses by id (with `fields`: only those fields of each) */
             200: {
                 headers: {
+                    /** @description The newest event stored before the statuses were read */
+                    "x-corral-event-seq"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -1853,6 +1952,46 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["HealthReport"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    history: {
+        parameters: {
+            query?: {
+                /** @description Only points taken after this time (Unix seconds); all kept points when absent. */
+                since?: number;
+            };
+            header?: never;
+            path: {
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AgentHistory"];
+                };
+            };
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             404: {
@@ -2661,6 +2800,41 @@ export interface operations {
                 };
             };
             503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    ui_login: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UiLogin"];
+                };
+            };
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };

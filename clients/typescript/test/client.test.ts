@@ -26,6 +26,8 @@ const METHOD_OF: Record<string, keyof CorralClient> = {
   progress: "progress",
   restart_one: "restart",
   runs: "runs",
+  history: "history",
+  ui_login: "uiLogin",
   stop_one: "stop",
   wait: "wait",
   daemon_stop: "daemonStop",
@@ -110,6 +112,15 @@ describe("routes", () => {
     assert.equal(runs.length, 1);
     assert.equal(runs[0]!.run, 1);
     assert.equal(runs[0]!.pid, spawned.pid);
+
+    const login = await corral.uiLogin();
+    assert.match(login.url, /^http:\/\/127\.0\.0\.1:\d+\/ui\/login\?code=[0-9a-f]{64}$/);
+    assert.ok(login.url.endsWith(login.path) && login.expires_s > 0);
+    const history = await corral.history("r.one");
+    assert.equal(history.agent_id, "r.one");
+    assert.ok(history.interval_s > 0);
+    for (const p of history.points) assert.ok(p.t > 0 && p.memory_mb >= 0);
+    assert.deepEqual((await corral.history("r.one", { since: Date.now() / 1000 + 60 })).points, []);
   });
 
   test("team budgets: set, show, list, a spawn over max_agents, remove", async () => {

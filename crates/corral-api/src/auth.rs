@@ -168,7 +168,7 @@ fn peer_key(addr: SocketAddr) -> IpAddr {
 }
 
 /// A 401 that closes the connection.
-fn unauthorized(message: String, retry_after: Option<Duration>) -> Response {
+pub(crate) fn unauthorized(message: String, retry_after: Option<Duration>) -> Response {
     let mut response = ApiError::new(ErrorCode::Unauthorized, message).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -188,6 +188,12 @@ pub async fn require_token(
     req: Request,
     next: Next,
 ) -> Response {
+    check_token(&gate, req, next).await
+}
+
+/// [`require_token`]'s check, for a layer that accepts other credentials too
+/// (the dashboard's cookie, see [`crate::ui::tcp_auth`]).
+pub(crate) async fn check_token(gate: &TokenGate, req: Request, next: Next) -> Response {
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()

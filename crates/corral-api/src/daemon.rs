@@ -318,14 +318,26 @@ pub async fn run(mut opts: DaemonOptions) -> Result<(), DaemonError> {
             tell_manager("STOPPING=1\n", "stopping");
         }
     });
+    let ui_stop = stop_rx.clone();
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+    let tcp_addr = match &tcp {
+        Some((l, _)) => Some(l.local_addr().map_err(|e| {
+            DaemonError::Config(format!("cannot read the TCP listener's address: {e}"))
+        })?),
+        None => None,
+    };
+    let ui = crate::ui::Ui::new(tcp_addr);
     let app = crate::routes::router(sup.clone())
-        .layer(axum::Extension(crate::routes::ShutdownTrigger(stop_tx)));
+        .layer(axum::Extension(crate::routes::ShutdownTrigger(stop_tx)))
+        .layer(axum::Extension(ui.clone()));
+    // A dashboard login on a daemon without TCP starts a loopback listener
+    // serving this same router (see `crate::ui`).
+    ui.serve_with(app.clone(), limits, ui_stop);
     let agents_served = agent_listener.map(|(l, path)| {
         let app = crate::agent_socket::router(sup.clone());
         let served = tokio::spawn(serve::serve(serve::PinnedPeers(l), app, limits, stopped()));
@@ -335,10 +347,9 @@ pub async fn run(mut opts: DaemonOptions) -> Result<(), DaemonError> {
     let served = match tcp {
         Some((l, token)) => {
             tracing::info!(addr = %opts.listen.map(|a| a.to_string()).unwrap_or_default(), "serving TCP (bearer token required)");
-            let app = app.layer(axum::middleware::from_fn_with_state(
-                std::sync::Arc::new(crate::auth::TokenGate::new(token)),
-                crate::auth::require_token,
-            ));
+            let gate = std::sync::Arc::new(crate::auth::TokenGate::new(token));
+            let port = tcp_addr.map_or(0, |a| a.port());
+            let app = crate::ui::tcp_app(app, ui, Some(gate), port);
             let tcp = serve::serve(l, app, limits, stopped());
             let (a, b) = tokio::join!(unix, tcp);
             a.and(b)

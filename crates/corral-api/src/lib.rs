@@ -5,7 +5,8 @@
 //! Routes live under `/v1`; every error is `{"error": {"code", "message"}}`
 //! with the matching HTTP status. Request and answer bodies are the wire types
 //! of `corral-proto`; the OpenAPI document is generated from them. The CLI is a
-//! client of these same routes.
+//! client of these same routes, and so is the web dashboard ([`ui`]: its page,
+//! embedded in the binary, and its one-time logins).
 #![warn(missing_docs)]
 
 pub mod agent_socket;
@@ -22,6 +23,7 @@ pub mod notify;
 pub mod routes;
 pub mod serve;
 mod teams;
+pub mod ui;
 
 pub use corral_client as client;
 pub use corral_client::{Client, ClientError};

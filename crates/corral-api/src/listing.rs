@@ -196,10 +196,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Listing {
 
 /// Every agent's status, by id (`monitor_all_agents`); the parameters filter
 /// the agents and pick the fields (each status then has only those, and
-/// `agent_id`).
+/// `agent_id`). The header `X-Corral-Event-Seq` is the newest event stored
+/// before the statuses were read: following `GET /v1/events?since=` it
+/// misses no change after this answer, and replays none before it.
 #[utoipa::path(get, path = "/v1/agents", tag = "agents", params(ListQuery),
     responses((status = 200, body = BTreeMap<String, AgentStatus>,
-        description = "Statuses by id (with `fields`: only those fields of each)"),
+        description = "Statuses by id (with `fields`: only those fields of each)",
+        headers(("x-corral-event-seq" = i64, description = "The newest event stored before the statuses were read"))),
         (status = 400, body = ErrorBody)))]
 pub(crate) async fn list(State(sup): State<Supervisor>, listing: Listing) -> Response {
     // The sampled figures: fresh ones are waited for only when asked for.
@@ -217,6 +220,9 @@ pub(crate) async fn list(State(sup): State<Supervisor>, listing: Listing) -> Res
     {
         sup.fresh_figures().await;
     }
+    // Read before the statuses: an event committed meanwhile is sent again
+    // to a follower starting here, never lost.
+    let seq = *sup.subscribe_events().borrow();
     let keep = |a: &Listed<'_>| listing.keeps(a);
     let kept = match &listing.fields {
         // Only the asked fields are built (`agent_id` is always written).
@@ -225,7 +231,16 @@ pub(crate) async fn list(State(sup): State<Supervisor>, listing: Listing) -> Res
     };
     let body = listing.stream(kept);
     (
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            ),
+            (
+                axum::http::HeaderName::from_static("x-corral-event-seq"),
+                axum::http::HeaderValue::from(seq),
+            ),
+        ],
         body,
     )
         .into_response()

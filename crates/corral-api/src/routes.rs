@@ -16,10 +16,11 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json, Router};
 use corral_core::{
-    AgentId, AgentStatus, BatchFailure, BatchRequest, BatchResponse, BatchResult, CleanupOptions,
-    DaemonHealth, ErrorBody, ErrorCode, ErrorDetail, Event, HealthReport, KillRequest,
-    KillResponse, PauseReport, PauseRequest, ProcessSummary, ProgressUpdate, Removal, RunInfo,
-    Selector, SpawnRequest, SpawnResponse, StopManyRequest, StopReport, Supervisor, WaitQuery,
+    AgentHistory, AgentId, AgentStatus, BatchFailure, BatchRequest, BatchResponse, BatchResult,
+    CleanupOptions, DaemonHealth, ErrorBody, ErrorCode, ErrorDetail, Event, HealthReport,
+    HistoryQuery, KillRequest, KillResponse, PauseReport, PauseRequest, ProcessSummary,
+    ProgressUpdate, Removal, RunInfo, Selector, SpawnRequest, SpawnResponse, StopManyRequest,
+    StopReport, Supervisor, UiLogin, WaitQuery,
 };
 use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
@@ -212,6 +213,7 @@ fn api_router() -> OpenApiRouter<Supervisor> {
         .routes(routes!(restart_one))
         .routes(routes!(restart_many))
         .routes(routes!(runs))
+        .routes(routes!(history))
         .routes(routes!(wait))
         .routes(routes!(crate::logs::logs))
         .routes(routes!(stop_many))
@@ -228,6 +230,7 @@ fn api_router() -> OpenApiRouter<Supervisor> {
             crate::teams::set_team,
             crate::teams::remove_team
         ))
+        .routes(routes!(ui_login))
 }
 
 /// Builds the `/v1` router over a supervisor.
@@ -272,6 +275,7 @@ pub(crate) fn agent_routes(sup: Supervisor) -> Router {
         .routes(routes!(restart_one))
         .routes(routes!(restart_many))
         .routes(routes!(runs))
+        .routes(routes!(history))
         .routes(routes!(wait))
         .routes(routes!(crate::logs::logs))
         .routes(routes!(stop_many))
@@ -487,6 +491,43 @@ async fn runs(
     IdPath(id): IdPath,
 ) -> Result<Json<Vec<RunInfo>>, ApiError> {
     Ok(Json(sup.runs(&id).await?))
+}
+
+/// The agent's recent CPU and memory (its whole tree), oldest first: every
+/// sample of about the last minute, then one point a minute back to an hour
+/// (kept in memory, a fixed size per agent; empty until its first sample).
+#[utoipa::path(get, path = "/v1/agents/{id}/history", tag = "agents", params(("id" = String, Path), HistoryQuery),
+    responses((status = 200, body = AgentHistory), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn history(
+    State(sup): State<Supervisor>,
+    IdPath(id): IdPath,
+    Q(q): Q<HistoryQuery>,
+) -> Result<Json<AgentHistory>, ApiError> {
+    if let Some(t) = q.since
+        && !t.is_finite()
+    {
+        return Err(ApiError::invalid(
+            "since must be a finite number of Unix seconds",
+        ));
+    }
+    Ok(Json(sup.agent_history(&id, q.since)?))
+}
+
+/// A one-time login to the web dashboard: a URL whose code, visited within
+/// `expires_s`, becomes a session cookie (once). Starts the dashboard's
+/// loopback listener when the daemon serves no TCP. Not from inside an agent.
+#[utoipa::path(post, path = "/v1/ui/login", tag = "daemon",
+    responses((status = 200, body = UiLogin), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn ui_login(
+    ui: Option<Extension<std::sync::Arc<crate::ui::Ui>>>,
+) -> Result<Json<UiLogin>, ApiError> {
+    let Some(Extension(ui)) = ui else {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            "this server is not a daemon that serves the dashboard",
+        ));
+    };
+    Ok(Json(ui.login().await?))
 }
 
 /// Wait until the current run has ended (and will not be restarted); 408 after `timeout_s`.

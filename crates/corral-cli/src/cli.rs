@@ -93,6 +93,8 @@ pub enum Command {
     Ps(PsArgs),
     /// A live dashboard of every agent: sort, filter, details and logs, stop and kill.
     Top(TopArgs),
+    /// Open the web dashboard: prints a one-time login URL and opens a browser where there is one.
+    Ui(UiArgs),
     /// Show one agent's status, every field.
     Status(IdArgs),
     /// Exit 0 when the agent is healthy (alive, not a zombie), 1 when not, 4 when there is no such agent.
@@ -264,6 +266,15 @@ pub struct ManArgs {
 pub struct McpArgs {
     #[command(flatten)]
     pub conn: Conn,
+}
+
+#[derive(Debug, Args)]
+pub struct UiArgs {
+    #[command(flatten)]
+    pub conn: Conn,
+    /// Only print the URL; do not open a browser.
+    #[arg(long)]
+    pub no_open: bool,
 }
 
 /// A command with data to print and nothing else to say.

@@ -137,3 +137,50 @@ fn a_team_of_twenty_through_the_typed_client() {
     assert!(left.is_empty(), "still in /proc: {left:?}");
     env.finish();
 }
+
+#[test]
+fn history_and_a_dashboard_login_through_the_typed_client() {
+    let env = Env::new();
+    let out = env.run(&["spawn", "plot", "--", "sleep", "300"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid = env.json(&["status", "plot"])["pid"].as_i64().unwrap() as i32;
+    let client = Client::new(env.state.join("corral.sock"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let query = corral_client::proto::HistoryQuery::default();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let history = loop {
+            let h = client.history("plot", &query).await.unwrap();
+            if h.points.len() >= 2 {
+                break h;
+            }
+            assert!(std::time::Instant::now() < deadline, "no points: {h:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(history.agent_id, "plot");
+        // The agent's process is what was measured: it is alive, and holds memory.
+        assert!(proc_stat(pid).is_some());
+        assert!(history.points.iter().all(|p| p.memory_mb > 0.0));
+        let last = history.points.last().unwrap().t;
+        let later = corral_client::proto::HistoryQuery { since: Some(last) };
+        assert!(
+            client
+                .history("plot", &later)
+                .await
+                .unwrap()
+                .points
+                .is_empty()
+        );
+        let login = client.ui_login().await.unwrap();
+        assert!(login.url.ends_with(&login.path), "{login:?}");
+        assert!(login.path.starts_with("/ui/login?code="));
+    });
+    env.finish();
+}

@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 
 use corral_proto::{
-    AgentStatus, BatchRequest, BatchResponse, CleanupOptions, DaemonHealth, DaemonStopRequest,
-    DaemonStopResponse, EventsQuery, HealthReport, KillRequest, KillResponse, ListQuery, LogsQuery,
-    PauseReport, PauseRequest, ProcessSummary, ProgressUpdate, Removal, RunInfo, SpawnRequest,
-    SpawnResponse, StopManyRequest, StopReport, TeamBudget, TeamRemoval, TeamStatus, WaitQuery,
-    percent_encode,
+    AgentHistory, AgentStatus, BatchRequest, BatchResponse, CleanupOptions, DaemonHealth,
+    DaemonStopRequest, DaemonStopResponse, EventsQuery, HealthReport, HistoryQuery, KillRequest,
+    KillResponse, ListQuery, LogsQuery, PauseReport, PauseRequest, ProcessSummary, ProgressUpdate,
+    Removal, RunInfo, SpawnRequest, SpawnResponse, StopManyRequest, StopReport, TeamBudget,
+    TeamRemoval, TeamStatus, UiLogin, WaitQuery, percent_encode,
 };
 use serde::Serialize;
 
@@ -156,6 +156,20 @@ impl Client {
     /// `GET /v1/agents/{id}/runs`: every recorded run, oldest first.
     pub async fn runs(&self, id: &str) -> Result<Vec<RunInfo>, ClientError> {
         self.get(&agent(id, "/runs")).await
+    }
+
+    /// `GET /v1/agents/{id}/history`: its tree's recent CPU and memory, oldest first.
+    pub async fn history(
+        &self,
+        id: &str,
+        query: &HistoryQuery,
+    ) -> Result<AgentHistory, ClientError> {
+        self.get(&with_query(&agent(id, "/history"), query)).await
+    }
+
+    /// `POST /v1/ui/login`: a one-time login URL for the web dashboard.
+    pub async fn ui_login(&self) -> Result<UiLogin, ClientError> {
+        self.call(Method::POST, "/v1/ui/login", None::<&()>).await
     }
 
     /// `GET /v1/agents/{id}/wait`: the status once the agent has ended (408

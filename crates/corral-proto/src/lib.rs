@@ -1147,6 +1147,55 @@ pub struct HealthReport {
     pub health: Health,
 }
 
+/// Query of `GET /v1/agents/{id}/history`.
+#[derive(
+    Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema, utoipa::IntoParams,
+)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// Only points taken after this time (Unix seconds); all kept points when absent.
+    pub since: Option<f64>,
+}
+
+/// One point of an agent's figures over time: its whole process tree's.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HistoryPoint {
+    /// When it was taken (Unix seconds; a thinned point: the middle of what it sums up).
+    pub t: f64,
+    /// The tree's CPU, percent of one CPU (a thinned point: the mean).
+    pub cpu_percent: f64,
+    /// The tree's resident memory, MiB (a thinned point: the mean).
+    pub memory_mb: f64,
+}
+
+/// Answer of `GET /v1/agents/{id}/history`: the agent's recent figures,
+/// oldest first — every sample of the last minute or so, then one point per
+/// minute back to an hour (see the README for the bounds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AgentHistory {
+    /// The agent's id.
+    pub agent_id: String,
+    /// The daemon's sampling interval, seconds (the spacing of recent points
+    /// while figures are wanted; ten times it at rest).
+    pub interval_s: f64,
+    /// Points, oldest first.
+    pub points: Vec<HistoryPoint>,
+}
+
+/// Answer of `POST /v1/ui/login`: a one-time login to the web dashboard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UiLogin {
+    /// The URL to open: the daemon's TCP listener (started on 127.0.0.1 when
+    /// it had none), `path` on it.
+    pub url: String,
+    /// The login's path and one-time code (`/ui/login?code=…`), for a client
+    /// that reaches the daemon at another address.
+    pub path: String,
+    /// Seconds the code stays valid; it is good for one use.
+    pub expires_s: u32,
+}
+
 /// Body of `PUT /v1/agents/{id}/progress`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -18,6 +18,7 @@ mod startup;
 mod stop;
 pub(crate) mod team;
 mod top;
+mod ui;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -171,5 +172,6 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Mcp(a) => mcp::run(ctx(&a.conn, Json::default())?).await,
         Command::Top(a) => top::run(&ctx(&a.conn, Json::default())?, a).await,
+        Command::Ui(a) => ui::run(&ctx(&a.conn, Json::default())?, a.no_open).await,
     }
 }

@@ -14,8 +14,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::error::{Error, Result};
 use crate::id::AgentId;
 use crate::model::{
-    AgentStatus, HealthReport, PersistentStatus, ProcessSummary, ProgressUpdate, RunInfo,
-    SpawnRequest, SpawnResponse,
+    AgentHistory, AgentStatus, HealthReport, PersistentStatus, ProcessSummary, ProgressUpdate,
+    RunInfo, SpawnRequest, SpawnResponse,
 };
 use crate::platform;
 
@@ -132,6 +132,21 @@ impl Supervisor {
     /// (the daemon's API does, for every read that reports figures).
     pub async fn fresh_figures(&self) {
         self.sh.pace.fresh().await;
+    }
+
+    /// An agent's recent figures (its tree's CPU and memory), oldest first,
+    /// after `since` (Unix seconds): see the `history` module for what is
+    /// kept. Keeps the sampler at full pace, as every reader of figures does.
+    pub fn agent_history(&self, id: &AgentId, since: Option<f64>) -> Result<AgentHistory> {
+        // Known agents only: an unknown id is a 404, not an empty history.
+        self.published(id)?;
+        self.sh.pace.want();
+        let points = lock(&self.sh.history).points(id, since);
+        Ok(AgentHistory {
+            agent_id: id.to_string(),
+            interval_s: self.sh.config.sample_interval.as_secs_f64(),
+            points,
+        })
     }
 
     /// Every agent's status, by id: the seed's `monitor_all_agents`.

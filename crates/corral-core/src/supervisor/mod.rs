@@ -64,6 +64,7 @@ mod agents;
 mod ending;
 mod execution;
 mod helper;
+pub(crate) mod history;
 mod lane;
 pub(crate) mod lifecycle;
 mod limits;
@@ -288,6 +289,8 @@ pub(crate) struct Shared {
     pub teams: Mutex<BTreeMap<String, crate::model::TeamBudget>>,
     /// Changes of team budgets, one at a time (record, then map).
     pub team_writes: tokio::sync::Mutex<()>,
+    /// Each agent's recent figures, written by the sampler (see [`history`]).
+    pub history: Mutex<history::History>,
 }
 
 /// Counters since the supervisor opened.
@@ -459,6 +462,7 @@ impl Supervisor {
             pace: Arc::new(sampler::Pace::new(config_interval)),
             teams: Mutex::new(teams),
             team_writes: tokio::sync::Mutex::new(()),
+            history: Mutex::new(history::History::new()),
         });
         let sup = Self {
             _last: Arc::new(LastHandle {

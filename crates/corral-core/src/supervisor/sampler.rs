@@ -24,6 +24,10 @@
 //! (`Supervisor::agent_status`) needs no pass at all: that agent is sampled
 //! alone ([`sample_one`]: its leaf's processes), and the pass over every
 //! process stays at rest.
+//!
+//! Every full pass also adds one point per sampled agent to its history
+//! (`history.rs`: bounded rings, for the dashboard's plots); history never
+//! asks for a pass of its own.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -230,6 +234,10 @@ fn sample_all(sh: &Shared, memory: &mut Memory, resting: bool) -> bool {
         })
         .collect();
     if live.is_empty() {
+        let mut history = lock(&sh.history);
+        let registry = lock(&sh.registry);
+        history.retain(|id| registry.contains_key(id));
+        drop((registry, history));
         memory.prev.clear();
         memory.cpu_over.clear();
         memory.rotate_warned = rotate::Warned::default();
@@ -297,6 +305,15 @@ fn sample_all(sh: &Shared, memory: &mut Memory, resting: bool) -> bool {
     memory.teams.pass(sh, &measured);
     memory.prev = seen;
     memory.cpu_over = cpu_over;
+    {
+        let mut history = lock(&sh.history);
+        for m in &measured {
+            history.record(&m.view.id, m.cpu_percent, m.memory_mb);
+        }
+        // Lock order: history, then the registry (readers of history take it alone).
+        let registry = lock(&sh.registry);
+        history.retain(|id| registry.contains_key(id));
+    }
     let dirs = live.iter().map(|(v, _)| v.log_dir.as_path()).collect();
     memory.rotate_warned.retain_runs(&dirs);
     true
