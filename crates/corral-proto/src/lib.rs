@@ -613,6 +613,13 @@ pub struct SlurmPlacement {
     /// `--time`, in Slurm's format (`60`, `1:00:00`, `1-0`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_limit: Option<String>,
+    /// `--requeue` when true: the engine may requeue the job (`scontrol
+    /// requeue`, preemption in REQUEUE mode, a failed node), and each requeue
+    /// takes the same run back to `starting`. Otherwise (the default)
+    /// `--no-requeue`: a failed node ends the run `failed` (NODE_FAIL) and the
+    /// restart policy decides what follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requeue: Option<bool>,
 }
 
 // ---------------------------------------------------------------------------
@@ -1450,6 +1457,10 @@ pub enum EventBody {
     Probe(ProbeEvent),
     /// The run's cluster job was submitted, or placed on a node.
     Job(JobEvent),
+    /// The engine took the run's job off its node and queued it again
+    /// (`scontrol requeue`, preemption, a failed node): the same run is
+    /// `starting` again.
+    JobRequeued(JobRequeuedEvent),
     /// A log over `logs.max_mb` could not be copied whole and was truncated anyway.
     LogDropped(LogDroppedEvent),
     /// A kind this build does not know (written by a newer corral).
@@ -1471,6 +1482,7 @@ impl EventBody {
             Self::RuntimeExceeded(_) => "runtime_exceeded",
             Self::Probe(_) => "probe",
             Self::Job(_) => "job",
+            Self::JobRequeued(_) => "job_requeued",
             Self::LogDropped(_) => "log_dropped",
             Self::Other => "other",
         }
@@ -1600,6 +1612,20 @@ pub struct JobEvent {
     /// The stored status, when this placement was also a transition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<PersistentStatus>,
+}
+
+/// `kind: job_requeued` — the engine queued the run's job again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobRequeuedEvent {
+    /// `slurm`.
+    pub engine: String,
+    /// The engine's job id (the same job, queued again).
+    pub job_id: String,
+    /// The node it ran on until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Why it waits now, as the engine says (`BeginTime`, `Priority`, ...).
+    pub pending_reason: String,
 }
 
 /// `kind: log_dropped` — a log over `logs.max_mb` could not be copied whole at

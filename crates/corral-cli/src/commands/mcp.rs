@@ -688,7 +688,7 @@ fn spawn_properties() -> Value {
         "probes": obj("{liveness, readiness: {exec: argv}|{http: url}|{tcp: host:port}|{progress_stale_s}|{log: regex}; interval_s: 10, timeout_s: 2, failures: 3}"),
         "user": {"type": "string", "description": "Run as (daemon as root)."},
         "logs": obj("Rotation: {max_mb, keep: 3}"),
-        "placement": obj("{slurm: {partition, nodes, cpus, mem_mb, time_limit}}"),
+        "placement": obj("{slurm: {partition, nodes, cpus, mem_mb, time_limit, requeue}}"),
     })
 }
 

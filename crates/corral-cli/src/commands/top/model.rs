@@ -903,6 +903,16 @@ fn apply_to(s: &mut AgentStatus, ev: &Event) -> bool {
             });
             // (A status that came with it comes as a state event too.)
         }
+        // Off its node and queued again (the state event says `starting`).
+        EventBody::JobRequeued(j) => {
+            s.run = ev.run;
+            s.placement = Some(corral_core::PlacementInfo {
+                engine: j.engine.clone(),
+                job_id: j.job_id.clone(),
+                node: None,
+                pending_reason: Some(j.pending_reason.clone()),
+            });
+        }
         _ => return false,
     }
     true
