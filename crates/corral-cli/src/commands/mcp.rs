@@ -378,8 +378,8 @@ impl ToolName {
                  result each, in order; one failing does not stop the others."
             }
             Self::List => {
-                "List agents (the latest run of each id), optionally only a `selector` and/or a \
-                 `state`. Each entry has get_agent_status's fields, or only `fields` (a short \
+                "List agents (the latest run of each id), optionally only a `selector`, a \
+                 `state` and/or a `node`. Each entry has get_agent_status's fields, or only `fields` (a short \
                  answer for a team)."
             }
             Self::Status => {
@@ -466,6 +466,8 @@ impl ToolName {
                         "description": "persistent_status; live: spawning or running."},
                     "fields": {"type": "array", "items": {"type": "string"},
                         "description": "Only these status fields, e.g. [\"state\",\"exit_code\",\"progress\"]."},
+                    "node": {"type": ["string", "array"], "items": {"type": "string"},
+                        "description": "Only agents whose Slurm job runs on this node (or one of these)."},
                 }),
                 &[][..],
             ),
@@ -864,7 +866,7 @@ impl CorralMcp {
             Selector::parse(raw).context("invalid selector")?;
         }
         let client = self.ctx.client().await?;
-        let filtered = params.selector.is_some() || params.state.is_some();
+        let filtered = params.selector.is_some() || params.state.is_some() || params.node.is_some();
         let nothing = if filtered {
             "no agents match"
         } else {
@@ -880,6 +882,7 @@ impl CorralMcp {
         };
         let mut query = ListQuery {
             selector: params.selector.clone(),
+            node: params.node.as_ref().map(Nodes::query),
             ..Default::default()
         };
         let Some(fields) = params.fields.as_ref() else {
@@ -1705,6 +1708,27 @@ struct ListParams {
     state: Option<StateFilter>,
     #[serde(default)]
     fields: Option<Vec<String>>,
+    /// Cluster nodes: `"n2"` or `["n1", "n3"]`.
+    #[serde(default)]
+    node: Option<Nodes>,
+}
+
+/// One node name, or several.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+enum Nodes {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Nodes {
+    /// The listing's `node` parameter: names, comma-separated.
+    fn query(&self) -> String {
+        match self {
+            Self::One(n) => n.clone(),
+            Self::Many(ns) => ns.join(","),
+        }
+    }
 }
 
 /// A lifecycle state to filter on.
