@@ -21,8 +21,14 @@
 //!   leftovers are killed.
 //! - **End**: the exit comes from the engine (the raw wait status of
 //!   `squeue --json`, or the job-completion log once the controller has
-//!   forgotten the job); engine-side ends (time limit, node failure, launch
-//!   failure, a cancel from outside) are said so in `end_reason`.
+//!   forgotten the job); engine-side ends (time limit, node failure — naming
+//!   the node —, launch failure, a cancel from outside) are said so in
+//!   `end_reason`. Jobs are submitted `--no-requeue` unless the placement asks
+//!   for `requeue`, so a failed node ends the run and the restart policy, not
+//!   the engine, decides what follows.
+//! - **Requeue**: a job seen queued again after it had started (requeued by
+//!   an admin, a preemption, or a failed node when `requeue` is on) takes the
+//!   same run back to `starting`; it is verified anew when it runs again.
 //! - **Adopt**: a restarted daemon follows the job by its id, name and tag; a
 //!   job that ended meanwhile gets its real exit from the engine.
 

@@ -3,8 +3,9 @@
 //!
 //! A queued job is `starting` (its status says why it waits); the window
 //! opens when a poll first sees it RUNNING and closes when a poll begun after
-//! it still does. Its end comes from the engine, and goes the same way as a
-//! local exit (`end.rs`). A restarted daemon follows the job by its id, or —
+//! it still does. A job the engine queues again after it started (requeue,
+//! preemption) is the same run, `starting` again. Its end comes from the
+//! engine, and goes the same way as a local exit (`end.rs`). A restarted daemon follows the job by its id, or —
 //! when it died between `sbatch` and the commit — by its tag.
 
 use std::sync::Arc;
