@@ -1368,6 +1368,23 @@ pub(crate) mod tests {
             ("1000004", Some("gpu-node-7"))
         );
         assert_eq!(m.longest_node(), Some(10));
+        // Requeued by the engine: off its node, queued again, the same job.
+        let requeued = Event {
+            body: EventBody::JobRequeued(corral_core::JobRequeuedEvent {
+                engine: "slurm".into(),
+                job_id: "1000004".into(),
+                node: Some("gpu-node-7".into()),
+                pending_reason: "BeginTime".into(),
+            }),
+            ..placed(None)
+        };
+        assert!(!m.apply_event(&requeued));
+        m.prepare();
+        let p = m.agent("b").unwrap().placement.clone().unwrap();
+        assert_eq!(
+            (p.job_id.as_str(), p.node, p.pending_reason.as_deref()),
+            ("1000004", None, Some("BeginTime"))
+        );
         m.remove("b");
         m.prepare();
         assert_eq!(m.longest_node(), None);
