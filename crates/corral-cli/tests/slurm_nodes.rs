@@ -771,12 +771,15 @@ fn a_requeued_job_takes_the_same_run_back_to_starting_then_running() {
     assert_eq!(requeued[0]["node"], node.as_str());
     assert_eq!(requeued[0]["run"], 1);
 
-    // Slurm holds a requeued job (BeginTime, ~2 min): let it start now.
+    // Slurm holds a requeued job (BeginTime, ~2 min): let it start now, on
+    // another node (the node it left may refuse the same job id again until
+    // its job credential expires, which the hold outlasts).
     let out = slurm(&[
         "scontrol",
         "update",
         &format!("jobid={job}"),
         "starttime=now",
+        &format!("excnodelist={node}"),
     ]);
     assert!(out.status.success(), "{}", common::stderr(&out));
     let s = wait_status(&env, &a, "the run running again", |s| {
@@ -784,7 +787,9 @@ fn a_requeued_job_takes_the_same_run_back_to_starting_then_running() {
     });
     assert_eq!(s["run"], 1, "{s}");
     assert_eq!(s["restarts"], 0, "{s}");
+    let left = node;
     let node = s["placement"]["node"].as_str().unwrap().to_owned();
+    assert_ne!(node, left, "{s}");
     assert_eq!(engine_job(&job), Some(("RUNNING".to_owned(), node.clone())));
     let (pid, on) = the_process(&a);
     assert_eq!(on, node);
