@@ -10,6 +10,7 @@
 #   scripts/slurm-local.sh start --nodes 3   # the multi-node cluster (below); returns once all idle
 #   scripts/slurm-local.sh stop --nodes      # stops it, removes its namespaces, veths and bridge
 #   scripts/slurm-local.sh status --nodes 3  # exit 0 iff it runs with 3 usable nodes
+#   scripts/slurm-local.sh start-node n2     # a failed node back: its slurmd, then resume
 #
 # Verified with Debian 12 packages (Slurm 22.05), as root, without systemd as PID 1.
 # Env: SLURM_LOCAL_TIMEOUT (seconds for start/stop polls, default 30);
@@ -342,6 +343,10 @@ AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/filetxt
 JobCompLoc=$MULTI_DIR/log/jobcomp.txt
 FirstJobId=1000000
+# A node whose slurmd stops answering is DOWN after SlurmdTimeout (pinged every third of
+# it), and its jobs end NODE_FAIL: seconds here, for the node-failure tests (300 by default).
+SlurmdTimeout=${SLURM_LOCAL_SLURMD_TIMEOUT:-3}
+MessageTimeout=3
 ReturnToService=2
 MinJobAge=${SLURM_LOCAL_MIN_JOB_AGE:-10}
 KillWait=5
@@ -379,6 +384,32 @@ multi_network() {
     ip -n "$ns" addr add "$(node_addr "$i")/24" dev eth0
     ip -n "$ns" link set eth0 up
   done
+}
+
+# Node I's slurmd, in its network namespace and a UTS namespace named nI.
+start_slurmd() {
+  setsid nohup nsenter --net="/run/netns/$(node_ns "$1")" unshare --uts \
+    sh -c 'hostname "$1" && exec slurmd -D -N "$1" -f "$2"' slurmd "n$1" "$MULTI_CONF" \
+    >>"$MULTI_DIR/log/slurmd-n$1.out" 2>&1 </dev/null &
+}
+
+# start-node nI: brings back a node whose slurmd was killed (a node that failed): starts its
+# slurmd again if none runs, and `scontrol update state=resume` if the controller had set it
+# DOWN; returns once the node accepts work.
+multi_start_node() {
+  local node=$1 i n
+  [[ $node =~ ^n([0-9]+)$ ]] || die "start-node wants a node name nI, not '$node'"
+  i=${BASH_REMATCH[1]}; n=$(multi_nodes_file)
+  [[ -n $n ]] && (( i >= 1 && i <= n )) || die "no node $node in the running multi-node cluster"
+  [[ -n $(ctld_pids) ]] || die "the multi-node cluster's controller is not running"
+  [[ -n $(pid_of "$MULTI_DIR/slurmd-$node.pid" slurmd) ]] || start_slurmd "$i"
+  node_up() { [[ $(node_states | awk -v n="$node" '$1 == n { print $2 }') =~ ^(idle|mixed|allocated)$ ]]; }
+  node_answers() { [[ ! $(node_states | awk -v n="$node" '$1 == n { print $2 }') =~ \*$ ]]; }
+  # A DOWN node is resumed once its slurmd answers again (resume before that is refused).
+  wait_for "$TIMEOUT" node_answers || die "$node's slurmd does not answer the controller"
+  node_up || timeout 5 scontrol update nodename="$node" state=resume >/dev/null 2>&1 || true
+  wait_for "$TIMEOUT" node_up || die "$node not usable within ${TIMEOUT}s: $(node_states | grep "^$node " || true)"
+  say "$node up"
 }
 
 multi_start() {
@@ -427,11 +458,7 @@ multi_start() {
     >>"$MULTI_DIR/log/slurmctld.out" 2>&1 </dev/null &
   # 5. A slurmd per node, in that node's network namespace and hostname (its jobs inherit
   #    both). nsenter, not `ip netns exec`: that one remounts /sys, hiding the cgroup mounts.
-  for i in $(seq 1 "$n"); do
-    setsid nohup nsenter --net="/run/netns/$(node_ns "$i")" unshare --uts \
-      sh -c 'hostname "$1" && exec slurmd -D -N "$1" -f "$2"' slurmd "n$i" "$MULTI_CONF" \
-      >>"$MULTI_DIR/log/slurmd-n$i.out" 2>&1 </dev/null &
-  done
+  for i in $(seq 1 "$n"); do start_slurmd "$i"; done
 
   if ! wait_for "$TIMEOUT" nodes_in "$n" idle; then
     echo "node states: $(node_states | paste -sd' ')" >&2
@@ -523,9 +550,13 @@ multi_status() {
   return "$ok"
 }
 
-usage() { echo "usage: $0 install|start|stop|status [--nodes N]" >&2; exit 2; }
+usage() { echo "usage: $0 install|start|stop|status [--nodes N] | start-node nI" >&2; exit 2; }
 cmd=${1:-}; (( $# )) && shift
-nodes=
+nodes= node_name=
+if [[ $cmd == start-node ]]; then
+  node_name=${1:-}; (( $# )) && shift
+  nodes=auto
+fi
 if [[ ${1:-} == --nodes ]]; then
   shift
   # start needs the count; stop and status default to the running cluster's.
@@ -542,6 +573,7 @@ if [[ -n $nodes ]]; then
     start) multi_start "$nodes" ;;
     stop) multi_stop ;;
     status) multi_status "$nodes" ;;
+    start-node) multi_start_node "$node_name" ;;
     *) usage ;;
   esac
 else

@@ -423,6 +423,7 @@ def _list_query(
     state: Union[str, Iterable[str], None],
     label: Union[str, Mapping[str, str], Iterable[str], None],
     fields: Union[str, Iterable[str], None],
+    node: Union[str, Iterable[str], None] = None,
 ) -> List[Tuple[str, str]]:
     query: List[Tuple[str, str]] = []
     if selector is not None:
@@ -440,6 +441,8 @@ def _list_query(
         query.extend(("label", p) for p in pairs)
     if fields is not None:
         query.append(("fields", fields if isinstance(fields, str) else ",".join(fields)))
+    if node is not None:
+        query.append(("node", node if isinstance(node, str) else ",".join(node)))
     return query
 
 

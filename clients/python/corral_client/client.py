@@ -309,6 +309,8 @@ class Client:
         state: Union[str, Iterable[str], None] = None,
         label: Union[str, Mapping[str, str], Iterable[str], None] = None,
         fields: None = None,
+        *,
+        node: Union[str, Iterable[str], None] = None,
     ) -> Dict[str, AgentInfo]: ...
 
     @overload
@@ -319,6 +321,7 @@ class Client:
         label: Union[str, Mapping[str, str], Iterable[str], None] = None,
         *,
         fields: Union[str, Iterable[str]],
+        node: Union[str, Iterable[str], None] = None,
     ) -> Dict[str, Dict[str, Any]]: ...
 
     def list_agents(
@@ -327,17 +330,20 @@ class Client:
         state: Union[str, Iterable[str], None] = None,
         label: Union[str, Mapping[str, str], Iterable[str], None] = None,
         fields: Union[str, Iterable[str], None] = None,
+        *,
+        node: Union[str, Iterable[str], None] = None,
     ) -> Union[Dict[str, AgentInfo], Dict[str, Dict[str, Any]]]:
         """Every agent's status, by id (the reference's ``monitor_all_agents``).
 
         The daemon filters before it answers: ``selector`` (an id or
         ``PREFIX.*``), ``state`` (``"running"`` or ``["running", "paused"]``),
         ``label`` (``{"team": "a"}`` or ``"team=a"`` or ``["team=a", "tier=1"]``:
-        all must match). With ``fields`` (``["state", "progress"]``) each
+        all must match), ``node`` (``"n2"`` or ``["n1", "n3"]``: only agents
+        whose cluster job runs on one of those nodes). With ``fields`` (``["state", "progress"]``) each
         status is a plain dict of only those fields and ``agent_id``, as JSON.
         A bad value raises :class:`~corral_client.Invalid` naming it.
         """
-        query = list_query(selector, state, label, fields)
+        query = list_query(selector, state, label, fields, node)
         return self._run(Routes.list_agents(query, raw=fields is not None))  # type: ignore[no-any-return]
 
     def status(self, agent_id: str) -> AgentInfo:

@@ -207,6 +207,7 @@ class SlurmPlacement(TypedDict, total=False):
     cpus: Optional[int]
     mem_mb: Optional[int]
     time_limit: Optional[str]
+    requeue: Optional[bool]
 
 
 class Placement(TypedDict, total=False):
@@ -772,6 +773,16 @@ class JobEvent(Event):
 
 
 @dataclasses.dataclass
+class JobRequeuedEvent(Event):
+    """``job_requeued``: the engine queued the run's job again; the same run is ``starting`` again."""
+
+    engine: str
+    job_id: str
+    pending_reason: str
+    node: Optional[str] = None
+
+
+@dataclasses.dataclass
 class LogDroppedEvent(Event):
     """``log_dropped``: a log over ``logs.max_mb`` could not be copied whole and was truncated anyway."""
 
@@ -812,6 +823,7 @@ EVENT_CLASSES: Mapping[str, Type[Event]] = {
     "runtime_exceeded": RuntimeExceededEvent,
     "probe": ProbeEvent,
     "job": JobEvent,
+    "job_requeued": JobRequeuedEvent,
     "log_dropped": LogDroppedEvent,
     "budget": BudgetEvent,
 }

@@ -305,6 +305,12 @@ def test_list_agents_filters_in_the_daemon_and_picks_fields(c: Client) -> None:
         c.list_agents(state="runing")
     with pytest.raises(Invalid):
         c.list_agents(selector="*")
+    # Agents on this host are placed on no cluster node: the daemon's node filter leaves them out.
+    assert c.list_agents(node="n2") == {}
+    assert c.list_agents(selector="lst.*", fields=["state"], node=["n1", "n3"]) == {}
+    list_query = corral_client._core.list_query
+    assert list_query(None, None, None, None, ["n1", "n3"]) == [("node", "n1,n3")]
+    assert list_query("lst.*", None, None, None, "n2") == [("selector", "lst.*"), ("node", "n2")]
     for r in spawned:
         if r.status == PersistentStatus.RUNNING:
             c.stop(r.agent_id, force=True)

@@ -109,6 +109,8 @@ export interface ListOptions extends CallOptions {
   state?: string | readonly string[];
   /** Labels that must all match: `{team: "a"}`, `"team=a"` or `["team=a", "tier=1"]`. */
   label?: string | readonly string[] | Readonly<Record<string, string>>;
+  /** Cluster nodes: `"n2"` or `["n1", "n3"]`: only agents whose job runs on one of them. */
+  node?: string | readonly string[];
 }
 
 /** How a stop goes: `force` is SIGKILL at once; `stopTimeouts` the stages' waits in seconds (TERM, TERM, KILL). */
@@ -671,6 +673,7 @@ export class CorralClient {
       state: typeof o.state === "string" || o.state === undefined ? o.state : o.state.join(","),
       label,
       fields: o.fields?.join(","),
+      node: typeof o.node === "string" || o.node === undefined ? o.node : o.node.join(","),
     };
     return this.json({ method: "GET", path: "/v1/agents", query, signal: o.signal });
   }

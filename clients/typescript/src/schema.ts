@@ -851,6 +851,9 @@ export interface components {
         }) | (components["schemas"]["JobEvent"] & {
             /** @enum {string} */
             kind: "job";
+        }) | (components["schemas"]["JobRequeuedEvent"] & {
+            /** @enum {string} */
+            kind: "job_requeued";
         }) | (components["schemas"]["LogDroppedEvent"] & {
             /** @enum {string} */
             kind: "log_dropped";
@@ -902,6 +905,17 @@ export interface components {
             /** @description The node it runs on, once placed. */
             node?: string | null;
             status?: components["schemas"]["PersistentStatus"] | null;
+        };
+        /** @description `kind: job_requeued` — the engine queued the run's job again. */
+        JobRequeuedEvent: {
+            /** @description `slurm`. */
+            engine: string;
+            /** @description The engine's job id (the same job, queued again). */
+            job_id: string;
+            /** @description The node it ran on until then. */
+            node?: string | null;
+            /** @description Why it waits now, as the engine says (`BeginTime`, `Priority`, ...). */
+            pending_reason: string;
         };
         /** @description Body of `POST /v1/agents/{id}/kill`. */
         KillRequest: {
@@ -1334,6 +1348,14 @@ export interface components {
             nodes?: string | null;
             /** @description `--partition`. */
             partition?: string | null;
+            /**
+             * @description `--requeue` when true: the engine may requeue the job (`scontrol
+             *     requeue`, preemption in REQUEUE mode, a failed node), and each requeue
+             *     takes the same run back to `starting`. Otherwise (the default)
+             *     `--no-requeue`: a failed node ends the run `failed` (NODE_FAIL) and the
+             *     restart policy decides what follows.
+             */
+            requeue?: boolean | null;
             /** @description `--time`, in Slurm's format (`60`, `1:00:00`, `1-0`). */
             time_limit?: string | null;
         };

@@ -104,6 +104,9 @@ describe("routes", () => {
     assert.deepEqual(Object.keys(await corral.list({ label: { team: "a" } })), ["r.one"]);
     assert.deepEqual(Object.keys(await corral.list({ label: ["team=a", "tier=1"] })), ["r.one"]);
     assert.deepEqual(Object.keys(await corral.list({ label: "team=b" })), ["r.two"]);
+    // Agents on this host run on no cluster node: the daemon's node filter leaves them out.
+    assert.deepEqual(await corral.list({ node: "n2" }), {});
+    assert.deepEqual(await corral.list({ node: ["n1", "n3"], fields: ["state"] }), {});
     assert.deepEqual(Object.keys(await corral.list({ selector: "r.*", state: ["ended", "paused"] })), []);
     const picked = await corral.list({ selector: "r.one", fields: ["state", "progress"] });
     assert.deepEqual(picked, { "r.one": { agent_id: "r.one", state: "running", progress: 42 } });

@@ -511,6 +511,11 @@ pub struct SpawnArgs {
         help_heading = "Slurm"
     )]
     pub time_limit: Option<String>,
+    /// Let Slurm requeue the job (scontrol requeue, preemption, a failed node): the same run
+    /// waits to start again. Without it a failed node ends the run (NODE_FAIL) and --restart
+    /// decides.
+    #[arg(long, requires = "slurm", help_heading = "Slurm")]
+    pub requeue: bool,
     #[command(flatten)]
     pub conn: Conn,
     #[command(flatten)]

@@ -485,3 +485,433 @@ fn top_has_a_node_column_while_agents_are_on_nodes() {
     }
     env.finish();
 }
+
+/// Live (non-zombie) processes in `node`'s network namespace: its slurmd,
+/// slurmstepd and job processes, with their start times (field 22 of stat).
+fn node_processes(node: &str) -> Vec<(i32, String, u64)> {
+    let ns = node_netns(node);
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter_map(|pid| {
+            let stat = common::proc_stat(pid)?;
+            let start = stat.get(19)?.parse().ok()?;
+            let meta = std::fs::metadata(format!("/proc/{pid}/ns/net")).ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            (stat[0] != "Z" && (meta.dev(), meta.ino()) == ns)
+                .then(|| (pid, comm.trim().to_owned(), start))
+        })
+        .collect()
+}
+
+/// SIGKILL to `pid` if it is still the process that started at `start`
+/// (through a pidfd: the check and the signal name the same process).
+fn kill_identified(pid: i32, start: u64) {
+    // SAFETY: plain syscalls on an integer pid and a pidfd this function owns.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 {
+        return; // gone already
+    }
+    let same = common::proc_stat(pid).and_then(|s| s.get(19).and_then(|t| t.parse::<u64>().ok()))
+        == Some(start);
+    if same {
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd,
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
+    unsafe { libc::close(fd) };
+}
+
+/// The node dies, as a machine that loses power: its slurmd and every
+/// slurmstepd first (so nothing reports the jobs' ends to the controller),
+/// then the jobs' processes, which a dead node takes with it. corral does
+/// not kill them: on a real cluster it could not even see them; these test
+/// nodes only share this host's process table. Waits until none is left in
+/// the process table (PID 1, their reaper, is slow here).
+fn kill_node(node: &str) {
+    let all = node_processes(node);
+    assert!(
+        all.iter().any(|(_, comm, _)| comm == "slurmd"),
+        "{node} has no slurmd: {all:?}"
+    );
+    let (daemons, jobs): (Vec<_>, Vec<_>) = all
+        .iter()
+        .partition(|(_, comm, _)| comm == "slurmd" || comm == "slurmstepd");
+    for (pid, _, start) in daemons.iter().chain(&jobs) {
+        kill_identified(*pid, *start);
+    }
+    wait_until(&format!("every process of {node} to be gone"), || {
+        all.iter().all(|(pid, _, start)| {
+            common::proc_stat(*pid)
+                .is_none_or(|s| s.get(19).and_then(|t| t.parse().ok()) != Some(*start))
+        })
+    });
+}
+
+/// Brings the node back when dropped, also when a test fails midway (the
+/// next tests need it).
+struct NodeBack(String);
+
+impl Drop for NodeBack {
+    fn drop(&mut self) {
+        start_node(&self.0);
+    }
+}
+
+/// `env.wait_for` with the engine's pace (a node's failure takes seconds to be seen).
+fn wait_status(env: &Env, agent: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let mut s = Value::Null;
+    wait_until(what, || {
+        s = env.json(&["status", agent]);
+        pred(&s)
+    });
+    s
+}
+
+/// Brings a failed node back: its slurmd again, resumed (the cluster script).
+fn start_node(node: &str) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/slurm-local.sh");
+    // The node's slurmd outlives this test, as the cluster's other daemons
+    // do: the script starts it while this process is no subreaper, so that
+    // PID 1, not this test's clean-up, inherits it when the script exits.
+    // SAFETY: prctl on this process's own attribute.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) };
+    let out = Command::new("bash")
+        .arg(script)
+        .args(["start-node", node])
+        .output();
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let out = out.unwrap();
+    assert!(
+        out.status.success(),
+        "start-node {node}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        common::stderr(&out)
+    );
+}
+
+/// The node a process runs on: the node whose network namespace it is in.
+fn node_of(pid: i32) -> Option<&'static str> {
+    let ns = netns(&format!("/proc/{pid}/ns/net"));
+    NODES.iter().copied().find(|n| node_netns(n) == ns)
+}
+
+/// The agent's one process, once it runs, and the node it runs on.
+fn the_process(agent: &str) -> (i32, &'static str) {
+    let mut pids = Vec::new();
+    wait_until(&format!("the one process of {agent}"), || {
+        pids = procs_of(agent);
+        pids.len() == 1
+    });
+    let node = node_of(pids[0]).unwrap_or_else(|| panic!("{agent}'s process is on no node"));
+    (pids[0], node)
+}
+
+/// Events of `agent` of these kinds, in order.
+fn events_of(env: &Env, agent: &str, kinds: &[&str]) -> Vec<Value> {
+    let out = env.run(&["events", "--json"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["agent_id"] == agent && kinds.iter().any(|k| e["kind"] == *k))
+        .collect()
+}
+
+#[test]
+fn a_failed_node_ends_its_jobs_node_fail_the_restart_policy_moves_on_and_the_node_comes_back() {
+    let env = cluster();
+    // Not pinned: its next run goes wherever the engine has room.
+    let mover = id("failover");
+    let out = env.run(&[
+        "spawn",
+        &mover,
+        "--slurm",
+        "--restart",
+        "on-failure",
+        "--backoff",
+        "0.2,1",
+        "--",
+        "sleep",
+        "300",
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let first = env.json(&["status", &mover]);
+    let dead = first["placement"]["node"].as_str().unwrap().to_owned();
+    let old_job = job_id(&first);
+    // Pinned to the same node, never restarted.
+    let pinned = id("pinned");
+    let out = env.run(&[
+        "spawn", &pinned, "--slurm", "--nodes", &dead, "--", "sleep", "300",
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let pinned_job = job_id(&env.json(&["status", &pinned]));
+    let (old_pid, on) = the_process(&mover);
+    assert_eq!(on, dead);
+    assert_eq!(the_process(&pinned).1, dead);
+
+    let revive = NodeBack(dead.clone());
+    kill_node(&dead);
+    // The controller finds the node dead after SlurmdTimeout and ends its jobs NODE_FAIL.
+    let again = wait_status(&env, &mover, "a second run, running", |s| {
+        s["run"] == 2 && s["persistent_status"] == "running"
+    });
+    let live = again["placement"]["node"].as_str().unwrap().to_owned();
+    assert_ne!(live, dead, "{again}");
+    let new_job = job_id(&again);
+    assert_ne!(new_job, old_job);
+    assert_eq!(again["restarts"], 1, "{again}");
+    // The first run, as corral recorded it.
+    let runs = env.json(&["runs", &mover]);
+    let run1 = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["run"] == 1)
+        .unwrap_or_else(|| panic!("{runs}"));
+    assert_eq!(run1["persistent_status"], "failed", "{run1}");
+    let why = run1["end_reason"].as_str().unwrap_or("");
+    assert!(
+        why.contains(&format!("the job's node {dead} failed (NODE_FAIL)")),
+        "{run1}"
+    );
+    let p = wait_status(&env, &pinned, "the pinned agent to end", |s| {
+        s["state"] == "ended"
+    });
+    assert_eq!(p["persistent_status"], "failed", "{p}");
+    assert_eq!(p["restarts"], 0, "restart never: {p}");
+    assert!(
+        p["end_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(&format!("node {dead} failed (NODE_FAIL)"))),
+        "{p}"
+    );
+    // The engine's word, and the kernel's.
+    for job in [&old_job, &pinned_job] {
+        let state = engine_job(job).map(|(s, _)| s);
+        let sacct = slurm(&["sacct", "-c", "-n", "-P", "-j", job, "--format=State"]);
+        let logged = String::from_utf8_lossy(&sacct.stdout).into_owned();
+        assert!(
+            state.as_deref() == Some("NODE_FAIL") || logged.contains("NODE_FAIL"),
+            "job {job}: squeue {state:?}, sacct {logged:?}"
+        );
+    }
+    assert_eq!(
+        engine_job(&new_job),
+        Some(("RUNNING".to_owned(), live.clone()))
+    );
+    let (new_pid, on) = the_process(&mover);
+    assert_eq!(on, live);
+    assert_ne!(new_pid, old_pid);
+    assert!(common::proc_stat(old_pid).is_none_or(|s| s[0] == "Z"));
+    assert_nothing_left(&pinned);
+
+    // The node comes back and takes work again.
+    // (scripts/slurm-local.sh start-node: its slurmd again, and resume.)
+    drop(revive);
+    let back = id("back");
+    let out = env.run(&[
+        "spawn", &back, "--slurm", "--nodes", &dead, "--", "sleep", "300",
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let s = env.json(&["status", &back]);
+    assert_eq!(s["placement"]["node"], dead.as_str(), "{s}");
+    assert_eq!(the_process(&back).1, dead);
+
+    let stop = env.json(&["stop", "--all", "--stop-timeouts", "2,2,2"]);
+    assert_eq!(stop.as_array().unwrap().len(), 2, "the live ones: {stop}");
+    for agent in [&mover, &pinned, &back] {
+        assert_nothing_left(agent);
+    }
+    assert_job_ended(&new_job);
+    env.finish();
+}
+
+#[test]
+fn a_requeued_job_takes_the_same_run_back_to_starting_then_running() {
+    let env = cluster();
+    let a = id("requeued");
+    let out = env.run(&["spawn", &a, "--slurm", "--requeue", "--", "sleep", "300"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let s = env.json(&["status", &a]);
+    let job = job_id(&s);
+    let node = s["placement"]["node"].as_str().unwrap().to_owned();
+    let (first_pid, on) = the_process(&a);
+    assert_eq!(on, node);
+
+    let out = slurm(&["scontrol", "requeue", &job]);
+    assert!(
+        out.status.success(),
+        "scontrol requeue: {}",
+        common::stderr(&out)
+    );
+    let s = wait_status(&env, &a, "the run back to starting", |s| {
+        s["state"] == "starting"
+    });
+    assert_eq!(s["run"], 1, "the same run: {s}");
+    assert_eq!(s["persistent_status"], "spawning", "{s}");
+    assert_eq!(s["restarts"], 0, "{s}");
+    assert_eq!(s["placement"]["job_id"], job.as_str(), "the same job: {s}");
+    assert!(s["placement"]["node"].is_null(), "{s}");
+    // The engine queued it again; its processes on the node are gone.
+    wait_until("the engine to queue the job again", || {
+        engine_job(&job).is_some_and(|(st, _)| st == "PENDING")
+    });
+    assert_nothing_left(&a);
+    assert!(common::proc_stat(first_pid).is_none_or(|s| s[0] == "Z"));
+    let requeued = events_of(&env, &a, &["job_requeued"]);
+    assert_eq!(requeued.len(), 1, "{requeued:?}");
+    assert_eq!(requeued[0]["job_id"], job.as_str());
+    assert_eq!(requeued[0]["node"], node.as_str());
+    assert_eq!(requeued[0]["run"], 1);
+
+    // Slurm holds a requeued job (BeginTime, ~2 min): let it start now, on
+    // another node (the node it left may refuse the same job id again until
+    // its job credential expires, which the hold outlasts).
+    let out = slurm(&[
+        "scontrol",
+        "update",
+        &format!("jobid={job}"),
+        "starttime=now",
+        &format!("excnodelist={node}"),
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let s = wait_status(&env, &a, "the run running again", |s| {
+        s["state"] == "running" && s["persistent_status"] == "running"
+    });
+    assert_eq!(s["run"], 1, "{s}");
+    assert_eq!(s["restarts"], 0, "{s}");
+    let left = node;
+    let node = s["placement"]["node"].as_str().unwrap().to_owned();
+    assert_ne!(node, left, "{s}");
+    assert_eq!(engine_job(&job), Some(("RUNNING".to_owned(), node.clone())));
+    let (pid, on) = the_process(&a);
+    assert_eq!(on, node);
+    assert_ne!(pid, first_pid);
+    // The run's states, as its events say: running, starting, running.
+    let states: Vec<String> = events_of(&env, &a, &["state"])
+        .iter()
+        .filter_map(|e| e["state"].as_str().map(str::to_owned))
+        .collect();
+    let tail: Vec<&str> = states
+        .iter()
+        .map(String::as_str)
+        .skip_while(|s| *s != "running")
+        .collect();
+    assert_eq!(tail, ["running", "starting", "running"], "{states:?}");
+
+    let report = env.json(&["stop", &a, "--stop-timeouts", "2,2,2"]);
+    assert_eq!(report[0]["persistent_status"], "cancelled", "{report}");
+    assert_nothing_left(&a);
+    assert_job_ended(&job);
+    env.finish();
+}
+
+#[test]
+fn logs_of_an_agent_on_a_node_are_read_through_the_api() {
+    let env = cluster();
+    let a = id("talks");
+    let script = "for i in 1 2 3 4 5; do echo \"line $i from $(hostname)\"; done; \
+                  echo \"oops on $(hostname)\" >&2; exec sleep 300";
+    let out = env.run(&[
+        "spawn", &a, "--slurm", "--nodes", "n2", "--", "sh", "-c", script,
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let (_, on) = the_process(&a);
+    assert_eq!(on, "n2");
+    let want: String = (1..=5).map(|i| format!("line {i} from n2\n")).collect();
+    let mut got = String::new();
+    wait_until("the agent's five lines", || {
+        got = String::from_utf8_lossy(&env.run(&["logs", &a]).stdout).into_owned();
+        got == want
+    });
+    let err = env.run(&["logs", &a, "--stderr"]);
+    assert_eq!(String::from_utf8_lossy(&err.stdout), "oops on n2\n");
+    // What the API served is what the job wrote, in the run's log file.
+    let s = env.json(&["status", &a]);
+    let file = std::fs::read_to_string(s["stdout_log"].as_str().unwrap()).unwrap();
+    assert_eq!(file, want);
+
+    let report = env.json(&["stop", &a, "--stop-timeouts", "2,2,2"]);
+    assert_eq!(report[0]["persistent_status"], "cancelled", "{report}");
+    assert_nothing_left(&a);
+    env.finish();
+}
+
+#[test]
+fn a_crashed_daemon_readopts_jobs_on_every_node_and_learns_each_ones_exit() {
+    let env = cluster();
+    let go = env.state.parent().unwrap().join("go");
+    let mut stays = BTreeMap::new();
+    let mut ends = BTreeMap::new();
+    for (i, node) in NODES.iter().enumerate() {
+        let (s, e) = (id(&format!("stays.{node}")), id(&format!("ends.{node}")));
+        let code = 11 + i;
+        let script = format!(
+            "while [ ! -e {} ]; do sleep 0.1; done; exit {code}",
+            go.display()
+        );
+        for (agent, cmd) in [
+            (&s, vec!["sleep", "300"]),
+            (&e, vec!["sh", "-c", script.as_str()]),
+        ] {
+            let mut args = vec!["spawn", agent.as_str(), "--slurm", "--nodes", node, "--"];
+            args.extend(cmd);
+            let out = env.run(&args);
+            assert!(out.status.success(), "{}", common::stderr(&out));
+        }
+        stays.insert(*node, s);
+        ends.insert(*node, (e, code));
+    }
+    let before = env.json(&["ps"]);
+    for (node, agent) in &stays {
+        assert_eq!(the_process(agent).1, *node);
+    }
+    let crashed = env.crash_daemon();
+    // While no daemon runs, one agent ends on each node, each with its own code.
+    std::fs::write(&go, b"").unwrap();
+    for (agent, _) in ends.values() {
+        let job = job_id(&before[agent.as_str()]);
+        wait_until(&format!("job {job} to end"), || {
+            engine_job(&job).is_none_or(|(s, _)| s == "FAILED")
+        });
+        assert_nothing_left(agent);
+    }
+
+    let after = env.json(&["ps"]);
+    assert_ne!(env.daemon_pid(), crashed);
+    for (node, agent) in &stays {
+        let s = &after[agent.as_str()];
+        assert_eq!(s["persistent_status"], "running", "{s}");
+        assert_eq!(s["state"], "running", "{s}");
+        assert_eq!(
+            s["placement"]["job_id"],
+            before[agent.as_str()]["placement"]["job_id"]
+        );
+        assert_eq!(s["placement"]["node"], *node, "{s}");
+        assert_eq!(the_process(agent).1, *node);
+        assert_eq!(
+            engine_job(&job_id(s)),
+            Some(("RUNNING".to_owned(), (*node).to_owned()))
+        );
+    }
+    for (node, (agent, code)) in &ends {
+        let s = &after[agent.as_str()];
+        assert_eq!(s["persistent_status"], "failed", "{s}");
+        assert_eq!(s["exit_code"], *code, "the real code, not lost: {s}");
+        assert_eq!(s["placement"]["node"], *node, "{s}");
+    }
+
+    let stop = env.json(&["stop", "--all", "--stop-timeouts", "2,2,2"]);
+    assert_eq!(stop.as_array().unwrap().len(), 3, "the live ones: {stop}");
+    for agent in stays.values() {
+        assert_nothing_left(agent);
+    }
+    env.finish();
+}

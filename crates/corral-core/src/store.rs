@@ -1021,6 +1021,41 @@ pub(crate) fn set_job(
     })
 }
 
+/// The engine queued the run's job again (it had started): the job without a
+/// node, the run `spawning` and `starting` again, said by a `job_requeued`
+/// and a `state` event, in one commit.
+pub(crate) fn requeue_job(
+    run_id: i64,
+    job: JobRecord,
+    left: Option<String>,
+    pending_reason: String,
+) -> Write {
+    Write::new("record a requeued job", move |c| {
+        c.prepare_cached("UPDATE runs SET job = ?2, status = ?3, state = ?4 WHERE run_id = ?1")?
+            .execute(params![
+                run_id,
+                json(&job),
+                PersistentStatus::Spawning.as_str(),
+                AgentState::Starting.as_str()
+            ])?;
+        let body = EventBody::JobRequeued(crate::model::JobRequeuedEvent {
+            engine: job.engine.clone(),
+            job_id: job.job_id.clone(),
+            node: left.clone(),
+            pending_reason: pending_reason.clone(),
+        });
+        event(c, run_id, &body)?;
+        let body = EventBody::State(StateEvent {
+            state: Some(AgentState::Starting),
+            status: Some(PersistentStatus::Spawning),
+            reason: Some(format!("the engine queued job {} again", job.job_id)),
+            ..StateEvent::default()
+        });
+        event(c, run_id, &body)?;
+        Ok(0)
+    })
+}
+
 /// Self-reported progress.
 pub(crate) fn set_progress(
     run_id: i64,

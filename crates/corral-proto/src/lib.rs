@@ -617,6 +617,13 @@ pub struct SlurmPlacement {
     /// `--time`, in Slurm's format (`60`, `1:00:00`, `1-0`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_limit: Option<String>,
+    /// `--requeue` when true: the engine may requeue the job (`scontrol
+    /// requeue`, preemption in REQUEUE mode, a failed node), and each requeue
+    /// takes the same run back to `starting`. Otherwise (the default)
+    /// `--no-requeue`: a failed node ends the run `failed` (NODE_FAIL) and the
+    /// restart policy decides what follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requeue: Option<bool>,
 }
 
 // ---------------------------------------------------------------------------
@@ -1599,6 +1606,10 @@ pub enum EventBody {
     Probe(ProbeEvent),
     /// The run's cluster job was submitted, or placed on a node.
     Job(JobEvent),
+    /// The engine took the run's job off its node and queued it again
+    /// (`scontrol requeue`, preemption, a failed node): the same run is
+    /// `starting` again.
+    JobRequeued(JobRequeuedEvent),
     /// A log over `logs.max_mb` could not be copied whole and was truncated anyway.
     LogDropped(LogDroppedEvent),
     /// The agent's team went over one of its budgets (`PUT /v1/teams/{id}`).
@@ -1622,6 +1633,7 @@ impl EventBody {
             Self::RuntimeExceeded(_) => "runtime_exceeded",
             Self::Probe(_) => "probe",
             Self::Job(_) => "job",
+            Self::JobRequeued(_) => "job_requeued",
             Self::LogDropped(_) => "log_dropped",
             Self::Budget(_) => "budget",
             Self::Other => "other",
@@ -1771,6 +1783,20 @@ pub struct BudgetEvent {
     pub action: String,
     /// What this agent used of it.
     pub agent_usage: f64,
+}
+
+/// `kind: job_requeued` — the engine queued the run's job again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobRequeuedEvent {
+    /// `slurm`.
+    pub engine: String,
+    /// The engine's job id (the same job, queued again).
+    pub job_id: String,
+    /// The node it ran on until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Why it waits now, as the engine says (`BeginTime`, `Priority`, ...).
+    pub pending_reason: String,
 }
 
 /// `kind: log_dropped` — a log over `logs.max_mb` could not be copied whole at

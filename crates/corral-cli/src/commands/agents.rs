@@ -641,6 +641,17 @@ pub fn event_line(ev: &Event) -> String {
             parts.extend(j.node.as_ref().map(|n| format!("on {n}")));
             parts.join(" ")
         }
+        B::JobRequeued(j) => {
+            let from = j
+                .node
+                .as_ref()
+                .map(|n| format!(" (was on {n})"))
+                .unwrap_or_default();
+            format!(
+                "{} job {} queued again{from}: {}",
+                j.engine, j.job_id, j.pending_reason
+            )
+        }
         B::LogDropped(d) => format!(
             "{}: {} bytes dropped, {} kept — {}",
             d.stream, d.dropped_bytes, d.kept_bytes, d.reason

@@ -385,8 +385,8 @@ impl ToolName {
                  $CORRAL_AGENT_ID). One result each, in order."
             }
             Self::List => {
-                "List agents (the latest run of each id), optionally only a `selector` and/or a \
-                 `state`. Each entry has get_agent_status's fields, or only `fields`."
+                "List agents (the latest run of each id), optionally only a `selector`, a \
+                 `state` and/or a `node`. Each entry has get_agent_status's fields, or only `fields`."
             }
             Self::Status => {
                 "One agent's status: state, health, pid, exit, end_reason, cpu_percent (of one \
@@ -405,15 +405,13 @@ impl ToolName {
             }
             Self::Wait => {
                 "Wait until agents have ended (and will not be restarted). `agent_id`: returns \
-                 its final status. `selector`: mode `all` waits for every agent picked, `first` \
-                 for one of those running; returns `ended` (how each ended) and `pending` ids. \
-                 After `timeout_s`: a tool error (timeout); agents keep running."
+                 its final status. `selector`: mode `all` (every agent) or `first`; returns \
+                 `ended` and `pending` ids. After `timeout_s`: a tool error; agents keep running."
             }
             Self::Stop => {
-                "Stop agents with their whole process trees: SIGTERM, wait, SIGTERM, wait, \
-                 SIGKILL (waits 10, 5, 5 s by default; done once the tree is gone), or SIGKILL at \
-                 once with `force`. Exactly one of agent_id, selector, all. They end `cancelled`, \
-                 never restarted. One report each."
+                "Stop agents with their whole process trees (and agents below them): SIGTERM, \
+                 wait, SIGTERM, wait, SIGKILL (waits 10, 5, 5 s by default), or SIGKILL at once \
+                 with `force`. Exactly one of agent_id, selector, all. One report each."
             }
             Self::Restart => {
                 "Restart agents: the staged stop of each that runs, then a new run of the request \
@@ -477,7 +475,9 @@ impl ToolName {
                     "state": {"enum": ["spawning", "running", "completed", "failed", "cancelled", "live"],
                         "description": "persistent_status; live: spawning or running."},
                     "fields": {"type": "array", "items": {"type": "string"},
-                        "description": "Only these status fields, e.g. [\"state\",\"exit_code\",\"progress\"]."},
+                        "description": "Only these status fields, e.g. [\"state\",\"progress\"]."},
+                    "node": {"type": ["string", "array"], "items": {"type": "string"},
+                        "description": "Only agents on these Slurm nodes."},
                 }),
                 &[][..],
             ),
@@ -739,7 +739,7 @@ fn spawn_properties() -> Value {
         "probes": obj("{liveness, readiness: {exec: argv}|{http: url}|{tcp: host:port}|{progress_stale_s}|{log: regex}; interval_s: 10, timeout_s: 2, failures: 3}"),
         "user": {"type": "string", "description": "Run as (daemon as root)."},
         "logs": obj("Rotation: {max_mb, keep: 3}"),
-        "placement": obj("{slurm: {partition, nodes, cpus, mem_mb, time_limit}}"),
+        "placement": obj("{slurm: {partition, nodes, cpus, mem_mb, time_limit, requeue}}"),
     })
 }
 
@@ -917,7 +917,7 @@ impl CorralMcp {
             Selector::parse(raw).context("invalid selector")?;
         }
         let client = self.ctx.client().await?;
-        let filtered = params.selector.is_some() || params.state.is_some();
+        let filtered = params.selector.is_some() || params.state.is_some() || params.node.is_some();
         let nothing = if filtered {
             "no agents match"
         } else {
@@ -933,6 +933,7 @@ impl CorralMcp {
         };
         let mut query = ListQuery {
             selector: params.selector.clone(),
+            node: params.node.as_ref().map(Nodes::query),
             ..Default::default()
         };
         let Some(fields) = params.fields.as_ref() else {
@@ -1816,6 +1817,27 @@ struct ListParams {
     state: Option<StateFilter>,
     #[serde(default)]
     fields: Option<Vec<String>>,
+    /// Cluster nodes: `"n2"` or `["n1", "n3"]`.
+    #[serde(default)]
+    node: Option<Nodes>,
+}
+
+/// One node name, or several.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+enum Nodes {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Nodes {
+    /// The listing's `node` parameter: names, comma-separated.
+    fn query(&self) -> String {
+        match self {
+            Self::One(n) => n.clone(),
+            Self::Many(ns) => ns.join(","),
+        }
+    }
 }
 
 /// A lifecycle state to filter on.

@@ -159,6 +159,7 @@ fn request_from_args(args: &SpawnArgs) -> Result<SpawnRequest> {
                 cpus: args.cpus,
                 mem_mb: args.mem.map(|m| m.ceil() as u64),
                 time_limit: args.time_limit.clone(),
+                requeue: args.requeue.then_some(true),
             }),
         }),
     })

@@ -152,6 +152,12 @@ def test_agent_lifecycle(state_dir):
             assert listed["count"] == 1 and listed["agents"][0]["agent_id"] == AGENT
             none = await call_ok(s, "list_agents", {"state": "completed"})
             assert none["count"] == 0
+            # This agent runs on this host, on no cluster node: the node filter leaves it out.
+            for node in ("n2", ["n1", "n3"]):
+                placed = await call_ok(s, "list_agents", {"selector": "mcp.*", "node": node})
+                assert placed["count"] == 0, placed
+            short = await call_ok(s, "list_agents", {"node": "n2", "fields": ["state"]})
+            assert short["count"] == 0, short
 
             # The output comes from the agent's log files: poll until it is there.
             async def both_written():

@@ -4,7 +4,8 @@
 //! Figures, for N agents (`sleep 3600`, which obeys SIGTERM):
 //! - **spawn to running**: one batch request of N Slurm agents until every one
 //!   is reported running, against a bare loop of N `sbatch` calls followed by
-//!   `squeue` every 100 ms until all N are RUNNING;
+//!   `squeue` every 100 ms until all N are RUNNING (with how many jobs of each
+//!   ran on each node: on a cluster of several nodes, both spread);
 //! - **status listing**: `GET /v1/agents` (p50), against one `squeue` of the
 //!   N jobs;
 //! - **stop all**: `POST /v1/stop` for every agent until its answer (each job
@@ -38,10 +39,12 @@ pub(super) async fn figures(client: &Client, scratch: &Path, n: usize) -> Result
     spawn(client, n).await?;
     wait_all_running(client, n).await?;
     let corral_spawn = t.elapsed().as_secs_f64();
+    let corral_nodes = spread(placed_nodes(client).await?);
     let t = Instant::now();
     let jobs = bare_submit(scratch, n)?;
     bare_wait(&jobs, |state| state == "RUNNING", n).await?;
     let bare_spawn = t.elapsed().as_secs_f64();
+    let bare_nodes = spread(squeue_nodes(&jobs)?);
     figures.push(
         Figure::new(
             format!("Slurm: spawn {n} until all are running"),
@@ -49,7 +52,10 @@ pub(super) async fn figures(client: &Client, scratch: &Path, n: usize) -> Result
             "s",
         )
         .baseline(bare_spawn)
-        .note("baseline: sbatch N times, then squeue every 100 ms until all are RUNNING"),
+        .note(format!(
+            "baseline: sbatch N times, then squeue every 100 ms until all are RUNNING; \
+             nodes: corral {corral_nodes}, bare {bare_nodes}"
+        )),
     );
 
     let (p50, _) = latency(client, "/v1/agents", 50).await?;
@@ -152,6 +158,46 @@ fn bare_submit(scratch: &Path, n: usize) -> Result<Vec<String>> {
             Ok(text.trim().split(';').next().unwrap_or_default().to_owned())
         })
         .collect()
+}
+
+/// The node each running agent's job runs on, as corral says.
+async fn placed_nodes(client: &Client) -> Result<Vec<String>> {
+    let query = corral_core::ListQuery {
+        fields: Some("placement".into()),
+        ..corral_core::ListQuery::default()
+    };
+    Ok(client
+        .list(&query)
+        .await?
+        .into_values()
+        .filter_map(|s| s.placement.and_then(|p| p.node))
+        .collect())
+}
+
+/// The node of each job, as `squeue` says.
+fn squeue_nodes(jobs: &[String]) -> Result<Vec<String>> {
+    let out = Command::new("squeue")
+        .args(["-h", "-t", "all", "-o", "%N", "-j", &jobs.join(",")])
+        .output()
+        .context("squeue")?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect())
+}
+
+/// `n1 100, n2 100, n3 100`: jobs per node.
+fn spread(nodes: Vec<String>) -> String {
+    let mut count = std::collections::BTreeMap::<String, usize>::new();
+    for node in nodes {
+        *count.entry(node).or_default() += 1;
+    }
+    count
+        .iter()
+        .map(|(node, k)| format!("{node} {k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `squeue` of the jobs: each one's state.

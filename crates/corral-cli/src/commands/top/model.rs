@@ -916,6 +916,16 @@ fn apply_to(s: &mut AgentStatus, ev: &Event) -> bool {
             });
             // (A status that came with it comes as a state event too.)
         }
+        // Off its node and queued again (the state event says `starting`).
+        EventBody::JobRequeued(j) => {
+            s.run = ev.run;
+            s.placement = Some(corral_core::PlacementInfo {
+                engine: j.engine.clone(),
+                job_id: j.job_id.clone(),
+                node: None,
+                pending_reason: Some(j.pending_reason.clone()),
+            });
+        }
         _ => return false,
     }
     true
@@ -1371,6 +1381,23 @@ pub(crate) mod tests {
             ("1000004", Some("gpu-node-7"))
         );
         assert_eq!(m.longest_node(), Some(10));
+        // Requeued by the engine: off its node, queued again, the same job.
+        let requeued = Event {
+            body: EventBody::JobRequeued(corral_core::JobRequeuedEvent {
+                engine: "slurm".into(),
+                job_id: "1000004".into(),
+                node: Some("gpu-node-7".into()),
+                pending_reason: "BeginTime".into(),
+            }),
+            ..placed(None)
+        };
+        assert!(!m.apply_event(&requeued));
+        m.prepare();
+        let p = m.agent("b").unwrap().placement.clone().unwrap();
+        assert_eq!(
+            (p.job_id.as_str(), p.node, p.pending_reason.as_deref()),
+            ("1000004", None, Some("BeginTime"))
+        );
         m.remove("b");
         m.prepare();
         assert_eq!(m.longest_node(), None);

@@ -21,8 +21,14 @@
 //!   leftovers are killed.
 //! - **End**: the exit comes from the engine (the raw wait status of
 //!   `squeue --json`, or the job-completion log once the controller has
-//!   forgotten the job); engine-side ends (time limit, node failure, launch
-//!   failure, a cancel from outside) are said so in `end_reason`.
+//!   forgotten the job); engine-side ends (time limit, node failure — naming
+//!   the node —, launch failure, a cancel from outside) are said so in
+//!   `end_reason`. Jobs are submitted `--no-requeue` unless the placement asks
+//!   for `requeue`, so a failed node ends the run and the restart policy, not
+//!   the engine, decides what follows.
+//! - **Requeue**: a job seen queued again after it had started (requeued by
+//!   an admin, a preemption, or a failed node when `requeue` is on) takes the
+//!   same run back to `starting`; it is verified anew when it runs again.
 //! - **Adopt**: a restarted daemon follows the job by its id, name and tag; a
 //!   job that ended meanwhile gets its real exit from the engine.
 
@@ -111,6 +117,15 @@ impl JobRun {
 
     pub(crate) fn running(&self) -> bool {
         matches!(self.info.state, JobState::Running { .. })
+    }
+
+    /// The engine queued the started job again: not running, not on a node,
+    /// and a stop's stage goes out again (as a cancel). The node it left.
+    pub(crate) fn requeued(&mut self) -> Option<String> {
+        self.running_since = None;
+        self.opened = None;
+        self.stop_probes();
+        self.record.node.take()
     }
 
     /// Whether it has started on a node (so a stop signals, not cancels).
@@ -283,8 +298,13 @@ pub(crate) fn job_files(
 }
 
 /// What the engine says about an end that the exit alone does not: a time
-/// limit, a node failure, a launch failure, a cancel.
-pub(crate) fn engine_words(state: &str, reason: &str, exit: Option<ExitKind>) -> Option<String> {
+/// limit, a node failure (naming the node), a launch failure, a cancel.
+pub(crate) fn engine_words(
+    state: &str,
+    reason: &str,
+    exit: Option<ExitKind>,
+    node: Option<&str>,
+) -> Option<String> {
     let words = match state {
         "COMPLETED" => return None,
         "FAILED" if reason == "JobLaunchFailure" && exit.is_none() => {
@@ -294,7 +314,10 @@ pub(crate) fn engine_words(state: &str, reason: &str, exit: Option<ExitKind>) ->
         "CANCELLED" => "Slurm cancelled the job (CANCELLED)".to_owned(),
         "TIMEOUT" => "the job reached its Slurm time limit (TIMEOUT)".to_owned(),
         "OUT_OF_MEMORY" => "Slurm ended the job: out of memory (OUT_OF_MEMORY)".to_owned(),
-        "NODE_FAIL" => "the job's node failed (NODE_FAIL)".to_owned(),
+        "NODE_FAIL" => match node {
+            Some(node) => format!("the job's node {node} failed (NODE_FAIL)"),
+            None => "the job's node failed (NODE_FAIL)".to_owned(),
+        },
         "PREEMPTED" => "Slurm preempted the job (PREEMPTED)".to_owned(),
         "BOOT_FAIL" => "the job's node failed to boot (BOOT_FAIL)".to_owned(),
         "DEADLINE" => "the job missed its deadline (DEADLINE)".to_owned(),
@@ -350,19 +373,24 @@ mod tests {
     #[test]
     fn engine_ends_are_said_in_words() {
         assert_eq!(
-            engine_words("COMPLETED", "None", Some(ExitKind::Code(0))),
+            engine_words("COMPLETED", "None", Some(ExitKind::Code(0)), None),
             None
         );
         assert_eq!(
-            engine_words("FAILED", "NonZeroExitCode", Some(ExitKind::Code(3))),
+            engine_words("FAILED", "NonZeroExitCode", Some(ExitKind::Code(3)), None),
             None
         );
         assert!(
-            engine_words("FAILED", "JobLaunchFailure", None)
+            engine_words("FAILED", "JobLaunchFailure", None, None)
                 .is_some_and(|w| w.contains("could not launch"))
         );
         assert!(
-            engine_words("TIMEOUT", "TimeLimit", None).is_some_and(|w| w.contains("time limit"))
+            engine_words("TIMEOUT", "TimeLimit", None, None)
+                .is_some_and(|w| w.contains("time limit"))
+        );
+        assert_eq!(
+            engine_words("NODE_FAIL", "NodeDown", None, Some("n2")).as_deref(),
+            Some("the job's node n2 failed (NODE_FAIL)")
         );
     }
 }

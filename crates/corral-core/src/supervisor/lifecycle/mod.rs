@@ -24,7 +24,9 @@
 //! ```
 //!
 //! The moves are the contract's (`DESIGN.md`, "The state on the wire"), plus
-//! paused → ended for a frozen process killed from outside. A stop carries
+//! paused → ended for a frozen process killed from outside, and running (or
+//! starting in its window) → starting for a cluster job the engine took off
+//! its node and queued again (`Requeued`: the same run, waiting to run again). A stop carries
 //! its cause, stage, timeouts and deadlines; it is durable ([`StopRecord`] is
 //! what the store keeps) and resumed by the next daemon at its stored stage
 //! ([`Lifecycle::recover`]), a deadline that passed meanwhile being due at
@@ -298,6 +300,10 @@ pub(crate) enum Happening {
     Pause,
     /// The tree is thawed (`resume`): committed after the thaw.
     Resume,
+    /// The engine queued the run's job again after it had started
+    /// (`scontrol requeue`, preemption, a failed node): the same run waits
+    /// to start again.
+    Requeued,
 }
 
 impl Happening {
@@ -315,6 +321,7 @@ impl Happening {
             Self::NewRun => "new run",
             Self::Pause => "pause",
             Self::Resume => "resume",
+            Self::Requeued => "requeued",
         }
     }
 }
@@ -501,9 +508,9 @@ impl Lifecycle {
                 S::Stopping(Stop::new(&req, false))
             }
             (S::Ended, H::RestartPlanned { until }) => S::Backoff { until },
-            (S::Backoff { .. }, H::BackoffElapsed) | (S::Ended, H::NewRun) => {
-                S::Starting { verify_until: None }
-            }
+            (S::Backoff { .. }, H::BackoffElapsed)
+            | (S::Ended, H::NewRun)
+            | (S::Running | S::Starting { .. }, H::Requeued) => S::Starting { verify_until: None },
             (S::Running, H::Pause) => S::Paused,
             _ => return Err(Illegal { from, what: name }),
         };

@@ -90,16 +90,18 @@ fn happenings() -> Vec<Happening> {
         Happening::NewRun,
         Happening::Pause,
         Happening::Resume,
+        Happening::Requeued,
     ]
 }
 
-/// The contract's moves (plus paused → ended), and staying put.
+/// The contract's moves (plus paused → ended, and running → starting for a
+/// requeued cluster job), and staying put.
 fn allowed(from: W, to: W) -> bool {
     from == to
         || matches!(
             (from, to),
             (W::Starting, W::Running | W::Stopping | W::Ended)
-                | (W::Running, W::Stopping | W::Paused | W::Ended)
+                | (W::Running, W::Stopping | W::Paused | W::Ended | W::Starting)
                 | (W::Paused, W::Running | W::Stopping | W::Ended)
                 | (W::Stopping, W::Ended)
                 | (W::Ended, W::Backoff | W::Starting)
@@ -182,6 +184,27 @@ fn the_table() {
                 state: State::Running,
             },
             H::Resume,
+            None,
+        ),
+        (
+            Lifecycle {
+                state: State::Running,
+            },
+            H::Requeued,
+            Some(W::Starting),
+        ),
+        (
+            Lifecycle {
+                state: State::Paused,
+            },
+            H::Requeued,
+            None,
+        ),
+        (
+            Lifecycle {
+                state: State::Backoff { until: now },
+            },
+            H::Requeued,
             None,
         ),
     ];

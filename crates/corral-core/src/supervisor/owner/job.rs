@@ -3,8 +3,9 @@
 //!
 //! A queued job is `starting` (its status says why it waits); the window
 //! opens when a poll first sees it RUNNING and closes when a poll begun after
-//! it still does. Its end comes from the engine, and goes the same way as a
-//! local exit (`end.rs`). A restarted daemon follows the job by its id, or —
+//! it still does. A job the engine queues again after it started (requeue,
+//! preemption) is the same run, `starting` again. Its end comes from the
+//! engine, and goes the same way as a local exit (`end.rs`). A restarted daemon follows the job by its id, or —
 //! when it died between `sbatch` and the commit — by its tag.
 
 use std::sync::Arc;
@@ -108,6 +109,8 @@ impl Owner {
         }
         match info.state {
             JobState::Unknown => {}
+            // Queued again after it had started: requeued by the engine.
+            JobState::Pending { reason } if job.has_run() => self.job_requeued(reason).await,
             JobState::Pending { reason } => self.publish(|v| {
                 if let Some(j) = v.job.as_mut() {
                     j.info.pending_reason = Some(reason);
@@ -128,12 +131,12 @@ impl Owner {
                 exit,
                 node,
             } => {
-                let words = engine_words(&state, &reason, exit);
                 if let Some(node) = node
                     && job.record.node.is_none()
                 {
                     job.record.node = Some(node);
                 }
+                let words = engine_words(&state, &reason, exit, job.record.node.as_deref());
                 self.job_ended(exit, words).await;
             }
             JobState::Gone => {
@@ -180,6 +183,42 @@ impl Owner {
             let response = self.current().spawn_response(None);
             self.answer(Ok(response));
         }
+    }
+
+    /// The engine took the started job off its node and queued it again
+    /// (`scontrol requeue`, preemption, a failed node, for a job submitted
+    /// with `requeue`): the same run, `starting` again until the job runs
+    /// again (then a new window). Within a stop, the stop goes on, as a
+    /// cancel of the queued job.
+    async fn job_requeued(&mut self, reason: String) {
+        let stopping = self.life().wire() == AgentState::Stopping;
+        let Some(Execution::Job(job)) = self.exec.as_mut() else {
+            return;
+        };
+        let left = job.requeued();
+        job.engine.urgent(&job.record.job_id, true);
+        let record = job.record.clone();
+        tracing::info!(agent_id = %self.spec.id, job_id = record.job_id, node = left.as_deref().unwrap_or(""), reason, "job requeued by the engine");
+        if stopping {
+            return self.look().await;
+        }
+        let run_id = self.current().run_id;
+        let write = store::requeue_job(run_id, record, left, reason.clone());
+        if let Err(e) = self.sh.store.commit_retrying(write).await {
+            tracing::error!(agent_id = %self.spec.id, error = %e, "cannot record a requeued job");
+        }
+        self.apply(Happening::Requeued);
+        self.publish(|v| {
+            v.status = PersistentStatus::Spawning;
+            if let Some(j) = v.job.as_mut() {
+                j.info.node = None;
+                j.info.pending_reason = Some(reason);
+                j.running = false;
+                j.since = None;
+                j.sample = None;
+            }
+            (v.ready, v.probes) = probe_state(&v.spec);
+        });
     }
 
     /// The window has closed: verified if a poll begun since still sees the job running.

@@ -184,6 +184,16 @@ impl Slurm {
         argv.extend(p.cpus.map(|v| format!("--cpus-per-task={v}")));
         argv.extend(p.mem_mb.map(|v| format!("--mem={v}M")));
         argv.extend(p.time_limit.as_ref().map(|v| format!("--time={v}")));
+        // corral's restart policy owns what follows a failed node unless the
+        // agent lets the engine requeue its job (then the same run waits again).
+        argv.push(
+            if p.requeue == Some(true) {
+                "--requeue"
+            } else {
+                "--no-requeue"
+            }
+            .into(),
+        );
         argv.push(sub.script.display().to_string());
         let out = command(&sh, argv).await?;
         if !out.success() {
