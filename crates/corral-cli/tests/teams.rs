@@ -400,3 +400,70 @@ fn an_agent_reads_its_teams_budgets_and_cannot_change_them() {
     assert!(agent_processes("L7.b").is_empty());
     env.finish();
 }
+
+/// The README's worked example, as written: `examples/coordinator/lead.sh`
+/// starts three helpers of its own; the team's memory budget stops the
+/// runaway (and only it); a pause freezes the team, a resume lets it go on;
+/// stopping the coordinator leaves nothing of the team in `/proc`.
+#[test]
+fn the_coordinator_example_runs_as_the_readme_says() {
+    let bin_dir = bin().parent().unwrap().to_str().unwrap().to_owned();
+    let path = format!("{bin_dir}:{}", std::env::var("PATH").unwrap_or_default());
+    let env = Env::new().with_var("PATH", &path);
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let lead = repo.join("examples/coordinator/lead.sh");
+    let out = env.run(&[
+        "team",
+        "set",
+        "lead",
+        "--memory",
+        "120",
+        "--max-agents",
+        "5",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env.run(&["spawn", "lead", "--", "sh", lead.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let s = eventually(Duration::from_secs(30), "the runaway to be stopped", || {
+        // Not there until the coordinator has spawned it.
+        let out = env.run(&["--json", "status", "lead.helper3"]);
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (out.status.success() && s["state"] == "ended").then_some(s)
+    });
+    assert_eq!(s["persistent_status"], "failed", "{s}");
+    let reason = s["end_reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("team lead over its memory budget:") && reason.contains("lead.helper3"),
+        "{reason}"
+    );
+    let helpers = [pid_of(&env, "lead.helper1"), pid_of(&env, "lead.helper2")];
+    for pid in helpers {
+        assert!(
+            proc_stat(pid).is_some_and(|s| s[0] != "Z"),
+            "helper {pid} was stopped too"
+        );
+    }
+
+    let out = env.run(&["pause", "lead.*"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for id in ["lead", "lead.helper1", "lead.helper2"] {
+        assert_eq!(env.json(&["status", id])["state"], "paused", "{id}");
+    }
+    let out = env.run(&["resume", "lead.*"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lead_pid = pid_of(&env, "lead");
+    let out = env.run(&["stop", "lead"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for pid in helpers.iter().chain([&lead_pid]) {
+        assert!(proc_stat(*pid).is_none(), "pid {pid} of the team is left");
+    }
+    for id in ["lead.helper1", "lead.helper2"] {
+        assert_eq!(
+            env.json(&["status", id])["persistent_status"],
+            "cancelled",
+            "{id}"
+        );
+    }
+    env.finish();
+}
