@@ -46,6 +46,11 @@ use corral_core::{
 use crate::error::ApiError;
 use crate::routes::Peer;
 
+/// The agent a delegated request comes from (set on the requests whose
+/// answers the route itself narrows to the caller's subtree).
+#[derive(Clone, Debug)]
+pub(crate) struct Caller(pub AgentId);
+
 /// The daemon's own socket: scopes callers inside an agent to their team.
 pub(crate) async fn delegate(State(sup): State<Supervisor>, req: Request, next: Next) -> Response {
     let Some(peer) = req.extensions().get::<Peer>().cloned() else {
@@ -106,7 +111,13 @@ pub(crate) async fn scope(sup: &Supervisor, me: AgentId, req: Request, next: Nex
         let related = !team.contains('%')
             && AgentId::new(team).is_ok_and(|t| t.is_within(&me) || me.is_within(&t));
         return match method {
-            Method::GET if related => next.run(req).await,
+            Method::GET if related => {
+                // A team above the caller's: its budget and usage, but only
+                // the members within the caller's own subtree.
+                let mut req = req;
+                req.extensions_mut().insert(Caller(me.clone()));
+                next.run(req).await
+            }
             Method::GET => forbid(format!(
                 "team {} is neither one it belongs to nor within its own",
                 corral_core::elide(team, 100)

@@ -7,7 +7,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use corral_core::{ErrorBody, Supervisor, TeamBudget, TeamRemoval, TeamStatus};
+use corral_core::{AgentId, ErrorBody, Supervisor, TeamBudget, TeamRemoval, TeamStatus};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
@@ -73,10 +73,19 @@ pub(crate) async fn set_team(
     responses((status = 200, body = TeamStatus), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub(crate) async fn team(
     State(sup): State<Supervisor>,
+    caller: Option<axum::Extension<crate::delegation::Caller>>,
     IdPath(id): IdPath,
 ) -> Result<Json<TeamStatus>, ApiError> {
     sup.fresh_figures().await;
-    Ok(Json(sup.team(&id)?))
+    let mut team = sup.team(&id)?;
+    // From inside an agent: members outside its own subtree (its siblings,
+    // in a team above it) are not its to see.
+    if let (Some(axum::Extension(crate::delegation::Caller(me))), Some(members)) =
+        (caller, team.members.as_mut())
+    {
+        members.retain(|m| AgentId::new(m.agent_id.as_str()).is_ok_and(|a| a.is_within(&me)));
+    }
+    Ok(Json(team))
 }
 
 /// Remove a team's budgets; answers what they were.

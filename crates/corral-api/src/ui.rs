@@ -17,7 +17,12 @@
 //! - **The listener.** A daemon started with `--listen` serves the page there.
 //!   One without starts a listener on `127.0.0.1`, port chosen by the kernel,
 //!   at the first login and keeps it for later ones: on that listener the
-//!   cookie is the only credential (there is no token).
+//!   cookie is the only credential (there is no token), and the listener
+//!   takes connections only from this user's processes (and root's): the
+//!   owner of the peer's socket is read from `/proc/net/tcp` at accept
+//!   ([`OwnUser`]). Another local user who learns a login code or catches the
+//!   cookie (browsers send a host's cookies to every port of it) cannot use
+//!   either on it.
 //! - **On TCP every request** to the API carries the bearer token or a valid
 //!   session cookie ([`tcp_auth`]). A request that changes something and is
 //!   authenticated by the cookie alone must also carry `X-Corral-UI: 1` — a
@@ -213,7 +218,7 @@ impl Ui {
             let stopped = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = serve::serve(l, app, limits, stopped).await {
+            if let Err(e) = serve::serve(OwnUser(l), app, limits, stopped).await {
                 tracing::error!(%addr, error = %e, "the dashboard listener failed");
             }
         });
@@ -241,6 +246,42 @@ impl Ui {
             path,
             expires_s: u32::try_from(CODE_TTL.as_secs()).unwrap_or(u32::MAX),
         })
+    }
+}
+
+/// A loopback listener that takes connections only from processes of the
+/// daemon's own user (or root): anyone else's is closed at once, unread.
+pub struct OwnUser(pub tokio::net::TcpListener);
+
+impl serve::Listener for OwnUser {
+    type Io = tokio::net::TcpStream;
+    async fn accept(&self) -> std::io::Result<(Self::Io, crate::routes::Peer, Option<SocketAddr>)> {
+        // SAFETY: a plain syscall.
+        let me = unsafe { libc::geteuid() };
+        loop {
+            let (stream, peer) = self.0.accept().await?;
+            let local = stream.local_addr()?;
+            let owner = tokio::task::spawn_blocking(move || {
+                corral_core::process::tcp_peer_uid(peer, local)
+            })
+            .await
+            .map_err(std::io::Error::other)?;
+            match owner {
+                Ok(Some(uid)) if uid == me || uid == 0 => {
+                    let _ = stream.set_nodelay(true);
+                    return Ok((stream, crate::routes::Peer::default(), Some(peer)));
+                }
+                Ok(owner) => {
+                    tracing::warn!(%peer, ?owner, "refused a dashboard connection from another user's process");
+                }
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "refused a dashboard connection: cannot tell whose it is");
+                }
+            }
+        }
+    }
+    fn kind(&self) -> &'static str {
+        "dashboard"
     }
 }
 
@@ -330,8 +371,13 @@ struct LoginQuery {
 /// sends the browser to the page.
 async fn login_page(
     State((ui, port)): State<(Arc<Ui>, u16)>,
+    method: Method,
     axum::extract::Query(q): axum::extract::Query<LoginQuery>,
 ) -> Response {
+    // A HEAD (a link preview) does not spend the code.
+    if method == Method::HEAD {
+        return StatusCode::OK.into_response();
+    }
     let now = Instant::now();
     let ok = q
         .code
@@ -428,7 +474,12 @@ fn same_origin(headers: &HeaderMap) -> Result<(), String> {
     };
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     match (origin.to_str().ok(), host) {
-        (Some(o), Some(h)) if o.strip_prefix("http://") == Some(h) => Ok(()),
+        // `https://` too: behind a TLS proxy that passes the Host on.
+        (Some(o), Some(h))
+            if o.strip_prefix("http://") == Some(h) || o.strip_prefix("https://") == Some(h) =>
+        {
+            Ok(())
+        }
         (o, _) => Err(format!(
             "the request's origin {} is not this daemon's",
             corral_core::elide(o.unwrap_or("(not text)"), 100)

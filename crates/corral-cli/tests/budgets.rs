@@ -422,3 +422,79 @@ fn a_team_over_its_pids_budget_loses_the_agent_with_the_most_tasks() {
     env.finish();
     assert!(proc_stat(few).is_none());
 }
+
+/// A member that ignores SIGTERM and was spawned with ten-minute stop waits
+/// (an agent may choose those for its own helpers) cannot hold its team's
+/// budget off: the budget's stop caps the waits (5, 2, 2 s), and a member
+/// already being stopped slowly for another reason is killed.
+#[test]
+fn a_members_own_long_stop_waits_do_not_hold_its_teams_budget_off() {
+    let env = Env::new();
+    let out = env.run(&["team", "set", "W", "--memory", "60"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stubborn = |mib: u32| {
+        format!(
+            "import signal, sys, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
+             b = b'x' * ({mib} << 20)\nprint('holding', flush=True)\ntime.sleep(600)\n"
+        )
+    };
+    // A slow stop for another reason is under way when the team goes over.
+    let code = stubborn(30);
+    let out = env.run(&[
+        "spawn",
+        "W.slow",
+        "--stop-timeouts",
+        "600,600,600",
+        "--",
+        python(),
+        "-c",
+        &code,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let slow = env.json(&["status", "W.slow"])["pid"].as_i64().unwrap() as i32;
+    let mut stop = env
+        .cmd(&["stop", "W.slow"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    env.wait_for("W.slow", "stopping", |s| s["state"] == "stopping");
+    let started = std::time::Instant::now();
+    let code = stubborn(60);
+    let _ = env.run(&[
+        "spawn",
+        "W.hog",
+        "--stop-timeouts",
+        "600,600,600",
+        "--",
+        python(),
+        "-c",
+        &code,
+    ]);
+    let hog = env.json(&["status", "W.hog"])["pid"].as_i64().unwrap() as i32;
+    // The hog is the largest: its budget stop reaches SIGKILL within 5 + 2 s.
+    eventually(Duration::from_secs(20), "the hog to be gone", || {
+        (!live(hog)).then_some(())
+    });
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(15),
+        "the budget's stop took {took:?}"
+    );
+    let s = env.json(&["status", "W.hog"]);
+    assert_eq!(s["persistent_status"], "failed", "{s}");
+    assert!(
+        s["end_reason"]
+            .as_str()
+            .unwrap()
+            .contains("over its memory budget"),
+        "{s}"
+    );
+    // The slow member, still over with the hog gone? 30 MiB of 60: under.
+    // It is killed only if the team stays over; here it keeps its slow stop.
+    assert!(live(slow), "the slow member was not the one over");
+    let out = env.run(&["kill", "W.slow", "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let _ = stop.wait();
+    env.finish();
+}

@@ -439,3 +439,88 @@ sleep 300"#
     assert_eq!(history.lines().collect::<Vec<_>>(), ["200", "403"]);
     env.finish();
 }
+
+/// The loopback listener takes connections from the daemon's user (and
+/// root) only: another user's process that knows a login code (command
+/// lines and cookies can leak on a shared host) is cut off unanswered, and
+/// the code stays good for its owner. A HEAD (a link preview) spends nothing.
+#[test]
+fn another_users_process_cannot_use_the_loopback_listener() {
+    require_root("the other user's process is made with setpriv");
+    let env = Env::new();
+    let (host, path) = login(&env, &[]);
+    let script = format!(
+        "import socket\ns = socket.create_connection(('{}', {}))\n\
+         s.sendall(b'GET {path} HTTP/1.1\\r\\nHost: {host}\\r\\nConnection: close\\r\\n\\r\\n')\n\
+         s.settimeout(10)\ntry:\n    print(repr(s.recv(100)))\nexcept OSError as e:\n    print('refused', e)\n",
+        host.split(':').next().unwrap(),
+        host.split(':').nth(1).unwrap(),
+    );
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            &script,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with("b''") || said.starts_with("refused"),
+        "another user was answered: {said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let head = http(&host, "HEAD", &path, &[], "");
+    assert_eq!(head.status, 200);
+    assert!(head.header("set-cookie").is_none());
+    let (a, cookie) = redeem(&host, &path);
+    assert_eq!(a.status, 303, "{}", a.head);
+    assert!(cookie.is_some());
+    env.finish();
+}
+
+/// `corral ui` hands the browser a private file that redirects to the login,
+/// never the URL itself (a command line is every local user's to read).
+#[test]
+fn the_browser_is_given_a_private_page_not_the_login_url() {
+    let env = Env::new();
+    let dir = env.dir.as_ref().unwrap().path().to_owned();
+    let seen = dir.join("argv");
+    let browser = dir.join("browser.sh");
+    std::fs::write(
+        &browser,
+        format!("#!/bin/sh\necho \"$@\" > {}\n", seen.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&browser, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = env
+        .cmd(&["ui"])
+        .env("BROWSER", &browser)
+        .env("XDG_RUNTIME_DIR", &dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let url = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let code = url.split("code=").nth(1).unwrap().to_owned();
+    let argv = eventually(DEADLINE, "the browser to be started", || {
+        std::fs::read_to_string(&seen).ok()
+    });
+    assert!(
+        !argv.contains(&code),
+        "the code is on a command line: {argv}"
+    );
+    let page = argv.trim().strip_prefix("file://").expect(&argv).to_owned();
+    let meta = std::fs::metadata(&page).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert!(std::fs::read_to_string(&page).unwrap().contains(&url));
+    std::fs::remove_file(&page).unwrap();
+    env.finish();
+}

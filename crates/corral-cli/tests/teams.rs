@@ -467,3 +467,39 @@ fn the_coordinator_example_runs_as_the_readme_says() {
     }
     env.finish();
 }
+
+/// Reading a team above it, an agent sees the team's budget and usage but
+/// only the members within its own subtree: not its siblings.
+#[test]
+fn an_agent_reading_a_team_above_it_sees_no_sibling() {
+    let env = Env::new();
+    let out = env.run(&["team", "set", "T9", "--memory", "4096"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for id in ["T9", "T9.sib"] {
+        let out = env.run(&["spawn", id, "--", "sleep", "300"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let c = bin();
+    let c = c.to_str().unwrap();
+    let script = format!(
+        "{c} spawn T9.me.h -- sleep 300 >/dev/null; {c} --json team show T9 | tr -d '\\n '; echo; \
+         echo fin\"\"ished; exec sleep 300"
+    );
+    let out = env.run(&["spawn", "T9.me", "--", "sh", "-c", &script]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = script_output(&env, "T9.me");
+    let line = text.lines().find(|l| l.starts_with('{')).expect(&text);
+    let team: serde_json::Value = serde_json::from_str(line).unwrap();
+    let members: Vec<&str> = team["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["agent_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(members, ["T9.me", "T9.me.h"], "{team}");
+    assert_eq!(team["usage"]["agents"], 4, "{team}");
+    // The owner sees them all.
+    let all = env.json(&["team", "show", "T9"]);
+    assert_eq!(all["members"].as_array().unwrap().len(), 4, "{all}");
+    env.finish();
+}

@@ -41,6 +41,16 @@ pub use supervisor::{
 pub mod process {
     use std::path::Path;
 
+    /// The uid owning the TCP socket at `peer` that is connected to `local`
+    /// (a loopback peer: who is calling); `None` when it is not listed.
+    /// Blocking: reads `/proc/net/tcp`.
+    pub fn tcp_peer_uid(
+        peer: std::net::SocketAddr,
+        local: std::net::SocketAddr,
+    ) -> std::io::Result<Option<u32>> {
+        crate::platform::tcp_peer_uid(peer, local)
+    }
+
     /// Raises the soft open-file limit to the hard one (corral holds one pidfd
     /// per live agent); returns the new soft limit.
     pub fn raise_nofile_limit() -> u64 {

@@ -21,6 +21,7 @@ both_containments!(
     a_stop_of_a_parent_stops_its_team_first_deepest_first,
     a_parent_whose_run_ends_takes_its_team_with_it,
     a_restarted_parent_starts_once_its_old_team_is_gone_and_nothing_joins_a_team_being_stopped,
+    a_parent_waiting_for_its_old_team_still_obeys_a_stop,
 );
 
 async fn setup(cgroups: bool) -> (Cleanup, tempfile::TempDir, Supervisor) {
@@ -232,4 +233,60 @@ async fn a_restarted_parent_starts_once_its_old_team_is_gone_and_nothing_joins_a
 
     sup.cleanup(None, CleanupOptions::default()).await.unwrap();
     wait_gone(elsewhere).await;
+}
+
+/// A parent waiting (in backoff) for its old run's team to be gone still
+/// serves commands: a stop asked meanwhile is answered at once, and no new
+/// run follows it.
+async fn a_parent_waiting_for_its_old_team_still_obeys_a_stop(cgroups: bool) {
+    let (_cleanup, dir, sup) = setup(cgroups).await;
+    let go = dir.path().join("go");
+    let mut req = request("b", &[], 0);
+    req.command = sh(&format!(
+        "while [ ! -e {} ]; do sleep 0.05; done; exit 1",
+        go.display()
+    ));
+    req.restart = Some(RestartPolicy {
+        policy: RestartMode::Always,
+        backoff_s: [0.1, 0.1],
+        ..RestartPolicy::default()
+    });
+    sup.spawn_agent(req).await.unwrap();
+    // A helper whose stop takes 8 s (it ignores SIGTERM).
+    let mut helper = request("b.h", &[], 0);
+    helper.command = sh("trap '' TERM; while :; do sleep 0.05; done");
+    helper.stop_timeouts = Some(vec![8.0, 1.0, 1.0]);
+    let kid = sup.spawn_agent(helper).await.unwrap().pid.unwrap();
+    std::fs::write(&go, "").unwrap();
+    until("the helper is stopping", || {
+        status(&sup, "b.h").state == corral_core::AgentState::Stopping
+    })
+    .await;
+
+    let asked = Instant::now();
+    let stopping = {
+        let sup = sup.clone();
+        tokio::spawn(async move {
+            sup.cleanup(Some(&Selector::One(id("b"))), CleanupOptions::default())
+                .await
+        })
+    };
+    // The planned restart is called off at once, not after the helper's 8 s.
+    until("the parent's restart called off", || {
+        let s = status(&sup, "b");
+        s.state == corral_core::AgentState::Ended && s.next_restart_at.is_none()
+    })
+    .await;
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "calling the restart off took {took:?}"
+    );
+    // The stop is answered once the team is gone too.
+    stopping.await.unwrap().unwrap();
+    assert!(proc_stat(kid).is_none(), "the helper outlived the answer");
+    let s = status(&sup, "b");
+    assert_eq!(s.run, 1, "a new run followed the stop: {s:?}");
+    assert_stopped_with_parent(&sup, "b.h");
+    assert_eq!(status(&sup, "b").run, 1);
 }

@@ -5,7 +5,10 @@
 //! minted on that daemon and the URL is written with the address given there,
 //! so it works from the machine that ran the command. A browser is opened
 //! only where one can show (`$BROWSER`, else `xdg-open` with a display) and
-//! not with `--no-open`; the URL is printed either way.
+//! not with `--no-open`; the URL is printed either way. The browser is given
+//! a private file (0600, created anew) that redirects to the URL, never the
+//! URL itself: a command line is readable by every local user, and the login
+//! code must not be.
 
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -50,8 +53,17 @@ fn open_browser(url: &str) {
             return;
         }
     };
+    let page = match redirect_file(url) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!(
+                "(cannot write the page that opens the login: {e}; open the URL in a browser)"
+            );
+            return;
+        }
+    };
     let spawned = Command::new(&program)
-        .arg(url)
+        .arg(format!("file://{}", page.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -75,4 +87,32 @@ fn open_browser(url: &str) {
             Ok(None) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
+}
+
+/// A new file, readable by this user alone, whose page sends the browser to
+/// `url` (in `$XDG_RUNTIME_DIR`, else the temp dir).
+fn redirect_file(url: &str) -> std::io::Result<std::path::PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(std::path::PathBuf::from)
+        .filter(|d| d.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let path = dir.join(format!("corral-ui-{}-{stamp}.html", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        // Exclusive creation never follows a planted symlink.
+        .mode(0o600)
+        .open(&path)?;
+    // The URL is the daemon's: an address and a hex code, nothing to escape.
+    writeln!(
+        f,
+        "<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=\"0;url={url}\">\
+         <title>corral</title><p><a href=\"{url}\">Open the corral dashboard</a></p>"
+    )?;
+    Ok(path)
 }

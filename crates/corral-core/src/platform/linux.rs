@@ -1057,6 +1057,44 @@ pub fn pidfd_alive(pidfd: BorrowedFd<'_>) -> bool {
     rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
+/// The uid that owns the TCP socket at `peer` connected to `local` (both in
+/// this network namespace), from `/proc/net/tcp` or `/proc/net/tcp6`: who is
+/// on the other end of a loopback connection. `None` when no such socket is
+/// listed (it has gone). Blocking: reads procfs.
+pub fn tcp_peer_uid(
+    peer: std::net::SocketAddr,
+    local: std::net::SocketAddr,
+) -> io::Result<Option<u32>> {
+    use std::net::IpAddr;
+    // The kernel prints each address as the 32-bit words of its network-order
+    // bytes in host order, then the port in hex.
+    fn hex(addr: std::net::SocketAddr) -> String {
+        let ip = match addr.ip() {
+            IpAddr::V4(v4) => format!("{:08X}", u32::from_ne_bytes(v4.octets())),
+            IpAddr::V6(v6) => v6
+                .octets()
+                .chunks_exact(4)
+                .map(|w| format!("{:08X}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+                .collect(),
+        };
+        format!("{ip}:{:04X}", addr.port())
+    }
+    let file = if peer.is_ipv4() {
+        "/proc/net/tcp"
+    } else {
+        "/proc/net/tcp6"
+    };
+    let (want_local, want_remote) = (hex(peer), hex(local));
+    let text = std::fs::read_to_string(file)?;
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() > 7 && f[1] == want_local && f[2] == want_remote {
+            return Ok(f[7].parse().ok());
+        }
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -243,17 +243,7 @@ impl Supervisor {
     ///
     /// A spawn that would put one of the agent's teams over its `max_agents`
     /// budget is refused ([`Error::Budget`]) before anything is recorded.
-    pub async fn spawn_agent(&self, req: SpawnRequest) -> Result<SpawnResponse> {
-        self.spawn_admitted(req, true).await
-    }
-
-    /// [`Supervisor::spawn_agent`]; `admit`: counted against the teams'
-    /// `max_agents` (a restart of a live member on request is not a new agent).
-    pub(super) async fn spawn_admitted(
-        &self,
-        mut req: SpawnRequest,
-        admit: bool,
-    ) -> Result<SpawnResponse> {
+    pub async fn spawn_agent(&self, mut req: SpawnRequest) -> Result<SpawnResponse> {
         self.refuse_if_failing()?;
         if req.placement.is_none() {
             req.placement = self.sh.config.default_placement.clone();
@@ -274,7 +264,7 @@ impl Supervisor {
             spec,
             owner::Start::Fresh(Some(reply)),
             false,
-            admit,
+            true,
         )?;
         answer.await.unwrap_or(Err(Error::StoreClosed))
     }

@@ -71,9 +71,9 @@ impl Rings {
         }
         self.fine.push_back(p);
         let b = &mut self.bucket;
-        if b.n > 0 && f64::from(p.t_ds - b.first_ds) / 10.0 >= COARSE_SPAN {
+        if b.n > 0 && f64::from(p.t_ds.saturating_sub(b.first_ds)) / 10.0 >= COARSE_SPAN {
             let done = Point {
-                t_ds: b.first_ds + (b.last_ds - b.first_ds) / 2,
+                t_ds: b.first_ds + b.last_ds.saturating_sub(b.first_ds) / 2,
                 cpu: (b.cpu / f64::from(b.n)) as f32,
                 mem: (b.mem / f64::from(b.n)) as f32,
             };

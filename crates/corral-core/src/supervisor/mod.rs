@@ -46,7 +46,7 @@
 //! The public methods are in `agents.rs` (spawning and reading) and `ops.rs`
 //! (stopping, pausing, reaping, forgetting).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -248,9 +248,9 @@ pub(crate) struct Shared {
     pub base_env: Vec<(OsString, OsString)>,
     /// Ordered by id: the members of a team (`TEAM.…`) are one range of it.
     pub registry: Mutex<BTreeMap<AgentId, Slot>>,
-    /// Parents whose team is being stopped (once per stop under way): no
-    /// agent is spawned below them meanwhile (see [`team`]).
-    pub teams_stopping: Mutex<Vec<AgentId>>,
+    /// Agents being stopped, with how many stops of each are under way: no
+    /// agent is spawned below them meanwhile (see [`team_stop`]).
+    pub teams_stopping: Mutex<HashMap<AgentId, usize>>,
     /// Spawns hold it shared from process creation until the new pid is in
     /// `owned`; the orphan sweep holds it exclusively, so it never takes an
     /// agent's exit status.
@@ -443,7 +443,7 @@ impl Supervisor {
             boot_id,
             cgroup,
             registry: Mutex::new(BTreeMap::new()),
-            teams_stopping: Mutex::new(Vec::new()),
+            teams_stopping: Mutex::new(HashMap::new()),
             spawn_gate: RwLock::new(()),
             owned: Mutex::new(HashSet::new()),
             reaps: watch::Sender::new(0),

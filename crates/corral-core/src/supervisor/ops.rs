@@ -61,11 +61,11 @@ impl Supervisor {
             let (sup, opts) = (self.clone(), opts.clone());
             async move {
                 let one = Selector::One(view.id.clone());
-                // A live member that is restarted keeps its place in its
-                // teams; an ended one comes back as a new agent.
-                let admit = !view.state.is_busy();
+                // The new run is counted against the teams' `max_agents` like
+                // any spawn: the place the stopped run left may have been
+                // taken meanwhile, and a restart must not take a team past it.
                 let result = match sup.stop_selected(Some(&one), opts, true).await {
-                    Ok(_) => sup.spawn_admitted(view.spec.request.clone(), admit).await,
+                    Ok(_) => sup.spawn_agent(view.spec.request.clone()).await,
                     Err(e) => Err(e),
                 };
                 (view.id.clone(), result)
@@ -433,10 +433,37 @@ async fn stop_one(
     timeouts: Option<[f64; 3]>,
     force: bool,
 ) -> Option<StopReport> {
+    // Until this stop is answered, nothing is spawned below the agent: not
+    // while its team is stopped, nor while it is (a coordinator in its grace
+    // period starting one more helper).
+    let _mark = team_stop::Mark::new(sh, id);
+    // A parent with no run (waiting to restart) is told first: its planned
+    // restart is called off at once, not after its team is gone.
+    let waiting = lock(&sh.registry).get(id).is_some_and(|slot| {
+        slot.published
+            .borrow()
+            .view
+            .as_ref()
+            .is_some_and(|v| v.state == crate::model::AgentState::Backoff)
+    });
+    let early = if waiting {
+        stop_alone(sh, id, timeouts, force, StopCause::User).await
+    } else {
+        None
+    };
     if !team_stop::live_below(sh, id).is_empty() {
         team_stop::stop_team(sh, id, timeouts, force).await;
     }
-    stop_alone(sh, id, timeouts, force, StopCause::User).await
+    let report = match early {
+        Some(r) => Some(r),
+        None => stop_alone(sh, id, timeouts, force, StopCause::User).await,
+    };
+    // A helper that slipped in between the team's stop and the parent's
+    // (spawned before the mark) is stopped before the answer.
+    if !team_stop::live_below(sh, id).is_empty() {
+        team_stop::stop_team(sh, id, timeouts, force).await;
+    }
+    report
 }
 
 /// Stops one agent through its owner and waits for the report. An owner that

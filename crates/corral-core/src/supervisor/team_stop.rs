@@ -13,9 +13,10 @@
 //!   owner begins the team's stop when the main process's end is on record,
 //!   and a restart of the parent waits until the team is gone, so a new run
 //!   never starts beside the helpers of the old one and none is orphaned.
-//! - **Nothing is spawned into a team being stopped**: while a stop of `X`'s
-//!   team is under way, a spawn of an id below `X` (a helper the coordinator
-//!   starts in its last moments, or anybody else's) is refused (`launch`).
+//! - **Nothing is spawned into a team being stopped**: from the moment a stop
+//!   of `X` is asked until it is answered (its team's stop and its own), a
+//!   spawn of an id below `X` (a helper the coordinator starts in its last
+//!   moments, or anybody else's) is refused (`launch`).
 //!
 //! Each member's stop is its own owner's, committed before its first signal
 //! like any other: a daemon that dies meanwhile finishes each on its next
@@ -45,16 +46,17 @@ pub(crate) fn live_below(sh: &Shared, parent: &AgentId) -> Vec<AgentId> {
     .collect()
 }
 
-/// Whether a spawn of `id` must wait: a parent of it (an id it starts with,
-/// up to a `.`) has its team stopped now. Called under the registry's lock.
+/// Refuses a spawn of `id` while an agent above it (an id it starts with, up
+/// to a `.`) is being stopped. Called under the registry's lock; costs a
+/// lookup per level of `id`.
 pub(crate) fn refuse_spawn(sh: &Shared, id: &AgentId) -> Result<()> {
     let stopping = lock(&sh.teams_stopping);
-    let below = |p: &&AgentId| {
-        id.as_str()
-            .strip_prefix(p.as_str())
-            .is_some_and(|rest| rest.starts_with('.'))
-    };
-    match stopping.iter().find(below) {
+    if stopping.is_empty() {
+        return Ok(());
+    }
+    let s = id.as_str();
+    let above = s.match_indices('.').map(|(i, _)| &s[..i]);
+    match above.into_iter().find(|p| stopping.contains_key(*p)) {
         Some(parent) => Err(Error::State {
             agent_id: id.to_string(),
             state: "refused".into(),
@@ -66,15 +68,15 @@ pub(crate) fn refuse_spawn(sh: &Shared, id: &AgentId) -> Result<()> {
     }
 }
 
-/// Holds `parent`'s team as being stopped while it lives.
-struct Mark<'a> {
+/// Holds `parent` as being stopped while it lives: spawns below it are refused.
+pub(crate) struct Mark<'a> {
     sh: &'a Shared,
     parent: AgentId,
 }
 
 impl<'a> Mark<'a> {
-    fn new(sh: &'a Shared, parent: &AgentId) -> Self {
-        lock(&sh.teams_stopping).push(parent.clone());
+    pub(crate) fn new(sh: &'a Shared, parent: &AgentId) -> Self {
+        *lock(&sh.teams_stopping).entry(parent.clone()).or_default() += 1;
         Self {
             sh,
             parent: parent.clone(),
@@ -85,8 +87,11 @@ impl<'a> Mark<'a> {
 impl Drop for Mark<'_> {
     fn drop(&mut self) {
         let mut stopping = lock(&self.sh.teams_stopping);
-        if let Some(i) = stopping.iter().position(|p| *p == self.parent) {
-            stopping.swap_remove(i);
+        if let Some(n) = stopping.get_mut(&self.parent) {
+            *n -= 1;
+            if *n == 0 {
+                stopping.remove(&self.parent);
+            }
         }
     }
 }

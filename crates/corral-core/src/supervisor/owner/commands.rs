@@ -13,6 +13,10 @@ use super::super::lifecycle::State;
 use super::super::probes::{Report, Which};
 use super::Owner;
 
+/// The most a stop for a team's budget waits at each stage (after SIGTERM,
+/// the second SIGTERM, SIGKILL), whatever the agent's own `stop_timeouts`.
+const BUDGET_STOP_TIMEOUTS: [f64; 3] = [5.0, 2.0, 2.0];
+
 impl Owner {
     pub(crate) async fn on_command(&mut self, cmd: Cmd) {
         match cmd {
@@ -36,8 +40,21 @@ impl Owner {
             Cmd::Limit { run, reason, event } => {
                 if self.live_run(run) {
                     tracing::warn!(agent_id = %self.spec.id, reason = %reason, "limit exceeded; stopping the run");
+                    // A team's budget is its owner's, not the agent's: the
+                    // waits the agent was spawned with (perhaps by a parent
+                    // inside the team) cannot hold it off. They are capped,
+                    // and a stop already under way for another reason (with
+                    // its own waits) goes to SIGKILL.
+                    let (timeouts, force) = if matches!(event, EventBody::Budget(_)) {
+                        let own = self.spec.stop_timeouts;
+                        let capped = std::array::from_fn(|i| own[i].min(BUDGET_STOP_TIMEOUTS[i]));
+                        let stopping = self.life().wire() == crate::model::AgentState::Stopping;
+                        (Some(capped), stopping)
+                    } else {
+                        (None, false)
+                    };
                     self.note_event(event);
-                    let req = self.stop_request(StopCause::Limit, Some(reason), None, false);
+                    let req = self.stop_request(StopCause::Limit, Some(reason), timeouts, force);
                     self.request_stop(req, None).await;
                 }
             }

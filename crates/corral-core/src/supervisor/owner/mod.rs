@@ -67,6 +67,8 @@ enum Wake {
     Command(Option<Cmd>),
     Run(super::execution::Event),
     Timer,
+    /// The stop of the team the last run left has ended.
+    TeamGone,
 }
 
 pub(crate) struct Owner {
@@ -148,6 +150,7 @@ impl Owner {
                 Wake::Run(super::execution::Event::Tree) => Box::pin(self.look()).await,
                 Wake::Run(super::execution::Event::Job) => Box::pin(self.on_job()).await,
                 Wake::Timer => Box::pin(self.on_timer()).await,
+                Wake::TeamGone => self.team_stop = None,
             }
         }
         self.publisher.send_modify(|p| p.busy = false);
@@ -213,6 +216,9 @@ impl Owner {
                 Some(Execution::Job(job)) if self.spawn_reply.is_some() => Some(job.answer_by),
                 _ => None,
             },
+            // The next run waits for the old run's team to be gone (see
+            // `stop_team`); commands and shutdown are served meanwhile.
+            State::Backoff { .. } if self.team_stop.is_some() => None,
             _ => self.life.deadline(),
         }
     }
@@ -231,11 +237,23 @@ impl Owner {
         let deadline = self.deadline();
         let stopping = matches!(self.life.state(), State::Stopping(_));
         let Self {
-            shutdown, rx, exec, ..
+            shutdown,
+            rx,
+            exec,
+            team_stop,
+            ..
         } = self;
         let run = async {
             match exec.as_mut() {
                 Some(e) => e.event(stopping).await,
+                None => std::future::pending().await,
+            }
+        };
+        let team = async {
+            match team_stop.as_mut() {
+                Some(t) => {
+                    let _ = t.await;
+                }
                 None => std::future::pending().await,
             }
         };
@@ -244,6 +262,7 @@ impl Owner {
             _ = shutdown.wait_for(|s| *s) => Wake::Shutdown,
             cmd = rx.recv() => Wake::Command(cmd),
             ev = run => Wake::Run(ev),
+            () = team => Wake::TeamGone,
             () = sleep_until(deadline) => Wake::Timer,
         }
     }
@@ -264,11 +283,6 @@ impl Owner {
             State::Running => self.runtime_exceeded().await,
             State::Stopping(_) => self.stage_due().await,
             State::Backoff { .. } => {
-                // The old run's team is gone before the new run starts (its
-                // helpers would otherwise meet their successors' ids taken).
-                if let Some(team) = self.team_stop.take() {
-                    let _ = team.await;
-                }
                 self.apply(Happening::BackoffElapsed);
                 self.history
                     .restarts_at
