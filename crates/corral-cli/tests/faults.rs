@@ -34,6 +34,8 @@ fn size(path: &Path) -> u64 {
 /// Fills its stdout as fast as it can until the disk refuses, then writes one
 /// numbered line every 20 ms for ever, ignoring write errors (as a program
 /// that keeps running on a full disk does).
+/// Writes until the disk is full, says so in the file `$FULL` (on another
+/// file system), then writes a tick line every 20 ms.
 const FILLER: &str = "\
 import os, time
 block = b'x' * 65535 + b'\\n'
@@ -42,6 +44,7 @@ while True:
         os.write(1, block)
     except OSError:
         break
+open(os.environ['FULL'], 'w').close()
 i = 0
 while True:
     i += 1
@@ -58,6 +61,7 @@ fn a_log_larger_than_the_free_space_is_truncated_anyway_and_said_so() {
     let env = Env::new();
     let mut daemon = start_foreground_daemon(&env, &env.state.with_extension("stderr"));
     let agent_dir = disk.path().join("filler");
+    let full = env.dir.as_ref().unwrap().path().join("full");
     let out = env.run(&[
         "--no-autostart",
         "spawn",
@@ -68,6 +72,8 @@ fn a_log_larger_than_the_free_space_is_truncated_anyway_and_said_so() {
         "1",
         "--log-keep",
         "2",
+        "--env",
+        &format!("FULL={}", full.display()),
         "--",
         "python3",
         "-c",
@@ -80,9 +86,11 @@ fn a_log_larger_than_the_free_space_is_truncated_anyway_and_said_so() {
     let run_dir = log.parent().unwrap().to_owned();
     assert!(run_dir.starts_with(disk.path()), "{}", run_dir.display());
 
-    // The disk fills up; then the log is cut back although no copy of it fits.
+    // The disk fills up (the writer is told so: a glance at the free space
+    // could fall between its last write and a rotation that frees room); then
+    // the log is cut back although no copy of it fits.
     eventually(Duration::from_secs(10), "the disk filled up", || {
-        (disk.free() < 1024 * 1024).then_some(())
+        full.exists().then_some(())
     });
     let dropped = eventually(Duration::from_secs(15), "the log cut back", || {
         let small = size(&log) < 1024 * 1024 && disk.free() >= 1024 * 1024;
