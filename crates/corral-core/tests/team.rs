@@ -22,6 +22,7 @@ both_containments!(
     a_parent_whose_run_ends_takes_its_team_with_it,
     a_restarted_parent_starts_once_its_old_team_is_gone_and_nothing_joins_a_team_being_stopped,
     a_parent_waiting_for_its_old_team_still_obeys_a_stop,
+    a_parent_and_its_team_restarted_together_all_get_new_runs,
 );
 
 async fn setup(cgroups: bool) -> (Cleanup, tempfile::TempDir, Supervisor) {
@@ -289,4 +290,40 @@ async fn a_parent_waiting_for_its_old_team_still_obeys_a_stop(cgroups: bool) {
     assert_eq!(s.run, 1, "a new run followed the stop: {s:?}");
     assert_stopped_with_parent(&sup, "b.h");
     assert_eq!(status(&sup, "b").run, 1);
+}
+
+/// `restart 'q.*'` restarts the parent and the agents below it together:
+/// every one gets a new run (the parent's stop does not refuse the others'
+/// new runs), and none of the old processes is left.
+async fn a_parent_and_its_team_restarted_together_all_get_new_runs(cgroups: bool) {
+    let (_cleanup, _dir, sup) = setup(cgroups).await;
+    let ids = ["q", "q.1", "q.1.1"];
+    let mut old = Vec::new();
+    for a in ids {
+        old.push(sleeper(&sup, a).await);
+    }
+    let results = sup
+        .restart(
+            Some(&Selector::parse("q.*").unwrap()),
+            CleanupOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 3);
+    for (agent, result) in &results {
+        let r = result.as_ref().unwrap_or_else(|e| panic!("{agent}: {e}"));
+        assert_eq!(r.run, 2, "{agent}");
+    }
+    for pid in old {
+        wait_gone(pid).await;
+    }
+    for a in ids {
+        let s = status(&sup, a);
+        assert!(s.process_alive, "{a}: {s:?}");
+        assert!(
+            proc_stat(s.pid.unwrap()).is_some_and(|st| st[0] != "Z"),
+            "{a}"
+        );
+    }
+    sup.cleanup(None, CleanupOptions::default()).await.unwrap();
 }

@@ -57,15 +57,25 @@ impl Supervisor {
             });
         }
         targets.sort_by(|a, b| crate::model::natural_cmp(a.id.as_str(), b.id.as_str()));
-        let restarts = targets.into_iter().map(|view| {
+        // Every stop first, then every spawn: a parent and the agents below
+        // it restarted together would otherwise meet, its stop refusing their
+        // new runs while it is under way (see `team_stop.rs`).
+        let stops = targets.iter().map(|view| {
             let (sup, opts) = (self.clone(), opts.clone());
             async move {
                 let one = Selector::One(view.id.clone());
+                sup.stop_selected(Some(&one), opts, true).await.map(drop)
+            }
+        });
+        let stopped = futures_util::future::join_all(stops).await;
+        let restarts = targets.into_iter().zip(stopped).map(|(view, stopped)| {
+            let sup = self.clone();
+            async move {
                 // The new run is counted against the teams' `max_agents` like
                 // any spawn: the place the stopped run left may have been
                 // taken meanwhile, and a restart must not take a team past it.
-                let result = match sup.stop_selected(Some(&one), opts, true).await {
-                    Ok(_) => sup.spawn_agent(view.spec.request.clone()).await,
+                let result = match stopped {
+                    Ok(()) => sup.spawn_agent(view.spec.request.clone()).await,
                     Err(e) => Err(e),
                 };
                 (view.id.clone(), result)
