@@ -96,9 +96,8 @@ pub(crate) async fn load(sh: &Arc<Shared>) -> Result<()> {
     // runs: a parent that ended while no daemon ran stops its team, and must
     // find every member of it (`team_stop.rs`).
     let mut loaded = loaded;
-    loaded.sort_by_key(|(record, _, _)| {
-        std::cmp::Reverse(record.agent_id.bytes().filter(|b| *b == b'.').count())
-    });
+    loaded
+        .sort_by_key(|(record, _, _)| std::cmp::Reverse(super::team_stop::depth(&record.agent_id)));
     let mut first_states = Vec::new();
     for (record, spec, owned) in loaded {
         if !owned {

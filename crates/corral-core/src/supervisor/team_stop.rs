@@ -22,28 +22,36 @@
 //! like any other: a daemon that dies meanwhile finishes each on its next
 //! start. The mark that refuses spawns is this daemon's memory only.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::id::AgentId;
 use crate::model::{StopCause, StopReport};
 
-use super::{Shared, lock};
+use super::{Shared, Slot, lock};
 
-/// The live agents below `parent` (every id starting `parent.`), from the
-/// registry's ordered range: no scan of the other agents.
-pub(crate) fn live_below(sh: &Shared, parent: &AgentId) -> Vec<AgentId> {
+/// The registry's agents below `parent` (every id starting `parent.`): one
+/// range of the ordered map, no scan of the other agents.
+pub(crate) fn below<'a>(
+    reg: &'a BTreeMap<AgentId, Slot>,
+    parent: &str,
+) -> impl Iterator<Item = (&'a AgentId, &'a Slot)> + 'a {
     let prefix = format!("{parent}.");
-    let reg = lock(&sh.registry);
     reg.range::<str, _>((
         std::ops::Bound::Excluded(prefix.as_str()),
         std::ops::Bound::Unbounded,
     ))
-    .take_while(|(id, _)| id.as_str().starts_with(&prefix))
-    .filter(|(_, slot)| slot.busy())
-    .map(|(id, _)| id.clone())
-    .collect()
+    .take_while(move |(id, _)| id.as_str().starts_with(&prefix))
+}
+
+/// The live agents below `parent`.
+pub(crate) fn live_below(sh: &Shared, parent: &AgentId) -> Vec<AgentId> {
+    let reg = lock(&sh.registry);
+    below(&reg, parent.as_str())
+        .filter(|(_, slot)| slot.busy())
+        .map(|(id, _)| id.clone())
+        .collect()
 }
 
 /// Refuses a spawn of `id` while an agent above it (an id it starts with, up
@@ -54,9 +62,7 @@ pub(crate) fn refuse_spawn(sh: &Shared, id: &AgentId) -> Result<()> {
     if stopping.is_empty() {
         return Ok(());
     }
-    let s = id.as_str();
-    let above = s.match_indices('.').map(|(i, _)| &s[..i]);
-    match above.into_iter().find(|p| stopping.contains_key(*p)) {
+    match above(id.as_str()).find(|p| stopping.contains_key(*p)) {
         Some(parent) => Err(Error::State {
             agent_id: id.to_string(),
             state: "refused".into(),
@@ -116,12 +122,12 @@ pub(crate) async fn stop_team(
             .into_iter()
             .filter(|id| !asked.contains(id))
             .collect();
-        let Some(deepest) = below.iter().map(depth).max() else {
+        let Some(deepest) = below.iter().map(|id| depth(id.as_str())).max() else {
             break;
         };
         let level: Vec<AgentId> = below
             .into_iter()
-            .filter(|id| depth(id) == deepest)
+            .filter(|id| depth(id.as_str()) == deepest)
             .collect();
         tracing::info!(agent_id = %parent, members = level.len(), "stopping agents of a team before their parent");
         let stops = level
@@ -138,6 +144,12 @@ pub(crate) async fn stop_team(
     reports
 }
 
-fn depth(id: &AgentId) -> usize {
-    id.as_str().bytes().filter(|b| *b == b'.').count()
+/// The ids above `id`, the top first (`L2.1.3`: `L2`, `L2.1`).
+pub(crate) fn above(id: &str) -> impl Iterator<Item = &str> {
+    id.match_indices('.').map(move |(i, _)| &id[..i])
+}
+
+/// How many levels `id` is below the top (`L2.1.3`: 2).
+pub(crate) fn depth(id: &str) -> usize {
+    id.bytes().filter(|b| *b == b'.').count()
 }

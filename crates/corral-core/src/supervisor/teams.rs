@@ -105,10 +105,7 @@ pub(crate) fn validate(team: &AgentId, b: &TeamBudget) -> Result<()> {
 
 /// The teams `id` belongs to, widest first: `L2`, `L2.1`, `L2.1.3` for `L2.1.3`.
 fn teams_of(id: &AgentId) -> impl Iterator<Item = &str> {
-    let s = id.as_str();
-    s.match_indices('.')
-        .map(move |(i, _)| &s[..i])
-        .chain(std::iter::once(s))
+    super::team_stop::above(id.as_str()).chain(std::iter::once(id.as_str()))
 }
 
 /// Whether `id` is in team `team` (is it, or under it).
@@ -135,19 +132,11 @@ pub(crate) fn admit(sh: &Shared, reg: &BTreeMap<AgentId, Slot>, id: &AgentId) ->
             .collect()
     };
     for (team, max_agents) in capped {
-        // The team is its own id and one range of the ordered registry
-        // (every id starting `TEAM.`): no walk over the other agents.
-        let below = format!("{team}.");
+        // The team is its own id and the agents below it.
         let count = reg
             .get_key_value(team.as_str())
             .into_iter()
-            .chain(
-                reg.range::<str, _>((
-                    std::ops::Bound::Excluded(below.as_str()),
-                    std::ops::Bound::Unbounded,
-                ))
-                .take_while(|(other, _)| other.as_str().starts_with(&below)),
-            )
+            .chain(super::team_stop::below(reg, &team))
             .filter(|(other, slot)| *other != id && slot.published.borrow().busy)
             .count();
         let count = u32::try_from(count).unwrap_or(u32::MAX);
